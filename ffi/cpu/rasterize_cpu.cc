@@ -1,0 +1,582 @@
+// CPU kernels of the WABE Gaussian rasterizer, bound as XLA FFI handlers.
+//
+// Stages (the same as the CUDA kernels): project (+SH colour) -> tile intersection and depth sort
+// -> per-pixel front-to-back compositing with WABE bookkeeping; backward: per-pixel back-to-front
+// gradients -> per-Gaussian projection/SH VJP. The per-Gaussian and per-pixel math lives in
+// gaedit/gs_math.h, shared with the CUDA kernels.
+//
+// Work is split over std::threads in fixed contiguous chunks, so results are deterministic for
+// a given thread count (GAEDIT_NUM_THREADS, default: hardware concurrency).
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gaedit/batch.h"
+#include "gaedit/gs_math.h"
+#include "xla/ffi/api/c_api.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+#ifndef GAEDIT_JAXLIB_VERSION
+#define GAEDIT_JAXLIB_VERSION "unknown"
+#endif
+#define GAEDIT_STR2(x) #x
+#define GAEDIT_STR(x) GAEDIT_STR2(x)
+
+namespace {
+
+using gs::BatchIndex;
+
+int num_threads() {
+  static const int n = [] {
+    if (const char* e = std::getenv("GAEDIT_NUM_THREADS")) {
+      const int v = std::atoi(e);
+      if (v > 0) return v;
+    }
+    const unsigned h = std::thread::hardware_concurrency();
+    return (int)std::max(1u, std::min(h, 64u));
+  }();
+  return n;
+}
+
+// f(begin, end, thread_id) over [0, n) in nthreads contiguous chunks.
+template <class F>
+void parallel_for(int64_t n, int nthreads, F&& f) {
+  nthreads = (int)std::max<int64_t>(1, std::min<int64_t>(nthreads, n));
+  if (nthreads == 1) {
+    f(int64_t(0), n, 0);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(nthreads - 1);
+  for (int t = 1; t < nthreads; ++t)
+    pool.emplace_back([&, t] { f(n * t / nthreads, n * (t + 1) / nthreads, t); });
+  f(0, n / nthreads, 0);
+  for (auto& th : pool) th.join();
+}
+
+// The operands shared by both passes, with their broadcast indices.
+struct Inputs {
+  const float *means, *quats, *scales, *opac, *sh, *offset, *viewmat, *intr, *bg;
+  BatchIndex i_means, i_quats, i_scales, i_opac, i_sh, i_offset, i_viewmat, i_intr, i_bg;
+  int64_t N = 0, K = 0, V = 0;
+  int nb = 0;
+  int64_t full[gs::kMaxBatchDims];
+};
+
+ffi::Error decode_inputs(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quats,
+                         ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> opac,
+                         ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> offset,
+                         ffi::Buffer<ffi::F32> viewmat, ffi::Buffer<ffi::F32> intr,
+                         ffi::Buffer<ffi::F32> bg, ffi::Span<const int64_t> out_dims, int out_core,
+                         Inputs* in) {
+  const int nb = (int)out_dims.size() - out_core;
+  if (nb < 0 || nb > gs::kMaxBatchDims) return ffi::Error::InvalidArgument("gaedit: bad batch rank");
+  in->nb = nb;
+  in->V = 1;
+  for (int d = 0; d < nb; ++d) in->full[d] = out_dims[d], in->V *= out_dims[d];
+  auto md = means.dimensions();
+  if ((int)md.size() != nb + 2 || md[nb + 1] != 3)
+    return ffi::Error::InvalidArgument("gaedit: means must be [..., N, 3]");
+  in->N = md[nb];
+  auto sd = sh.dimensions();
+  if ((int)sd.size() != nb + 3 || sd[nb] != in->N || sd[nb + 2] != 3)
+    return ffi::Error::InvalidArgument("gaedit: sh must be [..., N, K, 3]");
+  in->K = sd[nb + 1];
+  struct Check {
+    const char* name;
+    ffi::Span<const int64_t> dims;
+    std::vector<int64_t> core;
+    BatchIndex* idx;
+  };
+  const int64_t N = in->N;
+  Check checks[] = {{"means", md, {N, 3}, &in->i_means},
+                    {"quats", quats.dimensions(), {N, 4}, &in->i_quats},
+                    {"scales", scales.dimensions(), {N, 3}, &in->i_scales},
+                    {"opacities", opac.dimensions(), {N}, &in->i_opac},
+                    {"sh", sd, {N, in->K, 3}, &in->i_sh},
+                    {"screen_offset", offset.dimensions(), {N, 2}, &in->i_offset},
+                    {"world_to_camera", viewmat.dimensions(), {4, 4}, &in->i_viewmat},
+                    {"intrinsics", intr.dimensions(), {4}, &in->i_intr},
+                    {"background", bg.dimensions(), {3}, &in->i_bg}};
+  for (auto& c : checks) {
+    std::string err = gs::make_batch_index(c.name, c.dims, (int)c.core.size(), in->full, nb, c.idx);
+    if (!err.empty()) return ffi::Error::InvalidArgument("gaedit: " + err);
+    for (size_t k = 0; k < c.core.size(); ++k)
+      if (c.dims[nb + k] != c.core[k])
+        return ffi::Error::InvalidArgument(std::string("gaedit: ") + c.name +
+                                           " has a core dim of wrong size");
+  }
+  in->means = means.typed_data(), in->quats = quats.typed_data(), in->scales = scales.typed_data();
+  in->opac = opac.typed_data(), in->sh = sh.typed_data(), in->offset = offset.typed_data();
+  in->viewmat = viewmat.typed_data(), in->intr = intr.typed_data(), in->bg = bg.typed_data();
+  return ffi::Error::Success();
+}
+
+struct Static {
+  int width, height, tile, degree, wabe_k;
+  float near_plane, wabe_beta;
+  int gx() const { return (width + tile - 1) / tile; }
+  int gy() const { return (height + tile - 1) / tile; }
+  int64_t tiles() const { return (int64_t)gx() * gy(); }
+};
+
+// ------------------------------------------------------------------------------------ forward
+ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alpha_out,
+                   float* depth_out, int32_t* radii, int32_t* wabe_count, float* wabe_weight,
+                   int32_t* overflow, float* means2d, float* conic_opac, float* colors, float* zs,
+                   float* final_T, int32_t* last, int32_t* isect, int64_t cap_total,
+                   int32_t* tile_ranges) {
+  const int64_t V = in.V, N = in.N, K = in.K, T = st.tiles();
+  const int64_t HW = (int64_t)st.width * st.height;
+  const int nth = num_threads();
+  std::vector<gs::Cam> cams(V);
+  for (int64_t v = 0; v < V; ++v)
+    cams[v] = gs::make_cam(in.viewmat + 16 * in.i_viewmat(v), in.intr + 4 * in.i_intr(v), st.width,
+                           st.height);
+  // 1. projection + colour
+  std::vector<int32_t> rects(V * N * 4);
+  parallel_for(V * N, nth, [&](int64_t b, int64_t e, int) {
+    for (int64_t vg = b; vg < e; ++vg) {
+      const int64_t v = vg / N, g = vg % N;
+      const float* mean = in.means + 3 * (in.i_means(v) * N + g);
+      const float op = in.opac[in.i_opac(v) * N + g];
+      gs::Projected p = gs::project(cams[v], mean, in.quats + 4 * (in.i_quats(v) * N + g),
+                                          in.scales + 3 * (in.i_scales(v) * N + g), op,
+                                          in.offset + 2 * (in.i_offset(v) * N + g), st.near_plane,
+                                          st.tile);
+      float rgb[3] = {0.f, 0.f, 0.f};
+      if (p.radius > 0) {
+        gs::sh_color(st.degree, in.sh + 3 * K * (in.i_sh(v) * N + g), mean, cams[v].pos, rgb, nullptr);
+        if (!isfinite(rgb[0]) || !isfinite(rgb[1]) || !isfinite(rgb[2])) {
+          rgb[0] = rgb[1] = rgb[2] = 0.f;
+          p.radius = 0;
+        }
+      }
+      const bool on = p.radius > 0;
+      radii[vg] = p.radius;
+      means2d[2 * vg] = on ? p.u : 0.f, means2d[2 * vg + 1] = on ? p.v : 0.f;
+      for (int j = 0; j < 3; ++j) conic_opac[4 * vg + j] = on ? p.conic[j] : 0.f;
+      conic_opac[4 * vg + 3] = on ? op : 0.f;
+      for (int j = 0; j < 3; ++j) colors[3 * vg + j] = rgb[j];
+      zs[vg] = on ? p.z : 0.f;
+      for (int j = 0; j < 4; ++j) rects[4 * vg + j] = on ? p.rect[j] : 0;
+    }
+  });
+  // 2. tile intersections, bucketed per tile and sorted by (depth, id); views share one pool.
+  const int gx = st.gx();
+  int64_t base = 0;
+  std::vector<int64_t> count(T);
+  for (int64_t v = 0; v < V; ++v) {
+    std::fill(count.begin(), count.end(), 0);
+    for (int64_t g = 0; g < N; ++g) {
+      const int32_t* r = &rects[4 * (v * N + g)];
+      for (int ty = r[1]; ty < r[3]; ++ty)
+        for (int tx = r[0]; tx < r[2]; ++tx) ++count[(int64_t)ty * gx + tx];
+    }
+    const int64_t total = std::accumulate(count.begin(), count.end(), int64_t(0));
+    int32_t* ranges = tile_ranges + 2 * T * v;
+    if (base + total > cap_total) {  // does not fit: the view is drawn empty and flagged
+      overflow[v] = 1;
+      for (int64_t t = 0; t < T; ++t) ranges[2 * t] = ranges[2 * t + 1] = (int32_t)base;
+      continue;
+    }
+    overflow[v] = 0;
+    int64_t off = base;
+    for (int64_t t = 0; t < T; ++t) {
+      ranges[2 * t] = (int32_t)off;
+      ranges[2 * t + 1] = (int32_t)off;  // advanced while filling
+      off += count[t];
+    }
+    for (int64_t g = 0; g < N; ++g) {
+      const int32_t* r = &rects[4 * (v * N + g)];
+      for (int ty = r[1]; ty < r[3]; ++ty)
+        for (int tx = r[0]; tx < r[2]; ++tx) isect[ranges[2 * ((int64_t)ty * gx + tx) + 1]++] = (int32_t)g;
+    }
+    base += total;
+  }
+  parallel_for(V * T, nth, [&](int64_t b, int64_t e, int) {
+    for (int64_t vt = b; vt < e; ++vt) {
+      const int64_t v = vt / T;
+      const float* z = zs + v * N;
+      std::sort(isect + tile_ranges[2 * vt], isect + tile_ranges[2 * vt + 1],
+                [z](int32_t a, int32_t c) { return z[a] < z[c] || (z[a] == z[c] && a < c); });
+    }
+  });
+  // 3. compositing, one tile at a time, Gaussian-major over the tile's pixels.
+  const int ts = st.tile, P = ts * ts, WK = st.wabe_k;
+  std::vector<uint64_t> wabe_sum(V * N, 0);
+  std::memset(wabe_count, 0, sizeof(int32_t) * V * N);
+  parallel_for(V * T, nth, [&](int64_t b, int64_t e, int) {
+    std::vector<float> Tr(P), C(3 * P), D(P);
+    std::vector<int32_t> lastp(P), nslot(P);
+    std::vector<uint8_t> done(P);
+    std::vector<int32_t> sid(P * std::max(WK, 1));
+    std::vector<float> sw(P * std::max(WK, 1));
+    for (int64_t vt = b; vt < e; ++vt) {
+      const int64_t v = vt / T, t = vt % T;
+      const int x0 = (int)(t % gx) * ts, y0 = (int)(t / gx) * ts;
+      const int32_t start = tile_ranges[2 * vt], end = tile_ranges[2 * vt + 1];
+      int remaining = 0;
+      for (int p = 0; p < P; ++p) {
+        const int x = x0 + p % ts, y = y0 + p / ts;
+        const bool inside = x < st.width && y < st.height;
+        done[p] = !inside;
+        remaining += inside;
+        Tr[p] = 1.f, C[3 * p] = C[3 * p + 1] = C[3 * p + 2] = 0.f, D[p] = 0.f;
+        lastp[p] = start, nslot[p] = 0;
+      }
+      for (int32_t j = start; j < end && remaining > 0; ++j) {
+        const int64_t g = isect[j], vg = v * N + g;
+        const float u = means2d[2 * vg], w = means2d[2 * vg + 1];
+        const float* co = conic_opac + 4 * vg;
+        const float* col = colors + 3 * vg;
+        const float z = zs[vg];
+        for (int p = 0; p < P; ++p) {
+          if (done[p]) continue;
+          const float power = gs::pixel_power(u, w, co, x0 + p % ts + 0.5f, y0 + p / ts + 0.5f);
+          if (power > 0.f) continue;
+          const float a = fminf(gs::kAlphaMax, co[3] * expf(power));
+          if (a < gs::kAlphaMin) continue;
+          const float nT = Tr[p] * (1.f - a);
+          if (nT < gs::kTMin) {
+            done[p] = 1;
+            --remaining;
+            continue;
+          }
+          const float wgt = a * Tr[p];
+          C[3 * p] += col[0] * wgt, C[3 * p + 1] += col[1] * wgt, C[3 * p + 2] += col[2] * wgt;
+          D[p] += z * wgt;
+          if (nslot[p] < WK) {
+            sid[p * WK + nslot[p]] = (int32_t)g;
+            sw[p * WK + nslot[p]] = gs::wabe_weight(Tr[p], a, st.wabe_beta);
+            ++nslot[p];
+          }
+          Tr[p] = nT;
+          lastp[p] = j + 1;
+        }
+      }
+      const float* bg = in.bg + 3 * in.i_bg(v);
+      for (int p = 0; p < P; ++p) {
+        const int x = x0 + p % ts, y = y0 + p / ts;
+        if (x >= st.width || y >= st.height) continue;
+        const int64_t pix = v * HW + (int64_t)y * st.width + x;
+        for (int ch = 0; ch < 3; ++ch) image[3 * pix + ch] = C[3 * p + ch] + Tr[p] * bg[ch];
+        const float A = 1.f - Tr[p];
+        alpha_out[pix] = A;
+        depth_out[pix] = A > 0.f ? D[p] / A : 0.f;
+        final_T[pix] = Tr[p];
+        last[pix] = lastp[p];
+        // WABE: min-max normalise the K slot weights (empty slots count as 0), then add each
+        // occupied slot's value to its Gaussian as 2^-24 fixed point (order-independent sums).
+        const int n = nslot[p];
+        if (n == 0) continue;
+        float mn = n < WK ? 0.f : sw[p * WK], mx = 0.f;
+        for (int k = 0; k < n; ++k) mn = fminf(mn, sw[p * WK + k]), mx = fmaxf(mx, sw[p * WK + k]);
+        for (int k = 0; k < n; ++k) {
+          const double nk = (sw[p * WK + k] - mn) / (mx - mn + 1e-10f);
+          const int64_t vg = v * N + sid[p * WK + k];
+          __atomic_fetch_add(&wabe_sum[vg], (uint64_t)llround(nk * gs::kWabeScale), __ATOMIC_RELAXED);
+          __atomic_fetch_add(&wabe_count[vg], 1, __ATOMIC_RELAXED);
+        }
+      }
+    }
+  });
+  for (int64_t i = 0; i < V * N; ++i)
+    wabe_weight[i] = wabe_count[i] > 0 ? (float)(wabe_sum[i] / gs::kWabeScale / wabe_count[i]) : 0.f;
+  return ffi::Error::Success();
+}
+
+// ------------------------------------------------------------------------------------ backward
+constexpr int kAcc = 10;  // per (view, Gaussian): du, dv, dconic[3], dopac, dcolor[3], dz
+
+ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const int32_t* radii,
+                    const float* means2d, const float* conic_opac, const float* colors,
+                    const float* zs, const float* final_T, const int32_t* last, const int32_t* isect,
+                    const int32_t* tile_ranges, const float* depth_out, const float* d_image,
+                    const float* d_alpha, const float* d_depth, float* d_means, BatchIndex o_means,
+                    float* d_quats, BatchIndex o_quats, float* d_scales, BatchIndex o_scales,
+                    float* d_opac, BatchIndex o_opac, float* d_sh, BatchIndex o_sh, float* d_offset,
+                    BatchIndex o_offset, float* d_bg, BatchIndex o_bg, const size_t out_sizes[7]) {
+  const int64_t V = in.V, N = in.N, K = in.K, T = st.tiles();
+  const int64_t HW = (int64_t)st.width * st.height;
+  const int ts = st.tile, P = ts * ts, gx = st.gx();
+  const int nth = (int)std::max<int64_t>(1, std::min<int64_t>(num_threads(), V * T));
+  float* outs[7] = {d_means, d_quats, d_scales, d_opac, d_sh, d_offset, d_bg};
+  for (int i = 0; i < 7; ++i) std::memset(outs[i], 0, sizeof(float) * out_sizes[i]);
+  std::vector<std::vector<float>> acc(nth, std::vector<float>(V * N * kAcc, 0.f));
+  std::vector<std::vector<float>> accbg(nth, std::vector<float>(V * 3, 0.f));
+  // 1. per pixel, back to front
+  parallel_for(V * T, nth, [&](int64_t b, int64_t e, int tid) {
+    float* A = acc[tid].data();
+    float* Abg = accbg[tid].data();
+    for (int64_t vt = b; vt < e; ++vt) {
+      const int64_t v = vt / T, t = vt % T;
+      const int x0 = (int)(t % gx) * ts, y0 = (int)(t / gx) * ts;
+      const int32_t start = tile_ranges[2 * vt];
+      const float* bg = in.bg + 3 * in.i_bg(v);
+      for (int p = 0; p < P; ++p) {
+        const int x = x0 + p % ts, y = y0 + p / ts;
+        if (x >= st.width || y >= st.height) continue;
+        const int64_t pix = v * HW + (int64_t)y * st.width + x;
+        const float TN = final_T[pix], Aout = 1.f - TN;
+        const float gC[3] = {d_image[3 * pix], d_image[3 * pix + 1], d_image[3 * pix + 2]};
+        float gA = d_alpha[pix], gD = 0.f;
+        if (Aout > 0.f) {  // depth = D / A (expected depth)
+          gD = d_depth[pix] / Aout;
+          gA -= d_depth[pix] * depth_out[pix] / Aout;
+        }
+        for (int ch = 0; ch < 3; ++ch) Abg[3 * v + ch] += gC[ch] * TN;
+        const float bgterm = TN * (gC[0] * bg[0] + gC[1] * bg[1] + gC[2] * bg[2]);
+        float Tk = TN, Bc[3] = {0.f, 0.f, 0.f}, Bz = 0.f;
+        const float px = x + 0.5f, py = y + 0.5f;
+        for (int32_t j = last[pix] - 1; j >= start; --j) {
+          const int64_t g = isect[j], vg = v * N + g;
+          const float* co = conic_opac + 4 * vg;
+          const float u = means2d[2 * vg], w = means2d[2 * vg + 1];
+          const float dx = u - px, dy = w - py;
+          const float power = -0.5f * (co[0] * dx * dx + co[2] * dy * dy) - co[1] * dx * dy;
+          if (power > 0.f) continue;
+          const float G = expf(power), oG = co[3] * G;
+          const float a = fminf(gs::kAlphaMax, oG);
+          if (a < gs::kAlphaMin) continue;
+          const float om = 1.f / (1.f - a);
+          Tk *= om;  // transmittance before this contributor
+          const float s = wabe_bwd ? expf(-st.wabe_beta * (1.f - Tk)) : 1.f;
+          const float* c = colors + 3 * vg;
+          const float z = zs[vg], wgt = a * Tk;
+          float* Ag = A + kAcc * vg;
+          float dal = 0.f;
+          for (int ch = 0; ch < 3; ++ch) {
+            Ag[6 + ch] += s * gC[ch] * wgt;
+            dal += gC[ch] * (c[ch] * Tk - Bc[ch] * om);
+            Bc[ch] += c[ch] * wgt;
+          }
+          Ag[9] += s * gD * wgt;
+          dal += gD * (z * Tk - Bz * om) + (gA * TN - bgterm) * om;
+          Bz += z * wgt;
+          dal *= s;
+          if (oG <= gs::kAlphaMax) {  // alpha was not clamped
+            Ag[5] += G * dal;
+            const float dp = oG * dal;
+            Ag[0] += -dp * (co[0] * dx + co[1] * dy);
+            Ag[1] += -dp * (co[1] * dx + co[2] * dy);
+            Ag[2] += -0.5f * dp * dx * dx;
+            Ag[3] += -dp * dx * dy;
+            Ag[4] += -0.5f * dp * dy * dy;
+          }
+        }
+      }
+    }
+  });
+  for (int t = 1; t < nth; ++t) {
+    for (int64_t i = 0; i < V * N * kAcc; ++i) acc[0][i] += acc[t][i];
+    for (int64_t i = 0; i < V * 3; ++i) accbg[0][i] += accbg[t][i];
+  }
+  const float* Acc = acc[0].data();
+  for (int64_t v = 0; v < V; ++v)
+    for (int ch = 0; ch < 3; ++ch) d_bg[3 * o_bg(v) + ch] += accbg[0][3 * v + ch];
+  // 2. per Gaussian (parallel over Gaussians, views in order: no write conflicts)
+  std::vector<gs::Cam> cams(V);
+  for (int64_t v = 0; v < V; ++v)
+    cams[v] = gs::make_cam(in.viewmat + 16 * in.i_viewmat(v), in.intr + 4 * in.i_intr(v), st.width,
+                           st.height);
+  parallel_for(N, num_threads(), [&](int64_t b, int64_t e, int) {
+    for (int64_t g = b; g < e; ++g) {
+      for (int64_t v = 0; v < V; ++v) {
+        const int64_t vg = v * N + g;
+        if (radii[vg] <= 0) continue;
+        const float* a = Acc + kAcc * vg;
+        const float* mean = in.means + 3 * (in.i_means(v) * N + g);
+        float* dm = d_means + 3 * (o_means(v) * N + g);
+        d_offset[2 * (o_offset(v) * N + g)] += a[0];
+        d_offset[2 * (o_offset(v) * N + g) + 1] += a[1];
+        d_opac[o_opac(v) * N + g] += a[5];
+        gs::sh_color_vjp(st.degree, in.sh + 3 * K * (in.i_sh(v) * N + g), mean, cams[v].pos, a + 6,
+                         d_sh + 3 * K * (o_sh(v) * N + g), dm);
+        gs::project_vjp(cams[v], mean, in.quats + 4 * (in.i_quats(v) * N + g),
+                        in.scales + 3 * (in.i_scales(v) * N + g), a[0], a[1], a + 2, a[9], dm,
+                        d_quats + 4 * (o_quats(v) * N + g), d_scales + 3 * (o_scales(v) * N + g));
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------ FFI
+static ffi::Error RasterizeFwdImpl(int64_t width, int64_t height, int64_t tile, int64_t sh_degree,
+                                   float near_plane, int64_t wabe_k, float wabe_beta,
+                                   ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quats,
+                                   ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> opac,
+                                   ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> offset,
+                                   ffi::Buffer<ffi::F32> viewmat, ffi::Buffer<ffi::F32> intr,
+                                   ffi::Buffer<ffi::F32> bg, ffi::ResultBuffer<ffi::F32> image,
+                                   ffi::ResultBuffer<ffi::F32> alpha, ffi::ResultBuffer<ffi::F32> depth,
+                                   ffi::ResultBuffer<ffi::S32> radii,
+                                   ffi::ResultBuffer<ffi::S32> wabe_count,
+                                   ffi::ResultBuffer<ffi::F32> wabe_weight,
+                                   ffi::ResultBuffer<ffi::S32> overflow,
+                                   ffi::ResultBuffer<ffi::F32> means2d,
+                                   ffi::ResultBuffer<ffi::F32> conic_opac,
+                                   ffi::ResultBuffer<ffi::F32> colors, ffi::ResultBuffer<ffi::F32> zs,
+                                   ffi::ResultBuffer<ffi::F32> final_T, ffi::ResultBuffer<ffi::S32> last,
+                                   ffi::ResultBuffer<ffi::S32> isect,
+                                   ffi::ResultBuffer<ffi::S32> tile_ranges) {
+  Inputs in;
+  if (auto err = decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg,
+                               image->dimensions(), 3, &in);
+      err.failure())
+    return err;
+  if (wabe_k < 0 || wabe_k > gs::kWabeMaxK)
+    return ffi::Error::InvalidArgument("gaedit: wabe_k must be in [0, 32]");
+  if (sh_degree < 0 || sh_degree > 3 || gs::sh_count((int)sh_degree) > in.K)
+    return ffi::Error::InvalidArgument("gaedit: sh_degree must be in [0, 3] and fit in K");
+  const Static st{(int)width, (int)height, (int)tile, (int)sh_degree, (int)wabe_k, near_plane, wabe_beta};
+  const int64_t cap_total = (int64_t)isect->element_count();
+  if (cap_total >= (int64_t(1) << 31))
+    return ffi::Error::InvalidArgument("gaedit: intersection capacity must be < 2^31");
+  return forward(in, st, image->typed_data(), alpha->typed_data(), depth->typed_data(),
+                 radii->typed_data(), wabe_count->typed_data(), wabe_weight->typed_data(),
+                 overflow->typed_data(), means2d->typed_data(), conic_opac->typed_data(),
+                 colors->typed_data(), zs->typed_data(), final_T->typed_data(), last->typed_data(),
+                 isect->typed_data(), cap_total, tile_ranges->typed_data());
+}
+
+static ffi::Error RasterizeBwdImpl(
+    int64_t width, int64_t height, int64_t tile, int64_t sh_degree, float near_plane,
+    bool wabe_backward, float wabe_beta, ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quats,
+    ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> opac, ffi::Buffer<ffi::F32> sh,
+    ffi::Buffer<ffi::F32> offset, ffi::Buffer<ffi::F32> viewmat, ffi::Buffer<ffi::F32> intr,
+    ffi::Buffer<ffi::F32> bg, ffi::Buffer<ffi::S32> radii, ffi::Buffer<ffi::F32> means2d,
+    ffi::Buffer<ffi::F32> conic_opac, ffi::Buffer<ffi::F32> colors, ffi::Buffer<ffi::F32> zs,
+    ffi::Buffer<ffi::F32> final_T, ffi::Buffer<ffi::S32> last, ffi::Buffer<ffi::S32> isect,
+    ffi::Buffer<ffi::S32> tile_ranges, ffi::Buffer<ffi::F32> depth_out, ffi::Buffer<ffi::F32> d_image,
+    ffi::Buffer<ffi::F32> d_alpha, ffi::Buffer<ffi::F32> d_depth, ffi::ResultBuffer<ffi::F32> d_means,
+    ffi::ResultBuffer<ffi::F32> d_quats, ffi::ResultBuffer<ffi::F32> d_scales,
+    ffi::ResultBuffer<ffi::F32> d_opac, ffi::ResultBuffer<ffi::F32> d_sh,
+    ffi::ResultBuffer<ffi::F32> d_offset, ffi::ResultBuffer<ffi::F32> d_bg) {
+  Inputs in;
+  if (auto err = decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg,
+                               d_image.dimensions(), 3, &in);
+      err.failure())
+    return err;
+  if (sh_degree < 0 || sh_degree > 3 || gs::sh_count((int)sh_degree) > in.K)
+    return ffi::Error::InvalidArgument("gaedit: sh_degree must be in [0, 3] and fit in K");
+  const Static st{(int)width, (int)height, (int)tile, (int)sh_degree, 0, near_plane, wabe_beta};
+  // Gradient outputs broadcast like the inputs (vmap may add batch dims to them).
+  BatchIndex o[7];
+  struct R {
+    const char* name;
+    ffi::Span<const int64_t> dims;
+    int core;
+  } rs[7] = {{"d_means", d_means->dimensions(), 2},   {"d_quats", d_quats->dimensions(), 2},
+             {"d_scales", d_scales->dimensions(), 2}, {"d_opacities", d_opac->dimensions(), 1},
+             {"d_sh", d_sh->dimensions(), 3},         {"d_screen_offset", d_offset->dimensions(), 2},
+             {"d_background", d_bg->dimensions(), 1}};
+  for (int i = 0; i < 7; ++i) {
+    std::string err = gs::make_batch_index(rs[i].name, rs[i].dims, rs[i].core, in.full, in.nb, &o[i]);
+    if (!err.empty()) return ffi::Error::InvalidArgument("gaedit: " + err);
+  }
+  const size_t sizes[7] = {d_means->element_count(), d_quats->element_count(),
+                           d_scales->element_count(), d_opac->element_count(),
+                           d_sh->element_count(),    d_offset->element_count(),
+                           d_bg->element_count()};
+  return backward(in, st, wabe_backward, radii.typed_data(), means2d.typed_data(),
+                  conic_opac.typed_data(), colors.typed_data(), zs.typed_data(),
+                  final_T.typed_data(), last.typed_data(), isect.typed_data(),
+                  tile_ranges.typed_data(), depth_out.typed_data(), d_image.typed_data(),
+                  d_alpha.typed_data(), d_depth.typed_data(), d_means->typed_data(), o[0],
+                  d_quats->typed_data(), o[1], d_scales->typed_data(), o[2], d_opac->typed_data(),
+                  o[3], d_sh->typed_data(), o[4], d_offset->typed_data(), o[5], d_bg->typed_data(),
+                  o[6], sizes);
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeFwd, RasterizeFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Attr<int64_t>("width")
+                                  .Attr<int64_t>("height")
+                                  .Attr<int64_t>("tile_size")
+                                  .Attr<int64_t>("sh_degree")
+                                  .Attr<float>("near_plane")
+                                  .Attr<int64_t>("wabe_k")
+                                  .Attr<float>("wabe_beta")
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // means
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // quats
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scales
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // opacities
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // sh
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // screen_offset
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // world_to_camera
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // intrinsics
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // background
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // image
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // alpha
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // depth
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // radii
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // wabe_count
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // wabe_weight
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // overflow
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // means2d
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // conic_opac
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // colors
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // depths
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // final_T
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // last
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // isect
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // tile_ranges
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeBwd, RasterizeBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Attr<int64_t>("width")
+                                  .Attr<int64_t>("height")
+                                  .Attr<int64_t>("tile_size")
+                                  .Attr<int64_t>("sh_degree")
+                                  .Attr<float>("near_plane")
+                                  .Attr<bool>("wabe_backward")
+                                  .Attr<float>("wabe_beta")
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // means
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // quats
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scales
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // opacities
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // sh
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // screen_offset
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // world_to_camera
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // intrinsics
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // background
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // radii
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // means2d
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // conic_opac
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // colors
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // depths
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // final_T
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // last
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // isect
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // tile_ranges
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // depth output (expected depth)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d_image
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d_alpha
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d_depth
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_means
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_quats
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_scales
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_opacities
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_sh
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_screen_offset
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_background
+);
+
+// "jaxlib=<version>;ffi_api=<major>.<minor>": checked by the Python loader before registration.
+extern "C" const char* gaedit_build_info() {
+  return "jaxlib=" GAEDIT_JAXLIB_VERSION ";ffi_api=" GAEDIT_STR(XLA_FFI_API_MAJOR) "." GAEDIT_STR(
+      XLA_FFI_API_MINOR);
+}

@@ -1,0 +1,384 @@
+// Per-Gaussian and per-pixel math of 3D Gaussian splatting, shared by the CPU and the CUDA kernels.
+//
+// Conventions (the contract of gaedit_jax.render.rasterize):
+//   * world_to_camera is a row-major 3x4 [R|t] (OpenCV: x right, y down, z forward);
+//   * intrinsics (fx, fy, cx, cy) in pixels, pixel (i, j) has its centre at (i + 0.5, j + 0.5);
+//   * quaternions are wxyz and need not be normalised; scales are activated (> 0);
+//   * colour = SH(dir) + 0.5, clamped at 0 (3DGS), dir = normalize(mean - camera centre).
+// Numerical constants are those of the 3DGS rasterizer (graphdeco 59f5f77) used by GaussianAvatars.
+// Every forward function has its hand-written vector-Jacobian product next to it.
+#pragma once
+
+#include <math.h>
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define GS_HD __host__ __device__ __forceinline__
+#else
+#define GS_HD inline
+using std::isfinite;
+#endif
+
+namespace gs {
+
+constexpr float kAlphaMax = 0.99f;          // alpha = min(0.99, o * G)
+constexpr float kAlphaMin = 1.0f / 255.0f;  // contributions below are skipped
+constexpr float kTMin = 1e-4f;              // stop before T would fall below this
+constexpr float kEps2d = 0.3f;              // low-pass dilation of the 2D covariance
+constexpr float kFovPad = 0.3f;             // J is evaluated at the point clamped to 1.3 x FoV
+constexpr float kMaxRadius = 1e6f;          // guards the float -> int conversion
+constexpr float kQuatNorm2Min = 1e-24f;     // zero-norm quaternions are not drawn
+
+// ---------------------------------------------------------------- small linear algebra
+struct M3 {
+  float m[3][3];
+};
+
+GS_HD M3 quat_to_rotmat(float w, float x, float y, float z) {
+  M3 r;
+  r.m[0][0] = 1.f - 2.f * (y * y + z * z);
+  r.m[0][1] = 2.f * (x * y - w * z);
+  r.m[0][2] = 2.f * (x * z + w * y);
+  r.m[1][0] = 2.f * (x * y + w * z);
+  r.m[1][1] = 1.f - 2.f * (x * x + z * z);
+  r.m[1][2] = 2.f * (y * z - w * x);
+  r.m[2][0] = 2.f * (x * z - w * y);
+  r.m[2][1] = 2.f * (y * z + w * x);
+  r.m[2][2] = 1.f - 2.f * (x * x + y * y);
+  return r;
+}
+
+// VJP of quat_to_rotmat w.r.t. the (normalised) quaternion.
+GS_HD void quat_to_rotmat_vjp(float w, float x, float y, float z, const M3& g, float dq[4]) {
+  const float(*d)[3] = g.m;
+  dq[0] = 2.f * (-z * d[0][1] + y * d[0][2] + z * d[1][0] - x * d[1][2] - y * d[2][0] + x * d[2][1]);
+  dq[1] = 2.f * (y * d[0][1] + z * d[0][2] + y * d[1][0] - 2.f * x * d[1][1] - w * d[1][2] +
+                 z * d[2][0] + w * d[2][1] - 2.f * x * d[2][2]);
+  dq[2] = 2.f * (-2.f * y * d[0][0] + x * d[0][1] + w * d[0][2] + x * d[1][0] + z * d[1][2] -
+                 w * d[2][0] + z * d[2][1] - 2.f * y * d[2][2]);
+  dq[3] = 2.f * (-2.f * z * d[0][0] - w * d[0][1] + x * d[0][2] + w * d[1][0] - 2.f * z * d[1][1] +
+                 y * d[1][2] + x * d[2][0] + y * d[2][1]);
+}
+
+// ---------------------------------------------------------------- spherical harmonics
+// Real SH basis of degree <= 3 in the 3DGS sign convention. Y has (deg+1)^2 entries.
+constexpr float kSH0 = 0.28209479177387814f;
+constexpr float kSH1 = 0.4886025119029199f;
+constexpr float kSH2[5] = {1.0925484305920792f, -1.0925484305920792f, 0.31539156525252005f,
+                           -1.0925484305920792f, 0.5462742152960396f};
+constexpr float kSH3[7] = {-0.5900435899266435f, 2.890611442640554f, -0.4570457994644658f,
+                           0.3731763325901154f,  -0.4570457994644658f, 1.445305721320277f,
+                           -0.5900435899266435f};
+
+GS_HD int sh_count(int degree) { return (degree + 1) * (degree + 1); }
+
+// Basis values Y[k] and, if dY != nullptr, their derivatives dY[k][0..2] w.r.t. the unit
+// direction's components treated as independent variables (the normalisation is chained outside).
+GS_HD void sh_basis(int degree, float x, float y, float z, float Y[16], float (*dY)[3]) {
+  Y[0] = kSH0;
+  if (dY) dY[0][0] = dY[0][1] = dY[0][2] = 0.f;
+  if (degree < 1) return;
+  Y[1] = -kSH1 * y;
+  Y[2] = kSH1 * z;
+  Y[3] = -kSH1 * x;
+  if (dY) {
+    dY[1][0] = 0.f, dY[1][1] = -kSH1, dY[1][2] = 0.f;
+    dY[2][0] = 0.f, dY[2][1] = 0.f, dY[2][2] = kSH1;
+    dY[3][0] = -kSH1, dY[3][1] = 0.f, dY[3][2] = 0.f;
+  }
+  if (degree < 2) return;
+  const float xx = x * x, yy = y * y, zz = z * z, xy = x * y, yz = y * z, xz = x * z;
+  Y[4] = kSH2[0] * xy;
+  Y[5] = kSH2[1] * yz;
+  Y[6] = kSH2[2] * (2.f * zz - xx - yy);
+  Y[7] = kSH2[3] * xz;
+  Y[8] = kSH2[4] * (xx - yy);
+  if (dY) {
+    float a;
+    a = kSH2[0], dY[4][0] = a * y, dY[4][1] = a * x, dY[4][2] = 0.f;
+    a = kSH2[1], dY[5][0] = 0.f, dY[5][1] = a * z, dY[5][2] = a * y;
+    a = kSH2[2], dY[6][0] = -2.f * a * x, dY[6][1] = -2.f * a * y, dY[6][2] = 4.f * a * z;
+    a = kSH2[3], dY[7][0] = a * z, dY[7][1] = 0.f, dY[7][2] = a * x;
+    a = kSH2[4], dY[8][0] = 2.f * a * x, dY[8][1] = -2.f * a * y, dY[8][2] = 0.f;
+  }
+  if (degree < 3) return;
+  Y[9] = kSH3[0] * y * (3.f * xx - yy);
+  Y[10] = kSH3[1] * xy * z;
+  Y[11] = kSH3[2] * y * (4.f * zz - xx - yy);
+  Y[12] = kSH3[3] * z * (2.f * zz - 3.f * xx - 3.f * yy);
+  Y[13] = kSH3[4] * x * (4.f * zz - xx - yy);
+  Y[14] = kSH3[5] * z * (xx - yy);
+  Y[15] = kSH3[6] * x * (xx - 3.f * yy);
+  if (dY) {
+    float a;
+    a = kSH3[0], dY[9][0] = 6.f * a * xy, dY[9][1] = 3.f * a * (xx - yy), dY[9][2] = 0.f;
+    a = kSH3[1], dY[10][0] = a * yz, dY[10][1] = a * xz, dY[10][2] = a * xy;
+    a = kSH3[2], dY[11][0] = -2.f * a * xy, dY[11][1] = a * (4.f * zz - xx - 3.f * yy),
+    dY[11][2] = 8.f * a * yz;
+    a = kSH3[3], dY[12][0] = -6.f * a * xz, dY[12][1] = -6.f * a * yz,
+    dY[12][2] = 3.f * a * (2.f * zz - xx - yy);
+    a = kSH3[4], dY[13][0] = a * (4.f * zz - 3.f * xx - yy), dY[13][1] = -2.f * a * xy,
+    dY[13][2] = 8.f * a * xz;
+    a = kSH3[5], dY[14][0] = 2.f * a * xz, dY[14][1] = -2.f * a * yz, dY[14][2] = a * (xx - yy);
+    a = kSH3[6], dY[15][0] = 3.f * a * (xx - yy), dY[15][1] = -6.f * a * xy, dY[15][2] = 0.f;
+  }
+}
+
+// ---------------------------------------------------------------- camera
+struct Cam {
+  float R[3][3];  // world -> camera rotation (rows = camera axes)
+  float t[3];
+  float fx, fy, cx, cy;
+  float pos[3];  // camera centre in world coordinates = -R^T t
+  int width, height;
+};
+
+GS_HD Cam make_cam(const float* w2c /*4x4 row-major*/, const float* intr /*fx,fy,cx,cy*/, int width,
+                   int height) {
+  Cam c;
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) c.R[i][j] = w2c[i * 4 + j];
+    c.t[i] = w2c[i * 4 + 3];
+  }
+  for (int j = 0; j < 3; ++j)
+    c.pos[j] = -(c.R[0][j] * c.t[0] + c.R[1][j] * c.t[1] + c.R[2][j] * c.t[2]);
+  c.fx = intr[0], c.fy = intr[1], c.cx = intr[2], c.cy = intr[3];
+  c.width = width, c.height = height;
+  return c;
+}
+
+// ---------------------------------------------------------------- projection (EWA splatting)
+struct Projected {
+  float u, v;      // 2D mean in pixels (screen_offset included)
+  float conic[3];  // inverse 2D covariance (a, b, c) of [[a, b], [b, c]]
+  float z;         // view-space depth of the mean
+  int radius;      // 0 = not drawn
+  int rect[4];     // tile rectangle x0, y0, x1, y1 (exclusive ends)
+};
+
+GS_HD bool finite3(const float* p) {
+  return isfinite(p[0]) && isfinite(p[1]) && isfinite(p[2]);
+}
+
+// Forward projection of one Gaussian into one view. Gaussians that are behind the near plane,
+// have a zero-norm quaternion, non-finite parameters, or a tile rectangle of zero area get
+// radius 0 and are neither drawn nor differentiated.
+GS_HD Projected project(const Cam& c, const float* mean, const float* quat, const float* scale,
+                        float opacity, const float* offset, float near_plane, int tile_size) {
+  Projected p;
+  p.radius = 0;
+  p.u = p.v = p.z = 0.f;
+  p.conic[0] = p.conic[1] = p.conic[2] = 0.f;
+  p.rect[0] = p.rect[1] = p.rect[2] = p.rect[3] = 0;
+  if (!finite3(mean) || !finite3(scale) || !isfinite(opacity) || !isfinite(offset[0]) ||
+      !isfinite(offset[1]))
+    return p;
+  float pc[3];
+  for (int i = 0; i < 3; ++i)
+    pc[i] = c.R[i][0] * mean[0] + c.R[i][1] * mean[1] + c.R[i][2] * mean[2] + c.t[i];
+  const float z = pc[2];
+  if (!(z > near_plane)) return p;
+  const float n2 = quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3];
+  if (!(n2 > kQuatNorm2Min) || !isfinite(n2)) return p;
+  const float inv = 1.f / sqrtf(n2);
+  const M3 R = quat_to_rotmat(quat[0] * inv, quat[1] * inv, quat[2] * inv, quat[3] * inv);
+  // T = J W with J the perspective Jacobian at the FoV-clamped point.
+  const float tanx = 0.5f * c.width / c.fx, tany = 0.5f * c.height / c.fy;
+  const float limxp = (c.width - c.cx) / c.fx + kFovPad * tanx, limxn = c.cx / c.fx + kFovPad * tanx;
+  const float limyp = (c.height - c.cy) / c.fy + kFovPad * tany, limyn = c.cy / c.fy + kFovPad * tany;
+  const float tx = z * fminf(limxp, fmaxf(-limxn, pc[0] / z));
+  const float ty = z * fminf(limyp, fmaxf(-limyn, pc[1] / z));
+  const float J00 = c.fx / z, J02 = -c.fx * tx / (z * z), J11 = c.fy / z, J12 = -c.fy * ty / (z * z);
+  float T[2][3];
+  for (int j = 0; j < 3; ++j) {
+    T[0][j] = J00 * c.R[0][j] + J02 * c.R[2][j];
+    T[1][j] = J11 * c.R[1][j] + J12 * c.R[2][j];
+  }
+  // cov2d = T R S S^T R^T T^T = (T M)(T M)^T with M = R diag(s)
+  float TM[2][3];
+  for (int r = 0; r < 2; ++r)
+    for (int j = 0; j < 3; ++j)
+      TM[r][j] = (T[r][0] * R.m[0][j] + T[r][1] * R.m[1][j] + T[r][2] * R.m[2][j]) * scale[j];
+  const float a = TM[0][0] * TM[0][0] + TM[0][1] * TM[0][1] + TM[0][2] * TM[0][2] + kEps2d;
+  const float b = TM[0][0] * TM[1][0] + TM[0][1] * TM[1][1] + TM[0][2] * TM[1][2];
+  const float cc = TM[1][0] * TM[1][0] + TM[1][1] * TM[1][1] + TM[1][2] * TM[1][2] + kEps2d;
+  const float det = a * cc - b * b;
+  if (!(det > 0.f) || !isfinite(det)) return p;
+  const float mid = 0.5f * (a + cc);
+  const float lambda1 = mid + sqrtf(fmaxf(0.1f, mid * mid - det));
+  const float radius_f = ceilf(3.f * sqrtf(lambda1));
+  if (!(radius_f < kMaxRadius)) return p;
+  const float u = c.fx * pc[0] / z + c.cx + offset[0];
+  const float v = c.fy * pc[1] / z + c.cy + offset[1];
+  if (!isfinite(u) || !isfinite(v)) return p;
+  // Tile rectangle [x0, x1) x [y0, y1) touched by the square of half-size `radius`.
+  const int gx = (c.width + tile_size - 1) / tile_size, gy = (c.height + tile_size - 1) / tile_size;
+  const float ts = (float)tile_size;
+  const int x0 = (int)fminf((float)gx, fmaxf(0.f, floorf((u - radius_f) / ts)));
+  const int x1 = (int)fminf((float)gx, fmaxf(0.f, ceilf((u + radius_f) / ts)));
+  const int y0 = (int)fminf((float)gy, fmaxf(0.f, floorf((v - radius_f) / ts)));
+  const int y1 = (int)fminf((float)gy, fmaxf(0.f, ceilf((v + radius_f) / ts)));
+  if ((x1 - x0) * (y1 - y0) <= 0) return p;
+  p.u = u, p.v = v, p.z = z;
+  p.conic[0] = cc / det, p.conic[1] = -b / det, p.conic[2] = a / det;
+  p.radius = (int)radius_f;
+  p.rect[0] = x0, p.rect[1] = y0, p.rect[2] = x1, p.rect[3] = y1;
+  return p;
+}
+
+// Colour of one Gaussian seen from camera position `cam_pos`: SH(dir) + 0.5, clamped at 0.
+// sh points at K x 3 coefficients. raw (optional) receives the unclamped value.
+GS_HD void sh_color(int degree, const float* sh, const float* mean, const float* cam_pos, float rgb[3],
+                    float raw[3]) {
+  float d[3] = {mean[0] - cam_pos[0], mean[1] - cam_pos[1], mean[2] - cam_pos[2]};
+  const float n = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+  const float inv = n > 0.f ? 1.f / n : 0.f;
+  float Y[16];
+  sh_basis(degree, d[0] * inv, d[1] * inv, d[2] * inv, Y, nullptr);
+  const int k = sh_count(degree);
+  for (int ch = 0; ch < 3; ++ch) {
+    float s = 0.f;
+    for (int i = 0; i < k; ++i) s += Y[i] * sh[i * 3 + ch];
+    s += 0.5f;
+    if (raw) raw[ch] = s;
+    rgb[ch] = fmaxf(s, 0.f);
+  }
+}
+
+// VJP of sh_color: accumulates into dsh (K x 3) and dmean (3).
+GS_HD void sh_color_vjp(int degree, const float* sh, const float* mean, const float* cam_pos,
+                        const float drgb[3], float* dsh, float dmean[3]) {
+  float d[3] = {mean[0] - cam_pos[0], mean[1] - cam_pos[1], mean[2] - cam_pos[2]};
+  const float n = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+  const float inv = n > 0.f ? 1.f / n : 0.f;
+  const float dir[3] = {d[0] * inv, d[1] * inv, d[2] * inv};
+  float Y[16], dY[16][3];
+  sh_basis(degree, dir[0], dir[1], dir[2], Y, dY);
+  const int k = sh_count(degree);
+  float draw[3];
+  for (int ch = 0; ch < 3; ++ch) {
+    float s = 0.5f;
+    for (int i = 0; i < k; ++i) s += Y[i] * sh[i * 3 + ch];
+    draw[ch] = s < 0.f ? 0.f : drgb[ch];  // clamped channels get no gradient
+  }
+  float ddir[3] = {0.f, 0.f, 0.f};
+  for (int i = 0; i < k; ++i) {
+    const float g = sh[i * 3 + 0] * draw[0] + sh[i * 3 + 1] * draw[1] + sh[i * 3 + 2] * draw[2];
+    for (int ch = 0; ch < 3; ++ch) dsh[i * 3 + ch] += Y[i] * draw[ch];
+    ddir[0] += g * dY[i][0], ddir[1] += g * dY[i][1], ddir[2] += g * dY[i][2];
+  }
+  // dir = d / |d|  =>  dd = (ddir - dir (dir . ddir)) / |d|
+  const float proj = dir[0] * ddir[0] + dir[1] * ddir[1] + dir[2] * ddir[2];
+  for (int j = 0; j < 3; ++j) dmean[j] += (ddir[j] - dir[j] * proj) * inv;
+}
+
+// VJP of `project` (only for drawn Gaussians): from dL/d(u, v), dL/dconic, dL/dz to
+// dL/dmean, dL/dquat, dL/dscale (accumulated). The camera is not differentiated.
+GS_HD void project_vjp(const Cam& c, const float* mean, const float* quat, const float* scale,
+                       float du, float dv, const float dconic[3], float dz_in, float dmean[3],
+                       float dquat[4], float dscale[3]) {
+  float pc[3];
+  for (int i = 0; i < 3; ++i)
+    pc[i] = c.R[i][0] * mean[0] + c.R[i][1] * mean[1] + c.R[i][2] * mean[2] + c.t[i];
+  const float z = pc[2];
+  const float n2 = quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3];
+  const float inv = 1.f / sqrtf(n2);
+  const float qn[4] = {quat[0] * inv, quat[1] * inv, quat[2] * inv, quat[3] * inv};
+  const M3 R = quat_to_rotmat(qn[0], qn[1], qn[2], qn[3]);
+  const float tanx = 0.5f * c.width / c.fx, tany = 0.5f * c.height / c.fy;
+  const float limxp = (c.width - c.cx) / c.fx + kFovPad * tanx, limxn = c.cx / c.fx + kFovPad * tanx;
+  const float limyp = (c.height - c.cy) / c.fy + kFovPad * tany, limyn = c.cy / c.fy + kFovPad * tany;
+  const float rx = pc[0] / z, ry = pc[1] / z;
+  const float tx = z * fminf(limxp, fmaxf(-limxn, rx));
+  const float ty = z * fminf(limyp, fmaxf(-limyn, ry));
+  const float J00 = c.fx / z, J02 = -c.fx * tx / (z * z), J11 = c.fy / z, J12 = -c.fy * ty / (z * z);
+  float T[2][3];
+  for (int j = 0; j < 3; ++j) {
+    T[0][j] = J00 * c.R[0][j] + J02 * c.R[2][j];
+    T[1][j] = J11 * c.R[1][j] + J12 * c.R[2][j];
+  }
+  float M[3][3];  // M = R diag(s)
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) M[i][j] = R.m[i][j] * scale[j];
+  float Sig[3][3];  // Sigma = M M^T
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) Sig[i][j] = M[i][0] * M[j][0] + M[i][1] * M[j][1] + M[i][2] * M[j][2];
+  float TS[2][3];  // T Sigma
+  for (int r = 0; r < 2; ++r)
+    for (int j = 0; j < 3; ++j) TS[r][j] = T[r][0] * Sig[0][j] + T[r][1] * Sig[1][j] + T[r][2] * Sig[2][j];
+  const float a = TS[0][0] * T[0][0] + TS[0][1] * T[0][1] + TS[0][2] * T[0][2] + kEps2d;
+  const float b = TS[0][0] * T[1][0] + TS[0][1] * T[1][1] + TS[0][2] * T[1][2];
+  const float cc = TS[1][0] * T[1][0] + TS[1][1] * T[1][1] + TS[1][2] * T[1][2] + kEps2d;
+  const float det = a * cc - b * b;
+  const float Q[2][2] = {{cc / det, -b / det}, {-b / det, a / det}};
+  // conic = cov^-1: dcov = -Q S Q with S the symmetric matrix of dL/dQ (off-diagonal halved).
+  const float S[2][2] = {{dconic[0], 0.5f * dconic[1]}, {0.5f * dconic[1], dconic[2]}};
+  float QS[2][2], G[2][2];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) QS[i][j] = Q[i][0] * S[0][j] + Q[i][1] * S[1][j];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) G[i][j] = -(QS[i][0] * Q[0][j] + QS[i][1] * Q[1][j]);
+  // cov = T Sigma T^T: dSigma = T^T G T, dT = 2 G T Sigma
+  float dSig[3][3];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) {
+      float s = 0.f;
+      for (int r = 0; r < 2; ++r)
+        for (int q = 0; q < 2; ++q) s += T[r][i] * G[r][q] * T[q][j];
+      dSig[i][j] = s;
+    }
+  float dT[2][3];
+  for (int r = 0; r < 2; ++r)
+    for (int j = 0; j < 3; ++j) dT[r][j] = 2.f * (G[r][0] * TS[0][j] + G[r][1] * TS[1][j]);
+  // T = J W: dJ = dT W^T (only the non-constant entries of J matter)
+  const float dJ00 = dT[0][0] * c.R[0][0] + dT[0][1] * c.R[0][1] + dT[0][2] * c.R[0][2];
+  const float dJ02 = dT[0][0] * c.R[2][0] + dT[0][1] * c.R[2][1] + dT[0][2] * c.R[2][2];
+  const float dJ11 = dT[1][0] * c.R[1][0] + dT[1][1] * c.R[1][1] + dT[1][2] * c.R[1][2];
+  const float dJ12 = dT[1][0] * c.R[2][0] + dT[1][1] * c.R[2][1] + dT[1][2] * c.R[2][2];
+  const float iz = 1.f / z, iz2 = iz * iz, iz3 = iz2 * iz;
+  float dpc[3] = {0.f, 0.f, 0.f};
+  dpc[2] += -c.fx * iz2 * dJ00 + 2.f * c.fx * tx * iz3 * dJ02 - c.fy * iz2 * dJ11 +
+            2.f * c.fy * ty * iz3 * dJ12;
+  const float dtx = -c.fx * iz2 * dJ02, dty = -c.fy * iz2 * dJ12;
+  // tx = z clamp(x / z): the identity inside the limits, z * limit outside.
+  if (rx > limxp) dpc[2] += dtx * limxp;
+  else if (rx < -limxn) dpc[2] -= dtx * limxn;
+  else dpc[0] += dtx;
+  if (ry > limyp) dpc[2] += dty * limyp;
+  else if (ry < -limyn) dpc[2] -= dty * limyn;
+  else dpc[1] += dty;
+  // 2D mean and depth
+  dpc[0] += c.fx * iz * du;
+  dpc[1] += c.fy * iz * dv;
+  dpc[2] += -c.fx * pc[0] * iz2 * du - c.fy * pc[1] * iz2 * dv + dz_in;
+  for (int j = 0; j < 3; ++j) dmean[j] += c.R[0][j] * dpc[0] + c.R[1][j] * dpc[1] + c.R[2][j] * dpc[2];
+  // Sigma = M M^T: dM = 2 dSigma M; M = R diag(s)
+  M3 dR;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) {
+      const float dM = 2.f * (dSig[i][0] * M[0][j] + dSig[i][1] * M[1][j] + dSig[i][2] * M[2][j]);
+      dR.m[i][j] = dM * scale[j];
+      dscale[j] += dM * R.m[i][j];
+    }
+  float dqn[4];
+  quat_to_rotmat_vjp(qn[0], qn[1], qn[2], qn[3], dR, dqn);
+  const float dot = qn[0] * dqn[0] + qn[1] * dqn[1] + qn[2] * dqn[2] + qn[3] * dqn[3];
+  for (int i = 0; i < 4; ++i) dquat[i] += (dqn[i] - qn[i] * dot) * inv;
+}
+
+// ---------------------------------------------------------------- per pixel
+// Gaussian falloff exponent at pixel centre (px, py): power = -0.5 d^T Q d, d = mean - pixel.
+GS_HD float pixel_power(float u, float v, const float conic[3], float px, float py) {
+  const float dx = u - px, dy = v - py;
+  return -0.5f * (conic[0] * dx * dx + conic[2] * dy * dy) - conic[1] * dx * dy;
+}
+
+// WABE visibility weight of the contributor with transmittance T before it.
+GS_HD float wabe_weight(float T, float alpha, float beta) { return expf(-beta * (1.f - T)) * alpha; }
+
+constexpr int kWabeMaxK = 32;
+constexpr double kWabeScale = 16777216.0;  // per-pixel weights in [0,1] are summed as fixed point 2^-24
+
+}  // namespace gs

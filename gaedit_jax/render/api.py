@@ -1,0 +1,192 @@
+"""`rasterize`: the public entry point, a custom VJP over the native forward/backward kernels.
+
+Batching. Every argument may carry leading batch dims that broadcast against each other (numpy
+rules): cameras [B] with shared Gaussians [N,...], or per-view Gaussians [B,N,...] (FLAME poses
+differ per frame), or [A,B] grids. All views render in one kernel call. The wrapper aligns every
+operand to the same number of leading dims (inserting size-1 dims, no copies), so that each
+`jax.vmap` level (vmap_method="expand_dims") adds exactly one leading dim to every operand and the
+kernels see one flat batch of views with shared operands indexed with stride 0. Gradients of shared
+operands are reduced over views inside the backward kernel (under vmap, JAX sums the per-example
+cotangents afterwards, as it does for any custom_vjp).
+
+The camera is not differentiated (its cotangent is zero).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gaedit_jax.camera import Camera
+from gaedit_jax.render import _ffi
+from gaedit_jax.render.types import Gaussians, RenderConfig, RenderOutput
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  width: int
+  height: int
+  tile_size: int
+  sh_degree: int
+  near_plane: float
+  wabe_k: int
+  wabe_beta: float
+  wabe_backward: bool
+  capacity: int  # intersections per view (pooled over the batch)
+
+  def fwd_attrs(self):
+    return dict(width=np.int64(self.width), height=np.int64(self.height),
+                tile_size=np.int64(self.tile_size), sh_degree=np.int64(self.sh_degree),
+                near_plane=np.float32(self.near_plane), wabe_k=np.int64(self.wabe_k),
+                wabe_beta=np.float32(self.wabe_beta))
+
+  def bwd_attrs(self):
+    return dict(width=np.int64(self.width), height=np.int64(self.height),
+                tile_size=np.int64(self.tile_size), sh_degree=np.int64(self.sh_degree),
+                near_plane=np.float32(self.near_plane), wabe_backward=bool(self.wabe_backward),
+                wabe_beta=np.float32(self.wabe_beta))
+
+  @property
+  def num_tiles(self) -> int:
+    t = self.tile_size
+    return ((self.width + t - 1) // t) * ((self.height + t - 1) // t)
+
+
+def _fwd_call(st: _Static, means, quats, scales, opac, sh, offset, viewmat, intr, bg):
+  batch = means.shape[:-2]  # aligned operands: the full batch shape is the broadcast of all
+  batch = jnp.broadcast_shapes(*(x.shape[:len(batch)] for x in
+                                 (means, quats, scales, opac, sh, offset, viewmat, intr, bg)))
+  n = means.shape[-2]
+  h, w = st.height, st.width
+  f32, i32 = jnp.float32, jnp.int32
+  sds = jax.ShapeDtypeStruct
+  out_types = (
+      sds(batch + (h, w, 3), f32),        # image
+      sds(batch + (h, w), f32),           # alpha
+      sds(batch + (h, w), f32),           # depth
+      sds(batch + (n,), i32),             # radii
+      sds(batch + (n,), i32),             # wabe_count
+      sds(batch + (n,), f32),             # wabe_weight
+      sds(batch, i32),                    # overflow
+      sds(batch + (n, 2), f32),           # means2d
+      sds(batch + (n, 4), f32),           # conic + opacity
+      sds(batch + (n, 3), f32),           # colours
+      sds(batch + (n,), f32),             # depths
+      sds(batch + (h, w), f32),           # final transmittance
+      sds(batch + (h, w), i32),           # last contributor (+1)
+      sds(batch + (st.capacity,), i32),   # sorted intersections (pooled over views)
+      sds(batch + (st.num_tiles, 2), i32),  # tile ranges
+  )
+  call = jax.ffi.ffi_call(_ffi.FWD_TARGET, out_types, vmap_method="expand_dims")
+  return call(means, quats, scales, opac, sh, offset, viewmat, intr, bg, **st.fwd_attrs())
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _rasterize_op(st: _Static, means, quats, scales, opac, sh, offset, viewmat, intr, bg):
+  return _fwd_call(st, means, quats, scales, opac, sh, offset, viewmat, intr, bg)[:7]
+
+
+def _rasterize_fwd(st, means, quats, scales, opac, sh, offset, viewmat, intr, bg):
+  outs = _fwd_call(st, means, quats, scales, opac, sh, offset, viewmat, intr, bg)
+  inputs = (means, quats, scales, opac, sh, offset, viewmat, intr, bg)
+  residuals = (outs[3],) + tuple(outs[7:]) + (outs[2],)  # radii, ..., tile ranges, depth
+  return outs[:7], (inputs, residuals)
+
+
+def _rasterize_bwd(st, res, cts):
+  inputs, residuals = res
+  d_image, d_alpha, d_depth = cts[0], cts[1], cts[2]
+  grad_types = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in inputs[:6]) + (
+      jax.ShapeDtypeStruct(inputs[8].shape, jnp.float32),)
+  call = jax.ffi.ffi_call(_ffi.BWD_TARGET, grad_types, vmap_method="expand_dims")
+  g = call(*inputs, *residuals, d_image, d_alpha, d_depth, **st.bwd_attrs())
+  viewmat, intr = inputs[6], inputs[7]
+  return (*g[:6], jnp.zeros_like(viewmat), jnp.zeros_like(intr), g[6])
+
+
+_rasterize_op.defvjp(_rasterize_fwd, _rasterize_bwd)
+
+
+def _align(x, core_rank: int, nb: int):
+  lead = x.ndim - core_rank
+  return x.reshape((1,) * (nb - lead) + x.shape)
+
+
+def _broadcast_batch(named: dict[str, tuple[jax.Array, int]]) -> tuple[int, ...]:
+  shapes = {k: tuple(v.shape[: v.ndim - core]) for k, (v, core) in named.items()}
+  try:
+    return tuple(np.broadcast_shapes(*shapes.values()))
+  except ValueError:
+    detail = ", ".join(f"{k} {s}" for k, s in shapes.items())
+    raise ValueError(f"rasterize: the leading (batch) dims do not broadcast: {detail}") from None
+
+
+def prepare_inputs(gaussians: Gaussians, camera: Camera, background, config: RenderConfig):
+  """Validates and casts the arguments; returns (named operands with core ranks, batch shape)."""
+  g = gaussians
+  if g.means.ndim < 2 or g.means.shape[-1] != 3:
+    raise ValueError(f"rasterize: means must be [..., N, 3], got {g.means.shape}")
+  n = g.means.shape[-2]
+  if g.sh.ndim < 3 or g.sh.shape[-1] != 3 or g.sh.shape[-3] != n:
+    raise ValueError(f"rasterize: sh must be [..., N, K, 3] with N = {n}, got {g.sh.shape}")
+  k = g.sh.shape[-2]
+  if (config.sh_degree + 1) ** 2 > k or not 0 <= config.sh_degree <= 3:
+    raise ValueError(f"rasterize: sh_degree {config.sh_degree} needs {(config.sh_degree + 1) ** 2}"
+                     f" SH coefficients per channel (at most degree 3), sh has K = {k}")
+  if camera.width <= 0 or camera.height <= 0:
+    raise ValueError(f"rasterize: camera image size must be positive, got {camera.width}x{camera.height}")
+  offset = g.screen_offset if g.screen_offset is not None else jnp.zeros((n, 2), jnp.float32)
+  f = lambda x: jnp.asarray(x, jnp.float32)
+  named = {
+      "means": (f(g.means), 2), "quats": (f(g.quats), 2), "scales": (f(g.scales), 2),
+      "opacities": (f(g.opacities), 1), "sh": (f(g.sh), 3), "screen_offset": (f(offset), 2),
+      "world_to_camera": (f(camera.world_to_camera), 2), "intrinsics": (camera.intrinsics, 1),
+      "background": (f(background), 1),
+  }
+  for name, (x, core) in named.items():
+    if x.ndim < core:
+      raise ValueError(f"rasterize: {name} has rank {x.ndim}, expected at least {core}")
+  expected_core = {"quats": (n, 4), "scales": (n, 3), "opacities": (n,), "screen_offset": (n, 2),
+                   "world_to_camera": (4, 4), "intrinsics": (4,), "background": (3,)}
+  for name, shape in expected_core.items():
+    x, core = named[name]
+    if tuple(x.shape[x.ndim - core:]) != shape:
+      raise ValueError(f"rasterize: {name} must be [..., {', '.join(map(str, shape))}], got {x.shape}")
+  return named, _broadcast_batch(named)
+
+
+def rasterize(gaussians: Gaussians, camera: Camera, background, config: RenderConfig = RenderConfig()
+              ) -> RenderOutput:
+  """Renders Gaussians into the camera's views (see the module docstring for batching).
+
+  Args:
+    gaussians: world-space `Gaussians` (shared [N,...] or per view [...,N,...]).
+    camera: `Camera` with batch shape [...] (or unbatched).
+    background: [...,3] colour blended with the final transmittance.
+    config: static `RenderConfig`.
+  Returns:
+    `RenderOutput` with leading dims = the broadcast batch shape.
+  """
+  if config.backend == "reference":
+    from gaedit_jax.render import reference
+    return reference.rasterize_reference(gaussians, camera, background, config)
+  _ffi.ensure_registered()
+  named, batch = prepare_inputs(gaussians, camera, background, config)
+  nb = len(batch)
+  ops = [_align(x, core, nb) for x, core in named.values()]
+  n = gaussians.means.shape[-2]
+  st = _Static(width=int(camera.width), height=int(camera.height), tile_size=int(config.tile_size),
+               sh_degree=int(config.sh_degree), near_plane=float(config.near_plane),
+               wabe_k=int(config.wabe_k), wabe_beta=float(config.wabe_beta),
+               wabe_backward=bool(config.wabe_backward), capacity=config.capacity(n))
+  if st.capacity * max(1, math.prod(batch)) >= 2**31:
+    raise ValueError("rasterize: the intersection buffer would exceed 2^31 entries; lower "
+                     "max_intersections / isect_per_gaussian or render fewer views per call")
+  image, alpha, depth, radii, wcount, wweight, overflow = _rasterize_op(st, *ops)
+  return RenderOutput(image=image, alpha=alpha, depth=depth, radii=radii, wabe_mask=wcount > 0,
+                      wabe_weight=wweight, overflow=overflow > 0)

@@ -1,0 +1,186 @@
+"""Pure-jnp dense rasterizer with the semantics of the native kernels: the test oracle.
+
+Every pixel looks at every Gaussian (memory O(H W N)): use it for small scenes only. It reproduces
+the kernels' discrete decisions exactly (near-plane and degenerate culling, 3-sigma tile rectangles,
+alpha clamps, the 1/255 skip, early termination at T < 1e-4), so forward parity is to rounding and
+`jax.grad` of it is the reference for the hand-written backward. `wabe_backward=True` is emulated
+with stop-gradient mixing: x -> s x + (1 - s) sg(x) scales dL/dx by s without changing values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gaedit_jax.camera import Camera
+from gaedit_jax.render.types import Gaussians, RenderConfig, RenderOutput
+
+ALPHA_MAX, ALPHA_MIN, T_MIN, EPS2D, FOV_PAD = 0.99, 1.0 / 255.0, 1e-4, 0.3, 0.3
+
+_SH_C0 = 0.28209479177387814
+_SH_C1 = 0.4886025119029199
+_SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
+          0.5462742152960396)
+_SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+          -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+
+
+def sh_basis(degree: int, d: jax.Array) -> jax.Array:
+  """Real SH basis (3DGS sign convention) of unit directions d [...,3] -> [..., (degree+1)^2]."""
+  x, y, z = d[..., 0], d[..., 1], d[..., 2]
+  out = [jnp.full_like(x, _SH_C0)]
+  if degree >= 1:
+    out += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
+  if degree >= 2:
+    xx, yy, zz = x * x, y * y, z * z
+    out += [_SH_C2[0] * x * y, _SH_C2[1] * y * z, _SH_C2[2] * (2 * zz - xx - yy),
+            _SH_C2[3] * x * z, _SH_C2[4] * (xx - yy)]
+  if degree >= 3:
+    out += [_SH_C3[0] * y * (3 * xx - yy), _SH_C3[1] * x * y * z, _SH_C3[2] * y * (4 * zz - xx - yy),
+            _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy), _SH_C3[4] * x * (4 * zz - xx - yy),
+            _SH_C3[5] * z * (xx - yy), _SH_C3[6] * x * (xx - 3 * yy)]
+  return jnp.stack(out, -1)
+
+
+def quat_to_rotmat(q: jax.Array) -> jax.Array:
+  """Unit quaternions wxyz [...,4] -> rotation matrices [...,3,3]."""
+  w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+  return jnp.stack([
+      jnp.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+      jnp.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+      jnp.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+  ], -2)
+
+
+def project(means, quats, scales, opac, sh, offset, w2c, intr, *, width, height, tile_size,
+            near_plane, sh_degree):
+  """Per-Gaussian projection of one view: (u, v, conic, z, radius, rect, colour, valid)."""
+  fx, fy, cx, cy = intr[0], intr[1], intr[2], intr[3]
+  rot, t = w2c[:3, :3], w2c[:3, 3]
+  pc = means @ rot.T + t
+  z = pc[:, 2]
+  finite = (jnp.all(jnp.isfinite(means), -1) & jnp.all(jnp.isfinite(scales), -1)
+            & jnp.isfinite(opac) & jnp.all(jnp.isfinite(offset), -1))
+  n2 = jnp.sum(quats * quats, -1)
+  valid = finite & (z > near_plane) & (n2 > 1e-24) & jnp.isfinite(n2)
+  zs = jnp.where(valid, z, 1.0)  # safe values where invalid keep gradients finite
+  qn = jnp.where(valid[:, None], quats, jnp.array([1.0, 0, 0, 0])) / jnp.sqrt(jnp.where(valid, n2, 1.0))[:, None]
+  sc = jnp.where(valid[:, None], scales, 1.0)
+  pcs = jnp.where(valid[:, None], pc, jnp.array([0.0, 0.0, 1.0]))
+  tanx, tany = 0.5 * width / fx, 0.5 * height / fy
+  limxp, limxn = (width - cx) / fx + FOV_PAD * tanx, cx / fx + FOV_PAD * tanx
+  limyp, limyn = (height - cy) / fy + FOV_PAD * tany, cy / fy + FOV_PAD * tany
+  tx = zs * jnp.clip(pcs[:, 0] / zs, -limxn, limxp)
+  ty = zs * jnp.clip(pcs[:, 1] / zs, -limyn, limyp)
+  zero = jnp.zeros_like(zs)
+  jac = jnp.stack([jnp.stack([fx / zs, zero, -fx * tx / zs**2], -1),
+                   jnp.stack([zero, fy / zs, -fy * ty / zs**2], -1)], -2)  # [N,2,3]
+  tm = jac @ rot @ quat_to_rotmat(qn) * sc[:, None, :]  # T M, [N,2,3]
+  a = jnp.sum(tm[:, 0] ** 2, -1) + EPS2D
+  b = jnp.sum(tm[:, 0] * tm[:, 1], -1)
+  c = jnp.sum(tm[:, 1] ** 2, -1) + EPS2D
+  det = a * c - b * b
+  valid &= (det > 0) & jnp.isfinite(det)
+  dets = jnp.where(valid, det, 1.0)
+  conic = jnp.stack([c / dets, -b / dets, a / dets], -1)
+  mid = 0.5 * (a + c)
+  lam = mid + jnp.sqrt(jnp.maximum(0.1, mid * mid - dets))
+  radius = jax.lax.stop_gradient(jnp.ceil(3.0 * jnp.sqrt(lam)))
+  valid &= radius < 1e6
+  u = fx * pcs[:, 0] / zs + cx + offset[:, 0]
+  v = fy * pcs[:, 1] / zs + cy + offset[:, 1]
+  valid &= jnp.isfinite(u) & jnp.isfinite(v)
+  gx, gy = -(-width // tile_size), -(-height // tile_size)
+  ug, vg = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
+  x0 = jnp.clip(jnp.floor((ug - radius) / tile_size), 0, gx)
+  x1 = jnp.clip(jnp.ceil((ug + radius) / tile_size), 0, gx)
+  y0 = jnp.clip(jnp.floor((vg - radius) / tile_size), 0, gy)
+  y1 = jnp.clip(jnp.ceil((vg + radius) / tile_size), 0, gy)
+  valid &= (x1 - x0) * (y1 - y0) > 0
+  # colour
+  campos = -rot.T @ t
+  d = jnp.where(valid[:, None], means, campos + jnp.array([0.0, 0.0, 1.0])) - campos
+  dn = d / jnp.linalg.norm(d, axis=-1, keepdims=True)
+  k = (sh_degree + 1) ** 2
+  raw = jnp.einsum("nk,nkc->nc", sh_basis(sh_degree, dn), jnp.where(valid[:, None, None], sh[:, :k], 0.0)) + 0.5
+  valid &= jnp.all(jnp.isfinite(raw), -1)
+  rgb = jnp.maximum(raw, 0.0)
+  rect = jnp.stack([x0, y0, x1, y1], -1)
+  return dict(u=u, v=v, conic=conic, z=zs, radius=jnp.where(valid, radius, 0).astype(jnp.int32),
+              rect=rect, rgb=rgb, valid=valid, opac=opac)
+
+
+def render_view(means, quats, scales, opac, sh, offset, w2c, intr, bg, *, width, height,
+                config: RenderConfig):
+  """One view, dense. Returns (image, alpha, depth, radii, wabe_mask, wabe_weight)."""
+  p = project(means, quats, scales, opac, sh, offset, w2c, intr, width=width, height=height,
+              tile_size=config.tile_size, near_plane=config.near_plane, sh_degree=config.sh_degree)
+  n = means.shape[0]
+  order = jnp.argsort(jnp.where(p["valid"], jax.lax.stop_gradient(p["z"]), jnp.inf), stable=True)
+  g = {k: v[order] for k, v in p.items()}
+  ys, xs = jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")
+  px, py = xs.reshape(-1) + 0.5, ys.reshape(-1) + 0.5  # [P]
+  tx, ty = (xs.reshape(-1) // config.tile_size)[:, None], (ys.reshape(-1) // config.tile_size)[:, None]
+  r = g["rect"]
+  in_rect = (tx >= r[:, 0]) & (tx < r[:, 2]) & (ty >= r[:, 1]) & (ty < r[:, 3])  # [P,N]
+  dx, dy = g["u"][None] - px[:, None], g["v"][None] - py[:, None]
+  co = g["conic"]
+  power = -0.5 * (co[:, 0] * dx * dx + co[:, 2] * dy * dy) - co[:, 1] * dx * dy
+  acc = g["valid"][None] & in_rect & (power <= 0)
+  alpha = jnp.minimum(ALPHA_MAX, g["opac"][None] * jnp.exp(jnp.minimum(power, 0.0)))
+  acc &= alpha >= ALPHA_MIN
+  a_acc = jnp.where(acc, alpha, 0.0)
+  t_before = jnp.cumprod(1.0 - a_acc, axis=1) / (1.0 - a_acc)
+  stop = jnp.cumsum(acc & (t_before * (1.0 - a_acc) < T_MIN), axis=1) > 0
+  inc = jax.lax.stop_gradient(acc & ~stop)
+  a_inc = jnp.where(inc, alpha, 0.0)
+  col, zz = jnp.broadcast_to(g["rgb"][None], (px.shape[0], n, 3)), jnp.broadcast_to(g["z"][None], a_inc.shape)
+  tb = jnp.cumprod(1.0 - a_inc, axis=1) / (1.0 - a_inc)  # transmittance before each contributor
+  if config.wabe_backward:
+    s = jax.lax.stop_gradient(jnp.exp(-config.wabe_beta * (1.0 - tb)))
+    mix = lambda x, s_: s_ * x + (1.0 - s_) * jax.lax.stop_gradient(x)
+    a_inc = mix(a_inc, s)
+    col, zz = mix(col, s[..., None]), mix(zz, s)
+    tb = jnp.cumprod(1.0 - a_inc, axis=1) / (1.0 - a_inc)
+  w = a_inc * tb
+  t_final = jnp.prod(1.0 - a_inc, axis=1)
+  image = jnp.einsum("pn,pnc->pc", w, col) + t_final[:, None] * bg
+  alpha_img = 1.0 - t_final
+  dsum = jnp.sum(w * zz, 1)
+  depth = jnp.where(alpha_img > 0, dsum / jnp.where(alpha_img > 0, alpha_img, 1.0), 0.0)
+  # WABE: first K included contributors of each pixel
+  kk = config.wabe_k
+  rank = jnp.cumsum(inc, axis=1)
+  slot = inc & (rank <= kk)
+  ww = jax.lax.stop_gradient(jnp.exp(-config.wabe_beta * (1.0 - tb)) * a_inc)
+  nslot = jnp.sum(slot, 1)
+  mx = jnp.max(jnp.where(slot, ww, 0.0), 1)
+  mn = jnp.where(nslot < kk, 0.0, jnp.min(jnp.where(slot, ww, jnp.inf), 1))
+  nrm = (ww - mn[:, None]) / (mx - mn + 1e-10)[:, None]
+  cnt = jnp.sum(slot, 0)
+  tot = jnp.sum(jnp.where(slot, nrm, 0.0), 0)
+  inv = jnp.argsort(order)
+  cnt, tot = cnt[inv], tot[inv]
+  wabe_weight = jnp.where(cnt > 0, tot / jnp.maximum(cnt, 1), 0.0)
+  shape = (height, width)
+  return (image.reshape(shape + (3,)), alpha_img.reshape(shape), depth.reshape(shape), p["radius"],
+          cnt > 0, wabe_weight)
+
+
+def rasterize_reference(gaussians: Gaussians, camera: Camera, background,
+                        config: RenderConfig = RenderConfig()) -> RenderOutput:
+  """Same contract as `rasterize` (batching by broadcasting); overflow is always False."""
+  from gaedit_jax.render.api import prepare_inputs
+  named, batch = prepare_inputs(gaussians, camera, background, config)
+  v = math.prod(batch)
+  flat = [jnp.broadcast_to(x, batch + x.shape[x.ndim - core:]).reshape((v,) + x.shape[x.ndim - core:])
+          for x, core in named.values()]
+  fn = lambda *a: render_view(*a, width=camera.width, height=camera.height, config=config)
+  outs = jax.vmap(fn)(*flat)
+  outs = [o.reshape(batch + o.shape[1:]) for o in outs]
+  image, alpha, depth, radii, mask, weight = outs
+  return RenderOutput(image=image, alpha=alpha, depth=depth, radii=radii, wabe_mask=mask,
+                      wabe_weight=weight, overflow=jnp.zeros(batch, bool))
