@@ -75,13 +75,12 @@ ffi::Error decode_inputs(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quat
                          ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> opac,
                          ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> offset,
                          ffi::Buffer<ffi::F32> viewmat, ffi::Buffer<ffi::F32> intr,
-                         ffi::Buffer<ffi::F32> bg, ffi::Span<const int64_t> out_dims, int out_core,
-                         Inputs* in) {
-  const int nb = (int)out_dims.size() - out_core;
-  if (nb < 0 || nb > gs::kMaxBatchDims) return ffi::Error::InvalidArgument("gaedit: bad batch rank");
+                         ffi::Buffer<ffi::F32> bg, const std::vector<int64_t>& full, Inputs* in) {
+  const int nb = (int)full.size();
+  if (nb > gs::kMaxBatchDims) return ffi::Error::InvalidArgument("gaedit: too many batch dims");
   in->nb = nb;
   in->V = 1;
-  for (int d = 0; d < nb; ++d) in->full[d] = out_dims[d], in->V *= out_dims[d];
+  for (int d = 0; d < nb; ++d) in->full[d] = full[d], in->V *= full[d];
   auto md = means.dimensions();
   if ((int)md.size() != nb + 2 || md[nb + 1] != 3)
     return ffi::Error::InvalidArgument("gaedit: means must be [..., N, 3]");
@@ -117,6 +116,23 @@ ffi::Error decode_inputs(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quat
   in->means = means.typed_data(), in->quats = quats.typed_data(), in->scales = scales.typed_data();
   in->opac = opac.typed_data(), in->sh = sh.typed_data(), in->offset = offset.typed_data();
   in->viewmat = viewmat.typed_data(), in->intr = intr.typed_data(), in->bg = bg.typed_data();
+  return ffi::Error::Success();
+}
+
+// The full batch shape: the broadcast of the operands' leading dims (all have `nb` of them; each
+// is 1 or the full size). Under vmap any operand may arrive unbatched (size 1), cotangents too.
+ffi::Error full_batch(int nb, std::vector<int64_t>* full, std::initializer_list<ffi::Span<const int64_t>> dims) {
+  if (nb < 0 || nb > gs::kMaxBatchDims) return ffi::Error::InvalidArgument("gaedit: bad batch rank");
+  full->assign(nb, 1);
+  for (const auto& d : dims) {
+    if ((int)d.size() < nb) return ffi::Error::InvalidArgument("gaedit: operand rank too small");
+    for (int i = 0; i < nb; ++i) {
+      if (d[i] == 1) continue;
+      if ((*full)[i] != 1 && (*full)[i] != d[i])
+        return ffi::Error::InvalidArgument("gaedit: batch dims do not broadcast");
+      (*full)[i] = d[i];
+    }
+  }
   return ffi::Error::Success();
 }
 
@@ -297,20 +313,35 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
 // ------------------------------------------------------------------------------------ backward
 constexpr int kAcc = 10;  // per (view, Gaussian): du, dv, dconic[3], dopac, dcolor[3], dz
 
-ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const int32_t* radii,
-                    const float* means2d, const float* conic_opac, const float* colors,
-                    const float* zs, const float* final_T, const int32_t* last, const int32_t* isect,
-                    const int32_t* tile_ranges, const float* depth_out, const float* d_image,
-                    const float* d_alpha, const float* d_depth, float* d_means, BatchIndex o_means,
-                    float* d_quats, BatchIndex o_quats, float* d_scales, BatchIndex o_scales,
-                    float* d_opac, BatchIndex o_opac, float* d_sh, BatchIndex o_sh, float* d_offset,
-                    BatchIndex o_offset, float* d_bg, BatchIndex o_bg, const size_t out_sizes[7]) {
+// Forward residuals and output cotangents, each with its own broadcast index (under vmap either
+// side may be unbatched, e.g. vmap over the cotangent of a single render).
+struct Saved {
+  const int32_t* radii;
+  const float *means2d, *conic_opac, *colors, *zs;  // per (view, Gaussian)
+  const float* final_T;
+  const int32_t* last;
+  const float* depth_out;                  // per pixel
+  const int32_t* isect;                    // pooled, addressed by absolute offsets
+  const int32_t* tile_ranges;              // per (view, tile)
+  BatchIndex i_gauss, i_pix, i_tiles;
+  const float *d_image, *d_alpha, *d_depth;
+  BatchIndex i_dimage, i_dalpha, i_ddepth;
+};
+
+struct Grads {
+  float *means, *quats, *scales, *opac, *sh, *offset, *bg;
+  BatchIndex o_means, o_quats, o_scales, o_opac, o_sh, o_offset, o_bg;
+  size_t sizes[7];
+};
+
+ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const Saved& sv,
+                    const Grads& gr) {
   const int64_t V = in.V, N = in.N, K = in.K, T = st.tiles();
   const int64_t HW = (int64_t)st.width * st.height;
   const int ts = st.tile, P = ts * ts, gx = st.gx();
   const int nth = (int)std::max<int64_t>(1, std::min<int64_t>(num_threads(), V * T));
-  float* outs[7] = {d_means, d_quats, d_scales, d_opac, d_sh, d_offset, d_bg};
-  for (int i = 0; i < 7; ++i) std::memset(outs[i], 0, sizeof(float) * out_sizes[i]);
+  float* outs[7] = {gr.means, gr.quats, gr.scales, gr.opac, gr.sh, gr.offset, gr.bg};
+  for (int i = 0; i < 7; ++i) std::memset(outs[i], 0, sizeof(float) * gr.sizes[i]);
   std::vector<std::vector<float>> acc(nth, std::vector<float>(V * N * kAcc, 0.f));
   std::vector<std::vector<float>> accbg(nth, std::vector<float>(V * 3, 0.f));
   // 1. per pixel, back to front
@@ -320,27 +351,35 @@ ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const int
     for (int64_t vt = b; vt < e; ++vt) {
       const int64_t v = vt / T, t = vt % T;
       const int x0 = (int)(t % gx) * ts, y0 = (int)(t / gx) * ts;
-      const int32_t start = tile_ranges[2 * vt];
+      const int32_t start = sv.tile_ranges[2 * (sv.i_tiles(v) * T + t)];
       const float* bg = in.bg + 3 * in.i_bg(v);
+      const int64_t rv = sv.i_gauss(v) * N;  // this view's per-Gaussian residuals
+      const float* m2 = sv.means2d + 2 * rv;
+      const float* cop = sv.conic_opac + 4 * rv;
+      const float* cols = sv.colors + 3 * rv;
+      const float* zv = sv.zs + rv;
       for (int p = 0; p < P; ++p) {
         const int x = x0 + p % ts, y = y0 + p / ts;
         if (x >= st.width || y >= st.height) continue;
-        const int64_t pix = v * HW + (int64_t)y * st.width + x;
-        const float TN = final_T[pix], Aout = 1.f - TN;
-        const float gC[3] = {d_image[3 * pix], d_image[3 * pix + 1], d_image[3 * pix + 2]};
-        float gA = d_alpha[pix], gD = 0.f;
+        const int64_t pin = (int64_t)y * st.width + x;
+        const int64_t pix = sv.i_pix(v) * HW + pin;
+        const float TN = sv.final_T[pix], Aout = 1.f - TN;
+        const float* dimg = sv.d_image + 3 * (sv.i_dimage(v) * HW + pin);
+        const float gC[3] = {dimg[0], dimg[1], dimg[2]};
+        const float ddep = sv.d_depth[sv.i_ddepth(v) * HW + pin];
+        float gA = sv.d_alpha[sv.i_dalpha(v) * HW + pin], gD = 0.f;
         if (Aout > 0.f) {  // depth = D / A (expected depth)
-          gD = d_depth[pix] / Aout;
-          gA -= d_depth[pix] * depth_out[pix] / Aout;
+          gD = ddep / Aout;
+          gA -= ddep * sv.depth_out[pix] / Aout;
         }
         for (int ch = 0; ch < 3; ++ch) Abg[3 * v + ch] += gC[ch] * TN;
         const float bgterm = TN * (gC[0] * bg[0] + gC[1] * bg[1] + gC[2] * bg[2]);
         float Tk = TN, Bc[3] = {0.f, 0.f, 0.f}, Bz = 0.f;
         const float px = x + 0.5f, py = y + 0.5f;
-        for (int32_t j = last[pix] - 1; j >= start; --j) {
-          const int64_t g = isect[j], vg = v * N + g;
-          const float* co = conic_opac + 4 * vg;
-          const float u = means2d[2 * vg], w = means2d[2 * vg + 1];
+        for (int32_t j = sv.last[pix] - 1; j >= start; --j) {
+          const int64_t g = sv.isect[j], vg = v * N + g;
+          const float* co = cop + 4 * g;
+          const float u = m2[2 * g], w = m2[2 * g + 1];
           const float dx = u - px, dy = w - py;
           const float power = -0.5f * (co[0] * dx * dx + co[2] * dy * dy) - co[1] * dx * dy;
           if (power > 0.f) continue;
@@ -350,8 +389,8 @@ ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const int
           const float om = 1.f / (1.f - a);
           Tk *= om;  // transmittance before this contributor
           const float s = wabe_bwd ? expf(-st.wabe_beta * (1.f - Tk)) : 1.f;
-          const float* c = colors + 3 * vg;
-          const float z = zs[vg], wgt = a * Tk;
+          const float* c = cols + 3 * g;
+          const float z = zv[g], wgt = a * Tk;
           float* Ag = A + kAcc * vg;
           float dal = 0.f;
           for (int ch = 0; ch < 3; ++ch) {
@@ -382,7 +421,7 @@ ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const int
   }
   const float* Acc = acc[0].data();
   for (int64_t v = 0; v < V; ++v)
-    for (int ch = 0; ch < 3; ++ch) d_bg[3 * o_bg(v) + ch] += accbg[0][3 * v + ch];
+    for (int ch = 0; ch < 3; ++ch) gr.bg[3 * gr.o_bg(v) + ch] += accbg[0][3 * v + ch];
   // 2. per Gaussian (parallel over Gaussians, views in order: no write conflicts)
   std::vector<gs::Cam> cams(V);
   for (int64_t v = 0; v < V; ++v)
@@ -392,18 +431,19 @@ ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const int
     for (int64_t g = b; g < e; ++g) {
       for (int64_t v = 0; v < V; ++v) {
         const int64_t vg = v * N + g;
-        if (radii[vg] <= 0) continue;
+        if (sv.radii[sv.i_gauss(v) * N + g] <= 0) continue;
         const float* a = Acc + kAcc * vg;
         const float* mean = in.means + 3 * (in.i_means(v) * N + g);
-        float* dm = d_means + 3 * (o_means(v) * N + g);
-        d_offset[2 * (o_offset(v) * N + g)] += a[0];
-        d_offset[2 * (o_offset(v) * N + g) + 1] += a[1];
-        d_opac[o_opac(v) * N + g] += a[5];
+        float* dm = gr.means + 3 * (gr.o_means(v) * N + g);
+        gr.offset[2 * (gr.o_offset(v) * N + g)] += a[0];
+        gr.offset[2 * (gr.o_offset(v) * N + g) + 1] += a[1];
+        gr.opac[gr.o_opac(v) * N + g] += a[5];
         gs::sh_color_vjp(st.degree, in.sh + 3 * K * (in.i_sh(v) * N + g), mean, cams[v].pos, a + 6,
-                         d_sh + 3 * K * (o_sh(v) * N + g), dm);
+                         gr.sh + 3 * K * (gr.o_sh(v) * N + g), dm);
         gs::project_vjp(cams[v], mean, in.quats + 4 * (in.i_quats(v) * N + g),
                         in.scales + 3 * (in.i_scales(v) * N + g), a[0], a[1], a + 2, a[9], dm,
-                        d_quats + 4 * (o_quats(v) * N + g), d_scales + 3 * (o_scales(v) * N + g));
+                        gr.quats + 4 * (gr.o_quats(v) * N + g),
+                        gr.scales + 3 * (gr.o_scales(v) * N + g));
       }
     }
   });
@@ -432,8 +472,9 @@ static ffi::Error RasterizeFwdImpl(int64_t width, int64_t height, int64_t tile, 
                                    ffi::ResultBuffer<ffi::S32> isect,
                                    ffi::ResultBuffer<ffi::S32> tile_ranges) {
   Inputs in;
-  if (auto err = decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg,
-                               image->dimensions(), 3, &in);
+  auto idims = image->dimensions();
+  const std::vector<int64_t> full(idims.begin(), idims.end() - 3);  // outputs carry the full batch
+  if (auto err = decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in);
       err.failure())
     return err;
   if (wabe_k < 0 || wabe_k > gs::kWabeMaxK)
@@ -464,40 +505,77 @@ static ffi::Error RasterizeBwdImpl(
     ffi::ResultBuffer<ffi::F32> d_quats, ffi::ResultBuffer<ffi::F32> d_scales,
     ffi::ResultBuffer<ffi::F32> d_opac, ffi::ResultBuffer<ffi::F32> d_sh,
     ffi::ResultBuffer<ffi::F32> d_offset, ffi::ResultBuffer<ffi::F32> d_bg) {
+  const int nb = (int)d_image.dimensions().size() - 3;
+  std::vector<int64_t> full;
+  if (auto err = full_batch(nb, &full,
+                            {means.dimensions(), quats.dimensions(), scales.dimensions(),
+                             opac.dimensions(), sh.dimensions(), offset.dimensions(),
+                             viewmat.dimensions(), intr.dimensions(), bg.dimensions(),
+                             radii.dimensions(), final_T.dimensions(), tile_ranges.dimensions(),
+                             d_image.dimensions(), d_alpha.dimensions(), d_depth.dimensions(),
+                             d_means->dimensions(), d_bg->dimensions()});
+      err.failure())
+    return err;
   Inputs in;
-  if (auto err = decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg,
-                               d_image.dimensions(), 3, &in);
+  if (auto err = decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in);
       err.failure())
     return err;
   if (sh_degree < 0 || sh_degree > 3 || gs::sh_count((int)sh_degree) > in.K)
     return ffi::Error::InvalidArgument("gaedit: sh_degree must be in [0, 3] and fit in K");
   const Static st{(int)width, (int)height, (int)tile, (int)sh_degree, 0, near_plane, wabe_beta};
-  // Gradient outputs broadcast like the inputs (vmap may add batch dims to them).
-  BatchIndex o[7];
-  struct R {
+  const int64_t N = in.N, HW = width * height, T = st.tiles();
+  struct Op {
     const char* name;
     ffi::Span<const int64_t> dims;
-    int core;
-  } rs[7] = {{"d_means", d_means->dimensions(), 2},   {"d_quats", d_quats->dimensions(), 2},
-             {"d_scales", d_scales->dimensions(), 2}, {"d_opacities", d_opac->dimensions(), 1},
-             {"d_sh", d_sh->dimensions(), 3},         {"d_screen_offset", d_offset->dimensions(), 2},
-             {"d_background", d_bg->dimensions(), 1}};
-  for (int i = 0; i < 7; ++i) {
-    std::string err = gs::make_batch_index(rs[i].name, rs[i].dims, rs[i].core, in.full, in.nb, &o[i]);
+    std::vector<int64_t> core;
+    BatchIndex* idx;
+  };
+  Saved sv;
+  Grads gr;
+  Op ops[] = {
+      {"radii", radii.dimensions(), {N}, &sv.i_gauss},
+      {"final_T", final_T.dimensions(), {height, width}, &sv.i_pix},
+      {"tile_ranges", tile_ranges.dimensions(), {T, 2}, &sv.i_tiles},
+      {"d_image", d_image.dimensions(), {height, width, 3}, &sv.i_dimage},
+      {"d_alpha", d_alpha.dimensions(), {height, width}, &sv.i_dalpha},
+      {"d_depth", d_depth.dimensions(), {height, width}, &sv.i_ddepth},
+      {"d_means", d_means->dimensions(), {N, 3}, &gr.o_means},
+      {"d_quats", d_quats->dimensions(), {N, 4}, &gr.o_quats},
+      {"d_scales", d_scales->dimensions(), {N, 3}, &gr.o_scales},
+      {"d_opacities", d_opac->dimensions(), {N}, &gr.o_opac},
+      {"d_sh", d_sh->dimensions(), {N, in.K, 3}, &gr.o_sh},
+      {"d_screen_offset", d_offset->dimensions(), {N, 2}, &gr.o_offset},
+      {"d_background", d_bg->dimensions(), {3}, &gr.o_bg},
+  };
+  for (auto& op : ops) {
+    std::string err = gs::make_batch_index(op.name, op.dims, (int)op.core.size(), in.full, nb, op.idx);
     if (!err.empty()) return ffi::Error::InvalidArgument("gaedit: " + err);
+    for (size_t k = 0; k < op.core.size(); ++k)
+      if (op.dims[nb + k] != op.core[k])
+        return ffi::Error::InvalidArgument(std::string("gaedit: ") + op.name + " has a wrong core dim");
   }
-  const size_t sizes[7] = {d_means->element_count(), d_quats->element_count(),
-                           d_scales->element_count(), d_opac->element_count(),
-                           d_sh->element_count(),    d_offset->element_count(),
-                           d_bg->element_count()};
-  return backward(in, st, wabe_backward, radii.typed_data(), means2d.typed_data(),
-                  conic_opac.typed_data(), colors.typed_data(), zs.typed_data(),
-                  final_T.typed_data(), last.typed_data(), isect.typed_data(),
-                  tile_ranges.typed_data(), depth_out.typed_data(), d_image.typed_data(),
-                  d_alpha.typed_data(), d_depth.typed_data(), d_means->typed_data(), o[0],
-                  d_quats->typed_data(), o[1], d_scales->typed_data(), o[2], d_opac->typed_data(),
-                  o[3], d_sh->typed_data(), o[4], d_offset->typed_data(), o[5], d_bg->typed_data(),
-                  o[6], sizes);
+  // residuals of one forward share its batch shape
+  for (auto d : {means2d.dimensions(), conic_opac.dimensions(), colors.dimensions(), zs.dimensions()})
+    for (int i = 0; i < nb; ++i)
+      if (d[i] != radii.dimensions()[i])
+        return ffi::Error::InvalidArgument("gaedit: inconsistent residual batch dims");
+  for (auto d : {last.dimensions(), depth_out.dimensions()})
+    for (int i = 0; i < nb; ++i)
+      if (d[i] != final_T.dimensions()[i])
+        return ffi::Error::InvalidArgument("gaedit: inconsistent residual batch dims");
+  sv.radii = radii.typed_data(), sv.means2d = means2d.typed_data();
+  sv.conic_opac = conic_opac.typed_data(), sv.colors = colors.typed_data(), sv.zs = zs.typed_data();
+  sv.final_T = final_T.typed_data(), sv.last = last.typed_data(), sv.depth_out = depth_out.typed_data();
+  sv.isect = isect.typed_data(), sv.tile_ranges = tile_ranges.typed_data();
+  sv.d_image = d_image.typed_data(), sv.d_alpha = d_alpha.typed_data(), sv.d_depth = d_depth.typed_data();
+  gr.means = d_means->typed_data(), gr.quats = d_quats->typed_data(), gr.scales = d_scales->typed_data();
+  gr.opac = d_opac->typed_data(), gr.sh = d_sh->typed_data(), gr.offset = d_offset->typed_data();
+  gr.bg = d_bg->typed_data();
+  gr.sizes[0] = d_means->element_count(), gr.sizes[1] = d_quats->element_count();
+  gr.sizes[2] = d_scales->element_count(), gr.sizes[3] = d_opac->element_count();
+  gr.sizes[4] = d_sh->element_count(), gr.sizes[5] = d_offset->element_count();
+  gr.sizes[6] = d_bg->element_count();
+  return backward(in, st, wabe_backward, sv, gr);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeFwd, RasterizeFwdImpl,

@@ -1,0 +1,303 @@
+"""The native rasterizer against the dense jnp reference: values, gradients, batching, edge cases."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gaedit_jax.camera import make_camera
+from gaedit_jax.render import Gaussians, RenderConfig, rasterize
+from raster_scenes import random_gaussians, ring_cameras
+
+REF = RenderConfig(backend="reference")
+
+
+def _ref_cfg(cfg: RenderConfig) -> RenderConfig:
+  return dataclasses.replace(cfg, backend="reference")
+
+
+def _assert_outputs_match(out, ref, atol=1e-4):
+  np.testing.assert_allclose(out.image, ref.image, atol=atol, rtol=0)
+  np.testing.assert_allclose(out.alpha, ref.alpha, atol=atol, rtol=0)
+  np.testing.assert_allclose(out.depth, ref.depth, atol=atol, rtol=1e-4)
+  np.testing.assert_array_equal(out.radii, ref.radii)
+  np.testing.assert_array_equal(out.wabe_mask, ref.wabe_mask)
+  np.testing.assert_allclose(out.wabe_weight, ref.wabe_weight, atol=1e-5)
+  assert not np.any(out.overflow)
+
+
+@pytest.mark.parametrize("n,views,width,height,sh_degree,per_view", [
+    (200, 1, 32, 32, 0, False),
+    (600, 3, 48, 40, 1, False),
+    (1000, 2, 64, 64, 2, True),
+    (2000, 2, 70, 52, 3, False),  # partial tiles on both axes
+])
+def test_forward_matches_reference(n, views, width, height, sh_degree, per_view):
+  g = random_gaussians(n, n, sh_degree=3, views=views if per_view else None)
+  cams = ring_cameras(views, width=width, height=height, focal=0.9 * width, jitter_pp=True, seed=n)
+  bg = jnp.asarray(np.random.default_rng(n).uniform(size=(views, 3)), jnp.float32)
+  cfg = RenderConfig(sh_degree=sh_degree)
+  out = rasterize(g, cams, bg, cfg)
+  ref = rasterize(g, cams, bg, _ref_cfg(cfg))
+  assert out.image.shape == (views, height, width, 3) and out.radii.shape == (views, n)
+  assert int(jnp.sum(out.radii > 0)) > n // 2  # the scene is really drawn
+  assert int(jnp.sum(out.wabe_mask)) > 10
+  _assert_outputs_match(out, ref)
+
+
+def _loss_fn(cams, cfg, seed=0):
+  h, w = cams.height, cams.width
+  lead = cams.batch_shape
+  k = jax.random.split(jax.random.PRNGKey(seed), 3)
+  wi = jax.random.uniform(k[0], lead + (h, w, 3))
+  wa = jax.random.uniform(k[1], lead + (h, w))
+  wd = jax.random.uniform(k[2], lead + (h, w))
+
+  def loss(g, bg):
+    o = rasterize(g, cams, bg, cfg)
+    return jnp.sum(o.image * wi) + jnp.sum(o.alpha * wa) + 0.5 * jnp.sum(o.depth * wd)
+  return loss
+
+
+def _rel(a, b):
+  return float(jnp.linalg.norm(a - b) / (jnp.linalg.norm(b) + 1e-12))
+
+
+@pytest.mark.parametrize("wabe_backward", [False, True])
+@pytest.mark.parametrize("per_view", [False, True])
+def test_gradients_match_reference(wabe_backward, per_view):
+  views = 2
+  g = random_gaussians(3, 400, views=views if per_view else None)
+  g = dataclasses.replace(g, screen_offset=jnp.zeros(g.means.shape[:-1] + (2,)))
+  cams = ring_cameras(views, width=40, height=36, focal=40, jitter_pp=True)
+  bg = jnp.array([0.2, 0.5, 0.9])
+  cfg = RenderConfig(wabe_backward=wabe_backward)
+  gn = jax.grad(_loss_fn(cams, cfg), argnums=(0, 1))(g, bg)
+  gr = jax.grad(_loss_fn(cams, _ref_cfg(cfg)), argnums=(0, 1))(g, bg)
+  for name in ("means", "quats", "scales", "opacities", "sh", "screen_offset"):
+    a, b = getattr(gn[0], name), getattr(gr[0], name)
+    assert a.shape == b.shape
+    assert float(jnp.linalg.norm(b)) > 0, name
+    assert _rel(a, b) < 1e-3, (name, _rel(a, b))
+  assert _rel(gn[1], gr[1]) < 1e-3
+
+
+def test_wabe_backward_changes_gradients():
+  g = random_gaussians(4, 400)
+  cams = ring_cameras(1, width=32, height=32, focal=32)
+  bg = jnp.zeros(3)
+  plain = jax.grad(_loss_fn(cams, RenderConfig()))(g, bg)
+  wabe = jax.grad(_loss_fn(cams, RenderConfig(wabe_backward=True)))(g, bg)
+  # occluded contributions are damped: the weighted gradient is smaller, not just different
+  assert float(jnp.linalg.norm(wabe.sh)) < 0.9 * float(jnp.linalg.norm(plain.sh))
+
+
+def test_finite_differences():
+  # Splatting is discontinuous where a pixel crosses alpha = 1/255, where depths swap and where
+  # T reaches 1e-4; the analytic gradient ignores those jumps (as every 3DGS rasterizer does). So
+  # central differences are checked on a scene without any: four wide splats at distinct depths
+  # whose 1/255 rings lie outside the image, colours away from the clamp at 0, an O(1) loss.
+  rng = np.random.default_rng(0)
+  cam = ring_cameras(1, width=32, height=32, focal=36)[0]
+  rot = np.asarray(cam.world_to_camera[:3, :3])
+  centre = -rot.T @ np.asarray(cam.world_to_camera[:3, 3])  # camera centre
+  view_dir = rot[2]
+  means = centre + np.outer([0.8, 0.9, 1.0, 1.1], view_dir) + rng.normal(0, 0.01, (4, 3)) @ np.diag([1, 1, 1])
+  sh = rng.normal(0, 0.1, (4, 4, 3))
+  sh[:, 0] = rng.uniform(0.5, 1.5, (4, 3))
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  g = Gaussians(f32(means), f32(rng.normal(size=(4, 4))), f32(rng.uniform(0.3, 0.7, (4, 3)) * [0.5, 1.0, 1.5]),
+                f32(rng.uniform(0.3, 0.6, 4)), f32(sh))
+  cfg = RenderConfig(sh_degree=1)
+  bg = jnp.array([0.1, 0.2, 0.3])
+  target = jax.random.uniform(jax.random.PRNGKey(1), (32, 32, 3))
+
+  def loss(gg):
+    o = rasterize(gg, cam, bg, cfg)
+    return (jnp.mean((o.image - target) ** 2) + jnp.mean(o.alpha * target[..., 0])
+            + 0.1 * jnp.mean(o.depth * target[..., 1]))
+
+  out = rasterize(g, cam, bg, cfg)
+  assert bool(jnp.all(out.radii > 48)) and float(out.alpha.min()) > 0.05  # no ring in view
+  grads = jax.grad(loss)(g)
+  for name in ("sh", "opacities", "means", "scales", "quats"):
+    x = getattr(g, name)
+    d = f32(rng.normal(size=x.shape))
+    f = lambda s: loss(dataclasses.replace(g, **{name: x + s * d}))
+    eps = 1e-2 if name in ("means", "quats") else 1e-3
+    fd = (f(eps) - f(-eps)) / (2 * eps)
+    an = jnp.sum(getattr(grads, name) * d)
+    assert abs(float(an)) > 1e-4, name
+    assert abs(float(fd - an)) < 0.02 * abs(float(an)) + 1e-5, (name, float(fd), float(an))
+
+
+def test_vmap_equals_stacked_calls():
+  g = random_gaussians(6, 300)
+  cams = ring_cameras(3, width=32, height=24, focal=30)
+  bg = jnp.ones(3)
+  batched = rasterize(g, cams, bg)
+  mapped = jax.vmap(lambda c: rasterize(g, c, bg))(cams)
+  for i in range(3):
+    single = rasterize(g, cams[i], bg)
+    np.testing.assert_allclose(batched.image[i], single.image, atol=1e-6)
+    np.testing.assert_allclose(mapped.image[i], single.image, atol=1e-6)
+    np.testing.assert_array_equal(mapped.wabe_mask[i], single.wabe_mask)
+  # vmap over per-view Gaussians (shared camera) and over the background only
+  gs = random_gaussians(7, 300, views=2)
+  m2 = jax.vmap(lambda gg: rasterize(gg, cams[0], bg))(gs)
+  for i in range(2):
+    single = rasterize(jax.tree.map(lambda a: a[i], gs), cams[0], bg)
+    np.testing.assert_allclose(m2.image[i], single.image, atol=1e-6)
+  bgs = jnp.eye(3)
+  m3 = jax.vmap(lambda b: rasterize(g, cams[0], b))(bgs)
+  np.testing.assert_allclose(m3.image[2], rasterize(g, cams[0], bgs[2]).image, atol=1e-6)
+
+
+def test_nested_vmap_and_vmap_of_grad():
+  cams = ring_cameras(6, width=24, height=24, focal=24)
+  grid = jax.tree.map(lambda a: a.reshape((2, 3) + a.shape[1:]), cams)
+  g = random_gaussians(8, 200)
+  bg = jnp.zeros(3)
+  nested = jax.vmap(jax.vmap(lambda c: rasterize(g, c, bg).image))(grid)
+  flat = rasterize(g, cams, bg).image
+  np.testing.assert_allclose(nested.reshape(flat.shape), flat, atol=1e-6)
+  # vmap over views of grad w.r.t. shared Gaussians == per-view grads
+  loss = lambda gg, c: jnp.sum(rasterize(gg, c, bg).image ** 2)
+  per_view = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(g, cams)
+  for i in (0, 4):
+    single = jax.grad(loss)(g, cams[i])
+    np.testing.assert_allclose(per_view.means[i], single.means, rtol=1e-4, atol=1e-6)
+  # vmap over the cotangent only: unbatched residuals, batched cotangents (a Jacobian-style use)
+  img, vjp = jax.vjp(lambda gg: rasterize(gg, cams[1], bg).image, g)
+  cts = jax.random.normal(jax.random.PRNGKey(0), (3,) + img.shape)
+  rows = jax.vmap(vjp)(cts)[0]
+  for i in range(3):
+    np.testing.assert_allclose(rows.means[i], vjp(cts[i])[0].means, rtol=1e-5, atol=1e-6)
+  # grad of a sum over the native batch == sum of per-view grads
+  total = jax.grad(lambda gg: jnp.sum(rasterize(gg, cams, bg).image ** 2))(g)
+  np.testing.assert_allclose(total.sh, jnp.sum(per_view.sh, 0), rtol=1e-3, atol=1e-5)
+
+
+def test_jit_compiles_once_for_any_camera():
+  g = random_gaussians(9, 200)
+  bg = jnp.ones(3)
+  f = jax.jit(lambda c: rasterize(g, c, bg).image)
+  for seed in range(3):
+    cams = ring_cameras(2, width=32, height=32, focal=30 + seed, seed=seed, jitter_pp=True)
+    f(cams).block_until_ready()
+  assert f._cache_size() == 1
+
+
+def _one_view(width=32, height=32):
+  return ring_cameras(1, width=width, height=height, focal=32)[0]
+
+
+def _single(means, scales=0.03, opac=0.8, quat=(1.0, 0, 0, 0)):
+  n = len(means)
+  return Gaussians(
+      means=jnp.asarray(means, jnp.float32),
+      quats=jnp.tile(jnp.asarray(quat, jnp.float32), (n, 1)),
+      scales=jnp.broadcast_to(jnp.asarray(scales, jnp.float32), (n, 3)),
+      opacities=jnp.broadcast_to(jnp.asarray(opac, jnp.float32), (n,)),
+      sh=jnp.full((n, 16, 3), 0.5, jnp.float32))
+
+
+def test_degenerate_inputs_are_finite_and_not_drawn():
+  cam = _one_view()
+  center = np.asarray(cam.position) * 0.0  # the ring cameras look at the origin
+  behind = 2.0 * np.asarray(cam.position)  # behind the camera
+  g = _single([center, behind, center + 0.01, center - 0.01, [40.0, 0, 0], center + 0.02],
+              scales=0.03)
+  g = dataclasses.replace(
+      g,
+      scales=g.scales.at[2].set(0.0).at[5].set(1e4),          # zero and huge scales
+      opacities=g.opacities.at[3].set(0.0),                   # zero opacity
+      quats=g.quats.at[0].set(0.0))                           # zero-norm quaternion
+  bg = jnp.array([1.0, 1.0, 1.0])
+  out = rasterize(g, cam, bg)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in (out.image, out.alpha, out.depth, out.wabe_weight))
+  radii = np.asarray(out.radii)
+  assert radii[0] == 0 and radii[1] == 0 and radii[4] == 0  # zero quaternion, behind, off-screen
+  assert radii[2] > 0 and radii[5] > 0  # zero scale: a 0.3 px splat; huge: covers the image
+  grads = jax.grad(lambda gg: jnp.sum(rasterize(gg, cam, bg).image))(g)
+  for leaf in jax.tree.leaves(grads):
+    assert bool(jnp.all(jnp.isfinite(leaf)))
+  for i in (0, 1, 3, 4):  # not drawn, or drawn with zero opacity: no gradient
+    assert float(jnp.abs(grads.means[i]).sum() + jnp.abs(grads.sh[i]).sum()) == 0.0
+  ref = rasterize(g, cam, bg, REF)
+  np.testing.assert_allclose(out.image, ref.image, atol=1e-4)
+
+
+def test_nan_gaussians_are_skipped():
+  """Documented behaviour: a Gaussian with any non-finite parameter is not drawn (radius 0) and
+  gets zero gradient; the rest of the image and gradients stay finite."""
+  g = random_gaussians(10, 100)
+  cam = _one_view()
+  bg = jnp.zeros(3)
+  bad = dataclasses.replace(g, means=g.means.at[0, 1].set(jnp.nan), sh=g.sh.at[1, 0, 0].set(jnp.inf),
+                            opacities=g.opacities.at[2].set(jnp.nan),
+                            scales=g.scales.at[3, 2].set(jnp.nan))
+  out = rasterize(bad, cam, bg)
+  assert bool(jnp.all(jnp.isfinite(out.image)))
+  assert np.all(np.asarray(out.radii[:4]) == 0)
+  ok = dataclasses.replace(g, opacities=g.opacities.at[:4].set(0.0))  # same scene without them
+  np.testing.assert_allclose(out.image, rasterize(ok, cam, bg).image, atol=1e-6)
+  grads = jax.grad(lambda gg: jnp.sum(rasterize(gg, cam, bg).image))(bad)
+  for leaf in jax.tree.leaves(grads):
+    assert bool(jnp.all(jnp.isfinite(leaf)))
+  assert float(jnp.abs(grads.means[:4]).sum()) == 0.0
+  assert float(jnp.abs(grads.means[4:]).sum()) > 0.0
+
+
+def test_overflow_is_flagged():
+  g = random_gaussians(11, 300)
+  cams = ring_cameras(2, width=32, height=32, focal=32)
+  bg = jnp.ones(3)
+  ok = rasterize(g, cams, bg)
+  assert not np.any(ok.overflow)
+  small = rasterize(g, cams, bg, RenderConfig(max_intersections=50))
+  assert np.all(small.overflow)
+  # under jit nothing reads back: the flag is an ordinary output
+  flag = jax.jit(lambda gg: rasterize(gg, cams, bg, RenderConfig(max_intersections=50)).overflow)(g)
+  assert np.all(flag)
+
+
+def test_screen_offset_gradient_is_the_2d_mean_gradient():
+  g = random_gaussians(12, 100)
+  cam = _one_view()
+  bg = jnp.zeros(3)
+  g0 = dataclasses.replace(g, screen_offset=jnp.zeros((100, 2)))
+  grad = jax.grad(lambda gg: jnp.sum(rasterize(gg, cam, bg).image[..., 0]))(g0).screen_offset
+  # moving every splat right by one pixel == a unit screen offset: check one Gaussian by FD
+  i = int(jnp.argmax(jnp.linalg.norm(grad, axis=-1)))
+  f = lambda s: jnp.sum(rasterize(dataclasses.replace(g0, screen_offset=g0.screen_offset.at[i, 0].set(s)),
+                                  cam, bg).image[..., 0])
+  fd = (f(1e-2) - f(-1e-2)) / 2e-2
+  assert abs(float(fd) - float(grad[i, 0])) < 0.05 * abs(float(grad[i, 0])) + 1e-3
+
+
+def test_bad_arguments_raise_clear_errors():
+  g = random_gaussians(13, 10)
+  cam = _one_view()
+  with pytest.raises(ValueError, match="sh_degree 3 needs 16"):
+    rasterize(dataclasses.replace(g, sh=g.sh[:, :4]), cam, jnp.zeros(3))
+  with pytest.raises(ValueError, match="quats must be"):
+    rasterize(dataclasses.replace(g, quats=g.quats[:, :3]), cam, jnp.zeros(3))
+  cams = ring_cameras(3, width=32, height=32)
+  with pytest.raises(ValueError, match="do not broadcast"):
+    rasterize(random_gaussians(1, 10, views=2), cams, jnp.zeros(3))
+
+
+def test_principal_point_is_honoured():
+  g = _single([[0.0, 0.0, 0.0]], scales=0.01, opac=0.9)
+  eye = np.eye(4, dtype=np.float32)
+  eye[2, 3] = 1.0  # camera 1 m in front of the origin, looking along +z
+  for cx, cy in ((16.5, 16.5), (10.5, 20.5)):  # pixel i has its centre at i + 0.5
+    cam = make_camera(eye, 40.0, cx=cx, cy=cy, width=32, height=32)
+    img = rasterize(g, cam, jnp.zeros(3)).alpha
+    y, x = np.unravel_index(int(jnp.argmax(img)), img.shape)
+    assert (x, y) == (int(cx), int(cy))
