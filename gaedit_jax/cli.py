@@ -51,10 +51,22 @@ def main(argv: list[str] | None = None) -> None:
   name, rest = argv[0], argv[1:]
   if name not in SUBCOMMANDS:
     raise SystemExit(f"gaedit: unknown subcommand {name!r}\n\n{_usage()}")
+  import dataclasses
+  import inspect
+  import typing
+
   import tyro
 
   fn = _load(name)
-  tyro.cli(fn, args=rest, prog=f"gaedit {name}")
+  params = list(inspect.signature(fn).parameters)
+  hints = typing.get_type_hints(fn)
+  if len(params) == 1 and dataclasses.is_dataclass(hints.get(params[0])):
+    # main(cfg: Config): flat flags (--out, not --cfg.out)
+    cfg = tyro.cli(hints[params[0]], args=rest, prog=f"gaedit {name}",
+                   description=(fn.__doc__ or SUBCOMMANDS[name][2]))
+    fn(cfg)
+  else:
+    tyro.cli(fn, args=rest, prog=f"gaedit {name}")
 
 
 if __name__ == "__main__":

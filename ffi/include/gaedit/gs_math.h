@@ -66,11 +66,14 @@ GS_HD void quat_to_rotmat_vjp(float w, float x, float y, float z, const M3& g, f
 // Real SH basis of degree <= 3 in the 3DGS sign convention. Y has (deg+1)^2 entries.
 constexpr float kSH0 = 0.28209479177387814f;
 constexpr float kSH1 = 0.4886025119029199f;
-constexpr float kSH2[5] = {1.0925484305920792f, -1.0925484305920792f, 0.31539156525252005f,
-                           -1.0925484305920792f, 0.5462742152960396f};
-constexpr float kSH3[7] = {-0.5900435899266435f, 2.890611442640554f, -0.4570457994644658f,
-                           0.3731763325901154f,  -0.4570457994644658f, 1.445305721320277f,
-                           -0.5900435899266435f};
+// scalars rather than arrays: constexpr arrays are not visible in CUDA device code
+constexpr float kSH2_0 = 1.0925484305920792f, kSH2_1 = -1.0925484305920792f,
+                kSH2_2 = 0.31539156525252005f, kSH2_3 = -1.0925484305920792f,
+                kSH2_4 = 0.5462742152960396f;
+constexpr float kSH3_0 = -0.5900435899266435f, kSH3_1 = 2.890611442640554f,
+                kSH3_2 = -0.4570457994644658f, kSH3_3 = 0.3731763325901154f,
+                kSH3_4 = -0.4570457994644658f, kSH3_5 = 1.445305721320277f,
+                kSH3_6 = -0.5900435899266435f;
 
 GS_HD int sh_count(int degree) { return (degree + 1) * (degree + 1); }
 
@@ -90,39 +93,39 @@ GS_HD void sh_basis(int degree, float x, float y, float z, float Y[16], float (*
   }
   if (degree < 2) return;
   const float xx = x * x, yy = y * y, zz = z * z, xy = x * y, yz = y * z, xz = x * z;
-  Y[4] = kSH2[0] * xy;
-  Y[5] = kSH2[1] * yz;
-  Y[6] = kSH2[2] * (2.f * zz - xx - yy);
-  Y[7] = kSH2[3] * xz;
-  Y[8] = kSH2[4] * (xx - yy);
+  Y[4] = kSH2_0 * xy;
+  Y[5] = kSH2_1 * yz;
+  Y[6] = kSH2_2 * (2.f * zz - xx - yy);
+  Y[7] = kSH2_3 * xz;
+  Y[8] = kSH2_4 * (xx - yy);
   if (dY) {
     float a;
-    a = kSH2[0], dY[4][0] = a * y, dY[4][1] = a * x, dY[4][2] = 0.f;
-    a = kSH2[1], dY[5][0] = 0.f, dY[5][1] = a * z, dY[5][2] = a * y;
-    a = kSH2[2], dY[6][0] = -2.f * a * x, dY[6][1] = -2.f * a * y, dY[6][2] = 4.f * a * z;
-    a = kSH2[3], dY[7][0] = a * z, dY[7][1] = 0.f, dY[7][2] = a * x;
-    a = kSH2[4], dY[8][0] = 2.f * a * x, dY[8][1] = -2.f * a * y, dY[8][2] = 0.f;
+    a = kSH2_0, dY[4][0] = a * y, dY[4][1] = a * x, dY[4][2] = 0.f;
+    a = kSH2_1, dY[5][0] = 0.f, dY[5][1] = a * z, dY[5][2] = a * y;
+    a = kSH2_2, dY[6][0] = -2.f * a * x, dY[6][1] = -2.f * a * y, dY[6][2] = 4.f * a * z;
+    a = kSH2_3, dY[7][0] = a * z, dY[7][1] = 0.f, dY[7][2] = a * x;
+    a = kSH2_4, dY[8][0] = 2.f * a * x, dY[8][1] = -2.f * a * y, dY[8][2] = 0.f;
   }
   if (degree < 3) return;
-  Y[9] = kSH3[0] * y * (3.f * xx - yy);
-  Y[10] = kSH3[1] * xy * z;
-  Y[11] = kSH3[2] * y * (4.f * zz - xx - yy);
-  Y[12] = kSH3[3] * z * (2.f * zz - 3.f * xx - 3.f * yy);
-  Y[13] = kSH3[4] * x * (4.f * zz - xx - yy);
-  Y[14] = kSH3[5] * z * (xx - yy);
-  Y[15] = kSH3[6] * x * (xx - 3.f * yy);
+  Y[9] = kSH3_0 * y * (3.f * xx - yy);
+  Y[10] = kSH3_1 * xy * z;
+  Y[11] = kSH3_2 * y * (4.f * zz - xx - yy);
+  Y[12] = kSH3_3 * z * (2.f * zz - 3.f * xx - 3.f * yy);
+  Y[13] = kSH3_4 * x * (4.f * zz - xx - yy);
+  Y[14] = kSH3_5 * z * (xx - yy);
+  Y[15] = kSH3_6 * x * (xx - 3.f * yy);
   if (dY) {
     float a;
-    a = kSH3[0], dY[9][0] = 6.f * a * xy, dY[9][1] = 3.f * a * (xx - yy), dY[9][2] = 0.f;
-    a = kSH3[1], dY[10][0] = a * yz, dY[10][1] = a * xz, dY[10][2] = a * xy;
-    a = kSH3[2], dY[11][0] = -2.f * a * xy, dY[11][1] = a * (4.f * zz - xx - 3.f * yy),
+    a = kSH3_0, dY[9][0] = 6.f * a * xy, dY[9][1] = 3.f * a * (xx - yy), dY[9][2] = 0.f;
+    a = kSH3_1, dY[10][0] = a * yz, dY[10][1] = a * xz, dY[10][2] = a * xy;
+    a = kSH3_2, dY[11][0] = -2.f * a * xy, dY[11][1] = a * (4.f * zz - xx - 3.f * yy),
     dY[11][2] = 8.f * a * yz;
-    a = kSH3[3], dY[12][0] = -6.f * a * xz, dY[12][1] = -6.f * a * yz,
+    a = kSH3_3, dY[12][0] = -6.f * a * xz, dY[12][1] = -6.f * a * yz,
     dY[12][2] = 3.f * a * (2.f * zz - xx - yy);
-    a = kSH3[4], dY[13][0] = a * (4.f * zz - 3.f * xx - yy), dY[13][1] = -2.f * a * xy,
+    a = kSH3_4, dY[13][0] = a * (4.f * zz - 3.f * xx - yy), dY[13][1] = -2.f * a * xy,
     dY[13][2] = 8.f * a * xz;
-    a = kSH3[5], dY[14][0] = 2.f * a * xz, dY[14][1] = -2.f * a * yz, dY[14][2] = a * (xx - yy);
-    a = kSH3[6], dY[15][0] = 3.f * a * (xx - yy), dY[15][1] = -6.f * a * xy, dY[15][2] = 0.f;
+    a = kSH3_5, dY[14][0] = 2.f * a * xz, dY[14][1] = -2.f * a * yz, dY[14][2] = a * (xx - yy);
+    a = kSH3_6, dY[15][0] = 3.f * a * (xx - yy), dY[15][1] = -6.f * a * xy, dY[15][2] = 0.f;
   }
 }
 

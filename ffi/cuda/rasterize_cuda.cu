@@ -1,0 +1,720 @@
+// CUDA kernels of the WABE Gaussian rasterizer, bound as XLA FFI handlers (platform "CUDA").
+//
+// Same stages, math (gaedit/gs_math.h) and residual layout as the CPU kernels, so a forward on one
+// device and a backward on another would agree. No host synchronisation and no device-to-host
+// copy: the intersection list has a static capacity (padding keys sort to the end), scratch comes
+// from XLA's ScratchAllocator, so the handlers are command-buffer compatible.
+//
+// forward:  project (+SH) -> exclusive scan of tile counts -> emit (view|tile|depth) keys ->
+//           radix sort (stable: equal depths keep Gaussian order, as on the CPU) -> tile ranges ->
+//           per-tile compositing with per-pixel WABE slots -> WABE weights.
+// backward: per-tile back-to-front pass, warp-level reduction before one atomic per warp and
+//           Gaussian -> per-Gaussian projection/SH VJP (one thread per Gaussian over all views).
+
+#include <cuda_runtime.h>
+
+#include <cub/cub.cuh>
+#include <string>
+#include <vector>
+
+#include "gaedit/batch.h"
+#include "gaedit/gs_math.h"
+#include "xla/ffi/api/c_api.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using gs::BatchIndex;
+
+#ifndef GAEDIT_JAXLIB_VERSION
+#define GAEDIT_JAXLIB_VERSION "unknown"
+#endif
+#define GAEDIT_STR2(x) #x
+#define GAEDIT_STR(x) GAEDIT_STR2(x)
+
+namespace {
+
+constexpr int kAcc = 10;  // per (view, Gaussian): du, dv, dconic[3], dopac, dcolor[3], dz
+
+struct DevInputs {
+  const float *means, *quats, *scales, *opac, *sh, *offset, *viewmat, *intr, *bg;
+  BatchIndex i_means, i_quats, i_scales, i_opac, i_sh, i_offset, i_viewmat, i_intr, i_bg;
+  int64_t N, K, V;
+};
+
+struct DevStatic {
+  int width, height, tile, degree, wabe_k, gx, gy;
+  float near_plane, wabe_beta;
+};
+
+__device__ __forceinline__ gs::Cam cam_of(const DevInputs& in, const DevStatic& st, int64_t v) {
+  return gs::make_cam(in.viewmat + 16 * in.i_viewmat(v), in.intr + 4 * in.i_intr(v), st.width,
+                      st.height);
+}
+
+// ------------------------------------------------------------------------------------ forward
+__global__ void project_kernel(DevInputs in, DevStatic st, int32_t* radii, float* means2d,
+                               float* conic_opac, float* colors, float* zs, int32_t* counts) {
+  const int64_t vg = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (vg >= in.V * in.N) return;
+  const int64_t v = vg / in.N, g = vg % in.N, N = in.N;
+  const gs::Cam cam = cam_of(in, st, v);
+  const float* mean = in.means + 3 * (in.i_means(v) * N + g);
+  const float op = in.opac[in.i_opac(v) * N + g];
+  gs::Projected p = gs::project(cam, mean, in.quats + 4 * (in.i_quats(v) * N + g),
+                                in.scales + 3 * (in.i_scales(v) * N + g), op,
+                                in.offset + 2 * (in.i_offset(v) * N + g), st.near_plane, st.tile);
+  float rgb[3] = {0.f, 0.f, 0.f};
+  if (p.radius > 0) {
+    gs::sh_color(st.degree, in.sh + 3 * in.K * (in.i_sh(v) * N + g), mean, cam.pos, rgb, nullptr);
+    if (!isfinite(rgb[0]) || !isfinite(rgb[1]) || !isfinite(rgb[2])) {
+      rgb[0] = rgb[1] = rgb[2] = 0.f;
+      p.radius = 0;
+    }
+  }
+  const bool on = p.radius > 0;
+  radii[vg] = p.radius;
+  means2d[2 * vg] = on ? p.u : 0.f;
+  means2d[2 * vg + 1] = on ? p.v : 0.f;
+  for (int j = 0; j < 3; ++j) conic_opac[4 * vg + j] = on ? p.conic[j] : 0.f;
+  conic_opac[4 * vg + 3] = on ? op : 0.f;
+  for (int j = 0; j < 3; ++j) colors[3 * vg + j] = rgb[j];
+  zs[vg] = on ? p.z : 0.f;
+  counts[vg] = on ? (p.rect[2] - p.rect[0]) * (p.rect[3] - p.rect[1]) : 0;
+}
+
+// The same rectangle as gs::project (recomputed from the stored mean and integer radius).
+__device__ __forceinline__ void tile_rect(float u, float v, int radius, const DevStatic& st, int r[4]) {
+  const float rf = (float)radius, ts = (float)st.tile;
+  r[0] = (int)fminf((float)st.gx, fmaxf(0.f, floorf((u - rf) / ts)));
+  r[2] = (int)fminf((float)st.gx, fmaxf(0.f, ceilf((u + rf) / ts)));
+  r[1] = (int)fminf((float)st.gy, fmaxf(0.f, floorf((v - rf) / ts)));
+  r[3] = (int)fminf((float)st.gy, fmaxf(0.f, ceilf((v + rf) / ts)));
+}
+
+__global__ void emit_kernel(int64_t VN, int64_t N, DevStatic st, const int32_t* radii,
+                            const float* means2d, const float* zs, const int32_t* offsets,
+                            int64_t cap, uint64_t* keys, int32_t* vals) {
+  const int64_t vg = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (vg >= VN || radii[vg] <= 0) return;
+  const int64_t v = vg / N, g = vg % N;
+  int r[4];
+  tile_rect(means2d[2 * vg], means2d[2 * vg + 1], radii[vg], st, r);
+  const int64_t T = (int64_t)st.gx * st.gy;
+  const uint32_t zbits = __float_as_uint(zs[vg]);  // z > 0: float order == integer order
+  int64_t idx = offsets[vg];
+  for (int ty = r[1]; ty < r[3]; ++ty)
+    for (int tx = r[0]; tx < r[2]; ++tx, ++idx) {
+      if (idx >= cap) return;
+      keys[idx] = ((uint64_t)(v * T + (int64_t)ty * st.gx + tx) << 32) | zbits;
+      vals[idx] = (int32_t)g;
+    }
+}
+
+// Slots past the emitted total get a key that sorts after every real one.
+__global__ void pad_kernel(int64_t cap, const int32_t* offsets, const int32_t* counts, int64_t VN,
+                           uint64_t pad_key, uint64_t* keys, int32_t* vals) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= cap) return;
+  const int64_t total = (int64_t)offsets[VN - 1] + counts[VN - 1];
+  if (i >= total) keys[i] = pad_key, vals[i] = 0;
+}
+
+__global__ void overflow_kernel(int64_t V, int64_t N, const int32_t* offsets, const int32_t* counts,
+                                int64_t cap, int32_t* overflow) {
+  const int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (v >= V) return;
+  const int64_t last = v * N + N - 1;
+  overflow[v] = ((int64_t)offsets[last] + counts[last]) > cap ? 1 : 0;
+}
+
+__global__ void ranges_kernel(int64_t cap, int64_t VT, const uint64_t* keys, int32_t* ranges) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= cap) return;
+  const int64_t t = (int64_t)(keys[i] >> 32);
+  if (t >= VT) {  // first padding slot closes the last real tile
+    if (i > 0) {
+      const int64_t tp = (int64_t)(keys[i - 1] >> 32);
+      if (tp < VT) ranges[2 * tp + 1] = (int32_t)i;
+    }
+    return;
+  }
+  if (i == 0 || (int64_t)(keys[i - 1] >> 32) != t) ranges[2 * t] = (int32_t)i;
+  if (i == cap - 1 || (int64_t)(keys[i + 1] >> 32) != t) ranges[2 * t + 1] = (int32_t)i + 1;
+}
+
+constexpr int kBlock = 256;  // 16 x 16 tiles
+
+__global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
+    DevInputs in, DevStatic st, const float* means2d, const float* conic_opac, const float* colors,
+    const float* zs, const int32_t* isect, const int32_t* ranges, float* image, float* alpha_out,
+    float* depth_out, float* final_T, int32_t* last, unsigned long long* wabe_sum, int32_t* wabe_count) {
+  const int64_t vt = blockIdx.x;
+  const int64_t T = (int64_t)st.gx * st.gy;
+  const int64_t v = vt / T, t = vt % T;
+  const int ts = st.tile, tid = threadIdx.x;
+  const int x = (int)(t % st.gx) * ts + tid % ts, y = (int)(t / st.gx) * ts + tid / ts;
+  const bool inside = tid < ts * ts && x < st.width && y < st.height;
+  const int32_t start = ranges[2 * vt], end = ranges[2 * vt + 1];
+  const int64_t N = in.N;
+  __shared__ int32_t s_id[kBlock];
+  __shared__ float s_uv[kBlock][2];
+  __shared__ float s_co[kBlock][4];
+  __shared__ float s_col[kBlock][4];  // rgb + z
+  float Tr = 1.f, C[3] = {0.f, 0.f, 0.f}, D = 0.f;
+  int32_t lastp = start, nslot = 0;
+  bool done = !inside;
+  const int WK = st.wabe_k;
+  int32_t sid[gs::kWabeMaxK];
+  float sw[gs::kWabeMaxK];
+  const float px = x + 0.5f, py = y + 0.5f;
+  for (int32_t b0 = start; b0 < end; b0 += kBlock) {
+    if (__syncthreads_count(done) == kBlock) break;
+    const int32_t j = b0 + tid;
+    if (j < end) {
+      const int64_t vg = v * N + isect[j];
+      s_id[tid] = isect[j];
+      s_uv[tid][0] = means2d[2 * vg], s_uv[tid][1] = means2d[2 * vg + 1];
+      for (int k = 0; k < 4; ++k) s_co[tid][k] = conic_opac[4 * vg + k];
+      for (int k = 0; k < 3; ++k) s_col[tid][k] = colors[3 * vg + k];
+      s_col[tid][3] = zs[vg];
+    }
+    __syncthreads();
+    const int cnt = min(kBlock, end - b0);
+    for (int k = 0; k < cnt && !done; ++k) {
+      const float power = gs::pixel_power(s_uv[k][0], s_uv[k][1], s_co[k], px, py);
+      if (power > 0.f) continue;
+      const float a = fminf(gs::kAlphaMax, s_co[k][3] * __expf(power));
+      if (a < gs::kAlphaMin) continue;
+      const float nT = Tr * (1.f - a);
+      if (nT < gs::kTMin) {
+        done = true;
+        break;
+      }
+      const float w = a * Tr;
+      C[0] += s_col[k][0] * w, C[1] += s_col[k][1] * w, C[2] += s_col[k][2] * w;
+      D += s_col[k][3] * w;
+      if (nslot < WK) {
+        sid[nslot] = s_id[k];
+        sw[nslot] = gs::wabe_weight(Tr, a, st.wabe_beta);
+        ++nslot;
+      }
+      Tr = nT;
+      lastp = b0 + k + 1;
+    }
+  }
+  if (!inside) return;
+  const int64_t HW = (int64_t)st.width * st.height;
+  const int64_t pix = v * HW + (int64_t)y * st.width + x;
+  const float* bg = in.bg + 3 * in.i_bg(v);
+  for (int ch = 0; ch < 3; ++ch) image[3 * pix + ch] = C[ch] + Tr * bg[ch];
+  const float A = 1.f - Tr;
+  alpha_out[pix] = A;
+  depth_out[pix] = A > 0.f ? D / A : 0.f;
+  final_T[pix] = Tr;
+  last[pix] = lastp;
+  if (nslot == 0) return;
+  float mn = nslot < WK ? 0.f : sw[0], mx = 0.f;
+  for (int k = 0; k < nslot; ++k) mn = fminf(mn, sw[k]), mx = fmaxf(mx, sw[k]);
+  for (int k = 0; k < nslot; ++k) {
+    const double nk = (sw[k] - mn) / (mx - mn + 1e-10f);
+    const int64_t vg = v * N + sid[k];
+    atomicAdd(&wabe_sum[vg], (unsigned long long)llround(nk * gs::kWabeScale));
+    atomicAdd(&wabe_count[vg], 1);
+  }
+}
+
+__global__ void wabe_finalize_kernel(int64_t VN, const unsigned long long* sum, const int32_t* count,
+                                     float* weight) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= VN) return;
+  weight[i] = count[i] > 0 ? (float)(sum[i] / gs::kWabeScale / count[i]) : 0.f;
+}
+
+// ------------------------------------------------------------------------------------ backward
+struct DevSaved {
+  const int32_t* radii;
+  const float *means2d, *conic_opac, *colors, *zs, *final_T, *depth_out;
+  const int32_t *last, *isect, *ranges;
+  BatchIndex i_gauss, i_pix, i_tiles;
+  const float *d_image, *d_alpha, *d_depth;
+  BatchIndex i_dimage, i_dalpha, i_ddepth;
+};
+
+struct DevGrads {
+  float *means, *quats, *scales, *opac, *sh, *offset, *bg;
+  BatchIndex o_means, o_quats, o_scales, o_opac, o_sh, o_offset, o_bg;
+};
+
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+__global__ void __launch_bounds__(kBlock) raster_bwd_kernel(DevInputs in, DevStatic st, bool wabe_bwd,
+                                                            DevSaved sv, float* acc, float* acc_bg) {
+  const int64_t vt = blockIdx.x;
+  const int64_t T = (int64_t)st.gx * st.gy, N = in.N;
+  const int64_t v = vt / T, t = vt % T;
+  const int ts = st.tile, tid = threadIdx.x, lane = tid & 31;
+  const int x = (int)(t % st.gx) * ts + tid % ts, y = (int)(t / st.gx) * ts + tid / ts;
+  const bool inside = tid < ts * ts && x < st.width && y < st.height;
+  const int32_t start = sv.ranges[2 * (sv.i_tiles(v) * T + t)];
+  const int64_t rv = sv.i_gauss(v) * N;
+  const float* m2 = sv.means2d + 2 * rv;
+  const float* cop = sv.conic_opac + 4 * rv;
+  const float* cols = sv.colors + 3 * rv;
+  const float* zv = sv.zs + rv;
+  const int64_t HW = (int64_t)st.width * st.height;
+  const int64_t pin = (int64_t)y * st.width + x;
+  float TN = 1.f, gC[3] = {0.f, 0.f, 0.f}, gA = 0.f, gD = 0.f, bgterm = 0.f;
+  int32_t lastp = start;
+  const float* bg = in.bg + 3 * in.i_bg(v);
+  if (inside) {
+    const int64_t pix = sv.i_pix(v) * HW + pin;
+    TN = sv.final_T[pix];
+    lastp = sv.last[pix];
+    const float Aout = 1.f - TN;
+    const float* di = sv.d_image + 3 * (sv.i_dimage(v) * HW + pin);
+    gC[0] = di[0], gC[1] = di[1], gC[2] = di[2];
+    gA = sv.d_alpha[sv.i_dalpha(v) * HW + pin];
+    const float dd = sv.d_depth[sv.i_ddepth(v) * HW + pin];
+    if (Aout > 0.f) {
+      gD = dd / Aout;
+      gA -= dd * sv.depth_out[pix] / Aout;
+    }
+    bgterm = TN * (gC[0] * bg[0] + gC[1] * bg[1] + gC[2] * bg[2]);
+  }
+  // background gradient: block reduction, one atomic per warp and channel
+  for (int ch = 0; ch < 3; ++ch) {
+    const float s = warp_sum(gC[ch] * TN * (inside ? 1.f : 0.f));
+    if (lane == 0 && s != 0.f) atomicAdd(&acc_bg[3 * v + ch], s);
+  }
+  __shared__ int32_t s_max_last;
+  if (tid == 0) s_max_last = start;
+  __syncthreads();
+  if (inside) atomicMax(&s_max_last, lastp);
+  __syncthreads();
+  const int32_t max_last = s_max_last;
+  __shared__ int32_t s_id[kBlock];
+  __shared__ float s_uv[kBlock][2];
+  __shared__ float s_co[kBlock][4];
+  __shared__ float s_col[kBlock][4];
+  float Tk = TN, Bc[3] = {0.f, 0.f, 0.f}, Bz = 0.f;
+  const float px = x + 0.5f, py = y + 0.5f;
+  for (int32_t b1 = max_last; b1 > start; b1 -= kBlock) {  // batch [b0, b1), walked backwards
+    const int32_t b0 = max(start, b1 - kBlock);
+    __syncthreads();
+    const int32_t j = b1 - 1 - tid;
+    if (j >= b0) {
+      const int32_t g = sv.isect[j];
+      s_id[tid] = g;
+      s_uv[tid][0] = m2[2 * g], s_uv[tid][1] = m2[2 * g + 1];
+      for (int k = 0; k < 4; ++k) s_co[tid][k] = cop[4 * g + k];
+      for (int k = 0; k < 3; ++k) s_col[tid][k] = cols[3 * g + k];
+      s_col[tid][3] = zv[g];
+    }
+    __syncthreads();
+    const int cnt = b1 - b0;
+    for (int k = 0; k < cnt; ++k) {
+      const int32_t jj = b1 - 1 - k;
+      float val[kAcc];
+      for (int i = 0; i < kAcc; ++i) val[i] = 0.f;
+      bool contrib = false;
+      if (inside && jj < lastp) {
+        const float* co = s_co[k];
+        const float dx = s_uv[k][0] - px, dy = s_uv[k][1] - py;
+        const float power = -0.5f * (co[0] * dx * dx + co[2] * dy * dy) - co[1] * dx * dy;
+        if (power <= 0.f) {
+          const float G = __expf(power), oG = co[3] * G;
+          const float a = fminf(gs::kAlphaMax, oG);
+          if (a >= gs::kAlphaMin) {
+            contrib = true;
+            const float om = 1.f / (1.f - a);
+            Tk *= om;
+            const float s = wabe_bwd ? __expf(-st.wabe_beta * (1.f - Tk)) : 1.f;
+            const float* c = s_col[k];
+            const float wgt = a * Tk;
+            float dal = 0.f;
+            for (int ch = 0; ch < 3; ++ch) {
+              val[6 + ch] = s * gC[ch] * wgt;
+              dal += gC[ch] * (c[ch] * Tk - Bc[ch] * om);
+              Bc[ch] += c[ch] * wgt;
+            }
+            val[9] = s * gD * wgt;
+            dal += gD * (c[3] * Tk - Bz * om) + (gA * TN - bgterm) * om;
+            Bz += c[3] * wgt;
+            dal *= s;
+            if (oG <= gs::kAlphaMax) {
+              val[5] = G * dal;
+              const float dp = oG * dal;
+              val[0] = -dp * (co[0] * dx + co[1] * dy);
+              val[1] = -dp * (co[1] * dx + co[2] * dy);
+              val[2] = -0.5f * dp * dx * dx;
+              val[3] = -dp * dx * dy;
+              val[4] = -0.5f * dp * dy * dy;
+            }
+          }
+        }
+      }
+      if (__any_sync(0xffffffffu, contrib)) {  // warp-level reduction, then one atomic per value
+        for (int i = 0; i < kAcc; ++i) val[i] = warp_sum(val[i]);
+        if (lane == 0) {
+          float* dst = acc + kAcc * (v * N + s_id[k]);
+          for (int i = 0; i < kAcc; ++i)
+            if (val[i] != 0.f) atomicAdd(dst + i, val[i]);
+        }
+      }
+    }
+  }
+}
+
+__global__ void project_bwd_kernel(DevInputs in, DevStatic st, DevSaved sv, const float* acc,
+                                   DevGrads gr) {
+  const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t N = in.N, K = in.K;
+  if (g >= N) return;
+  for (int64_t v = 0; v < in.V; ++v) {  // views in order: shared Gaussians need no atomics
+    if (sv.radii[sv.i_gauss(v) * N + g] <= 0) continue;
+    const float* a = acc + kAcc * (v * N + g);
+    const gs::Cam cam = cam_of(in, st, v);
+    const float* mean = in.means + 3 * (in.i_means(v) * N + g);
+    float* dm = gr.means + 3 * (gr.o_means(v) * N + g);
+    gr.offset[2 * (gr.o_offset(v) * N + g)] += a[0];
+    gr.offset[2 * (gr.o_offset(v) * N + g) + 1] += a[1];
+    gr.opac[gr.o_opac(v) * N + g] += a[5];
+    gs::sh_color_vjp(st.degree, in.sh + 3 * K * (in.i_sh(v) * N + g), mean, cam.pos, a + 6,
+                     gr.sh + 3 * K * (gr.o_sh(v) * N + g), dm);
+    gs::project_vjp(cam, mean, in.quats + 4 * (in.i_quats(v) * N + g),
+                    in.scales + 3 * (in.i_scales(v) * N + g), a[0], a[1], a + 2, a[9], dm,
+                    gr.quats + 4 * (gr.o_quats(v) * N + g), gr.scales + 3 * (gr.o_scales(v) * N + g));
+  }
+}
+
+__global__ void bg_bwd_kernel(int64_t V, const float* acc_bg, float* d_bg, BatchIndex o_bg) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  for (int64_t v = 0; v < V; ++v)
+    for (int ch = 0; ch < 3; ++ch) d_bg[3 * o_bg(v) + ch] += acc_bg[3 * v + ch];
+}
+
+// ------------------------------------------------------------------------------------ helpers
+inline unsigned blocks(int64_t n, int b = 256) { return (unsigned)((n + b - 1) / b); }
+
+ffi::Error cuda_error(const char* where) {
+  const cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess) return ffi::Error::Success();
+  return ffi::Error::Internal(std::string("gaedit CUDA ") + where + ": " + cudaGetErrorString(e));
+}
+
+ffi::Error full_batch(int nb, std::vector<int64_t>* full,
+                      std::initializer_list<ffi::Span<const int64_t>> dims) {
+  if (nb < 0 || nb > gs::kMaxBatchDims) return ffi::Error::InvalidArgument("gaedit: bad batch rank");
+  full->assign(nb, 1);
+  for (const auto& d : dims) {
+    if ((int)d.size() < nb) return ffi::Error::InvalidArgument("gaedit: operand rank too small");
+    for (int i = 0; i < nb; ++i) {
+      if (d[i] == 1) continue;
+      if ((*full)[i] != 1 && (*full)[i] != d[i])
+        return ffi::Error::InvalidArgument("gaedit: batch dims do not broadcast");
+      (*full)[i] = d[i];
+    }
+  }
+  return ffi::Error::Success();
+}
+
+struct Operand {
+  const char* name;
+  ffi::Span<const int64_t> dims;
+  std::vector<int64_t> core;
+  BatchIndex* idx;
+};
+
+ffi::Error index_all(std::initializer_list<Operand> ops, const std::vector<int64_t>& full) {
+  const int nb = (int)full.size();
+  for (const auto& op : ops) {
+    std::string err = gs::make_batch_index(op.name, op.dims, (int)op.core.size(), full.data(), nb, op.idx);
+    if (!err.empty()) return ffi::Error::InvalidArgument("gaedit: " + err);
+    for (size_t k = 0; k < op.core.size(); ++k)
+      if (op.dims[nb + k] != op.core[k])
+        return ffi::Error::InvalidArgument(std::string("gaedit: ") + op.name + " has a wrong core dim");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error decode(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quats, ffi::Buffer<ffi::F32> scales,
+                  ffi::Buffer<ffi::F32> opac, ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> offset,
+                  ffi::Buffer<ffi::F32> viewmat, ffi::Buffer<ffi::F32> intr, ffi::Buffer<ffi::F32> bg,
+                  const std::vector<int64_t>& full, DevInputs* in) {
+  const int nb = (int)full.size();
+  auto md = means.dimensions();
+  auto sd = sh.dimensions();
+  if ((int)md.size() != nb + 2 || (int)sd.size() != nb + 3)
+    return ffi::Error::InvalidArgument("gaedit: means must be [..., N, 3] and sh [..., N, K, 3]");
+  in->N = md[nb];
+  in->K = sd[nb + 1];
+  in->V = 1;
+  for (auto f : full) in->V *= f;
+  const int64_t N = in->N;
+  if (auto e = index_all({{"means", md, {N, 3}, &in->i_means},
+                          {"quats", quats.dimensions(), {N, 4}, &in->i_quats},
+                          {"scales", scales.dimensions(), {N, 3}, &in->i_scales},
+                          {"opacities", opac.dimensions(), {N}, &in->i_opac},
+                          {"sh", sd, {N, in->K, 3}, &in->i_sh},
+                          {"screen_offset", offset.dimensions(), {N, 2}, &in->i_offset},
+                          {"world_to_camera", viewmat.dimensions(), {4, 4}, &in->i_viewmat},
+                          {"intrinsics", intr.dimensions(), {4}, &in->i_intr},
+                          {"background", bg.dimensions(), {3}, &in->i_bg}},
+                         full);
+      e.failure())
+    return e;
+  in->means = means.typed_data(), in->quats = quats.typed_data(), in->scales = scales.typed_data();
+  in->opac = opac.typed_data(), in->sh = sh.typed_data(), in->offset = offset.typed_data();
+  in->viewmat = viewmat.typed_data(), in->intr = intr.typed_data(), in->bg = bg.typed_data();
+  return ffi::Error::Success();
+}
+
+template <class T>
+T* alloc(ffi::ScratchAllocator& scratch, int64_t n, bool* ok) {
+  auto p = scratch.Allocate(sizeof(T) * std::max<int64_t>(n, 1), 256);
+  if (!p.has_value()) {
+    *ok = false;
+    return nullptr;
+  }
+  return reinterpret_cast<T*>(*p);
+}
+
+int bits_for(uint64_t n) {
+  int b = 0;
+  while ((uint64_t(1) << b) <= n) ++b;
+  return b;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------ FFI
+static ffi::Error RasterizeFwdCudaImpl(
+    cudaStream_t stream, ffi::ScratchAllocator scratch, int64_t width, int64_t height, int64_t tile,
+    int64_t sh_degree, float near_plane, int64_t wabe_k, float wabe_beta, ffi::Buffer<ffi::F32> means,
+    ffi::Buffer<ffi::F32> quats, ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> opac,
+    ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> offset, ffi::Buffer<ffi::F32> viewmat,
+    ffi::Buffer<ffi::F32> intr, ffi::Buffer<ffi::F32> bg, ffi::ResultBuffer<ffi::F32> image,
+    ffi::ResultBuffer<ffi::F32> alpha, ffi::ResultBuffer<ffi::F32> depth,
+    ffi::ResultBuffer<ffi::S32> radii, ffi::ResultBuffer<ffi::S32> wabe_count,
+    ffi::ResultBuffer<ffi::F32> wabe_weight, ffi::ResultBuffer<ffi::S32> overflow,
+    ffi::ResultBuffer<ffi::F32> means2d, ffi::ResultBuffer<ffi::F32> conic_opac,
+    ffi::ResultBuffer<ffi::F32> colors, ffi::ResultBuffer<ffi::F32> zs,
+    ffi::ResultBuffer<ffi::F32> final_T, ffi::ResultBuffer<ffi::S32> last,
+    ffi::ResultBuffer<ffi::S32> isect, ffi::ResultBuffer<ffi::S32> tile_ranges) {
+  auto idims = image->dimensions();
+  const std::vector<int64_t> full(idims.begin(), idims.end() - 3);
+  DevInputs in;
+  if (auto e = decode(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in); e.failure())
+    return e;
+  if (tile * tile > kBlock) return ffi::Error::InvalidArgument("gaedit CUDA: tile_size must be <= 16");
+  if (wabe_k < 0 || wabe_k > gs::kWabeMaxK) return ffi::Error::InvalidArgument("gaedit: wabe_k in [0, 32]");
+  if (sh_degree < 0 || sh_degree > 3 || gs::sh_count((int)sh_degree) > in.K)
+    return ffi::Error::InvalidArgument("gaedit: sh_degree must be in [0, 3] and fit in K");
+  DevStatic st{(int)width, (int)height, (int)tile, (int)sh_degree, (int)wabe_k,
+               (int)((width + tile - 1) / tile), (int)((height + tile - 1) / tile), near_plane, wabe_beta};
+  const int64_t V = in.V, N = in.N, VN = V * N, T = (int64_t)st.gx * st.gy, VT = V * T;
+  const int64_t cap = (int64_t)isect->element_count();
+  if (VN == 0 || VT == 0) return ffi::Error::Success();
+  bool ok = true;
+  int32_t* counts = alloc<int32_t>(scratch, VN, &ok);
+  int32_t* offsets = alloc<int32_t>(scratch, VN, &ok);
+  uint64_t* keys_in = alloc<uint64_t>(scratch, cap, &ok);
+  uint64_t* keys_out = alloc<uint64_t>(scratch, cap, &ok);
+  int32_t* vals_in = alloc<int32_t>(scratch, cap, &ok);
+  unsigned long long* wsum = alloc<unsigned long long>(scratch, VN, &ok);
+  size_t scan_bytes = 0, sort_bytes = 0;
+  cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, counts, offsets, (int)VN, stream);
+  const int end_bit = 32 + bits_for((uint64_t)VT);
+  cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, keys_in, keys_out, vals_in,
+                                  isect->typed_data(), (int)cap, 0, end_bit, stream);
+  void* temp = alloc<char>(scratch, (int64_t)std::max(scan_bytes, sort_bytes), &ok);
+  if (!ok) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "gaedit CUDA: scratch allocation failed");
+
+  project_kernel<<<blocks(VN), 256, 0, stream>>>(in, st, radii->typed_data(), means2d->typed_data(),
+                                                 conic_opac->typed_data(), colors->typed_data(),
+                                                 zs->typed_data(), counts);
+  cub::DeviceScan::ExclusiveSum(temp, scan_bytes, counts, offsets, (int)VN, stream);
+  overflow_kernel<<<blocks(V), 256, 0, stream>>>(V, N, offsets, counts, cap, overflow->typed_data());
+  pad_kernel<<<blocks(cap), 256, 0, stream>>>(cap, offsets, counts, VN, (uint64_t)VT << 32 | 0xffffffffu,
+                                              keys_in, vals_in);
+  emit_kernel<<<blocks(VN), 256, 0, stream>>>(VN, N, st, radii->typed_data(), means2d->typed_data(),
+                                              zs->typed_data(), offsets, cap, keys_in, vals_in);
+  cub::DeviceRadixSort::SortPairs(temp, sort_bytes, keys_in, keys_out, vals_in, isect->typed_data(),
+                                  (int)cap, 0, end_bit, stream);
+  cudaMemsetAsync(tile_ranges->typed_data(), 0, sizeof(int32_t) * 2 * VT, stream);
+  ranges_kernel<<<blocks(cap), 256, 0, stream>>>(cap, VT, keys_out, tile_ranges->typed_data());
+  cudaMemsetAsync(wsum, 0, sizeof(unsigned long long) * VN, stream);
+  cudaMemsetAsync(wabe_count->typed_data(), 0, sizeof(int32_t) * VN, stream);
+  raster_fwd_kernel<<<(unsigned)VT, kBlock, 0, stream>>>(
+      in, st, means2d->typed_data(), conic_opac->typed_data(), colors->typed_data(), zs->typed_data(),
+      isect->typed_data(), tile_ranges->typed_data(), image->typed_data(), alpha->typed_data(),
+      depth->typed_data(), final_T->typed_data(), last->typed_data(), wsum, wabe_count->typed_data());
+  wabe_finalize_kernel<<<blocks(VN), 256, 0, stream>>>(VN, wsum, wabe_count->typed_data(),
+                                                       wabe_weight->typed_data());
+  return cuda_error("forward");
+}
+
+static ffi::Error RasterizeBwdCudaImpl(
+    cudaStream_t stream, ffi::ScratchAllocator scratch, int64_t width, int64_t height, int64_t tile,
+    int64_t sh_degree, float near_plane, bool wabe_backward, float wabe_beta,
+    ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quats, ffi::Buffer<ffi::F32> scales,
+    ffi::Buffer<ffi::F32> opac, ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> offset,
+    ffi::Buffer<ffi::F32> viewmat, ffi::Buffer<ffi::F32> intr, ffi::Buffer<ffi::F32> bg,
+    ffi::Buffer<ffi::S32> radii, ffi::Buffer<ffi::F32> means2d, ffi::Buffer<ffi::F32> conic_opac,
+    ffi::Buffer<ffi::F32> colors, ffi::Buffer<ffi::F32> zs, ffi::Buffer<ffi::F32> final_T,
+    ffi::Buffer<ffi::S32> last, ffi::Buffer<ffi::S32> isect, ffi::Buffer<ffi::S32> tile_ranges,
+    ffi::Buffer<ffi::F32> depth_out, ffi::Buffer<ffi::F32> d_image, ffi::Buffer<ffi::F32> d_alpha,
+    ffi::Buffer<ffi::F32> d_depth, ffi::ResultBuffer<ffi::F32> d_means,
+    ffi::ResultBuffer<ffi::F32> d_quats, ffi::ResultBuffer<ffi::F32> d_scales,
+    ffi::ResultBuffer<ffi::F32> d_opac, ffi::ResultBuffer<ffi::F32> d_sh,
+    ffi::ResultBuffer<ffi::F32> d_offset, ffi::ResultBuffer<ffi::F32> d_bg) {
+  const int nb = (int)d_image.dimensions().size() - 3;
+  std::vector<int64_t> full;
+  if (auto e = full_batch(nb, &full,
+                          {means.dimensions(), quats.dimensions(), scales.dimensions(),
+                           opac.dimensions(), sh.dimensions(), offset.dimensions(),
+                           viewmat.dimensions(), intr.dimensions(), bg.dimensions(),
+                           radii.dimensions(), final_T.dimensions(), tile_ranges.dimensions(),
+                           d_image.dimensions(), d_alpha.dimensions(), d_depth.dimensions(),
+                           d_means->dimensions(), d_bg->dimensions()});
+      e.failure())
+    return e;
+  DevInputs in;
+  if (auto e = decode(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in); e.failure())
+    return e;
+  if (sh_degree < 0 || sh_degree > 3 || gs::sh_count((int)sh_degree) > in.K)
+    return ffi::Error::InvalidArgument("gaedit: sh_degree must be in [0, 3] and fit in K");
+  DevStatic st{(int)width, (int)height, (int)tile, (int)sh_degree, 0,
+               (int)((width + tile - 1) / tile), (int)((height + tile - 1) / tile), near_plane, wabe_beta};
+  const int64_t V = in.V, N = in.N, T = (int64_t)st.gx * st.gy;
+  DevSaved sv;
+  DevGrads gr;
+  if (auto e = index_all({{"radii", radii.dimensions(), {N}, &sv.i_gauss},
+                          {"final_T", final_T.dimensions(), {height, width}, &sv.i_pix},
+                          {"tile_ranges", tile_ranges.dimensions(), {T, 2}, &sv.i_tiles},
+                          {"d_image", d_image.dimensions(), {height, width, 3}, &sv.i_dimage},
+                          {"d_alpha", d_alpha.dimensions(), {height, width}, &sv.i_dalpha},
+                          {"d_depth", d_depth.dimensions(), {height, width}, &sv.i_ddepth},
+                          {"d_means", d_means->dimensions(), {N, 3}, &gr.o_means},
+                          {"d_quats", d_quats->dimensions(), {N, 4}, &gr.o_quats},
+                          {"d_scales", d_scales->dimensions(), {N, 3}, &gr.o_scales},
+                          {"d_opacities", d_opac->dimensions(), {N}, &gr.o_opac},
+                          {"d_sh", d_sh->dimensions(), {N, in.K, 3}, &gr.o_sh},
+                          {"d_screen_offset", d_offset->dimensions(), {N, 2}, &gr.o_offset},
+                          {"d_background", d_bg->dimensions(), {3}, &gr.o_bg}},
+                         full);
+      e.failure())
+    return e;
+  sv.radii = radii.typed_data(), sv.means2d = means2d.typed_data(), sv.conic_opac = conic_opac.typed_data();
+  sv.colors = colors.typed_data(), sv.zs = zs.typed_data(), sv.final_T = final_T.typed_data();
+  sv.depth_out = depth_out.typed_data(), sv.last = last.typed_data(), sv.isect = isect.typed_data();
+  sv.ranges = tile_ranges.typed_data();
+  sv.d_image = d_image.typed_data(), sv.d_alpha = d_alpha.typed_data(), sv.d_depth = d_depth.typed_data();
+  gr.means = d_means->typed_data(), gr.quats = d_quats->typed_data(), gr.scales = d_scales->typed_data();
+  gr.opac = d_opac->typed_data(), gr.sh = d_sh->typed_data(), gr.offset = d_offset->typed_data();
+  gr.bg = d_bg->typed_data();
+  bool ok = true;
+  float* acc = alloc<float>(scratch, V * N * kAcc, &ok);
+  float* acc_bg = alloc<float>(scratch, V * 3, &ok);
+  if (!ok) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "gaedit CUDA: scratch allocation failed");
+  cudaMemsetAsync(acc, 0, sizeof(float) * V * N * kAcc, stream);
+  cudaMemsetAsync(acc_bg, 0, sizeof(float) * V * 3, stream);
+  float* outs[7] = {gr.means, gr.quats, gr.scales, gr.opac, gr.sh, gr.offset, gr.bg};
+  size_t sizes[7] = {d_means->element_count(), d_quats->element_count(), d_scales->element_count(),
+                     d_opac->element_count(), d_sh->element_count(), d_offset->element_count(),
+                     d_bg->element_count()};
+  for (int i = 0; i < 7; ++i) cudaMemsetAsync(outs[i], 0, sizeof(float) * sizes[i], stream);
+  if (V * T > 0 && N > 0) {
+    raster_bwd_kernel<<<(unsigned)(V * T), kBlock, 0, stream>>>(in, st, wabe_backward, sv, acc, acc_bg);
+    project_bwd_kernel<<<blocks(N), 128, 0, stream>>>(in, st, sv, acc, gr);
+  }
+  bg_bwd_kernel<<<1, 1, 0, stream>>>(V, acc_bg, gr.bg, gr.o_bg);
+  return cuda_error("backward");
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeFwdCuda, RasterizeFwdCudaImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Attr<int64_t>("width")
+                                  .Attr<int64_t>("height")
+                                  .Attr<int64_t>("tile_size")
+                                  .Attr<int64_t>("sh_degree")
+                                  .Attr<float>("near_plane")
+                                  .Attr<int64_t>("wabe_k")
+                                  .Attr<float>("wabe_beta")
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>(),
+                              {ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeBwdCuda, RasterizeBwdCudaImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Attr<int64_t>("width")
+                                  .Attr<int64_t>("height")
+                                  .Attr<int64_t>("tile_size")
+                                  .Attr<int64_t>("sh_degree")
+                                  .Attr<float>("near_plane")
+                                  .Attr<bool>("wabe_backward")
+                                  .Attr<float>("wabe_beta")
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>(),
+                              {ffi::Traits::kCmdBufferCompatible});
+
+extern "C" const char* gaedit_build_info() {
+  return "jaxlib=" GAEDIT_JAXLIB_VERSION ";ffi_api=" GAEDIT_STR(XLA_FFI_API_MAJOR) "." GAEDIT_STR(
+      XLA_FFI_API_MINOR) ";cuda=1";
+}
