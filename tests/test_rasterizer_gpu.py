@@ -41,9 +41,10 @@ def test_cuda_forward_matches_cpu_and_reference(n, views, per_view, sh_degree):
     np.testing.assert_allclose(np.asarray(gpu.alpha), np.asarray(other.alpha), atol=1e-4, rtol=0)
     np.testing.assert_allclose(np.asarray(gpu.depth), np.asarray(other.depth), atol=1e-4, rtol=1e-4)
     np.testing.assert_array_equal(np.asarray(gpu.radii), np.asarray(other.radii))
-  # WABE outputs: the same as the CPU kernel's (fixed-point sums are order independent)
+  # WABE: the same mask as the CPU kernel; weights to float rounding of the per-pixel weights
+  # (the per-Gaussian sums are fixed point, so their order does not matter)
   np.testing.assert_array_equal(np.asarray(gpu.wabe_mask), np.asarray(cpu.wabe_mask))
-  np.testing.assert_allclose(np.asarray(gpu.wabe_weight), np.asarray(cpu.wabe_weight), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(gpu.wabe_weight), np.asarray(cpu.wabe_weight), atol=1e-5)
   assert not np.any(np.asarray(gpu.overflow))
 
 

@@ -470,7 +470,8 @@ static ffi::Error RasterizeFwdImpl(int64_t width, int64_t height, int64_t tile, 
                                    ffi::ResultBuffer<ffi::F32> colors, ffi::ResultBuffer<ffi::F32> zs,
                                    ffi::ResultBuffer<ffi::F32> final_T, ffi::ResultBuffer<ffi::S32> last,
                                    ffi::ResultBuffer<ffi::S32> isect,
-                                   ffi::ResultBuffer<ffi::S32> tile_ranges) {
+                                   ffi::ResultBuffer<ffi::S32> tile_ranges,
+                                   ffi::ResultBuffer<ffi::U8> /*workspace: CUDA only*/) {
   Inputs in;
   auto idims = image->dimensions();
   const std::vector<int64_t> full(idims.begin(), idims.end() - 3);  // outputs carry the full batch
@@ -504,7 +505,8 @@ static ffi::Error RasterizeBwdImpl(
     ffi::Buffer<ffi::F32> d_alpha, ffi::Buffer<ffi::F32> d_depth, ffi::ResultBuffer<ffi::F32> d_means,
     ffi::ResultBuffer<ffi::F32> d_quats, ffi::ResultBuffer<ffi::F32> d_scales,
     ffi::ResultBuffer<ffi::F32> d_opac, ffi::ResultBuffer<ffi::F32> d_sh,
-    ffi::ResultBuffer<ffi::F32> d_offset, ffi::ResultBuffer<ffi::F32> d_bg) {
+    ffi::ResultBuffer<ffi::F32> d_offset, ffi::ResultBuffer<ffi::F32> d_bg,
+    ffi::ResultBuffer<ffi::U8> /*workspace: CUDA only*/) {
   const int nb = (int)d_image.dimensions().size() - 3;
   std::vector<int64_t> full;
   if (auto err = full_batch(nb, &full,
@@ -611,6 +613,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeFwd, RasterizeFwdImpl,
                                   .Ret<ffi::Buffer<ffi::S32>>()  // last
                                   .Ret<ffi::Buffer<ffi::S32>>()  // isect
                                   .Ret<ffi::Buffer<ffi::S32>>()  // tile_ranges
+                                  .Ret<ffi::Buffer<ffi::U8>>()   // workspace (CUDA)
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeBwd, RasterizeBwdImpl,
@@ -651,6 +654,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeBwd, RasterizeBwdImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_sh
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_screen_offset
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_background
+                                  .Ret<ffi::Buffer<ffi::U8>>()   // workspace (CUDA)
 );
 
 // "jaxlib=<version>;ffi_api=<major>.<minor>": checked by the Python loader before registration.

@@ -2,8 +2,8 @@
 //
 // Same stages, math (gaedit/gs_math.h) and residual layout as the CPU kernels, so a forward on one
 // device and a backward on another would agree. No host synchronisation and no device-to-host
-// copy: the intersection list has a static capacity (padding keys sort to the end), scratch comes
-// from XLA's ScratchAllocator, so the handlers are command-buffer compatible.
+// copy: the intersection list has a static capacity (padding keys sort to the end) and scratch is
+// an explicit workspace output sized at trace time, so the handlers are command-buffer compatible.
 //
 // forward:  project (+SH) -> exclusive scan of tile counts -> emit (view|tile|depth) keys ->
 //           radix sort (stable: equal depths keep Gaussian order, as on the CPU) -> tile ranges ->
@@ -472,14 +472,35 @@ ffi::Error decode(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quats, ffi:
   return ffi::Error::Success();
 }
 
-template <class T>
-T* alloc(ffi::ScratchAllocator& scratch, int64_t n, bool* ok) {
-  auto p = scratch.Allocate(sizeof(T) * std::max<int64_t>(n, 1), 256);
-  if (!p.has_value()) {
-    *ok = false;
-    return nullptr;
-  }
-  return reinterpret_cast<T*>(*p);
+// Scratch lives in an explicit workspace output allocated by XLA (the FFI ScratchAllocator refused
+// every allocation on jax 0.11.2). Layout: counts, offsets (VN x i32), keys in/out (cap x u64),
+// vals in (cap x i32), WABE sums (VN x u64), CUB temp storage; each 256-byte aligned.
+struct FwdLayout {
+  size_t counts, offsets, keys_in, keys_out, vals_in, wsum, temp, temp_bytes, total;
+};
+
+inline size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
+
+int bits_for(uint64_t n);
+
+FwdLayout fwd_layout(int64_t VN, int64_t cap, int64_t VT) {
+  FwdLayout L;
+  size_t scan_bytes = 0, sort_bytes = 0;
+  cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, (int32_t*)nullptr, (int32_t*)nullptr, (int)VN);
+  cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, (uint64_t*)nullptr, (uint64_t*)nullptr,
+                                  (int32_t*)nullptr, (int32_t*)nullptr, (int)cap, 0,
+                                  32 + bits_for((uint64_t)VT));
+  size_t o = 0;
+  L.counts = o, o += align256(4 * std::max<int64_t>(VN, 1));
+  L.offsets = o, o += align256(4 * std::max<int64_t>(VN, 1));
+  L.keys_in = o, o += align256(8 * std::max<int64_t>(cap, 1));
+  L.keys_out = o, o += align256(8 * std::max<int64_t>(cap, 1));
+  L.vals_in = o, o += align256(4 * std::max<int64_t>(cap, 1));
+  L.wsum = o, o += align256(8 * std::max<int64_t>(VN, 1));
+  L.temp_bytes = std::max(scan_bytes, sort_bytes);
+  L.temp = o, o += align256(L.temp_bytes);
+  L.total = o + 256;  // slack for the base pointer's alignment
+  return L;
 }
 
 int bits_for(uint64_t n) {
@@ -492,7 +513,7 @@ int bits_for(uint64_t n) {
 
 // ------------------------------------------------------------------------------------ FFI
 static ffi::Error RasterizeFwdCudaImpl(
-    cudaStream_t stream, ffi::ScratchAllocator scratch, int64_t width, int64_t height, int64_t tile,
+    cudaStream_t stream, int64_t width, int64_t height, int64_t tile,
     int64_t sh_degree, float near_plane, int64_t wabe_k, float wabe_beta, ffi::Buffer<ffi::F32> means,
     ffi::Buffer<ffi::F32> quats, ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> opac,
     ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> offset, ffi::Buffer<ffi::F32> viewmat,
@@ -503,7 +524,8 @@ static ffi::Error RasterizeFwdCudaImpl(
     ffi::ResultBuffer<ffi::F32> means2d, ffi::ResultBuffer<ffi::F32> conic_opac,
     ffi::ResultBuffer<ffi::F32> colors, ffi::ResultBuffer<ffi::F32> zs,
     ffi::ResultBuffer<ffi::F32> final_T, ffi::ResultBuffer<ffi::S32> last,
-    ffi::ResultBuffer<ffi::S32> isect, ffi::ResultBuffer<ffi::S32> tile_ranges) {
+    ffi::ResultBuffer<ffi::S32> isect, ffi::ResultBuffer<ffi::S32> tile_ranges,
+    ffi::ResultBuffer<ffi::U8> workspace) {
   auto idims = image->dimensions();
   const std::vector<int64_t> full(idims.begin(), idims.end() - 3);
   DevInputs in;
@@ -518,20 +540,21 @@ static ffi::Error RasterizeFwdCudaImpl(
   const int64_t V = in.V, N = in.N, VN = V * N, T = (int64_t)st.gx * st.gy, VT = V * T;
   const int64_t cap = (int64_t)isect->element_count();
   if (VN == 0 || VT == 0) return ffi::Error::Success();
-  bool ok = true;
-  int32_t* counts = alloc<int32_t>(scratch, VN, &ok);
-  int32_t* offsets = alloc<int32_t>(scratch, VN, &ok);
-  uint64_t* keys_in = alloc<uint64_t>(scratch, cap, &ok);
-  uint64_t* keys_out = alloc<uint64_t>(scratch, cap, &ok);
-  int32_t* vals_in = alloc<int32_t>(scratch, cap, &ok);
-  unsigned long long* wsum = alloc<unsigned long long>(scratch, VN, &ok);
-  size_t scan_bytes = 0, sort_bytes = 0;
-  cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, counts, offsets, (int)VN, stream);
+  const FwdLayout L = fwd_layout(VN, cap, VT);
+  char* base = reinterpret_cast<char*>(align256(reinterpret_cast<size_t>(workspace->untyped_data())));
+  if ((size_t)workspace->element_count() < L.total)
+    return ffi::Error::InvalidArgument("gaedit CUDA: forward workspace too small (" +
+                                       std::to_string(workspace->element_count()) + " < " +
+                                       std::to_string(L.total) + " bytes)");
+  int32_t* counts = reinterpret_cast<int32_t*>(base + L.counts);
+  int32_t* offsets = reinterpret_cast<int32_t*>(base + L.offsets);
+  uint64_t* keys_in = reinterpret_cast<uint64_t*>(base + L.keys_in);
+  uint64_t* keys_out = reinterpret_cast<uint64_t*>(base + L.keys_out);
+  int32_t* vals_in = reinterpret_cast<int32_t*>(base + L.vals_in);
+  unsigned long long* wsum = reinterpret_cast<unsigned long long*>(base + L.wsum);
+  void* temp = base + L.temp;
+  size_t scan_bytes = L.temp_bytes, sort_bytes = L.temp_bytes;
   const int end_bit = 32 + bits_for((uint64_t)VT);
-  cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, keys_in, keys_out, vals_in,
-                                  isect->typed_data(), (int)cap, 0, end_bit, stream);
-  void* temp = alloc<char>(scratch, (int64_t)std::max(scan_bytes, sort_bytes), &ok);
-  if (!ok) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "gaedit CUDA: scratch allocation failed");
 
   project_kernel<<<blocks(VN), 256, 0, stream>>>(in, st, radii->typed_data(), means2d->typed_data(),
                                                  conic_opac->typed_data(), colors->typed_data(),
@@ -558,7 +581,7 @@ static ffi::Error RasterizeFwdCudaImpl(
 }
 
 static ffi::Error RasterizeBwdCudaImpl(
-    cudaStream_t stream, ffi::ScratchAllocator scratch, int64_t width, int64_t height, int64_t tile,
+    cudaStream_t stream, int64_t width, int64_t height, int64_t tile,
     int64_t sh_degree, float near_plane, bool wabe_backward, float wabe_beta,
     ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quats, ffi::Buffer<ffi::F32> scales,
     ffi::Buffer<ffi::F32> opac, ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> offset,
@@ -570,7 +593,8 @@ static ffi::Error RasterizeBwdCudaImpl(
     ffi::Buffer<ffi::F32> d_depth, ffi::ResultBuffer<ffi::F32> d_means,
     ffi::ResultBuffer<ffi::F32> d_quats, ffi::ResultBuffer<ffi::F32> d_scales,
     ffi::ResultBuffer<ffi::F32> d_opac, ffi::ResultBuffer<ffi::F32> d_sh,
-    ffi::ResultBuffer<ffi::F32> d_offset, ffi::ResultBuffer<ffi::F32> d_bg) {
+    ffi::ResultBuffer<ffi::F32> d_offset, ffi::ResultBuffer<ffi::F32> d_bg,
+    ffi::ResultBuffer<ffi::U8> workspace) {
   const int nb = (int)d_image.dimensions().size() - 3;
   std::vector<int64_t> full;
   if (auto e = full_batch(nb, &full,
@@ -616,10 +640,13 @@ static ffi::Error RasterizeBwdCudaImpl(
   gr.means = d_means->typed_data(), gr.quats = d_quats->typed_data(), gr.scales = d_scales->typed_data();
   gr.opac = d_opac->typed_data(), gr.sh = d_sh->typed_data(), gr.offset = d_offset->typed_data();
   gr.bg = d_bg->typed_data();
-  bool ok = true;
-  float* acc = alloc<float>(scratch, V * N * kAcc, &ok);
-  float* acc_bg = alloc<float>(scratch, V * 3, &ok);
-  if (!ok) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "gaedit CUDA: scratch allocation failed");
+  // workspace: V*N*kAcc + V*3 floats (256-byte aligned)
+  char* base = reinterpret_cast<char*>(align256(reinterpret_cast<size_t>(workspace->untyped_data())));
+  const size_t need = align256(4 * V * N * kAcc) + align256(4 * V * 3) + 256;
+  if ((size_t)workspace->element_count() < need)
+    return ffi::Error::InvalidArgument("gaedit CUDA: backward workspace too small");
+  float* acc = reinterpret_cast<float*>(base);
+  float* acc_bg = reinterpret_cast<float*>(base + align256(4 * V * N * kAcc));
   cudaMemsetAsync(acc, 0, sizeof(float) * V * N * kAcc, stream);
   cudaMemsetAsync(acc_bg, 0, sizeof(float) * V * 3, stream);
   float* outs[7] = {gr.means, gr.quats, gr.scales, gr.opac, gr.sh, gr.offset, gr.bg};
@@ -629,7 +656,7 @@ static ffi::Error RasterizeBwdCudaImpl(
   for (int i = 0; i < 7; ++i) cudaMemsetAsync(outs[i], 0, sizeof(float) * sizes[i], stream);
   if (V * T > 0 && N > 0) {
     raster_bwd_kernel<<<(unsigned)(V * T), kBlock, 0, stream>>>(in, st, wabe_backward, sv, acc, acc_bg);
-    project_bwd_kernel<<<blocks(N), 128, 0, stream>>>(in, st, sv, acc, gr);
+    project_bwd_kernel<<<blocks(N, 128), 128, 0, stream>>>(in, st, sv, acc, gr);
   }
   bg_bwd_kernel<<<1, 1, 0, stream>>>(V, acc_bg, gr.bg, gr.o_bg);
   return cuda_error("backward");
@@ -638,7 +665,6 @@ static ffi::Error RasterizeBwdCudaImpl(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeFwdCuda, RasterizeFwdCudaImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
                                   .Attr<int64_t>("width")
                                   .Attr<int64_t>("height")
                                   .Attr<int64_t>("tile_size")
@@ -669,13 +695,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeFwdCuda, RasterizeFwdCudaImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>(),
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::U8>>(),
                               {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeBwdCuda, RasterizeBwdCudaImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
                                   .Attr<int64_t>("width")
                                   .Attr<int64_t>("height")
                                   .Attr<int64_t>("tile_size")
@@ -711,10 +737,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeBwdCuda, RasterizeBwdCudaImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>(),
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::U8>>(),
                               {ffi::Traits::kCmdBufferCompatible});
 
 extern "C" const char* gaedit_build_info() {
   return "jaxlib=" GAEDIT_JAXLIB_VERSION ";ffi_api=" GAEDIT_STR(XLA_FFI_API_MAJOR) "." GAEDIT_STR(
       XLA_FFI_API_MINOR) ";cuda=1";
+}
+
+// Bytes of the forward workspace for VN (view, Gaussian) pairs, `cap` pooled intersections and VT
+// (view, tile) pairs; the Python wrapper sizes the workspace output with it at trace time.
+extern "C" int64_t gaedit_cuda_fwd_workspace_bytes(int64_t VN, int64_t cap, int64_t VT) {
+  return (int64_t)fwd_layout(VN, cap, VT).total;
 }

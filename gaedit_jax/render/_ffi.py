@@ -81,6 +81,26 @@ def _has_gpu() -> bool:
     return False
 
 
+_CUDA_LIB: ctypes.CDLL | None = None
+
+
+def cuda_fwd_workspace_bytes(vn: int, cap: int, vt: int) -> int:
+  """Forward workspace bytes the CUDA kernels need (1 when no CUDA library is registered)."""
+  if _CUDA_LIB is None:
+    return 1
+  fn = _CUDA_LIB.gaedit_cuda_fwd_workspace_bytes
+  fn.restype = ctypes.c_int64
+  fn.argtypes = [ctypes.c_int64] * 3
+  return int(fn(vn, cap, vt))
+
+
+def cuda_bwd_workspace_bytes(v: int, n: int) -> int:
+  if _CUDA_LIB is None:
+    return 1
+  a = lambda x: (x + 255) // 256 * 256
+  return a(4 * v * n * 10) + a(4 * v * 3) + 256
+
+
 @functools.cache
 def ensure_registered() -> tuple[str, ...]:
   """Registers the FFI targets once; returns the platforms they are registered for."""
@@ -91,6 +111,8 @@ def ensure_registered() -> tuple[str, ...]:
   platforms.append("cpu")
   if _has_gpu():
     lib = _load("cuda")  # a GPU without the CUDA library is an error, not a silent CPU fallback
+    global _CUDA_LIB
+    _CUDA_LIB = lib
     for target, sym in _SYMBOLS.items():
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, sym + "Cuda")),
                                   platform="CUDA")

@@ -62,6 +62,7 @@ def _fwd_call(st: _Static, means, quats, scales, opac, sh, offset, viewmat, intr
   batch = jnp.broadcast_shapes(*(x.shape[:len(batch)] for x in
                                  (means, quats, scales, opac, sh, offset, viewmat, intr, bg)))
   n = means.shape[-2]
+  v = math.prod(batch)
   h, w = st.height, st.width
   f32, i32 = jnp.float32, jnp.int32
   sds = jax.ShapeDtypeStruct
@@ -81,9 +82,10 @@ def _fwd_call(st: _Static, means, quats, scales, opac, sh, offset, viewmat, intr
       sds(batch + (h, w), i32),           # last contributor (+1)
       sds(batch + (st.capacity,), i32),   # sorted intersections (pooled over views)
       sds(batch + (st.num_tiles, 2), i32),  # tile ranges
+      sds((_ffi.cuda_fwd_workspace_bytes(v * n, v * st.capacity, v * st.num_tiles),), jnp.uint8),
   )
   call = jax.ffi.ffi_call(_ffi.FWD_TARGET, out_types, vmap_method="expand_dims")
-  return call(means, quats, scales, opac, sh, offset, viewmat, intr, bg, **st.fwd_attrs())
+  return call(means, quats, scales, opac, sh, offset, viewmat, intr, bg, **st.fwd_attrs())[:-1]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -101,10 +103,13 @@ def _rasterize_fwd(st, means, quats, scales, opac, sh, offset, viewmat, intr, bg
 def _rasterize_bwd(st, res, cts):
   inputs, residuals = res
   d_image, d_alpha, d_depth = cts[0], cts[1], cts[2]
+  batch = d_image.shape[:-3]
+  n = inputs[0].shape[-2]
   grad_types = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in inputs[:6]) + (
-      jax.ShapeDtypeStruct(inputs[8].shape, jnp.float32),)
+      jax.ShapeDtypeStruct(inputs[8].shape, jnp.float32),
+      jax.ShapeDtypeStruct((_ffi.cuda_bwd_workspace_bytes(math.prod(batch), n),), jnp.uint8))
   call = jax.ffi.ffi_call(_ffi.BWD_TARGET, grad_types, vmap_method="expand_dims")
-  g = call(*inputs, *residuals, d_image, d_alpha, d_depth, **st.bwd_attrs())
+  g = call(*inputs, *residuals, d_image, d_alpha, d_depth, **st.bwd_attrs())[:-1]
   viewmat, intr = inputs[6], inputs[7]
   return (*g[:6], jnp.zeros_like(viewmat), jnp.zeros_like(intr), g[6])
 

@@ -116,6 +116,13 @@ def project(means, quats, scales, opac, sh, offset, w2c, intr, *, width, height,
 def render_view(means, quats, scales, opac, sh, offset, w2c, intr, bg, *, width, height,
                 config: RenderConfig):
   """One view, dense. Returns (image, alpha, depth, radii, wabe_mask, wabe_weight)."""
+  # full float32 products: on GPUs XLA would otherwise use TF32 for matmuls and einsums
+  with jax.default_matmul_precision("highest"):
+    return _render_view(means, quats, scales, opac, sh, offset, w2c, intr, bg, width=width,
+                        height=height, config=config)
+
+
+def _render_view(means, quats, scales, opac, sh, offset, w2c, intr, bg, *, width, height, config):
   p = project(means, quats, scales, opac, sh, offset, w2c, intr, width=width, height=height,
               tile_size=config.tile_size, near_plane=config.near_plane, sh_degree=config.sh_degree)
   n = means.shape[0]
