@@ -1,0 +1,288 @@
+"""Reading a GaussianAvatars / VHAP dataset folder for training and evaluation.
+
+`AvatarDataset(root, split)` lists the frames of `transforms_{split}.json` (cameras as arrays, FLAME
+parameters of all the folder's timesteps as one `FlameParams` [T,...]) and loads images lazily,
+keeping an LRU cache of decoded images, so a 16-camera sequence of hundreds of timesteps never needs
+all its images in memory. `dataset[i]` is a `Frame` (numpy image); `dataset.batch(indices)` and
+`dataset.batches(batch_size, seed=...)` give `Batch` pytrees of device arrays for a jitted step.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gaedit_jax.camera import Camera, make_camera
+from gaedit_jax.data.layout import (SPLITS, DatasetError, DatasetFileNotFoundError, FrameRecord,
+                                    load_flame_sequence, read_flame_npz, read_transforms,
+                                    split_json_path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+  """One image: image [H,W,3] float32 in [0,1] (background composited), mask [H,W] float32 or None,
+  camera (unbatched Camera), timestep / camera_index ints, and the json record."""
+
+  image: np.ndarray
+  mask: np.ndarray | None
+  camera: Camera
+  timestep: int
+  camera_index: int
+  record: FrameRecord
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Batch:
+  """A batch of B images: image [B,H,W,3] float32; mask [B,H,W] (None if not loaded);
+  camera: Camera with batch [B]; timestep [B] int32 (index into the FLAME sequence);
+  camera_index [B] int32; frame_index [B] int32 (position in the split)."""
+
+  image: jax.Array
+  camera: Camera
+  timestep: jax.Array
+  camera_index: jax.Array
+  frame_index: jax.Array
+  mask: jax.Array | None = None
+
+
+class AvatarDataset:
+  """A split ('train', 'val', 'test', or 'all' = transforms.json) of a dataset folder.
+
+  white_background: composite RGBA images over white (else black); RGB images are used as stored
+  (VHAP already composited them). image_scale: resample images and intrinsics (e.g. 0.5 for a
+  faster CPU run). cache_size: number of decoded images kept (LRU, uint8). load_masks: also read
+  fg_masks. num_vertices: FLAME vertex count, only needed when the npz files have no static_offset.
+  """
+
+  def __init__(self, root: str | os.PathLike, split: str = "train", *, white_background: bool = True,
+               image_scale: float = 1.0, cache_size: int = 256, load_masks: bool = False,
+               num_vertices: int | None = None):
+    self.root = Path(root)
+    if split not in SPLITS + ("all",):
+      raise ValueError(f"split must be one of {SPLITS + ('all',)}, got {split!r}")
+    if not self.root.is_dir():
+      raise DatasetFileNotFoundError(f"dataset folder not found: {self.root}")
+    self.split = split
+    self.json_path = split_json_path(self.root, split)
+    self.meta, self.records = read_transforms(self.json_path)
+    self.background = np.ones(3, np.float32) if white_background else np.zeros(3, np.float32)
+    self.image_scale = float(image_scale)
+    self.load_masks = load_masks
+    self.num_vertices = num_vertices
+    self._cache: collections.OrderedDict = collections.OrderedDict()
+    self.cache_size = int(cache_size)
+    self._flame = None
+    self._canonical = None
+    s = self.image_scale
+    self._size = [(max(1, round(r.width * s)), max(1, round(r.height * s))) for r in self.records]
+    w2c = np.stack([r.world_to_camera for r in self.records]) if self.records else np.zeros((0, 4, 4))
+    sizes = set(self._size)
+    if len(sizes) > 1:
+      self.cameras = None  # mixed sizes: use frame(i).camera
+    else:
+      w, h = sizes.pop() if sizes else (0, 0)
+      self.cameras = make_camera(
+          w2c, np.array([r.fx * w / r.width for r in self.records], np.float32),
+          np.array([r.fy * h / r.height for r in self.records], np.float32),
+          np.array([r.cx * w / r.width for r in self.records], np.float32),
+          np.array([r.cy * h / r.height for r in self.records], np.float32), width=w, height=h)
+
+  # ---- listing ----------------------------------------------------------------------------------
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  @property
+  def timesteps(self) -> np.ndarray:
+    return np.array([r.timestep for r in self.records], np.int32)
+
+  @property
+  def camera_indices(self) -> np.ndarray:
+    return np.array([r.camera_index for r in self.records], np.int32)
+
+  @property
+  def image_size(self) -> tuple[int, int]:
+    """(height, width) shared by all frames (error if they differ)."""
+    if self.cameras is None:
+      raise DatasetError(f"{self.json_path}: frames have different image sizes")
+    return self.cameras.height, self.cameras.width
+
+  def camera_extent(self) -> float:
+    """GaussianAvatars' cameras_extent: 1.1 x the largest distance of a camera centre from their
+    mean (over the distinct cameras of this split)."""
+    centres = {}
+    for r in self.records:
+      c2w = np.linalg.inv(r.world_to_camera)
+      centres.setdefault(r.camera_index, c2w[:3, 3])
+    c = np.stack(list(centres.values()))
+    return float(1.1 * np.linalg.norm(c - c.mean(0), axis=-1).max())
+
+  # ---- FLAME ------------------------------------------------------------------------------------
+
+  @property
+  def flame_params(self):
+    """`FlameParams` for every timestep of the folder (the union of the available split files),
+    per-timestep fields [T,...] indexed by `timestep`; shape and static_offset from timestep 0."""
+    if self._flame is None:
+      records = []
+      for s in SPLITS:
+        p = split_json_path(self.root, s)
+        if p.exists():
+          records += read_transforms(p)[1] if p != self.json_path else self.records
+      if not records:
+        records = self.records
+      self._flame = load_flame_sequence(records, num_vertices=self.num_vertices)
+    return self._flame
+
+  @property
+  def canonical_flame_params(self):
+    """canonical_flame_param.npz as an unbatched `FlameParams` (None if the file is absent)."""
+    if self._canonical is None:
+      p = self.root / "canonical_flame_param.npz"
+      if not p.exists():
+        return None
+      from gaedit_jax.flame import FlameParams
+
+      d = read_flame_npz(p, num_vertices=self.num_vertices)
+      if d["static_offset"] is None:
+        d["static_offset"] = np.asarray(self.flame_params.static_offset)
+      self._canonical = FlameParams(**{k: jnp.asarray(v) for k, v in d.items()})
+    return self._canonical
+
+  # ---- images -----------------------------------------------------------------------------------
+
+  def _load_rgb(self, i: int) -> np.ndarray:
+    r = self.records[i]
+    key = ("rgb", i)
+    if key in self._cache:
+      self._cache.move_to_end(key)
+      return self._cache[key]
+    from PIL import Image
+
+    try:
+      with Image.open(r.image_path) as im:
+        im.load()
+        img = im
+        if img.mode not in ("RGB", "RGBA"):
+          img = img.convert("RGBA" if "A" in img.mode else "RGB")
+        arr = np.asarray(img)
+    except FileNotFoundError:
+      raise DatasetFileNotFoundError(f"{r.json_path}: frames[{r.index}]: image not found: "
+                                     f"{r.image_path}") from None
+    except OSError as e:
+      raise DatasetError(f"{r.json_path}: frames[{r.index}]: cannot read image {r.image_path} ({e})") from None
+    if arr.shape[2] == 4:  # composite over the background (GA: RGBA over bg)
+      a = arr[..., 3:4].astype(np.float32) / 255.0
+      rgb = arr[..., :3].astype(np.float32) / 255.0 * a + self.background * (1 - a)
+      arr = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+    w, h = self._size[i]
+    if (arr.shape[1], arr.shape[0]) != (w, h):
+      arr = _resize(arr, w, h)
+    self._put(key, arr)
+    return arr
+
+  def _load_mask(self, i: int) -> np.ndarray | None:
+    r = self.records[i]
+    if r.mask_path is None:
+      return None
+    key = ("mask", i)
+    if key in self._cache:
+      self._cache.move_to_end(key)
+      return self._cache[key]
+    from PIL import Image
+
+    try:
+      with Image.open(r.mask_path) as im:
+        arr = np.asarray(im.convert("L"))
+    except FileNotFoundError:
+      raise DatasetFileNotFoundError(f"{r.json_path}: frames[{r.index}]: fg mask not found: "
+                                     f"{r.mask_path}") from None
+    w, h = self._size[i]
+    if (arr.shape[1], arr.shape[0]) != (w, h):
+      arr = _resize(arr, w, h)
+    self._put(key, arr)
+    return arr
+
+  def _put(self, key, arr):
+    if self.cache_size <= 0:
+      return
+    self._cache[key] = arr
+    while len(self._cache) > self.cache_size:
+      self._cache.popitem(last=False)
+
+  def camera(self, i: int) -> Camera:
+    r = self.records[i]
+    w, h = self._size[i]
+    return make_camera(r.world_to_camera, r.fx * w / r.width, r.fy * h / r.height,
+                       r.cx * w / r.width, r.cy * h / r.height, width=w, height=h)
+
+  def __getitem__(self, i: int) -> Frame:
+    if not -len(self) <= i < len(self):
+      raise IndexError(f"frame {i} out of range for {len(self)} frames")
+    i = i % len(self)
+    img = self._load_rgb(i).astype(np.float32) / 255.0
+    mask = self._load_mask(i) if self.load_masks else None
+    r = self.records[i]
+    return Frame(image=img, mask=None if mask is None else mask.astype(np.float32) / 255.0,
+                 camera=self.camera(i), timestep=r.timestep, camera_index=r.camera_index, record=r)
+
+  def batch(self, indices: Sequence[int]) -> Batch:
+    """Frames `indices` stacked into a Batch (all frames must share one image size)."""
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    if self.cameras is None:
+      raise DatasetError(f"{self.json_path}: frames have different image sizes; cannot batch")
+    imgs = np.stack([self._load_rgb(int(i)) for i in idx]).astype(np.float32) / 255.0
+    masks = None
+    if self.load_masks:
+      ms = [self._load_mask(int(i)) for i in idx]
+      if any(m is None for m in ms):
+        raise DatasetError(f"{self.json_path}: some frames have no 'fg_mask_path'")
+      masks = jnp.asarray(np.stack(ms).astype(np.float32) / 255.0)
+    return Batch(image=jnp.asarray(imgs), camera=self.cameras[idx],
+                 timestep=jnp.asarray(self.timesteps[idx]), camera_index=jnp.asarray(self.camera_indices[idx]),
+                 frame_index=jnp.asarray(idx.astype(np.int32)), mask=masks)
+
+  def batches(self, batch_size: int = 1, *, seed: int = 0, shuffle: bool = True,
+              drop_last: bool = True, epochs: int | None = None) -> Iterator[Batch]:
+    """Batches over the split, reshuffled every epoch (GaussianAvatars: shuffled single images);
+    epochs=None repeats forever."""
+    rng = np.random.default_rng(seed)
+    n = len(self)
+    if n == 0:
+      raise DatasetError(f"{self.json_path}: no frames")
+    e = 0
+    while epochs is None or e < epochs:
+      order = rng.permutation(n) if shuffle else np.arange(n)
+      stop = n - (n % batch_size) if drop_last else n
+      if stop == 0:
+        raise DatasetError(f"batch_size {batch_size} > {n} frames with drop_last")
+      for s in range(0, stop, batch_size):
+        yield self.batch(order[s:s + batch_size])
+      e += 1
+
+
+def _resize(arr: np.ndarray, w: int, h: int) -> np.ndarray:
+  from PIL import Image
+
+  im = Image.fromarray(arr)
+  down = w < arr.shape[1]
+  return np.asarray(im.resize((w, h), Image.Resampling.BOX if down else Image.Resampling.BILINEAR))
+
+
+def load_dataset(root: str | os.PathLike, splits: Sequence[str] = SPLITS, **kw) -> dict[str, AvatarDataset]:
+  """The available splits of a folder as datasets (missing split files are skipped)."""
+  out = {}
+  for s in splits:
+    if split_json_path(root, s).exists():
+      out[s] = AvatarDataset(root, s, **kw)
+  if not out:
+    raise DatasetFileNotFoundError(f"{root}: no transforms_{{{','.join(splits)}}}.json found")
+  return out

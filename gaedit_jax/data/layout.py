@@ -1,0 +1,420 @@
+"""The GaussianAvatars / VHAP export layout (SPEC 3): reading and writing.
+
+```
+images/{timestep:05d}_{camera:02d}.png     RGB (or RGBA), background already composited
+fg_masks/{timestep:05d}_{camera:02d}.png   foreground alpha
+flame_param/{timestep:05d}.npz             translation, rotation, neck_pose, jaw_pose [1,3],
+                                           eyes_pose [1,6], shape [n_shape], expr [1,n_expr],
+                                           static_offset [1,V,3] (optional dynamic_offset)
+canonical_flame_param.npz                  zero pose/expression, jaw_pose [[0.3,0,0]]
+transforms.json, transforms_{train,val,test}.json
+```
+Frame paths are relative to the json's folder, so UNION folders (json files only, paths into sibling
+sequence folders `../<seq>/images/...`) read the same way. `transform_matrix` is camera-to-world in
+OpenGL axes; we convert to OpenCV world-to-camera (`camera.opengl_c2w_to_opencv_w2c`).
+
+Errors name the file, the key and what was expected (`DatasetError`, a ValueError; missing files
+raise `DatasetFileNotFoundError`, also a FileNotFoundError).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from gaedit_jax.camera import opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
+
+SPLITS = ("train", "val", "test")
+VAL_CAMERA = 8  # NeRSemble's frontal camera is the novel-view (validation) camera (SPEC 3)
+
+
+class DatasetError(ValueError):
+  """A dataset file is malformed: the message names the file, the key and the expected value."""
+
+
+class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
+  """A file the dataset refers to does not exist."""
+
+
+# ------------------------------------------------------------------------------------------------
+# transforms*.json
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameRecord:
+  """One (timestep, camera) image of a transforms json, with resolved absolute paths."""
+
+  json_path: Path
+  index: int                    # position in the json's frame list
+  timestep: int                 # timestep_index (0-based, contiguous within the folder)
+  camera_index: int
+  image_path: Path
+  mask_path: Path | None
+  flame_param_path: Path | None
+  world_to_camera: np.ndarray   # [4,4] OpenCV world-to-camera
+  fx: float
+  fy: float
+  cx: float
+  cy: float
+  width: int
+  height: int
+  camera_id: str | None = None
+  timestep_id: str | None = None
+  timestep_original: int | None = None
+
+
+def _read_json(path: Path) -> dict:
+  try:
+    text = path.read_text()
+  except FileNotFoundError:
+    raise DatasetFileNotFoundError(f"dataset file not found: {path}") from None
+  try:
+    data = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise DatasetError(f"{path}: malformed json ({e.msg} at line {e.lineno} column {e.colno})") from None
+  if not isinstance(data, dict):
+    raise DatasetError(f"{path}: expected a json object at the top level, got {type(data).__name__}")
+  return data
+
+
+def _get(d: dict, key: str, where: str, top: dict | None = None, cast=None):
+  if key in d:
+    v = d[key]
+  elif top is not None and key in top:
+    v = top[key]
+  else:
+    raise DatasetError(f"{where}: missing key {key!r}")
+  if cast is not None:
+    try:
+      v = cast(v)
+    except (TypeError, ValueError):
+      raise DatasetError(f"{where}: key {key!r} = {v!r} is not a valid {cast.__name__}") from None
+  return v
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+  from PIL import Image
+
+  try:
+    with Image.open(path) as im:
+      return im.size  # (w, h)
+  except FileNotFoundError:
+    raise DatasetFileNotFoundError(f"image not found: {path}") from None
+
+
+def read_transforms(path: str | os.PathLike) -> tuple[dict, list[FrameRecord]]:
+  """Reads one transforms json -> (top-level entries without 'frames', frame records)."""
+  path = Path(path)
+  data = _read_json(path)
+  frames = data.get("frames")
+  if not isinstance(frames, list):
+    raise DatasetError(f"{path}: missing key 'frames' (a list of frame objects)")
+  top = {k: v for k, v in data.items() if k != "frames"}
+  base = path.parent
+  out = []
+  for i, fr in enumerate(frames):
+    where = f"{path}: frames[{i}]"
+    if not isinstance(fr, dict):
+      raise DatasetError(f"{where}: expected an object, got {type(fr).__name__}")
+    try:
+      m = np.asarray(_get(fr, "transform_matrix", where), dtype=np.float64)
+    except (TypeError, ValueError) as e:
+      if isinstance(e, DatasetError):
+        raise
+      raise DatasetError(f"{where}: key 'transform_matrix' is not a numeric 4x4 matrix") from None
+    if m.shape == (3, 4):
+      m = np.concatenate([m, [[0, 0, 0, 1]]])
+    if m.shape != (4, 4) or not np.isfinite(m).all():
+      raise DatasetError(f"{where}: key 'transform_matrix' has shape {list(m.shape)}, expected [4,4] "
+                         "(finite camera-to-world, OpenGL axes)")
+    image_path = base / _get(fr, "file_path", where, cast=str)
+    if image_path.suffix == "":  # NeRF-synthetic style paths without extension
+      image_path = image_path.with_suffix(".png")
+    w = fr.get("w", top.get("w"))
+    h = fr.get("h", top.get("h"))
+    if w is None or h is None:
+      w, h = _image_size(image_path)
+    w, h = int(w), int(h)
+    fx = fr.get("fl_x", top.get("fl_x"))
+    if fx is None:
+      ax = _get(fr, "camera_angle_x", where, top, float)
+      fx = 0.5 * w / math.tan(0.5 * ax)
+    fy = fr.get("fl_y", top.get("fl_y", fx))
+    cx = fr.get("cx", top.get("cx", w / 2.0))
+    cy = fr.get("cy", top.get("cy", h / 2.0))
+    mask = fr.get("fg_mask_path")
+    fpp = fr.get("flame_param_path")
+    out.append(FrameRecord(
+        json_path=path, index=i,
+        timestep=_get(fr, "timestep_index", where, cast=int),
+        camera_index=_get(fr, "camera_index", where, cast=int),
+        image_path=image_path,
+        mask_path=None if mask is None else base / mask,
+        flame_param_path=None if fpp is None else base / fpp,
+        world_to_camera=opengl_c2w_to_opencv_w2c(m),
+        fx=float(fx), fy=float(fy), cx=float(cx), cy=float(cy), width=w, height=h,
+        camera_id=None if fr.get("camera_id") is None else str(fr["camera_id"]),
+        timestep_id=fr.get("timestep_id"),
+        timestep_original=fr.get("timestep_index_original"),
+    ))
+  return top, out
+
+
+def split_json_path(root: str | os.PathLike, split: str | None) -> Path:
+  return Path(root) / ("transforms.json" if split in (None, "all") else f"transforms_{split}.json")
+
+
+# ------------------------------------------------------------------------------------------------
+# flame_param/*.npz
+# ------------------------------------------------------------------------------------------------
+
+# key -> trailing shape (None: the model's size, checked for consistency across files)
+FLAME_NPZ_KEYS = {
+    "translation": (3,), "rotation": (3,), "neck_pose": (3,), "jaw_pose": (3,), "eyes_pose": (6,),
+    "expr": (None,), "shape": (None,), "static_offset": (None, 3),
+}
+_PER_TIMESTEP = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
+
+
+def read_flame_npz(path: str | os.PathLike, *, n_shape: int | None = None, n_expr: int | None = None,
+                   num_vertices: int | None = None) -> dict[str, np.ndarray]:
+  """One GaussianAvatars FLAME npz -> dict with per-timestep fields [k] (the leading 1 dropped),
+  shape [n_shape] and static_offset [V,3] (None if absent). Sizes given are checked."""
+  path = Path(path)
+  try:
+    z = np.load(path, allow_pickle=False)
+  except FileNotFoundError:
+    raise DatasetFileNotFoundError(f"FLAME parameter file not found: {path}") from None
+  except (ValueError, OSError, zipfile.BadZipFile) as e:
+    raise DatasetError(f"{path}: not a readable npz ({e})") from None
+  expect = {"expr": (1, n_expr), "shape": (n_shape,), "static_offset": (1, num_vertices, 3),
+            "translation": (1, 3), "rotation": (1, 3), "neck_pose": (1, 3), "jaw_pose": (1, 3),
+            "eyes_pose": (1, 6)}
+  out: dict[str, Any] = {}
+  with z:
+    for key, shp in expect.items():
+      if key not in z.files:
+        if key == "static_offset":
+          out[key] = None
+          continue
+        raise DatasetError(f"{path}: missing key {key!r} (expected shape {_fmt(shp)})")
+      a = np.asarray(z[key], np.float32)
+      a2 = a
+      if key == "shape" and a.ndim == 2 and a.shape[0] == 1:
+        a2 = a[0]  # tolerate [1,n]
+      elif key != "shape" and a.ndim == len(shp) - 1:
+        a2 = a[None]  # tolerate a missing leading 1
+      if a2.ndim != len(shp) or any(s is not None and s != t for s, t in zip(shp, a2.shape)):
+        raise DatasetError(f"{path}: key {key!r} has shape {list(a.shape)}, expected {_fmt(shp)}")
+      if not np.isfinite(a2).all():
+        raise DatasetError(f"{path}: key {key!r} has non-finite values")
+      out[key] = a2[0] if key != "shape" else a2
+  return out
+
+
+def _fmt(shape) -> str:
+  return "[" + ",".join("*" if s is None else str(s) for s in shape) + "]"
+
+
+def write_flame_npz(path: str | os.PathLike, params, *, jaw_pose=None) -> Path:
+  """Writes one timestep of `FlameParams` (unbatched per-timestep fields) in the GA layout."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  a = lambda x: np.asarray(x, np.float32)
+  d = {k: a(getattr(params, k))[None] for k in _PER_TIMESTEP}
+  if jaw_pose is not None:
+    d["jaw_pose"] = a(jaw_pose).reshape(1, 3)
+  d["shape"] = a(params.shape)
+  d["static_offset"] = a(params.static_offset)[None]
+  for k in _PER_TIMESTEP:
+    if d[k].ndim != 2:
+      raise ValueError(f"write_flame_npz: {k} must be one timestep ([k]), got {list(d[k].shape[1:])}")
+  np.savez(path, **d)
+  return path
+
+
+def load_flame_sequence(records: Iterable[FrameRecord], *, num_vertices: int | None = None):
+  """FLAME parameters of every timestep the records refer to, as a `FlameParams` with [T,...]
+  per-timestep fields (indexed by timestep_index) and the subject fields (shape, static_offset)
+  of timestep 0, as GaussianAvatars does (SPEC 3)."""
+  import jax.numpy as jnp
+
+  from gaedit_jax.flame import FlameParams
+
+  by_t: dict[int, Path] = {}
+  for r in records:
+    if r.flame_param_path is None:
+      raise DatasetError(f"{r.json_path}: frames[{r.index}] is missing key 'flame_param_path'")
+    prev = by_t.setdefault(r.timestep, r.flame_param_path)
+    if prev.resolve() != r.flame_param_path.resolve():
+      raise DatasetError(f"{r.json_path}: frames[{r.index}]: timestep {r.timestep} refers to "
+                         f"{r.flame_param_path} but another frame refers to {prev}")
+  if not by_t:
+    raise DatasetError("load_flame_sequence: no frames")
+  T = max(by_t) + 1
+  missing = sorted(set(range(T)) - set(by_t))
+  if missing:
+    raise DatasetError(f"FLAME parameters: timesteps {missing[:10]} (of 0..{T - 1}) have no "
+                       "flame_param_path in the transforms json files")
+  first = read_flame_npz(by_t[0], num_vertices=num_vertices)
+  n_shape, n_expr = first["shape"].shape[0], first["expr"].shape[0]
+  nv = num_vertices if num_vertices is not None else (
+      None if first["static_offset"] is None else first["static_offset"].shape[0])
+  seq = [first] + [read_flame_npz(by_t[t], n_shape=n_shape, n_expr=n_expr, num_vertices=nv)
+                   for t in range(1, T)]
+  so = first["static_offset"]
+  if so is None:
+    if nv is None:
+      raise DatasetError(f"{by_t[0]}: no key 'static_offset'; pass num_vertices to use zeros")
+    so = np.zeros((nv, 3), np.float32)
+  return FlameParams(
+      shape=jnp.asarray(first["shape"]),
+      static_offset=jnp.asarray(so),
+      **{k: jnp.asarray(np.stack([s[k] for s in seq])) for k in _PER_TIMESTEP})
+
+
+# ------------------------------------------------------------------------------------------------
+# Splits (VHAP split_json) and the writer
+# ------------------------------------------------------------------------------------------------
+
+
+def vhap_splits(timesteps: Sequence[int], cameras: Sequence[int], *, train_ratio: float = 0.7,
+                val_camera: int = VAL_CAMERA) -> dict[str, tuple[list[int], list[int]]]:
+  """VHAP's rule (SPEC 3): the first ceil(ratio * T) timesteps are train (all cameras but the
+  validation camera) and val (that camera); the rest are test (all cameras). The validation camera
+  is 8 when present, else the last one; a single camera gives an empty val set.
+  Returns split -> (timesteps, cameras)."""
+  if not 0 < train_ratio <= 1:
+    raise ValueError(f"train_ratio must be in (0,1], got {train_ratio}")
+  ts, cams = sorted(timesteps), sorted(cameras)
+  nt = int(math.ceil(len(ts) * train_ratio))
+  if len(cams) > 1:
+    vc = val_camera if val_camera in cams else cams[-1]
+    train_c, val_c = [c for c in cams if c != vc], [vc]
+  else:
+    train_c, val_c = cams, []
+  return {"train": (ts[:nt], train_c), "val": (ts[:nt], val_c), "test": (ts[nt:], cams)}
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+  img = np.asarray(img)
+  if img.dtype == np.uint8:
+    return img
+  return np.clip(np.rint(np.asarray(img, np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+class DatasetWriter:
+  """Writes a dataset in the GaussianAvatars/VHAP layout.
+
+  add_frame(...) for every (timestep, camera) image, add_flame_param(t, params) for every timestep,
+  add_canonical(params) once, then finish() writes transforms.json and the train/val/test splits.
+  """
+
+  def __init__(self, root: str | os.PathLike, *, overwrite: bool = False):
+    self.root = Path(root)
+    if (self.root / "transforms.json").exists():
+      if not overwrite:
+        raise FileExistsError(f"{self.root} already holds a dataset (pass overwrite=True)")
+      # remove what a previous dataset wrote here, so no stale frames remain (nothing else)
+      import shutil
+
+      for sub in ("images", "fg_masks", "flame_param"):
+        if (self.root / sub).is_dir():
+          shutil.rmtree(self.root / sub)
+      for f in list(self.root.glob("transforms*.json")) + [self.root / "canonical_flame_param.npz"]:
+        if f.is_file():
+          f.unlink()
+    self.root.mkdir(parents=True, exist_ok=True)
+    self.frames: list[dict] = []
+    self.flame_paths: dict[int, str] = {}
+
+  def add_frame(self, *, timestep: int, camera_index: int, image: np.ndarray, world_to_camera,
+                fx: float, fy: float | None = None, cx: float | None = None, cy: float | None = None,
+                mask: np.ndarray | None = None, camera_id: str | None = None,
+                timestep_id: str | None = None, timestep_original: int | None = None) -> dict:
+    """image [H,W,3] (float in [0,1] or uint8), composited on the background; mask [H,W]."""
+    from PIL import Image
+
+    img = _to_uint8(image)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+      raise ValueError(f"add_frame: image must be [H,W,3|4], got {list(img.shape)}")
+    h, w = img.shape[:2]
+    fy = fx if fy is None else fy
+    cx = w / 2.0 if cx is None else cx
+    cy = h / 2.0 if cy is None else cy
+    rel = f"images/{timestep:05d}_{camera_index:02d}.png"
+    (self.root / "images").mkdir(exist_ok=True)
+    Image.fromarray(img).save(self.root / rel)
+    c2w = opencv_w2c_to_opengl_c2w(np.asarray(world_to_camera, np.float64))
+    fr = {
+        "timestep_index": int(timestep),
+        "timestep_index_original": int(timestep if timestep_original is None else timestep_original),
+        "timestep_id": timestep_id if timestep_id is not None else f"frame_{timestep:05d}",
+        "camera_index": int(camera_index),
+        "camera_id": str(camera_id if camera_id is not None else f"{camera_index:02d}"),
+        "cx": float(cx), "cy": float(cy), "fl_x": float(fx), "fl_y": float(fy), "h": int(h), "w": int(w),
+        "camera_angle_x": 2 * math.atan(w / (2 * fx)), "camera_angle_y": 2 * math.atan(h / (2 * fy)),
+        "transform_matrix": np.asarray(c2w, np.float64).tolist(),
+        "file_path": rel,
+    }
+    if mask is not None:
+      m = _to_uint8(mask)
+      if m.shape != (h, w):
+        raise ValueError(f"add_frame: mask must be [{h},{w}], got {list(m.shape)}")
+      mrel = f"fg_masks/{timestep:05d}_{camera_index:02d}.png"
+      (self.root / "fg_masks").mkdir(exist_ok=True)
+      Image.fromarray(m).save(self.root / mrel)
+      fr["fg_mask_path"] = mrel
+    self.frames.append(fr)
+    return fr
+
+  def add_flame_param(self, timestep: int, params) -> Path:
+    rel = f"flame_param/{timestep:05d}.npz"
+    self.flame_paths[int(timestep)] = rel
+    return write_flame_npz(self.root / rel, params)
+
+  def add_canonical(self, params) -> Path:
+    """canonical_flame_param.npz: the subject fields of `params` with zero pose and expression and
+    an open jaw (0.3 rad), as VHAP writes it."""
+    import jax.numpy as jnp
+
+    z = lambda x: jnp.zeros(jnp.shape(x)[-1:], jnp.float32)
+    p = dataclasses.replace(params, **{k: z(getattr(params, k)) for k in _PER_TIMESTEP})
+    return write_flame_npz(self.root / "canonical_flame_param.npz", p, jaw_pose=[0.3, 0.0, 0.0])
+
+  def finish(self, *, train_ratio: float = 0.7, val_camera: int = VAL_CAMERA) -> dict[str, Path]:
+    if not self.frames:
+      raise ValueError("DatasetWriter.finish: no frames were added")
+    for fr in self.frames:
+      rel = self.flame_paths.get(fr["timestep_index"])
+      if rel is not None:
+        fr["flame_param_path"] = rel
+    frames = sorted(self.frames, key=lambda f: (f["timestep_index"], f["camera_index"]))
+    last = frames[-1]
+    shared = {k: last[k] for k in ("cx", "cy", "fl_x", "fl_y", "h", "w", "camera_angle_x",
+                                   "camera_angle_y")}
+    ts = sorted({f["timestep_index"] for f in frames})
+    cams = sorted({f["camera_index"] for f in frames})
+    out = {}
+    db = dict(shared, timestep_indices=ts, camera_indices=cams, frames=frames)
+    out["all"] = self._write("transforms.json", db)
+    for split, (sts, scams) in vhap_splits(ts, cams, train_ratio=train_ratio,
+                                           val_camera=val_camera).items():
+      sset, cset = set(sts), set(scams)
+      sf = [f for f in frames if f["timestep_index"] in sset and f["camera_index"] in cset]
+      out[split] = self._write(f"transforms_{split}.json",
+                               dict(shared, timestep_indices=sts, camera_indices=scams, frames=sf))
+    return out
+
+  def _write(self, name: str, db: dict) -> Path:
+    p = self.root / name
+    p.write_text(json.dumps(db, indent=2))
+    return p

@@ -1,0 +1,253 @@
+"""Gaussians bound to mesh triangles (GaussianAvatars; SPEC 2.2, 2.3).
+
+* `triangle_frames(vertices, faces)`: per face centre T, rotation R = [a0 | a1 | a2] (first edge,
+  normal, in-plane perpendicular), its quaternion q (wxyz) and scale k (SPEC 2.2).
+* `Avatar`: the local Gaussian parameters with a fixed capacity, an `active` mask and the `binding`
+  (face id) of each slot. `init_avatar` puts one Gaussian at the centre of every face (SPEC 2.3).
+* `to_world(avatar, frames)`: local -> world (mu = k R mu_l + T, s = k exp(s_l),
+  q = normalize(q_f) (x) normalize(q_l), Hamilton product so R_world = R_f R_l), activated for the
+  rasterizer as `gaedit_jax.render.types.Gaussians`. Inactive slots get opacity 0 and finite, tiny
+  geometry (their inputs are sanitised first, so no NaN gradient leaks through `where`).
+
+All functions are pure and accept leading batch dims on the vertices (one frame per timestep).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gaedit_jax.render.types import Gaussians
+
+_EPS2 = 1e-20  # GA clamps squared norms at 1e-20 (SPEC 2.2)
+
+
+def _normalize(v: jax.Array) -> jax.Array:
+  return v / jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=-1, keepdims=True), _EPS2))
+
+
+def _length(v: jax.Array) -> jax.Array:
+  return jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=-1), _EPS2))
+
+
+# ------------------------------------------------------------------------------------------------
+# Quaternions (wxyz, Hamilton convention)
+# ------------------------------------------------------------------------------------------------
+
+
+def quat_multiply(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Hamilton product a (x) b of quaternions [...,4] (wxyz): the rotation of b, then of a."""
+  aw, ax, ay, az = jnp.moveaxis(a, -1, 0)
+  bw, bx, by, bz = jnp.moveaxis(b, -1, 0)
+  return jnp.stack([aw * bw - ax * bx - ay * by - az * bz,
+                    aw * bx + ax * bw + ay * bz - az * by,
+                    aw * by - ax * bz + ay * bw + az * bx,
+                    aw * bz + ax * by - ay * bx + az * bw], axis=-1)
+
+
+def quat_to_matrix(q: jax.Array) -> jax.Array:
+  """Quaternion [...,4] (wxyz, normalised here) -> rotation matrix [...,3,3]."""
+  w, x, y, z = jnp.moveaxis(_normalize(q), -1, 0)
+  return jnp.stack([
+      1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+      2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+      2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=-1
+  ).reshape(q.shape[:-1] + (3, 3))
+
+
+def matrix_to_quat(m: jax.Array) -> jax.Array:
+  """Rotation matrix [...,3,3] -> unit quaternion [...,4] (wxyz, w >= 0).
+
+  Of the four algebraically equivalent formulas it uses the best conditioned one per matrix (the
+  largest of |w|,|x|,|y|,|z|), so values and gradients are stable for every rotation.
+  """
+  m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+  m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
+  m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
+  # 4 * (w^2, x^2, y^2, z^2)
+  sq = jnp.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22,
+                  1 - m00 - m11 + m22], axis=-1)
+  root = jnp.sqrt(jnp.maximum(sq, 1e-12))  # 2|component|
+  cands = jnp.stack([
+      jnp.stack([root[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], -1) / (2 * root[..., 0:1]),
+      jnp.stack([m21 - m12, root[..., 1] ** 2, m10 + m01, m02 + m20], -1) / (2 * root[..., 1:2]),
+      jnp.stack([m02 - m20, m10 + m01, root[..., 2] ** 2, m21 + m12], -1) / (2 * root[..., 2:3]),
+      jnp.stack([m10 - m01, m20 + m02, m21 + m12, root[..., 3] ** 2], -1) / (2 * root[..., 3:4]),
+  ], axis=-2)  # [...,4,4]
+  best = jnp.argmax(sq, axis=-1)
+  q = jnp.take_along_axis(cands, best[..., None, None], axis=-2)[..., 0, :]
+  q = jnp.where(q[..., :1] < 0, -q, q)
+  return _normalize(q)
+
+
+# ------------------------------------------------------------------------------------------------
+# Triangle frames
+# ------------------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FaceFrames:
+  """Per-face frames: center [...,F,3], rotation [...,F,3,3] (columns a0, a1 = normal, a2),
+  quat [...,F,4] (wxyz of rotation), scale [...,F] (k)."""
+
+  center: jax.Array
+  rotation: jax.Array
+  quat: jax.Array
+  scale: jax.Array
+
+
+def triangle_frames(vertices: jax.Array, faces: jax.Array) -> FaceFrames:
+  """SPEC 2.2: T = centroid; a0 = n(v1-v0); a1 = n(a0 x (v2-v0)); a2 = -n(a1 x a0);
+  R = [a0|a1|a2]; k = (|v1-v0| + |a2 . (v2-v0)|)/2. vertices [...,V,3], faces [F,3]."""
+  tri = jnp.take(vertices, jnp.asarray(faces), axis=-2)  # [...,F,3,3]
+  v0, v1, v2 = tri[..., 0, :], tri[..., 1, :], tri[..., 2, :]
+  e1, e2 = v1 - v0, v2 - v0
+  a0 = _normalize(e1)
+  a1 = _normalize(jnp.cross(a0, e2))
+  a2 = -_normalize(jnp.cross(a1, a0))
+  rot = jnp.stack([a0, a1, a2], axis=-1)
+  k = 0.5 * (_length(e1) + jnp.abs(jnp.sum(a2 * e2, axis=-1)))
+  return FaceFrames(center=(v0 + v1 + v2) / 3.0, rotation=rot, quat=matrix_to_quat(rot), scale=k)
+
+
+# ------------------------------------------------------------------------------------------------
+# Avatar state
+# ------------------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Avatar:
+  """Local Gaussian parameters in fixed-capacity slots (C = capacity), GaussianAvatars' storage:
+
+  xyz [C,3] local position (units of k, in the face frame); log_scale [C,3]; rotation [C,4]
+  (wxyz, unnormalised, local); opacity_logit [C]; sh_dc [C,1,3]; sh_rest [C,K-1,3] (K = (d+1)^2);
+  binding [C] int32 face id; active [C] bool (free slots are False).
+  """
+
+  xyz: jax.Array
+  log_scale: jax.Array
+  rotation: jax.Array
+  opacity_logit: jax.Array
+  sh_dc: jax.Array
+  sh_rest: jax.Array
+  binding: jax.Array
+  active: jax.Array
+
+  @property
+  def capacity(self) -> int:
+    return self.xyz.shape[-2]
+
+  @property
+  def sh_degree(self) -> int:
+    return int(round(np.sqrt(self.sh_rest.shape[-2] + 1))) - 1
+
+  @property
+  def num_active(self) -> jax.Array:
+    return jnp.sum(self.active.astype(jnp.int32), axis=-1)
+
+  TRAINABLE = ("xyz", "log_scale", "rotation", "opacity_logit", "sh_dc", "sh_rest")
+
+  def params(self) -> dict[str, jax.Array]:
+    """The float (optimisable) fields, e.g. for optax; binding/active are bookkeeping."""
+    return {k: getattr(self, k) for k in self.TRAINABLE}
+
+  def with_params(self, params: dict[str, jax.Array]) -> "Avatar":
+    return dataclasses.replace(self, **params)
+
+
+def _logit(p: float) -> float:
+  return float(np.log(p / (1.0 - p)))
+
+
+def init_avatar(key: jax.Array, num_faces: int, *, capacity: int | None = None, sh_degree: int = 3,
+                init_opacity: float = 0.1, dtype=jnp.float32) -> Avatar:
+  """SPEC 2.3: one Gaussian per face (binding = arange(F)), local xyz 0 (face centre), log-scale 0
+  (world scale = k), rotation identity, opacity 0.1, SH DC ~ U[0, 1/255) written directly as the
+  coefficient, other SH 0. Slots F..capacity-1 are free (inactive, zeros, binding 0)."""
+  capacity = num_faces if capacity is None else int(capacity)
+  if capacity < num_faces:
+    raise ValueError(f"init_avatar: capacity {capacity} < number of faces {num_faces}")
+  k = (sh_degree + 1) ** 2
+  active = jnp.arange(capacity) < num_faces
+  dc = jax.random.uniform(key, (capacity, 1, 3), dtype, 0.0, 1.0 / 255.0) * active[:, None, None]
+  rot = jnp.zeros((capacity, 4), dtype).at[:, 0].set(1.0)
+  return Avatar(
+      xyz=jnp.zeros((capacity, 3), dtype),
+      log_scale=jnp.zeros((capacity, 3), dtype),
+      rotation=rot,
+      opacity_logit=jnp.where(active, _logit(init_opacity), 0.0).astype(dtype),
+      sh_dc=dc,
+      sh_rest=jnp.zeros((capacity, k - 1, 3), dtype),
+      binding=jnp.where(active, jnp.arange(capacity), 0).astype(jnp.int32),
+      active=active,
+  )
+
+
+def with_capacity(avatar: Avatar, capacity: int) -> Avatar:
+  """Grows the slot arrays to `capacity` (new slots free). Shrinking is refused."""
+  c = avatar.capacity
+  if capacity < c:
+    raise ValueError(f"with_capacity: cannot shrink from {c} to {capacity}")
+  pad = capacity - c
+
+  def grow(x, fill=0):
+    widths = [(0, pad)] + [(0, 0)] * (x.ndim - 1)
+    return jnp.pad(x, widths, constant_values=fill)
+
+  rot = grow(avatar.rotation).at[c:, 0].set(1.0)
+  return Avatar(xyz=grow(avatar.xyz), log_scale=grow(avatar.log_scale), rotation=rot,
+                opacity_logit=grow(avatar.opacity_logit), sh_dc=grow(avatar.sh_dc),
+                sh_rest=grow(avatar.sh_rest), binding=grow(avatar.binding),
+                active=grow(avatar.active, False))
+
+
+def binding_counter(avatar: Avatar, num_faces: int) -> jax.Array:
+  """Number of active Gaussians per face [F] int32 (GA's binding_counter; sum == num_active)."""
+  return jax.ops.segment_sum(avatar.active.astype(jnp.int32), avatar.binding, num_segments=num_faces)
+
+
+def _bcast(x: jax.Array, batch: tuple[int, ...]) -> jax.Array:
+  return jnp.broadcast_to(x, batch + x.shape)
+
+
+def to_world(avatar: Avatar, frames: FaceFrames, *, screen_offset: bool = False) -> Gaussians:
+  """World-space, activated Gaussians (render contract) for frames with leading dims [...]:
+  means [...,C,3], quats [...,C,4], scales [...,C,3], opacities [...,C], sh [...,C,K,3].
+
+  screen_offset=True adds zeros [...,C,2] to differentiate for densification's dL/dmu_2D.
+  """
+  act = avatar.active
+  batch = frames.scale.shape[:-1]
+  b = avatar.binding
+  rot = jnp.take(frames.rotation, b, axis=-3)  # [...,C,3,3]
+  center = jnp.take(frames.center, b, axis=-2)
+  k = jnp.take(frames.scale, b, axis=-1)[..., None]
+  qf = jnp.take(frames.quat, b, axis=-2)
+  # Sanitise free slots before any non-linearity (double-where: no NaN/inf gradient via `where`).
+  xyz = jnp.where(act[:, None], avatar.xyz, 0.0)
+  log_s = jnp.where(act[:, None], avatar.log_scale, -20.0)
+  ql = jnp.where(act[:, None], avatar.rotation, jnp.array([1.0, 0.0, 0.0, 0.0], avatar.rotation.dtype))
+  means = k * jnp.einsum("...cab,cb->...ca", rot, xyz) + center
+  scales = k * jnp.exp(log_s)
+  quats = quat_multiply(_normalize(qf), _normalize(ql))
+  opac = jnp.where(act, jax.nn.sigmoid(jnp.where(act, avatar.opacity_logit, 0.0)), 0.0)
+  sh = jnp.concatenate([avatar.sh_dc, avatar.sh_rest], axis=-2)
+  sh = jnp.where(act[:, None, None], sh, 0.0)
+  return Gaussians(means=means, quats=quats, scales=scales, opacities=_bcast(opac, batch),
+                   sh=_bcast(sh, batch),
+                   screen_offset=jnp.zeros(batch + (avatar.capacity, 2), means.dtype) if screen_offset else None)
+
+
+def posed_gaussians(avatar: Avatar, vertices: jax.Array, faces: jax.Array, **kw) -> Gaussians:
+  """Convenience: triangle_frames then to_world."""
+  return to_world(avatar, triangle_frames(vertices, faces), **kw)
+
+
+__all__ = ["FaceFrames", "Avatar", "triangle_frames", "init_avatar", "with_capacity",
+           "binding_counter", "to_world", "posed_gaussians", "quat_multiply", "quat_to_matrix",
+           "matrix_to_quat"]
