@@ -151,6 +151,8 @@ def main():
   ap.add_argument("--warmup", type=int, default=None)
   ap.add_argument("--repeat", type=int, default=None)
   ap.add_argument("--isect-per-gaussian", type=float, default=None)
+  ap.add_argument("--wabe-k", type=int, default=0,
+                  help="WABE slots per pixel (0: off, as the peers compute no WABE; 10: the editor's)")
   args = ap.parse_args()
 
   dev = jax.devices()[0]
@@ -170,7 +172,7 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",")]
   if args.views:
     views = [int(v) for v in args.views.split(",")]
-  cfg = RenderConfig()
+  cfg = RenderConfig(wabe_k=args.wabe_k)
   factors = [args.isect_per_gaussian] if args.isect_per_gaussian else [1.5, 2, 3, 4, 6, 8, 16]
 
   head = "| N | views | W x H | isect/N | ours fwd ms | ours fwd+bwd ms | ours extra MiB |"

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "gaedit/batch.h"
+#include "gaedit/ffi_args.h"
 #include "gaedit/gs_math.h"
 #include "xla/ffi/api/c_api.h"
 #include "xla/ffi/api/ffi.h"
@@ -33,6 +34,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 using gs::BatchIndex;
+using gs::Inputs;
 
 int num_threads() {
   static const int n = [] {
@@ -60,80 +62,6 @@ void parallel_for(int64_t n, int nthreads, F&& f) {
     pool.emplace_back([&, t] { f(n * t / nthreads, n * (t + 1) / nthreads, t); });
   f(0, n / nthreads, 0);
   for (auto& th : pool) th.join();
-}
-
-// The operands shared by both passes, with their broadcast indices.
-struct Inputs {
-  const float *means, *quats, *scales, *opac, *sh, *offset, *viewmat, *intr, *bg;
-  BatchIndex i_means, i_quats, i_scales, i_opac, i_sh, i_offset, i_viewmat, i_intr, i_bg;
-  int64_t N = 0, K = 0, V = 0;
-  int nb = 0;
-  int64_t full[gs::kMaxBatchDims];
-};
-
-ffi::Error decode_inputs(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quats,
-                         ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> opac,
-                         ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> offset,
-                         ffi::Buffer<ffi::F32> viewmat, ffi::Buffer<ffi::F32> intr,
-                         ffi::Buffer<ffi::F32> bg, const std::vector<int64_t>& full, Inputs* in) {
-  const int nb = (int)full.size();
-  if (nb > gs::kMaxBatchDims) return ffi::Error::InvalidArgument("gaedit: too many batch dims");
-  in->nb = nb;
-  in->V = 1;
-  for (int d = 0; d < nb; ++d) in->full[d] = full[d], in->V *= full[d];
-  auto md = means.dimensions();
-  if ((int)md.size() != nb + 2 || md[nb + 1] != 3)
-    return ffi::Error::InvalidArgument("gaedit: means must be [..., N, 3]");
-  in->N = md[nb];
-  auto sd = sh.dimensions();
-  if ((int)sd.size() != nb + 3 || sd[nb] != in->N || sd[nb + 2] != 3)
-    return ffi::Error::InvalidArgument("gaedit: sh must be [..., N, K, 3]");
-  in->K = sd[nb + 1];
-  struct Check {
-    const char* name;
-    ffi::Span<const int64_t> dims;
-    std::vector<int64_t> core;
-    BatchIndex* idx;
-  };
-  const int64_t N = in->N;
-  Check checks[] = {{"means", md, {N, 3}, &in->i_means},
-                    {"quats", quats.dimensions(), {N, 4}, &in->i_quats},
-                    {"scales", scales.dimensions(), {N, 3}, &in->i_scales},
-                    {"opacities", opac.dimensions(), {N}, &in->i_opac},
-                    {"sh", sd, {N, in->K, 3}, &in->i_sh},
-                    {"screen_offset", offset.dimensions(), {N, 2}, &in->i_offset},
-                    {"world_to_camera", viewmat.dimensions(), {4, 4}, &in->i_viewmat},
-                    {"intrinsics", intr.dimensions(), {4}, &in->i_intr},
-                    {"background", bg.dimensions(), {3}, &in->i_bg}};
-  for (auto& c : checks) {
-    std::string err = gs::make_batch_index(c.name, c.dims, (int)c.core.size(), in->full, nb, c.idx);
-    if (!err.empty()) return ffi::Error::InvalidArgument("gaedit: " + err);
-    for (size_t k = 0; k < c.core.size(); ++k)
-      if (c.dims[nb + k] != c.core[k])
-        return ffi::Error::InvalidArgument(std::string("gaedit: ") + c.name +
-                                           " has a core dim of wrong size");
-  }
-  in->means = means.typed_data(), in->quats = quats.typed_data(), in->scales = scales.typed_data();
-  in->opac = opac.typed_data(), in->sh = sh.typed_data(), in->offset = offset.typed_data();
-  in->viewmat = viewmat.typed_data(), in->intr = intr.typed_data(), in->bg = bg.typed_data();
-  return ffi::Error::Success();
-}
-
-// The full batch shape: the broadcast of the operands' leading dims (all have `nb` of them; each
-// is 1 or the full size). Under vmap any operand may arrive unbatched (size 1), cotangents too.
-ffi::Error full_batch(int nb, std::vector<int64_t>* full, std::initializer_list<ffi::Span<const int64_t>> dims) {
-  if (nb < 0 || nb > gs::kMaxBatchDims) return ffi::Error::InvalidArgument("gaedit: bad batch rank");
-  full->assign(nb, 1);
-  for (const auto& d : dims) {
-    if ((int)d.size() < nb) return ffi::Error::InvalidArgument("gaedit: operand rank too small");
-    for (int i = 0; i < nb; ++i) {
-      if (d[i] == 1) continue;
-      if ((*full)[i] != 1 && (*full)[i] != d[i])
-        return ffi::Error::InvalidArgument("gaedit: batch dims do not broadcast");
-      (*full)[i] = d[i];
-    }
-  }
-  return ffi::Error::Success();
 }
 
 struct Static {
@@ -475,7 +403,7 @@ static ffi::Error RasterizeFwdImpl(int64_t width, int64_t height, int64_t tile, 
   Inputs in;
   auto idims = image->dimensions();
   const std::vector<int64_t> full(idims.begin(), idims.end() - 3);  // outputs carry the full batch
-  if (auto err = decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in);
+  if (auto err = gs::decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in);
       err.failure())
     return err;
   if (wabe_k < 0 || wabe_k > gs::kWabeMaxK)
@@ -509,32 +437,26 @@ static ffi::Error RasterizeBwdImpl(
     ffi::ResultBuffer<ffi::U8> /*workspace: CUDA only*/) {
   const int nb = (int)d_image.dimensions().size() - 3;
   std::vector<int64_t> full;
-  if (auto err = full_batch(nb, &full,
+  if (auto err = gs::full_batch(nb,
                             {means.dimensions(), quats.dimensions(), scales.dimensions(),
                              opac.dimensions(), sh.dimensions(), offset.dimensions(),
                              viewmat.dimensions(), intr.dimensions(), bg.dimensions(),
                              radii.dimensions(), final_T.dimensions(), tile_ranges.dimensions(),
                              d_image.dimensions(), d_alpha.dimensions(), d_depth.dimensions(),
-                             d_means->dimensions(), d_bg->dimensions()});
+                             d_means->dimensions(), d_bg->dimensions()}, &full);
       err.failure())
     return err;
   Inputs in;
-  if (auto err = decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in);
+  if (auto err = gs::decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in);
       err.failure())
     return err;
   if (sh_degree < 0 || sh_degree > 3 || gs::sh_count((int)sh_degree) > in.K)
     return ffi::Error::InvalidArgument("gaedit: sh_degree must be in [0, 3] and fit in K");
   const Static st{(int)width, (int)height, (int)tile, (int)sh_degree, 0, near_plane, wabe_beta};
   const int64_t N = in.N, HW = width * height, T = st.tiles();
-  struct Op {
-    const char* name;
-    ffi::Span<const int64_t> dims;
-    std::vector<int64_t> core;
-    BatchIndex* idx;
-  };
   Saved sv;
   Grads gr;
-  Op ops[] = {
+  if (auto err = gs::index_all({
       {"radii", radii.dimensions(), {N}, &sv.i_gauss},
       {"final_T", final_T.dimensions(), {height, width}, &sv.i_pix},
       {"tile_ranges", tile_ranges.dimensions(), {T, 2}, &sv.i_tiles},
@@ -548,14 +470,9 @@ static ffi::Error RasterizeBwdImpl(
       {"d_sh", d_sh->dimensions(), {N, in.K, 3}, &gr.o_sh},
       {"d_screen_offset", d_offset->dimensions(), {N, 2}, &gr.o_offset},
       {"d_background", d_bg->dimensions(), {3}, &gr.o_bg},
-  };
-  for (auto& op : ops) {
-    std::string err = gs::make_batch_index(op.name, op.dims, (int)op.core.size(), in.full, nb, op.idx);
-    if (!err.empty()) return ffi::Error::InvalidArgument("gaedit: " + err);
-    for (size_t k = 0; k < op.core.size(); ++k)
-      if (op.dims[nb + k] != op.core[k])
-        return ffi::Error::InvalidArgument(std::string("gaedit: ") + op.name + " has a wrong core dim");
-  }
+  }, full);
+      err.failure())
+    return err;
   // residuals of one forward share its batch shape
   for (auto d : {means2d.dimensions(), conic_opac.dimensions(), colors.dimensions(), zs.dimensions()})
     for (int i = 0; i < nb; ++i)

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "gaedit/batch.h"
+#include "gaedit/ffi_args.h"
 #include "gaedit/gs_math.h"
 #include "xla/ffi/api/c_api.h"
 #include "xla/ffi/api/ffi.h"
@@ -35,11 +36,7 @@ namespace {
 
 constexpr int kAcc = 10;  // per (view, Gaussian): du, dv, dconic[3], dopac, dcolor[3], dz
 
-struct DevInputs {
-  const float *means, *quats, *scales, *opac, *sh, *offset, *viewmat, *intr, *bg;
-  BatchIndex i_means, i_quats, i_scales, i_opac, i_sh, i_offset, i_viewmat, i_intr, i_bg;
-  int64_t N, K, V;
-};
+using DevInputs = gs::Inputs;
 
 struct DevStatic {
   int width, height, tile, degree, wabe_k, gx, gy;
@@ -405,73 +402,6 @@ ffi::Error cuda_error(const char* where) {
   return ffi::Error::Internal(std::string("gaedit CUDA ") + where + ": " + cudaGetErrorString(e));
 }
 
-ffi::Error full_batch(int nb, std::vector<int64_t>* full,
-                      std::initializer_list<ffi::Span<const int64_t>> dims) {
-  if (nb < 0 || nb > gs::kMaxBatchDims) return ffi::Error::InvalidArgument("gaedit: bad batch rank");
-  full->assign(nb, 1);
-  for (const auto& d : dims) {
-    if ((int)d.size() < nb) return ffi::Error::InvalidArgument("gaedit: operand rank too small");
-    for (int i = 0; i < nb; ++i) {
-      if (d[i] == 1) continue;
-      if ((*full)[i] != 1 && (*full)[i] != d[i])
-        return ffi::Error::InvalidArgument("gaedit: batch dims do not broadcast");
-      (*full)[i] = d[i];
-    }
-  }
-  return ffi::Error::Success();
-}
-
-struct Operand {
-  const char* name;
-  ffi::Span<const int64_t> dims;
-  std::vector<int64_t> core;
-  BatchIndex* idx;
-};
-
-ffi::Error index_all(std::initializer_list<Operand> ops, const std::vector<int64_t>& full) {
-  const int nb = (int)full.size();
-  for (const auto& op : ops) {
-    std::string err = gs::make_batch_index(op.name, op.dims, (int)op.core.size(), full.data(), nb, op.idx);
-    if (!err.empty()) return ffi::Error::InvalidArgument("gaedit: " + err);
-    for (size_t k = 0; k < op.core.size(); ++k)
-      if (op.dims[nb + k] != op.core[k])
-        return ffi::Error::InvalidArgument(std::string("gaedit: ") + op.name + " has a wrong core dim");
-  }
-  return ffi::Error::Success();
-}
-
-ffi::Error decode(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quats, ffi::Buffer<ffi::F32> scales,
-                  ffi::Buffer<ffi::F32> opac, ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> offset,
-                  ffi::Buffer<ffi::F32> viewmat, ffi::Buffer<ffi::F32> intr, ffi::Buffer<ffi::F32> bg,
-                  const std::vector<int64_t>& full, DevInputs* in) {
-  const int nb = (int)full.size();
-  auto md = means.dimensions();
-  auto sd = sh.dimensions();
-  if ((int)md.size() != nb + 2 || (int)sd.size() != nb + 3)
-    return ffi::Error::InvalidArgument("gaedit: means must be [..., N, 3] and sh [..., N, K, 3]");
-  in->N = md[nb];
-  in->K = sd[nb + 1];
-  in->V = 1;
-  for (auto f : full) in->V *= f;
-  const int64_t N = in->N;
-  if (auto e = index_all({{"means", md, {N, 3}, &in->i_means},
-                          {"quats", quats.dimensions(), {N, 4}, &in->i_quats},
-                          {"scales", scales.dimensions(), {N, 3}, &in->i_scales},
-                          {"opacities", opac.dimensions(), {N}, &in->i_opac},
-                          {"sh", sd, {N, in->K, 3}, &in->i_sh},
-                          {"screen_offset", offset.dimensions(), {N, 2}, &in->i_offset},
-                          {"world_to_camera", viewmat.dimensions(), {4, 4}, &in->i_viewmat},
-                          {"intrinsics", intr.dimensions(), {4}, &in->i_intr},
-                          {"background", bg.dimensions(), {3}, &in->i_bg}},
-                         full);
-      e.failure())
-    return e;
-  in->means = means.typed_data(), in->quats = quats.typed_data(), in->scales = scales.typed_data();
-  in->opac = opac.typed_data(), in->sh = sh.typed_data(), in->offset = offset.typed_data();
-  in->viewmat = viewmat.typed_data(), in->intr = intr.typed_data(), in->bg = bg.typed_data();
-  return ffi::Error::Success();
-}
-
 // Scratch lives in an explicit workspace output allocated by XLA (the FFI ScratchAllocator refused
 // every allocation on jax 0.11.2). Layout: counts, offsets (VN x i32), keys in/out (cap x u64),
 // vals in (cap x i32), WABE sums (VN x u64), CUB temp storage; each 256-byte aligned.
@@ -529,7 +459,7 @@ static ffi::Error RasterizeFwdCudaImpl(
   auto idims = image->dimensions();
   const std::vector<int64_t> full(idims.begin(), idims.end() - 3);
   DevInputs in;
-  if (auto e = decode(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in); e.failure())
+  if (auto e = gs::decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in); e.failure())
     return e;
   if (tile * tile > kBlock) return ffi::Error::InvalidArgument("gaedit CUDA: tile_size must be <= 16");
   if (wabe_k < 0 || wabe_k > gs::kWabeMaxK) return ffi::Error::InvalidArgument("gaedit: wabe_k in [0, 32]");
@@ -597,17 +527,17 @@ static ffi::Error RasterizeBwdCudaImpl(
     ffi::ResultBuffer<ffi::U8> workspace) {
   const int nb = (int)d_image.dimensions().size() - 3;
   std::vector<int64_t> full;
-  if (auto e = full_batch(nb, &full,
+  if (auto e = gs::full_batch(nb,
                           {means.dimensions(), quats.dimensions(), scales.dimensions(),
                            opac.dimensions(), sh.dimensions(), offset.dimensions(),
                            viewmat.dimensions(), intr.dimensions(), bg.dimensions(),
                            radii.dimensions(), final_T.dimensions(), tile_ranges.dimensions(),
                            d_image.dimensions(), d_alpha.dimensions(), d_depth.dimensions(),
-                           d_means->dimensions(), d_bg->dimensions()});
+                           d_means->dimensions(), d_bg->dimensions()}, &full);
       e.failure())
     return e;
   DevInputs in;
-  if (auto e = decode(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in); e.failure())
+  if (auto e = gs::decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in); e.failure())
     return e;
   if (sh_degree < 0 || sh_degree > 3 || gs::sh_count((int)sh_degree) > in.K)
     return ffi::Error::InvalidArgument("gaedit: sh_degree must be in [0, 3] and fit in K");
@@ -616,7 +546,7 @@ static ffi::Error RasterizeBwdCudaImpl(
   const int64_t V = in.V, N = in.N, T = (int64_t)st.gx * st.gy;
   DevSaved sv;
   DevGrads gr;
-  if (auto e = index_all({{"radii", radii.dimensions(), {N}, &sv.i_gauss},
+  if (auto e = gs::index_all({{"radii", radii.dimensions(), {N}, &sv.i_gauss},
                           {"final_T", final_T.dimensions(), {height, width}, &sv.i_pix},
                           {"tile_ranges", tile_ranges.dimensions(), {T, 2}, &sv.i_tiles},
                           {"d_image", d_image.dimensions(), {height, width, 3}, &sv.i_dimage},

@@ -44,7 +44,8 @@ class RenderConfig:
   sh_degree: int = 3             # active SH degree (<= the degree stored in `sh`)
   tile_size: int = 16
   near_plane: float = 0.2        # cull Gaussians with view-space z <= near_plane (3DGS: 0.2)
-  wabe_k: int = 10               # WABE: first K accepted contributors of each pixel
+  wabe_k: int = 10               # WABE: first K accepted contributors of each pixel (0: no WABE
+                                 # outputs, faster: reconstruction does not need them)
   wabe_beta: float = 6.0         # WABE: w_k = exp(-beta (1 - T_k)) alpha_k
   wabe_backward: bool = False    # scale every pixel-Gaussian gradient term by exp(-beta (1 - T_k))
   # capacity of the tile-intersection list, per view. None: isect_per_gaussian * N + 4096.

@@ -1,0 +1,29 @@
+"""One jitted forward+backward of the anchors workload, for `ncu --print-summary per-kernel`.
+
+  ncu --print-summary per-kernel python experiments/profile_rasterizer.py --n 1000000 --views 16
+"""
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+
+from bench_rasterizer import ring_cameras, shell_scene
+from gaedit_jax.camera import make_camera
+from gaedit_jax.render import Gaussians, RenderConfig, rasterize
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--n", type=int, default=1_000_000)
+ap.add_argument("--views", type=int, default=16)
+ap.add_argument("--isect-per-gaussian", type=float, default=2.0)
+ap.add_argument("--wabe-k", type=int, default=0)
+ap.add_argument("--iters", type=int, default=1)
+args = ap.parse_args()
+g = Gaussians(**{k: jnp.asarray(v) for k, v in shell_scene(args.n).items()})
+cams = make_camera(jnp.asarray(ring_cameras(args.views, 550, 802, 1200.0)), 1200.0, width=550, height=802)
+cfg = RenderConfig(isect_per_gaussian=args.isect_per_gaussian, wabe_k=args.wabe_k)
+w = jax.random.uniform(jax.random.PRNGKey(0), cams.batch_shape + (802, 550, 3))
+f = jax.jit(jax.value_and_grad(lambda g: jnp.sum(rasterize(g, cams, jnp.zeros(3), cfg).image * w)))
+for _ in range(args.iters):
+  jax.block_until_ready(f(g))
+print("done")
