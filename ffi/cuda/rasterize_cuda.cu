@@ -326,7 +326,7 @@ __global__ void __launch_bounds__(kBlock) raster_bwd_kernel(DevInputs in, DevSta
           const float a = fminf(gs::kAlphaMax, oG);
           if (a >= gs::kAlphaMin) {
             contrib = true;
-            const float om = 1.f / (1.f - a);
+            const float om = __frcp_rn(1.f - a);
             Tk *= om;
             const float s = wabe_bwd ? __expf(-st.wabe_beta * (1.f - Tk)) : 1.f;
             const float* c = s_col[k];
@@ -353,38 +353,84 @@ __global__ void __launch_bounds__(kBlock) raster_bwd_kernel(DevInputs in, DevSta
           }
         }
       }
-      if (__any_sync(0xffffffffu, contrib)) {  // warp-level reduction, then one atomic per value
-        for (int i = 0; i < kAcc; ++i) val[i] = warp_sum(val[i]);
-        if (lane == 0) {
-          float* dst = acc + kAcc * (v * N + s_id[k]);
-          for (int i = 0; i < kAcc; ++i)
-            if (val[i] != 0.f) atomicAdd(dst + i, val[i]);
+      if (__any_sync(0xffffffffu, contrib)) {
+        // warp-level reduction (every lane gets the sums), then lane i issues the atomic of value i
+        float mine = 0.f;
+#pragma unroll
+        for (int i = 0; i < kAcc; ++i) {
+          const float t = warp_sum(val[i]);
+          if (lane == i) mine = t;
         }
+        if (lane < kAcc && mine != 0.f) atomicAdd(acc + kAcc * (v * N + s_id[k]) + lane, mine);
       }
     }
   }
 }
 
-__global__ void project_bwd_kernel(DevInputs in, DevStatic st, DevSaved sv, const float* acc,
-                                   DevGrads gr) {
+// One thread per Gaussian, views in order: shared Gaussians need no atomics. Gradients are summed
+// in registers while consecutive views write to the same destination (shared parameters: one
+// global write per Gaussian instead of one read-modify-write per view).
+template <int W>
+struct Acc {
+  float v[W];
+  int64_t dst = -1;
+  __device__ void to(float* out, int64_t d) {  // switch destination, flushing the old one
+    if (d == dst) return;
+    flush(out);
+    dst = d;
+  }
+  __device__ void flush(float* out) {
+    if (dst >= 0)
+#pragma unroll
+      for (int i = 0; i < W; ++i)
+        if (v[i] != 0.f) out[W * dst + i] += v[i];
+#pragma unroll
+    for (int i = 0; i < W; ++i) v[i] = 0.f;
+  }
+};
+
+__global__ void __launch_bounds__(128) project_bwd_kernel(DevInputs in, DevStatic st, DevSaved sv,
+                                                          const float* acc, DevGrads gr) {
   const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t N = in.N, K = in.K;
   if (g >= N) return;
-  for (int64_t v = 0; v < in.V; ++v) {  // views in order: shared Gaussians need no atomics
+  Acc<3> dm, ds;
+  Acc<4> dq;
+  Acc<1> dop;
+  Acc<2> doff;
+  Acc<48> dsh;  // (degree 3 + 1)^2 x 3; the SH output's stride is K x 3
+  dm.flush(nullptr), ds.flush(nullptr), dq.flush(nullptr), dop.flush(nullptr), doff.flush(nullptr);
+  dsh.flush(nullptr);
+  const int nsh = 3 * gs::sh_count(st.degree);
+  for (int64_t v = 0; v < in.V; ++v) {
     if (sv.radii[sv.i_gauss(v) * N + g] <= 0) continue;
+    dm.to(gr.means, gr.o_means(v) * N + g);
+    ds.to(gr.scales, gr.o_scales(v) * N + g);
+    dq.to(gr.quats, gr.o_quats(v) * N + g);
+    dop.to(gr.opac, gr.o_opac(v) * N + g);
+    doff.to(gr.offset, gr.o_offset(v) * N + g);
+    const int64_t shd = gr.o_sh(v) * N + g;
+    if (shd != dsh.dst) {
+      if (dsh.dst >= 0)
+        for (int i = 0; i < nsh; ++i) gr.sh[3 * K * dsh.dst + i] += dsh.v[i];
+      for (int i = 0; i < 48; ++i) dsh.v[i] = 0.f;
+      dsh.dst = shd;
+    }
     const float* a = acc + kAcc * (v * N + g);
     const gs::Cam cam = cam_of(in, st, v);
     const float* mean = in.means + 3 * (in.i_means(v) * N + g);
-    float* dm = gr.means + 3 * (gr.o_means(v) * N + g);
-    gr.offset[2 * (gr.o_offset(v) * N + g)] += a[0];
-    gr.offset[2 * (gr.o_offset(v) * N + g) + 1] += a[1];
-    gr.opac[gr.o_opac(v) * N + g] += a[5];
-    gs::sh_color_vjp(st.degree, in.sh + 3 * K * (in.i_sh(v) * N + g), mean, cam.pos, a + 6,
-                     gr.sh + 3 * K * (gr.o_sh(v) * N + g), dm);
+    doff.v[0] += a[0], doff.v[1] += a[1];
+    dop.v[0] += a[5];
+    gs::sh_color_vjp(st.degree, in.sh + 3 * K * (in.i_sh(v) * N + g), mean, cam.pos, a + 6, dsh.v,
+                     dm.v);
     gs::project_vjp(cam, mean, in.quats + 4 * (in.i_quats(v) * N + g),
-                    in.scales + 3 * (in.i_scales(v) * N + g), a[0], a[1], a + 2, a[9], dm,
-                    gr.quats + 4 * (gr.o_quats(v) * N + g), gr.scales + 3 * (gr.o_scales(v) * N + g));
+                    in.scales + 3 * (in.i_scales(v) * N + g), a[0], a[1], a + 2, a[9], dm.v, dq.v,
+                    ds.v);
   }
+  dm.flush(gr.means), ds.flush(gr.scales), dq.flush(gr.quats), dop.flush(gr.opac);
+  doff.flush(gr.offset);
+  if (dsh.dst >= 0)
+    for (int i = 0; i < nsh; ++i) gr.sh[3 * K * dsh.dst + i] += dsh.v[i];
 }
 
 __global__ void bg_bwd_kernel(int64_t V, const float* acc_bg, float* d_bg, BatchIndex o_bg) {
