@@ -241,26 +241,8 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
 // ------------------------------------------------------------------------------------ backward
 constexpr int kAcc = 10;  // per (view, Gaussian): du, dv, dconic[3], dopac, dcolor[3], dz
 
-// Forward residuals and output cotangents, each with its own broadcast index (under vmap either
-// side may be unbatched, e.g. vmap over the cotangent of a single render).
-struct Saved {
-  const int32_t* radii;
-  const float *means2d, *conic_opac, *colors, *zs;  // per (view, Gaussian)
-  const float* final_T;
-  const int32_t* last;
-  const float* depth_out;                  // per pixel
-  const int32_t* isect;                    // pooled, addressed by absolute offsets
-  const int32_t* tile_ranges;              // per (view, tile)
-  BatchIndex i_gauss, i_pix, i_tiles;
-  const float *d_image, *d_alpha, *d_depth;
-  BatchIndex i_dimage, i_dalpha, i_ddepth;
-};
-
-struct Grads {
-  float *means, *quats, *scales, *opac, *sh, *offset, *bg;
-  BatchIndex o_means, o_quats, o_scales, o_opac, o_sh, o_offset, o_bg;
-  size_t sizes[7];
-};
+using gs::Grads;
+using gs::Saved;
 
 ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const Saved& sv,
                     const Grads& gr) {
@@ -423,156 +405,28 @@ static ffi::Error RasterizeFwdImpl(int64_t width, int64_t height, int64_t tile, 
 
 static ffi::Error RasterizeBwdImpl(
     int64_t width, int64_t height, int64_t tile, int64_t sh_degree, float near_plane,
-    bool wabe_backward, float wabe_beta, ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quats,
-    ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> opac, ffi::Buffer<ffi::F32> sh,
-    ffi::Buffer<ffi::F32> offset, ffi::Buffer<ffi::F32> viewmat, ffi::Buffer<ffi::F32> intr,
-    ffi::Buffer<ffi::F32> bg, ffi::Buffer<ffi::S32> radii, ffi::Buffer<ffi::F32> means2d,
-    ffi::Buffer<ffi::F32> conic_opac, ffi::Buffer<ffi::F32> colors, ffi::Buffer<ffi::F32> zs,
-    ffi::Buffer<ffi::F32> final_T, ffi::Buffer<ffi::S32> last, ffi::Buffer<ffi::S32> isect,
-    ffi::Buffer<ffi::S32> tile_ranges, ffi::Buffer<ffi::F32> depth_out, ffi::Buffer<ffi::F32> d_image,
-    ffi::Buffer<ffi::F32> d_alpha, ffi::Buffer<ffi::F32> d_depth, ffi::ResultBuffer<ffi::F32> d_means,
-    ffi::ResultBuffer<ffi::F32> d_quats, ffi::ResultBuffer<ffi::F32> d_scales,
-    ffi::ResultBuffer<ffi::F32> d_opac, ffi::ResultBuffer<ffi::F32> d_sh,
-    ffi::ResultBuffer<ffi::F32> d_offset, ffi::ResultBuffer<ffi::F32> d_bg,
-    ffi::ResultBuffer<ffi::U8> /*workspace: CUDA only*/) {
-  const int nb = (int)d_image.dimensions().size() - 3;
-  std::vector<int64_t> full;
-  if (auto err = gs::full_batch(nb,
-                            {means.dimensions(), quats.dimensions(), scales.dimensions(),
-                             opac.dimensions(), sh.dimensions(), offset.dimensions(),
-                             viewmat.dimensions(), intr.dimensions(), bg.dimensions(),
-                             radii.dimensions(), final_T.dimensions(), tile_ranges.dimensions(),
-                             d_image.dimensions(), d_alpha.dimensions(), d_depth.dimensions(),
-                             d_means->dimensions(), d_bg->dimensions()}, &full);
-      err.failure())
-    return err;
+    bool wabe_backward, float wabe_beta, gs::F32 means, gs::F32 quats, gs::F32 scales, gs::F32 opac,
+    gs::F32 sh, gs::F32 offset, gs::F32 viewmat, gs::F32 intr, gs::F32 bg, gs::S32 radii,
+    gs::F32 means2d, gs::F32 conic_opac, gs::F32 colors, gs::F32 zs, gs::F32 final_T, gs::S32 last,
+    gs::S32 isect, gs::S32 tile_ranges, gs::F32 depth_out, gs::F32 d_image, gs::F32 d_alpha,
+    gs::F32 d_depth, gs::RF32 d_means, gs::RF32 d_quats, gs::RF32 d_scales, gs::RF32 d_opac,
+    gs::RF32 d_sh, gs::RF32 d_offset, gs::RF32 d_bg, ffi::ResultBuffer<ffi::U8> /*CUDA only*/) {
   Inputs in;
-  if (auto err = gs::decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in);
-      err.failure())
-    return err;
-  if (sh_degree < 0 || sh_degree > 3 || gs::sh_count((int)sh_degree) > in.K)
-    return ffi::Error::InvalidArgument("gaedit: sh_degree must be in [0, 3] and fit in K");
-  const Static st{(int)width, (int)height, (int)tile, (int)sh_degree, 0, near_plane, wabe_beta};
-  const int64_t N = in.N, HW = width * height, T = st.tiles();
   Saved sv;
   Grads gr;
-  if (auto err = gs::index_all({
-      {"radii", radii.dimensions(), {N}, &sv.i_gauss},
-      {"final_T", final_T.dimensions(), {height, width}, &sv.i_pix},
-      {"tile_ranges", tile_ranges.dimensions(), {T, 2}, &sv.i_tiles},
-      {"d_image", d_image.dimensions(), {height, width, 3}, &sv.i_dimage},
-      {"d_alpha", d_alpha.dimensions(), {height, width}, &sv.i_dalpha},
-      {"d_depth", d_depth.dimensions(), {height, width}, &sv.i_ddepth},
-      {"d_means", d_means->dimensions(), {N, 3}, &gr.o_means},
-      {"d_quats", d_quats->dimensions(), {N, 4}, &gr.o_quats},
-      {"d_scales", d_scales->dimensions(), {N, 3}, &gr.o_scales},
-      {"d_opacities", d_opac->dimensions(), {N}, &gr.o_opac},
-      {"d_sh", d_sh->dimensions(), {N, in.K, 3}, &gr.o_sh},
-      {"d_screen_offset", d_offset->dimensions(), {N, 2}, &gr.o_offset},
-      {"d_background", d_bg->dimensions(), {3}, &gr.o_bg},
-  }, full);
+  if (auto err = gs::decode_backward(width, height, tile, sh_degree, means, quats, scales, opac, sh,
+                                     offset, viewmat, intr, bg, radii, means2d, conic_opac, colors,
+                                     zs, final_T, last, isect, tile_ranges, depth_out, d_image,
+                                     d_alpha, d_depth, d_means, d_quats, d_scales, d_opac, d_sh,
+                                     d_offset, d_bg, &in, &sv, &gr);
       err.failure())
     return err;
-  // residuals of one forward share its batch shape
-  for (auto d : {means2d.dimensions(), conic_opac.dimensions(), colors.dimensions(), zs.dimensions()})
-    for (int i = 0; i < nb; ++i)
-      if (d[i] != radii.dimensions()[i])
-        return ffi::Error::InvalidArgument("gaedit: inconsistent residual batch dims");
-  for (auto d : {last.dimensions(), depth_out.dimensions()})
-    for (int i = 0; i < nb; ++i)
-      if (d[i] != final_T.dimensions()[i])
-        return ffi::Error::InvalidArgument("gaedit: inconsistent residual batch dims");
-  sv.radii = radii.typed_data(), sv.means2d = means2d.typed_data();
-  sv.conic_opac = conic_opac.typed_data(), sv.colors = colors.typed_data(), sv.zs = zs.typed_data();
-  sv.final_T = final_T.typed_data(), sv.last = last.typed_data(), sv.depth_out = depth_out.typed_data();
-  sv.isect = isect.typed_data(), sv.tile_ranges = tile_ranges.typed_data();
-  sv.d_image = d_image.typed_data(), sv.d_alpha = d_alpha.typed_data(), sv.d_depth = d_depth.typed_data();
-  gr.means = d_means->typed_data(), gr.quats = d_quats->typed_data(), gr.scales = d_scales->typed_data();
-  gr.opac = d_opac->typed_data(), gr.sh = d_sh->typed_data(), gr.offset = d_offset->typed_data();
-  gr.bg = d_bg->typed_data();
-  gr.sizes[0] = d_means->element_count(), gr.sizes[1] = d_quats->element_count();
-  gr.sizes[2] = d_scales->element_count(), gr.sizes[3] = d_opac->element_count();
-  gr.sizes[4] = d_sh->element_count(), gr.sizes[5] = d_offset->element_count();
-  gr.sizes[6] = d_bg->element_count();
+  const Static st{(int)width, (int)height, (int)tile, (int)sh_degree, 0, near_plane, wabe_beta};
   return backward(in, st, wabe_backward, sv, gr);
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeFwd, RasterizeFwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Attr<int64_t>("width")
-                                  .Attr<int64_t>("height")
-                                  .Attr<int64_t>("tile_size")
-                                  .Attr<int64_t>("sh_degree")
-                                  .Attr<float>("near_plane")
-                                  .Attr<int64_t>("wabe_k")
-                                  .Attr<float>("wabe_beta")
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // means
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // quats
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // scales
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // opacities
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // sh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // screen_offset
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // world_to_camera
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // intrinsics
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // background
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // image
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // alpha
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // depth
-                                  .Ret<ffi::Buffer<ffi::S32>>()  // radii
-                                  .Ret<ffi::Buffer<ffi::S32>>()  // wabe_count
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // wabe_weight
-                                  .Ret<ffi::Buffer<ffi::S32>>()  // overflow
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // means2d
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // conic_opac
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // colors
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // depths
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // final_T
-                                  .Ret<ffi::Buffer<ffi::S32>>()  // last
-                                  .Ret<ffi::Buffer<ffi::S32>>()  // isect
-                                  .Ret<ffi::Buffer<ffi::S32>>()  // tile_ranges
-                                  .Ret<ffi::Buffer<ffi::U8>>()   // workspace (CUDA)
-);
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeBwd, RasterizeBwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Attr<int64_t>("width")
-                                  .Attr<int64_t>("height")
-                                  .Attr<int64_t>("tile_size")
-                                  .Attr<int64_t>("sh_degree")
-                                  .Attr<float>("near_plane")
-                                  .Attr<bool>("wabe_backward")
-                                  .Attr<float>("wabe_beta")
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // means
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // quats
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // scales
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // opacities
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // sh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // screen_offset
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // world_to_camera
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // intrinsics
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // background
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // radii
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // means2d
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // conic_opac
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // colors
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // depths
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // final_T
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // last
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // isect
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // tile_ranges
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // depth output (expected depth)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d_image
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d_alpha
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d_depth
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_means
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_quats
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_scales
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_opacities
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_sh
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_screen_offset
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_background
-                                  .Ret<ffi::Buffer<ffi::U8>>()   // workspace (CUDA)
-);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeFwd, RasterizeFwdImpl, gs::bind_forward(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeBwd, RasterizeBwdImpl, gs::bind_backward(ffi::Ffi::Bind()));
 
 // "jaxlib=<version>;ffi_api=<major>.<minor>": checked by the Python loader before registration.
 extern "C" const char* gaedit_build_info() {

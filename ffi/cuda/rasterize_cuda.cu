@@ -228,19 +228,8 @@ __global__ void wabe_finalize_kernel(int64_t VN, const unsigned long long* sum, 
 }
 
 // ------------------------------------------------------------------------------------ backward
-struct DevSaved {
-  const int32_t* radii;
-  const float *means2d, *conic_opac, *colors, *zs, *final_T, *depth_out;
-  const int32_t *last, *isect, *ranges;
-  BatchIndex i_gauss, i_pix, i_tiles;
-  const float *d_image, *d_alpha, *d_depth;
-  BatchIndex i_dimage, i_dalpha, i_ddepth;
-};
-
-struct DevGrads {
-  float *means, *quats, *scales, *opac, *sh, *offset, *bg;
-  BatchIndex o_means, o_quats, o_scales, o_opac, o_sh, o_offset, o_bg;
-};
+using DevSaved = gs::Saved;
+using DevGrads = gs::Grads;
 
 __device__ __forceinline__ float warp_sum(float x) {
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
@@ -255,7 +244,7 @@ __global__ void __launch_bounds__(kBlock) raster_bwd_kernel(DevInputs in, DevSta
   const int ts = st.tile, tid = threadIdx.x, lane = tid & 31;
   const int x = (int)(t % st.gx) * ts + tid % ts, y = (int)(t / st.gx) * ts + tid / ts;
   const bool inside = tid < ts * ts && x < st.width && y < st.height;
-  const int32_t start = sv.ranges[2 * (sv.i_tiles(v) * T + t)];
+  const int32_t start = sv.tile_ranges[2 * (sv.i_tiles(v) * T + t)];
   const int64_t rv = sv.i_gauss(v) * N;
   const float* m2 = sv.means2d + 2 * rv;
   const float* cop = sv.conic_opac + 4 * rv;
@@ -557,65 +546,27 @@ static ffi::Error RasterizeFwdCudaImpl(
 }
 
 static ffi::Error RasterizeBwdCudaImpl(
-    cudaStream_t stream, int64_t width, int64_t height, int64_t tile,
-    int64_t sh_degree, float near_plane, bool wabe_backward, float wabe_beta,
-    ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quats, ffi::Buffer<ffi::F32> scales,
-    ffi::Buffer<ffi::F32> opac, ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> offset,
-    ffi::Buffer<ffi::F32> viewmat, ffi::Buffer<ffi::F32> intr, ffi::Buffer<ffi::F32> bg,
-    ffi::Buffer<ffi::S32> radii, ffi::Buffer<ffi::F32> means2d, ffi::Buffer<ffi::F32> conic_opac,
-    ffi::Buffer<ffi::F32> colors, ffi::Buffer<ffi::F32> zs, ffi::Buffer<ffi::F32> final_T,
-    ffi::Buffer<ffi::S32> last, ffi::Buffer<ffi::S32> isect, ffi::Buffer<ffi::S32> tile_ranges,
-    ffi::Buffer<ffi::F32> depth_out, ffi::Buffer<ffi::F32> d_image, ffi::Buffer<ffi::F32> d_alpha,
-    ffi::Buffer<ffi::F32> d_depth, ffi::ResultBuffer<ffi::F32> d_means,
-    ffi::ResultBuffer<ffi::F32> d_quats, ffi::ResultBuffer<ffi::F32> d_scales,
-    ffi::ResultBuffer<ffi::F32> d_opac, ffi::ResultBuffer<ffi::F32> d_sh,
-    ffi::ResultBuffer<ffi::F32> d_offset, ffi::ResultBuffer<ffi::F32> d_bg,
+    cudaStream_t stream, int64_t width, int64_t height, int64_t tile, int64_t sh_degree,
+    float near_plane, bool wabe_backward, float wabe_beta, gs::F32 means, gs::F32 quats,
+    gs::F32 scales, gs::F32 opac, gs::F32 sh, gs::F32 offset, gs::F32 viewmat, gs::F32 intr,
+    gs::F32 bg, gs::S32 radii, gs::F32 means2d, gs::F32 conic_opac, gs::F32 colors, gs::F32 zs,
+    gs::F32 final_T, gs::S32 last, gs::S32 isect, gs::S32 tile_ranges, gs::F32 depth_out,
+    gs::F32 d_image, gs::F32 d_alpha, gs::F32 d_depth, gs::RF32 d_means, gs::RF32 d_quats,
+    gs::RF32 d_scales, gs::RF32 d_opac, gs::RF32 d_sh, gs::RF32 d_offset, gs::RF32 d_bg,
     ffi::ResultBuffer<ffi::U8> workspace) {
-  const int nb = (int)d_image.dimensions().size() - 3;
-  std::vector<int64_t> full;
-  if (auto e = gs::full_batch(nb,
-                          {means.dimensions(), quats.dimensions(), scales.dimensions(),
-                           opac.dimensions(), sh.dimensions(), offset.dimensions(),
-                           viewmat.dimensions(), intr.dimensions(), bg.dimensions(),
-                           radii.dimensions(), final_T.dimensions(), tile_ranges.dimensions(),
-                           d_image.dimensions(), d_alpha.dimensions(), d_depth.dimensions(),
-                           d_means->dimensions(), d_bg->dimensions()}, &full);
+  DevInputs in;
+  DevSaved sv;
+  DevGrads gr;
+  if (auto e = gs::decode_backward(width, height, tile, sh_degree, means, quats, scales, opac, sh,
+                                   offset, viewmat, intr, bg, radii, means2d, conic_opac, colors, zs,
+                                   final_T, last, isect, tile_ranges, depth_out, d_image, d_alpha,
+                                   d_depth, d_means, d_quats, d_scales, d_opac, d_sh, d_offset, d_bg,
+                                   &in, &sv, &gr);
       e.failure())
     return e;
-  DevInputs in;
-  if (auto e = gs::decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in); e.failure())
-    return e;
-  if (sh_degree < 0 || sh_degree > 3 || gs::sh_count((int)sh_degree) > in.K)
-    return ffi::Error::InvalidArgument("gaedit: sh_degree must be in [0, 3] and fit in K");
   DevStatic st{(int)width, (int)height, (int)tile, (int)sh_degree, 0,
                (int)((width + tile - 1) / tile), (int)((height + tile - 1) / tile), near_plane, wabe_beta};
   const int64_t V = in.V, N = in.N, T = (int64_t)st.gx * st.gy;
-  DevSaved sv;
-  DevGrads gr;
-  if (auto e = gs::index_all({{"radii", radii.dimensions(), {N}, &sv.i_gauss},
-                          {"final_T", final_T.dimensions(), {height, width}, &sv.i_pix},
-                          {"tile_ranges", tile_ranges.dimensions(), {T, 2}, &sv.i_tiles},
-                          {"d_image", d_image.dimensions(), {height, width, 3}, &sv.i_dimage},
-                          {"d_alpha", d_alpha.dimensions(), {height, width}, &sv.i_dalpha},
-                          {"d_depth", d_depth.dimensions(), {height, width}, &sv.i_ddepth},
-                          {"d_means", d_means->dimensions(), {N, 3}, &gr.o_means},
-                          {"d_quats", d_quats->dimensions(), {N, 4}, &gr.o_quats},
-                          {"d_scales", d_scales->dimensions(), {N, 3}, &gr.o_scales},
-                          {"d_opacities", d_opac->dimensions(), {N}, &gr.o_opac},
-                          {"d_sh", d_sh->dimensions(), {N, in.K, 3}, &gr.o_sh},
-                          {"d_screen_offset", d_offset->dimensions(), {N, 2}, &gr.o_offset},
-                          {"d_background", d_bg->dimensions(), {3}, &gr.o_bg}},
-                         full);
-      e.failure())
-    return e;
-  sv.radii = radii.typed_data(), sv.means2d = means2d.typed_data(), sv.conic_opac = conic_opac.typed_data();
-  sv.colors = colors.typed_data(), sv.zs = zs.typed_data(), sv.final_T = final_T.typed_data();
-  sv.depth_out = depth_out.typed_data(), sv.last = last.typed_data(), sv.isect = isect.typed_data();
-  sv.ranges = tile_ranges.typed_data();
-  sv.d_image = d_image.typed_data(), sv.d_alpha = d_alpha.typed_data(), sv.d_depth = d_depth.typed_data();
-  gr.means = d_means->typed_data(), gr.quats = d_quats->typed_data(), gr.scales = d_scales->typed_data();
-  gr.opac = d_opac->typed_data(), gr.sh = d_sh->typed_data(), gr.offset = d_offset->typed_data();
-  gr.bg = d_bg->typed_data();
   // workspace: V*N*kAcc + V*3 floats (256-byte aligned)
   char* base = reinterpret_cast<char*>(align256(reinterpret_cast<size_t>(workspace->untyped_data())));
   const size_t need = align256(4 * V * N * kAcc) + align256(4 * V * 3) + 256;
@@ -626,10 +577,7 @@ static ffi::Error RasterizeBwdCudaImpl(
   cudaMemsetAsync(acc, 0, sizeof(float) * V * N * kAcc, stream);
   cudaMemsetAsync(acc_bg, 0, sizeof(float) * V * 3, stream);
   float* outs[7] = {gr.means, gr.quats, gr.scales, gr.opac, gr.sh, gr.offset, gr.bg};
-  size_t sizes[7] = {d_means->element_count(), d_quats->element_count(), d_scales->element_count(),
-                     d_opac->element_count(), d_sh->element_count(), d_offset->element_count(),
-                     d_bg->element_count()};
-  for (int i = 0; i < 7; ++i) cudaMemsetAsync(outs[i], 0, sizeof(float) * sizes[i], stream);
+  for (int i = 0; i < 7; ++i) cudaMemsetAsync(outs[i], 0, sizeof(float) * gr.sizes[i], stream);
   if (V * T > 0 && N > 0) {
     raster_bwd_kernel<<<(unsigned)(V * T), kBlock, 0, stream>>>(in, st, wabe_backward, sv, acc, acc_bg);
     project_bwd_kernel<<<blocks(N, 128), 128, 0, stream>>>(in, st, sv, acc, gr);
@@ -639,82 +587,10 @@ static ffi::Error RasterizeBwdCudaImpl(
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeFwdCuda, RasterizeFwdCudaImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Attr<int64_t>("width")
-                                  .Attr<int64_t>("height")
-                                  .Attr<int64_t>("tile_size")
-                                  .Attr<int64_t>("sh_degree")
-                                  .Attr<float>("near_plane")
-                                  .Attr<int64_t>("wabe_k")
-                                  .Attr<float>("wabe_beta")
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::U8>>(),
+                              gs::bind_forward(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()),
                               {ffi::Traits::kCmdBufferCompatible});
-
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeBwdCuda, RasterizeBwdCudaImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Attr<int64_t>("width")
-                                  .Attr<int64_t>("height")
-                                  .Attr<int64_t>("tile_size")
-                                  .Attr<int64_t>("sh_degree")
-                                  .Attr<float>("near_plane")
-                                  .Attr<bool>("wabe_backward")
-                                  .Attr<float>("wabe_beta")
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::U8>>(),
+                              gs::bind_backward(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()),
                               {ffi::Traits::kCmdBufferCompatible});
 
 extern "C" const char* gaedit_build_info() {

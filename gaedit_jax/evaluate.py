@@ -1,0 +1,110 @@
+"""`gaedit eval`: metrics of renders, written as JSON.
+
+Sections, each a function `(cfg) -> dict | None` in `SECTIONS` (None: not requested):
+- "clip_edit": CLIP-S / CLIP-C of an edit (FIELD.md 3.1-3.2), given a folder of source renders,
+  a folder of edited renders of the same views / frames (matched by file name, sorted: consecutive
+  frames for CLIP-C), and the source and target captions. The CLIP variant is recorded.
+(Reconstruction metrics, PSNR / SSIM / LPIPS against ground truth, are to be added as another
+section.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable
+
+import numpy as np
+
+try:  # only the command-line entry point needs tyro (annotation read by tyro.cli)
+  import tyro
+except ImportError:  # pragma: no cover
+  tyro = None
+
+_IMAGE_EXT = (".png", ".jpg", ".jpeg")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+  """Evaluate renders. Give --source, --edited and both captions for the CLIP editing metrics."""
+  source: str | None = None
+  """Folder of renders of the unedited avatar (PNG)."""
+  edited: str | None = None
+  """Folder of renders of the edited avatar: same file names as --source."""
+  source_caption: str | None = None
+  """Caption of the source, e.g. "a photograph of a man"."""
+  target_caption: str | None = None
+  """Caption of the intended result, e.g. "a photograph of a Tolkien elf"."""
+  clip: str = "weights/clip-vit-large-patch14"
+  """Local CLIP model folder (HF layout). The metric code's default is OpenAI ViT-L/14."""
+  consistency_wrap: bool = True
+  """CLIP-C pairs the last frame with the first, as the public IN2N script does."""
+  out: str | None = None
+  """Write the results as JSON here (default: print only)."""
+
+
+def list_images(folder: str) -> list[str]:
+  if not os.path.isdir(folder):
+    raise SystemExit(f"gaedit eval: {folder} is not a folder")
+  files = sorted(f for f in os.listdir(folder) if f.lower().endswith(_IMAGE_EXT))
+  if not files:
+    raise SystemExit(f"gaedit eval: no images ({', '.join(_IMAGE_EXT)}) in {folder}")
+  return files
+
+
+def paired_images(a: str, b: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """Load images with the same names from two folders; a clear error if the sets differ."""
+  from gaedit_jax.edit.images import read_png
+
+  fa, fb = list_images(a), list_images(b)
+  if fa != fb:
+    only_a, only_b = sorted(set(fa) - set(fb)), sorted(set(fb) - set(fa))
+    raise SystemExit(f"gaedit eval: {a} and {b} must hold the same file names; only in the first: "
+                     f"{only_a[:5]}, only in the second: {only_b[:5]}")
+  xa = [read_png(os.path.join(a, f)) for f in fa]
+  xb = [read_png(os.path.join(b, f)) for f in fb]
+  shapes = {x.shape for x in xa + xb}
+  if len(shapes) != 1:
+    raise SystemExit(f"gaedit eval: images of different sizes in {a} / {b}: {sorted(shapes)}")
+  return np.stack(xa), np.stack(xb), fa
+
+
+def clip_edit_section(cfg: EvalConfig) -> dict | None:
+  wanted = (cfg.source, cfg.edited, cfg.source_caption, cfg.target_caption)
+  if not any(wanted):
+    return None
+  if not all(wanted):
+    raise SystemExit("gaedit eval: the CLIP editing metrics need --source, --edited, --source-caption "
+                     "and --target-caption")
+  from gaedit_jax.edit.clip import load_clip
+  from gaedit_jax.metrics import clip_edit_metrics
+
+  src, edt, names = paired_images(cfg.source, cfg.edited)
+  clip = load_clip(cfg.clip)
+  m = clip_edit_metrics(clip, src, edt, cfg.source_caption, cfg.target_caption, wrap=cfg.consistency_wrap)
+  out = m.as_dict()
+  out.update(source=os.path.abspath(cfg.source), edited=os.path.abspath(cfg.edited), clip_path=os.path.abspath(cfg.clip))
+  return out
+
+
+SECTIONS: dict[str, Callable[[EvalConfig], dict | None]] = {
+    "clip_edit": clip_edit_section,
+}
+
+
+def main(cfg: tyro.conf.OmitArgPrefixes[EvalConfig]) -> dict:
+  results = {}
+  for name, fn in SECTIONS.items():
+    r = fn(cfg)
+    if r is not None:
+      results[name] = r
+  if not results:
+    raise SystemExit("gaedit eval: nothing to evaluate; see --help")
+  text = json.dumps(results, indent=2)
+  print(text)
+  if cfg.out:
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+    with open(cfg.out, "w") as f:
+      f.write(text + "\n")
+  return results

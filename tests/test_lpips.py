@@ -1,0 +1,135 @@
+"""LPIPS-VGG in JAX against the `lpips` package (PyTorch), same random VGG16 trunk, real heads."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from gaedit_jax.edit import lpips as L
+from gaedit_jax.edit.weights import WeightsError
+
+
+def _import_lpips_with_stub_torchvision():
+  """Import the `lpips` package with a stand-in `torchvision.models.vgg16` (torchvision's VGG16
+  `features` layout, random init): lpips only takes `.features` from it, and we load our own
+  random trunk into it anyway. This keeps the test free of torchvision (whose PyPI wheels need a
+  matching CUDA/CPU torch build)."""
+  torch = pytest.importorskip("torch")
+  if "lpips" in sys.modules:
+    return sys.modules["lpips"]
+
+  def vgg16(*args, **kwargs):
+    layers, cin = [], 3
+    for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
+      if v == "M":
+        layers.append(torch.nn.MaxPool2d(2, 2))
+      else:
+        layers += [torch.nn.Conv2d(cin, v, 3, padding=1), torch.nn.ReLU(inplace=True)]
+        cin = v
+    return types.SimpleNamespace(features=torch.nn.Sequential(*layers))
+
+  saved = {k: sys.modules.get(k) for k in ("torchvision", "torchvision.models")}
+  tv = types.ModuleType("torchvision")
+  tv.models = types.ModuleType("torchvision.models")
+  tv.models.vgg16 = vgg16
+  sys.modules["torchvision"], sys.modules["torchvision.models"] = tv, tv.models
+  try:
+    return pytest.importorskip("lpips")
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        sys.modules.pop(k, None)
+      else:
+        sys.modules[k] = v
+
+
+@pytest.fixture(scope="module")
+def reference():
+  """(torch LPIPS module, our params) sharing one random trunk and the package's real heads."""
+  torch = pytest.importorskip("torch")
+  lpips = _import_lpips_with_stub_torchvision()
+  ref = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)       # loads weights/v0.1/vgg.pth heads
+  heads = os.path.join(os.path.dirname(lpips.__file__), "weights", "v0.1", "vgg.pth")
+  trunk = L.params_to_torch(L.random_lpips_params(0))
+  from gaedit_jax.edit import torch_pickle
+  params = L.params_from_torch(trunk, torch_pickle.load_state_dict(heads), source=heads)   # torch-free read
+  convs = [m for s in (ref.net.slice1, ref.net.slice2, ref.net.slice3, ref.net.slice4, ref.net.slice5)
+           for m in s if isinstance(m, torch.nn.Conv2d)]
+  with torch.no_grad():
+    for conv, idx in zip(convs, L.VGG16_CONV_INDICES):
+      conv.weight.copy_(torch.from_numpy(trunk[f"features.{idx}.weight"]))
+      conv.bias.copy_(torch.from_numpy(trunk[f"features.{idx}.bias"]))
+    for k, lin in enumerate(ref.lins):   # the heads we read equal the ones lpips loaded
+      np.testing.assert_array_equal(lin.model[1].weight.numpy().reshape(-1), params["lin"][k])
+  return ref, params
+
+
+def _images(seed=0, shape=(2, 64, 48, 3)):
+  rng = np.random.default_rng(seed)
+  x = rng.random(shape, dtype=np.float32)
+  y = np.clip(x + 0.15 * rng.standard_normal(shape), 0, 1).astype(np.float32)
+  return x, y
+
+
+def test_parity_with_lpips_package(reference):
+  import torch
+
+  ref, params = reference
+  x, y = _images()
+  tx, ty = (torch.from_numpy(a).permute(0, 3, 1, 2).requires_grad_(True) for a in (x, y))
+  d_ref = ref(tx, ty).reshape(-1)                      # the editor's call: [0,1] images, normalize=False
+  d_ref.sum().backward()
+  f = jax.jit(L.lpips, static_argnames="normalize")
+  d = f(params, x, y)
+  print(f"LPIPS JAX vs lpips package: {np.abs(np.asarray(d) - d_ref.detach().numpy()).max():.2e} "
+        f"(values {d_ref.detach().numpy()})")
+  np.testing.assert_allclose(np.asarray(d), d_ref.detach().numpy(), rtol=1e-5, atol=1e-7)
+  with torch.no_grad():
+    d_ref_n = ref(tx, ty, normalize=True).reshape(-1).numpy()
+  np.testing.assert_allclose(np.asarray(f(params, x, y, normalize=True)), d_ref_n, rtol=1e-5, atol=1e-7)
+  g = jax.jit(jax.grad(lambda a: L.lpips(params, a, y).sum()))(x)
+  g_ref = tx.grad.permute(0, 2, 3, 1).numpy()
+  # The float32 gradient itself is only good to ~1% of its max on both sides (near-zero feature norms
+  # amplify rounding; checked: in float64 both implementations agree to 4e-18), so compare loosely.
+  np.testing.assert_allclose(np.asarray(g), g_ref, rtol=0, atol=1e-2 * np.abs(g_ref).max())
+
+
+def test_properties():
+  params = L.random_lpips_params(1)
+  x, y = _images(1, (1, 32, 32, 3))
+  assert float(L.lpips(params, x[0], x[0])) == 0.0
+  d_xy, d_yx = L.lpips(params, x, y), L.lpips(params, y, x)
+  np.testing.assert_allclose(np.asarray(d_xy), np.asarray(d_yx), rtol=1e-5)
+  assert d_xy.shape == (1,) and float(d_xy[0]) > 0
+  with pytest.raises(ValueError, match="same shape"):
+    L.lpips(params, x, y[:, :16])
+
+
+def test_load_from_files(tmp_path):
+  """torchvision's vgg16 .pth (legacy torch.save layout) + the heads, read without torch."""
+  torch = pytest.importorskip("torch")
+  params = L.random_lpips_params(2)
+  sd = L.params_to_torch(params)
+  trunk = {k: torch.from_numpy(v) for k, v in sd.items() if k.startswith("features")}
+  trunk["classifier.0.weight"] = torch.zeros(4, 3)                    # ignored extra tensors
+  heads = {k: torch.from_numpy(v) for k, v in sd.items() if k.startswith("lin")}
+  torch.save(trunk, tmp_path / "vgg16-397923af.pth", _use_new_zipfile_serialization=False)
+  with pytest.raises(WeightsError, match="LPIPS heads"):
+    L.load_lpips(tmp_path)
+  torch.save(heads, tmp_path / "vgg.pth")
+  loaded = L.load_lpips(tmp_path)
+  for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  from gaedit_jax import cli
+  cli.main(["convert-weights", "--kind", "lpips", "--src", str(tmp_path), "--out", str(tmp_path / "conv")])
+  again = L.load_lpips(tmp_path / "conv")
+  for a, b in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(WeightsError, match="VGG16 trunk"):
+    L.load_lpips(tmp_path / "empty")
