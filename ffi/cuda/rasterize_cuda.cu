@@ -236,14 +236,17 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-__global__ void __launch_bounds__(kBlock) raster_bwd_kernel(DevInputs in, DevStatic st, bool wabe_bwd,
-                                                            DevSaved sv, float* acc, float* acc_bg) {
+// Two pixels per thread (rows y and y + 8 of the tile): each Gaussian's contributions of both
+// pixels are summed in registers before the warp reduction, halving shuffles and atomics.
+constexpr int kBwdThreads = kBlock / 2;
+
+__global__ void __launch_bounds__(kBwdThreads) raster_bwd_kernel(DevInputs in, DevStatic st,
+                                                                 bool wabe_bwd, DevSaved sv,
+                                                                 float* acc, float* acc_bg) {
   const int64_t vt = blockIdx.x;
   const int64_t T = (int64_t)st.gx * st.gy, N = in.N;
   const int64_t v = vt / T, t = vt % T;
   const int ts = st.tile, tid = threadIdx.x, lane = tid & 31;
-  const int x = (int)(t % st.gx) * ts + tid % ts, y = (int)(t / st.gx) * ts + tid / ts;
-  const bool inside = tid < ts * ts && x < st.width && y < st.height;
   const int32_t start = sv.tile_ranges[2 * (sv.i_tiles(v) * T + t)];
   const int64_t rv = sv.i_gauss(v) * N;
   const float* m2 = sv.means2d + 2 * rv;
@@ -251,95 +254,110 @@ __global__ void __launch_bounds__(kBlock) raster_bwd_kernel(DevInputs in, DevSta
   const float* cols = sv.colors + 3 * rv;
   const float* zv = sv.zs + rv;
   const int64_t HW = (int64_t)st.width * st.height;
-  const int64_t pin = (int64_t)y * st.width + x;
-  float TN = 1.f, gC[3] = {0.f, 0.f, 0.f}, gA = 0.f, gD = 0.f, bgterm = 0.f;
-  int32_t lastp = start;
   const float* bg = in.bg + 3 * in.i_bg(v);
-  if (inside) {
-    const int64_t pix = sv.i_pix(v) * HW + pin;
-    TN = sv.final_T[pix];
-    lastp = sv.last[pix];
-    const float Aout = 1.f - TN;
-    const float* di = sv.d_image + 3 * (sv.i_dimage(v) * HW + pin);
-    gC[0] = di[0], gC[1] = di[1], gC[2] = di[2];
-    gA = sv.d_alpha[sv.i_dalpha(v) * HW + pin];
-    const float dd = sv.d_depth[sv.i_ddepth(v) * HW + pin];
-    if (Aout > 0.f) {
-      gD = dd / Aout;
-      gA -= dd * sv.depth_out[pix] / Aout;
+  bool inside[2];
+  float px[2], py[2], TN[2], gC[2][3], gA[2], gD[2], bgterm[2], Tk[2], Bc[2][3], Bz[2];
+  int32_t lastp[2];
+  float bgacc[3] = {0.f, 0.f, 0.f};
+#pragma unroll
+  for (int q = 0; q < 2; ++q) {
+    const int p = tid + q * kBwdThreads;  // pixel slot in the tile
+    const int x = (int)(t % st.gx) * ts + p % ts, y = (int)(t / st.gx) * ts + p / ts;
+    inside[q] = p < ts * ts && x < st.width && y < st.height;
+    px[q] = x + 0.5f, py[q] = y + 0.5f;
+    TN[q] = 1.f, gA[q] = 0.f, gD[q] = 0.f, bgterm[q] = 0.f, lastp[q] = start;
+    gC[q][0] = gC[q][1] = gC[q][2] = 0.f;
+    if (inside[q]) {
+      const int64_t pin = (int64_t)y * st.width + x;
+      const int64_t pix = sv.i_pix(v) * HW + pin;
+      TN[q] = sv.final_T[pix];
+      lastp[q] = sv.last[pix];
+      const float Aout = 1.f - TN[q];
+      const float* di = sv.d_image + 3 * (sv.i_dimage(v) * HW + pin);
+      gC[q][0] = di[0], gC[q][1] = di[1], gC[q][2] = di[2];
+      gA[q] = sv.d_alpha[sv.i_dalpha(v) * HW + pin];
+      const float dd = sv.d_depth[sv.i_ddepth(v) * HW + pin];
+      if (Aout > 0.f) {
+        gD[q] = dd / Aout;
+        gA[q] -= dd * sv.depth_out[pix] / Aout;
+      }
+      bgterm[q] = TN[q] * (gC[q][0] * bg[0] + gC[q][1] * bg[1] + gC[q][2] * bg[2]);
+      for (int ch = 0; ch < 3; ++ch) bgacc[ch] += gC[q][ch] * TN[q];
     }
-    bgterm = TN * (gC[0] * bg[0] + gC[1] * bg[1] + gC[2] * bg[2]);
+    Tk[q] = TN[q], Bc[q][0] = Bc[q][1] = Bc[q][2] = 0.f, Bz[q] = 0.f;
   }
-  // background gradient: block reduction, one atomic per warp and channel
-  for (int ch = 0; ch < 3; ++ch) {
-    const float s = warp_sum(gC[ch] * TN * (inside ? 1.f : 0.f));
+  for (int ch = 0; ch < 3; ++ch) {  // background gradient: one atomic per warp and channel
+    const float s = warp_sum(bgacc[ch]);
     if (lane == 0 && s != 0.f) atomicAdd(&acc_bg[3 * v + ch], s);
   }
   __shared__ int32_t s_max_last;
   if (tid == 0) s_max_last = start;
   __syncthreads();
-  if (inside) atomicMax(&s_max_last, lastp);
+  atomicMax(&s_max_last, max(lastp[0], lastp[1]));
   __syncthreads();
   const int32_t max_last = s_max_last;
   __shared__ int32_t s_id[kBlock];
   __shared__ float s_uv[kBlock][2];
   __shared__ float s_co[kBlock][4];
   __shared__ float s_col[kBlock][4];
-  float Tk = TN, Bc[3] = {0.f, 0.f, 0.f}, Bz = 0.f;
-  const float px = x + 0.5f, py = y + 0.5f;
   for (int32_t b1 = max_last; b1 > start; b1 -= kBlock) {  // batch [b0, b1), walked backwards
     const int32_t b0 = max(start, b1 - kBlock);
     __syncthreads();
-    const int32_t j = b1 - 1 - tid;
-    if (j >= b0) {
-      const int32_t g = sv.isect[j];
-      s_id[tid] = g;
-      s_uv[tid][0] = m2[2 * g], s_uv[tid][1] = m2[2 * g + 1];
-      for (int k = 0; k < 4; ++k) s_co[tid][k] = cop[4 * g + k];
-      for (int k = 0; k < 3; ++k) s_col[tid][k] = cols[3 * g + k];
-      s_col[tid][3] = zv[g];
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int slot = tid + q * kBwdThreads;
+      const int32_t j = b1 - 1 - slot;
+      if (j >= b0) {
+        const int32_t g = sv.isect[j];
+        s_id[slot] = g;
+        s_uv[slot][0] = m2[2 * g], s_uv[slot][1] = m2[2 * g + 1];
+        for (int k = 0; k < 4; ++k) s_co[slot][k] = cop[4 * g + k];
+        for (int k = 0; k < 3; ++k) s_col[slot][k] = cols[3 * g + k];
+        s_col[slot][3] = zv[g];
+      }
     }
     __syncthreads();
     const int cnt = b1 - b0;
     for (int k = 0; k < cnt; ++k) {
       const int32_t jj = b1 - 1 - k;
       float val[kAcc];
+#pragma unroll
       for (int i = 0; i < kAcc; ++i) val[i] = 0.f;
       bool contrib = false;
-      if (inside && jj < lastp) {
-        const float* co = s_co[k];
-        const float dx = s_uv[k][0] - px, dy = s_uv[k][1] - py;
+      const float* co = s_co[k];
+      const float* c = s_col[k];
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        if (!inside[q] || jj >= lastp[q]) continue;
+        const float dx = s_uv[k][0] - px[q], dy = s_uv[k][1] - py[q];
         const float power = -0.5f * (co[0] * dx * dx + co[2] * dy * dy) - co[1] * dx * dy;
-        if (power <= 0.f) {
-          const float G = __expf(power), oG = co[3] * G;
-          const float a = fminf(gs::kAlphaMax, oG);
-          if (a >= gs::kAlphaMin) {
-            contrib = true;
-            const float om = __frcp_rn(1.f - a);
-            Tk *= om;
-            const float s = wabe_bwd ? __expf(-st.wabe_beta * (1.f - Tk)) : 1.f;
-            const float* c = s_col[k];
-            const float wgt = a * Tk;
-            float dal = 0.f;
-            for (int ch = 0; ch < 3; ++ch) {
-              val[6 + ch] = s * gC[ch] * wgt;
-              dal += gC[ch] * (c[ch] * Tk - Bc[ch] * om);
-              Bc[ch] += c[ch] * wgt;
-            }
-            val[9] = s * gD * wgt;
-            dal += gD * (c[3] * Tk - Bz * om) + (gA * TN - bgterm) * om;
-            Bz += c[3] * wgt;
-            dal *= s;
-            if (oG <= gs::kAlphaMax) {
-              val[5] = G * dal;
-              const float dp = oG * dal;
-              val[0] = -dp * (co[0] * dx + co[1] * dy);
-              val[1] = -dp * (co[1] * dx + co[2] * dy);
-              val[2] = -0.5f * dp * dx * dx;
-              val[3] = -dp * dx * dy;
-              val[4] = -0.5f * dp * dy * dy;
-            }
-          }
+        if (power > 0.f) continue;
+        const float G = __expf(power), oG = co[3] * G;
+        const float a = fminf(gs::kAlphaMax, oG);
+        if (a < gs::kAlphaMin) continue;
+        contrib = true;
+        const float om = __frcp_rn(1.f - a);
+        Tk[q] *= om;
+        const float s = wabe_bwd ? __expf(-st.wabe_beta * (1.f - Tk[q])) : 1.f;
+        const float wgt = a * Tk[q];
+        float dal = 0.f;
+        for (int ch = 0; ch < 3; ++ch) {
+          val[6 + ch] += s * gC[q][ch] * wgt;
+          dal += gC[q][ch] * (c[ch] * Tk[q] - Bc[q][ch] * om);
+          Bc[q][ch] += c[ch] * wgt;
+        }
+        val[9] += s * gD[q] * wgt;
+        dal += gD[q] * (c[3] * Tk[q] - Bz[q] * om) + (gA[q] * TN[q] - bgterm[q]) * om;
+        Bz[q] += c[3] * wgt;
+        dal *= s;
+        if (oG <= gs::kAlphaMax) {
+          val[5] += G * dal;
+          const float dp = oG * dal;
+          val[0] += -dp * (co[0] * dx + co[1] * dy);
+          val[1] += -dp * (co[1] * dx + co[2] * dy);
+          val[2] += -0.5f * dp * dx * dx;
+          val[3] += -dp * dx * dy;
+          val[4] += -0.5f * dp * dy * dy;
         }
       }
       if (__any_sync(0xffffffffu, contrib)) {
@@ -347,8 +365,8 @@ __global__ void __launch_bounds__(kBlock) raster_bwd_kernel(DevInputs in, DevSta
         float mine = 0.f;
 #pragma unroll
         for (int i = 0; i < kAcc; ++i) {
-          const float t = warp_sum(val[i]);
-          if (lane == i) mine = t;
+          const float tsum = warp_sum(val[i]);
+          if (lane == i) mine = tsum;
         }
         if (lane < kAcc && mine != 0.f) atomicAdd(acc + kAcc * (v * N + s_id[k]) + lane, mine);
       }
@@ -579,7 +597,7 @@ static ffi::Error RasterizeBwdCudaImpl(
   float* outs[7] = {gr.means, gr.quats, gr.scales, gr.opac, gr.sh, gr.offset, gr.bg};
   for (int i = 0; i < 7; ++i) cudaMemsetAsync(outs[i], 0, sizeof(float) * gr.sizes[i], stream);
   if (V * T > 0 && N > 0) {
-    raster_bwd_kernel<<<(unsigned)(V * T), kBlock, 0, stream>>>(in, st, wabe_backward, sv, acc, acc_bg);
+    raster_bwd_kernel<<<(unsigned)(V * T), kBwdThreads, 0, stream>>>(in, st, wabe_backward, sv, acc, acc_bg);
     project_bwd_kernel<<<blocks(N, 128), 128, 0, stream>>>(in, st, sv, acc, gr);
   }
   bg_bwd_kernel<<<1, 1, 0, stream>>>(V, acc_bg, gr.bg, gr.o_bg);
