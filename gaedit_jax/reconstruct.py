@@ -1,0 +1,668 @@
+"""`gaedit reconstruct`: GaussianAvatars training (SPEC 2.3-2.8) as one jitted train step.
+
+Per step (one `jax.jit`, no host sync): a batch of B views -> FLAME forward for their timesteps
+(identity baked into the template, SPEC 2.6: shape / static_offset are not optimised) -> triangle
+frames -> world Gaussians -> rasterize -> 0.8 L1 + 0.2 D-SSIM + position / scale regularisers
+(SPEC 2.5) -> optax Adam (eps 1e-15) with per-group learning rates and the log-linear position
+schedule (SPEC 2.6), FLAME pose / translation / expression fine-tuned per timestep -> densification
+statistics from the screen-space gradient (SPEC 2.7). Densification, opacity resets, checkpoints and
+logging run between steps. The SH degree (static in the render config) rises every
+`sh_degree_interval` steps: one compile per degree.
+
+Iterations are 1-based as in GA: iteration `it` is the step that makes `state.step == it`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gaedit_jax.data.dataset import AvatarDataset
+from gaedit_jax.data.layout import DatasetError
+from gaedit_jax.density import (DensifyConfig, DensityStats, densify_and_prune, map_slot_leaves,
+                                reset_opacity)
+from gaedit_jax.flame import FlameModel, FlameParams, add_teeth, bake_identity, flame_forward, load_flame
+from gaedit_jax.losses import photometric, position_reg, psnr, scale_reg
+from gaedit_jax.render import rasterize
+from gaedit_jax.render.types import RenderConfig
+from gaedit_jax.rig import Avatar, init_avatar, to_world, triangle_frames
+
+PER_TIMESTEP = FlameParams.PER_TIMESTEP  # expr, rotation, neck_pose, jaw_pose, eyes_pose, translation
+
+
+@dataclasses.dataclass
+class ReconstructConfig:
+  """Train a GaussianAvatars avatar (defaults: the paper's 600k-iteration schedule)."""
+
+  data: Path
+  """Dataset folder (GaussianAvatars / VHAP layout: transforms_{train,val,test}.json, ...)."""
+  out: Path
+  """Output model folder (checkpoints, point_cloud/, tensorboard, validation images)."""
+  flame_model: Path | None = None
+  """FLAME model file (pkl or npz). Default: DATA/flame/synthetic_flame.pkl (the synthetic data)."""
+  iterations: int = 600_000
+  """Training iterations (GA: 600k)."""
+  batch_size: int = 1
+  """Views per step (GA: 1); B > 1 renders B views in one native batch."""
+  seed: int = 0
+  """Seed of the data order, the initial colours and the split noise."""
+  image_scale: float = 1.0
+  """Resample images (e.g. 0.5 for a faster CPU run)."""
+  image_cache_gb: float = 4.0
+  """Memory for decoded training images (LRU cache); small datasets stay fully in memory."""
+  white_background: bool = True
+  """Composite over white (GA --white_background); also triggers the opacity reset at densify_from."""
+  # --- learning rates (SPEC 2.6) ---
+  position_lr_init: float = 5e-3
+  """Local xyz learning rate at the start (times the camera extent)."""
+  position_lr_final: float = 5e-5
+  """Local xyz learning rate at the end of the schedule (times the camera extent)."""
+  position_lr_max_steps: int | None = None
+  """Length of the log-linear position schedule (default: iterations)."""
+  feature_lr: float = 2.5e-3
+  """SH DC learning rate (SH rest: feature_lr / 20)."""
+  opacity_lr: float = 0.05
+  """Opacity (logit) learning rate."""
+  scaling_lr: float = 0.017
+  """Local log-scale learning rate."""
+  rotation_lr: float = 1e-3
+  """Local rotation (quaternion) learning rate."""
+  flame_pose_lr: float = 1e-5
+  """FLAME rotation / neck / jaw / eyes learning rate (per-timestep tensors)."""
+  flame_trans_lr: float = 1e-6
+  """FLAME translation learning rate."""
+  flame_expr_lr: float = 1e-3
+  """FLAME expression learning rate."""
+  finetune_flame: bool = True
+  """Fine-tune the per-timestep FLAME pose, translation and expression."""
+  # --- losses (SPEC 2.5) ---
+  lambda_dssim: float = 0.2
+  """Weight of D-SSIM in the photometric loss (L1 gets 1 - lambda)."""
+  lambda_xyz: float = 1e-2
+  """Weight of the position regulariser relu(||mu_local|| - threshold_xyz)."""
+  threshold_xyz: float = 1.0
+  """Threshold of the position regulariser (local units)."""
+  lambda_scale: float = 1.0
+  """Weight of the scale regulariser ||relu(exp(s_local) - threshold_scale)||."""
+  threshold_scale: float = 0.6
+  """Threshold of the scale regulariser (local units)."""
+  # --- SH ---
+  sh_degree: int = 3
+  """Maximum SH degree."""
+  sh_degree_interval: int = 1000
+  """Raise the active SH degree every this many iterations."""
+  # --- densification (SPEC 2.7) ---
+  densify_from: int = 10_000
+  """Densify when densify_from < it < densify_until."""
+  densify_until: int | None = None
+  """Default: iterations."""
+  densify_interval: int = 2_000
+  """Densify every this many iterations."""
+  densify_grad_threshold: float = 2e-4
+  """Mean screen-space gradient (NDC units) above which Gaussians clone / split."""
+  percent_dense: float = 0.01
+  """Clone if max world scale <= percent_dense x extent, else split."""
+  min_opacity: float = 0.005
+  """Prune Gaussians below this opacity."""
+  opacity_reset_interval: int = 60_000
+  """Opacity reset every this many iterations (and at densify_from with a white background)."""
+  reset_opacity_at_densify_from: bool = True
+  """With a white background GA also resets opacity at densify_from."""
+  max_screen_size: float = 20.0
+  """Prune Gaussians wider than this (px) once it > opacity_reset_interval."""
+  split_add_parent_xyz: bool = True
+  """Split children at parent xyz + offset (GA HEAD); False: offset only (the editor's GA copy)."""
+  capacity: int | None = None
+  """Initial slot capacity (default 2x the face count; doubles when full)."""
+  isect_per_gaussian: float = 16.0
+  """Rasterizer intersection-buffer size per Gaussian (grows on overflow)."""
+  # --- bookkeeping ---
+  checkpoint_interval: int = 60_000
+  """Save a checkpoint every this many iterations (and at the end)."""
+  keep_checkpoints: int = 3
+  """Keep the last N checkpoints."""
+  resume: bool = False
+  """Continue from the latest checkpoint in OUT/checkpoints."""
+  eval_interval: int = 60_000
+  """Validation images + metrics every this many iterations (0: only at the end)."""
+  save_interval: int = 0
+  """Also export point_cloud/iteration_<it> every this many iterations (0: only at the end)."""
+  log_interval: int = 50
+  """Progress-bar / TensorBoard update interval (one host read of recent step metrics)."""
+  progress: bool = True
+  """Show a progress bar (loss, PSNR, Gaussian count)."""
+  tensorboard: bool = True
+  """Write TensorBoard scalars to OUT/tb."""
+  lpips_weights: Path | None = None
+  """LPIPS-VGG weights (folder, see gaedit_jax.edit.lpips.load_lpips): evaluation adds LPIPS."""
+  eval_max_frames: int | None = None
+  """Evaluate at most this many frames per split (evenly spaced; None = all)."""
+  world_ply_timestep: int | None = 0
+  """Also export a world-space 3DGS ply (generic viewers) posed at this timestep (None: skip)."""
+  stop_after: int | None = None
+  """Stop (after checkpointing) once this iteration is reached: for tests of --resume."""
+
+
+# ------------------------------------------------------------------------------------------------
+# State
+# ------------------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+  """Everything a step reads and writes: avatar, per-timestep FLAME params [T,...] (shape and
+  static_offset are baked into the model), optimizer state, density statistics, step, PRNG key."""
+
+  avatar: Avatar
+  flame: dict[str, jax.Array]
+  opt_state: Any
+  stats: DensityStats
+  step: jax.Array
+  key: jax.Array
+
+  def params(self) -> dict:
+    return {"gauss": self.avatar.params(), "flame": dict(self.flame)}
+
+
+def _labels(params: dict) -> dict:
+  g = {k: "lr_" + k for k in params["gauss"]}
+  f = {k: ("flame_expr" if k == "expr" else "flame_trans" if k == "translation" else "flame_pose")
+       for k in params["flame"]}
+  return {"gauss": g, "flame": f}
+
+
+def position_lr(cfg: ReconstructConfig, extent: float) -> Callable:
+  """SPEC 2.6: exp((1 - t) log(init) + t log(final)) * S, t = step / max_steps clamped to 1."""
+  n = cfg.position_lr_max_steps or cfg.iterations
+  a, b = math.log(cfg.position_lr_init * extent), math.log(cfg.position_lr_final * extent)
+
+  def sched(count):
+    t = jnp.clip(count / max(n, 1), 0.0, 1.0)
+    return jnp.exp((1.0 - t) * a + t * b)
+
+  return sched
+
+
+def make_optimizer(cfg: ReconstructConfig, extent: float) -> optax.GradientTransformation:
+  """One Adam (eps 1e-15) per parameter group, each with its own learning rate (SPEC 2.6)."""
+  adam = lambda lr: optax.adam(lr, eps=1e-15)
+  fl = (lambda lr: adam(lr)) if cfg.finetune_flame else (lambda lr: optax.set_to_zero())
+  return optax.multi_transform({
+      "lr_xyz": adam(position_lr(cfg, extent)),
+      "lr_sh_dc": adam(cfg.feature_lr),
+      "lr_sh_rest": adam(cfg.feature_lr / 20.0),
+      "lr_opacity_logit": adam(cfg.opacity_lr),
+      "lr_log_scale": adam(cfg.scaling_lr),
+      "lr_rotation": adam(cfg.rotation_lr),
+      "flame_pose": fl(cfg.flame_pose_lr),
+      "flame_trans": fl(cfg.flame_trans_lr),
+      "flame_expr": fl(cfg.flame_expr_lr),
+  }, _labels)
+
+
+def init_state(key: jax.Array, model: FlameModel, flame: FlameParams, optimizer, *,
+               capacity: int | None = None, sh_degree: int = 3) -> TrainState:
+  """SPEC 2.3: one Gaussian per face; FLAME per-timestep params from the tracking."""
+  k_init, k_run = jax.random.split(key)
+  f = model.num_faces
+  avatar = init_avatar(k_init, f, capacity=capacity or 2 * f, sh_degree=sh_degree)
+  fl = {k: jnp.array(getattr(flame, k), jnp.float32, copy=True) for k in PER_TIMESTEP}  # the step donates it
+  params = {"gauss": avatar.params(), "flame": fl}
+  return TrainState(avatar=avatar, flame=fl, opt_state=optimizer.init(params),
+                    stats=DensityStats.zeros(avatar.capacity), step=jnp.zeros((), jnp.int32),
+                    key=jax.random.key_data(k_run))
+
+
+def baked_model(model: FlameModel, flame: FlameParams) -> FlameModel:
+  """The FLAME model with the subject's shape and static offset folded into the template."""
+  return bake_identity(model, jnp.asarray(flame.shape), jnp.asarray(flame.static_offset))
+
+
+def pose_vertices(model: FlameModel, flame: dict, timestep: jax.Array) -> jax.Array:
+  """Posed vertices [...,V,3] of the baked model for timesteps [...] (per-timestep fields [T,.])."""
+  fp = FlameParams(shape=jnp.zeros((0,), jnp.float32),
+                   static_offset=jnp.zeros((model.num_vertices, 3), jnp.float32),
+                   **{k: jnp.asarray(flame[k])[timestep] for k in PER_TIMESTEP})
+  return flame_forward(model, fp)
+
+
+# ------------------------------------------------------------------------------------------------
+# The train step
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static settings of the jitted step (hashable)."""
+
+  render: RenderConfig
+  lambda_dssim: float = 0.2
+  lambda_xyz: float = 1e-2
+  threshold_xyz: float = 1.0
+  lambda_scale: float = 1.0
+  threshold_scale: float = 0.6
+
+
+def train_step(state: TrainState, image: jax.Array, camera, timestep: jax.Array, model: FlameModel,
+               background: jax.Array, *, optimizer: optax.GradientTransformation,
+               cfg: StepConfig) -> tuple[TrainState, dict]:
+  """One optimisation step on B views (image [B,H,W,3], camera [B], timestep [B]). Pure."""
+  b = image.shape[0]
+  cap = state.avatar.capacity
+  w, h = camera.width, camera.height
+
+  def loss_fn(params, offset):
+    av = state.avatar.with_params(params["gauss"])
+    verts = pose_vertices(model, params["flame"], timestep)  # [B,V,3]
+    g = to_world(av, triangle_frames(verts, model.faces))
+    g = dataclasses.replace(g, screen_offset=offset)
+    out = rasterize(g, camera, background, cfg.render)
+    l_rgb, parts = photometric(out.image, image, cfg.lambda_dssim)
+    visible = jnp.any(out.radii > 0, axis=0) & av.active
+    l_pos = position_reg(av.xyz, visible, cfg.threshold_xyz)
+    l_scale = scale_reg(av.log_scale, visible, cfg.threshold_scale)
+    loss = l_rgb + cfg.lambda_xyz * l_pos + cfg.lambda_scale * l_scale
+    return loss, (out, parts, l_pos, l_scale)
+
+  params = state.params()
+  offset = jnp.zeros((b, cap, 2), jnp.float32)
+  (loss, (out, parts, l_pos, l_scale)), (grads, g_off) = jax.value_and_grad(
+      loss_fn, argnums=(0, 1), has_aux=True)(params, offset)
+  updates, opt_state = optimizer.update(grads, state.opt_state, params)
+  params = optax.apply_updates(params, updates)
+
+  # Densification statistics (SPEC 2.7): per view ||dL/dmu_2D|| in NDC units (pixel gradient
+  # times (W/2, H/2)); the loss is a mean over the B views, so x B gives per-view gradients.
+  gn = jnp.linalg.norm(g_off * (b * jnp.array([w / 2.0, h / 2.0], jnp.float32)), axis=-1)  # [B,C]
+  vis = (out.radii > 0) & state.avatar.active
+  st = state.stats
+  stats = DensityStats(
+      accum=st.accum + jnp.sum(jnp.where(vis, gn, 0.0), 0),
+      denom=st.denom + jnp.sum(vis, 0).astype(jnp.float32),
+      max_radii=jnp.maximum(st.max_radii, jnp.max(jnp.where(vis, out.radii, 0), 0).astype(jnp.float32)))
+  new = TrainState(avatar=state.avatar.with_params(params["gauss"]), flame=params["flame"],
+                   opt_state=opt_state, stats=stats, step=state.step + 1, key=state.key)
+  # An overflowing intersection buffer means an incomplete image: skip the update (no host sync;
+  # the loop reads the flag later and enlarges the buffer).
+  ovf = jnp.any(out.overflow)
+  keep = dataclasses.replace(state, step=state.step + 1)
+  new = jax.tree.map(lambda a, b: jnp.where(ovf, a, b), keep, new)
+  metrics = dict(loss=loss, l1=parts["l1"], dssim=parts["dssim"], reg_xyz=l_pos, reg_scale=l_scale,
+                 psnr=jnp.mean(psnr(jnp.clip(out.image, 0, 1), image)),
+                 num_gaussians=state.avatar.num_active, overflow=jnp.any(out.overflow))
+  return new, metrics
+
+
+def make_step(optimizer, cfg: StepConfig):
+  """The jitted step for one static config (one per SH degree / capacity)."""
+  return jax.jit(lambda s, img, cam, t, m, bg: train_step(s, img, cam, t, m, bg, optimizer=optimizer, cfg=cfg),
+                 donate_argnums=(0,))
+
+
+# ------------------------------------------------------------------------------------------------
+# Rendering helpers (evaluation, render command)
+# ------------------------------------------------------------------------------------------------
+
+
+@jax.jit
+def _posed_gaussians(avatar: Avatar, model: FlameModel, flame: dict, timestep: jax.Array):
+  return to_world(avatar, triangle_frames(pose_vertices(model, flame, timestep), model.faces))
+
+
+def render_views(avatar: Avatar, model: FlameModel, flame: dict, timesteps, cameras, background,
+                 render_cfg: RenderConfig, chunk: int = 8):
+  """Renders views (cameras [N], timesteps [N]) in chunks; returns numpy images [N,H,W,3] in
+  [0,1]. Retries with a larger intersection buffer on overflow (never truncates)."""
+  ts = np.asarray(timesteps, np.int32).reshape(-1)
+  outs = []
+  for s in range(0, ts.shape[0], chunk):
+    t = jnp.asarray(ts[s:s + chunk])
+    cam = cameras[s:s + chunk]
+    g = _posed_gaussians(avatar, model, flame, t)
+    rc = render_cfg
+    for _ in range(6):
+      out = _render_jit(g, cam, background, rc)
+      if not bool(jnp.any(out.overflow)):
+        break
+      rc = dataclasses.replace(rc, isect_per_gaussian=max(rc.isect_per_gaussian * 2, 4.0), max_intersections=None)
+    else:
+      raise RuntimeError("rasterizer intersection buffer overflow persists")
+    outs.append(np.clip(np.asarray(out.image), 0.0, 1.0))
+  return np.concatenate(outs, 0)
+
+
+_render_jit = jax.jit(rasterize, static_argnums=(3,))
+
+
+# ------------------------------------------------------------------------------------------------
+# The training loop
+# ------------------------------------------------------------------------------------------------
+
+
+def resolve_flame_path(data: Path, flame_model: Path | None) -> Path:
+  if flame_model is not None:
+    p = Path(flame_model)
+  else:
+    from gaedit_jax.data.synthetic import FLAME_FILE
+
+    p = Path(data) / FLAME_FILE
+  if not p.exists():
+    raise DatasetError(f"FLAME model not found: {p} (pass --flame-model PATH to the FLAME 2023 pkl)")
+  return p
+
+
+def load_model(data: Path, flame_model: Path | None) -> FlameModel:
+  model = load_flame(resolve_flame_path(data, flame_model))
+  return model if model.has_teeth else add_teeth(model)
+
+
+def frame_order(n: int, batch: int, seed: int, it: int) -> np.ndarray:
+  """Frame indices of iteration `it` (1-based): shuffled epochs, a pure function of (seed, it) so a
+  resumed run sees the same data as an uninterrupted one."""
+  per_epoch = max(n // batch, 1)
+  e, k = divmod(it - 1, per_epoch)
+  perm = np.random.default_rng([seed, e]).permutation(n)
+  return perm[k * batch:(k + 1) * batch]
+
+
+def check_consistency(ds: AvatarDataset, model: FlameModel, flame: FlameParams) -> None:
+  """Clear errors for data that does not fit the FLAME model."""
+  if flame.static_offset.shape[-2] != model.num_vertices:
+    raise DatasetError(f"{ds.root}: static_offset has {flame.static_offset.shape[-2]} vertices but the "
+                       f"FLAME model has {model.num_vertices} (with teeth)")
+  if flame.shape.shape[-1] > model.n_shape or flame.expr.shape[-1] > model.n_expr:
+    raise DatasetError(f"{ds.root}: FLAME params have {flame.shape.shape[-1]} shape / {flame.expr.shape[-1]} "
+                       f"expression components, the model only {model.n_shape} / {model.n_expr}")
+  if len(ds) == 0:
+    raise DatasetError(f"{ds.json_path}: no frames")
+  bad = ds.timesteps[ds.timesteps >= flame.rotation.shape[0]]
+  if bad.size:
+    raise DatasetError(f"{ds.json_path}: timesteps {bad[:5].tolist()} have no FLAME parameters")
+
+
+def fit_flame_dims(model: FlameModel, flame: FlameParams) -> FlameParams:
+  """Pads shape / expression vectors with zeros to the model's component counts."""
+  pad = lambda x, n: jnp.pad(jnp.asarray(x), [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
+  return dataclasses.replace(flame, shape=pad(flame.shape, model.n_shape), expr=pad(flame.expr, model.n_expr))
+
+
+_STEP_CACHE: dict = {}
+_OPT_FIELDS = ("iterations", "position_lr_init", "position_lr_final", "position_lr_max_steps", "feature_lr",
+               "opacity_lr", "scaling_lr", "rotation_lr", "flame_pose_lr", "flame_trans_lr", "flame_expr_lr",
+               "finetune_flame")
+
+
+class Trainer:
+  """Holds the data, the model, the jitted steps and the state; `run()` trains to cfg.iterations."""
+
+  def __init__(self, cfg: ReconstructConfig):
+    self.cfg = cfg
+    self.out = Path(cfg.out).absolute()
+    self.out.mkdir(parents=True, exist_ok=True)
+    kw = dict(white_background=cfg.white_background, image_scale=cfg.image_scale)
+    self.train_ds = AvatarDataset(cfg.data, "train", cache_size=0, **kw)
+    h, w = self.train_ds.image_size
+    self.train_ds.cache_size = max(64, int(cfg.image_cache_gb * 1e9 / (h * w * 3)))  # decoded uint8 images
+    self.eval_ds = {}
+    for s in ("val", "test"):
+      try:
+        self.eval_ds[s] = AvatarDataset(cfg.data, s, cache_size=0, **kw)
+      except FileNotFoundError:
+        pass
+    self.model_full = load_model(cfg.data, cfg.flame_model)
+    flame = fit_flame_dims(self.model_full, self.train_ds.flame_params)
+    check_consistency(self.train_ds, self.model_full, flame)
+    self.flame0 = flame
+    self.model = baked_model(self.model_full, flame)
+    self.extent = self.train_ds.camera_extent()
+    self.background = jnp.asarray(self.train_ds.background)
+    self.optimizer = make_optimizer(cfg, self.extent)
+    self.isect = cfg.isect_per_gaussian
+    self.state = init_state(jax.random.key(cfg.seed), self.model, flame, self.optimizer,
+                            capacity=cfg.capacity, sh_degree=cfg.sh_degree)
+    self.history: list[dict] = []
+    self.densify_log: list[dict] = []
+
+  # -- schedule --------------------------------------------------------------------------------
+  def sh_degree_at(self, it: int) -> int:
+    return min(self.cfg.sh_degree, (it // max(self.cfg.sh_degree_interval, 1)))
+
+  def render_config(self, sh_degree: int) -> RenderConfig:
+    return RenderConfig(sh_degree=sh_degree, isect_per_gaussian=self.isect)
+
+  def step_fn(self, sh_degree: int):
+    c = self.cfg
+    sc = StepConfig(render=self.render_config(sh_degree), lambda_dssim=c.lambda_dssim,
+                    lambda_xyz=c.lambda_xyz, threshold_xyz=c.threshold_xyz,
+                    lambda_scale=c.lambda_scale, threshold_scale=c.threshold_scale)
+    # Jitted steps are shared by trainers with the same optimizer settings (no recompiles in a
+    # process that trains several times, e.g. tests or resume).
+    opt_key = tuple(getattr(c, f) for f in _OPT_FIELDS) + (self.extent,)
+    key = (opt_key, sc)
+    if key not in _STEP_CACHE:
+      _STEP_CACHE[key] = make_step(self.optimizer, sc)
+    return _STEP_CACHE[key]
+
+  # -- densification -----------------------------------------------------------------------------
+  def _densify(self, it: int, densify: bool, reset: bool) -> None:
+    c = self.cfg
+    st = self.state
+    if densify:
+      t = int(self.train_ds.timesteps[frame_order(len(self.train_ds), c.batch_size, c.seed, it)[0]])
+      k = np.asarray(triangle_frames(pose_vertices(self.model, st.flame, jnp.asarray(t)), self.model.faces).scale)
+      key = jax.random.fold_in(jax.random.wrap_key_data(st.key), it)
+      dcfg = DensifyConfig(grad_threshold=c.densify_grad_threshold, percent_dense=c.percent_dense,
+                           min_opacity=c.min_opacity, max_screen_size=c.max_screen_size,
+                           split_add_parent_xyz=c.split_add_parent_xyz)
+      res = densify_and_prune(st.avatar, st.stats, k, self.extent, key, dcfg,
+                              prune_large=it > c.opacity_reset_interval)
+      opt = map_slot_leaves(st.opt_state, res.reindex)
+      st = dataclasses.replace(st, avatar=res.avatar, opt_state=opt,
+                               stats=DensityStats.zeros(res.avatar.capacity))
+      self.densify_log.append(dict(iteration=it, **res.counts))
+    if reset:
+      opt = map_slot_leaves(st.opt_state, np.zeros_like, only=("opacity_logit",))
+      st = dataclasses.replace(st, avatar=reset_opacity(st.avatar), opt_state=opt)
+    self.state = st
+
+  def densify_now(self, it: int) -> tuple[bool, bool]:
+    c = self.cfg
+    until = c.densify_until if c.densify_until is not None else c.iterations
+    if it >= until:
+      return False, False
+    dens = it > c.densify_from and it % c.densify_interval == 0
+    reset = it % c.opacity_reset_interval == 0 or (c.white_background and c.reset_opacity_at_densify_from and it == c.densify_from)
+    return dens, reset
+
+  # -- checkpoints -------------------------------------------------------------------------------
+  def meta(self) -> dict:
+    return dict(capacity=int(self.state.avatar.capacity), isect_per_gaussian=self.isect,
+                extent=self.extent, config=_jsonable(dataclasses.asdict(self.cfg)))
+
+  def save_checkpoint(self, ckpt) -> None:
+    ckpt.save(int(self.state.step), self.state, self.meta())
+
+  def restore(self, ckpt) -> bool:
+    step = ckpt.latest_step()
+    if step is None:
+      return False
+    meta = ckpt.read_meta(step)
+    cap = int(meta["capacity"])
+    tmpl = init_state(jax.random.key(self.cfg.seed), self.model, self.flame0, self.optimizer,
+                      capacity=cap, sh_degree=self.cfg.sh_degree)
+    self.state = ckpt.restore(step, tmpl)
+    self.isect = float(meta.get("isect_per_gaussian", self.isect))
+    return True
+
+  # -- evaluation ---------------------------------------------------------------------------------
+  def evaluate(self, split: str, it: int, save_images: int = 0, writer=None) -> dict | None:
+    from gaedit_jax.eval_recon import evaluate_split
+
+    ds = self.eval_ds.get(split)
+    if ds is None or len(ds) == 0:
+      return None
+    st = self.state
+    if self.cfg.lpips_weights is not None and not hasattr(self, "_lpips"):
+      from gaedit_jax.edit.lpips import load_lpips
+
+      self._lpips = load_lpips(self.cfg.lpips_weights)
+    res = evaluate_split(st.avatar, self.model, st.flame, ds, self.render_config(self.sh_degree_at(it)),
+                         max_frames=self.cfg.eval_max_frames, lpips_params=getattr(self, "_lpips", None),
+                         save_dir=self.out / "eval" / f"iteration_{it}" / split if save_images else None,
+                         save_images=save_images)
+    if writer is not None:
+      for k, v in res["mean"].items():
+        writer.add_scalar(f"{split}/{k}", v, it)
+    return res
+
+  # -- export -----------------------------------------------------------------------------------
+  def export(self, it: int) -> Path:
+    from gaedit_jax.io.ply import save_avatar_ply, save_flame_npz, save_world_ply
+
+    d = self.out / "point_cloud" / f"iteration_{it}"
+    d.mkdir(parents=True, exist_ok=True)
+    save_avatar_ply(d / "point_cloud.ply", self.state.avatar, sh_degree=self.cfg.sh_degree)
+    save_flame_npz(d / "flame_param.npz", self.flame0, self.state.flame)
+    t = self.cfg.world_ply_timestep
+    if t is not None:
+      v = pose_vertices(self.model, self.state.flame, jnp.asarray(t))
+      save_world_ply(d / f"world_timestep_{t:05d}.ply", self.state.avatar, triangle_frames(v, self.model.faces),
+                     sh_degree=self.cfg.sh_degree)
+    return d
+
+  # -- main loop --------------------------------------------------------------------------------
+  def run(self) -> dict:
+    from gaedit_jax.io.checkpoint import CheckpointManager
+
+    c = self.cfg
+    (self.out / "cfg.json").write_text(json.dumps(dict(
+        config=_jsonable(dataclasses.asdict(c)), data=str(Path(c.data).absolute()),
+        flame_model=str(resolve_flame_path(c.data, c.flame_model).absolute()),
+        extent=self.extent), indent=2))
+    ckpt = CheckpointManager(self.out / "checkpoints", keep=c.keep_checkpoints)
+    if not c.resume and ckpt.all_steps():
+      # A fresh run must not leave stale, later-numbered checkpoints that a --resume would pick.
+      import shutil
+
+      print(f"note: starting a new run; removing old checkpoints {ckpt.all_steps()} in {ckpt.dir}")
+      ckpt.close()
+      shutil.rmtree(ckpt.dir)
+      ckpt = CheckpointManager(self.out / "checkpoints", keep=c.keep_checkpoints)
+    start = 0
+    if c.resume and self.restore(ckpt):
+      start = int(self.state.step)
+      print(f"resumed from iteration {start}")
+    writer = None
+    if c.tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(str(self.out / "tb"))
+      except ImportError:
+        writer = None
+    bar = None
+    end = c.iterations if c.stop_after is None else min(c.iterations, c.stop_after)
+    if c.progress:
+      from tqdm import tqdm
+
+      bar = tqdm(total=c.iterations, initial=start, desc="reconstruct", dynamic_ncols=True)
+    n = len(self.train_ds)
+    pending: list[tuple[int, dict]] = []
+    t0 = time.perf_counter()
+    for it in range(start + 1, end + 1):
+      idx = frame_order(n, c.batch_size, c.seed, it)
+      b = self.train_ds.batch(idx)
+      step = self.step_fn(self.sh_degree_at(it))
+      self.state, m = step(self.state, b.image, b.camera, b.timestep, self.model, self.background)
+      pending.append((it, m))
+      dens, reset = self.densify_now(it)
+      if dens or reset or it % c.log_interval == 0 or it == end:
+        self._flush(pending, writer, bar)  # one host read of the recent metrics (not in the step)
+        pending = []
+      if dens or reset:
+        self._densify(it, dens, reset)
+        if writer is not None and dens:
+          writer.add_scalar("train/num_gaussians", int(self.state.avatar.num_active), it)
+      if c.save_interval and it % c.save_interval == 0:
+        self.export(it)
+      if c.eval_interval and it % c.eval_interval == 0 and it != c.iterations:
+        for s in self.eval_ds:
+          self.evaluate(s, it, save_images=4, writer=writer)
+      if (c.checkpoint_interval and it % c.checkpoint_interval == 0) or it == end:
+        self.save_checkpoint(ckpt)
+    ckpt.wait()
+    train_time = time.perf_counter() - t0
+    if bar is not None:
+      bar.close()
+    result: dict = dict(iterations=int(self.state.step), train_seconds=train_time,
+                        num_gaussians=int(self.state.avatar.num_active), densify=self.densify_log)
+    if int(self.state.step) >= c.iterations:
+      it = c.iterations
+      result["export"] = str(self.export(it))
+      for s in self.eval_ds:
+        r = self.evaluate(s, it, save_images=4, writer=writer)
+        if r is not None:
+          (self.out / f"results_{s}.json").write_text(json.dumps(r, indent=2))
+          result[s] = r["mean"]
+    if writer is not None:
+      writer.close()
+    (self.out / "train_summary.json").write_text(json.dumps(_jsonable(result), indent=2))
+    return result
+
+  def _flush(self, pending, writer, bar) -> None:
+    if not pending:
+      return
+    ms = jax.device_get([m for _, m in pending])
+    for (it, _), m in zip(pending, ms):
+      if bool(m["overflow"]):
+        # That step was skipped (incomplete image): grow the buffer (recompiles) and warn.
+        self.isect = max(self.isect * 2, 4.0)
+        print(f"warning: rasterizer intersection buffer overflow at iteration {it}; "
+              f"the step was skipped; isect_per_gaussian -> {self.isect}")
+      if writer is not None:
+        for k in ("loss", "l1", "dssim", "psnr", "reg_xyz", "reg_scale"):
+          writer.add_scalar(f"train/{k}", float(m[k]), it)
+    last = ms[-1]
+    self.history.append(dict(iteration=pending[-1][0], **{k: float(v) for k, v in last.items()}))
+    if bar is not None:
+      bar.set_postfix(loss=f"{float(last['loss']):.4f}", psnr=f"{float(last['psnr']):.2f}",
+                      gaussians=int(last["num_gaussians"]), refresh=False)
+      bar.update(pending[-1][0] - bar.n)
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, Path):
+    return str(x)
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  return x
+
+
+def main(cfg: ReconstructConfig) -> dict:
+  """Train a GaussianAvatars avatar from a multi-view dataset folder."""
+  trainer = Trainer(cfg)
+  res = trainer.run()
+  for s in ("val", "test"):
+    if s in res:
+      print(f"{s}: " + ", ".join(f"{k} {v:.4f}" for k, v in res[s].items()))
+  print(f"{res['iterations']} iterations in {res['train_seconds']:.1f} s, {res['num_gaussians']} Gaussians; "
+        f"model in {cfg.out}")
+  return res
+
+
+__all__ = ["ReconstructConfig", "TrainState", "StepConfig", "train_step", "make_step", "make_optimizer",
+           "init_state", "baked_model", "pose_vertices", "render_views", "Trainer", "main", "frame_order"]
