@@ -4,8 +4,9 @@ Sections, each a function `(cfg) -> dict | None` in `SECTIONS` (None: not reques
 - "clip_edit": CLIP-S / CLIP-C of an edit (FIELD.md 3.1-3.2), given a folder of source renders,
   a folder of edited renders of the same views / frames (matched by file name, sorted: consecutive
   frames for CLIP-C), and the source and target captions. The CLIP variant is recorded.
-(Reconstruction metrics, PSNR / SSIM / LPIPS against ground truth, are to be added as another
-section.)
+- "recon": PSNR / SSIM (/ LPIPS with --lpips) of a reconstructed avatar (`gaedit reconstruct` output
+  folder) against its dataset's validation (novel view) and test (self-reenactment) splits;
+  also written as results_<split>.json.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ _IMAGE_EXT = (".png", ".jpg", ".jpeg")
 
 @dataclasses.dataclass
 class EvalConfig:
-  """Evaluate renders. Give --source, --edited and both captions for the CLIP editing metrics."""
+  """Evaluate renders. Give --model for reconstruction metrics; --source, --edited and both
+  captions for the CLIP editing metrics."""
+  model: str | None = None
+  """A `gaedit reconstruct` output folder: PSNR / SSIM (/ LPIPS) on its val and test splits."""
+  splits: tuple[str, ...] = ("val", "test")
+  """Dataset splits to evaluate the model on."""
+  lpips: str | None = None
+  """Folder of LPIPS-VGG weights (torchvision vgg16 + lpips v0.1 heads); LPIPS is skipped without."""
   source: str | None = None
   """Folder of renders of the unedited avatar (PNG)."""
   edited: str | None = None
@@ -88,7 +96,17 @@ def clip_edit_section(cfg: EvalConfig) -> dict | None:
   return out
 
 
+def recon_section(cfg: EvalConfig) -> dict | None:
+  if not cfg.model:
+    return None
+  from gaedit_jax.eval_recon import evaluate_model
+
+  res = evaluate_model(cfg.model, tuple(cfg.splits), lpips_weights=cfg.lpips)
+  return {split: r["mean"] for split, r in res.items()}
+
+
 SECTIONS: dict[str, Callable[[EvalConfig], dict | None]] = {
+    "recon": recon_section,
     "clip_edit": clip_edit_section,
 }
 

@@ -69,6 +69,14 @@ def test_eval_recon_and_world_export(model, tmp_path):
   assert int(avatar.num_active) > 0 and flame["expr"].shape[0] == 4
 
 
+def test_gaedit_eval_command(model, tmp_path):
+  out = tmp_path / "eval.json"
+  res = cli(["eval", "--model", str(model), "--splits", "val", "--out", str(out)])
+  saved = json.loads(out.read_text())
+  assert set(saved["recon"]["val"]) == {"psnr", "ssim"} and saved["recon"]["val"]["psnr"] > 5
+  assert res is None or "recon" in res
+
+
 def test_bad_data_errors(tiny, tmp_path):
   with pytest.raises(DatasetError, match="dataset folder not found"):
     cli(["reconstruct", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")] + TINY)
