@@ -36,6 +36,7 @@ from gaedit_jax.edit.editors import EditContext
 from gaedit_jax.edit.images import from_square, to_square
 from gaedit_jax.edit.mouth import MOUTH_LOSS_WEIGHT, mouth_face_mask, mouth_gaussians, mouth_loss, render_mouth_mask
 from gaedit_jax.losses import position_reg, scale_reg
+from gaedit_jax.reconstruct import ReconstructConfig as _GA  # GaussianAvatars' rates (SPEC 2.6)
 from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar, to_world, triangle_frames
@@ -119,16 +120,16 @@ class EditConfig:
   disc_lr: float = D.DISC_LR
   """Discriminator learning rate (SPEC 5.5)."""
   # --- learning rates (SPEC 5.5: GA's, xyz at its final value) ---
-  position_lr: float = 5e-5
+  position_lr: float = _GA.position_lr_final
   """Local xyz learning rate (times the camera extent), constant."""
-  feature_lr: float = 2.5e-3
+  feature_lr: float = _GA.feature_lr
   """SH DC (SH rest: / 20)."""
-  opacity_lr: float = 0.05
-  scaling_lr: float = 0.017
-  rotation_lr: float = 1e-3
-  flame_pose_lr: float = 1e-5
-  flame_trans_lr: float = 1e-6
-  flame_expr_lr: float = 1e-3
+  opacity_lr: float = _GA.opacity_lr
+  scaling_lr: float = _GA.scaling_lr
+  rotation_lr: float = _GA.rotation_lr
+  flame_pose_lr: float = _GA.flame_pose_lr
+  flame_trans_lr: float = _GA.flame_trans_lr
+  flame_expr_lr: float = _GA.flame_expr_lr
   finetune_flame: bool = True
   """Fine-tune FLAME pose / translation / expression while editing (the original does)."""
   isect_per_gaussian: float = 16.0

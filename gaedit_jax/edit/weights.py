@@ -52,6 +52,16 @@ class WeightsError(ValueError):
   """A weights folder or file that is missing pieces or does not fit the model."""
 
 
+def _raise_if_misfit(source, missing, unexpected, mismatched) -> None:
+  """One error naming every missing, unexpected and wrongly shaped piece of a weights file."""
+  if missing or unexpected or mismatched:
+    lines = [f"{source}: the weights do not fit the model described by its config.json"]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+      if items:
+        lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
+    raise WeightsError("\n".join(lines))
+
+
 # --------------------------------------------------------------------------------------------
 # file discovery
 # --------------------------------------------------------------------------------------------
@@ -176,12 +186,7 @@ def torch_to_flax(state: dict[str, np.ndarray], target: Any, *, source: str,
       continue
     out[fk] = a.astype(dtype) if np.issubdtype(a.dtype, np.floating) or a.dtype.name == "bfloat16" else a
   missing = [".".join(fk) for fk in flat_target if fk not in out]
-  if missing or unexpected or mismatched:
-    lines = [f"{source}: the weights do not fit the model described by its config.json"]
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-      if items:
-        lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
-    raise WeightsError("\n".join(lines))
+  _raise_if_misfit(source, missing, unexpected, mismatched)
   return unflatten_dict(out)
 
 
@@ -215,12 +220,7 @@ def check_flax_tree(tree: Any, target: Any, *, source: str, dtype=np.float32) ->
   unexpected = ["/".join(k) for k in flat if k not in flat_t]
   mismatched = [f"{'/'.join(k)}: file has {tuple(np.shape(flat[k]))}, the model expects {tuple(flat_t[k].shape)}"
                 for k in flat_t if k in flat and tuple(np.shape(flat[k])) != tuple(flat_t[k].shape)]
-  if missing or unexpected or mismatched:
-    lines = [f"{source}: the weights do not fit the model described by its config.json"]
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-      if items:
-        lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
-    raise WeightsError("\n".join(lines))
+  _raise_if_misfit(source, missing, unexpected, mismatched)
   return unflatten_dict({k: np.asarray(v, dtype) for k, v in flat.items()})
 
 
