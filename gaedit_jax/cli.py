@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
 
   import tyro
 
+  from gaedit_jax.parallel import init_distributed
+
+  init_distributed()  # multi-host runs (README: several hosts); a no-op otherwise
   fn = _load(name)
   params = list(inspect.signature(fn).parameters)
   hints = typing.get_type_hints(fn)

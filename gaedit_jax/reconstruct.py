@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gaedit_jax import parallel
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.layout import DatasetError
 from gaedit_jax.density import (DensifyConfig, DensityStats, densify_and_prune, map_slot_leaves,
@@ -53,6 +54,9 @@ class ReconstructConfig:
   """Training iterations (GA: 600k)."""
   batch_size: int = 1
   """Views per step (GA: 1); B > 1 renders B views in one native batch."""
+  devices: int | None = None
+  """Devices to split each step's views over (data parallel, jax.sharding; default: all that
+  divide the batch size). The state is replicated; see gaedit_jax.parallel."""
   seed: int = 0
   """Seed of the data order, the initial colours and the split noise."""
   image_scale: float = 1.0
@@ -428,8 +432,12 @@ class Trainer:
     self.background = jnp.asarray(self.train_ds.background)
     self.optimizer = make_optimizer(cfg, self.extent)
     self.isect = cfg.isect_per_gaussian
-    self.state = init_state(jax.random.key(cfg.seed), self.model, flame, self.optimizer,
-                            capacity=cfg.capacity, sh_degree=cfg.sh_degree)
+    self.mesh = parallel.view_mesh(cfg.devices, cfg.batch_size, what="gaedit reconstruct")
+    self.model_local = self.model
+    self.model = parallel.replicate(self.model, self.mesh)
+    self.background = parallel.replicate(self.background, self.mesh)
+    self.state = parallel.replicate(init_state(jax.random.key(cfg.seed), self.model, flame, self.optimizer,
+                                               capacity=cfg.capacity, sh_degree=cfg.sh_degree), self.mesh)
     self.history: list[dict] = []
     self.densify_log: list[dict] = []
 
@@ -438,7 +446,7 @@ class Trainer:
     return min(self.cfg.sh_degree, (it // max(self.cfg.sh_degree_interval, 1)))
 
   def render_config(self, sh_degree: int) -> RenderConfig:
-    return RenderConfig(sh_degree=sh_degree, isect_per_gaussian=self.isect)
+    return RenderConfig(sh_degree=sh_degree, isect_per_gaussian=self.isect, mesh=self.mesh)
 
   def step_fn(self, sh_degree: int):
     c = self.cfg
@@ -473,7 +481,7 @@ class Trainer:
     if reset:
       opt = map_slot_leaves(st.opt_state, np.zeros_like, only=("opacity_logit",))
       st = dataclasses.replace(st, avatar=reset_opacity(st.avatar), opt_state=opt)
-    self.state = st
+    self.state = parallel.replicate(st, self.mesh)
 
   def densify_now(self, it: int) -> tuple[bool, bool]:
     c = self.cfg
@@ -500,7 +508,7 @@ class Trainer:
     cap = int(meta["capacity"])
     tmpl = init_state(jax.random.key(self.cfg.seed), self.model, self.flame0, self.optimizer,
                       capacity=cap, sh_degree=self.cfg.sh_degree)
-    self.state = ckpt.restore(step, tmpl)
+    self.state = parallel.replicate(ckpt.restore(step, tmpl), self.mesh)
     self.isect = float(meta.get("isect_per_gaussian", self.isect))
     return True
 
@@ -511,12 +519,15 @@ class Trainer:
     ds = self.eval_ds.get(split)
     if ds is None or len(ds) == 0:
       return None
-    st = self.state
+    # on this process's first device, from host copies (multi-host: the replicated state is not
+    # fully addressable; evaluation is not the hot loop)
+    st = parallel.to_host(self.state)
     if self.cfg.lpips_weights is not None and not hasattr(self, "_lpips"):
       from gaedit_jax.edit.lpips import load_lpips
 
       self._lpips = load_lpips(self.cfg.lpips_weights)
-    res = evaluate_split(st.avatar, self.model, st.flame, ds, self.render_config(self.sh_degree_at(it)),
+    rc = dataclasses.replace(self.render_config(self.sh_degree_at(it)), mesh=None)
+    res = evaluate_split(st.avatar, self.model_local, st.flame, ds, rc,
                          max_frames=self.cfg.eval_max_frames, lpips_params=getattr(self, "_lpips", None),
                          save_dir=self.out / "eval" / f"iteration_{it}" / split if save_images else None,
                          save_images=save_images)
@@ -545,10 +556,12 @@ class Trainer:
     from gaedit_jax.io.checkpoint import CheckpointManager
 
     c = self.cfg
-    (self.out / "cfg.json").write_text(json.dumps(dict(
-        config=_jsonable(dataclasses.asdict(c)), data=str(Path(c.data).absolute()),
-        flame_model=str(resolve_flame_path(c.data, c.flame_model).absolute()),
-        extent=self.extent), indent=2))
+    primary = parallel.is_primary()   # multi-host: process 0 writes logs, exports, summaries
+    if primary:
+      (self.out / "cfg.json").write_text(json.dumps(dict(
+          config=_jsonable(dataclasses.asdict(c)), data=str(Path(c.data).absolute()),
+          flame_model=str(resolve_flame_path(c.data, c.flame_model).absolute()),
+          extent=self.extent), indent=2))
     ckpt = CheckpointManager(self.out / "checkpoints", keep=c.keep_checkpoints)
     if not c.resume and ckpt.all_steps():
       # A fresh run must not leave stale, later-numbered checkpoints that a --resume would pick.
@@ -556,14 +569,16 @@ class Trainer:
 
       print(f"note: starting a new run; removing old checkpoints {ckpt.all_steps()} in {ckpt.dir}")
       ckpt.close()
-      shutil.rmtree(ckpt.dir)
+      if primary:
+        shutil.rmtree(ckpt.dir)
+      parallel.barrier("gaedit-reconstruct-clean")
       ckpt = CheckpointManager(self.out / "checkpoints", keep=c.keep_checkpoints)
     start = 0
     if c.resume and self.restore(ckpt):
       start = int(self.state.step)
       print(f"resumed from iteration {start}")
     writer = None
-    if c.tensorboard:
+    if c.tensorboard and primary:
       try:
         from tensorboardX import SummaryWriter
 
@@ -572,7 +587,7 @@ class Trainer:
         writer = None
     bar = None
     end = c.iterations if c.stop_after is None else min(c.iterations, c.stop_after)
-    if c.progress:
+    if c.progress and primary:
       from tqdm import tqdm
 
       bar = tqdm(total=c.iterations, initial=start, desc="reconstruct", dynamic_ncols=True)
@@ -583,7 +598,8 @@ class Trainer:
       idx = frame_order(n, c.batch_size, c.seed, it)
       b = self.train_ds.batch(idx)
       step = self.step_fn(self.sh_degree_at(it))
-      self.state, m = step(self.state, b.image, b.camera, b.timestep, self.model, self.background)
+      img, cam, ts = parallel.shard_views((b.image, b.camera, b.timestep), self.mesh)
+      self.state, m = step(self.state, img, cam, ts, self.model, self.background)
       pending.append((it, m))
       dens, reset = self.densify_now(it)
       if dens or reset or it % c.log_interval == 0 or it == end:
@@ -593,9 +609,9 @@ class Trainer:
         self._densify(it, dens, reset)
         if writer is not None and dens:
           writer.add_scalar("train/num_gaussians", int(self.state.avatar.num_active), it)
-      if c.save_interval and it % c.save_interval == 0:
+      if c.save_interval and it % c.save_interval == 0 and primary:
         self.export(it)
-      if c.eval_interval and it % c.eval_interval == 0 and it != c.iterations:
+      if c.eval_interval and it % c.eval_interval == 0 and it != c.iterations and primary:
         for s in self.eval_ds:
           self.evaluate(s, it, save_images=4, writer=writer)
       if (c.checkpoint_interval and it % c.checkpoint_interval == 0) or it == end:
@@ -606,7 +622,7 @@ class Trainer:
       bar.close()
     result: dict = dict(iterations=int(self.state.step), train_seconds=train_time,
                         num_gaussians=int(self.state.avatar.num_active), densify=self.densify_log)
-    if int(self.state.step) >= c.iterations:
+    if int(self.state.step) >= c.iterations and primary:
       it = c.iterations
       result["export"] = str(self.export(it))
       for s in self.eval_ds:
@@ -616,7 +632,8 @@ class Trainer:
           result[s] = r["mean"]
     if writer is not None:
       writer.close()
-    (self.out / "train_summary.json").write_text(json.dumps(_jsonable(result), indent=2))
+    if primary:
+      (self.out / "train_summary.json").write_text(json.dumps(_jsonable(result), indent=2))
     return result
 
   def _flush(self, pending, writer, bar) -> None:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gaedit_jax import parallel
 from gaedit_jax.edit import discriminator as D
 from gaedit_jax.edit import wabe as W
 from gaedit_jax.edit.editors import EditContext
@@ -81,6 +82,9 @@ class EditConfig:
   otherwise reuse the view's last edit (cache in memory, not checkpointed)."""
   batch_size: int = 1
   """Views per step (original: 1)."""
+  devices: int | None = None
+  """Devices to split each step's views over (data parallel: render, 2D edit, losses; default:
+  all that divide the batch size). See gaedit_jax.parallel."""
   seed: int = 0
   """Seed of the view order, the editor noise and the discriminator init."""
   flame_init: Literal["data", "avatar"] = "data"
@@ -383,6 +387,7 @@ class EditRun:
     self.disc_module = D.PatchDiscriminator()
     self.disc_optimizer = D.make_discriminator_optimizer(cfg.disc_lr)
     self.isect = cfg.isect_per_gaussian
+    self.mesh = parallel.view_mesh(cfg.devices, cfg.batch_size, what="gaedit edit")
     self.settings = StepSettings(
         render=self.render_config(), wabe=cfg.wabe, lambda_l1=cfg.lambda_l1, lambda_lpips=lam_lpips,
         lambda_mouth=cfg.lambda_mouth, lambda_xyz=cfg.lambda_xyz, threshold_xyz=cfg.threshold_xyz,
@@ -390,13 +395,17 @@ class EditRun:
         gan_mode=cfg.gan_mode, gan_weight=cfg.gan_weight, gan_start=cfg.gan_start)
     self.mouth = mouth_gaussians(avatar.binding, mouth_face_mask(self.model), avatar.active)
     self.state = self.init_state(avatar, flame)
+    # data parallel over views: the state, the model and the editor's weights on every device
+    self.model_local = self.model
+    self.model, self.background, self.mouth, self.editor, self.lpips_params, self.state = parallel.replicate(
+        (self.model, self.background, self.mouth, self.editor, self.lpips_params, self.state), self.mesh)
     self.cache: dict[int, jax.Array] = {}
     self.history: list[dict] = []
 
   def render_config(self) -> RenderConfig:
     return W.render_config(self.cfg.wabe, RenderConfig(sh_degree=self.sh_degree, wabe_k=self.cfg.wabe_k,
                                                        wabe_beta=self.cfg.wabe_beta,
-                                                       isect_per_gaussian=self.isect))
+                                                       isect_per_gaussian=self.isect, mesh=self.mesh))
 
   def init_state(self, avatar: Avatar, flame: dict) -> EditState:
     k_disc, k_run = jax.random.split(jax.random.key(self.cfg.seed))
@@ -454,12 +463,13 @@ class EditRun:
     from gaedit_jax.reconstruct import render_views
 
     h, w = self.train_ds.image_size
-    e = imgs["edit"][:1]
+    e = parallel.first_view(imgs["edit"])[None]
     e = from_square(e, h, w) if self.editor.square_size else e
-    cur = render_views(self.state.avatar, self.model, self.state.flame, np.asarray(b.timestep[:1]),
-                       b.camera[:1], self.background, dataclasses.replace(self.settings.render, wabe_k=0,
-                                                                          wabe_backward=False))
-    row = [np.clip(np.asarray(imgs["render"][0]), 0, 1), np.clip(np.asarray(e[0]), 0, 1), cur[0]]
+    st = parallel.to_host(self.state)   # rendered on one device, from host copies (multi-host safe)
+    cur = render_views(st.avatar, self.model_local, st.flame, np.asarray(b.timestep[:1]), b.camera[:1],
+                       parallel.to_host(self.background),
+                       dataclasses.replace(self.settings.render, wabe_k=0, wabe_backward=False, mesh=None))
+    row = [np.clip(parallel.first_view(imgs["render"]), 0, 1), np.clip(np.asarray(e[0]), 0, 1), cur[0]]
     save_png(self.out / "edits" / f"iteration_{it:05d}.png", side_by_side(row))
 
   # -- the loop ---------------------------------------------------------------------------------
@@ -468,25 +478,29 @@ class EditRun:
     from gaedit_jax.reconstruct import frame_order
 
     c = self.cfg
-    self.write_cfg()
+    primary = parallel.is_primary()   # multi-host: process 0 writes logs, dumps, exports, summaries
+    if primary:
+      self.write_cfg()
     ckpt = CheckpointManager(self.out / "checkpoints", keep=c.keep_checkpoints)
     if not c.resume and ckpt.all_steps():
       import shutil
 
       print(f"note: starting a new edit; removing old checkpoints {ckpt.all_steps()} in {ckpt.dir}")
       ckpt.close()
-      shutil.rmtree(ckpt.dir)
+      if primary:
+        shutil.rmtree(ckpt.dir)
+      parallel.barrier("gaedit-edit-clean")
       ckpt = CheckpointManager(self.out / "checkpoints", keep=c.keep_checkpoints)
     start = 0
     if c.resume and ckpt.latest_step() is not None:
       step = ckpt.latest_step()
       self.isect = float(ckpt.read_meta(step).get("isect_per_gaussian", self.isect))
       self.settings = dataclasses.replace(self.settings, render=self.render_config())
-      self.state = ckpt.restore(step, self.state)
+      self.state = parallel.replicate(ckpt.restore(step, self.state), self.mesh)
       start = int(self.state.step)
       print(f"resumed from edit iteration {start}")
     writer = None
-    if c.tensorboard:
+    if c.tensorboard and primary:
       try:
         from tensorboardX import SummaryWriter
 
@@ -495,12 +509,12 @@ class EditRun:
         pass
     end = c.iterations if c.stop_after is None else min(c.iterations, c.stop_after)
     bar = None
-    if c.progress:
+    if c.progress and primary:
       from tqdm import tqdm
 
       bar = tqdm(total=c.iterations, initial=start, desc="edit", dynamic_ncols=True)
     n = len(self.train_ds)
-    zero_edit = jnp.zeros(self.edit_shape(c.batch_size), jnp.float32)
+    zero_edit = parallel.shard_views(jnp.zeros(self.edit_shape(c.batch_size), jnp.float32), self.mesh)
     pending: list = []
     t0 = time.perf_counter()
     for it in range(start + 1, end + 1):
@@ -509,16 +523,16 @@ class EditRun:
       keyi = tuple(int(i) for i in idx)
       do_edit = c.edit_every <= 1 or (it - 1) % c.edit_every == 0 or keyi not in self.cache
       cached = zero_edit if do_edit else self.cache[keyi]
-      self.state, m, imgs = self.step_fn(do_edit)(
-          self.state, b.image, b.camera, b.timestep, b.camera_index, cached, self.model, self.background,
-          self.mouth, self.editor, self.lpips_params)
+      views = parallel.shard_views((b.image, b.camera, b.timestep, b.camera_index), self.mesh)
+      self.state, m, imgs = self.step_fn(do_edit)(self.state, *views, cached, self.model, self.background,
+                                                  self.mouth, self.editor, self.lpips_params)
       if c.edit_every > 1 and do_edit:
         self.cache[keyi] = imgs["edit"]
       pending.append((it, m))
       if it % c.log_interval == 0 or it == end:
         self._flush(pending, writer, bar)
         pending = []
-      if c.dump_interval and (it % c.dump_interval == 0 or it == end):
+      if c.dump_interval and (it % c.dump_interval == 0 or it == end) and primary:
         self.dump(it, imgs, b)
       if (c.checkpoint_interval and it % c.checkpoint_interval == 0) or it == end:
         ckpt.save(int(self.state.step), self.state, self.meta())
@@ -527,13 +541,14 @@ class EditRun:
     if bar is not None:
       bar.close()
     result: dict = dict(iterations=int(self.state.step), edit_seconds=seconds)
-    if int(self.state.step) >= c.iterations:
+    if int(self.state.step) >= c.iterations and primary:
       result["export"] = str(self.export(c.iterations))
     if writer is not None:
       writer.close()
     from gaedit_jax.reconstruct import _jsonable
 
-    (self.out / "edit_summary.json").write_text(json.dumps(_jsonable(dict(result, history=self.history)), indent=2))
+    if primary:
+      (self.out / "edit_summary.json").write_text(json.dumps(_jsonable(dict(result, history=self.history)), indent=2))
     return result
 
   def _flush(self, pending, writer, bar) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 
@@ -52,6 +52,9 @@ class RenderConfig:
   max_intersections: int | None = None
   isect_per_gaussian: float = 8.0
   backend: Literal["auto", "native", "reference"] = "auto"
+  # data parallelism (gaedit_jax.parallel): split the views of a call over this 1-D "views" mesh
+  # (the kernel runs per device under shard_map). None: one device.
+  mesh: Any = None
 
   def capacity(self, num_gaussians: int) -> int:
     if self.max_intersections is not None:

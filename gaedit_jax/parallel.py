@@ -1,0 +1,138 @@
+"""Data parallelism over views with `jax.sharding` (issue 7).
+
+One 1-D device mesh with the axis "views". A step's batch of B views (images, cameras, timesteps)
+is sharded along it; the Gaussian, FLAME, optimizer and discriminator state is replicated. Inside
+the jitted step XLA partitions everything it can by itself (FLAME, losses, InstructPix2Pix,
+LPIPS, the discriminator) and inserts the cross-device reductions (the mean loss, the gradients of
+the replicated state). The one thing it cannot partition is the rasterizer's FFI custom call, so
+`rasterize` wraps its kernel call in `shard_map` over the same axis when the RenderConfig carries
+the mesh (`RenderConfig.mesh`): each device renders its own views, and the transpose of shard_map
+sums the shared Gaussians' gradients over devices.
+
+Several hosts: call `jax.distributed.initialize()` first (README); `jax.devices()` then lists
+every host's devices and the same code runs on each host (each host feeds the whole batch; a
+NamedSharding sends every device its views).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+VIEWS = "views"
+
+
+def init_distributed() -> bool:
+  """Multi-host start (README): `jax.distributed.initialize` from GAEDIT_COORDINATOR (host:port),
+  GAEDIT_NUM_PROCESSES, GAEDIT_PROCESS_ID, or with no arguments (SLURM / Open MPI detection) when
+  GAEDIT_DISTRIBUTED=1. Must run before anything else uses JAX. Returns whether it initialised."""
+  env = os.environ
+  if env.get("GAEDIT_COORDINATOR"):
+    try:
+      n, i = int(env["GAEDIT_NUM_PROCESSES"]), int(env["GAEDIT_PROCESS_ID"])
+    except (KeyError, ValueError):
+      raise SystemExit("gaedit: GAEDIT_COORDINATOR is set, so GAEDIT_NUM_PROCESSES and GAEDIT_PROCESS_ID "
+                       "must be integers (the number of processes and this one's index)") from None
+    jax.distributed.initialize(env["GAEDIT_COORDINATOR"], num_processes=n, process_id=i)
+    return True
+  if env.get("GAEDIT_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
+    return True
+  return False
+
+
+def is_primary() -> bool:
+  """Process 0 writes the logs, exports and summaries (every process runs the same steps)."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits for every process (multi-host); nothing to wait for in a one-process run."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def to_host(tree):
+  """numpy copies of (replicated or single-device) arrays; in a multi-host run a replicated
+  array is not fully addressable, but each process holds a whole copy in its first shard."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if not x.sharding.is_fully_replicated:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x) if isinstance(x, jax.Array) else x
+  return jax.tree.map(get, tree)
+
+
+def first_view(x) -> np.ndarray:
+  """View 0 of a [B,...] array that may be split over devices (multi-host: from this process's
+  first shard, which holds view 0 on process 0)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_shards[0].data[0])
+  return np.asarray(x[0])
+
+
+def view_mesh(devices: int | None, batch_size: int, *, what: str = "gaedit") -> Mesh | None:
+  """The mesh for `devices` devices (None: all), or None when one device does the work.
+
+  The views of a step are split evenly, so the device count must divide the batch size. With the
+  default (all devices) an indivisible batch falls back to fewer devices with a warning; an
+  explicit count that does not divide it is an error.
+  """
+  avail = jax.devices()
+  if devices is not None and not 1 <= devices <= len(avail):
+    raise ValueError(f"{what}: --devices {devices}, but {len(avail)} device(s) are available "
+                     f"({avail[0].platform})")
+  n = len(avail) if devices is None else devices
+  if batch_size % n:
+    if devices is not None:
+      raise ValueError(f"{what}: --batch-size {batch_size} views cannot be split evenly over "
+                       f"--devices {n}; use a batch size divisible by the device count")
+    m = max(d for d in range(1, n + 1) if batch_size % d == 0)
+    if m > 1 or n > 1:
+      warnings.warn(f"{what}: a batch of {batch_size} view(s) cannot be split over {n} devices; "
+                    f"using {m} (raise --batch-size to a multiple of {n} to use them all)", stacklevel=2)
+    n = m
+  if n == 1:
+    return None
+  return Mesh(np.asarray(avail[:n]), (VIEWS,))
+
+
+def replicate(tree, mesh: Mesh | None):
+  """Places every leaf on all devices of the mesh (unchanged without a mesh)."""
+  if mesh is None:
+    return tree
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_views(tree, mesh: Mesh | None):
+  """Splits every leaf's leading (view) axis over the mesh (unchanged without a mesh)."""
+  if mesh is None:
+    return tree
+  return jax.device_put(tree, NamedSharding(mesh, P(VIEWS)))
+
+
+def over_views(fn, mesh: Mesh, operands: list, batch: int):
+  """Calls fn(*operands) under shard_map, splitting the operands whose leading dim is the view
+  batch (size `batch`) and replicating the others (size-1 broadcast dims); every output is split
+  along its leading dim. `batch` must be divisible by the mesh size."""
+  spec = lambda x: P(VIEWS) if x.ndim and x.shape[0] == batch and batch > 1 else P()
+  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec(x) for x in operands), out_specs=P(VIEWS),
+                       check_vma=False)(*operands)
+
+
+def shards_views(mesh: Mesh | None, batch: tuple[int, ...]) -> bool:
+  """Whether a rasterizer call with this batch shape is split over the mesh."""
+  return mesh is not None and len(batch) >= 1 and batch[0] > 1 and batch[0] % mesh.size == 0
+
+
+__all__ = ["VIEWS", "init_distributed", "is_primary", "barrier", "to_host", "first_view", "view_mesh", "replicate", "shard_views", "over_views", "shards_views"]
