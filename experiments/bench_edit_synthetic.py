@@ -1,0 +1,478 @@
+"""WABE / GAN ablation of the editing loop on the synthetic head (issue 6 item 6).
+
+The synthetic head is rendered twice with the same motion and cameras: with its skin texture (the
+dataset the avatar is reconstructed from) and with face paint (the ground truth of the edit). The
+avatar is reconstructed once (seed 0, the demo's schedule scaled to --recon-iterations), then
+edited toward face paint with the noisy synthetic editor (`gaedit edit --editor synthetic`) in four
+variants, each over several edit seeds (view order, editor noise, discriminator init):
+
+  plain  wabe="off",    gan=False      +WABE  wabe="binary", gan=False
+  +GAN   wabe="off",    gan=True       +both  wabe="binary", gan=True
+
+Every edited avatar is rendered in-process and compared with the face-paint ground truth:
+* val: the held-out camera (8, frontal) over the training timesteps (novel view);
+* test: every camera over the held-out timesteps (the last 30%, self-reenactment);
+* test open-mouth: the test frames whose timestep has a jaw opening (FLAME jaw_pose[t, 0], radians,
+  of the data's motion) above --open-jaw (default 0.1 rad, ~30% of the generator's 0.33 rad max).
+  The default --data-seed 4 is chosen so that the default 16-timestep sequence has 2 open-mouth and
+  2 closed test timesteps (seed 0, the demo's, has none);
+* metrics: PSNR, SSIM (gaedit_jax.metrics, as GaussianAvatars) per frame, averaged; flicker
+  (temporal consistency, lower is better): for a fixed camera with renders x_t and ground truth
+  y_t over consecutive held-out timesteps t, the residual r_t = x_t - y_t, and
+  flicker = mean over t of mean |r_{t+1} - r_t| (over pixels and channels, images in [0, 1]),
+  averaged over the cameras (per split; the table shows the test split).
+"before edit" is the unedited avatar against the face-paint ground truth.
+
+Prints a markdown table (mean ± sample std over seeds), writes OUT/results.json (per-seed raw
+numbers and aggregates, rewritten after every run: --reuse skips runs already there), OUT/table.md
+and OUT/grid.png (one held-out-timestep frame, frontal camera, widest jaw opening: ground truth,
+before edit, each variant at the first seed), and checks the claim "WABE / GAN improve held-out
+timesteps by more than the seed-to-seed spread": delta = mean test PSNR of the variant - that of
+plain; "yes" when delta > max(std plain, std variant).
+
+  python experiments/bench_edit_synthetic.py                       # full run (GPU): 4 variants x 3 seeds
+  python experiments/bench_edit_synthetic.py --quick --recon-iterations 100 --edit-iterations 10 \
+      --seeds 0 1 --variants plain wabe                            # CPU smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import numpy as np
+
+VARIANTS = {"plain": dict(wabe="off", gan=False), "wabe": dict(wabe="binary", gan=False),
+            "gan": dict(wabe="off", gan=True), "both": dict(wabe="binary", gan=True),
+            # the GAN's alternating mode (D on the detached render, then G): not in the default set
+            "gan_std": dict(wabe="off", gan=True, gan_mode="standard"),
+            "both_std": dict(wabe="binary", gan=True, gan_mode="standard")}
+LABELS = {"plain": "plain loop", "wabe": "+WABE", "gan": "+GAN", "both": "+both", "gan_std": "+GAN (standard)",
+          "both_std": "+both (standard)", "before": "before edit"}
+# table columns: (metric key, header, decimals)
+COLUMNS = [("val/psnr", "val PSNR", 2), ("val/ssim", "val SSIM", 4), ("test/psnr", "test PSNR", 2),
+           ("test/ssim", "test SSIM", 4), ("test_open/psnr", "test open-mouth PSNR", 2),
+           ("test_open/ssim", "test open-mouth SSIM", 4), ("test/flicker", "test flicker ↓", 5)]
+DEMO_SIZES = dict(width=128, height=176, num_timesteps=16, num_cameras=16)
+QUICK_SIZES = dict(width=64, height=88, num_timesteps=10, num_cameras=9)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--out", type=Path, default=Path("bench_out/edit_synthetic"))
+  p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="edit seeds")
+  p.add_argument("--variants", nargs="+", default=["plain", "wabe", "gan", "both"], choices=list(VARIANTS))
+  p.add_argument("--edit-iterations", type=int, default=None, help="default 1000 (the paper); --quick: 20")
+  p.add_argument("--recon-iterations", type=int, default=None, help="default 1500 (the demo); --quick: 150")
+  for k, v in DEMO_SIZES.items():
+    p.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"default {v}; --quick: {QUICK_SIZES[k]}")
+  p.add_argument("--data-seed", type=int, default=4, help="seed of the synthetic motion / identity")
+  p.add_argument("--open-jaw", type=float, default=0.1, help="open mouth: jaw opening above this (rad)")
+  p.add_argument("--gan-weight", type=float, default=0.01, help="weight of L_D and L_G (SPEC 7: 0.01)")
+  p.add_argument("--noise", type=float, default=1.0, help="strength of the synthetic editor's noise")
+  p.add_argument("--lpips-weights", type=Path, default=None, help="LPIPS-VGG weights (else no LPIPS term)")
+  p.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (smoke test)")
+  p.add_argument("--reuse", action="store_true", help="reuse the data, the avatar and finished runs in --out")
+  p.add_argument("--progress", action="store_true", help="progress bars")
+  a = p.parse_args(argv)
+  sizes = QUICK_SIZES if a.quick else DEMO_SIZES
+  for k, v in sizes.items():
+    if getattr(a, k) is None:
+      setattr(a, k, v)
+  a.edit_iterations = a.edit_iterations or (20 if a.quick else 1000)
+  a.recon_iterations = a.recon_iterations or (150 if a.quick else 1500)
+  a.out = a.out.absolute()
+  return a
+
+
+# ------------------------------------------------------------------------------------------------
+# Data and avatar (done once)
+# ------------------------------------------------------------------------------------------------
+
+
+def prepare_data(a) -> bool:
+  """OUT/data (skin) and OUT/data_facepaint (the edit's ground truth). Returns True if (re)written."""
+  from gaedit_jax.data.synthetic import SynthConfig, generate
+
+  wrote = False
+  for tex, folder in (("skin", a.out / "data"), ("facepaint", a.out / "data_facepaint")):
+    cfg = SynthConfig(out=folder, width=a.width, height=a.height, num_cameras=a.num_cameras,
+                      num_timesteps=a.num_timesteps, seed=a.data_seed, texture=tex, overwrite=True)
+    info = folder / "synth_info.json"
+    want = {k: getattr(cfg, k) for k in ("width", "height", "num_cameras", "num_timesteps", "seed", "texture")}
+    if a.reuse and info.exists():
+      have = json.loads(info.read_text())["config"]
+      if all(have.get(k) == v for k, v in want.items()):
+        print(f"using the {tex} dataset in {folder}")
+        continue
+    print(f"writing the {tex} dataset to {folder}")
+    generate(cfg, progress=a.progress)
+    wrote = True
+  return wrote
+
+
+def reconstruct_avatar(a, fresh_data: bool) -> dict:
+  """OUT/model: one reconstruction (seed 0) with the demo's schedule scaled to --recon-iterations."""
+  from gaedit_jax.demo import DemoConfig
+  from gaedit_jax.reconstruct import ReconstructConfig
+  from gaedit_jax.reconstruct import main as reconstruct
+
+  model = a.out / "model"
+  cfgp = model / "cfg.json"
+  if a.reuse and not fresh_data and cfgp.exists() and list((model / "point_cloud").glob("iteration_*")):
+    if json.loads(cfgp.read_text())["config"]["iterations"] == a.recon_iterations:
+      print(f"using the avatar in {model}")
+      return dict(reused=True)
+  d, n = DemoConfig(), a.recon_iterations
+  f = n / d.iterations   # the demo's schedule is tuned for 1500 iterations: keep its proportions
+  rc = ReconstructConfig(
+      data=a.out / "data", out=model, iterations=n, seed=0, densify_from=max(1, round(d.densify_from * f)),
+      densify_interval=max(1, round(d.densify_interval * f)), densify_until=round(d.densify_until * f),
+      sh_degree_interval=max(1, round(d.sh_degree_interval * f)), opacity_reset_interval=10 * n,
+      reset_opacity_at_densify_from=False, checkpoint_interval=n, eval_interval=0, log_interval=50,
+      progress=a.progress, tensorboard=False)
+  print(f"reconstructing the avatar ({n} iterations)")
+  t0 = time.perf_counter()
+  res = reconstruct(rc)
+  return dict(reused=False, seconds=time.perf_counter() - t0, num_gaussians=res["num_gaussians"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+@jax.jit
+def _psnr_ssim(x, y):
+  from gaedit_jax.metrics import psnr, ssim
+
+  return psnr(x, y), ssim(x, y)
+
+
+def flicker(renders: np.ndarray, gts: np.ndarray, cams: np.ndarray, ts: np.ndarray) -> float:
+  """Mean over cameras of mean_t mean |r_{t+1} - r_t|, r = render - gt (see the module docstring)."""
+  vals = []
+  for c in np.unique(cams):
+    idx = np.flatnonzero(cams == c)
+    idx = idx[np.argsort(ts[idx])]
+    if len(idx) >= 2:
+      r = renders[idx] - gts[idx]
+      vals.append(float(np.mean(np.abs(np.diff(r, axis=0)))))
+  return float(np.mean(vals)) if vals else float("nan")
+
+
+class Evaluator:
+  """Ground truth of the val / test splits (face paint, and skin for the reconstruction) and the
+  frame selections; `__call__` renders an avatar on both splits and returns its metrics."""
+
+  def __init__(self, a, image_scale: float, white_background: bool):
+    from gaedit_jax.data.dataset import AvatarDataset
+    from gaedit_jax.data.layout import VAL_CAMERA
+
+    kw = dict(image_scale=image_scale, white_background=white_background, cache_size=0)
+    self.splits = {}
+    for s in ("val", "test"):
+      ds = AvatarDataset(a.out / "data_facepaint", s, **kw)
+      skin = AvatarDataset(a.out / "data", s, **kw)
+      assert (np.array_equal(ds.timesteps, skin.timesteps) and np.array_equal(ds.camera_indices, skin.camera_indices)), \
+          "the face-paint and skin datasets list different frames (regenerate without --reuse)"
+      all_idx = np.arange(len(ds))
+      self.splits[s] = dict(ds=ds, paint=np.asarray(ds.batch(all_idx).image), skin=np.asarray(skin.batch(all_idx).image))
+    test = self.splits["test"]["ds"]
+    self.background = test.background
+    self.jaw = np.asarray(test.flame_params.jaw_pose)[:, 0]
+    self.open = self.jaw[test.timesteps] > a.open_jaw          # [test frames]
+    if not self.open.any():
+      print(f"warning: no held-out timestep opens the jaw above {a.open_jaw} rad (jaw "
+            f"{np.round(self.jaw[np.unique(test.timesteps)], 3).tolist()}); open-mouth metrics are NaN")
+    # grid frame: frontal camera, the held-out timestep with the widest jaw opening
+    cams = test.camera_indices
+    cam = VAL_CAMERA if VAL_CAMERA in cams else int(np.unique(cams)[len(np.unique(cams)) // 2])
+    on_cam = np.flatnonzero(cams == cam)
+    self.grid_index = int(on_cam[np.argmax(self.jaw[test.timesteps[on_cam]])])
+
+  def info(self) -> dict:
+    t = self.splits["test"]["ds"]
+    ts = np.unique(t.timesteps)
+    return dict(test_timesteps=ts.tolist(), test_jaw=np.round(self.jaw[ts], 4).tolist(),
+                open_test_timesteps=np.unique(t.timesteps[self.open]).tolist(),
+                frames=dict(val=len(self.splits["val"]["ds"]), test=len(t), test_open=int(self.open.sum())),
+                grid_frame=dict(camera=int(t.camera_indices[self.grid_index]), timestep=int(t.timesteps[self.grid_index])))
+
+  def __call__(self, avatar, model, flame, against: str = "paint") -> tuple[dict, np.ndarray]:
+    """Metrics {"val/psnr": ..., "test_open/ssim": ..., "test/flicker": ...} of an avatar (baked
+    FLAME model, per-timestep FLAME dict) and its render of the grid frame."""
+    from gaedit_jax.reconstruct import render_views
+    from gaedit_jax.render.types import RenderConfig
+
+    rc = RenderConfig(sh_degree=avatar.sh_degree, wabe_k=0)   # no WABE outputs needed: faster
+    m, grid = {}, None
+    for s, d in self.splits.items():
+      ds, gt = d["ds"], d[against]
+      img = render_views(avatar, model, flame, ds.timesteps, ds.cameras, jax.numpy.asarray(self.background), rc)
+      p, q = (np.asarray(v) for v in _psnr_ssim(img, gt))
+      sel = {s: np.ones(len(ds), bool)}
+      if s == "test":
+        sel.update(test_open=self.open, test_closed=~self.open)
+        grid = img[self.grid_index]
+      for name, k in sel.items():
+        m[f"{name}/psnr"] = float(p[k].mean()) if k.any() else float("nan")
+        m[f"{name}/ssim"] = float(q[k].mean()) if k.any() else float("nan")
+      m[f"{s}/flicker"] = flicker(img, gt, ds.camera_indices, ds.timesteps)
+    return m, grid
+
+
+# ------------------------------------------------------------------------------------------------
+# Results: aggregates, table, claim check, grid
+# ------------------------------------------------------------------------------------------------
+
+
+def gan_gradient_share(er, views: int = 8) -> dict:
+  """Why the GAN changes little: at the end of a GAN run, the norm of the adversarial term's
+  gradient w.r.t. the rendered image relative to the L1 term's (lambda_l1 |x - edit|), over a
+  few training views: for the faithful joint loss w (L_D + L_G) (its L_D part pushes the render
+  toward "fake", against L_G) and for w L_G alone (standard mode)."""
+  import jax.numpy as jnp
+
+  from gaedit_jax.edit import discriminator as D
+  from gaedit_jax.edit.editors import EditContext
+  from gaedit_jax.reconstruct import render_views
+
+  c, st = er.cfg, er.state
+  idx = np.linspace(0, len(er.train_ds) - 1, views).astype(int)
+  b = er.train_ds.batch(idx)
+  x = jnp.asarray(render_views(st.avatar, er.model, st.flame, np.asarray(b.timestep), b.camera, er.background,
+                               dataclasses.replace(er.settings.render, wabe_k=0, wabe_backward=False, mesh=None)))
+  edit = er.editor(jax.random.key(c.seed), x, jnp.asarray(b.image), EditContext.from_batch(b))
+  g_l1 = jax.grad(lambda y: c.lambda_l1 * jnp.mean(jnp.abs(y - edit)))(x)
+  g_f = jax.grad(lambda y: D.adversarial_loss(er.disc_module, st.disc, edit, y, mode="faithful",
+                                              weight=c.gan_weight)[0])(x)
+  g_g = jax.grad(lambda y: D.generator_loss(er.disc_module, st.disc, edit, y, weight=c.gan_weight))(x)
+  n = lambda g: float(jnp.linalg.norm(g))
+  return dict(faithful_over_l1=n(g_f) / n(g_l1), generator_over_l1=n(g_g) / n(g_l1),
+              cos_faithful_generator=float(jnp.vdot(g_f, g_g) / (n(g_f) * n(g_g) + 1e-30)))
+
+
+def _stats(vals) -> dict:
+  v = np.asarray([x for x in vals if not math.isnan(x)], np.float64)
+  if len(v) == 0:
+    return dict(mean=float("nan"), std=float("nan"), n=0)
+  return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else float("nan"), n=len(v))
+
+
+def aggregate(runs: dict, variants: list[str], seeds: list[int]) -> dict:
+  """variant -> metric -> {mean, std (sample, over seeds), n}, over the requested variants and seeds
+  (results.json may hold more runs from earlier invocations)."""
+  out = {}
+  for var in variants:
+    by_seed = {s: r for s, r in runs.get(var, {}).items() if int(s) in seeds}
+    if not by_seed:
+      continue
+    keys = sorted({k for r in by_seed.values() for k in r["metrics"]})
+    out[var] = {k: _stats([r["metrics"][k] for r in by_seed.values()]) for k in keys}
+    out[var]["edit_seconds"] = _stats([r["edit_seconds"] for r in by_seed.values()])
+  return out
+
+
+def table(res: dict, variants: list[str]) -> str:
+  agg, before = res["aggregate"], res["before"]
+  head = "| variant | seeds | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
+  lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+  lines.append(f"| {LABELS['before']} | - | " + " | ".join(f"{before[k]:.{d}f}" for k, _, d in COLUMNS) + " |")
+  for v in variants:
+    if v not in agg:
+      continue
+    cells = []
+    for k, _, d in COLUMNS:
+      s = agg[v].get(k, dict(mean=float("nan"), std=float("nan")))
+      cells.append(f"{s['mean']:.{d}f} ± {s['std']:.{d}f}")
+    lines.append(f"| {LABELS[v]} | {agg[v]['test/psnr']['n']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def claim_check(agg: dict) -> list[dict]:
+  """delta of the variant's mean over plain's (improvement: higher PSNR, lower flicker) and whether
+  it exceeds the seed-to-seed spread max(std plain, std variant)."""
+  rows = []
+  if "plain" not in agg:
+    return rows
+  for v in agg:
+    if v == "plain":
+      continue
+    for k, sign in (("test/psnr", 1.0), ("test_open/psnr", 1.0), ("test/flicker", -1.0)):
+      p, q = agg["plain"].get(k), agg[v].get(k)
+      if p is None or q is None:
+        continue
+      delta = sign * (q["mean"] - p["mean"])
+      spread = max(p["std"], q["std"])
+      ok = None if math.isnan(spread) or math.isnan(delta) else bool(delta > spread)
+      rows.append(dict(variant=v, metric=k, improvement=delta, spread=spread, exceeds_spread=ok))
+  return rows
+
+
+def print_claim(rows: list[dict]) -> str:
+  out = ["Claim check: \"WABE / GAN improve held-out timesteps by more than the seed-to-seed spread\"",
+         "criterion: improvement = mean(variant) - mean(plain) over seeds (for flicker: plain - variant); "
+         "yes if improvement > max(std plain, std variant) (sample std over seeds)"]
+  for r in rows:
+    unit = " dB" if "psnr" in r["metric"] else ""
+    d = 2 if unit else 5
+    verdict = {True: "YES", False: "no", None: "n/a (needs >= 2 seeds)"}[r["exceeds_spread"]]
+    tag = "  " if r["metric"] == "test/psnr" else "    (also) "
+    out.append(f"{tag}{LABELS[r['variant']]} vs plain, {r['metric']}: improvement {r['improvement']:+.{d}f}{unit}, "
+               f"spread {r['spread']:.{d}f}{unit} -> {verdict}")
+  text = "\n".join(out)
+  print(text)
+  return text
+
+
+def save_grid(a, res: dict, variants: list[str], gt: np.ndarray) -> Path:
+  """OUT/grid.png: ground truth | before edit | variants (first seed), labelled."""
+  from PIL import Image, ImageDraw
+
+  from gaedit_jax.io.media import save_png, side_by_side, to_uint8
+
+  tiles = [("ground truth", gt), ("before edit", _load_png(a.out / "before_grid_frame.png"))]
+  s0 = str(a.seeds[0])
+  for v in variants:
+    p = a.out / "runs" / v / f"seed{s0}" / "grid_frame.png"
+    if s0 in res["runs"].get(v, {}) and p.exists():
+      tiles.append((LABELS[v], _load_png(p)))
+  labelled = []
+  for name, img in tiles:
+    im = Image.fromarray(to_uint8(img))
+    canvas = Image.new("RGB", (im.width, im.height + 12), (255, 255, 255))
+    canvas.paste(im, (0, 12))
+    ImageDraw.Draw(canvas).text((2, 0), name, fill=(0, 0, 0))
+    labelled.append(np.asarray(canvas))
+  return save_png(a.out / "grid.png", side_by_side(labelled))
+
+
+def _load_png(p: Path) -> np.ndarray:
+  from PIL import Image
+
+  return np.asarray(Image.open(p).convert("RGB"))
+
+
+def write_results(a, res: dict, variants: list[str]) -> None:
+  res["aggregate"] = aggregate(res["runs"], variants, a.seeds)
+  res["claim_check"] = claim_check(res["aggregate"])
+  tmp = a.out / "results.json.tmp"
+  tmp.write_text(json.dumps(res, indent=2))
+  tmp.replace(a.out / "results.json")   # atomic: a crash never leaves a half-written file
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> dict:
+  from gaedit_jax.edit.loop import EditConfig, EditRun, build_editor
+  from gaedit_jax.eval_recon import load_trained
+  from gaedit_jax.io.media import save_png
+
+  a = parse_args(argv)
+  a.out.mkdir(parents=True, exist_ok=True)
+  t_start = time.perf_counter()
+  print(f"bench_edit_synthetic: {jax.devices()[0].platform}, {a.width}x{a.height}, {a.num_cameras} cameras, "
+        f"{a.num_timesteps} timesteps, recon {a.recon_iterations} it, edit {a.edit_iterations} it, "
+        f"variants {a.variants}, seeds {a.seeds}")
+  t0 = time.perf_counter()
+  fresh = prepare_data(a)
+  t_data = time.perf_counter() - t0
+  recon = reconstruct_avatar(a, fresh)
+  settings = dict(width=a.width, height=a.height, num_cameras=a.num_cameras, num_timesteps=a.num_timesteps,
+                  data_seed=a.data_seed, recon_iterations=a.recon_iterations, edit_iterations=a.edit_iterations,
+                  open_jaw=a.open_jaw, noise=a.noise, lpips=a.lpips_weights is not None, gan_weight=a.gan_weight)
+  res = dict(settings=settings, runs={})
+  old = a.out / "results.json"
+  if a.reuse and not fresh and recon["reused"] and old.exists():
+    prev = json.loads(old.read_text())
+    if prev.get("settings") == settings:
+      res["runs"] = prev.get("runs", {})
+      res["recon"] = prev.get("recon", {})
+    else:
+      print("note: results.json was made with other settings: its runs are not reused")
+
+  # unedited avatar: the "before edit" row and the reconstruction's own quality (vs skin)
+  avatar, model, flame, _, acfg, _ = load_trained(a.out / "model")
+  c = acfg["config"]
+  ev = Evaluator(a, float(c.get("image_scale", 1.0)), bool(c.get("white_background", True)))
+  res["eval"] = ev.info()
+  before, frame = ev(avatar, model, flame)
+  save_png(a.out / "before_grid_frame.png", frame)
+  recon_q, _ = ev(avatar, model, flame, against="skin")
+  res["before"] = before
+  if not recon["reused"]:
+    res["recon"] = dict(recon, data_seconds=t_data)
+  res.setdefault("recon", {})["metrics_vs_skin"] = recon_q
+  print(f"reconstruction vs skin ground truth: val PSNR {recon_q['val/psnr']:.2f}, test PSNR {recon_q['test/psnr']:.2f}; "
+        f"before edit vs face paint: val PSNR {before['val/psnr']:.2f}, test PSNR {before['test/psnr']:.2f}")
+  print(f"held-out timesteps {res['eval']['test_timesteps']}, jaw {res['eval']['test_jaw']} rad; "
+        f"open-mouth (> {a.open_jaw} rad): {res['eval']['frames']['test_open']} of {res['eval']['frames']['test']} test frames")
+
+  editor = None   # the synthetic editor (all face-paint images) is loaded once and shared by all runs
+  compiled: set[str] = set()   # variants whose jitted edit step this process has compiled
+  for v in a.variants:
+    for seed in a.seeds:
+      if str(seed) in res["runs"].get(v, {}):
+        print(f"[{LABELS[v]}, seed {seed}] reused from results.json")
+        continue
+      run_dir = a.out / "runs" / v / f"seed{seed}"
+      cfg = EditConfig(avatar=a.out / "model", out=run_dir, editor="synthetic", target_data=a.out / "data_facepaint",
+                       synthetic_noise=a.noise, iterations=a.edit_iterations, seed=seed,
+                       lambda_lpips=10.0 if a.lpips_weights else 0.0, lpips_weights=a.lpips_weights,
+                       checkpoint_interval=a.edit_iterations, keep_checkpoints=1, dump_interval=0,
+                       progress=a.progress, tensorboard=False, gan_weight=a.gan_weight, **VARIANTS[v])
+      if editor is None:
+        editor = build_editor(cfg, float(c.get("image_scale", 1.0)), bool(c.get("white_background", True)))
+      er = EditRun(cfg, editor=editor)
+      out = er.run()   # edit_seconds includes the compilation of the variant's step (first seed)
+      t1 = time.perf_counter()
+      m, frame = ev(er.state.avatar, er.model, er.state.flame)
+      if cfg.gan:
+        share = gan_gradient_share(er)
+        m.update({f"gan_grad/{k}": v for k, v in share.items()})
+        print(f"  GAN gradient at the render, relative to the L1 term's: faithful w(L_D+L_G) "
+              f"{share['faithful_over_l1']:.2e}, w L_G {share['generator_over_l1']:.2e} "
+              f"(cosine between them {share['cos_faithful_generator']:+.3f})")
+      save_png(run_dir / "grid_frame.png", frame)
+      shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)   # the export (point_cloud/) is enough
+      t_eval = time.perf_counter() - t1
+      res["runs"].setdefault(v, {})[str(seed)] = dict(metrics=m, edit_seconds=out["edit_seconds"],
+                                                       eval_seconds=t_eval, iterations=out["iterations"])
+      write_results(a, res, a.variants)
+      note = "" if v in compiled else " (incl. compile)"
+      compiled.add(v)
+      print(f"[{LABELS[v]}, seed {seed}] edit {out['edit_seconds']:.1f} s{note}, eval {t_eval:.1f} s: "
+            f"val PSNR {m['val/psnr']:.2f} SSIM {m['val/ssim']:.4f} | test PSNR {m['test/psnr']:.2f} "
+            f"SSIM {m['test/ssim']:.4f} | open-mouth PSNR {m['test_open/psnr']:.2f} | "
+            f"flicker {m['test/flicker']:.5f}", flush=True)
+
+  write_results(a, res, a.variants)
+  gt = ev.splits["test"]["paint"][ev.grid_index]
+  grid = save_grid(a, res, a.variants, gt)
+  md = table(res, a.variants)
+  print(f"\nEdit toward face paint (synthetic editor, {a.edit_iterations} iterations, GAN weight {a.gan_weight}), "
+        "metrics vs the face-paint ground truth; mean ± sample std over seeds\n")
+  print(md + "\n")
+  claim = print_claim(res["claim_check"])
+  (a.out / "table.md").write_text(md + "\n\n" + claim + "\n")
+  print(f"\nresults: {a.out / 'results.json'}, table: {a.out / 'table.md'}, grid: {grid}; "
+        f"total {time.perf_counter() - t_start:.0f} s")
+  return res
+
+
+if __name__ == "__main__":
+  main()
