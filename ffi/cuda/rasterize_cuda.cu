@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <cub/cub.cuh>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -236,13 +237,15 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-// Two pixels per thread (rows y and y + 8 of the tile): each Gaussian's contributions of both
-// pixels are summed in registers before the warp reduction, halving shuffles and atomics.
-constexpr int kBwdThreads = kBlock / 2;
-
-__global__ void __launch_bounds__(kBwdThreads) raster_bwd_kernel(DevInputs in, DevStatic st,
-                                                                 bool wabe_bwd, DevSaved sv,
-                                                                 float* acc, float* acc_bg) {
+// PPT pixels per thread (PPT = 2: rows y and y + 8 of the tile): each Gaussian's contributions of
+// a thread's pixels are summed in registers before the warp reduction, so 2 halves the shuffles
+// and atomics (the better choice with many tiles in flight); 1 halves each block's serial walk
+// (better when the grid is about one wave and the densest tiles set the time: a single view).
+template <int PPT>
+__global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, DevStatic st,
+                                                                  bool wabe_bwd, DevSaved sv,
+                                                                  float* acc, float* acc_bg) {
+  constexpr int kBwdThreads = kBlock / PPT;
   const int64_t vt = blockIdx.x;
   const int64_t T = (int64_t)st.gx * st.gy, N = in.N;
   const int64_t v = vt / T, t = vt % T;
@@ -255,12 +258,12 @@ __global__ void __launch_bounds__(kBwdThreads) raster_bwd_kernel(DevInputs in, D
   const float* zv = sv.zs + rv;
   const int64_t HW = (int64_t)st.width * st.height;
   const float* bg = in.bg + 3 * in.i_bg(v);
-  bool inside[2];
-  float px[2], py[2], TN[2], gC[2][3], gA[2], gD[2], bgterm[2], Tk[2], Bc[2][3], Bz[2];
-  int32_t lastp[2];
+  bool inside[PPT];
+  float px[PPT], py[PPT], TN[PPT], gC[PPT][3], gA[PPT], gD[PPT], bgterm[PPT], Tk[PPT], Bc[PPT][3], Bz[PPT];
+  int32_t lastp[PPT];
   float bgacc[3] = {0.f, 0.f, 0.f};
 #pragma unroll
-  for (int q = 0; q < 2; ++q) {
+  for (int q = 0; q < PPT; ++q) {
     const int p = tid + q * kBwdThreads;  // pixel slot in the tile
     const int x = (int)(t % st.gx) * ts + p % ts, y = (int)(t / st.gx) * ts + p / ts;
     inside[q] = p < ts * ts && x < st.width && y < st.height;
@@ -293,7 +296,10 @@ __global__ void __launch_bounds__(kBwdThreads) raster_bwd_kernel(DevInputs in, D
   __shared__ int32_t s_max_last;
   if (tid == 0) s_max_last = start;
   __syncthreads();
-  atomicMax(&s_max_last, max(lastp[0], lastp[1]));
+  int32_t my_last = lastp[0];
+#pragma unroll
+  for (int q = 1; q < PPT; ++q) my_last = max(my_last, lastp[q]);
+  atomicMax(&s_max_last, my_last);
   __syncthreads();
   const int32_t max_last = s_max_last;
   __shared__ int32_t s_id[kBlock];
@@ -304,7 +310,7 @@ __global__ void __launch_bounds__(kBwdThreads) raster_bwd_kernel(DevInputs in, D
     const int32_t b0 = max(start, b1 - kBlock);
     __syncthreads();
 #pragma unroll
-    for (int q = 0; q < 2; ++q) {
+    for (int q = 0; q < PPT; ++q) {
       const int slot = tid + q * kBwdThreads;
       const int32_t j = b1 - 1 - slot;
       if (j >= b0) {
@@ -327,7 +333,7 @@ __global__ void __launch_bounds__(kBwdThreads) raster_bwd_kernel(DevInputs in, D
       const float* co = s_co[k];
       const float* c = s_col[k];
 #pragma unroll
-      for (int q = 0; q < 2; ++q) {
+      for (int q = 0; q < PPT; ++q) {
         if (!inside[q] || jj >= lastp[q]) continue;
         const float dx = s_uv[k][0] - px[q], dy = s_uv[k][1] - py[q];
         const float power = -0.5f * (co[0] * dx * dx + co[2] * dy * dy) - co[1] * dx * dy;
@@ -563,6 +569,22 @@ static ffi::Error RasterizeFwdCudaImpl(
   return cuda_error("forward");
 }
 
+// Pixels per thread of the raster backward for a grid of `blocks` tiles: 1 while the grid of
+// 2-pixel blocks would fill fewer than two waves of the GPU (measured: single views), else 2.
+// GAEDIT_BWD_PPT=1|2 forces it (benchmarks). Host-side queries only: no stream work.
+static int bwd_pixels_per_thread(int64_t blocks) {
+  static const int forced = [] {
+    const char* e = std::getenv("GAEDIT_BWD_PPT");
+    return e ? std::atoi(e) : 0;
+  }();
+  if (forced == 1 || forced == 2) return forced;
+  int dev = 0, sms = 0, threads = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  cudaDeviceGetAttribute(&threads, cudaDevAttrMaxThreadsPerMultiProcessor, dev);
+  return blocks * (kBlock / 2) < 2LL * sms * threads ? 1 : 2;
+}
+
 static ffi::Error RasterizeBwdCudaImpl(
     cudaStream_t stream, int64_t width, int64_t height, int64_t tile, int64_t sh_degree,
     float near_plane, bool wabe_backward, float wabe_beta, gs::F32 means, gs::F32 quats,
@@ -597,7 +619,10 @@ static ffi::Error RasterizeBwdCudaImpl(
   float* outs[7] = {gr.means, gr.quats, gr.scales, gr.opac, gr.sh, gr.offset, gr.bg};
   for (int i = 0; i < 7; ++i) cudaMemsetAsync(outs[i], 0, sizeof(float) * gr.sizes[i], stream);
   if (V * T > 0 && N > 0) {
-    raster_bwd_kernel<<<(unsigned)(V * T), kBwdThreads, 0, stream>>>(in, st, wabe_backward, sv, acc, acc_bg);
+    if (bwd_pixels_per_thread(V * T) == 1)
+      raster_bwd_kernel<1><<<(unsigned)(V * T), kBlock, 0, stream>>>(in, st, wabe_backward, sv, acc, acc_bg);
+    else
+      raster_bwd_kernel<2><<<(unsigned)(V * T), kBlock / 2, 0, stream>>>(in, st, wabe_backward, sv, acc, acc_bg);
     project_bwd_kernel<<<blocks(N, 128), 128, 0, stream>>>(in, st, sv, acc, gr);
   }
   bg_bwd_kernel<<<1, 1, 0, stream>>>(V, acc_bg, gr.bg, gr.o_bg);
