@@ -115,10 +115,12 @@ def replicate(tree, mesh: Mesh | None):
 
 
 def shard_views(tree, mesh: Mesh | None):
-  """Splits every leaf's leading (view) axis over the mesh (unchanged without a mesh)."""
+  """Splits every leaf's leading (view) axis over the mesh; scalars are replicated (unchanged
+  without a mesh)."""
   if mesh is None:
     return tree
-  return jax.device_put(tree, NamedSharding(mesh, P(VIEWS)))
+  split, rep = NamedSharding(mesh, P(VIEWS)), NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: jax.device_put(x, split if np.ndim(x) else rep), tree)
 
 
 def over_views(fn, mesh: Mesh, operands: list, batch: int):
