@@ -106,7 +106,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--tiny", action="store_true",
                   help="CPU smoke test: tiny IP2P, 6k Gaussians, 138x200 images, 64x64 IP2P")
-  ap.add_argument("--n", type=int, default=None, help="Gaussians (default 100k; --tiny 6k; at least the 5340 faces)")
+  ap.add_argument("--n", type=int, default=None, help="Gaussians (default 100k; --tiny 6k)")
   ap.add_argument("--width", type=int, default=None, help="image width (default 550; --tiny 138)")
   ap.add_argument("--height", type=int, default=None, help="image height (default 802; --tiny 200)")
   ap.add_argument("--size", type=int, default=None, help="IP2P square size (default 512; --tiny 64)")
@@ -122,7 +122,7 @@ def main():
   ap.add_argument("--out", default=None, help="also write the rows as JSON here")
   a = ap.parse_args()
   t = a.tiny
-  n = a.n or (6_000 if t else 100_000)   # bench_train_step.build needs n >= 5340 faces
+  n = a.n or (6_000 if t else 100_000)
   width, height = a.width or (138 if t else 550), a.height or (200 if t else 802)
   size = a.size or (64 if t else 512)
   reps, warmup = a.reps or (3 if t else 10), a.warmup if a.warmup is not None else (1 if t else 3)

@@ -27,7 +27,7 @@ def build(n: int, width: int, height: int, views: int, seed: int = 0):
   from gaedit_jax.density import DensityStats
   from gaedit_jax.flame import FlameParams, add_teeth
   from gaedit_jax.reconstruct import ReconstructConfig, TrainState, baked_model, make_optimizer
-  from gaedit_jax.rig import Avatar, init_avatar
+  from gaedit_jax.rig import Avatar
 
   model_full = add_teeth(make_synthetic_flame(0))
   T = 16
@@ -35,7 +35,6 @@ def build(n: int, width: int, height: int, views: int, seed: int = 0):
   model = baked_model(model_full, flame)
   f = model.num_faces
   rng = np.random.default_rng(seed)
-  av0 = init_avatar(jax.random.key(seed), f, capacity=n, sh_degree=3)
   av = Avatar(xyz=jnp.asarray(rng.normal(0, 0.3, (n, 3)), jnp.float32),
               log_scale=jnp.asarray(rng.normal(np.log(np.sqrt(f / n)), 0.2, (n, 3)), jnp.float32),
               rotation=jnp.asarray(rng.normal(size=(n, 4)), jnp.float32),
@@ -43,7 +42,6 @@ def build(n: int, width: int, height: int, views: int, seed: int = 0):
               sh_dc=jnp.asarray(rng.normal(0, 0.3, (n, 1, 3)), jnp.float32),
               sh_rest=jnp.asarray(rng.normal(0, 0.05, (n, 15, 3)), jnp.float32),
               binding=jnp.asarray(np.arange(n) % f, jnp.int32), active=jnp.ones(n, bool))
-  del av0
   cfg = ReconstructConfig(data=".", out=".", iterations=600_000)
   opt = make_optimizer(cfg, 1.0)
   fl = {k: getattr(flame, k) for k in FlameParams.PER_TIMESTEP}

@@ -149,11 +149,15 @@ def main(cfg: RenderConfigCLI) -> dict:
         ds = AvatarDataset(cfg.target, s, **kw)
       except FileNotFoundError:
         continue
+      if len(_order(ds, cfg.camera_index)) == 0:  # e.g. VHAP's train split has no held-out camera
+        print(f"skipping {cfg.target} {s}: no frames with camera index {cfg.camera_index}")
+        continue
       tf = fit_flame_dims(full, ds.flame_params)
       tflame = {k: getattr(tf, k) for k in fp.PER_TIMESTEP}
       results[f"{name}/{s}"] = render_dataset(avatar, model, tflame, ds, rc, cfg, out / name / s / tag)
     if not results:
-      raise SystemExit(f"gaedit render: {cfg.target} has no transforms_{{train,val,test}}.json")
+      raise SystemExit(f"gaedit render: {cfg.target} has no frames to render (transforms_{{train,val,test}}.json"
+                       + (f" with camera index {cfg.camera_index})" if cfg.camera_index is not None else ")"))
   if cfg.orbit > 0:
     try:  # the orbit starts at the frontal (validation) camera
       ds = AvatarDataset(mcfg["data"], "val", **kw)

@@ -53,6 +53,12 @@ def test_render_splits_orbit_and_cross_identity(model, tiny, tmp_path):
   out2 = tmp_path / "r2"
   cli(["render", "--model", str(model), "--out", str(out2), "--splits", "val", "test", "--camera-index", "8"])
   assert (out2 / "test_8" / "ours_8" / "gt.mp4").exists()
+  # cross-identity from the held-out camera: the target's train split has no camera 8 and is skipped
+  out3 = tmp_path / "r3"
+  cli(["render", "--model", str(model), "--out", str(out3), "--max-frames", "2", "--splits", "val",
+       "--camera-index", "8", "--target", str(tiny)])
+  assert (out3 / "data_8" / "val" / "ours_8" / "renders.gif").exists()
+  assert not (out3 / "data_8" / "train").exists()
 
 
 def test_eval_recon_and_world_export(model, tmp_path):
