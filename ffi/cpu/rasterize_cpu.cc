@@ -25,11 +25,6 @@
 
 namespace ffi = xla::ffi;
 
-#ifndef GAEDIT_JAXLIB_VERSION
-#define GAEDIT_JAXLIB_VERSION "unknown"
-#endif
-#define GAEDIT_STR2(x) #x
-#define GAEDIT_STR(x) GAEDIT_STR2(x)
 
 namespace {
 
@@ -429,7 +424,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeFwd, RasterizeFwdImpl, gs::bind_for
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeBwd, RasterizeBwdImpl, gs::bind_backward(ffi::Ffi::Bind()));
 
 // "jaxlib=<version>;ffi_api=<major>.<minor>": checked by the Python loader before registration.
-extern "C" const char* gaedit_build_info() {
-  return "jaxlib=" GAEDIT_JAXLIB_VERSION ";ffi_api=" GAEDIT_STR(XLA_FFI_API_MAJOR) "." GAEDIT_STR(
-      XLA_FFI_API_MINOR);
-}
+extern "C" const char* gaedit_build_info() { return GAEDIT_BUILD_INFO; }

@@ -27,11 +27,6 @@
 namespace ffi = xla::ffi;
 using gs::BatchIndex;
 
-#ifndef GAEDIT_JAXLIB_VERSION
-#define GAEDIT_JAXLIB_VERSION "unknown"
-#endif
-#define GAEDIT_STR2(x) #x
-#define GAEDIT_STR(x) GAEDIT_STR2(x)
 
 namespace {
 
@@ -636,10 +631,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeBwdCuda, RasterizeBwdCudaImpl,
                               gs::bind_backward(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()),
                               {ffi::Traits::kCmdBufferCompatible});
 
-extern "C" const char* gaedit_build_info() {
-  return "jaxlib=" GAEDIT_JAXLIB_VERSION ";ffi_api=" GAEDIT_STR(XLA_FFI_API_MAJOR) "." GAEDIT_STR(
-      XLA_FFI_API_MINOR) ";cuda=1";
-}
+extern "C" const char* gaedit_build_info() { return GAEDIT_BUILD_INFO ";cuda=1"; }
 
 // Bytes of the forward workspace for VN (view, Gaussian) pairs, `cap` pooled intersections and VT
 // (view, tile) pairs; the Python wrapper sizes the workspace output with it at trace time.

@@ -194,14 +194,17 @@ inline ffi::Error decode_backward(int64_t width, int64_t height, int64_t tile, i
 }
 
 // The FFI signatures, shared by both platforms (the CUDA binder starts with the stream context).
-template <class B>
-auto bind_forward(B b) {
+// Forward and backward share the image geometry and the scene inputs; `mode` is the attribute
+// that differs (wabe_k forward, wabe_backward backward). Attributes keep the order they are
+// declared in both.
+template <class Mode, class B>
+auto bind_scene(B&& b, const char* mode) {
   return std::move(b).template Attr<int64_t>("width")
       .template Attr<int64_t>("height")
       .template Attr<int64_t>("tile_size")
       .template Attr<int64_t>("sh_degree")
       .template Attr<float>("near_plane")
-      .template Attr<int64_t>("wabe_k")
+      .template Attr<Mode>(mode)
       .template Attr<float>("wabe_beta")
       .template Arg<F32>()   // means
       .template Arg<F32>()   // quats
@@ -211,7 +214,12 @@ auto bind_forward(B b) {
       .template Arg<F32>()   // screen_offset
       .template Arg<F32>()   // world_to_camera
       .template Arg<F32>()   // intrinsics
-      .template Arg<F32>()   // background
+      .template Arg<F32>();  // background
+}
+
+template <class B>
+auto bind_forward(B b) {
+  return bind_scene<int64_t>(std::move(b), "wabe_k")
       .template Ret<F32>()   // image
       .template Ret<F32>()   // alpha
       .template Ret<F32>()   // depth
@@ -232,22 +240,7 @@ auto bind_forward(B b) {
 
 template <class B>
 auto bind_backward(B b) {
-  return std::move(b).template Attr<int64_t>("width")
-      .template Attr<int64_t>("height")
-      .template Attr<int64_t>("tile_size")
-      .template Attr<int64_t>("sh_degree")
-      .template Attr<float>("near_plane")
-      .template Attr<bool>("wabe_backward")
-      .template Attr<float>("wabe_beta")
-      .template Arg<F32>()   // means
-      .template Arg<F32>()   // quats
-      .template Arg<F32>()   // scales
-      .template Arg<F32>()   // opacities
-      .template Arg<F32>()   // sh
-      .template Arg<F32>()   // screen_offset
-      .template Arg<F32>()   // world_to_camera
-      .template Arg<F32>()   // intrinsics
-      .template Arg<F32>()   // background
+  return bind_scene<bool>(std::move(b), "wabe_backward")
       .template Arg<S32>()   // radii
       .template Arg<F32>()   // means2d
       .template Arg<F32>()   // conic + opacity
@@ -270,5 +263,14 @@ auto bind_backward(B b) {
       .template Ret<F32>()   // d_background
       .template Ret<ffi::Buffer<ffi::U8>>();  // workspace (CUDA)
 }
+
+// What the Python loader checks against the installed jaxlib: "jaxlib=<version>;ffi_api=<M>.<m>".
+#ifndef GAEDIT_JAXLIB_VERSION
+#define GAEDIT_JAXLIB_VERSION "unknown"
+#endif
+#define GAEDIT_STR2(x) #x
+#define GAEDIT_STR(x) GAEDIT_STR2(x)
+#define GAEDIT_BUILD_INFO \
+  "jaxlib=" GAEDIT_JAXLIB_VERSION ";ffi_api=" GAEDIT_STR(XLA_FFI_API_MAJOR) "." GAEDIT_STR(XLA_FFI_API_MINOR)
 
 }  // namespace gs
