@@ -59,17 +59,18 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def to_host(tree):
-  """numpy copies of (replicated or single-device) arrays; in a multi-host run a replicated
-  array is not fully addressable, but each process holds a whole copy in its first shard."""
+def local(tree):
+  """The arrays as this process can use them alone: unchanged when fully addressable (one host);
+  in a multi-host run a replicated array is not, but this process holds a whole copy in its first
+  shard; anything else is gathered."""
   def get(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      if not x.sharding.is_fully_replicated:
-        from jax.experimental import multihost_utils
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return x
+    if x.sharding.is_fully_replicated:
+      return x.addressable_data(0)
+    from jax.experimental import multihost_utils
 
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-      return np.asarray(x.addressable_data(0))
-    return np.asarray(x) if isinstance(x, jax.Array) else x
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return jax.tree.map(get, tree)
 
 
@@ -123,18 +124,19 @@ def shard_views(tree, mesh: Mesh | None):
   return jax.tree.map(lambda x: jax.device_put(x, split if np.ndim(x) else rep), tree)
 
 
-def over_views(fn, mesh: Mesh, operands: list, batch: int):
-  """Calls fn(*operands) under shard_map, splitting the operands whose leading dim is the view
-  batch (size `batch`) and replicating the others (size-1 broadcast dims); every output is split
-  along its leading dim. `batch` must be divisible by the mesh size."""
-  spec = lambda x: P(VIEWS) if x.ndim and x.shape[0] == batch and batch > 1 else P()
+def over_views(fn, mesh: Mesh | None, operands: list, batch: tuple[int, ...]):
+  """fn(*operands), split over the mesh's devices when the call's leading view dim (batch[0])
+  divides evenly: under shard_map, the operands whose leading dim is the view batch are split,
+  the others (size-1 broadcast dims) replicated, and every output split along its leading dim.
+  Otherwise (no mesh, one view, an indivisible batch) fn runs as it is.
+
+  check_vma is off because FFI outputs carry no varying-axis types; the transpose still sums the
+  replicated operands' cotangents over devices (tests/multidevice checks the gradients)."""
+  if mesh is None or not batch or batch[0] <= 1 or batch[0] % mesh.size:
+    return fn(*operands)
+  spec = lambda x: P(VIEWS) if x.ndim and x.shape[0] == batch[0] else P()
   return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec(x) for x in operands), out_specs=P(VIEWS),
                        check_vma=False)(*operands)
 
 
-def shards_views(mesh: Mesh | None, batch: tuple[int, ...]) -> bool:
-  """Whether a rasterizer call with this batch shape is split over the mesh."""
-  return mesh is not None and len(batch) >= 1 and batch[0] > 1 and batch[0] % mesh.size == 0
-
-
-__all__ = ["VIEWS", "init_distributed", "is_primary", "barrier", "to_host", "first_view", "view_mesh", "replicate", "shard_views", "over_views", "shards_views"]
+__all__ = ["VIEWS", "init_distributed", "is_primary", "barrier", "local", "first_view", "view_mesh", "replicate", "shard_views", "over_views"]

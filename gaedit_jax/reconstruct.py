@@ -519,9 +519,9 @@ class Trainer:
     ds = self.eval_ds.get(split)
     if ds is None or len(ds) == 0:
       return None
-    # on this process's first device, from host copies (multi-host: the replicated state is not
-    # fully addressable; evaluation is not the hot loop)
-    st = parallel.to_host(self.state)
+    # without the view mesh (evaluation renders its own chunks), from this process's copy of the
+    # state (multi-host: the replicated state is not fully addressable)
+    st = parallel.local(self.state)
     if self.cfg.lpips_weights is not None and not hasattr(self, "_lpips"):
       from gaedit_jax.edit.lpips import load_lpips
 
@@ -553,7 +553,8 @@ class Trainer:
 
   # -- main loop --------------------------------------------------------------------------------
   def run(self) -> dict:
-    from gaedit_jax.io.checkpoint import CheckpointManager
+    from gaedit_jax.io.checkpoint import open_checkpoints
+    from gaedit_jax.io.progress import open_progress
 
     c = self.cfg
     primary = parallel.is_primary()   # multi-host: process 0 writes logs, exports, summaries
@@ -562,35 +563,14 @@ class Trainer:
           config=_jsonable(dataclasses.asdict(c)), data=str(Path(c.data).absolute()),
           flame_model=str(resolve_flame_path(c.data, c.flame_model).absolute()),
           extent=self.extent), indent=2))
-    ckpt = CheckpointManager(self.out / "checkpoints", keep=c.keep_checkpoints)
-    if not c.resume and ckpt.all_steps():
-      # A fresh run must not leave stale, later-numbered checkpoints that a --resume would pick.
-      import shutil
-
-      print(f"note: starting a new run; removing old checkpoints {ckpt.all_steps()} in {ckpt.dir}")
-      ckpt.close()
-      if primary:
-        shutil.rmtree(ckpt.dir)
-      parallel.barrier("gaedit-reconstruct-clean")
-      ckpt = CheckpointManager(self.out / "checkpoints", keep=c.keep_checkpoints)
+    ckpt = open_checkpoints(self.out / "checkpoints", c.keep_checkpoints, c.resume)
     start = 0
     if c.resume and self.restore(ckpt):
       start = int(self.state.step)
       print(f"resumed from iteration {start}")
-    writer = None
-    if c.tensorboard and primary:
-      try:
-        from tensorboardX import SummaryWriter
-
-        writer = SummaryWriter(str(self.out / "tb"))
-      except ImportError:
-        writer = None
-    bar = None
+    writer, bar = open_progress(self.out, tensorboard=c.tensorboard, progress=c.progress, total=c.iterations,
+                                initial=start, desc="reconstruct")
     end = c.iterations if c.stop_after is None else min(c.iterations, c.stop_after)
-    if c.progress and primary:
-      from tqdm import tqdm
-
-      bar = tqdm(total=c.iterations, initial=start, desc="reconstruct", dynamic_ncols=True)
     n = len(self.train_ds)
     pending: list[tuple[int, dict]] = []
     t0 = time.perf_counter()

@@ -299,6 +299,20 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
   return new, metrics, dict(render=image, edit=target, mouth_mask=mmask, wabe_mask=gmask)
 
 
+def init_edit_state(seed: int, avatar: Avatar, flame: dict, optimizer, disc_module,
+                    disc_optimizer) -> EditState:
+  """Fresh edit state: copies of the avatar and per-timestep FLAME (the step donates its state),
+  new Adam moments (SPEC 5.5), a discriminator initialised from `seed`."""
+  k_disc, k_run = jax.random.split(jax.random.key(seed))
+  _, dparams = D.init_discriminator(k_disc, (64, 64), disc_module)
+  fl = {k: jnp.array(v, jnp.float32, copy=True) for k, v in flame.items()}
+  av = jax.tree.map(lambda x: jnp.array(x, copy=True), avatar)
+  params = {"gauss": av.params(), "flame": fl}
+  return EditState(avatar=av, flame=fl, opt_state=optimizer.init(params), disc=dparams,
+                   disc_opt_state=disc_optimizer.init(dparams), step=jnp.zeros((), jnp.int32),
+                   key=jax.random.key_data(k_run))
+
+
 def make_step(optimizer, disc_module, disc_optimizer, s: StepSettings, do_edit: bool):
   return jax.jit(lambda st, *a: edit_step(st, *a, optimizer=optimizer, disc_module=disc_module,
                                           disc_optimizer=disc_optimizer, s=s, do_edit=do_edit),
@@ -408,14 +422,7 @@ class EditRun:
                                                        isect_per_gaussian=self.isect, mesh=self.mesh))
 
   def init_state(self, avatar: Avatar, flame: dict) -> EditState:
-    k_disc, k_run = jax.random.split(jax.random.key(self.cfg.seed))
-    _, dparams = D.init_discriminator(k_disc, (64, 64), self.disc_module)
-    fl = {k: jnp.array(v, jnp.float32, copy=True) for k, v in flame.items()}
-    av = jax.tree.map(lambda x: jnp.array(x, copy=True), avatar)
-    params = {"gauss": av.params(), "flame": fl}
-    return EditState(avatar=av, flame=fl, opt_state=self.optimizer.init(params), disc=dparams,
-                     disc_opt_state=self.disc_optimizer.init(dparams), step=jnp.zeros((), jnp.int32),
-                     key=jax.random.key_data(k_run))
+    return init_edit_state(self.cfg.seed, avatar, flame, self.optimizer, self.disc_module, self.disc_optimizer)
 
   def step_fn(self, do_edit: bool):
     # Jitted steps are shared by runs with the same optimizer and step settings (no recompiles in
@@ -465,32 +472,24 @@ class EditRun:
     h, w = self.train_ds.image_size
     e = parallel.first_view(imgs["edit"])[None]
     e = from_square(e, h, w) if self.editor.square_size else e
-    st = parallel.to_host(self.state)   # rendered on one device, from host copies (multi-host safe)
+    st = parallel.local(self.state)   # this process's copy (multi-host safe)
     cur = render_views(st.avatar, self.model_local, st.flame, np.asarray(b.timestep[:1]), b.camera[:1],
-                       parallel.to_host(self.background),
+                       parallel.local(self.background),
                        dataclasses.replace(self.settings.render, wabe_k=0, wabe_backward=False, mesh=None))
     row = [np.clip(parallel.first_view(imgs["render"]), 0, 1), np.clip(np.asarray(e[0]), 0, 1), cur[0]]
     save_png(self.out / "edits" / f"iteration_{it:05d}.png", side_by_side(row))
 
   # -- the loop ---------------------------------------------------------------------------------
   def run(self) -> dict:
-    from gaedit_jax.io.checkpoint import CheckpointManager
+    from gaedit_jax.io.checkpoint import open_checkpoints
+    from gaedit_jax.io.progress import open_progress
     from gaedit_jax.reconstruct import frame_order
 
     c = self.cfg
     primary = parallel.is_primary()   # multi-host: process 0 writes logs, dumps, exports, summaries
     if primary:
       self.write_cfg()
-    ckpt = CheckpointManager(self.out / "checkpoints", keep=c.keep_checkpoints)
-    if not c.resume and ckpt.all_steps():
-      import shutil
-
-      print(f"note: starting a new edit; removing old checkpoints {ckpt.all_steps()} in {ckpt.dir}")
-      ckpt.close()
-      if primary:
-        shutil.rmtree(ckpt.dir)
-      parallel.barrier("gaedit-edit-clean")
-      ckpt = CheckpointManager(self.out / "checkpoints", keep=c.keep_checkpoints)
+    ckpt = open_checkpoints(self.out / "checkpoints", c.keep_checkpoints, c.resume)
     start = 0
     if c.resume and ckpt.latest_step() is not None:
       step = ckpt.latest_step()
@@ -499,20 +498,9 @@ class EditRun:
       self.state = parallel.replicate(ckpt.restore(step, self.state), self.mesh)
       start = int(self.state.step)
       print(f"resumed from edit iteration {start}")
-    writer = None
-    if c.tensorboard and primary:
-      try:
-        from tensorboardX import SummaryWriter
-
-        writer = SummaryWriter(str(self.out / "tb"))
-      except ImportError:
-        pass
+    writer, bar = open_progress(self.out, tensorboard=c.tensorboard, progress=c.progress, total=c.iterations,
+                                initial=start, desc="edit")
     end = c.iterations if c.stop_after is None else min(c.iterations, c.stop_after)
-    bar = None
-    if c.progress and primary:
-      from tqdm import tqdm
-
-      bar = tqdm(total=c.iterations, initial=start, desc="edit", dynamic_ncols=True)
     n = len(self.train_ds)
     zero_edit = parallel.shard_views(jnp.zeros(self.edit_shape(c.batch_size), jnp.float32), self.mesh)
     pending: list = []
@@ -578,5 +566,5 @@ def main(cfg: EditConfig) -> dict:
   return res
 
 
-__all__ = ["EditConfig", "EditState", "StepSettings", "edit_step", "make_step", "make_optimizer",
+__all__ = ["EditConfig", "EditState", "StepSettings", "edit_step", "init_edit_state", "make_step", "make_optimizer",
            "build_editor", "EditRun", "main"]

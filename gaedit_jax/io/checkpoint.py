@@ -62,4 +62,22 @@ class CheckpointManager:
     self._mgr.close()
 
 
-__all__ = ["CheckpointManager"]
+def open_checkpoints(directory: str | os.PathLike, keep: int, resume: bool) -> CheckpointManager:
+  """The run's checkpoints. A fresh run (not `resume`) first removes old ones, which a later
+  --resume would otherwise pick; in a multi-host run process 0 removes them while the others wait."""
+  from gaedit_jax import parallel
+
+  ckpt = CheckpointManager(directory, keep=keep)
+  if resume or not ckpt.all_steps():
+    return ckpt
+  import shutil
+
+  print(f"note: starting a new run; removing old checkpoints {ckpt.all_steps()} in {ckpt.dir}")
+  ckpt.close()
+  if parallel.is_primary():
+    shutil.rmtree(ckpt.dir)
+  parallel.barrier("gaedit-fresh-checkpoints")
+  return CheckpointManager(directory, keep=keep)
+
+
+__all__ = ["CheckpointManager", "open_checkpoints"]

@@ -193,11 +193,7 @@ def rasterize(gaussians: Gaussians, camera: Camera, background, config: RenderCo
   if st.capacity * max(1, math.prod(batch)) >= 2**31:
     raise ValueError("rasterize: the intersection buffer would exceed 2^31 entries; lower "
                      "max_intersections / isect_per_gaussian or render fewer views per call")
-  op = functools.partial(_rasterize_op, st)
-  if parallel.shards_views(config.mesh, batch):
-    outs = parallel.over_views(op, config.mesh, ops, batch[0])
-  else:
-    outs = op(*ops)
+  outs = parallel.over_views(functools.partial(_rasterize_op, st), config.mesh, ops, batch)
   image, alpha, depth, radii, wcount, wweight, overflow = outs
   return RenderOutput(image=image, alpha=alpha, depth=depth, radii=radii, wabe_mask=wcount > 0,
                       wabe_weight=wweight, overflow=overflow > 0)
