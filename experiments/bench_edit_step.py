@@ -83,7 +83,7 @@ def build_edit(n: int, width: int, height: int, isect: float, lpips_on: bool):
 
   from gaedit_jax.edit import discriminator as D
   from gaedit_jax.edit import wabe as W
-  from gaedit_jax.edit.loop import EditConfig, EditRun, StepSettings, make_optimizer
+  from gaedit_jax.edit.loop import EditConfig, StepSettings, init_edit_state, make_optimizer
   from gaedit_jax.edit.mouth import mouth_face_mask, mouth_gaussians
   from gaedit_jax.render.types import RenderConfig
 
@@ -92,8 +92,7 @@ def build_edit(n: int, width: int, height: int, isect: float, lpips_on: bool):
   cfg = EditConfig(avatar=Path("."), out=Path("."), seed=0)
   run = SimpleNamespace(cfg=cfg, optimizer=make_optimizer(cfg, 1.0), disc_module=D.PatchDiscriminator(),
                         disc_optimizer=D.make_discriminator_optimizer(cfg.disc_lr))
-  # EditRun.init_state only reads these attributes: reuse it rather than copy it
-  state = EditRun.init_state(run, tstate.avatar, tstate.flame)
+  state = init_edit_state(cfg.seed, tstate.avatar, tstate.flame, run.optimizer, run.disc_module, run.disc_optimizer)
   settings = StepSettings(render=W.render_config("binary", RenderConfig(sh_degree=3, isect_per_gaussian=isect)),
                           wabe="binary", lambda_lpips=10.0 if lpips_on else 0.0, gan=True, gan_mode="faithful")
   mouth = mouth_gaussians(state.avatar.binding, mouth_face_mask(model), state.avatar.active)

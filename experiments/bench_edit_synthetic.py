@@ -340,14 +340,15 @@ def save_grid(a, res: dict, variants: list[str], gt: np.ndarray) -> Path:
   """OUT/grid.png: ground truth | before edit | variants (first seed), labelled."""
   from PIL import Image, ImageDraw
 
+  from gaedit_jax.edit.images import read_png
   from gaedit_jax.io.media import save_png, side_by_side, to_uint8
 
-  tiles = [("ground truth", gt), ("before edit", _load_png(a.out / "before_grid_frame.png"))]
+  tiles = [("ground truth", gt), ("before edit", read_png(a.out / "before_grid_frame.png"))]
   s0 = str(a.seeds[0])
   for v in variants:
     p = a.out / "runs" / v / f"seed{s0}" / "grid_frame.png"
     if s0 in res["runs"].get(v, {}) and p.exists():
-      tiles.append((LABELS[v], _load_png(p)))
+      tiles.append((LABELS[v], read_png(p)))
   labelled = []
   for name, img in tiles:
     im = Image.fromarray(to_uint8(img))
@@ -356,12 +357,6 @@ def save_grid(a, res: dict, variants: list[str], gt: np.ndarray) -> Path:
     ImageDraw.Draw(canvas).text((2, 0), name, fill=(0, 0, 0))
     labelled.append(np.asarray(canvas))
   return save_png(a.out / "grid.png", side_by_side(labelled))
-
-
-def _load_png(p: Path) -> np.ndarray:
-  from PIL import Image
-
-  return np.asarray(Image.open(p).convert("RGB"))
 
 
 def write_results(a, res: dict, variants: list[str]) -> None:

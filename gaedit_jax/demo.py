@@ -118,10 +118,9 @@ def main(cfg: DemoConfig) -> dict:
 
 
 def _test_frames(folder: Path) -> np.ndarray:
-  from PIL import Image
+  from gaedit_jax.edit.images import read_png
 
-  files = sorted((folder / "renders").glob("*.png"))
-  return np.stack([np.asarray(Image.open(f).convert("RGB"), np.float32) / 255.0 for f in files])
+  return np.stack([read_png(f) for f in sorted((folder / "renders").glob("*.png"))])
 
 
 def _edit(cfg: DemoConfig, out: Path, model: Path) -> dict:
