@@ -306,16 +306,7 @@ ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const Sav
           Ag[9] += s * gD * wgt;
           dal += gD * (z * Tk - Bz * om) + (gA * TN - bgterm) * om;
           Bz += z * wgt;
-          dal *= s;
-          if (oG <= gs::kAlphaMax) {  // alpha was not clamped
-            Ag[5] += G * dal;
-            const float dp = oG * dal;
-            Ag[0] += -dp * (co[0] * dx + co[1] * dy);
-            Ag[1] += -dp * (co[1] * dx + co[2] * dy);
-            Ag[2] += -0.5f * dp * dx * dx;
-            Ag[3] += -dp * dx * dy;
-            Ag[4] += -0.5f * dp * dy * dy;
-          }
+          gs::alpha_vjp(dal * s, G, oG, co, dx, dy, Ag);
         }
       }
     }

@@ -350,16 +350,7 @@ __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, 
         val[9] += s * gD[q] * wgt;
         dal += gD[q] * (c[3] * Tk[q] - Bz[q] * om) + (gA[q] * TN[q] - bgterm[q]) * om;
         Bz[q] += c[3] * wgt;
-        dal *= s;
-        if (oG <= gs::kAlphaMax) {
-          val[5] += G * dal;
-          const float dp = oG * dal;
-          val[0] += -dp * (co[0] * dx + co[1] * dy);
-          val[1] += -dp * (co[1] * dx + co[2] * dy);
-          val[2] += -0.5f * dp * dx * dx;
-          val[3] += -dp * dx * dy;
-          val[4] += -0.5f * dp * dy * dy;
-        }
+        gs::alpha_vjp(dal * s, G, oG, co, dx, dy, val);
       }
       if (__any_sync(0xffffffffu, contrib)) {
         // warp-level reduction (every lane gets the sums), then lane i issues the atomic of value i

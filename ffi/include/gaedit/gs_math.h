@@ -378,6 +378,20 @@ GS_HD float pixel_power(float u, float v, const float conic[3], float px, float 
   return -0.5f * (conic[0] * dx * dx + conic[2] * dy * dy) - conic[1] * dx * dy;
 }
 
+// Backward of alpha = o G(d) for one pixel: given dal = dL/dalpha, accumulates into g the
+// gradients w.r.t. the 2D mean (g[0..1], from d = mean - pixel), the conic (g[2..4]) and the
+// opacity (g[5]). Nothing flows where alpha was clamped to kAlphaMax.
+GS_HD void alpha_vjp(float dal, float G, float oG, const float conic[3], float dx, float dy, float g[6]) {
+  if (oG > kAlphaMax) return;
+  g[5] += G * dal;
+  const float dp = oG * dal;
+  g[0] += -dp * (conic[0] * dx + conic[1] * dy);
+  g[1] += -dp * (conic[1] * dx + conic[2] * dy);
+  g[2] += -0.5f * dp * dx * dx;
+  g[3] += -dp * dx * dy;
+  g[4] += -0.5f * dp * dy * dy;
+}
+
 // WABE visibility weight of the contributor with transmittance T before it.
 GS_HD float wabe_weight(float T, float alpha, float beta) { return expf(-beta * (1.f - T)) * alpha; }
 
