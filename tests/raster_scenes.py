@@ -39,3 +39,25 @@ def ring_cameras(num: int, *, width: int, height: int, dist: float = 1.0, focal:
     cys.append(height / 2 + (rng.uniform(-3, 3) if jitter_pp else 0.0))
   return make_camera(np.stack(mats), focal, focal * 1.05, np.array(cxs), np.array(cys),
                      width=width, height=height)
+
+
+def faint_scene(seed: int = 13, n: int = 600):
+  """Small, faint Gaussians (opacity <= 0.1) and one 64x48 view: their 3-sigma squares touch many
+  tiles where alpha never reaches 1/255, the case exact tile lists cut."""
+  g = random_gaussians(seed, n, scale=0.01)
+  opac = np.random.default_rng(seed).uniform(0.01, 0.1, n)
+  g = Gaussians(g.means, g.quats, g.scales, jnp.asarray(opac, jnp.float32), g.sh)
+  return g, ring_cameras(1, width=64, height=48, focal=60)[0]
+
+
+def square_tile_pairs(g: Gaussians, cam, config) -> int:
+  """(Gaussian, tile) pairs of the 3-sigma squares (the lists before exact culling), one view."""
+  from gaedit_jax.render import reference
+  from gaedit_jax.render.api import prepare_inputs
+  named, _ = prepare_inputs(g, cam, jnp.zeros(3), config)
+  a = [x for x, _ in named.values()]
+  p = reference.project(*a[:8], width=cam.width, height=cam.height, tile_size=config.tile_size,
+                        near_plane=config.near_plane, sh_degree=config.sh_degree)
+  r = np.asarray(p["rect"]).reshape(-1, 4)
+  valid = np.asarray(p["valid"]).reshape(-1)
+  return int(np.sum(valid * (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])))

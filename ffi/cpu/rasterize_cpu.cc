@@ -117,8 +117,13 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
     std::fill(count.begin(), count.end(), 0);
     for (int64_t g = 0; g < N; ++g) {
       const int32_t* r = &rects[4 * (v * N + g)];
+      if (r[2] <= r[0]) continue;
+      const int64_t vg = v * N + g;
+      const float qmax = gs::alpha_reach_q(conic_opac[4 * vg + 3]);
       for (int ty = r[1]; ty < r[3]; ++ty)
-        for (int tx = r[0]; tx < r[2]; ++tx) ++count[(int64_t)ty * gx + tx];
+        for (int tx = r[0]; tx < r[2]; ++tx)
+          if (gs::tile_reached(means2d[2 * vg], means2d[2 * vg + 1], conic_opac + 4 * vg, qmax, tx, ty, st.tile))
+            ++count[(int64_t)ty * gx + tx];
     }
     const int64_t total = std::accumulate(count.begin(), count.end(), int64_t(0));
     int32_t* ranges = tile_ranges + 2 * T * v;
@@ -136,8 +141,13 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
     }
     for (int64_t g = 0; g < N; ++g) {
       const int32_t* r = &rects[4 * (v * N + g)];
+      if (r[2] <= r[0]) continue;
+      const int64_t vg = v * N + g;
+      const float qmax = gs::alpha_reach_q(conic_opac[4 * vg + 3]);
       for (int ty = r[1]; ty < r[3]; ++ty)
-        for (int tx = r[0]; tx < r[2]; ++tx) isect[ranges[2 * ((int64_t)ty * gx + tx) + 1]++] = (int32_t)g;
+        for (int tx = r[0]; tx < r[2]; ++tx)
+          if (gs::tile_reached(means2d[2 * vg], means2d[2 * vg + 1], conic_opac + 4 * vg, qmax, tx, ty, st.tile))
+            isect[ranges[2 * ((int64_t)ty * gx + tx) + 1]++] = (int32_t)g;
     }
     base += total;
   }

@@ -45,11 +45,17 @@ __device__ __forceinline__ gs::Cam cam_of(const DevInputs& in, const DevStatic& 
 }
 
 // ------------------------------------------------------------------------------------ forward
+constexpr int64_t kProjChunk = 1 << 16;
+
 __global__ void project_kernel(DevInputs in, DevStatic st, int32_t* radii, float* means2d,
                                float* conic_opac, float* colors, float* zs, int32_t* counts) {
-  const int64_t vg = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (vg >= in.V * in.N) return;
-  const int64_t v = vg / in.N, g = vg % in.N, N = in.N;
+  // Threads walk chunks of kProjChunk Gaussians through every view before the next chunk, so a
+  // chunk's parameters (SH: 192 B per Gaussian) come from DRAM once and from L2 for later views.
+  const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, N = in.N;
+  if (t >= in.V * N) return;
+  const int64_t c = t / (in.V * kProjChunk), base = c * kProjChunk;
+  const int64_t gsz = min(kProjChunk, N - base), r = t - c * in.V * kProjChunk;
+  const int64_t v = r / gsz, g = base + r % gsz, vg = v * N + g;
   const gs::Cam cam = cam_of(in, st, v);
   const float* mean = in.means + 3 * (in.i_means(v) * N + g);
   const float op = in.opac[in.i_opac(v) * N + g];
@@ -72,7 +78,13 @@ __global__ void project_kernel(DevInputs in, DevStatic st, int32_t* radii, float
   conic_opac[4 * vg + 3] = on ? op : 0.f;
   for (int j = 0; j < 3; ++j) colors[3 * vg + j] = rgb[j];
   zs[vg] = on ? p.z : 0.f;
-  counts[vg] = on ? (p.rect[2] - p.rect[0]) * (p.rect[3] - p.rect[1]) : 0;
+  int n = 0;
+  if (on) {
+    const float qmax = gs::alpha_reach_q(op);
+    for (int ty = p.rect[1]; ty < p.rect[3]; ++ty)
+      for (int tx = p.rect[0]; tx < p.rect[2]; ++tx) n += gs::tile_reached(p.u, p.v, p.conic, qmax, tx, ty, st.tile);
+  }
+  counts[vg] = n;
 }
 
 // The same rectangle as gs::project (recomputed from the stored mean and integer radius).
@@ -84,32 +96,39 @@ __device__ __forceinline__ void tile_rect(float u, float v, int radius, const De
   r[3] = (int)fminf((float)st.gy, fmaxf(0.f, ceilf((v + rf) / ts)));
 }
 
+// Writes exactly counts[vg] keys (the tiles that pass gs::tile_reached, as counted by
+// project_kernel; should the two passes ever disagree, the slots stay padding or the extra tiles are
+// dropped, never another Gaussian's slots).
 __global__ void emit_kernel(int64_t VN, int64_t N, DevStatic st, const int32_t* radii,
-                            const float* means2d, const float* zs, const int32_t* offsets,
-                            int64_t cap, uint64_t* keys, int32_t* vals) {
+                            const float* means2d, const float* conic_opac, const float* zs,
+                            const int32_t* offsets, const int32_t* counts, int64_t cap, uint64_t* keys,
+                            int32_t* vals) {
   const int64_t vg = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (vg >= VN || radii[vg] <= 0) return;
   const int64_t v = vg / N, g = vg % N;
   int r[4];
-  tile_rect(means2d[2 * vg], means2d[2 * vg + 1], radii[vg], st, r);
+  const float u = means2d[2 * vg], vv = means2d[2 * vg + 1];
+  tile_rect(u, vv, radii[vg], st, r);
+  const float conic[3] = {conic_opac[4 * vg], conic_opac[4 * vg + 1], conic_opac[4 * vg + 2]};
+  const float qmax = gs::alpha_reach_q(conic_opac[4 * vg + 3]);
   const int64_t T = (int64_t)st.gx * st.gy;
   const uint32_t zbits = __float_as_uint(zs[vg]);  // z > 0: float order == integer order
   int64_t idx = offsets[vg];
+  const int64_t end = min(cap, idx + counts[vg]);
   for (int ty = r[1]; ty < r[3]; ++ty)
-    for (int tx = r[0]; tx < r[2]; ++tx, ++idx) {
-      if (idx >= cap) return;
+    for (int tx = r[0]; tx < r[2]; ++tx) {
+      if (idx >= end) return;
+      if (!gs::tile_reached(u, vv, conic, qmax, tx, ty, st.tile)) continue;
       keys[idx] = ((uint64_t)(v * T + (int64_t)ty * st.gx + tx) << 32) | zbits;
       vals[idx] = (int32_t)g;
+      ++idx;
     }
 }
 
-// Slots past the emitted total get a key that sorts after every real one.
-__global__ void pad_kernel(int64_t cap, const int32_t* offsets, const int32_t* counts, int64_t VN,
-                           uint64_t pad_key, uint64_t* keys, int32_t* vals) {
+// Every slot starts as a key that sorts after every real one; emit_kernel overwrites the used ones.
+__global__ void pad_kernel(int64_t cap, uint64_t pad_key, uint64_t* keys, int32_t* vals) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= cap) return;
-  const int64_t total = (int64_t)offsets[VN - 1] + counts[VN - 1];
-  if (i >= total) keys[i] = pad_key, vals[i] = 0;
+  if (i < cap) keys[i] = pad_key, vals[i] = 0;
 }
 
 __global__ void overflow_kernel(int64_t V, int64_t N, const int32_t* offsets, const int32_t* counts,
@@ -137,6 +156,23 @@ __global__ void ranges_kernel(int64_t cap, int64_t VT, const uint64_t* keys, int
 
 constexpr int kBlock = 256;  // 16 x 16 tiles
 
+// Rows [lo, hi] (pixel-centre y) outside which the Gaussian cannot reach alpha >= kAlphaMin: the
+// ellipse d^T Q d <= qmax spans |dy| <= sqrt(qmax (Q^-1)_yy) = sqrt(qmax A / det Q). A warp whose
+// pixel rows all lie outside skips the Gaussian with one uniform test instead of per-pixel math;
+// the margin in alpha_reach_q keeps this exact. lo > hi: reaches no pixel.
+__device__ __forceinline__ float2 reach_rows(float2 uv, float4 co) {
+  const float qmax = gs::alpha_reach_q(co.w), det = co.x * co.z - co.y * co.y;
+  const float e = (qmax > 0.f && det > 0.f) ? sqrtf(qmax * co.x / det) : -1.f;
+  return make_float2(uv.y - e, uv.y + e);
+}
+
+// Pixel-centre rows [lo, hi] of the 32 consecutive pixel slots from `slot0` of a tile at row y0.
+__device__ __forceinline__ float2 warp_rows(int y0, int slot0, int ts) {
+  return make_float2(y0 + slot0 / ts + 0.5f, y0 + (slot0 + 31) / ts + 0.5f);
+}
+
+__device__ __forceinline__ bool rows_meet(float2 a, float2 b) { return a.x <= b.y && b.x <= a.y; }
+
 __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
     DevInputs in, DevStatic st, const float* means2d, const float* conic_opac, const float* colors,
     const float* zs, const int32_t* isect, const int32_t* ranges, float* image, float* alpha_out,
@@ -153,6 +189,8 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
   __shared__ float s_uv[kBlock][2];
   __shared__ float s_co[kBlock][4];
   __shared__ float s_col[kBlock][4];  // rgb + z
+  __shared__ float2 s_rows[kBlock];   // reach_rows
+  const float2 wrows = warp_rows((int)(t / st.gx) * ts, tid & ~31, ts);
   float Tr = 1.f, C[3] = {0.f, 0.f, 0.f}, D = 0.f;
   int32_t lastp = start, nslot = 0;
   bool done = !inside;
@@ -170,10 +208,13 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
       for (int k = 0; k < 4; ++k) s_co[tid][k] = conic_opac[4 * vg + k];
       for (int k = 0; k < 3; ++k) s_col[tid][k] = colors[3 * vg + k];
       s_col[tid][3] = zs[vg];
+      s_rows[tid] = reach_rows(make_float2(s_uv[tid][0], s_uv[tid][1]),
+                               make_float4(s_co[tid][0], s_co[tid][1], s_co[tid][2], s_co[tid][3]));
     }
     __syncthreads();
     const int cnt = min(kBlock, end - b0);
     for (int k = 0; k < cnt && !done; ++k) {
+      if (!rows_meet(s_rows[k], wrows)) continue;  // uniform over the warp
       const float power = gs::pixel_power(s_uv[k][0], s_uv[k][1], s_co[k], px, py);
       if (power > 0.f) continue;
       const float a = fminf(gs::kAlphaMax, s_co[k][3] * __expf(power));
@@ -230,6 +271,32 @@ using DevGrads = gs::Grads;
 __device__ __forceinline__ float warp_sum(float x) {
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
+}
+
+// One butterfly step of the multi-value warp sum: lanes with `bit` set keep the upper half of
+// their H values and send the lower half, their partners the opposite, so each lane ends with H/2
+// partial sums (value indices now carry `bit` as their high part).
+template <int H>
+__device__ __forceinline__ void halve(const float* x, float* y, int lane, int bit) {
+  const bool up = lane & bit;
+#pragma unroll
+  for (int i = 0; i < H / 2; ++i) {
+    const float lo = x[i], hi = x[i + H / 2];
+    y[i] = (up ? hi : lo) + __shfl_xor_sync(0xffffffffu, up ? lo : hi, bit);
+  }
+}
+
+// Warp sums of kAcc <= 16 values with 16 shuffles instead of kAcc x 5 (recursive halving): on
+// return, lanes 2i and 2i + 1 hold the sum over the warp of value i.
+__device__ __forceinline__ float warp_sum_many(const float (&x)[kAcc], int lane) {
+  float a[16], b[8], c[4], d[2], e[1];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) a[i] = i < kAcc ? x[i] : 0.f;
+  halve<16>(a, b, lane, 16);
+  halve<8>(b, c, lane, 8);
+  halve<4>(c, d, lane, 4);
+  halve<2>(d, e, lane, 2);
+  return e[0] + __shfl_xor_sync(0xffffffffu, e[0], 1);
 }
 
 // PPT pixels per thread (PPT = 2: rows y and y + 8 of the tile): each Gaussian's contributions of
@@ -297,10 +364,15 @@ __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, 
   atomicMax(&s_max_last, my_last);
   __syncthreads();
   const int32_t max_last = s_max_last;
+  // float4/float2 rows: one 128-bit broadcast load per Gaussian and field in the inner loop
   __shared__ int32_t s_id[kBlock];
-  __shared__ float s_uv[kBlock][2];
-  __shared__ float s_co[kBlock][4];
-  __shared__ float s_col[kBlock][4];
+  __shared__ float2 s_uv[kBlock];
+  __shared__ float4 s_co[kBlock];   // conic, opacity
+  __shared__ float4 s_col[kBlock];  // rgb, z
+  __shared__ float2 s_rows[kBlock];  // reach_rows
+  float2 wrows[PPT];
+#pragma unroll
+  for (int q = 0; q < PPT; ++q) wrows[q] = warp_rows((int)(t / st.gx) * ts, (tid & ~31) + q * kBwdThreads, ts);
   for (int32_t b1 = max_last; b1 > start; b1 -= kBlock) {  // batch [b0, b1), walked backwards
     const int32_t b0 = max(start, b1 - kBlock);
     __syncthreads();
@@ -311,33 +383,38 @@ __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, 
       if (j >= b0) {
         const int32_t g = sv.isect[j];
         s_id[slot] = g;
-        s_uv[slot][0] = m2[2 * g], s_uv[slot][1] = m2[2 * g + 1];
-        for (int k = 0; k < 4; ++k) s_co[slot][k] = cop[4 * g + k];
-        for (int k = 0; k < 3; ++k) s_col[slot][k] = cols[3 * g + k];
-        s_col[slot][3] = zv[g];
+        s_uv[slot] = make_float2(m2[2 * g], m2[2 * g + 1]);
+        s_co[slot] = reinterpret_cast<const float4*>(cop)[g];
+        s_col[slot] = make_float4(cols[3 * g], cols[3 * g + 1], cols[3 * g + 2], zv[g]);
+        s_rows[slot] = reach_rows(s_uv[slot], s_co[slot]);
       }
     }
     __syncthreads();
     const int cnt = b1 - b0;
     for (int k = 0; k < cnt; ++k) {
       const int32_t jj = b1 - 1 - k;
+      bool near = false;  // uniform over the warp
+#pragma unroll
+      for (int q = 0; q < PPT; ++q) near |= rows_meet(s_rows[k], wrows[q]);
+      if (!near) continue;
       float val[kAcc];
 #pragma unroll
       for (int i = 0; i < kAcc; ++i) val[i] = 0.f;
       bool contrib = false;
-      const float* co = s_co[k];
-      const float* c = s_col[k];
+      const float4 co4 = s_co[k], c4 = s_col[k];
+      const float2 uv = s_uv[k];
+      const float co[3] = {co4.x, co4.y, co4.z}, c[4] = {c4.x, c4.y, c4.z, c4.w};
 #pragma unroll
       for (int q = 0; q < PPT; ++q) {
         if (!inside[q] || jj >= lastp[q]) continue;
-        const float dx = s_uv[k][0] - px[q], dy = s_uv[k][1] - py[q];
+        const float dx = uv.x - px[q], dy = uv.y - py[q];
         const float power = -0.5f * (co[0] * dx * dx + co[2] * dy * dy) - co[1] * dx * dy;
         if (power > 0.f) continue;
-        const float G = __expf(power), oG = co[3] * G;
+        const float G = __expf(power), oG = co4.w * G;
         const float a = fminf(gs::kAlphaMax, oG);
         if (a < gs::kAlphaMin) continue;
         contrib = true;
-        const float om = __frcp_rn(1.f - a);
+        const float om = __fdividef(1.f, 1.f - a);  // 1 - a >= 0.01
         Tk[q] *= om;
         const float s = wabe_bwd ? __expf(-st.wabe_beta * (1.f - Tk[q])) : 1.f;
         const float wgt = a * Tk[q];
@@ -353,14 +430,10 @@ __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, 
         gs::alpha_vjp(dal * s, G, oG, co, dx, dy, val);
       }
       if (__any_sync(0xffffffffu, contrib)) {
-        // warp-level reduction (every lane gets the sums), then lane i issues the atomic of value i
-        float mine = 0.f;
-#pragma unroll
-        for (int i = 0; i < kAcc; ++i) {
-          const float tsum = warp_sum(val[i]);
-          if (lane == i) mine = tsum;
-        }
-        if (lane < kAcc && mine != 0.f) atomicAdd(acc + kAcc * (v * N + s_id[k]) + lane, mine);
+        // warp-level reduction, then one atomic per value from the even lane that holds its sum
+        const float mine = warp_sum_many(val, lane);
+        const int i = lane >> 1;
+        if (!(lane & 1) && i < kAcc && mine != 0.f) atomicAdd(acc + kAcc * (v * N + s_id[k]) + i, mine);
       }
     }
   }
@@ -368,8 +441,10 @@ __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, 
 
 // One thread per Gaussian, views in order: shared Gaussians need no atomics. Gradients are summed
 // in registers while consecutive views write to the same destination (shared parameters: one
-// global write per Gaussian instead of one read-modify-write per view).
-template <int W>
+// global write per Gaussian instead of one read-modify-write per view). kStore: every destination
+// is visited in one run of views (BatchIndex::runs), so each is written once with a plain store and
+// the outputs need no zero fill; otherwise the flush adds to zero-filled outputs.
+template <int W, bool kStore>
 struct Acc {
   float v[W];
   int64_t dst = -1;
@@ -381,55 +456,70 @@ struct Acc {
   __device__ void flush(float* out) {
     if (dst >= 0)
 #pragma unroll
-      for (int i = 0; i < W; ++i)
-        if (v[i] != 0.f) out[W * dst + i] += v[i];
+      for (int i = 0; i < W; ++i) {
+        if (kStore) out[W * dst + i] = v[i];
+        else if (v[i] != 0.f) out[W * dst + i] += v[i];
+      }
 #pragma unroll
     for (int i = 0; i < W; ++i) v[i] = 0.f;
   }
 };
 
-__global__ void __launch_bounds__(128) project_bwd_kernel(DevInputs in, DevStatic st, DevSaved sv,
-                                                          const float* acc, DevGrads gr) {
+constexpr int kProjBwdBlock = 128;
+
+template <bool kStore>
+__global__ void __launch_bounds__(kProjBwdBlock, 4) project_bwd_kernel(DevInputs in, DevStatic st,
+                                                                    DevSaved sv, const float* acc,
+                                                                    DevGrads gr) {
   const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t N = in.N, K = in.K;
   if (g >= N) return;
-  Acc<3> dm, ds;
-  Acc<4> dq;
-  Acc<1> dop;
-  Acc<2> doff;
-  Acc<48> dsh;  // (degree 3 + 1)^2 x 3; the SH output's stride is K x 3
+  Acc<3, kStore> dm, ds;
+  Acc<4, kStore> dq;
+  Acc<1, kStore> dop;
+  Acc<2, kStore> doff;
   dm.flush(nullptr), ds.flush(nullptr), dq.flush(nullptr), dop.flush(nullptr), doff.flush(nullptr);
-  dsh.flush(nullptr);
+  // The SH gradient (up to 48 values, indexed at run time by the degree) lives in shared memory,
+  // column per thread: in registers it would spill to local memory.
+  __shared__ float s_dsh[48][kProjBwdBlock];
+  float* dsh = &s_dsh[0][threadIdx.x];
   const int nsh = 3 * gs::sh_count(st.degree);
+  for (int i = 0; i < nsh; ++i) dsh[i * kProjBwdBlock] = 0.f;
+  int64_t sh_dst = -1;
+  auto flush_sh = [&]() {
+    if (sh_dst < 0) return;
+    float* o = gr.sh + 3 * K * sh_dst;
+    for (int i = 0; i < nsh; ++i) {
+      if (kStore) o[i] = dsh[i * kProjBwdBlock];
+      else o[i] += dsh[i * kProjBwdBlock];
+      dsh[i * kProjBwdBlock] = 0.f;
+    }
+    if (kStore)
+      for (int i = nsh; i < 3 * K; ++i) o[i] = 0.f;  // coefficients above the active degree
+  };
   for (int64_t v = 0; v < in.V; ++v) {
-    if (sv.radii[sv.i_gauss(v) * N + g] <= 0) continue;
     dm.to(gr.means, gr.o_means(v) * N + g);
     ds.to(gr.scales, gr.o_scales(v) * N + g);
     dq.to(gr.quats, gr.o_quats(v) * N + g);
     dop.to(gr.opac, gr.o_opac(v) * N + g);
     doff.to(gr.offset, gr.o_offset(v) * N + g);
     const int64_t shd = gr.o_sh(v) * N + g;
-    if (shd != dsh.dst) {
-      if (dsh.dst >= 0)
-        for (int i = 0; i < nsh; ++i) gr.sh[3 * K * dsh.dst + i] += dsh.v[i];
-      for (int i = 0; i < 48; ++i) dsh.v[i] = 0.f;
-      dsh.dst = shd;
-    }
+    if (shd != sh_dst) flush_sh(), sh_dst = shd;
+    if (sv.radii[sv.i_gauss(v) * N + g] <= 0) continue;
     const float* a = acc + kAcc * (v * N + g);
     const gs::Cam cam = cam_of(in, st, v);
     const float* mean = in.means + 3 * (in.i_means(v) * N + g);
     doff.v[0] += a[0], doff.v[1] += a[1];
     dop.v[0] += a[5];
-    gs::sh_color_vjp(st.degree, in.sh + 3 * K * (in.i_sh(v) * N + g), mean, cam.pos, a + 6, dsh.v,
-                     dm.v);
+    gs::sh_color_vjp(st.degree, in.sh + 3 * K * (in.i_sh(v) * N + g), mean, cam.pos, a + 6, dsh, dm.v,
+                     kProjBwdBlock);
     gs::project_vjp(cam, mean, in.quats + 4 * (in.i_quats(v) * N + g),
                     in.scales + 3 * (in.i_scales(v) * N + g), a[0], a[1], a + 2, a[9], dm.v, dq.v,
                     ds.v);
   }
   dm.flush(gr.means), ds.flush(gr.scales), dq.flush(gr.quats), dop.flush(gr.opac);
   doff.flush(gr.offset);
-  if (dsh.dst >= 0)
-    for (int i = 0; i < nsh; ++i) gr.sh[3 * K * dsh.dst + i] += dsh.v[i];
+  flush_sh();
 }
 
 __global__ void bg_bwd_kernel(int64_t V, const float* acc_bg, float* d_bg, BatchIndex o_bg) {
@@ -536,10 +626,10 @@ static ffi::Error RasterizeFwdCudaImpl(
                                                  zs->typed_data(), counts);
   cub::DeviceScan::ExclusiveSum(temp, scan_bytes, counts, offsets, (int)VN, stream);
   overflow_kernel<<<blocks(V), 256, 0, stream>>>(V, N, offsets, counts, cap, overflow->typed_data());
-  pad_kernel<<<blocks(cap), 256, 0, stream>>>(cap, offsets, counts, VN, (uint64_t)VT << 32 | 0xffffffffu,
-                                              keys_in, vals_in);
+  pad_kernel<<<blocks(cap), 256, 0, stream>>>(cap, (uint64_t)VT << 32 | 0xffffffffu, keys_in, vals_in);
   emit_kernel<<<blocks(VN), 256, 0, stream>>>(VN, N, st, radii->typed_data(), means2d->typed_data(),
-                                              zs->typed_data(), offsets, cap, keys_in, vals_in);
+                                              conic_opac->typed_data(), zs->typed_data(), offsets,
+                                              counts, cap, keys_in, vals_in);
   cub::DeviceRadixSort::SortPairs(temp, sort_bytes, keys_in, keys_out, vals_in, isect->typed_data(),
                                   (int)cap, 0, end_bit, stream);
   cudaMemsetAsync(tile_ranges->typed_data(), 0, sizeof(int32_t) * 2 * VT, stream);
@@ -602,14 +692,23 @@ static ffi::Error RasterizeBwdCudaImpl(
   float* acc_bg = reinterpret_cast<float*>(base + align256(4 * V * N * kAcc));
   cudaMemsetAsync(acc, 0, sizeof(float) * V * N * kAcc, stream);
   cudaMemsetAsync(acc_bg, 0, sizeof(float) * V * 3, stream);
+  // Plain stores when every Gaussian output's views form runs (always for one view, shared
+  // Gaussians, or per-view Gaussians); else zero fill + accumulate. The background is always summed.
+  const bool store = gr.o_means.runs() && gr.o_quats.runs() && gr.o_scales.runs() && gr.o_opac.runs() &&
+                     gr.o_sh.runs() && gr.o_offset.runs();
   float* outs[7] = {gr.means, gr.quats, gr.scales, gr.opac, gr.sh, gr.offset, gr.bg};
-  for (int i = 0; i < 7; ++i) cudaMemsetAsync(outs[i], 0, sizeof(float) * gr.sizes[i], stream);
+  for (int i = store ? 6 : 0; i < 7; ++i) cudaMemsetAsync(outs[i], 0, sizeof(float) * gr.sizes[i], stream);
   if (V * T > 0 && N > 0) {
     if (bwd_pixels_per_thread(V * T) == 1)
       raster_bwd_kernel<1><<<(unsigned)(V * T), kBlock, 0, stream>>>(in, st, wabe_backward, sv, acc, acc_bg);
     else
       raster_bwd_kernel<2><<<(unsigned)(V * T), kBlock / 2, 0, stream>>>(in, st, wabe_backward, sv, acc, acc_bg);
-    project_bwd_kernel<<<blocks(N, 128), 128, 0, stream>>>(in, st, sv, acc, gr);
+    if (store)
+      project_bwd_kernel<true><<<blocks(N, kProjBwdBlock), kProjBwdBlock, 0, stream>>>(in, st, sv, acc, gr);
+    else
+      project_bwd_kernel<false><<<blocks(N, kProjBwdBlock), kProjBwdBlock, 0, stream>>>(in, st, sv, acc, gr);
+  } else if (store) {  // nothing drawn: the Gaussian outputs still need their zeros
+    for (int i = 0; i < 6; ++i) cudaMemsetAsync(outs[i], 0, sizeof(float) * gr.sizes[i], stream);
   }
   bg_bwd_kernel<<<1, 1, 0, stream>>>(V, acc_bg, gr.bg, gr.o_bg);
   return cuda_error("backward");

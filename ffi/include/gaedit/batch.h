@@ -31,6 +31,17 @@ struct BatchIndex {
     }
     return off;
   }
+
+  // True when views visit each slice in one consecutive run (offsets never decrease with v): no
+  // broadcast (size-1) dim of size > 1 in the full shape lies outside a batched one.
+  bool runs() const {
+    bool broadcast_seen = false;
+    for (int d = 0; d < nd; ++d) {
+      if (dims[d] == 1 && full[d] > 1) broadcast_seen = true;
+      else if (dims[d] != 1 && broadcast_seen) return false;
+    }
+    return true;
+  }
 };
 
 // Builds the index of an operand with dims `shape` (rank = nb + core_rank). Returns an error

@@ -16,8 +16,12 @@
 
 #if defined(__CUDACC__)
 #define GS_HD __host__ __device__ __forceinline__
+#define GS_HD_NOINLINE __host__ __device__ __noinline__
+#define GS_UNROLL _Pragma("unroll")
 #else
+#define GS_UNROLL
 #define GS_HD inline
+#define GS_HD_NOINLINE __attribute__((noinline)) inline
 using std::isfinite;
 #endif
 
@@ -231,6 +235,38 @@ GS_HD Projected project(const Cam& c, const float* mean, const float* quat, cons
   return p;
 }
 
+// ---------------------------------------------------------------- tile culling
+// Largest q = d^T Q d (Q = conic) at which a pixel can still pass the alpha test:
+// o exp(-q / 2) >= kAlphaMin  <=>  q <= 2 ln(o / kAlphaMin). The margin keeps every pixel that an
+// approximate exp could let through, so culling never changes an image (NaN/o <= 0: nothing).
+GS_HD float alpha_reach_q(float opacity) {
+  return 2.f * logf(opacity / kAlphaMin) * 1.0001f + 1e-3f;
+}
+
+// Minimum over dy in [lo, hi] of q(X, dy) = A X^2 + 2 B X dy + C dy^2 (C > 0).
+GS_HD float edge_min_q(float A, float B, float C, float X, float lo, float hi) {
+  const float dy = fminf(hi, fmaxf(lo, -B * X / C));
+  return A * X * X + 2.f * B * X * dy + C * dy * dy;
+}
+
+// Can the Gaussian at (u, v) with conic (A, B, C) reach alpha >= kAlphaMin at a pixel centre of
+// tile (tx, ty)? The minimum of the convex q over the box of pixel centres is 0 when the mean is
+// inside it, else it lies on one of the four edges. Exact tile lists instead of the 3-sigma
+// square's (gsplat/Inria): a small Gaussian near a tile corner no longer costs 3 extra tiles.
+// Not inlined, so the counting and the emitting pass run the same instructions.
+GS_HD_NOINLINE bool tile_reached(float u, float v, const float conic[3], float qmax, int tx, int ty,
+                                 int tile) {
+  if (!(qmax > 0.f)) return false;
+  // d = mean - pixel over pixel centres x in [tx*ts + 0.5, tx*ts + ts - 0.5]
+  const float x0 = u - (tx * tile + tile - 0.5f), x1 = u - (tx * tile + 0.5f);
+  const float y0 = v - (ty * tile + tile - 0.5f), y1 = v - (ty * tile + 0.5f);
+  if (x0 <= 0.f && x1 >= 0.f && y0 <= 0.f && y1 >= 0.f) return true;
+  const float A = conic[0], B = conic[1], C = conic[2];
+  float q = fminf(edge_min_q(A, B, C, x0, y0, y1), edge_min_q(A, B, C, x1, y0, y1));
+  q = fminf(q, fminf(edge_min_q(C, B, A, y0, x0, x1), edge_min_q(C, B, A, y1, x0, x1)));
+  return q <= qmax;
+}
+
 // Colour of one Gaussian seen from camera position `cam_pos`: SH(dir) + 0.5, clamped at 0.
 // sh points at K x 3 coefficients. raw (optional) receives the unclamped value.
 GS_HD void sh_color(int degree, const float* sh, const float* mean, const float* cam_pos, float rgb[3],
@@ -240,19 +276,23 @@ GS_HD void sh_color(int degree, const float* sh, const float* mean, const float*
   const float inv = n > 0.f ? 1.f / n : 0.f;
   float Y[16];
   sh_basis(degree, d[0] * inv, d[1] * inv, d[2] * inv, Y, nullptr);
+  // Loops over all 16 slots with a guard, unrolled: constant indices keep Y (and dY) in registers
+  // instead of a local-memory stack frame on the GPU.
   const int k = sh_count(degree);
   for (int ch = 0; ch < 3; ++ch) {
     float s = 0.f;
-    for (int i = 0; i < k; ++i) s += Y[i] * sh[i * 3 + ch];
+    GS_UNROLL
+    for (int i = 0; i < 16; ++i)
+      if (i < k) s += Y[i] * sh[i * 3 + ch];
     s += 0.5f;
     if (raw) raw[ch] = s;
     rgb[ch] = fmaxf(s, 0.f);
   }
 }
 
-// VJP of sh_color: accumulates into dsh (K x 3) and dmean (3).
+// VJP of sh_color: accumulates into dsh (K x 3, element j at dsh[j * dsh_stride]) and dmean (3).
 GS_HD void sh_color_vjp(int degree, const float* sh, const float* mean, const float* cam_pos,
-                        const float drgb[3], float* dsh, float dmean[3]) {
+                        const float drgb[3], float* dsh, float dmean[3], int dsh_stride = 1) {
   float d[3] = {mean[0] - cam_pos[0], mean[1] - cam_pos[1], mean[2] - cam_pos[2]};
   const float n = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
   const float inv = n > 0.f ? 1.f / n : 0.f;
@@ -263,13 +303,17 @@ GS_HD void sh_color_vjp(int degree, const float* sh, const float* mean, const fl
   float draw[3];
   for (int ch = 0; ch < 3; ++ch) {
     float s = 0.5f;
-    for (int i = 0; i < k; ++i) s += Y[i] * sh[i * 3 + ch];
+    GS_UNROLL
+    for (int i = 0; i < 16; ++i)
+      if (i < k) s += Y[i] * sh[i * 3 + ch];
     draw[ch] = s < 0.f ? 0.f : drgb[ch];  // clamped channels get no gradient
   }
   float ddir[3] = {0.f, 0.f, 0.f};
-  for (int i = 0; i < k; ++i) {
+  GS_UNROLL
+  for (int i = 0; i < 16; ++i) {
+    if (i >= k) break;
     const float g = sh[i * 3 + 0] * draw[0] + sh[i * 3 + 1] * draw[1] + sh[i * 3 + 2] * draw[2];
-    for (int ch = 0; ch < 3; ++ch) dsh[i * 3 + ch] += Y[i] * draw[ch];
+    for (int ch = 0; ch < 3; ++ch) dsh[(i * 3 + ch) * dsh_stride] += Y[i] * draw[ch];
     ddir[0] += g * dY[i][0], ddir[1] += g * dY[i][1], ddir[2] += g * dY[i][2];
   }
   // dir = d / |d|  =>  dd = (ddir - dir (dir . ddir)) / |d|
