@@ -111,20 +111,20 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
   });
   // 2. tile intersections, bucketed per tile and sorted by (depth, id); views share one pool.
   const int gx = st.gx();
+  // Calls fn(tile) for each tile of (view, Gaussian) vg's 3-sigma rectangle that it can reach.
+  auto for_each_tile = [&](int64_t vg, auto&& fn) {
+    const int32_t* r = &rects[4 * vg];
+    const float qmax = gs::alpha_reach_q(conic_opac[4 * vg + 3]);
+    for (int ty = r[1]; ty < r[3]; ++ty)
+      for (int tx = r[0]; tx < r[2]; ++tx)
+        if (gs::tile_reached(means2d[2 * vg], means2d[2 * vg + 1], conic_opac + 4 * vg, qmax, tx, ty, st.tile))
+          fn((int64_t)ty * gx + tx);
+  };
   int64_t base = 0;
   std::vector<int64_t> count(T);
   for (int64_t v = 0; v < V; ++v) {
     std::fill(count.begin(), count.end(), 0);
-    for (int64_t g = 0; g < N; ++g) {
-      const int32_t* r = &rects[4 * (v * N + g)];
-      if (r[2] <= r[0]) continue;
-      const int64_t vg = v * N + g;
-      const float qmax = gs::alpha_reach_q(conic_opac[4 * vg + 3]);
-      for (int ty = r[1]; ty < r[3]; ++ty)
-        for (int tx = r[0]; tx < r[2]; ++tx)
-          if (gs::tile_reached(means2d[2 * vg], means2d[2 * vg + 1], conic_opac + 4 * vg, qmax, tx, ty, st.tile))
-            ++count[(int64_t)ty * gx + tx];
-    }
+    for (int64_t g = 0; g < N; ++g) for_each_tile(v * N + g, [&](int64_t t) { ++count[t]; });
     const int64_t total = std::accumulate(count.begin(), count.end(), int64_t(0));
     int32_t* ranges = tile_ranges + 2 * T * v;
     if (base + total > cap_total) {  // does not fit: the view is drawn empty and flagged
@@ -139,16 +139,8 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
       ranges[2 * t + 1] = (int32_t)off;  // advanced while filling
       off += count[t];
     }
-    for (int64_t g = 0; g < N; ++g) {
-      const int32_t* r = &rects[4 * (v * N + g)];
-      if (r[2] <= r[0]) continue;
-      const int64_t vg = v * N + g;
-      const float qmax = gs::alpha_reach_q(conic_opac[4 * vg + 3]);
-      for (int ty = r[1]; ty < r[3]; ++ty)
-        for (int tx = r[0]; tx < r[2]; ++tx)
-          if (gs::tile_reached(means2d[2 * vg], means2d[2 * vg + 1], conic_opac + 4 * vg, qmax, tx, ty, st.tile))
-            isect[ranges[2 * ((int64_t)ty * gx + tx) + 1]++] = (int32_t)g;
-    }
+    for (int64_t g = 0; g < N; ++g)
+      for_each_tile(v * N + g, [&](int64_t t) { isect[ranges[2 * t + 1]++] = (int32_t)g; });
     base += total;
   }
   parallel_for(V * T, nth, [&](int64_t b, int64_t e, int) {
