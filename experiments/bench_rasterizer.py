@@ -98,7 +98,7 @@ def bench_ours(scene, viewmats, width, height, focal, warmup, repeat, config: Re
   return t_f, t_fb, _extra_mib(fwdbwd, (g, cams)), config.isect_per_gaussian
 
 
-def bench_gsplat(scene, viewmats, width, height, focal, warmup, repeat):
+def bench_gsplat(scene, viewmats, width, height, focal, warmup, repeat, tile=16):
   import torch
   from gsplat import rasterization
 
@@ -113,7 +113,7 @@ def bench_gsplat(scene, viewmats, width, height, focal, warmup, repeat):
   for packed in (False,):
     def fwd():
       img, _, _ = rasterization(t["means"], t["quats"], t["scales"], t["opacities"], t["sh"], vm, k,
-                                width, height, sh_degree=3, packed=packed)
+                                width, height, sh_degree=3, packed=packed, tile_size=tile)
       return img
 
     def fwdbwd():
@@ -151,13 +151,14 @@ def main():
   ap.add_argument("--warmup", type=int, default=None)
   ap.add_argument("--repeat", type=int, default=None)
   ap.add_argument("--isect-per-gaussian", type=float, default=None)
+  ap.add_argument("--tile", type=int, default=16, help="tile size (both implementations)")
   ap.add_argument("--wabe-k", type=int, default=0,
                   help="WABE slots per pixel (0: off, as the peers compute no WABE; 10: the editor's)")
   args = ap.parse_args()
 
   dev = jax.devices()[0]
   print(f"# {datetime.date.today()} | {dev.platform}: {getattr(dev, 'device_kind', '')} | "
-        f"{platform.processor() or platform.machine()} | jax {jax.__version__}")
+        f"{platform.processor() or platform.machine()} | jax {jax.__version__} | tile {args.tile}")
   if args.suite == "cpu":
     sizes = [1_000, 10_000]
     views = [1, 8]
@@ -172,8 +173,8 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",")]
   if args.views:
     views = [int(v) for v in args.views.split(",")]
-  cfg = RenderConfig(wabe_k=args.wabe_k)
-  factors = [args.isect_per_gaussian] if args.isect_per_gaussian else [1.5, 2, 3, 4, 6, 8, 16]
+  cfg = RenderConfig(wabe_k=args.wabe_k, tile_size=args.tile)
+  factors = [args.isect_per_gaussian] if args.isect_per_gaussian else [1.25, 1.4, 1.5, 1.6, 1.75, 1.9, 2, 2.5, 3, 4, 6, 8, 16]
 
   head = "| N | views | W x H | isect/N | ours fwd ms | ours fwd+bwd ms | ours extra MiB |"
   sep = "|---|---|---|---|---|---|---|"
@@ -191,7 +192,7 @@ def main():
         t_f, t_fb, mem, cap = bench_ours(scene, vms, width, height, focal, warmup, repeat, cfg, factors)
         row = f"| {n:,} | {c} | {width}x{height} | {cap:g} | {t_f:.2f} | {t_fb:.2f} | {mem:.0f} |"
         if args.gsplat:
-          gf, gfb, gmem = bench_gsplat(scene, vms, width, height, focal, warmup, repeat)
+          gf, gfb, gmem = bench_gsplat(scene, vms, width, height, focal, warmup, repeat, args.tile)
           row += f" {gf:.2f} | {gfb:.2f} | {gmem:.0f} | {t_fb / gfb:.2f} |"
         print(row, flush=True)
 

@@ -104,6 +104,27 @@ def test_cuda_gradient_layouts(layout):
   assert np.all(np.asarray(gpu.sh)[..., 4:, :] == 0.0) and np.any(np.asarray(gpu.sh)[..., :4, :] != 0.0)
 
 
+@pytest.mark.parametrize("tile", [4, 8, 12])
+def test_cuda_smaller_tiles_match_cpu(tile):
+  # blocks of whole warps sized to the tile (one warp for 4 x 4): images and gradients as on the CPU
+  g = random_gaussians(21, 800)
+  cams = ring_cameras(2, width=50, height=38, focal=45)
+  bg = jnp.array([0.1, 0.2, 0.3])
+  w = jax.random.uniform(jax.random.PRNGKey(5), (2, 38, 50, 3))
+  cfg = RenderConfig(tile_size=tile)
+
+  def run(kind):
+    gg, cc, ww, bb = _on(kind, (g, cams, w, bg))
+    f = lambda gg: jnp.sum(rasterize(gg, cc, bb, cfg).image * ww)
+    return jax.jit(f)(gg), jax.jit(jax.grad(f))(gg), _render(kind, g, cams, bg, cfg).image
+
+  (lg, gg_, ig), (lc, gc, ic) = run("gpu"), run("cpu")
+  np.testing.assert_allclose(np.asarray(ig), np.asarray(ic), atol=1e-4, rtol=0)
+  for name in ("means", "quats", "scales", "opacities", "sh"):
+    a, b = np.asarray(getattr(gg_, name)), np.asarray(getattr(gc, name))
+    assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, (tile, name)
+
+
 def test_cuda_tile_lists_are_exact():
   g, cam = faint_scene()
   bg = jnp.full(3, 0.3)

@@ -198,8 +198,9 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
   int32_t sid[gs::kWabeMaxK];
   float sw[gs::kWabeMaxK];
   const float px = x + 0.5f, py = y + 0.5f;
-  for (int32_t b0 = start; b0 < end; b0 += kBlock) {
-    if (__syncthreads_count(done) == kBlock) break;
+  const int nth = blockDim.x;  // one pixel slot per thread (>= the tile's pixels, a multiple of 32)
+  for (int32_t b0 = start; b0 < end; b0 += nth) {
+    if (__syncthreads_count(done) == nth) break;
     const int32_t j = b0 + tid;
     if (j < end) {
       const int64_t vg = v * N + isect[j];
@@ -212,7 +213,7 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
                                make_float4(s_co[tid][0], s_co[tid][1], s_co[tid][2], s_co[tid][3]));
     }
     __syncthreads();
-    const int cnt = min(kBlock, end - b0);
+    const int cnt = min(nth, end - b0);
     for (int k = 0; k < cnt && !done; ++k) {
       if (!rows_meet(s_rows[k], wrows)) continue;  // uniform over the warp
       const float power = gs::pixel_power(s_uv[k][0], s_uv[k][1], s_co[k], px, py);
@@ -303,11 +304,11 @@ __device__ __forceinline__ float warp_sum_many(const float (&x)[kAcc], int lane)
 // a thread's pixels are summed in registers before the warp reduction, so 2 halves the shuffles
 // and atomics (the better choice with many tiles in flight); 1 halves each block's serial walk
 // (better when the grid is about one wave and the densest tiles set the time: a single view).
-template <int PPT>
+template <int PPT, bool kWabe>
 __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, DevStatic st,
-                                                                  bool wabe_bwd, DevSaved sv,
-                                                                  float* acc, float* acc_bg) {
-  constexpr int kBwdThreads = kBlock / PPT;
+                                                                  DevSaved sv, float* acc,
+                                                                  float* acc_bg) {
+  const int kBwdThreads = blockDim.x, kBatch = kBwdThreads * PPT;  // kBatch pixel slots >= tile's
   const int64_t vt = blockIdx.x;
   const int64_t T = (int64_t)st.gx * st.gy, N = in.N;
   const int64_t v = vt / T, t = vt % T;
@@ -373,8 +374,8 @@ __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, 
   float2 wrows[PPT];
 #pragma unroll
   for (int q = 0; q < PPT; ++q) wrows[q] = warp_rows((int)(t / st.gx) * ts, (tid & ~31) + q * kBwdThreads, ts);
-  for (int32_t b1 = max_last; b1 > start; b1 -= kBlock) {  // batch [b0, b1), walked backwards
-    const int32_t b0 = max(start, b1 - kBlock);
+  for (int32_t b1 = max_last; b1 > start; b1 -= kBatch) {  // batch [b0, b1), walked backwards
+    const int32_t b0 = max(start, b1 - kBatch);
     __syncthreads();
 #pragma unroll
     for (int q = 0; q < PPT; ++q) {
@@ -416,7 +417,7 @@ __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, 
         contrib = true;
         const float om = __fdividef(1.f, 1.f - a);  // 1 - a >= 0.01
         Tk[q] *= om;
-        const float s = wabe_bwd ? __expf(-st.wabe_beta * (1.f - Tk[q])) : 1.f;
+        const float s = kWabe ? __expf(-st.wabe_beta * (1.f - Tk[q])) : 1.f;
         const float wgt = a * Tk[q];
         float dal = 0.f;
         for (int ch = 0; ch < 3; ++ch) {
@@ -497,10 +498,28 @@ __global__ void __launch_bounds__(kProjBwdBlock, 4) project_bwd_kernel(DevInputs
     if (kStore)
       for (int i = nsh; i < 3 * K; ++i) o[i] = 0.f;  // coefficients above the active degree
   };
+  // dL/dSigma is summed over the views that share one quaternion, scale and their destinations,
+  // then taken through Sigma(q, s) once (cov3_vjp) instead of once per view.
+  int64_t cur_q = -1, cur_s = -1;
+  float sig[6], dsig[6];
+  bool pending = false;  // dsig holds drawn views' sums not yet taken through cov3_vjp
+  auto flush_sigma = [&]() {
+    if (pending)
+      gs::cov3_vjp(in.quats + 4 * cur_q, in.scales + 3 * cur_s, dsig, dq.v, ds.v);
+    pending = false;
+  };
   for (int64_t v = 0; v < in.V; ++v) {
+    const int64_t iq = in.i_quats(v) * N + g, is = in.i_scales(v) * N + g;
+    const int64_t oq = gr.o_quats(v) * N + g, os = gr.o_scales(v) * N + g;
+    if (iq != cur_q || is != cur_s || oq != dq.dst || os != ds.dst) {
+      flush_sigma();  // into the old destinations, before they switch
+      if (iq != cur_q || is != cur_s) gs::cov3(in.quats + 4 * iq, in.scales + 3 * is, sig);
+      cur_q = iq, cur_s = is;
+      for (int i = 0; i < 6; ++i) dsig[i] = 0.f;
+    }
     dm.to(gr.means, gr.o_means(v) * N + g);
-    ds.to(gr.scales, gr.o_scales(v) * N + g);
-    dq.to(gr.quats, gr.o_quats(v) * N + g);
+    ds.to(gr.scales, os);
+    dq.to(gr.quats, oq);
     dop.to(gr.opac, gr.o_opac(v) * N + g);
     doff.to(gr.offset, gr.o_offset(v) * N + g);
     const int64_t shd = gr.o_sh(v) * N + g;
@@ -513,10 +532,10 @@ __global__ void __launch_bounds__(kProjBwdBlock, 4) project_bwd_kernel(DevInputs
     dop.v[0] += a[5];
     gs::sh_color_vjp(st.degree, in.sh + 3 * K * (in.i_sh(v) * N + g), mean, cam.pos, a + 6, dsh, dm.v,
                      kProjBwdBlock);
-    gs::project_vjp(cam, mean, in.quats + 4 * (in.i_quats(v) * N + g),
-                    in.scales + 3 * (in.i_scales(v) * N + g), a[0], a[1], a + 2, a[9], dm.v, dq.v,
-                    ds.v);
+    gs::project_vjp_view(cam, mean, sig, a[0], a[1], a + 2, a[9], dm.v, dsig);
+    pending = true;
   }
+  flush_sigma();
   dm.flush(gr.means), ds.flush(gr.scales), dq.flush(gr.quats), dop.flush(gr.opac);
   doff.flush(gr.offset);
   flush_sh();
@@ -530,6 +549,10 @@ __global__ void bg_bwd_kernel(int64_t V, const float* acc_bg, float* d_bg, Batch
 
 // ------------------------------------------------------------------------------------ helpers
 inline unsigned blocks(int64_t n, int b = 256) { return (unsigned)((n + b - 1) / b); }
+
+// Threads of a compositing block for `slots` pixel slots: whole warps (the warp reductions need
+// all 32 lanes), so tiles smaller than 16 x 16 do not launch idle threads beyond one warp.
+inline unsigned threads_for(int slots) { return (unsigned)std::max(32, (slots + 31) / 32 * 32); }
 
 ffi::Error cuda_error(const char* where) {
   const cudaError_t e = cudaGetLastError();
@@ -636,7 +659,7 @@ static ffi::Error RasterizeFwdCudaImpl(
   ranges_kernel<<<blocks(cap), 256, 0, stream>>>(cap, VT, keys_out, tile_ranges->typed_data());
   cudaMemsetAsync(wsum, 0, sizeof(unsigned long long) * VN, stream);
   cudaMemsetAsync(wabe_count->typed_data(), 0, sizeof(int32_t) * VN, stream);
-  raster_fwd_kernel<<<(unsigned)VT, kBlock, 0, stream>>>(
+  raster_fwd_kernel<<<(unsigned)VT, threads_for(tile * tile), 0, stream>>>(
       in, st, means2d->typed_data(), conic_opac->typed_data(), colors->typed_data(), zs->typed_data(),
       isect->typed_data(), tile_ranges->typed_data(), image->typed_data(), alpha->typed_data(),
       depth->typed_data(), final_T->typed_data(), last->typed_data(), wsum, wabe_count->typed_data());
@@ -645,10 +668,11 @@ static ffi::Error RasterizeFwdCudaImpl(
   return cuda_error("forward");
 }
 
-// Pixels per thread of the raster backward for a grid of `blocks` tiles: 1 while the grid of
-// 2-pixel blocks would fill fewer than two waves of the GPU (measured: single views), else 2.
-// GAEDIT_BWD_PPT=1|2 forces it (benchmarks). Host-side queries only: no stream work.
-static int bwd_pixels_per_thread(int64_t blocks) {
+// Pixels per thread of the raster backward for `slots` pixel slots (tiles x tile area): 1 while
+// 2-pixel threads would fill fewer than two waves of the GPU (measured: single views), else 2.
+// GAEDIT_BWD_PPT=1|2 forces it (benchmarks; 4 was measured slower at 16 views). Host-side queries
+// only: no stream work.
+static int bwd_pixels_per_thread(int64_t slots) {
   static const int forced = [] {
     const char* e = std::getenv("GAEDIT_BWD_PPT");
     return e ? std::atoi(e) : 0;
@@ -658,7 +682,7 @@ static int bwd_pixels_per_thread(int64_t blocks) {
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   cudaDeviceGetAttribute(&threads, cudaDevAttrMaxThreadsPerMultiProcessor, dev);
-  return blocks * (kBlock / 2) < 2LL * sms * threads ? 1 : 2;
+  return slots / 2 < 2LL * sms * threads ? 1 : 2;
 }
 
 static ffi::Error RasterizeBwdCudaImpl(
@@ -699,10 +723,13 @@ static ffi::Error RasterizeBwdCudaImpl(
   float* outs[7] = {gr.means, gr.quats, gr.scales, gr.opac, gr.sh, gr.offset, gr.bg};
   for (int i = store ? 6 : 0; i < 7; ++i) cudaMemsetAsync(outs[i], 0, sizeof(float) * gr.sizes[i], stream);
   if (V * T > 0 && N > 0) {
-    if (bwd_pixels_per_thread(V * T) == 1)
-      raster_bwd_kernel<1><<<(unsigned)(V * T), kBlock, 0, stream>>>(in, st, wabe_backward, sv, acc, acc_bg);
-    else
-      raster_bwd_kernel<2><<<(unsigned)(V * T), kBlock / 2, 0, stream>>>(in, st, wabe_backward, sv, acc, acc_bg);
+    const int ppt = bwd_pixels_per_thread(V * T * tile * tile);
+    const unsigned grid = (unsigned)(V * T);
+    const unsigned nth = threads_for((int)((tile * tile + ppt - 1) / ppt));
+    if (ppt == 1 && !wabe_backward) raster_bwd_kernel<1, false><<<grid, nth, 0, stream>>>(in, st, sv, acc, acc_bg);
+    else if (ppt == 1) raster_bwd_kernel<1, true><<<grid, nth, 0, stream>>>(in, st, sv, acc, acc_bg);
+    else if (ppt == 2 && !wabe_backward) raster_bwd_kernel<2, false><<<grid, nth, 0, stream>>>(in, st, sv, acc, acc_bg);
+    else raster_bwd_kernel<2, true><<<grid, nth, 0, stream>>>(in, st, sv, acc, acc_bg);
     if (store)
       project_bwd_kernel<true><<<blocks(N, kProjBwdBlock), kProjBwdBlock, 0, stream>>>(in, st, sv, acc, gr);
     else

@@ -321,19 +321,28 @@ GS_HD void sh_color_vjp(int degree, const float* sh, const float* mean, const fl
   for (int j = 0; j < 3; ++j) dmean[j] += (ddir[j] - dir[j] * proj) * inv;
 }
 
-// VJP of `project` (only for drawn Gaussians): from dL/d(u, v), dL/dconic, dL/dz to
-// dL/dmean, dL/dquat, dL/dscale (accumulated). The camera is not differentiated.
-GS_HD void project_vjp(const Cam& c, const float* mean, const float* quat, const float* scale,
-                       float du, float dv, const float dconic[3], float dz_in, float dmean[3],
-                       float dquat[4], float dscale[3]) {
+// 3D covariance Sigma = M M^T, M = R(q / |q|) diag(s), as its 6 unique entries
+// (xx, xy, xz, yy, yz, zz). It does not depend on the view, so a multi-view backward forms it once.
+GS_HD void cov3(const float* quat, const float* scale, float sig[6]) {
+  const float inv = 1.f / sqrtf(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
+  const M3 R = quat_to_rotmat(quat[0] * inv, quat[1] * inv, quat[2] * inv, quat[3] * inv);
+  float M[3][3];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) M[i][j] = R.m[i][j] * scale[j];
+  const int I[6] = {0, 0, 0, 1, 1, 2}, J[6] = {0, 1, 2, 1, 2, 2};
+  for (int k = 0; k < 6; ++k)
+    sig[k] = M[I[k]][0] * M[J[k]][0] + M[I[k]][1] * M[J[k]][1] + M[I[k]][2] * M[J[k]][2];
+}
+
+// VJP of `project` for one view down to Sigma (only for drawn Gaussians): from dL/d(u, v),
+// dL/dconic, dL/dz to dL/dmean and dL/dSigma (6 unique entries, accumulated; off-diagonal entries
+// hold the sum of both symmetric positions). The camera is not differentiated.
+GS_HD void project_vjp_view(const Cam& c, const float* mean, const float sig[6], float du, float dv,
+                            const float dconic[3], float dz_in, float dmean[3], float dsig[6]) {
   float pc[3];
   for (int i = 0; i < 3; ++i)
     pc[i] = c.R[i][0] * mean[0] + c.R[i][1] * mean[1] + c.R[i][2] * mean[2] + c.t[i];
   const float z = pc[2];
-  const float n2 = quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3];
-  const float inv = 1.f / sqrtf(n2);
-  const float qn[4] = {quat[0] * inv, quat[1] * inv, quat[2] * inv, quat[3] * inv};
-  const M3 R = quat_to_rotmat(qn[0], qn[1], qn[2], qn[3]);
   const float tanx = 0.5f * c.width / c.fx, tany = 0.5f * c.height / c.fy;
   const float limxp = (c.width - c.cx) / c.fx + kFovPad * tanx, limxn = c.cx / c.fx + kFovPad * tanx;
   const float limyp = (c.height - c.cy) / c.fy + kFovPad * tany, limyn = c.cy / c.fy + kFovPad * tany;
@@ -346,12 +355,7 @@ GS_HD void project_vjp(const Cam& c, const float* mean, const float* quat, const
     T[0][j] = J00 * c.R[0][j] + J02 * c.R[2][j];
     T[1][j] = J11 * c.R[1][j] + J12 * c.R[2][j];
   }
-  float M[3][3];  // M = R diag(s)
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) M[i][j] = R.m[i][j] * scale[j];
-  float Sig[3][3];  // Sigma = M M^T
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) Sig[i][j] = M[i][0] * M[j][0] + M[i][1] * M[j][1] + M[i][2] * M[j][2];
+  const float Sig[3][3] = {{sig[0], sig[1], sig[2]}, {sig[1], sig[3], sig[4]}, {sig[2], sig[4], sig[5]}};
   float TS[2][3];  // T Sigma
   for (int r = 0; r < 2; ++r)
     for (int j = 0; j < 3; ++j) TS[r][j] = T[r][0] * Sig[0][j] + T[r][1] * Sig[1][j] + T[r][2] * Sig[2][j];
@@ -367,15 +371,14 @@ GS_HD void project_vjp(const Cam& c, const float* mean, const float* quat, const
     for (int j = 0; j < 2; ++j) QS[i][j] = Q[i][0] * S[0][j] + Q[i][1] * S[1][j];
   for (int i = 0; i < 2; ++i)
     for (int j = 0; j < 2; ++j) G[i][j] = -(QS[i][0] * Q[0][j] + QS[i][1] * Q[1][j]);
-  // cov = T Sigma T^T: dSigma = T^T G T, dT = 2 G T Sigma
-  float dSig[3][3];
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) {
-      float s = 0.f;
-      for (int r = 0; r < 2; ++r)
-        for (int q = 0; q < 2; ++q) s += T[r][i] * G[r][q] * T[q][j];
-      dSig[i][j] = s;
-    }
+  // cov = T Sigma T^T: dSigma = T^T G T (symmetric; off-diagonals counted twice), dT = 2 G T Sigma
+  const int I[6] = {0, 0, 0, 1, 1, 2}, Jx[6] = {0, 1, 2, 1, 2, 2};
+  for (int k = 0; k < 6; ++k) {
+    float s = 0.f;
+    for (int r = 0; r < 2; ++r)
+      for (int q = 0; q < 2; ++q) s += T[r][I[k]] * G[r][q] * T[q][Jx[k]];
+    dsig[k] += I[k] == Jx[k] ? s : 2.f * s;
+  }
   float dT[2][3];
   for (int r = 0; r < 2; ++r)
     for (int j = 0; j < 3; ++j) dT[r][j] = 2.f * (G[r][0] * TS[0][j] + G[r][1] * TS[1][j]);
@@ -401,11 +404,27 @@ GS_HD void project_vjp(const Cam& c, const float* mean, const float* quat, const
   dpc[1] += c.fy * iz * dv;
   dpc[2] += -c.fx * pc[0] * iz2 * du - c.fy * pc[1] * iz2 * dv + dz_in;
   for (int j = 0; j < 3; ++j) dmean[j] += c.R[0][j] * dpc[0] + c.R[1][j] * dpc[1] + c.R[2][j] * dpc[2];
-  // Sigma = M M^T: dM = 2 dSigma M; M = R diag(s)
+}
+
+// VJP of cov3: from dL/dSigma (as accumulated by project_vjp_view) to dL/dquat and dL/dscale
+// (accumulated).
+GS_HD void cov3_vjp(const float* quat, const float* scale, const float dsig[6], float dquat[4],
+                    float dscale[3]) {
+  const float inv = 1.f / sqrtf(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
+  const float qn[4] = {quat[0] * inv, quat[1] * inv, quat[2] * inv, quat[3] * inv};
+  const M3 R = quat_to_rotmat(qn[0], qn[1], qn[2], qn[3]);
+  float M[3][3];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) M[i][j] = R.m[i][j] * scale[j];
+  // back to the symmetric matrix D with dL = <D, dSigma>: off-diagonals were summed twice
+  const float D[3][3] = {{dsig[0], 0.5f * dsig[1], 0.5f * dsig[2]},
+                         {0.5f * dsig[1], dsig[3], 0.5f * dsig[4]},
+                         {0.5f * dsig[2], 0.5f * dsig[4], dsig[5]}};
+  // Sigma = M M^T: dM = 2 D M; M = R diag(s)
   M3 dR;
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) {
-      const float dM = 2.f * (dSig[i][0] * M[0][j] + dSig[i][1] * M[1][j] + dSig[i][2] * M[2][j]);
+      const float dM = 2.f * (D[i][0] * M[0][j] + D[i][1] * M[1][j] + D[i][2] * M[2][j]);
       dR.m[i][j] = dM * scale[j];
       dscale[j] += dM * R.m[i][j];
     }
@@ -413,6 +432,17 @@ GS_HD void project_vjp(const Cam& c, const float* mean, const float* quat, const
   quat_to_rotmat_vjp(qn[0], qn[1], qn[2], qn[3], dR, dqn);
   const float dot = qn[0] * dqn[0] + qn[1] * dqn[1] + qn[2] * dqn[2] + qn[3] * dqn[3];
   for (int i = 0; i < 4; ++i) dquat[i] += (dqn[i] - qn[i] * dot) * inv;
+}
+
+// VJP of `project` for one view (only for drawn Gaussians): dL/dmean, dL/dquat, dL/dscale
+// (accumulated) from dL/d(u, v), dL/dconic, dL/dz.
+GS_HD void project_vjp(const Cam& c, const float* mean, const float* quat, const float* scale,
+                       float du, float dv, const float dconic[3], float dz_in, float dmean[3],
+                       float dquat[4], float dscale[3]) {
+  float sig[6], dsig[6] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  cov3(quat, scale, sig);
+  project_vjp_view(c, mean, sig, du, dv, dconic, dz_in, dmean, dsig);
+  cov3_vjp(quat, scale, dsig, dquat, dscale);
 }
 
 // ---------------------------------------------------------------- per pixel
