@@ -120,6 +120,7 @@ def test_cuda_smaller_tiles_match_cpu(tile):
 
   (lg, gg_, ig), (lc, gc, ic) = run("gpu"), run("cpu")
   np.testing.assert_allclose(np.asarray(ig), np.asarray(ic), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(float(lg), float(lc), rtol=1e-4)
   for name in ("means", "quats", "scales", "opacities", "sh"):
     a, b = np.asarray(getattr(gg_, name)), np.asarray(getattr(gc, name))
     assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, (tile, name)
