@@ -19,6 +19,7 @@ ap.add_argument("--views", type=int, default=16)
 ap.add_argument("--isect-per-gaussian", type=float, default=2.0)
 ap.add_argument("--wabe-k", type=int, default=0)
 ap.add_argument("--iters", type=int, default=1)
+ap.add_argument("--tile", type=int, default=16)
 ap.add_argument("--impl", choices=["ours", "gsplat"], default="ours")
 args = ap.parse_args()
 if args.impl == "gsplat":   # the same scene, cameras and loss through gsplat (torch), unpacked
@@ -39,7 +40,7 @@ if args.impl == "gsplat":   # the same scene, cameras and loss through gsplat (t
   raise SystemExit(0)
 g = Gaussians(**{k: jnp.asarray(v) for k, v in shell_scene(args.n).items()})
 cams = make_camera(jnp.asarray(ring_cameras(args.views, 550, 802, 1200.0)), 1200.0, width=550, height=802)
-cfg = RenderConfig(isect_per_gaussian=args.isect_per_gaussian, wabe_k=args.wabe_k)
+cfg = RenderConfig(isect_per_gaussian=args.isect_per_gaussian, wabe_k=args.wabe_k, tile_size=args.tile)
 w = jax.random.uniform(jax.random.PRNGKey(0), cams.batch_shape + (802, 550, 3))
 f = jax.jit(jax.value_and_grad(lambda g: jnp.sum(rasterize(g, cams, jnp.zeros(3), cfg).image * w)))
 for _ in range(args.iters):
