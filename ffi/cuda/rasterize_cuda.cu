@@ -474,7 +474,7 @@ __global__ void __launch_bounds__(kProjBwdBlock, 4) project_bwd_kernel(DevInputs
                                                                     DevGrads gr) {
   const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t N = in.N, K = in.K;
-  if (g >= N) return;
+  const bool valid = g < N;  // threads past N stay for the block's barriers in flush_sh
   Acc<3, kStore> dm, ds;
   Acc<4, kStore> dq;
   Acc<1, kStore> dop;
@@ -486,17 +486,30 @@ __global__ void __launch_bounds__(kProjBwdBlock, 4) project_bwd_kernel(DevInputs
   float* dsh = &s_dsh[0][threadIdx.x];
   const int nsh = 3 * gs::sh_count(st.degree);
   for (int i = 0; i < nsh; ++i) dsh[i * kProjBwdBlock] = 0.f;
-  int64_t sh_dst = -1;
+  int64_t sh_view = -1;  // the SH output slice being summed into (the same for the whole block)
   auto flush_sh = [&]() {
-    if (sh_dst < 0) return;
-    float* o = gr.sh + 3 * K * sh_dst;
-    for (int i = 0; i < nsh; ++i) {
-      if (kStore) o[i] = dsh[i * kProjBwdBlock];
-      else o[i] += dsh[i * kProjBwdBlock];
-      dsh[i * kProjBwdBlock] = 0.f;
+    if (sh_view < 0) return;
+    if (kStore) {
+      // The block's Gaussians are contiguous in the output: the block writes its 128 x 3K values
+      // together, consecutive threads to consecutive addresses (one thread writing its own 3K
+      // strided values would move 8x the bytes through L2). Zeros above the active degree.
+      __syncthreads();
+      const int64_t g0 = (int64_t)blockIdx.x * blockDim.x;
+      const int nb = (int)min((int64_t)blockDim.x, N - g0), W = (int)(3 * K);
+      float* o = gr.sh + (sh_view * N + g0) * W;
+      int t = threadIdx.x / W, i = threadIdx.x % W;
+      const int dt = blockDim.x / W, di = blockDim.x % W;
+      for (int e = threadIdx.x; e < nb * W; e += blockDim.x) {
+        o[e] = i < nsh ? s_dsh[i][t] : 0.f;
+        t += dt, i += di;
+        if (i >= W) i -= W, ++t;
+      }
+      __syncthreads();
+    } else if (valid) {
+      float* o = gr.sh + 3 * K * (sh_view * N + g);
+      for (int i = 0; i < nsh; ++i) o[i] += dsh[i * kProjBwdBlock];
     }
-    if (kStore)
-      for (int i = nsh; i < 3 * K; ++i) o[i] = 0.f;  // coefficients above the active degree
+    for (int i = 0; i < nsh; ++i) dsh[i * kProjBwdBlock] = 0.f;
   };
   // dL/dSigma is summed over the views that share one quaternion, scale and their destinations,
   // then taken through Sigma(q, s) once (cov3_vjp) instead of once per view.
@@ -509,6 +522,9 @@ __global__ void __launch_bounds__(kProjBwdBlock, 4) project_bwd_kernel(DevInputs
     pending = false;
   };
   for (int64_t v = 0; v < in.V; ++v) {
+    const int64_t osh = gr.o_sh(v);
+    if (osh != sh_view) flush_sh(), sh_view = osh;  // uniform over the block
+    if (!valid) continue;
     const int64_t iq = in.i_quats(v) * N + g, is = in.i_scales(v) * N + g;
     const int64_t oq = gr.o_quats(v) * N + g, os = gr.o_scales(v) * N + g;
     if (iq != cur_q || is != cur_s || oq != dq.dst || os != ds.dst) {
@@ -522,8 +538,6 @@ __global__ void __launch_bounds__(kProjBwdBlock, 4) project_bwd_kernel(DevInputs
     dq.to(gr.quats, oq);
     dop.to(gr.opac, gr.o_opac(v) * N + g);
     doff.to(gr.offset, gr.o_offset(v) * N + g);
-    const int64_t shd = gr.o_sh(v) * N + g;
-    if (shd != sh_dst) flush_sh(), sh_dst = shd;
     if (sv.radii[sv.i_gauss(v) * N + g] <= 0) continue;
     const float* a = acc + kAcc * (v * N + g);
     const gs::Cam cam = cam_of(in, st, v);
@@ -535,9 +549,11 @@ __global__ void __launch_bounds__(kProjBwdBlock, 4) project_bwd_kernel(DevInputs
     gs::project_vjp_view(cam, mean, sig, a[0], a[1], a + 2, a[9], dm.v, dsig);
     pending = true;
   }
-  flush_sigma();
-  dm.flush(gr.means), ds.flush(gr.scales), dq.flush(gr.quats), dop.flush(gr.opac);
-  doff.flush(gr.offset);
+  if (valid) {
+    flush_sigma();
+    dm.flush(gr.means), ds.flush(gr.scales), dq.flush(gr.quats), dop.flush(gr.opac);
+    doff.flush(gr.offset);
+  }
   flush_sh();
 }
 
