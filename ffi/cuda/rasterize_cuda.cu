@@ -45,17 +45,44 @@ __device__ __forceinline__ gs::Cam cam_of(const DevInputs& in, const DevStatic& 
 }
 
 // ------------------------------------------------------------------------------------ forward
-constexpr int64_t kProjChunk = 1 << 16;
+constexpr int kProjBlock = 128;
+constexpr int64_t kProjChunk = 1 << 16;  // a multiple of kProjBlock
 
-__global__ void project_kernel(DevInputs in, DevStatic st, int32_t* radii, float* means2d,
-                               float* conic_opac, float* colors, float* zs, int32_t* counts) {
+// Threads of project_kernel: each chunk's Gaussian count padded to whole blocks, per view.
+inline int64_t project_threads(int64_t V, int64_t N) {
+  const int64_t rem = N % kProjChunk;
+  return (N / kProjChunk) * V * kProjChunk + V * ((rem + kProjBlock - 1) / kProjBlock * kProjBlock);
+}
+
+__global__ void __launch_bounds__(kProjBlock) project_kernel(DevInputs in, DevStatic st, int32_t* radii,
+                                                             float* means2d, float* conic_opac,
+                                                             float* colors, float* zs, int32_t* counts) {
   // Threads walk chunks of kProjChunk Gaussians through every view before the next chunk, so a
   // chunk's parameters (SH: 192 B per Gaussian) come from DRAM once and from L2 for later views.
+  // Chunks are padded to whole blocks: a block is one view and consecutive Gaussians.
   const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, N = in.N;
-  if (t >= in.V * N) return;
   const int64_t c = t / (in.V * kProjChunk), base = c * kProjChunk;
-  const int64_t gsz = min(kProjChunk, N - base), r = t - c * in.V * kProjChunk;
-  const int64_t v = r / gsz, g = base + r % gsz, vg = v * N + g;
+  if (base >= N) return;  // whole blocks
+  const int64_t gsz = min(kProjChunk, N - base);
+  const int64_t gpad = (gsz + kProjBlock - 1) / kProjBlock * kProjBlock, r = t - c * in.V * kProjChunk;
+  const int64_t v = r / gpad, gl = r % gpad, g = base + gl, vg = v * N + g;
+  // The block's SH rows, loaded together (coalesced) into rows padded to 49 floats (conflict-free
+  // column reads); a thread reading its own 48 strided floats would touch 48 sectors per load.
+  __shared__ float s_sh[kProjBlock][49];
+  {
+    const int nsh = 3 * gs::sh_count(st.degree), W = (int)(3 * in.K);
+    const int64_t g0 = g - threadIdx.x, row0 = in.i_sh(v) * N + g0;
+    const int nb = (int)min((int64_t)kProjBlock, base + gsz - g0);
+    int row = threadIdx.x / nsh, i = threadIdx.x % nsh;
+    const int drow = kProjBlock / nsh, di = kProjBlock % nsh;
+    for (int e = threadIdx.x; e < nb * nsh; e += kProjBlock) {
+      s_sh[row][i] = in.sh[(row0 + row) * W + i];
+      row += drow, i += di;
+      if (i >= nsh) i -= nsh, ++row;
+    }
+    __syncthreads();
+  }
+  if (gl >= gsz) return;  // padding
   const gs::Cam cam = cam_of(in, st, v);
   const float* mean = in.means + 3 * (in.i_means(v) * N + g);
   const float op = in.opac[in.i_opac(v) * N + g];
@@ -64,7 +91,7 @@ __global__ void project_kernel(DevInputs in, DevStatic st, int32_t* radii, float
                                 in.offset + 2 * (in.i_offset(v) * N + g), st.near_plane, st.tile);
   float rgb[3] = {0.f, 0.f, 0.f};
   if (p.radius > 0) {
-    gs::sh_color(st.degree, in.sh + 3 * in.K * (in.i_sh(v) * N + g), mean, cam.pos, rgb, nullptr);
+    gs::sh_color(st.degree, s_sh[threadIdx.x], mean, cam.pos, rgb, nullptr);
     if (!isfinite(rgb[0]) || !isfinite(rgb[1]) || !isfinite(rgb[2])) {
       rgb[0] = rgb[1] = rgb[2] = 0.f;
       p.radius = 0;
@@ -660,7 +687,7 @@ static ffi::Error RasterizeFwdCudaImpl(
   size_t scan_bytes = L.temp_bytes, sort_bytes = L.temp_bytes;
   const int end_bit = 32 + bits_for((uint64_t)VT);
 
-  project_kernel<<<blocks(VN), 256, 0, stream>>>(in, st, radii->typed_data(), means2d->typed_data(),
+  project_kernel<<<blocks(project_threads(V, N), kProjBlock), kProjBlock, 0, stream>>>(in, st, radii->typed_data(), means2d->typed_data(),
                                                  conic_opac->typed_data(), colors->typed_data(),
                                                  zs->typed_data(), counts);
   cub::DeviceScan::ExclusiveSum(temp, scan_bytes, counts, offsets, (int)VN, stream);
