@@ -158,8 +158,8 @@ def _random_params(shapes, seed, dtype):
   return unflatten_dict(out)
 
 
-def bench_ours(args, unet_cfg, vae_cfg, batches, attention):
-  import jax
+def random_ip2p(unet_cfg, vae_cfg, size, dtype, attention, steps=20):
+  """Our InstructPix2Pix with random parameters (the benchmarks' model; no text encoder)."""
   import jax.numpy as jnp
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
 
@@ -168,15 +168,35 @@ def bench_ours(args, unet_cfg, vae_cfg, batches, attention):
   from gaedit_jax.edit.weights import DDIMSchedule, IP2PModel, unet_shapes, vae_shapes
 
   flax_patches.silence_library_logs()
-  dt = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-  unet = FlaxUNet2DConditionModel(**unet_cfg)
-  vae = FlaxAutoencoderKL(**vae_cfg)
-  key = jax.random.PRNGKey(0)
+  dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+  unet, vae = FlaxUNet2DConditionModel(**unet_cfg), FlaxAutoencoderKL(**vae_cfg)
   params = {"unet": _random_params(unet_shapes(unet), 0, dt), "vae": _random_params(vae_shapes(vae), 1, dt),
             "text_encoder": {}}
-  log("random parameters ready")
   model = IP2PModel(unet=unet, vae=vae, text_encoder=None, tokenizer=None, schedule=DDIMSchedule(), source="random")
-  ip = InstructPix2Pix(model, params, IP2PConfig(size=args.size, dtype=args.dtype, attention=attention))
+  return InstructPix2Pix(model, params, IP2PConfig(size=size, dtype=dtype, attention=attention, num_steps=steps))
+
+
+def unet_step_fn(ip, attention):
+  """One jitted UNet call (params, latents [B,8,h,w], text [B,77,C]) -> eps at t = 500."""
+  import jax
+  import jax.numpy as jnp
+
+  from gaedit_jax.edit import flax_patches
+
+  def step(p, x, e):
+    with flax_patches.attention_implementation(attention):
+      return ip.unet.apply({"params": p}, x, jnp.full((x.shape[0],), 500, jnp.int32), encoder_hidden_states=e).sample
+  return jax.jit(step)
+
+
+def bench_ours(args, unet_cfg, vae_cfg, batches, attention):
+  import jax
+  import jax.numpy as jnp
+
+  dt = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+  key = jax.random.PRNGKey(0)
+  ip = random_ip2p(unet_cfg, vae_cfg, args.size, args.dtype, attention, args.steps)
+  log("random parameters ready")
   emb = jax.random.normal(key, (3, 77, unet_cfg["cross_attention_dim"]), jnp.float32)
   for b in batches:
     renders = jax.random.uniform(jax.random.fold_in(key, 2), (b, args.size, args.size, 3))
@@ -200,11 +220,7 @@ def bench_ours(args, unet_cfg, vae_cfg, batches, attention):
     ds = 8 if not args.tiny else 4
     x = jnp.zeros((3 * b, 8, args.size // ds, args.size // ds), dt)
     e3 = jnp.repeat(emb, b, 0).astype(dt)
-
-    def step(p, x, e):
-      with flax_patches.attention_implementation(attention):
-        return ip.unet.apply({"params": p}, x, jnp.full((3 * b,), 500, jnp.int32), encoder_hidden_states=e).sample
-    step = jax.jit(step)
+    step = unet_step_fn(ip, attention)
     log("  compiling the UNet step alone")
     jax.block_until_ready(step(ip.params["unet"], x, e3))
     st = []

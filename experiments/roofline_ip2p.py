@@ -28,7 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_ip2p import SD15_UNET, SD15_VAE, _median_ms, _random_params, log  # noqa: E402
+from bench_ip2p import SD15_UNET, SD15_VAE, _median_ms, log, random_ip2p, unet_step_fn  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # FLOPs from optimized HLO text
@@ -271,24 +271,6 @@ def _time_async(fn, args, reps, inner=10):
   return _median_ms(times)
 
 
-def build(args, unet_cfg, vae_cfg):
-  """The InstructPix2Pix object exactly as bench_ip2p.bench_ours builds it (random bf16 params)."""
-  import jax.numpy as jnp
-  from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
-
-  from gaedit_jax.edit import flax_patches
-  from gaedit_jax.edit.ip2p import InstructPix2Pix, IP2PConfig
-  from gaedit_jax.edit.weights import DDIMSchedule, IP2PModel, unet_shapes, vae_shapes
-
-  flax_patches.silence_library_logs()
-  unet, vae = FlaxUNet2DConditionModel(**unet_cfg), FlaxAutoencoderKL(**vae_cfg)
-  params = {"unet": _random_params(unet_shapes(unet), 0, jnp.bfloat16),
-            "vae": _random_params(vae_shapes(vae), 1, jnp.bfloat16), "text_encoder": {}}
-  model = IP2PModel(unet=unet, vae=vae, text_encoder=None, tokenizer=None, schedule=DDIMSchedule(), source="random")
-  return InstructPix2Pix(model, params, IP2PConfig(size=args.size, dtype="bfloat16", attention=args.attention,
-                                                   num_steps=args.steps))
-
-
 def measure(name, batch, jitted, lower_args, call, args, res):
   """Compile once, count FLOPs two ways, time; append a row to res["rows"]. A failure is
   logged and skipped so that the other measurements of a long GPU run still come back."""
@@ -323,21 +305,15 @@ def run_models(args, res, unet_cfg, vae_cfg):
   import jax
   import jax.numpy as jnp
 
-  from gaedit_jax.edit import flax_patches
-
-  ip = build(args, unet_cfg, vae_cfg)
+  ip = random_ip2p(unet_cfg, vae_cfg, args.size, "bfloat16", args.attention, args.steps)
   log("model ready")
   key = jax.random.PRNGKey(0)
   lat, b, n = args.size // ip.model.downsample, args.batch, args.images
   res["latent"] = lat
   x = jax.random.normal(key, (b, 8, lat, lat), jnp.bfloat16)
   emb = jax.random.normal(key, (b, 77, unet_cfg["cross_attention_dim"]), jnp.bfloat16)
-
-  def unet_step(p, x, e):
-    with flax_patches.attention_implementation(args.attention):
-      return ip.unet.apply({"params": p}, x, jnp.full((x.shape[0],), 500, jnp.int32), encoder_hidden_states=e).sample
   pu = ip.params["unet"]
-  measure(f"UNet forward ({lat}x{lat} latents)", b, jax.jit(unet_step), ((pu, x, emb), {}),
+  measure(f"UNet forward ({lat}x{lat} latents)", b, unet_step_fn(ip, args.attention), ((pu, x, emb), {}),
           lambda c, i: c(pu, x, emb), args, res)
 
   pv = ip.params["vae"]
