@@ -114,15 +114,6 @@ __global__ void __launch_bounds__(kProjBlock) project_kernel(DevInputs in, DevSt
   counts[vg] = n;
 }
 
-// The same rectangle as gs::project (recomputed from the stored mean and integer radius).
-__device__ __forceinline__ void tile_rect(float u, float v, int radius, const DevStatic& st, int r[4]) {
-  const float rf = (float)radius, ts = (float)st.tile;
-  r[0] = (int)fminf((float)st.gx, fmaxf(0.f, floorf((u - rf) / ts)));
-  r[2] = (int)fminf((float)st.gx, fmaxf(0.f, ceilf((u + rf) / ts)));
-  r[1] = (int)fminf((float)st.gy, fmaxf(0.f, floorf((v - rf) / ts)));
-  r[3] = (int)fminf((float)st.gy, fmaxf(0.f, ceilf((v + rf) / ts)));
-}
-
 // Writes exactly counts[vg] keys (the tiles that pass gs::tile_reached, as counted by
 // project_kernel; should the two passes ever disagree, the slots stay padding or the extra tiles are
 // dropped, never another Gaussian's slots).
@@ -135,7 +126,7 @@ __global__ void emit_kernel(int64_t VN, int64_t N, DevStatic st, const int32_t* 
   const int64_t v = vg / N, g = vg % N;
   int r[4];
   const float u = means2d[2 * vg], vv = means2d[2 * vg + 1];
-  tile_rect(u, vv, radii[vg], st, r);
+  gs::tile_rect(u, vv, (float)radii[vg], st.width, st.height, st.tile, r);  // as gs::project's
   const float conic[3] = {conic_opac[4 * vg], conic_opac[4 * vg + 1], conic_opac[4 * vg + 2]};
   const float qmax = gs::alpha_reach_q(conic_opac[4 * vg + 3]);
   const int64_t T = (int64_t)st.gx * st.gy;
@@ -181,7 +172,7 @@ __global__ void ranges_kernel(int64_t cap, int64_t VT, const uint64_t* keys, int
   if (i == cap - 1 || (int64_t)(keys[i + 1] >> 32) != t) ranges[2 * t + 1] = (int32_t)i + 1;
 }
 
-constexpr int kBlock = 256;  // 16 x 16 tiles
+constexpr int kBlock = 256;  // threads of the largest tile (16 x 16): static shared-memory rows
 
 // Rows [lo, hi] (pixel-centre y) outside which the Gaussian cannot reach alpha >= kAlphaMin: the
 // ellipse d^T Q d <= qmax spans |dy| <= sqrt(qmax (Q^-1)_yy) = sqrt(qmax A / det Q). A warp whose
@@ -213,10 +204,10 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
   const int32_t start = ranges[2 * vt], end = ranges[2 * vt + 1];
   const int64_t N = in.N;
   __shared__ int32_t s_id[kBlock];
-  __shared__ float s_uv[kBlock][2];
-  __shared__ float s_co[kBlock][4];
-  __shared__ float s_col[kBlock][4];  // rgb + z
-  __shared__ float2 s_rows[kBlock];   // reach_rows
+  __shared__ float2 s_uv[kBlock];
+  __shared__ float4 s_co[kBlock];    // conic, opacity
+  __shared__ float4 s_col[kBlock];   // rgb, z
+  __shared__ float2 s_rows[kBlock];  // reach_rows
   const float2 wrows = warp_rows((int)(t / st.gx) * ts, tid & ~31, ts);
   float Tr = 1.f, C[3] = {0.f, 0.f, 0.f}, D = 0.f;
   int32_t lastp = start, nslot = 0;
@@ -232,20 +223,20 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
     if (j < end) {
       const int64_t vg = v * N + isect[j];
       s_id[tid] = isect[j];
-      s_uv[tid][0] = means2d[2 * vg], s_uv[tid][1] = means2d[2 * vg + 1];
-      for (int k = 0; k < 4; ++k) s_co[tid][k] = conic_opac[4 * vg + k];
-      for (int k = 0; k < 3; ++k) s_col[tid][k] = colors[3 * vg + k];
-      s_col[tid][3] = zs[vg];
-      s_rows[tid] = reach_rows(make_float2(s_uv[tid][0], s_uv[tid][1]),
-                               make_float4(s_co[tid][0], s_co[tid][1], s_co[tid][2], s_co[tid][3]));
+      s_uv[tid] = make_float2(means2d[2 * vg], means2d[2 * vg + 1]);
+      s_co[tid] = reinterpret_cast<const float4*>(conic_opac)[vg];
+      s_col[tid] = make_float4(colors[3 * vg], colors[3 * vg + 1], colors[3 * vg + 2], zs[vg]);
+      s_rows[tid] = reach_rows(s_uv[tid], s_co[tid]);
     }
     __syncthreads();
     const int cnt = min(nth, end - b0);
     for (int k = 0; k < cnt && !done; ++k) {
       if (!rows_meet(s_rows[k], wrows)) continue;  // uniform over the warp
-      const float power = gs::pixel_power(s_uv[k][0], s_uv[k][1], s_co[k], px, py);
+      const float4 co4 = s_co[k], c4 = s_col[k];
+      const float co[3] = {co4.x, co4.y, co4.z};
+      const float power = gs::pixel_power(s_uv[k].x, s_uv[k].y, co, px, py);
       if (power > 0.f) continue;
-      const float a = fminf(gs::kAlphaMax, s_co[k][3] * __expf(power));
+      const float a = fminf(gs::kAlphaMax, co4.w * __expf(power));
       if (a < gs::kAlphaMin) continue;
       const float nT = Tr * (1.f - a);
       if (nT < gs::kTMin) {
@@ -253,8 +244,8 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
         break;
       }
       const float w = a * Tr;
-      C[0] += s_col[k][0] * w, C[1] += s_col[k][1] * w, C[2] += s_col[k][2] * w;
-      D += s_col[k][3] * w;
+      C[0] += c4.x * w, C[1] += c4.y * w, C[2] += c4.z * w;
+      D += c4.w * w;
       if (nslot < WK) {
         sid[nslot] = s_id[k];
         sw[nslot] = gs::wabe_weight(Tr, a, st.wabe_beta);

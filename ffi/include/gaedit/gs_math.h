@@ -169,6 +169,17 @@ GS_HD bool finite3(const float* p) {
   return isfinite(p[0]) && isfinite(p[1]) && isfinite(p[2]);
 }
 
+// Tile rectangle [r0, r2) x [r1, r3) touched by the square of half-size `radius` (pixels) around
+// (u, v), clipped to the image's tile grid. The CUDA emit pass recomputes it from the stored radius.
+GS_HD void tile_rect(float u, float v, float radius, int width, int height, int tile, int r[4]) {
+  const int gx = (width + tile - 1) / tile, gy = (height + tile - 1) / tile;
+  const float ts = (float)tile;
+  r[0] = (int)fminf((float)gx, fmaxf(0.f, floorf((u - radius) / ts)));
+  r[2] = (int)fminf((float)gx, fmaxf(0.f, ceilf((u + radius) / ts)));
+  r[1] = (int)fminf((float)gy, fmaxf(0.f, floorf((v - radius) / ts)));
+  r[3] = (int)fminf((float)gy, fmaxf(0.f, ceilf((v + radius) / ts)));
+}
+
 // Forward projection of one Gaussian into one view. Gaussians that are behind the near plane,
 // have a zero-norm quaternion, non-finite parameters, or a tile rectangle of zero area get
 // radius 0 and are neither drawn nor differentiated.
@@ -220,18 +231,13 @@ GS_HD Projected project(const Cam& c, const float* mean, const float* quat, cons
   const float u = c.fx * pc[0] / z + c.cx + offset[0];
   const float v = c.fy * pc[1] / z + c.cy + offset[1];
   if (!isfinite(u) || !isfinite(v)) return p;
-  // Tile rectangle [x0, x1) x [y0, y1) touched by the square of half-size `radius`.
-  const int gx = (c.width + tile_size - 1) / tile_size, gy = (c.height + tile_size - 1) / tile_size;
-  const float ts = (float)tile_size;
-  const int x0 = (int)fminf((float)gx, fmaxf(0.f, floorf((u - radius_f) / ts)));
-  const int x1 = (int)fminf((float)gx, fmaxf(0.f, ceilf((u + radius_f) / ts)));
-  const int y0 = (int)fminf((float)gy, fmaxf(0.f, floorf((v - radius_f) / ts)));
-  const int y1 = (int)fminf((float)gy, fmaxf(0.f, ceilf((v + radius_f) / ts)));
-  if ((x1 - x0) * (y1 - y0) <= 0) return p;
+  int rect[4];
+  tile_rect(u, v, radius_f, c.width, c.height, tile_size, rect);
+  if ((rect[2] - rect[0]) * (rect[3] - rect[1]) <= 0) return p;
   p.u = u, p.v = v, p.z = z;
   p.conic[0] = cc / det, p.conic[1] = -b / det, p.conic[2] = a / det;
   p.radius = (int)radius_f;
-  p.rect[0] = x0, p.rect[1] = y0, p.rect[2] = x1, p.rect[3] = y1;
+  for (int i = 0; i < 4; ++i) p.rect[i] = rect[i];
   return p;
 }
 
@@ -323,12 +329,20 @@ GS_HD void sh_color_vjp(int degree, const float* sh, const float* mean, const fl
 
 // 3D covariance Sigma = M M^T, M = R(q / |q|) diag(s), as its 6 unique entries
 // (xx, xy, xz, yy, yz, zz). It does not depend on the view, so a multi-view backward forms it once.
-GS_HD void cov3(const float* quat, const float* scale, float sig[6]) {
+// R of the normalised quaternion and M = R diag(s); returns 1 / |q| (qn receives q / |q|).
+GS_HD float rot_scale(const float* quat, const float* scale, float qn[4], M3& R, float M[3][3]) {
   const float inv = 1.f / sqrtf(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
-  const M3 R = quat_to_rotmat(quat[0] * inv, quat[1] * inv, quat[2] * inv, quat[3] * inv);
-  float M[3][3];
+  for (int i = 0; i < 4; ++i) qn[i] = quat[i] * inv;
+  R = quat_to_rotmat(qn[0], qn[1], qn[2], qn[3]);
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) M[i][j] = R.m[i][j] * scale[j];
+  return inv;
+}
+
+GS_HD void cov3(const float* quat, const float* scale, float sig[6]) {
+  float qn[4], M[3][3];
+  M3 R;
+  rot_scale(quat, scale, qn, R, M);
   const int I[6] = {0, 0, 0, 1, 1, 2}, J[6] = {0, 1, 2, 1, 2, 2};
   for (int k = 0; k < 6; ++k)
     sig[k] = M[I[k]][0] * M[J[k]][0] + M[I[k]][1] * M[J[k]][1] + M[I[k]][2] * M[J[k]][2];
@@ -410,12 +424,9 @@ GS_HD void project_vjp_view(const Cam& c, const float* mean, const float sig[6],
 // (accumulated).
 GS_HD void cov3_vjp(const float* quat, const float* scale, const float dsig[6], float dquat[4],
                     float dscale[3]) {
-  const float inv = 1.f / sqrtf(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
-  const float qn[4] = {quat[0] * inv, quat[1] * inv, quat[2] * inv, quat[3] * inv};
-  const M3 R = quat_to_rotmat(qn[0], qn[1], qn[2], qn[3]);
-  float M[3][3];
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) M[i][j] = R.m[i][j] * scale[j];
+  float qn[4], M[3][3];
+  M3 R;
+  const float inv = rot_scale(quat, scale, qn, R, M);
   // back to the symmetric matrix D with dL = <D, dSigma>: off-diagonals were summed twice
   const float D[3][3] = {{dsig[0], 0.5f * dsig[1], 0.5f * dsig[2]},
                          {0.5f * dsig[1], dsig[3], 0.5f * dsig[4]},
