@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax.errors import InputError
+
 NUM_JOINTS = 5  # root (global), neck, jaw, left eye, right eye
 FLAME_PARENTS = (-1, 0, 1, 1, 1)
 JOINT_NAMES = ("root", "neck", "jaw", "left_eye", "right_eye")
@@ -45,7 +47,7 @@ NUM_TEETH_VERTICES = 120
 NUM_TEETH_FACES = 168
 
 
-class FlameFileError(ValueError):
+class FlameFileError(InputError):
   """A FLAME model or parameter file is missing, malformed, or has an array of the wrong shape."""
 
 

@@ -30,12 +30,13 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from gaedit_jax.camera import opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
+from gaedit_jax.errors import InputError
 
 SPLITS = ("train", "val", "test")
 VAL_CAMERA = 8  # NeRSemble's frontal camera is the novel-view (validation) camera (SPEC 3)
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
   """A dataset file is malformed: the message names the file, the key and the expected value."""
 
 

@@ -29,6 +29,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from gaedit_jax.errors import InputError
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 # torch storage class name -> numpy dtype
@@ -47,7 +49,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class TorchFileError(ValueError):
+class TorchFileError(InputError):
   """A checkpoint that this reader cannot (or will not) read; the message names the file."""
 
 

@@ -41,6 +41,7 @@ from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from gaedit_jax.edit import flax_patches, torch_pickle
+from gaedit_jax.errors import InputError
 
 try:  # only the command-line entry point needs tyro (annotation read by tyro.cli)
   import tyro
@@ -48,7 +49,7 @@ except ImportError:  # pragma: no cover
   tyro = None
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
   """A weights folder or file that is missing pieces or does not fit the model."""
 
 

@@ -1,0 +1,12 @@
+"""The one base class of the errors a user can fix: a bad file, flag or setting.
+
+Library code raises a subclass (or `InputError` itself) whose message is one sentence naming the
+file or flag, the field and what was expected. The `gaedit` command prints such an error as one
+line and exits with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+  """A user-fixable problem with an input: a file, a folder, a flag or a setting."""
