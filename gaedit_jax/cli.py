@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "reconstruct": ("gaedit_jax.reconstruct", "main", "train a GaussianAvatars avatar from a dataset"),
     "render": ("gaedit_jax.render_cli", "main", "novel views / self- / cross-identity reenactment"),
     "eval": ("gaedit_jax.evaluate", "main", "PSNR / SSIM / LPIPS / CLIP metrics"),
+    "export": ("gaedit_jax.commands.export", "main", "write an avatar as a GaussianAvatars folder or a world ply"),
     "edit": ("gaedit_jax.edit.loop", "main", "text-driven 4D edit of an avatar"),
     "edit2d": ("gaedit_jax.edit.edit2d", "main", "try an InstructPix2Pix edit on one image"),
     "convert-weights": ("gaedit_jax.edit.weights", "convert_main", "convert PyTorch weights to Flax once"),

@@ -3,8 +3,8 @@ its weights are given, per frame and averaged, on the val split (novel view, cam
 split (self-reenactment). Renders use the avatar's own (fine-tuned) FLAME parameters of each frame's
 timestep.
 
-`gaedit eval` can call `evaluate_model(model_dir, splits, lpips_weights, out)` (reads
-model_dir/cfg.json and the latest point_cloud/iteration_*), which writes results_<split>.json.
+`gaedit eval` can call `evaluate_model(model_dir, splits, lpips_weights, out)` (reads the model
+folder with io.model_folder.load_trained: ours or GaussianAvatars'), which writes results_<split>.json.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax.io.model_folder import latest_iteration, load_trained  # noqa: F401  (moved; re-exported)
 from gaedit_jax.metrics import psnr, ssim
 
 
@@ -74,32 +75,6 @@ def evaluate_split(avatar, model, flame: dict, ds, render_cfg, *, max_frames: in
   keys = ["psnr", "ssim"] + (["lpips"] if lpips_params is not None else [])
   mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
   return dict(split=ds.split, num_frames=len(rows), mean=mean, frames=rows)
-
-
-def latest_iteration(model_dir: str | os.PathLike) -> Path:
-  d = Path(model_dir) / "point_cloud"
-  its = sorted((int(p.name.split("_")[-1]), p) for p in d.glob("iteration_*") if (p / "point_cloud.ply").exists())
-  if not its:
-    raise FileNotFoundError(f"{model_dir}: no point_cloud/iteration_*/point_cloud.ply (train first)")
-  return its[-1][1]
-
-
-def load_trained(model_dir: str | os.PathLike, iteration: int | None = None):
-  """(avatar, baked model, flame per-timestep dict, flame0 FlameParams, cfg dict, iteration dir)."""
-  from gaedit_jax.io.ply import load_avatar_ply, load_flame_npz
-  from gaedit_jax.reconstruct import baked_model, load_model
-
-  model_dir = Path(model_dir)
-  cfgp = model_dir / "cfg.json"
-  if not cfgp.exists():
-    raise FileNotFoundError(f"{model_dir}: no cfg.json (not a `gaedit reconstruct` output folder)")
-  cfg = json.loads(cfgp.read_text())
-  it_dir = latest_iteration(model_dir) if iteration is None else model_dir / "point_cloud" / f"iteration_{iteration}"
-  avatar = load_avatar_ply(it_dir / "point_cloud.ply")
-  fp = load_flame_npz(it_dir / "flame_param.npz")
-  full = load_model(Path(cfg["data"]), Path(cfg["flame_model"]))
-  flame = {k: getattr(fp, k) for k in fp.PER_TIMESTEP}
-  return avatar, baked_model(full, fp), flame, fp, cfg, it_dir
 
 
 def evaluate_model(model_dir: str | os.PathLike, splits=("val", "test"), *, lpips_weights: str | None = None,

@@ -26,7 +26,8 @@ class RenderConfigCLI:
   """Render a trained avatar: dataset splits, cross-identity reenactment, or an orbit."""
 
   model: Path
-  """Model folder written by `gaedit reconstruct`."""
+  """Avatar: a `gaedit reconstruct` / `gaedit edit` folder, a GaussianAvatars output folder, or a
+  GaussianAvatars chkpnt<N>.pth (file or folder)."""
   out: Path | None = None
   """Output folder (default: MODEL/renders)."""
   iteration: int | None = None
@@ -51,6 +52,10 @@ class RenderConfigCLI:
   max_frames: int | None = None
   """Render at most this many frames per set (evenly spaced)."""
   sh_degree: int = 3
+  data: Path | None = None
+  """Dataset folder (default: the one the model folder records; cfg_args source_path for GA)."""
+  flame_model: Path | None = None
+  """FLAME model file (default: the one cfg.json records; GaussianAvatars records none)."""
 
 
 def _order(ds, camera_index):
@@ -117,11 +122,12 @@ def orbit_cameras(ref_cam, center: np.ndarray, n: int, degrees: float = 360.0):
 def main(cfg: RenderConfigCLI) -> dict:
   """Render a trained avatar (novel views, orbit, self- and cross-identity reenactment)."""
   from gaedit_jax.data.dataset import AvatarDataset
-  from gaedit_jax.eval_recon import load_trained
+  from gaedit_jax.io.model_folder import load_trained
   from gaedit_jax.reconstruct import fit_flame_dims, pose_vertices, render_views
   from gaedit_jax.render.types import RenderConfig
 
-  avatar, model, flame, fp, mcfg, it_dir = load_trained(cfg.model, cfg.iteration)
+  avatar, model, flame, fp, mcfg, it_dir = load_trained(cfg.model, cfg.iteration, data=cfg.data,
+                                                      flame_model=cfg.flame_model, require_data=True)
   c = mcfg["config"]
   kw = dict(image_scale=c.get("image_scale", 1.0), white_background=c.get("white_background", True),
             cache_size=0)

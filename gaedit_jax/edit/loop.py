@@ -48,11 +48,14 @@ class EditConfig:
   """Edit a reconstructed avatar with a text instruction (defaults: the original editor's)."""
 
   avatar: Path
-  """Reconstructed avatar: a `gaedit reconstruct` model folder."""
+  """Reconstructed avatar: a `gaedit reconstruct` model folder, a GaussianAvatars output folder, or
+  a GaussianAvatars chkpnt<N>.pth (file or folder)."""
   out: Path
   """Output model folder (same format as `gaedit reconstruct`: `gaedit render --model OUT` works)."""
   data: Path | None = None
   """Editing sequence (dataset folder). Default: the avatar's training data."""
+  flame_model: Path | None = None
+  """FLAME model file. Default: the one the avatar folder records (GaussianAvatars records none)."""
   editor: Literal["ip2p", "synthetic"] = "ip2p"
   """2D editor: InstructPix2Pix (--ip2p, --prompt) or the synthetic-target editor (--target-data)."""
   ip2p: Path | None = None
@@ -357,13 +360,14 @@ class EditRun:
 
   def __init__(self, cfg: EditConfig, editor=None):
     from gaedit_jax.data.dataset import AvatarDataset
-    from gaedit_jax.eval_recon import load_trained
+    from gaedit_jax.io.model_folder import load_trained
     from gaedit_jax.reconstruct import baked_model, check_consistency, fit_flame_dims, load_model
 
     self.cfg = cfg
     self.out = Path(cfg.out).absolute()
     self.out.mkdir(parents=True, exist_ok=True)
-    avatar, model, flame, fp, acfg, it_dir = load_trained(cfg.avatar)
+    avatar, model, flame, fp, acfg, it_dir = load_trained(cfg.avatar, data=cfg.data, flame_model=cfg.flame_model,
+                                                            require_data=True)
     c = acfg["config"]
     self.avatar_cfg = acfg
     self.image_scale = float(c.get("image_scale", 1.0))
