@@ -5,8 +5,10 @@ iteration (SPEC 5.3), in one jitted pure step (no host sync):
   render a random training view of the editing sequence (render + WABE outputs, one rasterizer
   forward kept as a VJP) -> 2D edit of the detached render by the editor (InstructPix2Pix or the
   synthetic-target editor; every `edit_every` iterations, else the view's cached edit)
-  -> 10 L1 + 10 LPIPS to the edit (in the editor's square frame for IP2P) + GA regularisers
-  + 1000 (L1 + D-SSIM) mouth preservation against the photo inside a rendered mouth mask
+  -> 10 L1 + 10 LPIPS to the edit (in the editor's square frame for IP2P; 10 D-SSIM instead of LPIPS
+  in the --ssim-last phase, edit.schedule) + GA regularisers
+  + 1000 (L1 + D-SSIM) mouth preservation against the photo inside a mouth mask (rendered, or
+  read from --mouth-masks files)
   + 0.01 (L_D + L_G) conditional GAN (faithful: one joint gradient; standard: alternating, detached)
   -> WABE gradient mask on position / colour / opacity / scale (SPEC 6) -> Adam (fresh moments,
   SPEC 5.5 rates; FLAME per-timestep parameters fine-tuned; discriminator lr 1e-4).
@@ -34,8 +36,11 @@ from gaedit_jax import parallel
 from gaedit_jax.edit import discriminator as D
 from gaedit_jax.edit import wabe as W
 from gaedit_jax.edit.editors import EditContext
+from gaedit_jax.edit.evaluation import edit_targets, eval_and_save, eval_due, held_out_frames, training_frames
 from gaedit_jax.edit.images import from_square, to_square
 from gaedit_jax.edit.mouth import MOUTH_LOSS_WEIGHT, mouth_face_mask, mouth_gaussians, mouth_loss, render_mouth_mask
+from gaedit_jax.edit.mouth import MouthMasks
+from gaedit_jax.edit.schedule import SSIM_WEIGHT, edit_ssim_term, ssim_phase_start
 from gaedit_jax.losses import position_reg, scale_reg
 from gaedit_jax.reconstruct import ReconstructConfig as _GA  # GaussianAvatars' rates (SPEC 2.6)
 from gaedit_jax.render import rasterize
@@ -157,6 +162,26 @@ class EditConfig:
   tensorboard: bool = True
   stop_after: int | None = None
   """Stop (after checkpointing) at this iteration: for tests of --resume."""
+  # --- further options of the original's edit script (GAE:train.py) ---
+  mouth_masks: Path | None = None
+  """Mouth-preservation masks from files instead of rendering them: a folder with one mask per
+  image, named as the image (.png, 255 = mouth; or .pth / .pt tensors as LangSAM's output the
+  original reads), or the original's <ID>_<SEQ>_mouth_mask.pth (see edit.mouth.MouthMasks)."""
+  ssim_last: float = 0.0
+  """The original's --use_in2nssim: 10 (1 - SSIM) to the 2D edit replaces LPIPS in this last
+  fraction of the run (0.1: intended last 10%; 1.0: what the released code does with the flag;
+  0: off, as the README commands run it)."""
+  lambda_ssim: float = SSIM_WEIGHT
+  """Weight of the D-SSIM term of --ssim-last (original: 10, LPIPS's weight)."""
+  eval: bool = True
+  """Hold out the val / test splits (the original's --eval, passed by its README commands);
+  --no-eval trains on train + val + test, as GaussianAvatars' Scene does without --eval."""
+  eval_every: int = 500
+  """Every N iterations and at the last one: metrics on the held-out splits
+  (OUT/eval/iteration_N.json), point_cloud/iteration_N and a checkpoint (original: --interval 500;
+  0: off)."""
+  eval_max_frames: int | None = None
+  """Evaluate at most this many frames per split (evenly spaced; None = all, as the original)."""
 
 
 @jax.tree_util.register_dataclass
@@ -191,6 +216,8 @@ class StepSettings:
   gan_mode: str = "faithful"
   gan_weight: float = D.GAN_WEIGHT
   gan_start: int = 0
+  ssim_start: int | None = None   # first 0-based step of the SSIM phase (edit.schedule); None: off
+  lambda_ssim: float = SSIM_WEIGHT
 
 
 def make_optimizer(cfg: EditConfig, extent: float) -> optax.GradientTransformation:
@@ -208,11 +235,12 @@ def make_optimizer(cfg: EditConfig, extent: float) -> optax.GradientTransformati
 
 
 def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_edit, model, background,
-              mouth, editor, lpips_params, *, optimizer, disc_module, disc_optimizer, s: StepSettings,
-              do_edit: bool):
+              mouth, editor, lpips_params, mouth_mask=None, *, optimizer, disc_module, disc_optimizer,
+              s: StepSettings, do_edit: bool):
   """One edit iteration on B views (photo [B,H,W,3], camera [B], timestep / camera_index [B]).
   Pure. `cached_edit`: the views' previous edits (used when do_edit is False, the edit-rate
-  option); `mouth` bool [C]: mouth Gaussians (excluded from WABE, SPEC 6.1). Returns
+  option); `mouth` bool [C]: mouth Gaussians (excluded from WABE, SPEC 6.1); `mouth_mask`
+  [B,H,W]: the views' mouth masks read from files (None: rendered). Returns
   (new state, metrics, images: render / edit / mouth mask of the step)."""
   from gaedit_jax.reconstruct import pose_vertices
 
@@ -238,7 +266,8 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
     target = cached_edit
   sq = editor.square_size
   frame = (lambda x: to_square(x, sq)) if sq else (lambda x: x)
-  mmask = (render_mouth_mask(jax.lax.stop_gradient(posed(params)), mouth, camera, s.render)
+  mmask = ((render_mouth_mask(jax.lax.stop_gradient(posed(params)), mouth, camera, s.render)
+            if mouth_mask is None else jnp.asarray(mouth_mask, jnp.float32))
            if s.lambda_mouth > 0 else jnp.zeros(image.shape[:-1], jnp.float32))
   gan_on = (state.step >= s.gan_start).astype(jnp.float32)
 
@@ -270,6 +299,10 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
         lg = D.generator_loss(disc_module, dparams, target, x, weight=s.gan_weight)
         gp = {"gan_g": lg / s.gan_weight, "gan_d": l_d_std / s.gan_weight}
       loss, parts = loss + gan_on * lg, {**parts, **gp}
+    if s.ssim_start is not None:   # --ssim-last: D-SSIM to the edit replaces LPIPS (edit.schedule)
+      ls, sp = edit_ssim_term(x, target, parts.get("lpips"), state.step, s.ssim_start, s.lambda_ssim,
+                              s.lambda_lpips)
+      loss, parts = loss + ls, {**parts, **sp}
     return loss, parts
 
   (l_img, parts), (g_img, g_disc) = jax.value_and_grad(image_loss, argnums=(0, 1), has_aux=True)(image, disc)
@@ -374,8 +407,8 @@ class EditRun:
     self.white_background = bool(c.get("white_background", True))
     self.data = Path(cfg.data or acfg["data"]).absolute()
     self.flame_model = Path(acfg["flame_model"])
-    self.train_ds = AvatarDataset(self.data, "train", image_scale=self.image_scale,
-                                  white_background=self.white_background, cache_size=4096)
+    dkw = dict(image_scale=self.image_scale, white_background=self.white_background)
+    self.train_ds = training_frames(self.data, cfg.eval, cache_size=4096, **dkw)   # --eval / --no-eval
     if cfg.flame_init == "data":   # SPEC 5.2: FLAME from the editing sequence's tracking
       full = load_model(self.data, self.flame_model)
       fp = fit_flame_dims(full, self.train_ds.flame_params)
@@ -413,7 +446,13 @@ class EditRun:
         lambda_mouth=cfg.lambda_mouth, lambda_xyz=cfg.lambda_xyz, threshold_xyz=cfg.threshold_xyz,
         lambda_scale=cfg.lambda_scale, threshold_scale=cfg.threshold_scale, gan=cfg.gan,
         gan_mode=cfg.gan_mode, gan_weight=cfg.gan_weight, gan_start=cfg.gan_start)
+    self.settings = dataclasses.replace(self.settings, ssim_start=ssim_phase_start(cfg.iterations, cfg.ssim_last),
+                                        lambda_ssim=cfg.lambda_ssim)
     self.mouth = mouth_gaussians(avatar.binding, mouth_face_mask(self.model), avatar.active)
+    # checked here, before the first step: every training frame has its mask
+    self.mouth_masks = MouthMasks(cfg.mouth_masks, self.train_ds) if cfg.mouth_masks is not None else None
+    self.eval_ds = held_out_frames(self.data, cfg.eval, cache_size=0, **dkw)
+    self.eval_targets = edit_targets(self.editor, cfg.target_data, self.eval_ds, cache_size=0, **dkw)
     self.state = self.init_state(avatar, flame)
     # data parallel over views: the state, the model and the editor's weights on every device
     self.model_local = self.model
@@ -444,6 +483,12 @@ class EditRun:
     sq = self.editor.square_size
     h, w = self.train_ds.image_size
     return (b, sq, sq, 3) if sq else (b, h, w, 3)
+
+  def mouth_batch(self, idx):
+    """The views' mouth masks from --mouth-masks (split over the devices as the views), or None."""
+    if self.mouth_masks is None:
+      return None
+    return parallel.shard_views(jnp.asarray(self.mouth_masks.batch(idx)), self.mesh)
 
   # -- checkpoints / export ---------------------------------------------------------------------
   def meta(self) -> dict:
@@ -520,7 +565,7 @@ class EditRun:
       cached = zero_edit if do_edit else self.cache[keyi]
       views = parallel.shard_views((b.image, b.camera, b.timestep, b.camera_index), self.mesh)
       self.state, m, imgs = self.step_fn(do_edit)(self.state, *views, cached, self.model, self.background,
-                                                  self.mouth, self.editor, self.lpips_params)
+                                                  self.mouth, self.editor, self.lpips_params, self.mouth_batch(idx))
       if c.edit_every > 1 and do_edit:
         self.cache[keyi] = imgs["edit"]
       pending.append((it, m))
@@ -531,6 +576,8 @@ class EditRun:
         self.dump(it, imgs, b)
       if (c.checkpoint_interval and it % c.checkpoint_interval == 0) or it == end:
         ckpt.save(int(self.state.step), self.state, self.meta())
+      if eval_due(it, c.eval_every, c.iterations):
+        eval_and_save(self, it, ckpt, writer)
     ckpt.wait()
     seconds = time.perf_counter() - t0
     if bar is not None:
