@@ -392,7 +392,6 @@ class EditRun:
   """Loads the avatar, the data and the editor; `run()` edits for cfg.iterations."""
 
   def __init__(self, cfg: EditConfig, editor=None):
-    from gaedit_jax.data.dataset import AvatarDataset
     from gaedit_jax.io.model_folder import load_trained
     from gaedit_jax.reconstruct import baked_model, check_consistency, fit_flame_dims, load_model
 
