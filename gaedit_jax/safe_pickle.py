@@ -77,15 +77,30 @@ def _dtype(obj, align=False, copy=False):
     obj = obj.decode("latin1")
   if not isinstance(obj, str):
     raise Refusal(f"refusing numpy.dtype({type(obj).__name__}): only dtype names are read")
-  d = np.dtype(obj, align=bool(align), copy=bool(copy))
+  d = np.dtype(obj, align=bool(align), copy=True)  # a copy: BUILD then sets state on it, never on
+  # numpy's shared builtin descriptors
   if d.hasobject:
     raise Refusal(f"refusing numpy.dtype({obj!r}): object arrays are not read")
   return d
 
 
+class _NdarrayClass:
+  """What the global `numpy.ndarray` resolves to: a token that `_reconstruct` accepts; it cannot
+  be called or instantiated (NEWOBJ / REDUCE on it fail), so no array is made but through
+  `_reconstruct` + BUILD."""
+
+  __slots__ = ()
+
+  def __repr__(self):
+    return "numpy.ndarray"
+
+
+_NDARRAY = _NdarrayClass()
+
+
 def _reconstruct(subtype, shape, dtype):
   """`numpy.core.multiarray._reconstruct`: an empty ndarray that BUILD then fills."""
-  if subtype is not np.ndarray:
+  if subtype is not _NDARRAY:
     raise Refusal(f"refusing to rebuild an array of class {getattr(subtype, '__name__', subtype)!r}: "
                   "only plain numpy arrays are read")
   if not (isinstance(shape, tuple) and all(type(s) is int and 0 <= s <= 1 for s in shape)):
@@ -127,8 +142,18 @@ def _codecs_encode(obj, encoding="utf-8", errors="strict"):
 
 def _bytes(*args):
   if args and not (len(args) == 1 and isinstance(args[0], (bytes, bytearray, list))):
-    raise Refusal("refusing builtins.bytes with these arguments")
+    raise Refusal("refusing builtins.bytes with these arguments (only bytes or a list of ints)")
   return bytes(*args)
+
+
+def _bytearray(*args):
+  """`bytearray` as protocol-2 pickles call it: bytearray(text, 'latin-1'), or from bytes/a list
+  (never from a count, which would allocate whatever the file says)."""
+  if len(args) == 2 and isinstance(args[0], str):
+    return bytearray(_codecs_encode(args[0], args[1]))
+  if args and not (len(args) == 1 and isinstance(args[0], (bytes, bytearray, list))):
+    raise Refusal("refusing builtins.bytearray with these arguments (only text, bytes or a list of ints)")
+  return bytearray(*args)
 
 
 def reconstructor(classes: Iterable[type]) -> Callable:
@@ -157,7 +182,7 @@ def _both(module_pairs: Iterable[str], name: str, obj) -> dict[tuple[str, str], 
 # numpy arrays, dtypes and scalars under the names of numpy 1 (numpy.core) and 2 (numpy._core).
 NUMPY_DATA: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): _dtype,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,
     **_both(("numpy.core.multiarray", "numpy._core.multiarray"), "_reconstruct", _reconstruct),
     **_both(("numpy.core.multiarray", "numpy._core.multiarray"), "scalar", _scalar),
     **_both(("numpy.core.numeric", "numpy._core.numeric"), "_frombuffer", _frombuffer),
@@ -170,7 +195,7 @@ BUILTIN_DATA: dict[tuple[str, str], Any] = {
     **_both(("builtins", "__builtin__"), "set", set),
     **_both(("builtins", "__builtin__"), "frozenset", frozenset),
     **_both(("builtins", "__builtin__"), "complex", complex),
-    **_both(("builtins", "__builtin__"), "bytearray", bytearray),
+    **_both(("builtins", "__builtin__"), "bytearray", _bytearray),
     **_both(("builtins", "__builtin__"), "bytes", _bytes),
     ("collections", "OrderedDict"): OrderedDict,
 }

@@ -268,8 +268,11 @@ def test_python2_era_flame_pickle_loads(tmp_path, monkeypatch):
 
 
 def test_numpy_scalars_and_protocol_5_arrays_are_data(tmp_path):
-  obj = {"a": np.arange(4, dtype=np.int16), "s": np.float64(2.5), "c": np.complex64(1 + 2j), "b": b"xy",
-         "set": {1, 2}}
+  rec = np.zeros(2, [("a", "<f4"), ("b", "<i8")])
+  rec["b"] = [3, -4]
+  obj = {"a": np.arange(4, dtype=np.int16), "s": np.float64(2.5), "c": np.complex64(1 + 2j), "b": b"xy\xff",
+         "ba": bytearray(b"\x00\xfe"), "set": {1, 2}, "f": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+         "rec": rec}
   for proto in (2, 4, 5):
     p = tmp_path / f"p{proto}.pkl"
     p.write_bytes(pickle.dumps(obj, protocol=proto))
@@ -277,7 +280,13 @@ def test_numpy_scalars_and_protocol_5_arrays_are_data(tmp_path):
     np.testing.assert_array_equal(back["a"], obj["a"])
     assert back["a"].dtype == np.int16 and type(back["s"]) is np.float64 and back["s"] == 2.5
     assert type(back["c"]) is np.complex64 and back["c"] == obj["c"]
-    assert back["b"] == b"xy" and back["set"] == {1, 2}
+    assert back["b"] == obj["b"] and back["ba"] == obj["ba"] and back["set"] == {1, 2}
+    np.testing.assert_array_equal(back["f"], obj["f"])
+    assert back["rec"].dtype == rec.dtype and back["rec"]["b"].tolist() == [3, -4]
+  # a numpy array is made only through _reconstruct + its state, never by calling numpy.ndarray
+  p.write_bytes(b"\x80\x02cnumpy\nndarray\nJ\x00\x00\x00\x10\x85\x85R.")   # ndarray((2**28,))
+  with pytest.raises(InputError, match=r"p5\.pkl: not a readable pickle"):
+    safe_pickle.load_path(p, allowed=safe_pickle.NUMPY_DATA)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -224,7 +224,7 @@ def _unpickle(f, path: str, storages: _Storages | None = None) -> Any:
   storage handler (the legacy header and key list) may name no global at all."""
   return safe_pickle.load(f, source=path, allowed=_ALLOWED if storages is not None else {},
                           why=_WHY, error=TorchFileError, persistent_load=storages,
-                          what="PyTorch checkpoint")
+                          encoding="utf-8", what="PyTorch checkpoint")
 
 
 def _materialise(obj: Any) -> Any:
