@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax import safe_pickle
 from gaedit_jax.errors import InputError
+from gaedit_jax.safe_pickle import StandIn
 
 NUM_JOINTS = 5  # root (global), neck, jaw, left eye, right eye
 FLAME_PARENTS = (-1, 0, 1, 1, 1)
@@ -424,49 +426,34 @@ def add_teeth(model: FlameModel, *, fix_face_133: bool = True) -> FlameModel:
 # ------------------------------------------------------------------------------------------------
 
 
-class _ChumpyStandIn:
-  """Stands in for any chumpy class while unpickling: keeps the pickled state (a dict whose 'x'
+class _ChumpyStandIn(StandIn):
+  """Stands in for chumpy's `Ch` while unpickling: keeps the pickled state (a dict whose 'x'
   holds the numpy value of a terminal `Ch`)."""
 
   _pickled_class = "chumpy.?"
 
-  def __setstate__(self, state):
-    object.__setattr__(self, "_state", state)
 
-
-class _SparseStandIn:
+class _SparseStandIn(StandIn):
   """Stands in for scipy.sparse matrices of any scipy version (old pickles name scipy.sparse.csc)."""
 
   _pickled_class = "scipy.sparse.?"
 
-  def __setstate__(self, state):
-    object.__setattr__(self, "_state", state)
-
-
-_STANDINS: dict[tuple[str, str], type] = {}
-
 
 def _standin(base: type, module: str, name: str) -> type:
-  key = (module, name)
-  if key not in _STANDINS:
-    _STANDINS[key] = type(name, (base,), {"_pickled_class": f"{module}.{name}"})
-  return _STANDINS[key]
+  return safe_pickle.standin(base, module, name)
 
 
-class _FlameUnpickler(pickle.Unpickler):
-  """Reads FLAME pickles without chumpy (and independent of the pickling scipy version)."""
-
-  def find_class(self, module, name):
-    if module == "chumpy" or module.startswith("chumpy."):
-      return _standin(_ChumpyStandIn, module, name)
-    if module.startswith("scipy.sparse") and name in ("csc_matrix", "csr_matrix", "coo_matrix"):
-      return _standin(_SparseStandIn, module, name)
-    if module.startswith("numpy.core"):  # python-2 era numpy names (numpy 2 moved them)
-      try:
-        return super().find_class("numpy._core" + module[len("numpy.core"):], name)
-      except (ImportError, AttributeError):
-        pass
-    return super().find_class(module, name)
+# What a FLAME model or masks pickle may name: numpy arrays and scalars, python-2 era builtins,
+# terminal chumpy arrays and scipy sparse matrices (as inert stand-ins; neither package is imported).
+_FLAME_STANDINS = {
+    **{(m, "Ch"): _standin(_ChumpyStandIn, m, "Ch") for m in ("chumpy.ch", "chumpy")},
+    **{(m, n): _standin(_SparseStandIn, m, n)
+       for fmt in ("csc", "csr", "coo") for n in (f"{fmt}_matrix", f"{fmt}_array")
+       for m in ("scipy.sparse", f"scipy.sparse.{fmt}", f"scipy.sparse._{fmt}")},
+}
+_FLAME_ALLOWED = {**safe_pickle.NUMPY_DATA, **safe_pickle.BUILTIN_DATA, **_FLAME_STANDINS,
+                  **safe_pickle.reconstructor_entries(_FLAME_STANDINS.values())}
+_FLAME_WHY = "only FLAME arrays are read (numpy arrays, chumpy Ch values, scipy sparse matrices)"
 
 
 def _to_numpy(obj: Any, where: str) -> Any:
@@ -476,40 +463,61 @@ def _to_numpy(obj: Any, where: str) -> Any:
     if not isinstance(st, dict) or "x" not in st:
       raise FlameFileError(f"{where}: a {obj._pickled_class} object without a stored value 'x' "
                            "(only terminal chumpy arrays can be read without chumpy)")
-    return np.asarray(st["x"])
+    return _numeric(st["x"], where)
   if isinstance(obj, _SparseStandIn):
     import scipy.sparse as sp
 
     st = getattr(obj, "_state", {})
-    shape = tuple(st.get("_shape", st.get("shape", ())))
-    kind = obj._pickled_class.rsplit(".", 1)[-1]
+    if isinstance(st, tuple) and len(st) == 2 and isinstance(st[0], dict):
+      st = st[0]
+    if not isinstance(st, dict):
+      raise FlameFileError(f"{where}: a {obj._pickled_class} without its fields")
+    kind = obj._pickled_class.rsplit(".", 1)[-1][:3]
     try:
-      if kind == "coo_matrix":
-        m = sp.coo_matrix((st["data"], (st["row"], st["col"])), shape=shape)
+      shape = tuple(int(s) for s in st.get("_shape", st.get("shape", ())))
+      f = {k: _numeric(st[k], f"{where}.{k}") for k in
+           (("data", "row", "col") if kind == "coo" else ("data", "indices", "indptr"))}
+      if kind == "coo":
+        m = sp.coo_matrix((f["data"], (f["row"], f["col"])), shape=shape)
       else:
-        cls = sp.csc_matrix if kind == "csc_matrix" else sp.csr_matrix
-        m = cls((st["data"], st["indices"], st["indptr"]), shape=shape)
+        m = (sp.csc_matrix if kind == "csc" else sp.csr_matrix)((f["data"], f["indices"], f["indptr"]),
+                                                                shape=shape)
     except KeyError as e:
       raise FlameFileError(f"{where}: sparse matrix without field {e}") from None
+    except (TypeError, ValueError) as e:
+      raise FlameFileError(f"{where}: not a valid sparse matrix ({e})") from None
     return np.asarray(m.toarray())
-  if hasattr(obj, "toarray") and "scipy.sparse" in type(obj).__module__:
-    return np.asarray(obj.toarray())
   return obj
 
 
-def _read_pickle(path: Path) -> Any:
+def _numeric(value: Any, where: str) -> np.ndarray:
+  """`value` as a numeric numpy array, or a FlameFileError naming where it was found."""
   try:
-    with open(path, "rb") as f:
-      return _FlameUnpickler(f, encoding="latin1").load()
+    arr = np.asarray(value)
+  except ValueError:  # ragged nested lists
+    arr = np.asarray(None)
+  if arr.dtype.kind not in "biuf":
+    raise FlameFileError(f"{where}: expected a numeric array, found {type(value).__name__}")
+  return arr
+
+
+def _read_pickle(path: Path) -> Any:
+  """A FLAME model or masks pickle (python-2 era files included), read as data only."""
+  try:
+    return safe_pickle.load_path(path, allowed=_FLAME_ALLOWED, why=_FLAME_WHY, error=FlameFileError,
+                                 encoding="latin1", what="FLAME pickle")
   except FileNotFoundError:
     raise FileNotFoundError(f"FLAME file not found: {path}") from None
-  except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as e:
-    raise FlameFileError(f"{path}: not a readable FLAME pickle ({type(e).__name__}: {e})") from None
 
 
 def _expect(path, key, arr, shape, what=""):
   """Raises FlameFileError naming file, key and expected shape (None = any size)."""
-  arr = np.asarray(arr)
+  try:
+    arr = np.asarray(arr)
+  except ValueError:  # ragged nested lists
+    arr = np.asarray(None)
+  if arr.dtype.kind not in "biuf":
+    raise FlameFileError(f"{path}: key {key!r} is not a numeric array (found {arr.dtype})")
   ok = arr.ndim == len(shape) and all(s is None or s == a for s, a in zip(shape, arr.shape))
   if not ok:
     exp = "[" + ",".join("*" if s is None else str(s) for s in shape) + "]"
@@ -526,7 +534,7 @@ def _read_masks(path: Path, nv: int) -> tuple[dict[str, np.ndarray], dict[str, n
   masks, ordered = {}, {}
   for k, v in data.items():
     k = k.decode() if isinstance(k, bytes) else str(k)
-    ids = np.asarray(_to_numpy(v, f"{path}:{k}")).astype(np.int64).reshape(-1)
+    ids = _numeric(_to_numpy(v, f"{path}:{k}"), f"{path}:{k}").astype(np.int64).reshape(-1)
     if ids.size and (ids.min() < 0 or ids.max() >= nv):
       raise FlameFileError(f"{path}: region {k!r} has vertex ids outside [0,{nv})")
     m = np.zeros(nv, bool)

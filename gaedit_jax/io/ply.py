@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax.errors import InputError
 from gaedit_jax.rig import Avatar, FaceFrames, quat_multiply
 
 
@@ -37,35 +39,131 @@ def _write_ply(path: Path, cols: dict[str, np.ndarray]) -> None:
   os.replace(tmp, path)
 
 
-def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a binary little-endian ply with one `vertex` element of float/double/int properties."""
-  types = {"float": "<f4", "float32": "<f4", "double": "<f8", "int": "<i4", "int32": "<i4",
-           "uchar": "u1", "uint8": "u1", "uint": "<u4", "short": "<i2", "ushort": "<u2"}
-  with open(path, "rb") as f:
-    if f.readline().strip() != b"ply":
-      raise ValueError(f"{path}: not a ply file")
-    props, n, fmt = [], None, None
-    while True:
-      line = f.readline()
-      if not line:
-        raise ValueError(f"{path}: truncated header")
+_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "<i2", "int16": "<i2",
+              "ushort": "<u2", "uint16": "<u2", "int": "<i4", "int32": "<i4", "uint": "<u4",
+              "uint32": "<u4", "float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8"}
+_MAX_HEADER = 1 << 20
+NONFINITE_MODES = ("error", "drop")
+
+
+def _check_nonfinite_mode(nonfinite: str) -> None:
+  if nonfinite not in NONFINITE_MODES:
+    raise InputError(f"nonfinite={nonfinite!r}: expected one of {', '.join(NONFINITE_MODES)}")
+
+
+def _read_header(f, path) -> tuple[int, list[tuple[str, str]]]:
+  """Parses a ply header; returns (vertex count, [(property, numpy dtype)]) of its vertex element."""
+  if f.readline(16).rstrip(b"\r\n") != b"ply":
+    raise InputError(f"{path}: not a ply file (no 'ply' magic line)")
+  props: list[tuple[str, str]] = []
+  n, fmt, element, read = None, None, None, 0
+  while True:
+    line = f.readline(_MAX_HEADER)
+    read += len(line)
+    if not line:
+      raise InputError(f"{path}: truncated header (no end_header line)")
+    if read >= _MAX_HEADER:
+      raise InputError(f"{path}: no end_header within the first {_MAX_HEADER} bytes")
+    try:
       w = line.decode("ascii").split()
-      if not w:
-        continue
-      if w[0] == "format":
-        fmt = w[1]
-      elif w[0] == "element":
-        if w[1] != "vertex":
-          raise ValueError(f"{path}: unsupported element {w[1]}")
+    except UnicodeDecodeError:
+      raise InputError(f"{path}: the header holds non-ASCII bytes (a truncated or damaged file?)") from None
+    if not w or w[0] in ("comment", "obj_info"):
+      continue
+    if w[0] == "end_header":
+      break
+    if w[0] == "format":
+      fmt = w[1] if len(w) > 1 else ""
+      if fmt != "binary_little_endian":
+        raise InputError(f"{path}: ply format {fmt!r} is not supported (only binary_little_endian; "
+                         "re-export the file as binary little-endian)")
+    elif w[0] == "element":
+      if len(w) != 3 or not w[2].isdigit():
+        raise InputError(f"{path}: bad header line {line.decode('ascii').strip()!r} "
+                         "(expected 'element <name> <count>')")
+      element = w[1]
+      if element == "vertex":
+        if n is not None:
+          raise InputError(f"{path}: two 'element vertex' lines")
         n = int(w[2])
-      elif w[0] == "property":
-        props.append((w[2], types[w[1]]))
-      elif w[0] == "end_header":
-        break
-    if fmt != "binary_little_endian":
-      raise ValueError(f"{path}: only binary_little_endian ply is supported (got {fmt})")
-    data = np.frombuffer(f.read(), np.dtype(props), count=n)
-  return {k: np.asarray(data[k]) for k, _ in props}
+      elif int(w[2]) != 0:
+        raise InputError(f"{path}: element {element!r} ({w[2]} entries) is not supported "
+                         "(only one 'vertex' element of Gaussians)")
+    elif w[0] == "property":
+      if element is None:
+        raise InputError(f"{path}: property line before any element line")
+      if len(w) >= 2 and w[1] == "list":
+        name = w[-1] if len(w) >= 5 else "?"
+        if element == "vertex":
+          raise InputError(f"{path}: property {name!r} is a list, which is not supported")
+        continue
+      if len(w) != 3:
+        raise InputError(f"{path}: bad header line {line.decode('ascii').strip()!r} "
+                         "(expected 'property <type> <name>')")
+      if element != "vertex":
+        continue  # a property of an empty element (checked above)
+      typ, name = w[1], w[2]
+      if typ not in _PLY_TYPES:
+        raise InputError(f"{path}: property {name!r} has unknown type {typ!r} (expected one of "
+                         f"{', '.join(sorted(_PLY_TYPES))})")
+      if any(name == p for p, _ in props):
+        raise InputError(f"{path}: property {name!r} appears twice")
+      props.append((name, _PLY_TYPES[typ]))
+    else:
+      raise InputError(f"{path}: unexpected header line {line.decode('ascii').strip()[:80]!r}")
+  if fmt is None:
+    raise InputError(f"{path}: the header has no format line")
+  if n is None:
+    raise InputError(f"{path}: the header has no 'element vertex' line")
+  if not props:
+    raise InputError(f"{path}: the vertex element has no properties")
+  return n, props
+
+
+def read_ply(path: str | os.PathLike, *, nonfinite: str = "error") -> dict[str, np.ndarray]:
+  """Reads a binary little-endian ply with one `vertex` element of scalar properties.
+
+  Every problem is an InputError naming the file (and the property): truncated data, a vertex
+  count that disagrees with the data size, unsupported formats / elements / property types, and
+  non-finite float values. `nonfinite`: "error" (raise) or "drop" (warn with the count and drop
+  those vertices)."""
+  _check_nonfinite_mode(nonfinite)
+  with open(path, "rb") as f:
+    n, props = _read_header(f, path)
+    dt = np.dtype(props)
+    need = n * dt.itemsize
+    have = os.fstat(f.fileno()).st_size - f.tell()
+    if have < need:
+      k, rem = divmod(have, dt.itemsize)
+      cut = next(name for name, _ in props if dt.fields[name][1] + dt.fields[name][0].itemsize > rem)
+      raise InputError(f"{path}: truncated: the header says {n} vertices ({need} bytes) but the data "
+                       f"ends after {have} bytes, in vertex {k}, property {cut!r}")
+    if have > need:
+      raise InputError(f"{path}: the header says {n} vertices but {have} bytes of data hold "
+                       f"{have / dt.itemsize:g} vertices of {dt.itemsize} bytes; the vertex count "
+                       "disagrees with the data size")
+    data = f.read(need)
+  if len(data) != need:
+    raise InputError(f"{path}: truncated while reading ({len(data)} of {need} bytes)")
+  arr = np.frombuffer(data, dt, count=n)
+  cols = {k: np.array(arr[k]) for k, _ in props}
+  bad = np.zeros(n, bool)
+  counts = {}
+  for k, v in cols.items():
+    if v.dtype.kind == "f":
+      nf = ~np.isfinite(v)
+      if nf.any():
+        counts[k] = int(nf.sum())
+        bad |= nf
+  if counts:
+    what = ", ".join(f"{k!r} ({c})" for k, c in counts.items())
+    if nonfinite == "error":
+      raise InputError(f"{path}: non-finite values (NaN or inf) in property {what}, in {int(bad.sum())} "
+                       f"of {n} vertices (pass nonfinite='drop' to drop those vertices)")
+    warnings.warn(f"{path}: dropped {int(bad.sum())} of {n} vertices with non-finite values in "
+                  f"property {what}", stacklevel=2)
+    cols = {k: v[~bad] for k, v in cols.items()}
+  return cols
 
 
 def _gauss_cols(xyz, log_scale, rot, opacity_logit, sh_dc, sh_rest) -> dict[str, np.ndarray]:
@@ -106,17 +204,41 @@ def save_avatar_ply(path: str | os.PathLike, avatar: Avatar, *, sh_degree: int |
   return Path(path)
 
 
-def load_avatar_ply(path: str | os.PathLike, *, capacity: int | None = None) -> Avatar:
+_AVATAR_PROPS = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1",
+                 "scale_2", "rot_0", "rot_1", "rot_2", "rot_3", "binding_0")
+
+
+def load_avatar_ply(path: str | os.PathLike, *, capacity: int | None = None,
+                    num_faces: int | None = None, nonfinite: str = "error") -> Avatar:
   """Reads a GaussianAvatars point_cloud.ply into an Avatar (all slots active unless capacity
-  is larger than the number of Gaussians)."""
-  d = read_ply(path)
-  for k in ("x", "y", "z", "opacity", "scale_0", "rot_0", "f_dc_0", "binding_0"):
-    if k not in d:
-      raise ValueError(f"{path}: missing property {k!r} (not a GaussianAvatars point_cloud.ply?)")
+  is larger than the number of Gaussians).
+
+  Checks what it reads (InputError naming the file and property): every property GaussianAvatars
+  writes is present (f_rest_0..f_rest_{3(K-1)-1} without gaps), `binding_0` holds integer face ids
+  >= 0, and below `num_faces` when given (the FLAME mesh's face count, teeth included). Non-finite
+  values: `nonfinite="error"` raises, `"drop"` warns and drops those Gaussians (see `read_ply`)."""
+  d = read_ply(path, nonfinite=nonfinite)
+  missing = [k for k in _AVATAR_PROPS if k not in d]
+  if missing:
+    raise InputError(f"{path}: missing property {missing[0]!r}"
+                     + (f" (and {', '.join(map(repr, missing[1:]))})" if missing[1:] else "")
+                     + " (not a GaussianAvatars point_cloud.ply?)")
   n = d["x"].shape[0]
   nrest = len([k for k in d if k.startswith("f_rest_")])
+  gap = next((i for i in range(nrest) if f"f_rest_{i}" not in d), None)
+  if gap is not None:
+    raise InputError(f"{path}: missing property 'f_rest_{gap}' ({nrest} f_rest properties must be "
+                     f"f_rest_0..f_rest_{nrest - 1})")
   if nrest % 3:
-    raise ValueError(f"{path}: {nrest} f_rest properties is not a multiple of 3")
+    raise InputError(f"{path}: {nrest} f_rest properties is not a multiple of 3")
+  b = np.asarray(d["binding_0"], np.float64)
+  limit = num_faces if num_faces is not None else 2 ** 31
+  wrong = np.flatnonzero((b != np.rint(b)) | (b < 0) | (b >= limit))
+  if wrong.size:
+    i = int(wrong[0])
+    rng = f"[0, {num_faces})" if num_faces is not None else "[0, number of faces)"
+    raise InputError(f"{path}: property 'binding_0' holds {b[i]:g} at Gaussian {i} ({wrong.size} such): "
+                     f"face ids must be integers in {rng}")
   k = nrest // 3
   rest = np.stack([d[f"f_rest_{i}"] for i in range(nrest)], 1).reshape(n, 3, k).transpose(0, 2, 1) if k else \
       np.zeros((n, 0, 3), np.float32)
@@ -124,7 +246,7 @@ def load_avatar_ply(path: str | os.PathLike, *, capacity: int | None = None) -> 
               log_scale=np.stack([d[f"scale_{i}"] for i in range(3)], 1),
               rotation=np.stack([d[f"rot_{i}"] for i in range(4)], 1),
               opacity_logit=d["opacity"], sh_dc=np.stack([d[f"f_dc_{i}"] for i in range(3)], 1)[:, None, :],
-              sh_rest=rest, binding=np.rint(d["binding_0"]).astype(np.int32), active=np.ones(n, bool))
+              sh_rest=rest, binding=b.astype(np.int32), active=np.ones(n, bool))
   av = Avatar(**{f: jnp.asarray(np.asarray(getattr(av, f), np.float32 if f not in ("binding", "active")
                                            else getattr(av, f).dtype)) for f in av.__dataclass_fields__})
   if capacity is not None and capacity > n:
@@ -173,11 +295,16 @@ def load_flame_npz(path: str | os.PathLike):
   """Reads flame_param.npz -> FlameParams ([T,...] per-timestep fields, shape [n], static_offset [V,3])."""
   from gaedit_jax.flame import FlameParams
 
-  with np.load(path) as z:
-    d = {k: z[k] for k in z.files}
+  try:
+    with np.load(path, allow_pickle=False) as z:  # data only: object arrays are refused
+      d = {k: z[k] for k in z.files}
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # noqa: BLE001 - any decoding failure: name the file, in one line
+    raise InputError(f"{path}: not a readable npz ({type(e).__name__}: {' '.join(str(e).split())})") from None
   missing = [k for k in FlameParams.PER_TIMESTEP + ("shape", "static_offset") if k not in d]
   if missing:
-    raise ValueError(f"{path}: missing keys {missing}")
+    raise InputError(f"{path}: missing keys {missing}")
   so = d["static_offset"]
   return FlameParams(shape=jnp.asarray(d["shape"].reshape(-1)), static_offset=jnp.asarray(so.reshape(so.shape[-2:])),
                      **{k: jnp.asarray(d[k]) for k in FlameParams.PER_TIMESTEP})
