@@ -10,8 +10,11 @@ counts are small and it runs every few hundred steps.
 * split (decided on the pre-clone set; clones have g = 0): g >= tau and max world scale > that
   -> two children, local xyz = R(q_local) eps (+ parent xyz, GA >= f649a11), eps ~ N(0, s_world^2),
   local log-scale = s_local - log(1.6); the parent is removed;
-* prune: sigmoid(o) < min_opacity, and (when `prune_large`) max_radii > max_screen_size or max
-  world scale > 0.1 E. Binding-aware: a face never loses its last Gaussian;
+* prune: sigmoid(o) < min_opacity, and (when `prune_large`) max world scale > 0.1 E, and (only with
+  `prune_screen_size`) max_radii > max_screen_size. Binding-aware: a face never loses its last
+  Gaussian. The screen-size test is off by default because it never fires in GaussianAvatars: its
+  clone and split steps (run just before the test) end in densification_postfix, which zeroes the
+  screen-radius statistic max_radii2D, so `max_radii2D > 20` is always false there;
 * new Gaussians fill free slots (lowest first); when there are too few, capacity doubles.
   The optimizer moments of new and freed slots are zero (GA: new entries zero, removed dropped).
 Invariant: binding_counter(avatar).sum() == num_active.
@@ -49,8 +52,9 @@ class DensifyConfig:
   grad_threshold: float = 2e-4   # tau, NDC units (SPEC 2.7)
   percent_dense: float = 0.01
   min_opacity: float = 0.005
-  max_screen_size: float = 20.0  # px; only when prune_large
+  max_screen_size: float = 20.0  # px; only when prune_large and prune_screen_size
   max_world_scale: float = 0.1   # x extent; only when prune_large
+  prune_screen_size: bool = False  # GA's test never fires (max_radii2D is zeroed before it)
   split_add_parent_xyz: bool = True  # GA HEAD; False = the editor's older code
 
 
@@ -119,7 +123,9 @@ def densify_and_prune(avatar: Avatar, stats: DensityStats, face_scale: np.ndarra
   op = 1.0 / (1.0 + np.exp(-a["opacity_logit"]))
   cand = op < cfg.min_opacity
   if prune_large:
-    cand |= (_np(stats.max_radii) > cfg.max_screen_size) | (smax > cfg.max_world_scale * extent)
+    cand |= smax > cfg.max_world_scale * extent
+    if cfg.prune_screen_size:
+      cand |= _np(stats.max_radii) > cfg.max_screen_size
   new_op = 1.0 / (1.0 + np.exp(-new["opacity_logit"]))
   new_smax = (np.asarray(face_scale, np.float32)[new["binding"]][:, None] * np.exp(new["log_scale"])).max(-1)
   new_cand = new_op < cfg.min_opacity

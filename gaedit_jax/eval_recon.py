@@ -9,6 +9,7 @@ folder with io.model_folder.load_trained: ours or GaussianAvatars'), which write
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -32,18 +33,20 @@ def _metrics(x, y):
   return psnr(x, y), ssim(x, y)
 
 
-@jax.jit
-def _lpips_jit(params, x, y):
-  from gaedit_jax.edit.lpips import lpips
+@functools.partial(jax.jit, static_argnames="lpips_input")
+def _lpips_jit(params, x, y, lpips_input: str = "unit"):
+  from gaedit_jax.edit.lpips import lpips_images
 
-  return lpips(params, x, y, normalize=True)  # images in [0,1] -> [-1,1] (GA's lpipsPyTorch)
+  # "unit": [0, 1] images straight into LPIPS, as GA's metrics.py; "signed": rescaled to [-1, 1]
+  return lpips_images(params, x, y, lpips_input)
 
 
 def evaluate_split(avatar, model, flame: dict, ds, render_cfg, *, max_frames: int | None = None,
                    save_dir: str | os.PathLike | None = None, save_images: int = 0,
-                   lpips_params: dict | None = None, chunk: int = 8) -> dict:
+                   lpips_params: dict | None = None, lpips_input: str = "unit", chunk: int = 8) -> dict:
   """Renders the frames of dataset `ds` and compares them with its images. model: the baked
-  FLAME model (reconstruct.baked_model); flame: per-timestep fields [T,...]. Returns
+  FLAME model (reconstruct.baked_model); flame: per-timestep fields [T,...]; lpips_input: "unit"
+  ([0, 1] images into LPIPS, the original) or "signed" (rescaled to [-1, 1]). Returns
   {"split", "num_frames", "mean": {psnr, ssim[, lpips]}, "frames": [{file, camera, timestep, ...}]}."""
   from gaedit_jax.reconstruct import render_views
 
@@ -59,7 +62,7 @@ def evaluate_split(avatar, model, flame: dict, ds, render_cfg, *, max_frames: in
     p, q = _metrics(jnp.asarray(img), b.image)
     lp = None
     if lpips_params is not None:
-      lp = np.asarray(_lpips_jit(lpips_params, jnp.asarray(img), b.image)).reshape(-1)
+      lp = np.asarray(_lpips_jit(lpips_params, jnp.asarray(img), b.image, lpips_input)).reshape(-1)
     for j, i in enumerate(ii):
       r = ds.records[int(i)]
       row = dict(index=int(i), file=str(r.image_path.name), camera=int(r.camera_index),
@@ -78,8 +81,8 @@ def evaluate_split(avatar, model, flame: dict, ds, render_cfg, *, max_frames: in
 
 
 def evaluate_model(model_dir: str | os.PathLike, splits=("val", "test"), *, lpips_weights: str | None = None,
-                   max_frames: int | None = None, out: str | os.PathLike | None = None,
-                   sh_degree: int = 3) -> dict:
+                   lpips_input: str = "unit", max_frames: int | None = None,
+                   out: str | os.PathLike | None = None, sh_degree: int = 3) -> dict:
   """Evaluates a trained model folder on its dataset's splits; writes results_<split>.json into
   `out` (default: the model folder). Returns {split: result}."""
   from gaedit_jax.data.dataset import AvatarDataset
@@ -102,7 +105,7 @@ def evaluate_model(model_dir: str | os.PathLike, splits=("val", "test"), *, lpip
     except FileNotFoundError:
       continue
     r = evaluate_split(avatar, model, flame, ds, RenderConfig(sh_degree=min(sh_degree, avatar.sh_degree)), max_frames=max_frames,
-                       lpips_params=lp)
+                       lpips_params=lp, lpips_input=lpips_input)
     (out / f"results_{s}.json").write_text(json.dumps(r, indent=2))
     res[s] = r
   return res

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -36,6 +36,9 @@ class EvalConfig:
   """Dataset splits to evaluate the model on."""
   lpips: str | None = None
   """Folder of LPIPS-VGG weights (torchvision vgg16 + lpips v0.1 heads); LPIPS is skipped without."""
+  lpips_input: Literal["unit", "signed"] = "unit"
+  """Images go into LPIPS in [0, 1] as GaussianAvatars' metrics.py does ("unit"), or rescaled to
+  [-1, 1], the range LPIPS was trained for ("signed")."""
   source: str | None = None
   """Folder of renders of the unedited avatar (PNG)."""
   edited: str | None = None
@@ -101,7 +104,7 @@ def recon_section(cfg: EvalConfig) -> dict | None:
     return None
   from gaedit_jax.eval_recon import evaluate_model
 
-  res = evaluate_model(cfg.model, tuple(cfg.splits), lpips_weights=cfg.lpips)
+  res = evaluate_model(cfg.model, tuple(cfg.splits), lpips_weights=cfg.lpips, lpips_input=cfg.lpips_input)
   return {split: r["mean"] for split, r in res.items()}
 
 

@@ -12,6 +12,9 @@
 * `add_teeth(model)`: the GaussianAvatars "teethV3" teeth (120 vertices, 168 faces, face 133 fixed).
 * `region_face_mask(model, names)`: vertex regions -> face masks (a face is in a region iff all its
   three vertices are).
+* `complete_flame_regions(model)`: GaussianAvatars' own regions of the FLAME topology (lips_tight,
+  lip_inside, lip rings, ...; data in `gaedit_jax.flame_regions`) for a 5023-vertex model whose
+  masks lack them (`load_flame` and `add_teeth` call it); `require_regions` names what is missing.
 * `make_synthetic_flame(...)`: lives in `gaedit_jax.data.synthetic_head` (re-exported here lazily).
 """
 
@@ -31,6 +34,8 @@ import numpy as np
 
 from gaedit_jax import safe_pickle
 from gaedit_jax.errors import InputError
+from gaedit_jax.flame_regions import (FIXED_REGIONS, FLAME_NUM_VERTICES, LIP_INSIDE_RING_EXTRA,
+                                      TEETH_LEFT_HALF, TEETH_RIGHT_HALF)
 from gaedit_jax.safe_pickle import StandIn
 
 NUM_JOINTS = 5  # root (global), neck, jaw, left eye, right eye
@@ -38,13 +43,10 @@ FLAME_PARENTS = (-1, 0, 1, 1, 1)
 JOINT_NAMES = ("root", "neck", "jaw", "left_eye", "right_eye")
 
 # The 15-vertex outer lip contours of the original FLAME topology (5023 vertices), upper and lower,
-# in corresponding order; GaussianAvatars builds its teeth from them (SPEC 2.1). Vertex ids are facts
-# of the FLAME mesh, listed here so that `add_teeth` works on the official model file as is.
-FLAME_LIP_RING_UPPER = (1713, 1715, 1716, 1735, 1696, 1694, 1657, 3543, 2774, 2811, 2813, 2850,
-                        2833, 2832, 2830)
-FLAME_LIP_RING_LOWER = (1576, 1577, 1773, 1774, 1795, 1802, 1865, 3503, 2948, 2905, 2898, 2881,
-                        2880, 2713, 2712)
-FLAME_NUM_VERTICES = 5023
+# in corresponding order; GaussianAvatars builds its teeth from them (SPEC 2.1). These and its other
+# fixed regions of the FLAME mesh live in `gaedit_jax.flame_regions`.
+FLAME_LIP_RING_UPPER = FIXED_REGIONS["lip_outside_ring_upper"]
+FLAME_LIP_RING_LOWER = FIXED_REGIONS["lip_outside_ring_lower"]
 NUM_TEETH_VERTICES = 120
 NUM_TEETH_FACES = 168
 
@@ -302,6 +304,86 @@ def _regions_dict(model: FlameModel) -> dict[str, np.ndarray]:
   return {n: m[i] for i, n in enumerate(model.region_names)}
 
 
+def is_flame_topology(model: FlameModel) -> bool:
+  """True for the 5023-vertex FLAME mesh (with or without the 120 teeth vertices of `add_teeth`):
+  GaussianAvatars' fixed vertex-index regions (`gaedit_jax.flame_regions`) apply to it."""
+  nv = model.num_vertices - (NUM_TEETH_VERTICES if model.has_teeth else 0)
+  return nv == FLAME_NUM_VERTICES
+
+
+def complete_flame_regions(model: FlameModel) -> FlameModel:
+  """Adds GaussianAvatars' own regions to a FLAME-topology model whose masks lack them; other
+  models are returned unchanged. Regions already present (from a masks file) are kept.
+
+  Fixed lists (`flame_regions.FIXED_REGIONS`: lips_tight, lip_inside, lip rings, neck_*,
+  bottomline, irises, eyelids, left/right_half, ...; on a model with teeth left/right_half also get
+  their teeth vertices), then, where their inputs exist, the regions GaussianAvatars derives:
+  hair = scalp - (face | neck), ears, eyeballs, irises, left_eye / right_eye (eye region | eyeball),
+  eyelids, lip_inside_ring (inner rings + 2 corner vertices), sclerae = eyeballs - irises,
+  skin = FLAME vertices - (eyeballs | hair | lips_tight | boundary). Without lip rings the model
+  gets the ordered outer lip rings (for `add_teeth`)."""
+  if not is_flame_topology(model):
+    return model
+  nv = model.num_vertices
+  regions = _regions_dict(model)
+  before = set(regions)
+
+  def mask(ids) -> np.ndarray:
+    m = np.zeros(nv, bool)
+    m[np.asarray(ids, np.int64)] = True
+    return m
+
+  teeth_half = dict(left_half=TEETH_LEFT_HALF, right_half=TEETH_RIGHT_HALF)
+  for name, ids in FIXED_REGIONS.items():
+    if name not in regions:
+      regions[name] = mask(ids)
+      if model.has_teeth and name in teeth_half:
+        regions[name] |= mask(np.asarray(teeth_half[name]) + FLAME_NUM_VERTICES)
+
+  def derive(name, inputs, fn):
+    if name not in regions and all(i in regions for i in inputs):
+      regions[name] = fn(*(regions[i] for i in inputs))
+
+  union = lambda *ms: np.logical_or.reduce(ms)
+  derive("hair", ("scalp", "face", "neck"), lambda s, f, n: s & ~(f | n))
+  derive("ears", ("right_ear", "left_ear"), union)
+  derive("eyeballs", ("right_eyeball", "left_eyeball"), union)
+  derive("irises", ("right_iris", "left_iris"), union)
+  derive("left_eye", ("left_eye_region", "left_eyeball"), union)
+  derive("right_eye", ("right_eye_region", "right_eyeball"), union)
+  derive("eyelids", ("left_eyelid", "right_eyelid"), union)
+  derive("lip_inside_ring", ("lip_inside_ring_upper", "lip_inside_ring_lower"),
+         lambda u, l: u | l | mask(LIP_INSIDE_RING_EXTRA))
+  derive("sclerae", ("eyeballs", "irises"), lambda e, i: e & ~i)
+  flame_verts = np.arange(nv) < FLAME_NUM_VERTICES  # GA builds skin before the teeth exist
+  derive("skin", ("eyeballs", "hair", "lips_tight", "boundary"), lambda *ms: flame_verts & ~union(*ms))
+
+  out = model
+  if model.lip_ring_upper is None or model.lip_ring_lower is None:
+    out = dataclasses.replace(out, lip_ring_upper=jnp.asarray(FLAME_LIP_RING_UPPER, jnp.int32),
+                              lip_ring_lower=jnp.asarray(FLAME_LIP_RING_LOWER, jnp.int32))
+  return with_regions(out, regions) if set(regions) != before else out
+
+
+def require_regions(model: FlameModel, names: Iterable[str], what: str,
+                    source: str | os.PathLike | None = None) -> None:
+  """Raises FlameFileError (one line) when the model lacks any of the named vertex regions: the
+  regions GaussianAvatars defines itself are built in for the FLAME topology only, so a model of
+  another topology has to bring them in its masks file."""
+  missing = [n for n in names if n not in model.region_names]
+  if not missing:
+    return
+  where = f"{source}" if source is not None else "FLAME model"
+  if missing == ["teeth"] and not model.has_teeth:
+    raise FlameFileError(f"{where}: {what} needs the teeth region; add the teeth first (flame.add_teeth)")
+  raise FlameFileError(
+      f"{where}: {what} needs the vertex regions {missing}, which the model lacks; they are built in "
+      f"only for the 5023-vertex FLAME topology and this model has "
+      f"{model.num_vertices - (NUM_TEETH_VERTICES if model.has_teeth else 0)} vertices, so add these "
+      "keys (region name -> vertex ids) to its masks file (<model stem>_masks.pkl or FLAME_masks.pkl "
+      "next to the model)")
+
+
 # ------------------------------------------------------------------------------------------------
 # Teeth (GaussianAvatars "teethV3", SPEC 2.1)
 # ------------------------------------------------------------------------------------------------
@@ -347,18 +429,20 @@ def add_teeth(model: FlameModel, *, fix_face_133: bool = True) -> FlameModel:
   """Adds the GaussianAvatars teeth (SPEC 2.1): 120 vertices in 8 rows of 15 built from the outer lip
   rings of the template, 168 faces; shape dirs of every teeth row = mean of the upper/lower ring
   shape dirs; expression dirs, pose correctives and joint regressor 0; skinning one-hot (upper teeth
-  -> neck, lower teeth -> jaw). Regions gain `teeth`, `teeth_upper`, `teeth_lower`."""
+  -> neck, lower teeth -> jaw). Regions gain `teeth`, `teeth_upper`, `teeth_lower`; on the FLAME
+  topology the model's regions are first completed (`complete_flame_regions`) and left_half /
+  right_half gain their teeth vertices, as in GaussianAvatars."""
   if model.has_teeth:
     raise ValueError("add_teeth: the model already has teeth")
   if model.num_joints != NUM_JOINTS:
     raise ValueError(f"add_teeth: needs the 5-joint FLAME tree, got {model.num_joints} joints")
-  if model.lip_ring_upper is not None and model.lip_ring_lower is not None:
-    up, lo = np.asarray(model.lip_ring_upper), np.asarray(model.lip_ring_lower)
-  elif model.num_vertices == FLAME_NUM_VERTICES:
-    up, lo = np.asarray(FLAME_LIP_RING_UPPER), np.asarray(FLAME_LIP_RING_LOWER)
-  else:
-    raise ValueError("add_teeth: the model has no lip rings (lip_outside_ring_upper/lower) and is "
-                     f"not the 5023-vertex FLAME topology (it has {model.num_vertices} vertices)")
+  flame_topology = is_flame_topology(model)
+  model = complete_flame_regions(model)
+  if model.lip_ring_upper is None or model.lip_ring_lower is None:
+    raise FlameFileError("add_teeth: the model has no lip rings (masks keys lip_outside_ring_upper / "
+                         "lip_outside_ring_lower, 15 ordered vertex ids each) and is not the 5023-vertex "
+                         f"FLAME topology (it has {model.num_vertices} vertices)")
+  up, lo = np.asarray(model.lip_ring_upper), np.asarray(model.lip_ring_lower)
   if up.shape != (15,) or lo.shape != (15,):
     raise ValueError(f"add_teeth: lip rings must have 15 vertices each, got {up.shape} and {lo.shape}")
 
@@ -404,6 +488,10 @@ def add_teeth(model: FlameModel, *, fix_face_133: bool = True) -> FlameModel:
   regions["teeth_upper"] = new(upper_ids)
   regions["teeth_lower"] = new(lower_ids)
   regions["teeth"] = new(np.arange(NUM_TEETH_VERTICES))
+  if flame_topology:  # GA's teeth columns 0-7 are on the subject's left (ring index 0 is at +x)
+    for name, ids in (("left_half", TEETH_LEFT_HALF), ("right_half", TEETH_RIGHT_HALF)):
+      if name in regions:
+        regions[name] = regions[name] | new(np.asarray(ids))
 
   out = dataclasses.replace(
       model,
@@ -562,11 +650,12 @@ def load_flame(path: str | os.PathLike, *,
   Official shapedirs hold 300 shape then 100 expression components (SPEC 2.1); our pickles record
   the split in the extra key `num_shape_components`. `n_shape`/`n_expr` keep the first components
   (None: all). Regions (dicts region -> vertex ids, FLAME_masks.pkl format) come from `masks_path`
-  (one file or several, merged in order; e.g. FLAME_masks.pkl plus a file with GaussianAvatars'
-  custom regions lips_tight / lip_inside), else from a sibling `<stem>_masks.pkl`,
+  (one file or several, merged in order), else from a sibling `<stem>_masks.pkl`,
   `FLAME_masks.pkl` or `FLAME_masks/FLAME_masks.pkl` if present; ordered `lip_outside_ring_upper`/
-  `lip_outside_ring_lower` entries there become the lip rings used by `add_teeth` (on the 5023-vertex
-  FLAME mesh `add_teeth` knows them anyway).
+  `lip_outside_ring_lower` entries there become the lip rings used by `add_teeth`. A 5023-vertex
+  (FLAME topology) model gets GaussianAvatars' own regions (lips_tight, lip_inside, lip rings, ...)
+  where its masks lack them (`complete_flame_regions`); other topologies must bring the regions
+  they need in a masks file.
   """
   path = Path(path)
   if path.suffix == ".npz":
@@ -581,7 +670,7 @@ def load_flame(path: str | os.PathLike, *,
     if n_expr > model.n_expr:
       raise FlameFileError(f"{path}: n_expr={n_expr} requested but the file has {model.n_expr}")
     model = dataclasses.replace(model, exprdirs=model.exprdirs[..., :n_expr])
-  return model
+  return complete_flame_regions(model)
 
 
 def _load_pickle(path: Path, masks_path, dtype) -> FlameModel:
@@ -789,6 +878,7 @@ def make_synthetic_flame(*args, **kwargs) -> FlameModel:
 __all__ = [
     "FlameModel", "FlameParams", "FlameFileError", "flame_forward", "axis_angle_to_matrix",
     "add_teeth", "teeth_faces", "region_vertex_mask", "region_face_mask", "all_region_face_masks",
-    "with_regions", "forward", "bake_identity",
+    "with_regions", "complete_flame_regions", "is_flame_topology", "require_regions", "forward",
+    "bake_identity",
     "load_flame", "save_flame", "make_synthetic_flame", "NUM_JOINTS", "FLAME_PARENTS", "JOINT_NAMES",
 ]

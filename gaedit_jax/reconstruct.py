@@ -19,7 +19,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -122,7 +122,11 @@ class ReconstructConfig:
   reset_opacity_at_densify_from: bool = True
   """With a white background GA also resets opacity at densify_from."""
   max_screen_size: float = 20.0
-  """Prune Gaussians wider than this (px) once it > opacity_reset_interval."""
+  """Screen-size pruning threshold (px), used only with --prune-screen-size."""
+  prune_screen_size: bool = False
+  """Also prune Gaussians whose screen radius exceeded --max-screen-size since the last
+  densification, once it > opacity_reset_interval. Off: as GaussianAvatars, whose test never fires
+  (it zeroes the radius statistic just before); the world-size test (> 0.1 extent) runs either way."""
   split_add_parent_xyz: bool = True
   """Split children at parent xyz + offset (GA HEAD); False: offset only (the editor's GA copy)."""
   capacity: int | None = None
@@ -150,6 +154,9 @@ class ReconstructConfig:
   """Write TensorBoard scalars to OUT/tb."""
   lpips_weights: Path | None = None
   """LPIPS-VGG weights (folder, see gaedit_jax.edit.lpips.load_lpips): evaluation adds LPIPS."""
+  lpips_input: Literal["unit", "signed"] = "unit"
+  """Images go into the LPIPS metric in [0, 1] as GaussianAvatars does ("unit"), or rescaled to
+  [-1, 1], the range LPIPS was trained for ("signed")."""
   eval_max_frames: int | None = None
   """Evaluate at most this many frames per split (evenly spaced; None = all)."""
   world_ply_timestep: int | None = 0
@@ -474,6 +481,7 @@ class Trainer:
       key = jax.random.fold_in(jax.random.wrap_key_data(st.key), it)
       dcfg = DensifyConfig(grad_threshold=c.densify_grad_threshold, percent_dense=c.percent_dense,
                            min_opacity=c.min_opacity, max_screen_size=c.max_screen_size,
+                           prune_screen_size=c.prune_screen_size,
                            split_add_parent_xyz=c.split_add_parent_xyz)
       res = densify_and_prune(st.avatar, st.stats, k, self.extent, key, dcfg,
                               prune_large=it > c.opacity_reset_interval)
@@ -532,6 +540,7 @@ class Trainer:
     rc = dataclasses.replace(self.render_config(self.sh_degree_at(it)), mesh=None)
     res = evaluate_split(st.avatar, self.model_local, st.flame, ds, rc,
                          max_frames=self.cfg.eval_max_frames, lpips_params=getattr(self, "_lpips", None),
+                         lpips_input=self.cfg.lpips_input,
                          save_dir=self.out / "eval" / f"iteration_{it}" / split if save_images else None,
                          save_images=save_images)
     if writer is not None:

@@ -1,5 +1,7 @@
 """Densification with binding inheritance on crafted cases (SPEC 2.7)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,3 +126,66 @@ def test_reset_opacity():
   op = jax.nn.sigmoid(r.opacity_logit)[:F]
   assert float(op.max()) <= 0.01 + 1e-6
   assert float(jax.nn.sigmoid(r.opacity_logit[3])) < 1e-4  # lower values are kept
+
+
+def _two_per_face(capacity=8):
+  """Faces 0-3 with one Gaussian each (slots 0-3, small and opaque) plus a copy on faces 0 and 1
+  (slots 4, 5), so that pruning may remove one of a face's two."""
+  av = _avatar(capacity)
+  take = lambda x: x.at[4:6].set(x[0:2])
+  op = av.opacity_logit.at[:6].set(2.0)
+  return Avatar(xyz=take(av.xyz), log_scale=take(av.log_scale).at[1].set(np.log(0.1)).at[5].set(np.log(0.1)),
+                rotation=take(av.rotation), opacity_logit=op, sh_dc=take(av.sh_dc), sh_rest=take(av.sh_rest),
+                binding=take(av.binding), active=av.active.at[4:6].set(True))
+
+
+def test_screen_size_pruning_is_off_by_default_as_in_gaussian_avatars():
+  """GA's densify_and_prune tests max_radii2D > 20 right after densification_postfix zeroed it, so
+  the test never fires; ours is off unless DensifyConfig.prune_screen_size (--prune-screen-size)."""
+  av = _two_per_face()
+  radii = np.zeros(8, np.float32)
+  radii[4] = 30.0                                  # slot 4 (face 0's copy) covered 30 px on screen
+  st = DensityStats(accum=jnp.zeros(8), denom=jnp.ones(8), max_radii=jnp.asarray(radii))
+  res = densify_and_prune(av, st, K, EXTENT, jax.random.key(1), DensifyConfig(), prune_large=True)
+  assert res.counts["pruned"] == 0 and res.counts["active"] == 6 and bool(res.avatar.active[4])
+  on = densify_and_prune(av, st, K, EXTENT, jax.random.key(1), DensifyConfig(prune_screen_size=True),
+                         prune_large=True)
+  assert on.counts["pruned"] == 1 and on.counts["active"] == 5 and not bool(on.avatar.active[4])
+  _check_invariant(on.avatar)
+  # before opacity_reset_interval (prune_large False) neither prunes by size
+  off = densify_and_prune(av, st, K, EXTENT, jax.random.key(1), DensifyConfig(prune_screen_size=True))
+  assert off.counts["active"] == 6
+  # GA's other size test, max world scale > 0.1 x extent, does fire: it stays in the default
+  big = dataclasses.replace(av, log_scale=av.log_scale.at[5].set(np.log(3.0)))  # 0.05 * 3 > 0.1 E
+  st0 = dataclasses.replace(st, max_radii=jnp.zeros(8))
+  res = densify_and_prune(big, st0, K, EXTENT, jax.random.key(1), DensifyConfig(), prune_large=True)
+  assert res.counts["pruned"] == 1 and not bool(res.avatar.active[5]) and bool(res.avatar.active[1])
+  _check_invariant(res.avatar)
+
+
+def test_trainer_passes_the_screen_size_option(tmp_path):
+  """`gaedit reconstruct` densification: a Gaussian that covered 30 px is kept by default and pruned
+  with --prune-screen-size (after opacity_reset_interval, like GA's size_threshold)."""
+  from recon_data import make_tiny_dataset, tiny_config
+
+  from gaedit_jax.reconstruct import Trainer
+
+  data = make_tiny_dataset(tmp_path / "data")
+  active = {}
+  for flag in (False, True):
+    tr = Trainer(tiny_config(data, tmp_path / f"m{flag}", prune_screen_size=flag, densify_grad_threshold=1e9))
+    st = tr.state
+    av, f = st.avatar, tr.model.num_faces
+    # copies of the Gaussians of faces 0..9 in free slots f..f+9; the copies covered 30 px
+    copy = lambda x: x.at[f:f + 10].set(x[:10])
+    av = dataclasses.replace(av, **{k: copy(getattr(av, k)) for k in ("xyz", "log_scale", "rotation",
+                                                                       "opacity_logit", "sh_dc", "sh_rest",
+                                                                       "binding")},
+                             active=av.active.at[f:f + 10].set(True))
+    radii = jnp.zeros(av.capacity).at[f:f + 10].set(30.0)
+    tr.state = dataclasses.replace(st, avatar=av, stats=dataclasses.replace(st.stats, max_radii=radii))
+    it = tr.cfg.opacity_reset_interval + 1
+    tr._densify(it, True, False)
+    active[flag] = np.asarray(tr.state.avatar.active)
+  assert active[False].sum() == f + 10 and active[False][f:f + 10].all()
+  assert active[True].sum() == f and not active[True][f:f + 10].any()

@@ -133,3 +133,43 @@ def test_load_from_files(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(WeightsError, match="VGG16 trunk"):
     L.load_lpips(tmp_path / "empty")
+
+
+def test_input_range_conventions_match_the_original_calls(reference):
+  """The original feeds [0, 1] images straight into LPIPS-VGG, both the editor's loss
+  (GaussianAvatar-Editor train.py: PerceptualLoss(render, edit)) and GaussianAvatars' metric
+  (metrics.py: lpips on to_tensor images): the `lpips` package called with normalize=False on [0, 1]
+  images. That is our default ("unit", edit loss and metric); "signed" is normalize=True."""
+  import torch
+
+  from gaedit_jax.errors import InputError
+  from gaedit_jax.eval_recon import _lpips_jit
+
+  ref, params = reference
+  x, y = _images(3, (2, 48, 40, 3))
+  tx, ty = (torch.from_numpy(a).permute(0, 3, 1, 2) for a in (x, y))
+  with torch.no_grad():
+    unit = ref(tx, ty).reshape(-1).numpy()
+    signed = ref(tx, ty, normalize=True).reshape(-1).numpy()
+  assert np.abs(unit - signed).min() > 1e-2 * np.abs(signed).max()     # the two conventions differ
+  close = lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-7)
+  close(L.lpips_images(params, x, y), unit)                            # default: the original's call
+  close(L.lpips_images(params, x, y, "unit"), unit)
+  close(L.lpips_images(params, x, y, "signed"), signed)
+  close(_lpips_jit(params, x, y), unit)                                # the evaluation metric
+  close(_lpips_jit(params, x, y, "signed"), signed)
+  with pytest.raises(InputError, match="lpips-input"):
+    L.lpips_images(params, x, y, "zero-one")
+
+
+def test_lpips_input_option_defaults_to_the_original():
+  from pathlib import Path
+
+  from gaedit_jax.edit.loop import EditConfig, StepSettings
+  from gaedit_jax.evaluate import EvalConfig
+  from gaedit_jax.reconstruct import ReconstructConfig
+
+  assert EditConfig(avatar=Path("a"), out=Path("o")).lpips_input == "unit"
+  assert StepSettings(render=None).lpips_input == "unit"
+  assert EvalConfig().lpips_input == "unit"
+  assert ReconstructConfig(data=Path("."), out=Path(".")).lpips_input == "unit"

@@ -105,6 +105,9 @@ class EditConfig:
   """Weight of LPIPS-VGG to the 2D edit (skipped, with a warning, without --lpips-weights)."""
   lpips_weights: Path | None = None
   """LPIPS-VGG weights folder (see gaedit_jax.edit.lpips.load_lpips)."""
+  lpips_input: Literal["unit", "signed"] = "unit"
+  """Images go into LPIPS in [0, 1] as the original does ("unit"), or rescaled to [-1, 1], the
+  range LPIPS was trained for ("signed")."""
   lambda_mouth: float = MOUTH_LOSS_WEIGHT
   """Mouth preservation: weight of L1 and of D-SSIM to the photo inside the mouth mask (0: off)."""
   lambda_xyz: float = 1e-2
@@ -207,6 +210,7 @@ class StepSettings:
   wabe: str = "binary"
   lambda_l1: float = 10.0
   lambda_lpips: float = 0.0
+  lpips_input: str = "unit"
   lambda_mouth: float = MOUTH_LOSS_WEIGHT
   lambda_xyz: float = 1e-2
   threshold_xyz: float = 1.0
@@ -285,9 +289,9 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
     parts = {"l1": jnp.mean(jnp.abs(x - target))}
     loss = s.lambda_l1 * parts["l1"]
     if s.lambda_lpips > 0:
-      from gaedit_jax.edit.lpips import lpips
+      from gaedit_jax.edit.lpips import lpips_images
 
-      parts["lpips"] = jnp.mean(lpips(lpips_params, x, target, normalize=True))
+      parts["lpips"] = jnp.mean(lpips_images(lpips_params, x, target, s.lpips_input))
       loss = loss + s.lambda_lpips * parts["lpips"]
     if s.lambda_mouth > 0:
       lm, mp = mouth_loss(img, photo, mmask, s.lambda_mouth)
@@ -442,12 +446,14 @@ class EditRun:
     self.mesh = parallel.view_mesh(cfg.devices, cfg.batch_size, what="gaedit edit")
     self.settings = StepSettings(
         render=self.render_config(), wabe=cfg.wabe, lambda_l1=cfg.lambda_l1, lambda_lpips=lam_lpips,
+        lpips_input=cfg.lpips_input,
         lambda_mouth=cfg.lambda_mouth, lambda_xyz=cfg.lambda_xyz, threshold_xyz=cfg.threshold_xyz,
         lambda_scale=cfg.lambda_scale, threshold_scale=cfg.threshold_scale, gan=cfg.gan,
         gan_mode=cfg.gan_mode, gan_weight=cfg.gan_weight, gan_start=cfg.gan_start)
     self.settings = dataclasses.replace(self.settings, ssim_start=ssim_phase_start(cfg.iterations, cfg.ssim_last),
                                         lambda_ssim=cfg.lambda_ssim)
-    self.mouth = mouth_gaussians(avatar.binding, mouth_face_mask(self.model), avatar.active)
+    self.mouth = mouth_gaussians(avatar.binding, mouth_face_mask(self.model, source=self.flame_model),
+                                 avatar.active)
     # checked here, before the first step: every training frame has its mask
     self.mouth_masks = MouthMasks(cfg.mouth_masks, self.train_ds) if cfg.mouth_masks is not None else None
     self.eval_ds = held_out_frames(self.data, cfg.eval, cache_size=0, **dkw)

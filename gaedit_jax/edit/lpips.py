@@ -11,10 +11,13 @@
 Dropout before the heads is inactive (eval mode). This is `lpips.LPIPS(net='vgg')` (v0.1) and
 taming-transformers' LPIPS, which GaussianEditor / GaussianAvatar-Editor use.
 
-Input range: `normalize=False` (default) feeds images as given, i.e. they should be in [-1, 1].
-The original editor passes [0, 1] images without rescaling (a quirk inherited from GaussianEditor;
-GaussianAvatars' metric does the same); to reproduce it, pass [0, 1] images with normalize=False.
-`normalize=True` maps [0, 1] inputs to [-1, 1] first (lpips' `normalize=True`).
+Input range: `lpips(normalize=False)` (default) feeds images as given; the network was trained on
+images in [-1, 1]. For images in [0, 1] (renders, photos, edits) `lpips_images` takes the range
+convention by name (`LPIPS_INPUTS`): "unit" feeds them unchanged, as the original does both in the
+editor's loss (GaussianAvatar-Editor train.py: the [0, 1] render into its PerceptualLoss, whose
+scaling layer expects [-1, 1]; inherited from GaussianEditor) and in GaussianAvatars' metrics.py
+(lpipsPyTorch on torchvision `to_tensor` images); "signed" maps them to [-1, 1] first (lpips'
+`normalize=True`, the range the network was trained for).
 
 Weights come from local files only: torchvision's `vgg16-397923af.pth` (the trunk) and the LPIPS
 heads `vgg.pth` (v0.1, shipped inside the `lpips` pip package and in richzhang/PerceptualSimilarity;
@@ -33,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaedit_jax.edit.weights import WeightsError, read_tensors
+from gaedit_jax.errors import InputError
 
 # torchvision vgg16 `features` indices of the 13 convolutions, and the pools after conv 2, 4, 7, 10
 VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -88,6 +92,17 @@ def lpips(params: dict, x: jax.Array, y: jax.Array, *, normalize: bool = False) 
     f0, f1 = _normalize(f[:b]), _normalize(f[b:])
     total = total + jnp.mean(jnp.sum((f0 - f1) ** 2 * w, axis=-1), axis=(1, 2))
   return total[0] if single else total
+
+
+LPIPS_INPUTS = ("unit", "signed")
+
+
+def lpips_images(params: dict, x: jax.Array, y: jax.Array, lpips_input: str = "unit") -> jax.Array:
+  """LPIPS-VGG of images in [0, 1] (x, y [B,H,W,3] or [H,W,3]) under a named input convention:
+  "unit" (the original's: fed unchanged) or "signed" (rescaled to [-1, 1] first)."""
+  if lpips_input not in LPIPS_INPUTS:
+    raise InputError(f"--lpips-input must be one of {LPIPS_INPUTS}, got {lpips_input!r}")
+  return lpips(params, x, y, normalize=lpips_input == "signed")
 
 
 # -------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaedit_jax.errors import InputError
-from gaedit_jax.flame import FlameModel, region_face_mask
+from gaedit_jax.flame import FlameModel, region_face_mask, require_regions
 from gaedit_jax.metrics import ssim
 from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import Gaussians, RenderConfig
@@ -38,10 +38,16 @@ MOUTH_LOSS_WEIGHT = 1000.0                               # SPEC 5.3: 1000 L1 + 1
 _SH_C0 = 0.28209479177387814                             # colour = C0 * sh_dc + 0.5 (3DGS)
 
 
-def mouth_face_mask(model: FlameModel, regions: Iterable[str] = MOUTH_REGIONS) -> np.ndarray:
+def mouth_face_mask(model: FlameModel, regions: Iterable[str] = MOUTH_REGIONS, *,
+                    source: str | os.PathLike | None = None) -> np.ndarray:
   """bool [F] (numpy): faces of the union of the mouth regions (a face is in a region iff all its
-  vertices are; `flame.region_face_mask`). Needs a model with teeth (`flame.add_teeth`)."""
-  return region_face_mask(model, tuple(regions))
+  vertices are; `flame.region_face_mask`). Needs a model with teeth (`flame.add_teeth`); on the
+  FLAME topology lips_tight / lip_inside are built in (`flame.complete_flame_regions`), other
+  models bring them in their masks file. A missing region raises FlameFileError naming `source`
+  (the model file) and the regions."""
+  regions = tuple(regions)
+  require_regions(model, regions, "the mouth mask of the edit (regions " + " | ".join(regions) + ")", source)
+  return region_face_mask(model, regions)
 
 
 def mouth_gaussians(binding: jax.Array, face_mask, active: jax.Array | None = None) -> jax.Array:
