@@ -157,15 +157,15 @@ def test_ssim_phase_start_mirrors_the_original_threshold():
 
 
 def test_ssim_term_replaces_lpips_without_its_gradient():
-  from gaedit_jax.edit.schedule import edit_ssim_term
+  from gaedit_jax.edit.schedule import edit_dssim, ssim_phase
 
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((1, 16, 16, 3), np.float32))
   t = jnp.asarray(rng.random((1, 16, 16, 3), np.float32))
 
-  def total(lp, step):
-    d, parts = edit_ssim_term(x, t, lp, jnp.asarray(step), 5, 10.0, 10.0)
-    return 10.0 * lp + d
+  def total(lp, step):   # the edit loss's LPIPS and SSIM terms as the step combines them
+    phase = ssim_phase(jnp.asarray(step), 5)
+    return (1.0 - phase) * 10.0 * lp + phase * 10.0 * edit_dssim(x, t)
 
   assert float(jax.grad(total)(jnp.float32(0.3), 5)) == 0.0     # in the phase: no LPIPS gradient
   assert float(jax.grad(total)(jnp.float32(0.3), 4)) == 10.0    # before: LPIPS as usual

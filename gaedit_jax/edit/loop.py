@@ -40,7 +40,7 @@ from gaedit_jax.edit.evaluation import edit_targets, eval_and_save, eval_due, he
 from gaedit_jax.edit.images import from_square, to_square
 from gaedit_jax.edit.mouth import MOUTH_LOSS_WEIGHT, mouth_face_mask, mouth_gaussians, mouth_loss, render_mouth_mask
 from gaedit_jax.edit.mouth import MouthMasks
-from gaedit_jax.edit.schedule import SSIM_WEIGHT, edit_ssim_term, ssim_phase_start
+from gaedit_jax.edit.schedule import SSIM_WEIGHT, edit_dssim, ssim_phase, ssim_phase_start
 from gaedit_jax.losses import position_reg, scale_reg
 from gaedit_jax.reconstruct import ReconstructConfig as _GA  # GaussianAvatars' rates (SPEC 2.6)
 from gaedit_jax.render import rasterize
@@ -284,6 +284,8 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
     keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(gan_on > 0, x, y), a, b)
     disc, disc_opt = keep(new_d, disc), keep(new_opt, disc_opt)
 
+  phase = ssim_phase(state.step, s.ssim_start)   # --ssim-last: D-SSIM to the edit replaces LPIPS
+
   def image_loss(img, dparams):
     x = frame(img)
     parts = {"l1": jnp.mean(jnp.abs(x - target))}
@@ -292,7 +294,10 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
       from gaedit_jax.edit.lpips import lpips_images
 
       parts["lpips"] = jnp.mean(lpips_images(lpips_params, x, target, s.lpips_input))
-      loss = loss + s.lambda_lpips * parts["lpips"]
+      loss = loss + (1.0 - phase) * s.lambda_lpips * parts["lpips"]
+    if s.ssim_start is not None:
+      parts["edit_dssim"], parts["ssim_phase"] = edit_dssim(x, target), phase
+      loss = loss + phase * s.lambda_ssim * parts["edit_dssim"]
     if s.lambda_mouth > 0:
       lm, mp = mouth_loss(img, photo, mmask, s.lambda_mouth)
       loss, parts = loss + lm, {**parts, **mp}
@@ -303,10 +308,6 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
         lg = D.generator_loss(disc_module, dparams, target, x, weight=s.gan_weight)
         gp = {"gan_g": lg / s.gan_weight, "gan_d": l_d_std / s.gan_weight}
       loss, parts = loss + gan_on * lg, {**parts, **gp}
-    if s.ssim_start is not None:   # --ssim-last: D-SSIM to the edit replaces LPIPS (edit.schedule)
-      ls, sp = edit_ssim_term(x, target, parts.get("lpips"), state.step, s.ssim_start, s.lambda_ssim,
-                              s.lambda_lpips)
-      loss, parts = loss + ls, {**parts, **sp}
     return loss, parts
 
   (l_img, parts), (g_img, g_disc) = jax.value_and_grad(image_loss, argnums=(0, 1), has_aux=True)(image, disc)

@@ -36,20 +36,18 @@ def ssim_phase_start(iterations: int, fraction: float) -> int | None:
   return int(round((1.0 - fraction) * (max(int(iterations), 1) - 1)))
 
 
-def edit_ssim_term(x: jax.Array, target: jax.Array, lpips_value: jax.Array | None, step: jax.Array,
-                   start: int, lambda_ssim: float, lambda_lpips: float) -> tuple[jax.Array, dict]:
-  """The change of the edit loss in the SSIM phase: + lambda_ssim (1 - SSIM(x, E)) and, since SSIM
-  replaces LPIPS there, - lambda_lpips LPIPS (the caller's LPIPS term is then cancelled: its
-  cotangent is exactly zero, so it adds no gradient). x, target [B,h,w,3] in the editor's frame;
-  step: the step's 0-based iteration. Returns (delta, {"edit_dssim", "ssim_phase"}); outside the
-  phase delta is 0 and so is its gradient."""
-  on = (step >= start).astype(jnp.float32)
+def ssim_phase(step: jax.Array, start: int | None) -> jax.Array:
+  """1.0 inside the SSIM phase (0-based `step` >= start), else 0.0; always 0.0 when off. In the
+  phase the edit loss is 10 |I_p - E| + lambda_ssim (1 - SSIM) instead of ... + 10 LPIPS."""
+  if start is None:
+    return jnp.zeros((), jnp.float32)
+  return (step >= start).astype(jnp.float32)
+
+
+def edit_dssim(x: jax.Array, target: jax.Array) -> jax.Array:
+  """1 - SSIM(x, E), mean over the batch; x, target [..., h, w, 3] in the editor's frame."""
   flat = lambda a: a.reshape((-1,) + a.shape[-3:])
-  dssim = 1.0 - jnp.mean(ssim(flat(x), flat(target)))
-  delta = on * lambda_ssim * dssim
-  if lpips_value is not None:
-    delta = delta - on * lambda_lpips * lpips_value
-  return delta, {"edit_dssim": dssim, "ssim_phase": on}
+  return 1.0 - jnp.mean(ssim(flat(x), flat(target)))
 
 
-__all__ = ["SSIM_WEIGHT", "ssim_phase_start", "edit_ssim_term"]
+__all__ = ["SSIM_WEIGHT", "ssim_phase_start", "ssim_phase", "edit_dssim"]
