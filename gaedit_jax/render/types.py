@@ -132,9 +132,10 @@ class RenderConfig:
 @dataclasses.dataclass(frozen=True)
 class RenderOutput:
   """image [...,H,W,3]; alpha [...,H,W]; depth [...,H,W] (expected view-space z, 0 where alpha=0);
-  radii [...,N] int32 (0 = not drawn); wabe_mask [...,N] bool (among the first K accepted
-  contributors of some pixel); wabe_weight [...,N] (mean min-max-normalised WABE weight over the
-  Gaussian's (pixel, slot) occurrences, 0 if none); overflow [...] bool (the intersection buffer was
+  radii [...,N] int32 (0 = not drawn); wabe_mask [...,N] bool (in a WABE slot of some pixel: among
+  its first K accepted contributors, or its tile's, see `RenderConfig.wabe_visibility`);
+  wabe_weight [...,N] (mean min-max-normalised WABE weight over the Gaussian's (pixel, slot)
+  occurrences, 0 if none); overflow [...] bool (the intersection buffer was
   too small: the image is incomplete and must not be used; raise max_intersections)."""
 
   image: jax.Array
