@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,9 @@ import numpy as np
 import pytest
 
 from gaedit_jax.camera import make_camera
+from gaedit_jax.errors import InputError
 from gaedit_jax.render import Gaussians, RenderConfig, rasterize
+from gaedit_jax.render import api as render_api
 from raster_scenes import faint_scene, random_gaussians, ring_cameras, square_tile_pairs
 
 REF = RenderConfig(backend="reference")
@@ -232,25 +236,58 @@ def test_degenerate_inputs_are_finite_and_not_drawn():
   np.testing.assert_allclose(out.image, ref.image, atol=1e-4)
 
 
-def test_nan_gaussians_are_skipped():
-  """Documented behaviour: a Gaussian with any non-finite parameter is not drawn (radius 0) and
-  gets zero gradient; the rest of the image and gradients stay finite."""
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_nonfinite_gaussians_are_not_drawn(backend):
+  """Documented behaviour: a Gaussian with any non-finite parameter it is drawn with (incl. the SH
+  coefficients of the active degree: NaN and -inf would be clamped to a finite colour 0, and the
+  screen offset) is not drawn (radius 0) and gets zero gradient; the rest stays finite."""
   g = random_gaussians(10, 100)
+  g = dataclasses.replace(g, screen_offset=jnp.zeros((100, 2)))
   cam = _one_view()
-  bg = jnp.zeros(3)
-  bad = dataclasses.replace(g, means=g.means.at[0, 1].set(jnp.nan), sh=g.sh.at[1, 0, 0].set(jnp.inf),
-                            opacities=g.opacities.at[2].set(jnp.nan),
-                            scales=g.scales.at[3, 2].set(jnp.nan))
-  out = rasterize(bad, cam, bg)
-  assert bool(jnp.all(jnp.isfinite(out.image)))
-  assert np.all(np.asarray(out.radii[:4]) == 0)
-  ok = dataclasses.replace(g, opacities=g.opacities.at[:4].set(0.0))  # same scene without them
-  np.testing.assert_allclose(out.image, rasterize(ok, cam, bg).image, atol=1e-6)
-  grads = jax.grad(lambda gg: jnp.sum(rasterize(gg, cam, bg).image))(bad)
-  for leaf in jax.tree.leaves(grads):
-    assert bool(jnp.all(jnp.isfinite(leaf)))
-  assert float(jnp.abs(grads.means[:4]).sum()) == 0.0
-  assert float(jnp.abs(grads.means[4:]).sum()) > 0.0
+  bg = jnp.array([0.3, 0.6, 0.9])
+  cfg = RenderConfig(backend=backend)
+  nan, inf = jnp.nan, jnp.inf
+  bad = dataclasses.replace(
+      g, means=g.means.at[0, 1].set(nan), opacities=g.opacities.at[2].set(nan),
+      scales=g.scales.at[3, 2].set(nan), quats=g.quats.at[8, 0].set(inf),
+      screen_offset=g.screen_offset.at[9, 1].set(nan),
+      sh=(g.sh.at[1, 0, 0].set(inf).at[4, 0, 1].set(nan).at[5, 0, 2].set(-inf)  # DC term
+          .at[6, 2, 0].set(nan).at[7, 15, 1].set(-inf)))                      # degree 1 and 3
+  nb = 10
+  assert np.all(np.asarray(rasterize(g, cam, bg, cfg).radii[:nb]) > 0)  # all drawn when finite
+  out = rasterize(bad, cam, bg, cfg)
+  for x in (out.image, out.alpha, out.depth, out.wabe_weight):
+    assert bool(jnp.all(jnp.isfinite(x)))
+  np.testing.assert_array_equal(np.asarray(out.radii[:nb]), 0)
+  assert not np.any(np.asarray(out.wabe_mask[:nb]))
+  ok = dataclasses.replace(g, opacities=g.opacities.at[:nb].set(0.0))  # the scene without them
+  np.testing.assert_allclose(out.image, rasterize(ok, cam, bg, cfg).image, atol=1e-6)
+  w = jax.random.uniform(jax.random.PRNGKey(4), out.image.shape)
+  grads = jax.grad(lambda gg: jnp.sum(rasterize(gg, cam, bg, cfg).image * w))(bad)
+  for name in ("means", "quats", "scales", "opacities", "sh", "screen_offset"):
+    leaf = getattr(grads, name)
+    assert bool(jnp.all(jnp.isfinite(leaf))), name
+    assert float(jnp.abs(leaf[:nb]).sum()) == 0.0, name
+  assert float(jnp.abs(grads.means[nb:]).sum()) > 0.0
+  # coefficients above the active degree are not read: a NaN there changes nothing
+  cfg1 = dataclasses.replace(cfg, sh_degree=1)
+  unread = rasterize(dataclasses.replace(g, sh=g.sh.at[0, 9, 0].set(nan)), cam, bg, cfg1)
+  np.testing.assert_array_equal(unread.image, rasterize(g, cam, bg, cfg1).image)
+
+
+def test_nonfinite_sh_native_matches_reference():
+  g = random_gaussians(18, 300)
+  g = dataclasses.replace(g, sh=g.sh.at[::7, 0, 0].set(jnp.nan).at[3::11, 1, 2].set(-jnp.inf))
+  cams = ring_cameras(2, width=40, height=36, focal=40)
+  bg = jnp.array([0.2, 0.5, 0.9])
+  cfg = RenderConfig()
+  _assert_outputs_match(rasterize(g, cams, bg, cfg), rasterize(g, cams, bg, _ref_cfg(cfg)))
+  gn = jax.grad(_loss_fn(cams, cfg))(g, bg)
+  gr = jax.grad(_loss_fn(cams, _ref_cfg(cfg)))(g, bg)
+  for name in ("means", "quats", "scales", "opacities", "sh"):
+    a, b = getattr(gn, name), getattr(gr, name)
+    assert bool(jnp.all(jnp.isfinite(a))) and bool(jnp.all(jnp.isfinite(b))), name
+    assert _rel(a, b) < 1e-3, (name, _rel(a, b))
 
 
 def test_overflow_is_flagged():
@@ -301,13 +338,15 @@ def test_screen_offset_gradient_is_the_2d_mean_gradient():
 def test_bad_arguments_raise_clear_errors():
   g = random_gaussians(13, 10)
   cam = _one_view()
-  with pytest.raises(ValueError, match="sh_degree 3 needs 16"):
-    rasterize(dataclasses.replace(g, sh=g.sh[:, :4]), cam, jnp.zeros(3))
-  with pytest.raises(ValueError, match="quats must be"):
-    rasterize(dataclasses.replace(g, quats=g.quats[:, :3]), cam, jnp.zeros(3))
-  cams = ring_cameras(3, width=32, height=32)
-  with pytest.raises(ValueError, match="do not broadcast"):
-    rasterize(random_gaussians(1, 10, views=2), cams, jnp.zeros(3))
+  for backend in ("native", "reference"):
+    cfg = RenderConfig(backend=backend)
+    with pytest.raises(InputError, match=re.escape("sh_degree = 3 needs (d+1)^2 = 16") + ".*K = 4"):
+      rasterize(dataclasses.replace(g, sh=g.sh[:, :4]), cam, jnp.zeros(3), cfg)
+    with pytest.raises(InputError, match="quats must be"):
+      rasterize(dataclasses.replace(g, quats=g.quats[:, :3]), cam, jnp.zeros(3), cfg)
+    cams = ring_cameras(3, width=32, height=32)
+    with pytest.raises(InputError, match="do not broadcast"):
+      rasterize(random_gaussians(1, 10, views=2), cams, jnp.zeros(3), cfg)
 
 
 def test_principal_point_is_honoured():
@@ -319,3 +358,169 @@ def test_principal_point_is_honoured():
     img = rasterize(g, cam, jnp.zeros(3)).alpha
     y, x = np.unravel_index(int(jnp.argmax(img)), img.shape)
     assert (x, y) == (int(cx), int(cy))
+
+
+# ------------------------------------------------------------------ static settings are validated
+_BAD_SETTINGS = [
+    ("tile_size", 0, "an integer in [1, 16]"), ("tile_size", -1, "an integer in [1, 16]"),
+    ("tile_size", -1000, "an integer in [1, 16]"), ("tile_size", 17, "an integer in [1, 16]"),
+    ("tile_size", 8.0, "an integer"), ("tile_size", True, "an integer"),
+    ("max_intersections", 0, "None or an integer in [1, 2^31)"),
+    ("max_intersections", -5, "None or an integer in [1, 2^31)"),
+    ("isect_per_gaussian", 0.0, "a finite number > 0"), ("isect_per_gaussian", -2.0, "> 0"),
+    ("isect_per_gaussian", math.nan, "a finite number > 0"),
+    ("wabe_k", -1, "an integer in [1, 32], or 0"), ("wabe_k", 33, "an integer in [1, 32], or 0"),
+    ("wabe_beta", -0.5, "a finite number >= 0"), ("wabe_beta", math.inf, "a finite number >= 0"),
+    ("wabe_beta", math.nan, "a finite number >= 0"),
+    ("sh_degree", -1, "an integer in [0, 3]"), ("sh_degree", 4, "an integer in [0, 3]"),
+    ("near_plane", 0.0, "a finite number > 0"), ("near_plane", -0.2, "a finite number > 0"),
+    ("near_plane", math.nan, "a finite number > 0"),
+    ("wabe_visibility", "tiles", '"pixel" or "tile"'), ("alpha_clamp_grad", "clip", '"pass" or "zero"'),
+    ("backend", "cuda", '"auto", "native" or "reference"'), ("wabe_backward", "yes", "True or False"),
+]
+
+
+@pytest.mark.parametrize("field,value,expected", _BAD_SETTINGS)
+def test_bad_settings_raise_one_line_input_errors(field, value, expected):
+  # before any kernel sees them (a zero or negative tile size used to corrupt the CPU kernel's heap
+  # or return a black image; 17 only fails on the GPU): the message names the setting, the value
+  # and what was expected
+  with pytest.raises(InputError) as e:
+    rasterize(random_gaussians(13, 10), _one_view(), jnp.zeros(3), RenderConfig(**{field: value}))
+  msg = str(e.value)
+  assert msg.startswith(f"RenderConfig.{field} = {value!r}: expected ") and expected in msg, msg
+  assert "\n" not in msg
+
+
+def test_settings_are_checked_again_before_the_kernel():
+  g, cam = random_gaussians(13, 10), _one_view()
+  cfg = RenderConfig()
+  object.__setattr__(cfg, "tile_size", -1)  # built around the constructor's check
+  for backend in ("native", "reference"):
+    object.__setattr__(cfg, "backend", backend)
+    with pytest.raises(InputError, match=re.escape("RenderConfig.tile_size = -1")):
+      rasterize(g, cam, jnp.zeros(3), cfg)
+  for w, h, name in ((0, 32, "width"), (32, 20000, "height"), (-3, 32, "width")):
+    bad = make_camera(np.eye(4), 30.0, width=w, height=h)
+    with pytest.raises(InputError, match=re.escape(f"camera.{name} = {w if name == 'width' else h}:")
+                       + r".*\[1, 16384\]"):
+      rasterize(g, bad, jnp.zeros(3))
+
+
+def _static(**kw):
+  base = dict(width=32, height=32, tile_size=16, sh_degree=3, near_plane=0.2, wabe_k=10,
+              wabe_beta=6.0, wabe_backward=False, capacity=4096)
+  return render_api._Static(**{**base, **kw})
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("tile_size", 0, "tile_size is 0, expected an integer in [1, 16]"),
+    ("tile_size", -1, "tile_size is -1, expected"), ("tile_size", -1000, "tile_size is -1000"),
+    ("tile_size", 17, "tile_size is 17"), ("width", 0, "image size is 0x32"),
+    ("height", 20000, "image size is 32x20000"), ("sh_degree", 4, "sh_degree is 4"),
+    ("near_plane", 0.0, "near_plane is 0"), ("wabe_beta", math.nan, "wabe_beta is nan"),
+    ("wabe_k", 33, "wabe_k is 33"), ("capacity", 0, "intersection capacity is 0"),
+])
+def test_native_entry_points_refuse_bad_settings(field, value, match):
+  """The kernels check the static settings themselves (an FFI error, not a corrupted heap), for a
+  call made around `rasterize`'s checks."""
+  g, cam, bg = random_gaussians(14, 50), _one_view(), jnp.zeros(3)
+  named, batch = render_api.prepare_inputs(g, cam, bg, RenderConfig())
+  ops = [render_api._align(x, core, len(batch)) for x, core in named.values()]
+  bad = _static(**{field: value})
+  with pytest.raises(Exception, match=re.escape(match)):
+    jax.block_until_ready(render_api._fwd_call(bad, *ops))
+  if field in ("wabe_k", "capacity"):
+    return  # forward-only settings
+  outs, res = render_api._rasterize_fwd(_static(), *ops)  # good residuals, bad backward settings
+  cts = (jnp.ones_like(outs[0]), jnp.zeros_like(outs[1]), jnp.zeros_like(outs[2]))
+  with pytest.raises(Exception, match=re.escape(match)):
+    jax.block_until_ready(render_api._rasterize_bwd(bad, res, cts))
+
+
+# ------------------------------------------------------------------ alpha = min(0.99, o G) backward
+def _opaque_scene(seed=15, n=300):
+  """Wide Gaussians, half of them with opacity in [0.992, 1]: o G > 0.99 near their centres."""
+  g = random_gaussians(seed, n, scale=0.06)
+  opac = g.opacities.at[::2].set(jnp.linspace(0.992, 1.0, (n + 1) // 2))
+  return dataclasses.replace(g, opacities=opac, screen_offset=jnp.zeros((n, 2)))
+
+
+def test_alpha_clamp_gradient_modes_match_reference():
+  g = _opaque_scene()
+  cams = ring_cameras(2, width=40, height=36, focal=40, jitter_pp=True)
+  bg = jnp.array([0.2, 0.5, 0.9])
+  grads = {}
+  for mode in ("pass", "zero"):
+    cfg = RenderConfig(alpha_clamp_grad=mode)
+    gn = jax.grad(_loss_fn(cams, cfg), argnums=(0, 1))(g, bg)
+    gr = jax.grad(_loss_fn(cams, _ref_cfg(cfg)), argnums=(0, 1))(g, bg)
+    for name in ("means", "quats", "scales", "opacities", "sh", "screen_offset"):
+      a, b = getattr(gn[0], name), getattr(gr[0], name)
+      assert _rel(a, b) < 1e-3, (mode, name, _rel(a, b))
+    assert _rel(gn[1], gr[1]) < 1e-3
+    grads[mode] = gn[0], gr[0]
+  # the clamped pixels' share (pass - zero) on its own: the kernel's equals the reference's
+  for name in ("opacities", "means", "screen_offset"):
+    dn = getattr(grads["pass"][0], name) - getattr(grads["zero"][0], name)
+    dr = getattr(grads["pass"][1], name) - getattr(grads["zero"][1], name)
+    assert float(jnp.linalg.norm(dr)) > 1e-4 * float(jnp.linalg.norm(getattr(grads["pass"][1], name))), name
+    assert _rel(dn, dr) < 2e-2, (name, _rel(dn, dr))
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_alpha_clamp_pass_is_the_3dgs_gradient(backend):
+  # One wide Gaussian of opacity 1 facing the camera, loss = sum(alpha): dL/dalpha = 1 at every
+  # pixel. The 3DGS backward (dL/do = G dL/dalpha, clamp or not) gives dL/do = sum of G over the
+  # accepted pixels; "zero" leaves out the clamped ones, where G > 0.99. So the difference lies in
+  # [0.99 n, n] for the n clamped pixels of the image.
+  cam = _one_view()
+  g = _single([[0.0, 0.0, 0.0]], scales=0.5, opac=1.0)
+  bg = jnp.zeros(3)
+  alpha = rasterize(g, cam, bg, RenderConfig(backend=backend)).alpha
+  n = int(jnp.sum(alpha > 0.9899))
+  assert 5 <= n < 200
+  d = {m: jax.grad(lambda gg: jnp.sum(rasterize(gg, cam, bg, RenderConfig(alpha_clamp_grad=m, backend=backend)).alpha))(g)
+       for m in ("pass", "zero")}
+  diff = float(d["pass"].opacities[0] - d["zero"].opacities[0])
+  assert 0.99 * n - 1e-3 <= diff <= n * 1.0001, (diff, n)
+
+
+# ------------------------------------------------------------------ WABE visibility per tile
+@pytest.mark.parametrize("tile,k,views", [(16, 10, 2), (8, 3, 1), (16, 1, 1)])
+def test_wabe_tile_matches_reference(tile, k, views):
+  g = random_gaussians(16, 1500)
+  cams = ring_cameras(views, width=70, height=52, focal=60, jitter_pp=True, seed=3)
+  bg = jnp.array([0.1, 0.2, 0.3])
+  cfg = RenderConfig(tile_size=tile, wabe_k=k, wabe_visibility="tile")
+  out = rasterize(g, cams, bg, cfg)
+  _assert_outputs_match(out, rasterize(g, cams, bg, _ref_cfg(cfg)))
+  pix = rasterize(g, cams, bg, dataclasses.replace(cfg, wabe_visibility="pixel"))
+  np.testing.assert_array_equal(out.image, pix.image)  # only the WABE outputs differ
+  tm, pm = np.asarray(out.wabe_mask), np.asarray(pix.wabe_mask)
+  # each tile slot is among the first K of every pixel that accepts it: a subset of the pixel mask,
+  # at most K Gaussians per tile
+  assert np.all(pm[tm]) and 0 < tm.sum() < pm.sum()
+  ntiles = math.ceil(70 / tile) * math.ceil(52 / tile)
+  assert np.all(tm.sum(-1) <= k * ntiles)
+  w = np.asarray(out.wabe_weight)
+  assert np.all((w >= 0) & (w <= 1)) and np.all(w[~tm] == 0)
+
+
+def test_wabe_tile_definition_on_one_tile():
+  # A 16x16 image is one tile: the tile mode marks the K nearest of the Gaussians that some pixel
+  # accepts. Those are what the pixel mode marks with K = 32 >= N.
+  g = random_gaussians(17, 30, scale=0.02, radius=0.5)
+  cam = ring_cameras(1, width=16, height=16, focal=20)[0]
+  bg = jnp.zeros(3)
+  accepted = np.asarray(rasterize(g, cam, bg, RenderConfig(wabe_k=32)).wabe_mask)
+  w2c = np.asarray(cam.world_to_camera)
+  z = np.asarray(g.means) @ w2c[2, :3] + w2c[2, 3]
+  nearest = [i for i in np.argsort(z, kind="stable") if accepted[i]][:3]
+  assert 3 < accepted.sum() < 30
+  for backend in ("native", "reference"):
+    out = rasterize(g, cam, bg, RenderConfig(wabe_k=3, wabe_visibility="tile", backend=backend))
+    assert sorted(np.flatnonzero(np.asarray(out.wabe_mask))) == sorted(nearest)
+    # all 256 pixels carry the same 3 slots: the weights are the tile's normalised slot weights
+    w = np.sort(np.asarray(out.wabe_weight)[nearest])
+    assert w[0] == pytest.approx(0.0, abs=1e-6) and w[2] == pytest.approx(1.0, abs=1e-6)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from gaedit_jax.render import RenderConfig, rasterize
+from gaedit_jax.render import api as render_api
 from raster_scenes import faint_scene, random_gaussians, ring_cameras, square_tile_pairs
 
 pytestmark = pytest.mark.gpu
@@ -168,3 +171,110 @@ def test_cuda_overflow_and_degenerate_inputs():
   grads = jax.grad(lambda gg: jnp.sum(rasterize(gg, cams, bg).image))(bad)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(grads))
   assert float(jnp.abs(grads.means[:2]).sum()) == 0.0
+
+
+@pytest.mark.parametrize("tile,k", [(16, 10), (8, 3)])
+def test_cuda_wabe_tile_matches_cpu_and_reference(tile, k):
+  # per-tile WABE slots (shared-memory max weights, one thread appending per batch): the same mask
+  # as the CPU kernel and the reference, weights to float rounding
+  g = random_gaussians(16, 1500)
+  cams = ring_cameras(2, width=70, height=52, focal=60, jitter_pp=True, seed=3)
+  bg = jnp.array([0.1, 0.2, 0.3])
+  cfg = RenderConfig(tile_size=tile, wabe_k=k, wabe_visibility="tile")
+  gpu, cpu = _render("gpu", g, cams, bg, cfg), _render("cpu", g, cams, bg, cfg)
+  ref = _render("cpu", g, cams, bg, dataclasses.replace(cfg, backend="reference"))
+  pix = _render("gpu", g, cams, bg, dataclasses.replace(cfg, wabe_visibility="pixel"))
+  np.testing.assert_allclose(np.asarray(gpu.image), np.asarray(cpu.image), atol=1e-4, rtol=0)
+  np.testing.assert_array_equal(np.asarray(gpu.image), np.asarray(pix.image))
+  for other in (cpu, ref):
+    np.testing.assert_array_equal(np.asarray(gpu.wabe_mask), np.asarray(other.wabe_mask))
+    np.testing.assert_allclose(np.asarray(gpu.wabe_weight), np.asarray(other.wabe_weight), atol=1e-5)
+  tm, pm = np.asarray(gpu.wabe_mask), np.asarray(pix.wabe_mask)
+  assert np.all(pm[tm]) and 0 < tm.sum() < pm.sum()
+  # deterministic: a second call gives the same bits
+  again = _render("gpu", g, cams, bg, cfg)
+  np.testing.assert_array_equal(np.asarray(again.wabe_weight), np.asarray(gpu.wabe_weight))
+
+
+def test_cuda_alpha_clamp_modes_match_cpu():
+  # wide Gaussians, half with opacity in [0.992, 1]: o G > 0.99 near their centres
+  n = 300
+  g = random_gaussians(15, n, scale=0.06)
+  g = dataclasses.replace(g, opacities=g.opacities.at[::2].set(jnp.linspace(0.992, 1.0, n // 2)),
+                          screen_offset=jnp.zeros((n, 2)))
+  cams = ring_cameras(2, width=40, height=36, focal=40, jitter_pp=True)
+  bg = jnp.array([0.2, 0.5, 0.9])
+  w = jax.random.uniform(jax.random.PRNGKey(7), (2, 36, 40, 3))
+
+  def grads(kind, mode):
+    gg, cc, bb, ww = _on(kind, (g, cams, bg, w))
+    cfg = RenderConfig(alpha_clamp_grad=mode)
+    return jax.jit(jax.grad(lambda gg: jnp.sum(rasterize(gg, cc, bb, cfg).image * ww)
+                            + jnp.sum(rasterize(gg, cc, bb, cfg).alpha)))(gg)
+
+  out = {(kind, mode): grads(kind, mode) for kind in ("gpu", "cpu") for mode in ("pass", "zero")}
+  for mode in ("pass", "zero"):
+    for name in ("means", "quats", "scales", "opacities", "sh", "screen_offset"):
+      a, b = np.asarray(getattr(out["gpu", mode], name)), np.asarray(getattr(out["cpu", mode], name))
+      assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, (mode, name)
+  for name in ("opacities", "means"):  # the clamped pixels' share alone
+    d = {kind: np.asarray(getattr(out[kind, "pass"], name)) - np.asarray(getattr(out[kind, "zero"], name))
+         for kind in ("gpu", "cpu")}
+    assert np.linalg.norm(d["cpu"]) > 0
+    assert np.linalg.norm(d["gpu"] - d["cpu"]) / np.linalg.norm(d["cpu"]) < 2e-2, name
+
+
+def test_cuda_nonfinite_gaussians_are_not_drawn():
+  g = random_gaussians(10, 100)
+  g = dataclasses.replace(g, screen_offset=jnp.zeros((100, 2)))
+  cams = ring_cameras(2, width=32, height=32, focal=32)
+  bg = jnp.array([0.3, 0.6, 0.9])
+  nan, inf = jnp.nan, jnp.inf
+  bad = dataclasses.replace(
+      g, means=g.means.at[0, 1].set(nan), opacities=g.opacities.at[2].set(nan),
+      scales=g.scales.at[3, 2].set(nan), quats=g.quats.at[8, 0].set(inf),
+      screen_offset=g.screen_offset.at[9, 1].set(nan),
+      sh=(g.sh.at[1, 0, 0].set(inf).at[4, 0, 1].set(nan).at[5, 0, 2].set(-inf)
+          .at[6, 2, 0].set(nan).at[7, 15, 1].set(-inf)))
+  gpu, cpu = _render("gpu", bad, cams, bg), _render("cpu", bad, cams, bg)
+  assert bool(jnp.all(jnp.isfinite(gpu.image)))
+  np.testing.assert_array_equal(np.asarray(gpu.radii[:, :10]), 0)
+  np.testing.assert_array_equal(np.asarray(gpu.radii), np.asarray(cpu.radii))
+  np.testing.assert_allclose(np.asarray(gpu.image), np.asarray(cpu.image), atol=1e-4, rtol=0)
+  w = jax.random.uniform(jax.random.PRNGKey(4), (2, 32, 32, 3))
+
+  def grads(kind):
+    gg, cc, bb, ww = _on(kind, (bad, cams, bg, w))
+    return jax.jit(jax.grad(lambda gg: jnp.sum(rasterize(gg, cc, bb).image * ww)))(gg)
+
+  ga, gc = grads("gpu"), grads("cpu")
+  for name in ("means", "quats", "scales", "opacities", "sh", "screen_offset"):
+    a, b = np.asarray(getattr(ga, name)), np.asarray(getattr(gc, name))
+    assert np.all(np.isfinite(a)) and np.all(a[:10] == 0.0), name
+    assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, name
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("tile_size", 0, "tile_size is 0, expected an integer in [1, 16]"),
+    ("tile_size", -1, "tile_size is -1"), ("tile_size", 17, "tile_size is 17"),
+    ("width", 0, "image size is 0x32"), ("wabe_beta", math.nan, "wabe_beta is nan"),
+    ("wabe_k", 33, "wabe_k is 33"), ("capacity", 0, "intersection capacity is 0"),
+])
+def test_cuda_entry_points_refuse_bad_settings(field, value, match):
+  g, cam, bg = random_gaussians(14, 50), ring_cameras(1, width=32, height=32, focal=32)[0], jnp.zeros(3)
+  named, batch = render_api.prepare_inputs(g, cam, bg, RenderConfig())
+  ops = _on("gpu", [render_api._align(x, core, len(batch)) for x, core in named.values()])
+  base = dict(width=32, height=32, tile_size=16, sh_degree=3, near_plane=0.2, wabe_k=10,
+              wabe_beta=6.0, wabe_backward=False, capacity=4096)
+  good = render_api._Static(**base)
+  bad = render_api._Static(**{**base, field: value})
+  with pytest.raises(Exception, match=re.escape(match)):
+    jax.block_until_ready(render_api._fwd_call(bad, *ops))
+  if field in ("wabe_k", "capacity"):
+    return
+  outs, res = render_api._rasterize_fwd(good, *ops)
+  cts = (jnp.ones_like(outs[0]), jnp.zeros_like(outs[1]), jnp.zeros_like(outs[2]))
+  with pytest.raises(Exception, match=re.escape(match)):
+    jax.block_until_ready(render_api._rasterize_bwd(bad, res, cts))
+  # the device is still usable afterwards
+  assert not np.any(np.asarray(_render("gpu", g, cam, bg).overflow))

@@ -62,6 +62,8 @@ void parallel_for(int64_t n, int nthreads, F&& f) {
 struct Static {
   int width, height, tile, degree, wabe_k;
   float near_plane, wabe_beta;
+  bool wabe_tile;         // WABE slots per tile instead of per pixel (see `forward`)
+  bool alpha_clamp_zero;  // backward: no gradient where alpha = min(0.99, o G) is clamped
   int gx() const { return (width + tile - 1) / tile; }
   int gy() const { return (height + tile - 1) / tile; }
   int64_t tiles() const { return (int64_t)gx() * gy(); }
@@ -92,12 +94,10 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
                                           in.offset + 2 * (in.i_offset(v) * N + g), st.near_plane,
                                           st.tile);
       float rgb[3] = {0.f, 0.f, 0.f};
-      if (p.radius > 0) {
-        gs::sh_color(st.degree, in.sh + 3 * K * (in.i_sh(v) * N + g), mean, cams[v].pos, rgb, nullptr);
-        if (!isfinite(rgb[0]) || !isfinite(rgb[1]) || !isfinite(rgb[2])) {
-          rgb[0] = rgb[1] = rgb[2] = 0.f;
-          p.radius = 0;
-        }
+      if (p.radius > 0 &&
+          !gs::sh_color(st.degree, in.sh + 3 * K * (in.i_sh(v) * N + g), mean, cams[v].pos, rgb, nullptr)) {
+        rgb[0] = rgb[1] = rgb[2] = 0.f;  // a non-finite active SH coefficient: not drawn
+        p.radius = 0;
       }
       const bool on = p.radius > 0;
       radii[vg] = p.radius;
@@ -152,7 +152,16 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
     }
   });
   // 3. compositing, one tile at a time, Gaussian-major over the tile's pixels.
+  // WABE slots. Per pixel (default, the paper's definition): the first K accepted contributors of
+  // the pixel (alpha >= 1/255, before the pixel's termination), each with the weight
+  // w = exp(-beta (1 - T)) alpha it has there. Per tile (wabe_tile): the first K Gaussians in the
+  // tile's front-to-back order that are accepted contributors of at least one pixel of the tile,
+  // each with the largest w it has over those pixels; every pixel of the tile then carries the
+  // tile's slots. (Each of them is among the first K of every pixel it is accepted by, since the
+  // Gaussians before it there are tile slots too.) Either way the slot weights are min-max
+  // normalised per pixel and averaged per Gaussian over its (pixel, slot) occurrences.
   const int ts = st.tile, P = ts * ts, WK = st.wabe_k;
+  const bool tile_mode = st.wabe_tile;
   std::vector<uint64_t> wabe_sum(V * N, 0);
   std::memset(wabe_count, 0, sizeof(int32_t) * V * N);
   parallel_for(V * T, nth, [&](int64_t b, int64_t e, int) {
@@ -161,16 +170,19 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
     std::vector<uint8_t> done(P);
     std::vector<int32_t> sid(P * std::max(WK, 1));
     std::vector<float> sw(P * std::max(WK, 1));
+    int32_t tsid[gs::kWabeMaxK];  // tile mode: the tile's slots
+    float tsw[gs::kWabeMaxK];
     for (int64_t vt = b; vt < e; ++vt) {
       const int64_t v = vt / T, t = vt % T;
       const int x0 = (int)(t % gx) * ts, y0 = (int)(t / gx) * ts;
       const int32_t start = tile_ranges[2 * vt], end = tile_ranges[2 * vt + 1];
-      int remaining = 0;
+      int remaining = 0, ntile = 0, npix = 0;
       for (int p = 0; p < P; ++p) {
         const int x = x0 + p % ts, y = y0 + p / ts;
         const bool inside = x < st.width && y < st.height;
         done[p] = !inside;
         remaining += inside;
+        npix += inside;
         Tr[p] = 1.f, C[3 * p] = C[3 * p + 1] = C[3 * p + 2] = 0.f, D[p] = 0.f;
         lastp[p] = start, nslot[p] = 0;
       }
@@ -180,6 +192,9 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
         const float* co = conic_opac + 4 * vg;
         const float* col = colors + 3 * vg;
         const float z = zs[vg];
+        const bool tile_slot = tile_mode && ntile < WK;  // could still take a tile slot
+        bool hit = false;
+        float wmax = 0.f;
         for (int p = 0; p < P; ++p) {
           if (done[p]) continue;
           const float power = gs::pixel_power(u, w, co, x0 + p % ts + 0.5f, y0 + p / ts + 0.5f);
@@ -195,7 +210,10 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
           const float wgt = a * Tr[p];
           C[3 * p] += col[0] * wgt, C[3 * p + 1] += col[1] * wgt, C[3 * p + 2] += col[2] * wgt;
           D[p] += z * wgt;
-          if (nslot[p] < WK) {
+          if (tile_slot) {
+            hit = true;
+            wmax = fmaxf(wmax, gs::wabe_weight(Tr[p], a, st.wabe_beta));
+          } else if (!tile_mode && nslot[p] < WK) {
             sid[p * WK + nslot[p]] = (int32_t)g;
             sw[p * WK + nslot[p]] = gs::wabe_weight(Tr[p], a, st.wabe_beta);
             ++nslot[p];
@@ -203,6 +221,7 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
           Tr[p] = nT;
           lastp[p] = j + 1;
         }
+        if (hit) tsid[ntile] = (int32_t)g, tsw[ntile] = wmax, ++ntile;
       }
       const float* bg = in.bg + 3 * in.i_bg(v);
       for (int p = 0; p < P; ++p) {
@@ -217,15 +236,23 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
         last[pix] = lastp[p];
         // WABE: min-max normalise the K slot weights (empty slots count as 0), then add each
         // occupied slot's value to its Gaussian as 2^-24 fixed point (order-independent sums).
-        const int n = nslot[p];
+        const int n = tile_mode ? 0 : nslot[p];
         if (n == 0) continue;
-        float mn = n < WK ? 0.f : sw[p * WK], mx = 0.f;
-        for (int k = 0; k < n; ++k) mn = fminf(mn, sw[p * WK + k]), mx = fmaxf(mx, sw[p * WK + k]);
+        float mn, mx;
+        gs::wabe_range(&sw[p * WK], n, WK, &mn, &mx);
         for (int k = 0; k < n; ++k) {
-          const double nk = (sw[p * WK + k] - mn) / (mx - mn + 1e-10f);
           const int64_t vg = v * N + sid[p * WK + k];
-          __atomic_fetch_add(&wabe_sum[vg], (uint64_t)llround(nk * gs::kWabeScale), __ATOMIC_RELAXED);
+          __atomic_fetch_add(&wabe_sum[vg], (uint64_t)gs::wabe_fixed(sw[p * WK + k], mn, mx), __ATOMIC_RELAXED);
           __atomic_fetch_add(&wabe_count[vg], 1, __ATOMIC_RELAXED);
+        }
+      }
+      if (ntile > 0) {  // tile mode: the npix pixels of the tile all carry the tile's slots
+        float mn, mx;
+        gs::wabe_range(tsw, ntile, WK, &mn, &mx);
+        for (int k = 0; k < ntile; ++k) {
+          const int64_t vg = v * N + tsid[k];
+          __atomic_fetch_add(&wabe_sum[vg], (uint64_t)(npix * gs::wabe_fixed(tsw[k], mn, mx)), __ATOMIC_RELAXED);
+          __atomic_fetch_add(&wabe_count[vg], npix, __ATOMIC_RELAXED);
         }
       }
     }
@@ -308,7 +335,7 @@ ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const Sav
           Ag[9] += s * gD * wgt;
           dal += gD * (z * Tk - Bz * om) + (gA * TN - bgterm) * om;
           Bz += z * wgt;
-          gs::alpha_vjp(dal * s, G, oG, co, dx, dy, Ag);
+          gs::alpha_vjp(dal * s, G, oG, co, dx, dy, Ag, st.alpha_clamp_zero);
         }
       }
     }
@@ -352,7 +379,7 @@ ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const Sav
 
 // ------------------------------------------------------------------------------------ FFI
 static ffi::Error RasterizeFwdImpl(int64_t width, int64_t height, int64_t tile, int64_t sh_degree,
-                                   float near_plane, int64_t wabe_k, float wabe_beta,
+                                   float near_plane, int64_t wabe_k, bool wabe_tile, float wabe_beta,
                                    ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> quats,
                                    ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> opac,
                                    ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> offset,
@@ -370,20 +397,20 @@ static ffi::Error RasterizeFwdImpl(int64_t width, int64_t height, int64_t tile, 
                                    ffi::ResultBuffer<ffi::S32> isect,
                                    ffi::ResultBuffer<ffi::S32> tile_ranges,
                                    ffi::ResultBuffer<ffi::U8> /*workspace: CUDA only*/) {
+  if (auto err = gs::check_static(width, height, tile, sh_degree, near_plane, wabe_beta); err.failure())
+    return err;
+  const int64_t cap_total = (int64_t)isect->element_count();
+  if (auto err = gs::check_forward(wabe_k, cap_total); err.failure()) return err;
   Inputs in;
   auto idims = image->dimensions();
   const std::vector<int64_t> full(idims.begin(), idims.end() - 3);  // outputs carry the full batch
   if (auto err = gs::decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in);
       err.failure())
     return err;
-  if (wabe_k < 0 || wabe_k > gs::kWabeMaxK)
-    return ffi::Error::InvalidArgument("gaedit: wabe_k must be in [0, 32]");
-  if (sh_degree < 0 || sh_degree > 3 || gs::sh_count((int)sh_degree) > in.K)
+  if (gs::sh_count((int)sh_degree) > in.K)
     return ffi::Error::InvalidArgument("gaedit: sh_degree must be in [0, 3] and fit in K");
-  const Static st{(int)width, (int)height, (int)tile, (int)sh_degree, (int)wabe_k, near_plane, wabe_beta};
-  const int64_t cap_total = (int64_t)isect->element_count();
-  if (cap_total >= (int64_t(1) << 31))
-    return ffi::Error::InvalidArgument("gaedit: intersection capacity must be < 2^31");
+  const Static st{(int)width, (int)height, (int)tile, (int)sh_degree, (int)wabe_k, near_plane, wabe_beta,
+                  wabe_tile, false};
   return forward(in, st, image->typed_data(), alpha->typed_data(), depth->typed_data(),
                  radii->typed_data(), wabe_count->typed_data(), wabe_weight->typed_data(),
                  overflow->typed_data(), means2d->typed_data(), conic_opac->typed_data(),
@@ -393,7 +420,7 @@ static ffi::Error RasterizeFwdImpl(int64_t width, int64_t height, int64_t tile, 
 
 static ffi::Error RasterizeBwdImpl(
     int64_t width, int64_t height, int64_t tile, int64_t sh_degree, float near_plane,
-    bool wabe_backward, float wabe_beta, gs::F32 means, gs::F32 quats, gs::F32 scales, gs::F32 opac,
+    bool wabe_backward, bool alpha_clamp_zero, float wabe_beta, gs::F32 means, gs::F32 quats, gs::F32 scales, gs::F32 opac,
     gs::F32 sh, gs::F32 offset, gs::F32 viewmat, gs::F32 intr, gs::F32 bg, gs::S32 radii,
     gs::F32 means2d, gs::F32 conic_opac, gs::F32 colors, gs::F32 zs, gs::F32 final_T, gs::S32 last,
     gs::S32 isect, gs::S32 tile_ranges, gs::F32 depth_out, gs::F32 d_image, gs::F32 d_alpha,
@@ -402,14 +429,15 @@ static ffi::Error RasterizeBwdImpl(
   Inputs in;
   Saved sv;
   Grads gr;
-  if (auto err = gs::decode_backward(width, height, tile, sh_degree, means, quats, scales, opac, sh,
+  if (auto err = gs::decode_backward(width, height, tile, sh_degree, near_plane, wabe_beta, means, quats, scales, opac, sh,
                                      offset, viewmat, intr, bg, radii, means2d, conic_opac, colors,
                                      zs, final_T, last, isect, tile_ranges, depth_out, d_image,
                                      d_alpha, d_depth, d_means, d_quats, d_scales, d_opac, d_sh,
                                      d_offset, d_bg, &in, &sv, &gr);
       err.failure())
     return err;
-  const Static st{(int)width, (int)height, (int)tile, (int)sh_degree, 0, near_plane, wabe_beta};
+  const Static st{(int)width, (int)height, (int)tile, (int)sh_degree, 0, near_plane, wabe_beta, false,
+                  alpha_clamp_zero};
   return backward(in, st, wabe_backward, sv, gr);
 }
 

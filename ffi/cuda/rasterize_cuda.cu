@@ -37,6 +37,7 @@ using DevInputs = gs::Inputs;
 struct DevStatic {
   int width, height, tile, degree, wabe_k, gx, gy;
   float near_plane, wabe_beta;
+  bool alpha_clamp_zero;  // backward: no gradient where alpha = min(0.99, o G) is clamped
 };
 
 __device__ __forceinline__ gs::Cam cam_of(const DevInputs& in, const DevStatic& st, int64_t v) {
@@ -90,12 +91,9 @@ __global__ void __launch_bounds__(kProjBlock) project_kernel(DevInputs in, DevSt
                                 in.scales + 3 * (in.i_scales(v) * N + g), op,
                                 in.offset + 2 * (in.i_offset(v) * N + g), st.near_plane, st.tile);
   float rgb[3] = {0.f, 0.f, 0.f};
-  if (p.radius > 0) {
-    gs::sh_color(st.degree, s_sh[threadIdx.x], mean, cam.pos, rgb, nullptr);
-    if (!isfinite(rgb[0]) || !isfinite(rgb[1]) || !isfinite(rgb[2])) {
-      rgb[0] = rgb[1] = rgb[2] = 0.f;
-      p.radius = 0;
-    }
+  if (p.radius > 0 && !gs::sh_color(st.degree, s_sh[threadIdx.x], mean, cam.pos, rgb, nullptr)) {
+    rgb[0] = rgb[1] = rgb[2] = 0.f;  // a non-finite active SH coefficient: not drawn
+    p.radius = 0;
   }
   const bool on = p.radius > 0;
   radii[vg] = p.radius;
@@ -191,6 +189,11 @@ __device__ __forceinline__ float2 warp_rows(int y0, int slot0, int ts) {
 
 __device__ __forceinline__ bool rows_meet(float2 a, float2 b) { return a.x <= b.y && b.x <= a.y; }
 
+// kTile: WABE slots per tile instead of per pixel (definition: the CPU kernel's `forward`). The
+// tile's slots are filled batch by batch: every pixel that accepts a batch Gaussian raises its
+// shared max weight (atomicMax on the bits of a float >= 0, order-independent), then one thread
+// appends the batch's accepted Gaussians in list order while slots remain. Deterministic.
+template <bool kTile>
 __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
     DevInputs in, DevStatic st, const float* means2d, const float* conic_opac, const float* colors,
     const float* zs, const int32_t* isect, const int32_t* ranges, float* image, float* alpha_out,
@@ -208,18 +211,24 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
   __shared__ float4 s_co[kBlock];    // conic, opacity
   __shared__ float4 s_col[kBlock];   // rgb, z
   __shared__ float2 s_rows[kBlock];  // reach_rows
+  __shared__ int s_hitw[kTile ? kBlock : 1];  // max weight bits of a batch Gaussian, -1: no pixel
+  __shared__ int32_t s_tsid[kTile ? gs::kWabeMaxK : 1];
+  __shared__ float s_tsw[kTile ? gs::kWabeMaxK : 1];
+  __shared__ int s_ntile;
   const float2 wrows = warp_rows((int)(t / st.gx) * ts, tid & ~31, ts);
   float Tr = 1.f, C[3] = {0.f, 0.f, 0.f}, D = 0.f;
   int32_t lastp = start, nslot = 0;
   bool done = !inside;
   const int WK = st.wabe_k;
-  int32_t sid[gs::kWabeMaxK];
-  float sw[gs::kWabeMaxK];
+  int32_t sid[kTile ? 1 : gs::kWabeMaxK];
+  float sw[kTile ? 1 : gs::kWabeMaxK];
   const float px = x + 0.5f, py = y + 0.5f;
   const int nth = blockDim.x;  // one pixel slot per thread (>= the tile's pixels, a multiple of 32)
+  if (kTile && tid == 0) s_ntile = 0;
   for (int32_t b0 = start; b0 < end; b0 += nth) {
     if (__syncthreads_count(done) == nth) break;
     const int32_t j = b0 + tid;
+    if (kTile) s_hitw[tid] = -1;
     if (j < end) {
       const int64_t vg = v * N + isect[j];
       s_id[tid] = isect[j];
@@ -230,6 +239,7 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
     }
     __syncthreads();
     const int cnt = min(nth, end - b0);
+    const bool tile_slot = kTile && s_ntile < WK;  // uniform: the tile still has free slots
     for (int k = 0; k < cnt && !done; ++k) {
       if (!rows_meet(s_rows[k], wrows)) continue;  // uniform over the warp
       const float4 co4 = s_co[k], c4 = s_col[k];
@@ -246,13 +256,37 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
       const float w = a * Tr;
       C[0] += c4.x * w, C[1] += c4.y * w, C[2] += c4.z * w;
       D += c4.w * w;
-      if (nslot < WK) {
+      if (tile_slot) {
+        atomicMax(&s_hitw[k], __float_as_int(gs::wabe_weight(Tr, a, st.wabe_beta)));
+      } else if (!kTile && nslot < WK) {
         sid[nslot] = s_id[k];
         sw[nslot] = gs::wabe_weight(Tr, a, st.wabe_beta);
         ++nslot;
       }
       Tr = nT;
       lastp = b0 + k + 1;
+    }
+    if (tile_slot) {
+      __syncthreads();
+      if (tid == 0) {
+        int n = s_ntile;
+        for (int k = 0; k < cnt && n < WK; ++k)
+          if (s_hitw[k] >= 0) s_tsid[n] = s_id[k], s_tsw[n] = __int_as_float(s_hitw[k]), ++n;
+        s_ntile = n;
+      }
+    }
+  }
+  if (kTile) {  // the tile's pixels inside the image all carry the tile's slots
+    __syncthreads();
+    const int n = s_ntile;
+    if (tid < n) {
+      const int x0 = (int)(t % st.gx) * ts, y0 = (int)(t / st.gx) * ts;
+      const long long npix = (long long)min(ts, st.width - x0) * min(ts, st.height - y0);
+      float mn, mx;
+      gs::wabe_range(s_tsw, n, WK, &mn, &mx);
+      const int64_t vg = v * N + s_tsid[tid];
+      atomicAdd(&wabe_sum[vg], (unsigned long long)(npix * gs::wabe_fixed(s_tsw[tid], mn, mx)));
+      atomicAdd(&wabe_count[vg], (int)npix);
     }
   }
   if (!inside) return;
@@ -265,13 +299,12 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
   depth_out[pix] = A > 0.f ? D / A : 0.f;
   final_T[pix] = Tr;
   last[pix] = lastp;
-  if (nslot == 0) return;
-  float mn = nslot < WK ? 0.f : sw[0], mx = 0.f;
-  for (int k = 0; k < nslot; ++k) mn = fminf(mn, sw[k]), mx = fmaxf(mx, sw[k]);
+  if (kTile || nslot == 0) return;
+  float mn, mx;
+  gs::wabe_range(sw, nslot, WK, &mn, &mx);
   for (int k = 0; k < nslot; ++k) {
-    const double nk = (sw[k] - mn) / (mx - mn + 1e-10f);
     const int64_t vg = v * N + sid[k];
-    atomicAdd(&wabe_sum[vg], (unsigned long long)llround(nk * gs::kWabeScale));
+    atomicAdd(&wabe_sum[vg], (unsigned long long)gs::wabe_fixed(sw[k], mn, mx));
     atomicAdd(&wabe_count[vg], 1);
   }
 }
@@ -446,7 +479,7 @@ __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, 
         val[9] += s * gD[q] * wgt;
         dal += gD[q] * (c[3] * Tk[q] - Bz[q] * om) + (gA[q] * TN[q] - bgterm[q]) * om;
         Bz[q] += c[3] * wgt;
-        gs::alpha_vjp(dal * s, G, oG, co, dx, dy, val);
+        gs::alpha_vjp(dal * s, G, oG, co, dx, dy, val, st.alpha_clamp_zero);
       }
       if (__any_sync(0xffffffffu, contrib)) {
         // warp-level reduction, then one atomic per value from the even lane that holds its sum
@@ -636,7 +669,8 @@ int bits_for(uint64_t n) {
 // ------------------------------------------------------------------------------------ FFI
 static ffi::Error RasterizeFwdCudaImpl(
     cudaStream_t stream, int64_t width, int64_t height, int64_t tile,
-    int64_t sh_degree, float near_plane, int64_t wabe_k, float wabe_beta, ffi::Buffer<ffi::F32> means,
+    int64_t sh_degree, float near_plane, int64_t wabe_k, bool wabe_tile, float wabe_beta,
+    ffi::Buffer<ffi::F32> means,
     ffi::Buffer<ffi::F32> quats, ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> opac,
     ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> offset, ffi::Buffer<ffi::F32> viewmat,
     ffi::Buffer<ffi::F32> intr, ffi::Buffer<ffi::F32> bg, ffi::ResultBuffer<ffi::F32> image,
@@ -648,17 +682,19 @@ static ffi::Error RasterizeFwdCudaImpl(
     ffi::ResultBuffer<ffi::F32> final_T, ffi::ResultBuffer<ffi::S32> last,
     ffi::ResultBuffer<ffi::S32> isect, ffi::ResultBuffer<ffi::S32> tile_ranges,
     ffi::ResultBuffer<ffi::U8> workspace) {
+  if (auto e = gs::check_static(width, height, tile, sh_degree, near_plane, wabe_beta); e.failure()) return e;
+  if (auto e = gs::check_forward(wabe_k, (int64_t)isect->element_count()); e.failure()) return e;
   auto idims = image->dimensions();
   const std::vector<int64_t> full(idims.begin(), idims.end() - 3);
   DevInputs in;
   if (auto e = gs::decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in); e.failure())
     return e;
-  if (tile * tile > kBlock) return ffi::Error::InvalidArgument("gaedit CUDA: tile_size must be <= 16");
-  if (wabe_k < 0 || wabe_k > gs::kWabeMaxK) return ffi::Error::InvalidArgument("gaedit: wabe_k in [0, 32]");
-  if (sh_degree < 0 || sh_degree > 3 || gs::sh_count((int)sh_degree) > in.K)
+  static_assert(gs::kMaxTile * gs::kMaxTile <= kBlock, "a tile's pixels must fit in one block");
+  if (gs::sh_count((int)sh_degree) > in.K)
     return ffi::Error::InvalidArgument("gaedit: sh_degree must be in [0, 3] and fit in K");
   DevStatic st{(int)width, (int)height, (int)tile, (int)sh_degree, (int)wabe_k,
-               (int)((width + tile - 1) / tile), (int)((height + tile - 1) / tile), near_plane, wabe_beta};
+               (int)((width + tile - 1) / tile), (int)((height + tile - 1) / tile), near_plane, wabe_beta,
+               false};
   const int64_t V = in.V, N = in.N, VN = V * N, T = (int64_t)st.gx * st.gy, VT = V * T;
   const int64_t cap = (int64_t)isect->element_count();
   if (VN == 0 || VT == 0) return ffi::Error::Success();
@@ -693,7 +729,8 @@ static ffi::Error RasterizeFwdCudaImpl(
   ranges_kernel<<<blocks(cap), 256, 0, stream>>>(cap, VT, keys_out, tile_ranges->typed_data());
   cudaMemsetAsync(wsum, 0, sizeof(unsigned long long) * VN, stream);
   cudaMemsetAsync(wabe_count->typed_data(), 0, sizeof(int32_t) * VN, stream);
-  raster_fwd_kernel<<<(unsigned)VT, threads_for(tile * tile), 0, stream>>>(
+  auto raster = wabe_tile && wabe_k > 0 ? raster_fwd_kernel<true> : raster_fwd_kernel<false>;
+  raster<<<(unsigned)VT, threads_for(tile * tile), 0, stream>>>(
       in, st, means2d->typed_data(), conic_opac->typed_data(), colors->typed_data(), zs->typed_data(),
       isect->typed_data(), tile_ranges->typed_data(), image->typed_data(), alpha->typed_data(),
       depth->typed_data(), final_T->typed_data(), last->typed_data(), wsum, wabe_count->typed_data());
@@ -721,7 +758,8 @@ static int bwd_pixels_per_thread(int64_t slots) {
 
 static ffi::Error RasterizeBwdCudaImpl(
     cudaStream_t stream, int64_t width, int64_t height, int64_t tile, int64_t sh_degree,
-    float near_plane, bool wabe_backward, float wabe_beta, gs::F32 means, gs::F32 quats,
+    float near_plane, bool wabe_backward, bool alpha_clamp_zero, float wabe_beta, gs::F32 means,
+    gs::F32 quats,
     gs::F32 scales, gs::F32 opac, gs::F32 sh, gs::F32 offset, gs::F32 viewmat, gs::F32 intr,
     gs::F32 bg, gs::S32 radii, gs::F32 means2d, gs::F32 conic_opac, gs::F32 colors, gs::F32 zs,
     gs::F32 final_T, gs::S32 last, gs::S32 isect, gs::S32 tile_ranges, gs::F32 depth_out,
@@ -731,7 +769,8 @@ static ffi::Error RasterizeBwdCudaImpl(
   DevInputs in;
   DevSaved sv;
   DevGrads gr;
-  if (auto e = gs::decode_backward(width, height, tile, sh_degree, means, quats, scales, opac, sh,
+  if (auto e = gs::decode_backward(width, height, tile, sh_degree, near_plane, wabe_beta, means, quats,
+                                   scales, opac, sh,
                                    offset, viewmat, intr, bg, radii, means2d, conic_opac, colors, zs,
                                    final_T, last, isect, tile_ranges, depth_out, d_image, d_alpha,
                                    d_depth, d_means, d_quats, d_scales, d_opac, d_sh, d_offset, d_bg,
@@ -739,7 +778,8 @@ static ffi::Error RasterizeBwdCudaImpl(
       e.failure())
     return e;
   DevStatic st{(int)width, (int)height, (int)tile, (int)sh_degree, 0,
-               (int)((width + tile - 1) / tile), (int)((height + tile - 1) / tile), near_plane, wabe_beta};
+               (int)((width + tile - 1) / tile), (int)((height + tile - 1) / tile), near_plane, wabe_beta,
+               alpha_clamp_zero};
   const int64_t V = in.V, N = in.N, T = (int64_t)st.gx * st.gy;
   // workspace: V*N*kAcc + V*3 floats (256-byte aligned)
   char* base = reinterpret_cast<char*>(align256(reinterpret_cast<size_t>(workspace->untyped_data())));

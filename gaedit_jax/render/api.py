@@ -25,7 +25,9 @@ import numpy as np
 from gaedit_jax import parallel
 from gaedit_jax.camera import Camera
 from gaedit_jax.render import _ffi
-from gaedit_jax.render.types import Gaussians, RenderConfig, RenderOutput
+from gaedit_jax.errors import InputError
+from gaedit_jax.render.types import (MAX_IMAGE_SIDE, Gaussians, RenderConfig, RenderOutput,
+                                     _is_int)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,22 +41,24 @@ class _Static:
   wabe_beta: float
   wabe_backward: bool
   capacity: int  # intersections per view (pooled over the batch)
+  wabe_tile: bool = False         # RenderConfig.wabe_visibility == "tile"
+  alpha_clamp_zero: bool = False  # RenderConfig.alpha_clamp_grad == "zero"
 
   def fwd_attrs(self):
     return dict(width=np.int64(self.width), height=np.int64(self.height),
                 tile_size=np.int64(self.tile_size), sh_degree=np.int64(self.sh_degree),
                 near_plane=np.float32(self.near_plane), wabe_k=np.int64(self.wabe_k),
-                wabe_beta=np.float32(self.wabe_beta))
+                wabe_tile=bool(self.wabe_tile), wabe_beta=np.float32(self.wabe_beta))
 
   def bwd_attrs(self):
     return dict(width=np.int64(self.width), height=np.int64(self.height),
                 tile_size=np.int64(self.tile_size), sh_degree=np.int64(self.sh_degree),
                 near_plane=np.float32(self.near_plane), wabe_backward=bool(self.wabe_backward),
-                wabe_beta=np.float32(self.wabe_beta))
+                alpha_clamp_zero=bool(self.alpha_clamp_zero), wabe_beta=np.float32(self.wabe_beta))
 
   @property
   def num_tiles(self) -> int:
-    t = self.tile_size
+    t = max(self.tile_size, 1)  # only shapes: the kernels refuse a bad tile size themselves
     return ((self.width + t - 1) // t) * ((self.height + t - 1) // t)
 
 
@@ -129,23 +133,33 @@ def _broadcast_batch(named: dict[str, tuple[jax.Array, int]]) -> tuple[int, ...]
     return tuple(np.broadcast_shapes(*shapes.values()))
   except ValueError:
     detail = ", ".join(f"{k} {s}" for k, s in shapes.items())
-    raise ValueError(f"rasterize: the leading (batch) dims do not broadcast: {detail}") from None
+    raise InputError(f"rasterize: the leading (batch) dims do not broadcast: {detail}") from None
 
 
 def prepare_inputs(gaussians: Gaussians, camera: Camera, background, config: RenderConfig):
-  """Validates and casts the arguments; returns (named operands with core ranks, batch shape)."""
+  """Validates and casts the arguments; returns (named operands with core ranks, batch shape).
+
+  Every static setting is checked here, before any kernel sees it: the config's own fields (again,
+  in case it was built around `RenderConfig.__post_init__`), the image size and the SH degree
+  against the coefficients given. Problems raise `InputError`.
+  """
+  config.__post_init__()
   g = gaussians
   if g.means.ndim < 2 or g.means.shape[-1] != 3:
-    raise ValueError(f"rasterize: means must be [..., N, 3], got {g.means.shape}")
+    raise InputError(f"rasterize: means must be [..., N, 3], got {g.means.shape}")
   n = g.means.shape[-2]
   if g.sh.ndim < 3 or g.sh.shape[-1] != 3 or g.sh.shape[-3] != n:
-    raise ValueError(f"rasterize: sh must be [..., N, K, 3] with N = {n}, got {g.sh.shape}")
+    raise InputError(f"rasterize: sh must be [..., N, K, 3] with N = {n}, got {g.sh.shape}")
   k = g.sh.shape[-2]
-  if (config.sh_degree + 1) ** 2 > k or not 0 <= config.sh_degree <= 3:
-    raise ValueError(f"rasterize: sh_degree {config.sh_degree} needs {(config.sh_degree + 1) ** 2}"
-                     f" SH coefficients per channel (at most degree 3), sh has K = {k}")
-  if camera.width <= 0 or camera.height <= 0:
-    raise ValueError(f"rasterize: camera image size must be positive, got {camera.width}x{camera.height}")
+  if (config.sh_degree + 1) ** 2 > k:
+    raise InputError(f"rasterize: RenderConfig.sh_degree = {config.sh_degree} needs "
+                     f"(d+1)^2 = {(config.sh_degree + 1) ** 2} SH coefficients per channel, but sh "
+                     f"has K = {k}: lower sh_degree or pass more coefficients")
+  for name in ("width", "height"):
+    side = getattr(camera, name)
+    if not _is_int(side) or not 1 <= side <= MAX_IMAGE_SIDE:
+      raise InputError(f"rasterize: camera.{name} = {side!r}: expected an integer in "
+                       f"[1, {MAX_IMAGE_SIDE}] (pixels)")
   offset = g.screen_offset if g.screen_offset is not None else jnp.zeros((n, 2), jnp.float32)
   f = lambda x: jnp.asarray(x, jnp.float32)
   named = {
@@ -156,13 +170,13 @@ def prepare_inputs(gaussians: Gaussians, camera: Camera, background, config: Ren
   }
   for name, (x, core) in named.items():
     if x.ndim < core:
-      raise ValueError(f"rasterize: {name} has rank {x.ndim}, expected at least {core}")
+      raise InputError(f"rasterize: {name} has rank {x.ndim}, expected at least {core}")
   expected_core = {"quats": (n, 4), "scales": (n, 3), "opacities": (n,), "screen_offset": (n, 2),
                    "world_to_camera": (4, 4), "intrinsics": (4,), "background": (3,)}
   for name, shape in expected_core.items():
     x, core = named[name]
     if tuple(x.shape[x.ndim - core:]) != shape:
-      raise ValueError(f"rasterize: {name} must be [..., {', '.join(map(str, shape))}], got {x.shape}")
+      raise InputError(f"rasterize: {name} must be [..., {', '.join(map(str, shape))}], got {x.shape}")
   return named, _broadcast_batch(named)
 
 
@@ -189,10 +203,13 @@ def rasterize(gaussians: Gaussians, camera: Camera, background, config: RenderCo
   st = _Static(width=int(camera.width), height=int(camera.height), tile_size=int(config.tile_size),
                sh_degree=int(config.sh_degree), near_plane=float(config.near_plane),
                wabe_k=int(config.wabe_k), wabe_beta=float(config.wabe_beta),
-               wabe_backward=bool(config.wabe_backward), capacity=config.capacity(n))
+               wabe_backward=bool(config.wabe_backward), capacity=config.capacity(n),
+               wabe_tile=config.wabe_visibility == "tile",
+               alpha_clamp_zero=config.alpha_clamp_grad == "zero")
   if st.capacity * max(1, math.prod(batch)) >= 2**31:
-    raise ValueError("rasterize: the intersection buffer would exceed 2^31 entries; lower "
-                     "max_intersections / isect_per_gaussian or render fewer views per call")
+    raise InputError(f"rasterize: the intersection buffer would hold {st.capacity} x "
+                     f"{max(1, math.prod(batch))} views >= 2^31 entries: lower "
+                     "RenderConfig.max_intersections / isect_per_gaussian or render fewer views per call")
   outs = parallel.over_views(functools.partial(_rasterize_op, st), config.mesh, ops, batch)
   image, alpha, depth, radii, wcount, wweight, overflow = outs
   return RenderOutput(image=image, alpha=alpha, depth=depth, radii=radii, wabe_mask=wcount > 0,

@@ -4,7 +4,10 @@ Every pixel looks at every Gaussian (memory O(H W N)): use it for small scenes o
 the kernels' discrete decisions exactly (near-plane and degenerate culling, 3-sigma tile rectangles,
 alpha clamps, the 1/255 skip, early termination at T < 1e-4), so forward parity is to rounding and
 `jax.grad` of it is the reference for the hand-written backward. `wabe_backward=True` is emulated
-with stop-gradient mixing: x -> s x + (1 - s) sg(x) scales dL/dx by s without changing values.
+with stop-gradient mixing: x -> s x + (1 - s) sg(x) scales dL/dx by s without changing values;
+`alpha_clamp_grad="pass"` likewise: the clamped alpha is 0.99 + (o G - sg(o G)), whose derivative
+is that of o G. Gaussians that are not drawn get finite stand-in values before anything is
+differentiated, so a NaN or inf parameter never reaches the image or a gradient.
 """
 
 from __future__ import annotations
@@ -64,8 +67,9 @@ def project(means, quats, scales, opac, sh, offset, w2c, intr, *, width, height,
   z = pc[:, 2]
   finite = (jnp.all(jnp.isfinite(means), -1) & jnp.all(jnp.isfinite(scales), -1)
             & jnp.isfinite(opac) & jnp.all(jnp.isfinite(offset), -1))
-  n2 = jnp.sum(quats * quats, -1)
-  valid = finite & (z > near_plane) & (n2 > 1e-24) & jnp.isfinite(n2)
+  qfin = jnp.all(jnp.isfinite(quats), -1)  # (the kernels see it as a non-finite |q|^2)
+  n2 = jnp.sum(jnp.where(qfin[:, None], quats, 1.0) ** 2, -1)
+  valid = finite & qfin & (z > near_plane) & (n2 > 1e-24) & jnp.isfinite(n2)
   zs = jnp.where(valid, z, 1.0)  # safe values where invalid keep gradients finite
   qn = jnp.where(valid[:, None], quats, jnp.array([1.0, 0, 0, 0])) / jnp.sqrt(jnp.where(valid, n2, 1.0))[:, None]
   sc = jnp.where(valid[:, None], scales, 1.0)
@@ -100,17 +104,23 @@ def project(means, quats, scales, opac, sh, offset, w2c, intr, *, width, height,
   y0 = jnp.clip(jnp.floor((vg - radius) / tile_size), 0, gy)
   y1 = jnp.clip(jnp.ceil((vg + radius) / tile_size), 0, gy)
   valid &= (x1 - x0) * (y1 - y0) > 0
-  # colour
+  # colour: only the active coefficients are read; a non-finite one is not drawn (the kernels see
+  # it as a non-finite unclamped colour, which also catches a sum that overflows)
   campos = -rot.T @ t
+  k = (sh_degree + 1) ** 2
+  valid &= jnp.all(jnp.isfinite(sh[:, :k]), (-2, -1))
   d = jnp.where(valid[:, None], means, campos + jnp.array([0.0, 0.0, 1.0])) - campos
   dn = d / jnp.linalg.norm(d, axis=-1, keepdims=True)
-  k = (sh_degree + 1) ** 2
   raw = jnp.einsum("nk,nkc->nc", sh_basis(sh_degree, dn), jnp.where(valid[:, None, None], sh[:, :k], 0.0)) + 0.5
   valid &= jnp.all(jnp.isfinite(raw), -1)
-  rgb = jnp.maximum(raw, 0.0)
+  rgb = jnp.where(valid[:, None], jnp.maximum(raw, 0.0), 0.0)
   rect = jnp.stack([x0, y0, x1, y1], -1)
-  return dict(u=u, v=v, conic=conic, z=zs, radius=jnp.where(valid, radius, 0).astype(jnp.int32),
-              rect=rect, rgb=rgb, valid=valid, opac=opac)
+  # finite stand-ins where not drawn: `where` passes no cotangent to the other branch, while
+  # 0 * NaN in a later product would
+  safe = lambda x, fill: jnp.where(valid.reshape(valid.shape + (1,) * (x.ndim - 1)), x, fill)
+  return dict(u=safe(u, -1e6), v=safe(v, -1e6), conic=safe(conic, 1.0), z=zs,
+              radius=jnp.where(valid, radius, 0).astype(jnp.int32), rect=rect, rgb=rgb, valid=valid,
+              opac=safe(opac, 0.0))
 
 
 def render_view(means, quats, scales, opac, sh, offset, w2c, intr, bg, *, width, height,
@@ -137,7 +147,11 @@ def _render_view(means, quats, scales, opac, sh, offset, w2c, intr, bg, *, width
   co = g["conic"]
   power = -0.5 * (co[:, 0] * dx * dx + co[:, 2] * dy * dy) - co[:, 1] * dx * dy
   acc = g["valid"][None] & in_rect & (power <= 0)
-  alpha = jnp.minimum(ALPHA_MAX, g["opac"][None] * jnp.exp(jnp.minimum(power, 0.0)))
+  o_g = g["opac"][None] * jnp.exp(jnp.minimum(power, 0.0))
+  if config.alpha_clamp_grad == "pass":  # value min(0.99, o G), derivative that of o G
+    alpha = jnp.where(o_g > ALPHA_MAX, ALPHA_MAX + (o_g - jax.lax.stop_gradient(o_g)), o_g)
+  else:
+    alpha = jnp.where(o_g > ALPHA_MAX, ALPHA_MAX, o_g)
   acc &= alpha >= ALPHA_MIN
   a_acc = jnp.where(acc, alpha, 0.0)
   t_before = jnp.cumprod(1.0 - a_acc, axis=1) / (1.0 - a_acc)
@@ -158,23 +172,41 @@ def _render_view(means, quats, scales, opac, sh, offset, w2c, intr, bg, *, width
   alpha_img = 1.0 - t_final
   dsum = jnp.sum(w * zz, 1)
   depth = jnp.where(alpha_img > 0, dsum / jnp.where(alpha_img > 0, alpha_img, 1.0), 0.0)
-  # WABE: first K included contributors of each pixel
+  # WABE slots (see RenderConfig.wabe_visibility)
   kk = config.wabe_k
-  rank = jnp.cumsum(inc, axis=1)
-  slot = inc & (rank <= kk)
   ww = jax.lax.stop_gradient(jnp.exp(-config.wabe_beta * (1.0 - tb)) * a_inc)
-  nslot = jnp.sum(slot, 1)
-  mx = jnp.max(jnp.where(slot, ww, 0.0), 1)
-  mn = jnp.where(nslot < kk, 0.0, jnp.min(jnp.where(slot, ww, jnp.inf), 1))
-  nrm = (ww - mn[:, None]) / (mx - mn + 1e-10)[:, None]
-  cnt = jnp.sum(slot, 0)
-  tot = jnp.sum(jnp.where(slot, nrm, 0.0), 0)
+  if config.wabe_visibility == "tile":
+    # per tile: the first K Gaussians (depth order) accepted by some pixel of the tile, each with
+    # its largest weight there; every pixel of the tile (npix of them) carries the tile's slots
+    gx = -(-width // config.tile_size)
+    tile_of = (ty * gx + tx)[:, 0]
+    ntiles = gx * -(-height // config.tile_size)
+    hit = jax.ops.segment_max(inc.astype(jnp.int32), tile_of, ntiles) > 0  # [T,N]
+    w_t = jax.ops.segment_max(jnp.where(inc, ww, 0.0), tile_of, ntiles)
+    npix = jax.ops.segment_sum(jnp.ones_like(tile_of), tile_of, ntiles)
+    slot_t = hit & (jnp.cumsum(hit, axis=1) <= kk)
+    cnt_t, tot_t = _normalised_slots(slot_t, w_t, kk)
+    cnt, tot = jnp.sum(cnt_t * npix[:, None], 0), jnp.sum(tot_t * npix[:, None], 0)
+  else:  # first K accepted contributors of each pixel
+    slot = inc & (jnp.cumsum(inc, axis=1) <= kk)
+    cnt, tot = _normalised_slots(slot, ww, kk)
+    cnt, tot = jnp.sum(cnt, 0), jnp.sum(tot, 0)
   inv = jnp.argsort(order)
   cnt, tot = cnt[inv], tot[inv]
   wabe_weight = jnp.where(cnt > 0, tot / jnp.maximum(cnt, 1), 0.0)
   shape = (height, width)
   return (image.reshape(shape + (3,)), alpha_img.reshape(shape), depth.reshape(shape), p["radius"],
           cnt > 0, wabe_weight)
+
+
+def _normalised_slots(slot, w, k):
+  """Slot lists [L,N] (L pixels or tiles) -> (occupied [L,N] as 0/1, min-max normalised weight
+  where occupied, else 0); empty slots of a list with fewer than K count as weight 0."""
+  nslot = jnp.sum(slot, 1)
+  mx = jnp.max(jnp.where(slot, w, 0.0), 1)
+  mn = jnp.where(nslot < k, 0.0, jnp.min(jnp.where(slot, w, jnp.inf), 1))
+  nrm = (w - mn[:, None]) / (mx - mn + 1e-10)[:, None]
+  return slot.astype(jnp.float32), jnp.where(slot, nrm, 0.0)
 
 
 def rasterize_reference(gaussians: Gaussians, camera: Camera, background,

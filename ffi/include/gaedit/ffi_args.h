@@ -25,6 +25,39 @@ struct Inputs {
   int64_t full[kMaxBatchDims];
 };
 
+// The static settings shared by the forward and backward calls. The Python wrapper validates them
+// with clear messages; this second check keeps a bad call (e.g. a hand-made ffi_call) from
+// dividing by a zero tile size or walking a negative tile grid. Called before anything is derived
+// from them.
+inline ffi::Error check_static(int64_t width, int64_t height, int64_t tile, int64_t sh_degree,
+                               float near_plane, float wabe_beta) {
+  auto bad = [](const std::string& what) { return ffi::Error::InvalidArgument("gaedit: " + what); };
+  if (tile < 1 || tile > kMaxTile)
+    return bad("tile_size is " + std::to_string(tile) + ", expected an integer in [1, " +
+               std::to_string(kMaxTile) + "]");
+  if (width < 1 || width > kMaxImageSide || height < 1 || height > kMaxImageSide)
+    return bad("image size is " + std::to_string(width) + "x" + std::to_string(height) +
+               ", expected width and height in [1, " + std::to_string(kMaxImageSide) + "]");
+  if (sh_degree < 0 || sh_degree > 3)
+    return bad("sh_degree is " + std::to_string(sh_degree) + ", expected 0, 1, 2 or 3");
+  if (!(near_plane > 0.f) || !isfinite(near_plane))
+    return bad("near_plane is " + std::to_string(near_plane) + ", expected a finite value > 0");
+  if (!(wabe_beta >= 0.f) || !isfinite(wabe_beta))
+    return bad("wabe_beta is " + std::to_string(wabe_beta) + ", expected a finite value >= 0");
+  return ffi::Error::Success();
+}
+
+// Forward-only settings: the WABE slot count and the pooled intersection capacity (int32 offsets).
+inline ffi::Error check_forward(int64_t wabe_k, int64_t capacity) {
+  if (wabe_k < 0 || wabe_k > kWabeMaxK)
+    return ffi::Error::InvalidArgument("gaedit: wabe_k is " + std::to_string(wabe_k) +
+                                       ", expected an integer in [0, " + std::to_string(kWabeMaxK) + "]");
+  if (capacity < 1 || capacity >= (int64_t(1) << 31))
+    return ffi::Error::InvalidArgument("gaedit: the intersection capacity is " +
+                                       std::to_string(capacity) + ", expected [1, 2^31)");
+  return ffi::Error::Success();
+}
+
 // The full batch shape: the broadcast of the operands' first `nb` dims. Under vmap any operand
 // may arrive unbatched (size 1), cotangents and residuals too.
 inline ffi::Error full_batch(int nb, std::initializer_list<ffi::Span<const int64_t>> dims,
@@ -128,13 +161,14 @@ using RF32 = ffi::ResultBuffer<ffi::F32>;
 
 // Decodes every operand of the backward call.
 inline ffi::Error decode_backward(int64_t width, int64_t height, int64_t tile, int64_t sh_degree,
-                                  F32 means, F32 quats, F32 scales, F32 opac, F32 sh, F32 offset,
+                                  float near_plane, float wabe_beta, F32 means, F32 quats, F32 scales, F32 opac, F32 sh, F32 offset,
                                   F32 viewmat, F32 intr, F32 bg, S32 radii, F32 means2d,
                                   F32 conic_opac, F32 colors, F32 zs, F32 final_T, S32 last,
                                   S32 isect, S32 tile_ranges, F32 depth_out, F32 d_image,
                                   F32 d_alpha, F32 d_depth, RF32 d_means, RF32 d_quats,
                                   RF32 d_scales, RF32 d_opac, RF32 d_sh, RF32 d_offset, RF32 d_bg,
                                   Inputs* in, Saved* sv, Grads* gr) {
+  if (auto e = check_static(width, height, tile, sh_degree, near_plane, wabe_beta); e.failure()) return e;
   const int nb = (int)d_image.dimensions().size() - 3;
   std::vector<int64_t> full;
   if (auto e = full_batch(nb,
@@ -194,17 +228,18 @@ inline ffi::Error decode_backward(int64_t width, int64_t height, int64_t tile, i
 }
 
 // The FFI signatures, shared by both platforms (the CUDA binder starts with the stream context).
-// Forward and backward share the image geometry and the scene inputs; `mode` is the attribute
-// that differs (wabe_k forward, wabe_backward backward). Attributes keep the order they are
-// declared in both.
+// Forward and backward share the image geometry and the scene inputs; `mode` and `flag` are the
+// attributes that differ (forward: wabe_k, wabe_tile; backward: wabe_backward, alpha_clamp_zero).
+// Attributes keep the order they are declared in both.
 template <class Mode, class B>
-auto bind_scene(B&& b, const char* mode) {
+auto bind_scene(B&& b, const char* mode, const char* flag) {
   return std::move(b).template Attr<int64_t>("width")
       .template Attr<int64_t>("height")
       .template Attr<int64_t>("tile_size")
       .template Attr<int64_t>("sh_degree")
       .template Attr<float>("near_plane")
       .template Attr<Mode>(mode)
+      .template Attr<bool>(flag)
       .template Attr<float>("wabe_beta")
       .template Arg<F32>()   // means
       .template Arg<F32>()   // quats
@@ -219,7 +254,7 @@ auto bind_scene(B&& b, const char* mode) {
 
 template <class B>
 auto bind_forward(B b) {
-  return bind_scene<int64_t>(std::move(b), "wabe_k")
+  return bind_scene<int64_t>(std::move(b), "wabe_k", "wabe_tile")
       .template Ret<F32>()   // image
       .template Ret<F32>()   // alpha
       .template Ret<F32>()   // depth
@@ -240,7 +275,7 @@ auto bind_forward(B b) {
 
 template <class B>
 auto bind_backward(B b) {
-  return bind_scene<bool>(std::move(b), "wabe_backward")
+  return bind_scene<bool>(std::move(b), "wabe_backward", "alpha_clamp_zero")
       .template Arg<S32>()   // radii
       .template Arg<F32>()   // means2d
       .template Arg<F32>()   // conic + opacity

@@ -35,6 +35,10 @@ constexpr float kFovPad = 0.3f;             // J is evaluated at the point clamp
 constexpr float kMaxRadius = 1e6f;          // guards the float -> int conversion
 constexpr float kQuatNorm2Min = 1e-24f;     // zero-norm quaternions are not drawn
 
+// Limits of the static settings (checked in Python and again at the FFI entry points).
+constexpr int kMaxTile = 16;                // a CUDA compositing block holds at most 16 x 16 pixels
+constexpr int kMaxImageSide = 16384;        // image width and height, pixels
+
 // ---------------------------------------------------------------- small linear algebra
 struct M3 {
   float m[3][3];
@@ -274,8 +278,11 @@ GS_HD_NOINLINE bool tile_reached(float u, float v, const float conic[3], float q
 }
 
 // Colour of one Gaussian seen from camera position `cam_pos`: SH(dir) + 0.5, clamped at 0.
-// sh points at K x 3 coefficients. raw (optional) receives the unclamped value.
-GS_HD void sh_color(int degree, const float* sh, const float* mean, const float* cam_pos, float rgb[3],
+// sh points at K x 3 coefficients. raw (optional) receives the unclamped value. Returns false when
+// an unclamped channel is not finite, which happens exactly when an active coefficient is NaN or
+// +-inf (inf * Y is inf, or NaN where Y = 0) or the sum overflows: such a Gaussian is not drawn
+// (the clamp would turn NaN and -inf into a finite 0 whose backward is NaN).
+GS_HD bool sh_color(int degree, const float* sh, const float* mean, const float* cam_pos, float rgb[3],
                     float raw[3]) {
   float d[3] = {mean[0] - cam_pos[0], mean[1] - cam_pos[1], mean[2] - cam_pos[2]};
   const float n = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
@@ -285,6 +292,7 @@ GS_HD void sh_color(int degree, const float* sh, const float* mean, const float*
   // Loops over all 16 slots with a guard, unrolled: constant indices keep Y (and dY) in registers
   // instead of a local-memory stack frame on the GPU.
   const int k = sh_count(degree);
+  bool finite = true;
   for (int ch = 0; ch < 3; ++ch) {
     float s = 0.f;
     GS_UNROLL
@@ -292,8 +300,10 @@ GS_HD void sh_color(int degree, const float* sh, const float* mean, const float*
       if (i < k) s += Y[i] * sh[i * 3 + ch];
     s += 0.5f;
     if (raw) raw[ch] = s;
+    finite = finite && isfinite(s);
     rgb[ch] = fmaxf(s, 0.f);
   }
+  return finite;
 }
 
 // VJP of sh_color: accumulates into dsh (K x 3, element j at dsh[j * dsh_stride]) and dmean (3).
@@ -463,11 +473,14 @@ GS_HD float pixel_power(float u, float v, const float conic[3], float px, float 
   return -0.5f * (conic[0] * dx * dx + conic[2] * dy * dy) - conic[1] * dx * dy;
 }
 
-// Backward of alpha = o G(d) for one pixel: given dal = dL/dalpha, accumulates into g the
-// gradients w.r.t. the 2D mean (g[0..1], from d = mean - pixel), the conic (g[2..4]) and the
-// opacity (g[5]). Nothing flows where alpha was clamped to kAlphaMax.
-GS_HD void alpha_vjp(float dal, float G, float oG, const float conic[3], float dx, float dy, float g[6]) {
-  if (oG > kAlphaMax) return;
+// Backward of alpha = min(kAlphaMax, o G(d)) for one pixel: given dal = dL/dalpha, accumulates
+// into g the gradients w.r.t. the 2D mean (g[0..1], from d = mean - pixel), the conic (g[2..4])
+// and the opacity (g[5]). Where the clamp is active (o G > kAlphaMax), clamp_zero = false passes
+// the gradient through as if alpha = o G (the 3DGS CUDA backward, which never tests the clamp);
+// clamp_zero = true gives the clamp's true derivative, 0.
+GS_HD void alpha_vjp(float dal, float G, float oG, const float conic[3], float dx, float dy, float g[6],
+                     bool clamp_zero) {
+  if (clamp_zero && oG > kAlphaMax) return;
   g[5] += G * dal;
   const float dp = oG * dal;
   g[0] += -dp * (conic[0] * dx + conic[1] * dy);
@@ -482,5 +495,20 @@ GS_HD float wabe_weight(float T, float alpha, float beta) { return expf(-beta * 
 
 constexpr int kWabeMaxK = 32;
 constexpr double kWabeScale = 16777216.0;  // per-pixel weights in [0,1] are summed as fixed point 2^-24
+
+// Min-max range of a slot list of n <= K weights; empty slots (n < K) count as weight 0 (the
+// released code's buffers start at 0).
+GS_HD void wabe_range(const float* w, int n, int K, float* mn, float* mx) {
+  float lo = n < K ? 0.f : w[0], hi = 0.f;
+  for (int k = 0; k < n; ++k) lo = fminf(lo, w[k]), hi = fmaxf(hi, w[k]);
+  *mn = lo, *mx = hi;
+}
+
+// A slot's min-max normalised weight as fixed point 2^-24: per-Gaussian sums of these are exact
+// integers, so their order (threads, atomics) never changes the result.
+GS_HD long long wabe_fixed(float w, float mn, float mx) {
+  const double nk = (w - mn) / (mx - mn + 1e-10f);
+  return llround(nk * kWabeScale);
+}
 
 }  // namespace gs
