@@ -135,6 +135,9 @@ class ReconstructConfig:
   """Rasterizer intersection-buffer size per Gaussian (grows on overflow)."""
   tile_size: int = 16
   """Rasterizer tile size: 16 as the original 3DGS kernel; 8 is faster on GPUs (README benchmarks)."""
+  alpha_clamp_grad: Literal["pass", "zero"] = "pass"
+  """Backward through alpha = min(0.99, o G): pass the gradient through the clamp (the original
+  kernel) or zero it where the clamp is active."""
   # --- bookkeeping ---
   checkpoint_interval: int = 60_000
   """Save a checkpoint every this many iterations (and at the end)."""
@@ -456,7 +459,7 @@ class Trainer:
 
   def render_config(self, sh_degree: int) -> RenderConfig:
     return RenderConfig(sh_degree=sh_degree, isect_per_gaussian=self.isect, mesh=self.mesh,
-                        tile_size=self.cfg.tile_size)
+                        tile_size=self.cfg.tile_size, alpha_clamp_grad=self.cfg.alpha_clamp_grad)
 
   def step_fn(self, sh_degree: int):
     c = self.cfg

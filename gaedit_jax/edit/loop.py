@@ -151,6 +151,12 @@ class EditConfig:
   """Rasterizer intersection-buffer size per Gaussian (grows on overflow)."""
   tile_size: int = 16
   """Rasterizer tile size: 16 as the original 3DGS kernel; 8 is faster on GPUs (README benchmarks)."""
+  wabe_visibility: Literal["pixel", "tile"] = "pixel"
+  """WABE visible set: each pixel's first K contributors (the paper) or each tile's first K (the
+  density of the released per-tile buffer, deterministic); METHOD 4."""
+  alpha_clamp_grad: Literal["pass", "zero"] = "pass"
+  """Backward through alpha = min(0.99, o G): pass the gradient through the clamp (the original
+  kernel) or zero it where the clamp is active."""
   # --- bookkeeping ---
   checkpoint_interval: int = 500
   """Checkpoint every N iterations and at the end (original: 500)."""
@@ -471,7 +477,9 @@ class EditRun:
     return W.render_config(self.cfg.wabe, RenderConfig(sh_degree=self.sh_degree, wabe_k=self.cfg.wabe_k,
                                                        wabe_beta=self.cfg.wabe_beta,
                                                        isect_per_gaussian=self.isect, mesh=self.mesh,
-                                                       tile_size=self.cfg.tile_size))
+                                                       tile_size=self.cfg.tile_size,
+                                                       wabe_visibility=self.cfg.wabe_visibility,
+                                                       alpha_clamp_grad=self.cfg.alpha_clamp_grad))
 
   def init_state(self, avatar: Avatar, flame: dict) -> EditState:
     return init_edit_state(self.cfg.seed, avatar, flame, self.optimizer, self.disc_module, self.disc_optimizer)
