@@ -682,8 +682,10 @@ def _jsonable(x):
 
 def main(cfg: ReconstructConfig) -> dict:
   """Train a GaussianAvatars avatar from a multi-view dataset folder."""
-  # refuse a busy or non-empty --out before loading anything (the run checks again under its lock)
-  check_out(cfg.out, {"--data": cfg.data}, resume=cfg.resume, overwrite=cfg.overwrite, what="gaedit reconstruct")
+  # refuse a busy or non-empty --out before loading anything (the run checks again under its lock;
+  # multi-host: process 0 checks, the others learn its verdict when the run starts)
+  if parallel.is_primary():
+    check_out(cfg.out, {"--data": cfg.data}, resume=cfg.resume, overwrite=cfg.overwrite, what="gaedit reconstruct")
   trainer = Trainer(cfg)
   res = trainer.run()
   for s in ("val", "test"):

@@ -586,9 +586,11 @@ class EditRun:
 
 def main(cfg: EditConfig) -> dict:
   """Text-driven 4D edit of a reconstructed avatar (GaussianAvatar-Editor, SPEC 5-7)."""
-  # refuse a busy or non-empty --out (or one that is an input) before loading the editor
-  check_out(cfg.out, {"--avatar": cfg.avatar, "--data": cfg.data, "--target-data": cfg.target_data},
-            resume=cfg.resume, overwrite=cfg.overwrite, what="gaedit edit")
+  # refuse a busy or non-empty --out (or one that is an input) before loading the editor (multi-host:
+  # process 0 checks, the others learn its verdict when the run starts)
+  if parallel.is_primary():
+    check_out(cfg.out, {"--avatar": cfg.avatar, "--data": cfg.data, "--target-data": cfg.target_data},
+              resume=cfg.resume, overwrite=cfg.overwrite, what="gaedit edit")
   res = EditRun(cfg).run()
   print(f"{res['iterations']} edit iterations in {res['edit_seconds']:.1f} s; edited avatar in {cfg.out}"
         + (f" ({res['export']})" if "export" in res else ""))
