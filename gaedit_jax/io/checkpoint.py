@@ -55,6 +55,10 @@ class CheckpointManager:
   def wait(self) -> None:
     self._mgr.wait_until_finished()
 
+  def reload(self) -> None:
+    """Re-reads the folder's steps (after another process changed it)."""
+    self._mgr.reload()
+
   def latest_step(self) -> int | None:
     self.wait()
     self._mgr.reload()
@@ -126,7 +130,7 @@ class CheckpointManager:
       target = dest / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{k}"
       k += 1
     os.rename(self.dir / str(step), target)
-    self._mgr.reload()
+    self.reload()
     return target
 
   def close(self) -> None:

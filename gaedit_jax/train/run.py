@@ -187,7 +187,7 @@ class Session:
           dest = self.ckpt.set_aside(step, self.out / "checkpoints_unreadable")
           print(f"note: moved the unreadable checkpoint {step} to {dest}", flush=True)
       parallel.barrier("gaedit-set-aside-checkpoints")
-      self.ckpt._mgr.reload()
+      self.ckpt.reload()
     run = got.meta.get("run") or {}
     self.sessions = [dict(s) for s in run.get("sessions", [])]
     self.start = self.completed = got.step
