@@ -140,7 +140,7 @@ def reconstruct_avatar(a, fresh_data: bool) -> dict:
       densify_interval=max(1, round(d.densify_interval * f)), densify_until=round(d.densify_until * f),
       sh_degree_interval=max(1, round(d.sh_degree_interval * f)), opacity_reset_interval=10 * n,
       reset_opacity_at_densify_from=False, checkpoint_interval=n, eval_interval=0, log_interval=50,
-      progress=a.progress, tensorboard=False)
+      progress=a.progress, tensorboard=False, overwrite=True)
   print(f"reconstructing the avatar ({n} iterations)")
   t0 = time.perf_counter()
   res = reconstruct(rc)
@@ -429,7 +429,8 @@ def main(argv=None) -> dict:
                        synthetic_noise=a.noise, iterations=a.edit_iterations, seed=seed,
                        lambda_lpips=10.0 if a.lpips_weights else 0.0, lpips_weights=a.lpips_weights,
                        checkpoint_interval=a.edit_iterations, keep_checkpoints=1, dump_interval=0,
-                       progress=a.progress, tensorboard=False, gan_weight=a.gan_weight, **VARIANTS[v])
+                       progress=a.progress, tensorboard=False, gan_weight=a.gan_weight, overwrite=True,
+                       **VARIANTS[v])
       if editor is None:
         editor = build_editor(cfg, float(c.get("image_scale", 1.0)), bool(c.get("white_background", True)))
       er = EditRun(cfg, editor=editor)

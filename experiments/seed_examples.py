@@ -18,7 +18,7 @@ the weights (InstructPix2Pix, LPIPS-VGG, CLIP ViT-L/14). Per example (table `EXA
 6. OUT/summary.md and OUT/summary.json.
 
 Finished steps leave a marker (OUT/**/.seed_done_*) and are skipped on a re-run; an interrupted
-edit resumes from its checkpoint. Delete OUT/<example> to redo one.
+reconstruction or edit resumes from its checkpoint. Delete OUT/<example> to redo one.
 
   python experiments/seed_examples.py --nersemble-root /data/nersemble --avatars /models \\
       --ip2p weights/instruct-pix2pix --lpips-weights weights/lpips \\
@@ -243,7 +243,7 @@ def build_plan(a: argparse.Namespace, examples: list[Example]) -> tuple[list[Ste
         rc = ReconstructConfig(data=union, out=av,
                                flame_model=Path(a.flame_model) if a.flame_model else None,
                                iterations=a.recon_iterations, lpips_weights=_path(a.lpips_weights),
-                               progress=not a.quiet, tensorboard=not a.quiet)
+                               progress=not a.quiet, tensorboard=not a.quiet, resume=True)
         add(f"reconstruct subject {ex.subject}", "reconstruct", rc, reconstruct, av / ".seed_done")
       else:
         found = find_avatar(Path(a.avatars), ex.subject)
@@ -260,7 +260,7 @@ def build_plan(a: argparse.Namespace, examples: list[Example]) -> tuple[list[Ste
     if sk not in sources:
       src = out / "sources" / f"{ex.subject}_{ex.sequence}"
       ec = EditConfig(out=src / "model", iterations=0, prompt=ex.prompt, checkpoint_interval=0,
-                      dump_interval=0, **common)
+                      dump_interval=0, overwrite=True, **common)
       add(f"export the unedited avatar {ex.subject} on {seq.name}", "edit", ec, _export_source,
           src / "model" / ".seed_done")
       sources[sk] = renders(src / "model", src / "renders", 0, f"render source {ex.subject} {ex.sequence}")

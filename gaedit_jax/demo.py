@@ -83,7 +83,7 @@ def main(cfg: DemoConfig) -> dict:
       densify_from=cfg.densify_from, densify_interval=cfg.densify_interval, densify_until=cfg.densify_until,
       opacity_reset_interval=10 * cfg.iterations, reset_opacity_at_densify_from=False,
       sh_degree_interval=cfg.sh_degree_interval, checkpoint_interval=cfg.iterations, eval_interval=0,
-      log_interval=50, progress=cfg.progress)
+      log_interval=50, progress=cfg.progress, overwrite=True)   # a re-run moves the old model aside
   res = reconstruct(rc)
   t_train = time.perf_counter() - t0 - t_data
   print("[3/5] rendering held-out motion (test split) and an orbit")
@@ -144,7 +144,7 @@ def _edit(cfg: DemoConfig, out: Path, model: Path) -> dict:
   edited = out / "edited"
   edit(EditConfig(avatar=model, out=edited, editor="synthetic", target_data=paint,
                   iterations=cfg.edit_iterations, seed=cfg.seed, checkpoint_interval=cfg.edit_iterations,
-                  progress=cfg.progress, tensorboard=False))
+                  progress=cfg.progress, tensorboard=False, overwrite=True))
   before = render(RenderConfigCLI(model=model, out=out / "renders_edit" / "original", splits=("test",)))
   after = render(RenderConfigCLI(model=edited, out=out / "renders_edit" / "edited", splits=("test",)))
   a, b = _test_frames(Path(before["test"]["folder"])), _test_frames(Path(after["test"]["folder"]))

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax.errors import InputError
 from gaedit_jax.io.model_folder import latest_iteration, load_trained  # noqa: F401  (moved; re-exported)
 from gaedit_jax.metrics import psnr, ssim
 
@@ -50,6 +51,9 @@ def evaluate_split(avatar, model, flame: dict, ds, render_cfg, *, max_frames: in
   {"split", "num_frames", "mean": {psnr, ssim[, lpips]}, "frames": [{file, camera, timestep, ...}]}."""
   from gaedit_jax.reconstruct import render_views
 
+  if max_frames is not None and max_frames < 1:
+    raise InputError(f"--eval-max-frames {max_frames}: evaluate at least one frame of {ds.json_path} "
+                     f"(leave it unset for all frames)")
   idx = _pick(len(ds), max_frames)
   bg = jnp.asarray(ds.background)
   rows = []

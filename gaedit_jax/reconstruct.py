@@ -15,9 +15,7 @@ Iterations are 1-based as in GA: iteration `it` is the step that makes `state.st
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -31,11 +29,14 @@ from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.layout import DatasetError
 from gaedit_jax.density import (DensifyConfig, DensityStats, densify_and_prune, map_slot_leaves,
                                 reset_opacity)
+from gaedit_jax.errors import InputError
 from gaedit_jax.flame import FlameModel, FlameParams, add_teeth, bake_identity, flame_forward, load_flame
 from gaedit_jax.losses import photometric, position_reg, psnr, scale_reg
 from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar, init_avatar, to_world, triangle_frames
+from gaedit_jax.train.run import Session, file_id
+from gaedit_jax.train.run_dir import check_out, write_json
 
 PER_TIMESTEP = FlameParams.PER_TIMESTEP  # expr, rotation, neck_pose, jaw_pose, eyes_pose, translation
 
@@ -140,11 +141,12 @@ class ReconstructConfig:
   kernel) or zero it where the clamp is active."""
   # --- bookkeeping ---
   checkpoint_interval: int = 60_000
-  """Save a checkpoint every this many iterations (and at the end)."""
+  """Also save a checkpoint every this many iterations (0: off); see --checkpoint-minutes."""
   keep_checkpoints: int = 3
   """Keep the last N checkpoints."""
   resume: bool = False
-  """Continue from the latest checkpoint in OUT/checkpoints."""
+  """Continue the run in OUT from its newest readable checkpoint (the data and shape-relevant
+  settings must match the checkpoint's; --iterations may change)."""
   eval_interval: int = 60_000
   """Validation images + metrics every this many iterations (0: only at the end)."""
   save_interval: int = 0
@@ -166,6 +168,14 @@ class ReconstructConfig:
   """Also export a world-space 3DGS ply (generic viewers) posed at this timestep (None: skip)."""
   stop_after: int | None = None
   """Stop (after checkpointing) once this iteration is reached: for tests of --resume."""
+  overwrite: bool = False
+  """Start a new run in a non-empty OUT: the previous run's files (checkpoints/, point_cloud/,
+  cfg.json, results_*.json, train_summary.json, tb/, eval/, renders/, ...) are moved to
+  OUT.old-<time>/ (nothing is deleted; other files stay). Without it (or --resume) a non-empty OUT
+  is refused."""
+  checkpoint_minutes: float = 10.0
+  """Save a checkpoint every this many minutes of wall-clock time (0: off), besides the end, the
+  iteration interval, and an interruption (Ctrl-C, an error) after a completed step."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -423,8 +433,7 @@ class Trainer:
 
   def __init__(self, cfg: ReconstructConfig):
     self.cfg = cfg
-    self.out = Path(cfg.out).absolute()
-    self.out.mkdir(parents=True, exist_ok=True)
+    self.out = Path(cfg.out).absolute()   # created, locked and checked by run()
     kw = dict(white_background=cfg.white_background, image_scale=cfg.image_scale)
     self.train_ds = AvatarDataset(cfg.data, "train", cache_size=0, **kw)
     h, w = self.train_ds.image_size
@@ -509,21 +518,33 @@ class Trainer:
   # -- checkpoints -------------------------------------------------------------------------------
   def meta(self) -> dict:
     return dict(capacity=int(self.state.avatar.capacity), isect_per_gaussian=self.isect,
-                extent=self.extent, config=_jsonable(dataclasses.asdict(self.cfg)))
+                extent=self.extent, config=_jsonable(dataclasses.asdict(self.cfg)), densify=self.densify_log)
 
-  def save_checkpoint(self, ckpt) -> None:
-    ckpt.save(int(self.state.step), self.state, self.meta())
+  def resume_identity(self) -> dict:
+    """What a checkpoint must share with this run to be resumed (flag -> value): the dataset and
+    FLAME model (by content), and the settings that fix the state's shapes or meaning."""
+    c = self.cfg
+    return {"--data": file_id(c.data, "transforms_train.json"),
+            "--flame-model": file_id(resolve_flame_path(c.data, c.flame_model)),
+            "--sh-degree": c.sh_degree, "--capacity": c.capacity, "--seed": c.seed,
+            "--white-background": c.white_background, "--image-scale": c.image_scale}
 
-  def restore(self, ckpt) -> bool:
-    step = ckpt.latest_step()
-    if step is None:
+  def save_checkpoint(self, ses: Session) -> None:
+    ses.save(self.state, self.meta())
+
+  def restore(self, ses: Session) -> bool:
+    """--resume: the newest readable checkpoint of this run (Session.restore); False: none."""
+    def template(meta: dict) -> TrainState:
+      return init_state(jax.random.key(self.cfg.seed), self.model, self.flame0, self.optimizer,
+                        capacity=int(meta["capacity"]), sh_degree=self.cfg.sh_degree)
+
+    got = ses.restore(template)
+    if got is None:
       return False
-    meta = ckpt.read_meta(step)
-    cap = int(meta["capacity"])
-    tmpl = init_state(jax.random.key(self.cfg.seed), self.model, self.flame0, self.optimizer,
-                      capacity=cap, sh_degree=self.cfg.sh_degree)
-    self.state = parallel.replicate(ckpt.restore(step, tmpl), self.mesh)
+    state, meta = got
+    self.state = parallel.replicate(state, self.mesh)
     self.isect = float(meta.get("isect_per_gaussian", self.isect))
+    self.densify_log = list(meta.get("densify", []))
     return True
 
   # -- evaluation ---------------------------------------------------------------------------------
@@ -568,67 +589,74 @@ class Trainer:
 
   # -- main loop --------------------------------------------------------------------------------
   def run(self) -> dict:
-    from gaedit_jax.io.checkpoint import open_checkpoints
-    from gaedit_jax.io.progress import open_progress
-
     c = self.cfg
-    primary = parallel.is_primary()   # multi-host: process 0 writes logs, exports, summaries
+    if c.eval_max_frames is not None and c.eval_max_frames < 1:
+      raise InputError(f"gaedit reconstruct: --eval-max-frames {c.eval_max_frames}: evaluate at least one frame "
+                       f"per split (leave it unset for all frames)")
+    with Session(self.out, what="gaedit reconstruct", inputs={"--data": c.data}, resume=c.resume,
+                 overwrite=c.overwrite, keep=c.keep_checkpoints, every=c.checkpoint_interval,
+                 minutes=c.checkpoint_minutes, log_interval=c.log_interval,
+                 identity=self.resume_identity()) as ses:
+      return self._run(ses)
+
+  def _run(self, ses: Session) -> dict:
+    c = self.cfg
+    primary = ses.primary   # multi-host: process 0 writes logs, exports, summaries
+    self.restore(ses)
+    start = int(self.state.step)
     if primary:
-      (self.out / "cfg.json").write_text(json.dumps(dict(
+      write_json(self.out / "cfg.json", dict(
           config=_jsonable(dataclasses.asdict(c)), data=str(Path(c.data).absolute()),
           flame_model=str(resolve_flame_path(c.data, c.flame_model).absolute()),
-          extent=self.extent), indent=2))
-    ckpt = open_checkpoints(self.out / "checkpoints", c.keep_checkpoints, c.resume)
-    start = 0
-    if c.resume and self.restore(ckpt):
-      start = int(self.state.step)
-      print(f"resumed from iteration {start}")
-    writer, bar = open_progress(self.out, tensorboard=c.tensorboard, progress=c.progress, total=c.iterations,
-                                initial=start, desc="reconstruct")
+          extent=self.extent))
+    writer, bar = ses.begin(total=c.iterations, desc="reconstruct", tensorboard=c.tensorboard,
+                            progress=c.progress)
     end = c.iterations if c.stop_after is None else min(c.iterations, c.stop_after)
     n = len(self.train_ds)
     pending: list[tuple[int, dict]] = []
-    t0 = time.perf_counter()
-    for it in range(start + 1, end + 1):
-      idx = frame_order(n, c.batch_size, c.seed, it)
-      b = self.train_ds.batch(idx)
-      step = self.step_fn(self.sh_degree_at(it))
-      img, cam, ts = parallel.shard_views((b.image, b.camera, b.timestep), self.mesh)
-      self.state, m = step(self.state, img, cam, ts, self.model, self.background)
-      pending.append((it, m))
-      dens, reset = self.densify_now(it)
-      if dens or reset or it % c.log_interval == 0 or it == end:
-        self._flush(pending, writer, bar)  # one host read of the recent metrics (not in the step)
-        pending = []
-      if dens or reset:
-        self._densify(it, dens, reset)
-        if writer is not None and dens:
-          writer.add_scalar("train/num_gaussians", int(self.state.avatar.num_active), it)
-      if c.save_interval and it % c.save_interval == 0 and primary:
-        self.export(it)
-      if c.eval_interval and it % c.eval_interval == 0 and it != c.iterations and primary:
-        for s in self.eval_ds:
-          self.evaluate(s, it, save_images=4, writer=writer)
-      if (c.checkpoint_interval and it % c.checkpoint_interval == 0) or it == end:
-        self.save_checkpoint(ckpt)
-    ckpt.wait()
-    train_time = time.perf_counter() - t0
+    with ses.guard(lambda: self.state, self.meta):   # a failure checkpoints the last completed step
+      for it in range(start + 1, end + 1):
+        idx = frame_order(n, c.batch_size, c.seed, it)
+        b = self.train_ds.batch(idx)
+        step = self.step_fn(self.sh_degree_at(it))
+        img, cam, ts = parallel.shard_views((b.image, b.camera, b.timestep), self.mesh)
+        self.state, m = step(self.state, img, cam, ts, self.model, self.background)
+        pending.append((it, m))
+        dens, reset = self.densify_now(it)
+        if not (dens or reset):
+          ses.done(it)
+        if dens or reset or it % c.log_interval == 0 or it == end:
+          self._flush(pending, writer, bar)  # one host read of the recent metrics (not in the step)
+          pending = []
+        if dens or reset:
+          self._densify(it, dens, reset)
+          ses.done(it)
+          if writer is not None and dens:
+            writer.add_scalar("train/num_gaussians", int(self.state.avatar.num_active), it)
+        if c.save_interval and it % c.save_interval == 0 and primary:
+          self.export(it)
+        if c.eval_interval and it % c.eval_interval == 0 and it != c.iterations and primary:
+          for s in self.eval_ds:
+            self.evaluate(s, it, save_images=4, writer=writer)
+        if ses.due(it, end):
+          self.save_checkpoint(ses)
+    ses.wait()
+    summary = ses.summary(int(self.state.step))   # the whole run, every session since iteration 1
     if bar is not None:
       bar.close()
-    result: dict = dict(iterations=int(self.state.step), train_seconds=train_time,
-                        num_gaussians=int(self.state.avatar.num_active), densify=self.densify_log)
+    result: dict = dict(iterations=summary["iterations"], train_seconds=summary["seconds"],
+                        num_gaussians=int(self.state.avatar.num_active), densify=self.densify_log,
+                        sessions=summary["sessions"], resumed_at=summary["resumed_at"])
     if int(self.state.step) >= c.iterations and primary:
       it = c.iterations
       result["export"] = str(self.export(it))
       for s in self.eval_ds:
         r = self.evaluate(s, it, save_images=4, writer=writer)
         if r is not None:
-          (self.out / f"results_{s}.json").write_text(json.dumps(r, indent=2))
+          write_json(self.out / f"results_{s}.json", r)
           result[s] = r["mean"]
-    if writer is not None:
-      writer.close()
     if primary:
-      (self.out / "train_summary.json").write_text(json.dumps(_jsonable(result), indent=2))
+      write_json(self.out / "train_summary.json", _jsonable(result))
     return result
 
   def _flush(self, pending, writer, bar) -> None:
@@ -666,6 +694,10 @@ def _jsonable(x):
 
 def main(cfg: ReconstructConfig) -> dict:
   """Train a GaussianAvatars avatar from a multi-view dataset folder."""
+  # refuse a busy or non-empty --out before loading anything (the run checks again under its lock;
+  # multi-host: process 0 checks, the others learn its verdict when the run starts)
+  if parallel.is_primary():
+    check_out(cfg.out, {"--data": cfg.data}, resume=cfg.resume, overwrite=cfg.overwrite, what="gaedit reconstruct")
   trainer = Trainer(cfg)
   res = trainer.run()
   for s in ("val", "test"):

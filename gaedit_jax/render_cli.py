@@ -13,6 +13,7 @@ ground truth, gt.mp4 and side_by_side.gif.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -65,16 +66,30 @@ def _order(ds, camera_index):
   return idx[np.lexsort((ds.timesteps[idx], ds.camera_indices[idx]))]
 
 
+_FRAME = re.compile(r"\d{5,}\.png")   # io.media.save_frames: f"{i:05d}.png"
+
+
+def _remove_stale_frames(folder: Path, n: int) -> None:
+  """Removes our numbered frames (00000.png, ...) from index n on: left by an earlier render of this
+  set with more frames, they would mix with the new ones (other files stay)."""
+  if folder.is_dir():
+    for p in folder.iterdir():
+      if _FRAME.fullmatch(p.name) and int(p.stem) >= n and p.is_file():
+        p.unlink()
+
+
 def _write_set(folder: Path, renders: np.ndarray, gts: np.ndarray | None, cfg: RenderConfigCLI) -> dict:
   from gaedit_jax.io.media import save_frames, save_gif, save_mp4, side_by_side
 
   folder.mkdir(parents=True, exist_ok=True)
   save_frames(folder / "renders", renders)
+  _remove_stale_frames(folder / "renders", len(renders))
   save_mp4(folder / "renders.mp4", renders, fps=cfg.fps)
   save_gif(folder / "renders.gif", renders, fps=cfg.gif_fps)
   out = dict(folder=str(folder), frames=len(renders))
   if gts is not None:
     save_frames(folder / "gt", gts)
+    _remove_stale_frames(folder / "gt", len(gts))
     save_mp4(folder / "gt.mp4", gts, fps=cfg.fps)
     sbs = [side_by_side([g, r]) for r, g in zip(renders, gts)]
     save_gif(folder / "side_by_side.gif", sbs, fps=cfg.gif_fps)

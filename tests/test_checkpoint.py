@@ -52,3 +52,40 @@ def test_resume_equals_uninterrupted(tiny, tmp_path):
   assert resumed.state.avatar.capacity == straight.state.avatar.capacity
   for a, b in zip(_leaves(straight.state), _leaves(resumed.state)):
     np.testing.assert_array_equal(a, b)
+
+
+def _damage_state(step_dir):
+  for f in (step_dir / "state").rglob("*"):
+    if f.is_file() and f.parent.name == "d":
+      with open(f, "r+b") as fh:
+        fh.truncate(7)
+
+
+def test_restore_newest_falls_back_past_damaged_checkpoints(tmp_path):
+  from gaedit_jax.errors import InputError
+
+  template = {"w": jnp.zeros(6), "step": jnp.int32(0)}
+  m = CheckpointManager(tmp_path / "ck", keep=5)
+  for s in (1, 2, 3):
+    m.save(s, {"w": jnp.arange(6.0) * s, "step": jnp.int32(s)}, {"step": s})
+  m.wait()
+  (tmp_path / "ck" / "3" / "meta" / "metadata").unlink()   # broken metadata
+  _damage_state(tmp_path / "ck" / "2")                     # broken state
+  got = m.restore_newest(lambda meta: template)
+  assert got.step == 1 and got.meta == {"step": 1}
+  np.testing.assert_array_equal(np.asarray(got.state["w"]), np.arange(6.0))
+  assert [s for s, _ in got.skipped] == [3, 2]
+  assert got.skipped[0][1].startswith(f"{tmp_path / 'ck' / '3' / 'meta' / 'metadata'}: unreadable")
+  assert got.skipped[1][1].startswith(f"{tmp_path / 'ck' / '2' / 'state'}: unreadable")
+  # settings that do not fit are an error, not a reason to fall back to an older checkpoint
+  def refuse(step, meta):
+    raise InputError(f"checkpoint {step}: other settings")
+  with pytest.raises(InputError, match="checkpoint 2: other settings"):   # the newest with metadata
+    m.restore_newest(lambda meta: template, refuse)
+  # damaged ones are moved out of the way (kept), not deleted
+  dest = m.set_aside(3, tmp_path / "unreadable")
+  assert m.all_steps() == [1, 2] and (dest / "state").is_dir()
+  _damage_state(tmp_path / "ck" / "1")
+  with pytest.raises(InputError, match=r"no readable checkpoint to resume from: 2: .*; 1: "):
+    m.restore_newest(lambda meta: template)
+  m.close()

@@ -61,6 +61,17 @@ def test_render_splits_orbit_and_cross_identity(model, tiny, tmp_path):
   assert not (out3 / "data_8" / "train").exists()
 
 
+def test_render_again_replaces_stale_frames(model, tmp_path):
+  out = tmp_path / "r"
+  cli(["render", "--model", str(model), "--out", str(out), "--splits", "test", "--max-frames", "3"])
+  d = out / "test" / "ours_8"
+  assert len(list((d / "renders").glob("*.png"))) == 3
+  (d / "renders" / "notes.txt").write_text("mine")
+  cli(["render", "--model", str(model), "--out", str(out), "--splits", "test", "--max-frames", "2"])
+  assert sorted(p.name for p in (d / "renders").iterdir()) == ["00000.png", "00001.png", "notes.txt"]
+  assert sorted(p.name for p in (d / "gt").iterdir()) == ["00000.png", "00001.png"]
+
+
 def test_eval_recon_and_world_export(model, tmp_path):
   from gaedit_jax.eval_recon import evaluate_model, load_trained
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from gaedit_jax.data.dataset import AvatarDataset, Batch
 from gaedit_jax.data.layout import SPLITS, DatasetError, split_json_path
+from gaedit_jax.train.run_dir import write_json
 
 HELD_OUT = ("val", "test")
 
@@ -151,16 +152,15 @@ def evaluate_edit(run, it: int) -> dict:
   return res
 
 
-def eval_and_save(run, it: int, ckpt, writer=None) -> dict | None:
+def eval_and_save(run, it: int, session, writer=None) -> dict | None:
   """At an evaluation iteration: metrics -> OUT/eval/iteration_<it>.json (and TensorBoard), the
   avatar -> OUT/point_cloud/iteration_<it> (the last one is exported by the run itself), and a
   checkpoint unless the run just wrote one for this step. Returns the metrics (None when nothing is
   held out: --no-eval)."""
   from gaedit_jax import parallel
 
-  step = int(run.state.step)
-  if ckpt.latest_step() != step:
-    ckpt.save(step, run.state, run.meta())
+  if int(run.state.step) not in session.saved:
+    session.save(run.state, run.meta())
   if not parallel.is_primary():
     return None
   if it != run.cfg.iterations:
@@ -170,7 +170,7 @@ def eval_and_save(run, it: int, ckpt, writer=None) -> dict | None:
   res = evaluate_edit(run, it)
   d = run.out / "eval"
   d.mkdir(parents=True, exist_ok=True)
-  (d / f"iteration_{it}.json").write_text(json.dumps(res, indent=2))
+  write_json(d / f"iteration_{it}.json", res)
   if writer is not None:
     for s, r in res["splits"].items():
       for what, v in r.items():

@@ -21,8 +21,6 @@ orbax checkpoints (`--resume`). The result is written in the reconstruction mode
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +44,8 @@ from gaedit_jax.reconstruct import ReconstructConfig as _GA  # GaussianAvatars' 
 from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar, to_world, triangle_frames
+from gaedit_jax.train.run import Session, file_id
+from gaedit_jax.train.run_dir import check_out, write_json
 
 
 @dataclasses.dataclass
@@ -159,10 +159,11 @@ class EditConfig:
   kernel) or zero it where the clamp is active."""
   # --- bookkeeping ---
   checkpoint_interval: int = 500
-  """Checkpoint every N iterations and at the end (original: 500)."""
+  """Checkpoint every N iterations (0: off) and at the end (original: 500); see --checkpoint-minutes."""
   keep_checkpoints: int = 2
   resume: bool = False
-  """Continue from the latest checkpoint in OUT/checkpoints."""
+  """Continue the edit in OUT from its newest readable checkpoint (the avatar, data, editor and
+  prompt must match the checkpoint's; --iterations may change)."""
   dump_interval: int = 50
   """Side-by-side image (render | 2D edit | current avatar) every N iterations (0: never)."""
   log_interval: int = 10
@@ -191,6 +192,13 @@ class EditConfig:
   0: off)."""
   eval_max_frames: int | None = None
   """Evaluate at most this many frames per split (evenly spaced; None = all, as the original)."""
+  overwrite: bool = False
+  """Start a new edit in a non-empty OUT: the previous run's files (checkpoints/, point_cloud/,
+  cfg.json, edit_summary.json, edits/, tb/, renders/, ...) are moved to OUT.old-<time>/ (nothing is
+  deleted; other files stay). Without it (or --resume) a non-empty OUT is refused."""
+  checkpoint_minutes: float = 10.0
+  """Checkpoint every this many minutes of wall-clock time (0: off), besides the end, the iteration
+  interval, and an interruption (Ctrl-C, an error) after a completed step."""
 
 
 @jax.tree_util.register_dataclass
@@ -407,8 +415,7 @@ class EditRun:
     from gaedit_jax.reconstruct import baked_model, check_consistency, fit_flame_dims, load_model
 
     self.cfg = cfg
-    self.out = Path(cfg.out).absolute()
-    self.out.mkdir(parents=True, exist_ok=True)
+    self.out = Path(cfg.out).absolute()   # created, locked and checked by run()
     avatar, model, flame, fp, acfg, it_dir = load_trained(cfg.avatar, data=cfg.data, flame_model=cfg.flame_model,
                                                             require_data=True)
     c = acfg["config"]
@@ -508,7 +515,22 @@ class EditRun:
   def meta(self) -> dict:
     from gaedit_jax.reconstruct import _jsonable
 
-    return dict(isect_per_gaussian=self.isect, config=_jsonable(dataclasses.asdict(self.cfg)))
+    return dict(isect_per_gaussian=self.isect, config=_jsonable(dataclasses.asdict(self.cfg)),
+                history=self.history)
+
+  def inputs(self) -> dict:
+    """The input folders --out must stay clear of (flag -> folder)."""
+    return {"--avatar": self.cfg.avatar, "--data": self.data, "--target-data": self.cfg.target_data}
+
+  def resume_identity(self) -> dict:
+    """What a checkpoint must share with this edit to be resumed (flag -> value)."""
+    from gaedit_jax.eval_recon import latest_iteration
+
+    c = self.cfg
+    ply = latest_iteration(c.avatar) / "point_cloud.ply"   # the avatar the edit starts from
+    return {"--avatar": file_id(c.avatar, str(ply.relative_to(c.avatar))), "--data": file_id(self.data, "transforms_train.json"),
+            "--editor": c.editor, "--prompt": c.prompt, "--flame-init": c.flame_init, "--seed": c.seed,
+            "--target-data": None if c.target_data is None else file_id(c.target_data, "transforms_train.json")}
 
   def export(self, it: int) -> Path:
     """Reconstruction model-folder format (SPEC 2.9), as `Trainer.export` writes it."""
@@ -526,9 +548,9 @@ class EditRun:
     config = dict(self.avatar_cfg.get("config", {}))
     config.update(image_scale=self.image_scale, white_background=self.white_background,
                   sh_degree=self.sh_degree, edit=_jsonable(dataclasses.asdict(self.cfg)))
-    (self.out / "cfg.json").write_text(json.dumps(dict(
+    write_json(self.out / "cfg.json", dict(
         config=config, data=str(self.data), flame_model=str(self.flame_model.absolute()),
-        extent=self.extent, edited_from=str(Path(self.cfg.avatar).absolute())), indent=2))
+        extent=self.extent, edited_from=str(Path(self.cfg.avatar).absolute())))
 
   def dump(self, it: int, imgs: dict, b) -> None:
     """OUT/edits/iteration_<it>.png: render | 2D edit | current avatar (the same view, after the step)."""
@@ -547,64 +569,66 @@ class EditRun:
 
   # -- the loop ---------------------------------------------------------------------------------
   def run(self) -> dict:
-    from gaedit_jax.io.checkpoint import open_checkpoints
-    from gaedit_jax.io.progress import open_progress
-    from gaedit_jax.reconstruct import frame_order
+    c = self.cfg
+    with Session(self.out, what="gaedit edit", inputs=self.inputs(), resume=c.resume, overwrite=c.overwrite,
+                 keep=c.keep_checkpoints, every=c.checkpoint_interval, minutes=c.checkpoint_minutes,
+                 log_interval=c.log_interval, identity=self.resume_identity()) as ses:
+      return self._run(ses)
+
+  def _run(self, ses: Session) -> dict:
+    from gaedit_jax.reconstruct import _jsonable, frame_order
 
     c = self.cfg
-    primary = parallel.is_primary()   # multi-host: process 0 writes logs, dumps, exports, summaries
+    primary = ses.primary   # multi-host: process 0 writes logs, dumps, exports, summaries
+    got = ses.restore(lambda meta: self.state)
+    if got is not None:
+      state, meta = got
+      self.isect = float(meta.get("isect_per_gaussian", self.isect))
+      self.settings = dataclasses.replace(self.settings, render=self.render_config())
+      self.state = parallel.replicate(state, self.mesh)
+      self.history = list(meta.get("history", []))
+    start = int(self.state.step)
     if primary:
       self.write_cfg()
-    ckpt = open_checkpoints(self.out / "checkpoints", c.keep_checkpoints, c.resume)
-    start = 0
-    if c.resume and ckpt.latest_step() is not None:
-      step = ckpt.latest_step()
-      self.isect = float(ckpt.read_meta(step).get("isect_per_gaussian", self.isect))
-      self.settings = dataclasses.replace(self.settings, render=self.render_config())
-      self.state = parallel.replicate(ckpt.restore(step, self.state), self.mesh)
-      start = int(self.state.step)
-      print(f"resumed from edit iteration {start}")
-    writer, bar = open_progress(self.out, tensorboard=c.tensorboard, progress=c.progress, total=c.iterations,
-                                initial=start, desc="edit")
+    writer, bar = ses.begin(total=c.iterations, desc="edit", tensorboard=c.tensorboard, progress=c.progress)
     end = c.iterations if c.stop_after is None else min(c.iterations, c.stop_after)
     n = len(self.train_ds)
     zero_edit = parallel.shard_views(jnp.zeros(self.edit_shape(c.batch_size), jnp.float32), self.mesh)
     pending: list = []
-    t0 = time.perf_counter()
-    for it in range(start + 1, end + 1):
-      idx = frame_order(n, c.batch_size, c.seed, it)
-      b = self.train_ds.batch(idx)
-      keyi = tuple(int(i) for i in idx)
-      do_edit = c.edit_every <= 1 or (it - 1) % c.edit_every == 0 or keyi not in self.cache
-      cached = zero_edit if do_edit else self.cache[keyi]
-      views = parallel.shard_views((b.image, b.camera, b.timestep, b.camera_index), self.mesh)
-      self.state, m, imgs = self.step_fn(do_edit)(self.state, *views, cached, self.model, self.background,
-                                                  self.mouth, self.editor, self.lpips_params, self.mouth_batch(idx))
-      if c.edit_every > 1 and do_edit:
-        self.cache[keyi] = imgs["edit"]
-      pending.append((it, m))
-      if it % c.log_interval == 0 or it == end:
-        self._flush(pending, writer, bar)
-        pending = []
-      if c.dump_interval and (it % c.dump_interval == 0 or it == end) and primary:
-        self.dump(it, imgs, b)
-      if (c.checkpoint_interval and it % c.checkpoint_interval == 0) or it == end:
-        ckpt.save(int(self.state.step), self.state, self.meta())
-      if eval_due(it, c.eval_every, c.iterations):
-        eval_and_save(self, it, ckpt, writer)
-    ckpt.wait()
-    seconds = time.perf_counter() - t0
+    with ses.guard(lambda: self.state, self.meta):   # a failure checkpoints the last completed step
+      for it in range(start + 1, end + 1):
+        idx = frame_order(n, c.batch_size, c.seed, it)
+        b = self.train_ds.batch(idx)
+        keyi = tuple(int(i) for i in idx)
+        do_edit = c.edit_every <= 1 or (it - 1) % c.edit_every == 0 or keyi not in self.cache
+        cached = zero_edit if do_edit else self.cache[keyi]
+        views = parallel.shard_views((b.image, b.camera, b.timestep, b.camera_index), self.mesh)
+        self.state, m, imgs = self.step_fn(do_edit)(self.state, *views, cached, self.model, self.background,
+                                                    self.mouth, self.editor, self.lpips_params,
+                                                    self.mouth_batch(idx))
+        ses.done(it)   # no densification while editing: the step's result is complete
+        if c.edit_every > 1 and do_edit:
+          self.cache[keyi] = imgs["edit"]
+        pending.append((it, m))
+        if it % c.log_interval == 0 or it == end:
+          self._flush(pending, writer, bar)
+          pending = []
+        if c.dump_interval and (it % c.dump_interval == 0 or it == end) and primary:
+          self.dump(it, imgs, b)
+        if ses.due(it, end):
+          ses.save(self.state, self.meta())
+        if eval_due(it, c.eval_every, c.iterations):
+          eval_and_save(self, it, ses, writer)
+    ses.wait()
+    summary = ses.summary(int(self.state.step))   # the whole edit, every session since iteration 1
     if bar is not None:
       bar.close()
-    result: dict = dict(iterations=int(self.state.step), edit_seconds=seconds)
+    result: dict = dict(iterations=summary["iterations"], edit_seconds=summary["seconds"],
+                        sessions=summary["sessions"], resumed_at=summary["resumed_at"])
     if int(self.state.step) >= c.iterations and primary:
       result["export"] = str(self.export(c.iterations))
-    if writer is not None:
-      writer.close()
-    from gaedit_jax.reconstruct import _jsonable
-
     if primary:
-      (self.out / "edit_summary.json").write_text(json.dumps(_jsonable(dict(result, history=self.history)), indent=2))
+      write_json(self.out / "edit_summary.json", _jsonable(dict(result, history=self.history)))
     return result
 
   def _flush(self, pending, writer, bar) -> None:
@@ -628,6 +652,11 @@ class EditRun:
 
 def main(cfg: EditConfig) -> dict:
   """Text-driven 4D edit of a reconstructed avatar (GaussianAvatar-Editor, SPEC 5-7)."""
+  # refuse a busy or non-empty --out (or one that is an input) before loading the editor (multi-host:
+  # process 0 checks, the others learn its verdict when the run starts)
+  if parallel.is_primary():
+    check_out(cfg.out, {"--avatar": cfg.avatar, "--data": cfg.data, "--target-data": cfg.target_data},
+              resume=cfg.resume, overwrite=cfg.overwrite, what="gaedit edit")
   res = EditRun(cfg).run()
   print(f"{res['iterations']} edit iterations in {res['edit_seconds']:.1f} s; edited avatar in {cfg.out}"
         + (f" ({res['export']})" if "export" in res else ""))
