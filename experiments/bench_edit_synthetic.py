@@ -56,9 +56,13 @@ VARIANTS = {"plain": dict(wabe="off", gan=False), "wabe": dict(wabe="binary", ga
             "gan": dict(wabe="off", gan=True), "both": dict(wabe="binary", gan=True),
             # the GAN's alternating mode (D on the detached render, then G): not in the default set
             "gan_std": dict(wabe="off", gan=True, gan_mode="standard"),
-            "both_std": dict(wabe="binary", gan=True, gan_mode="standard")}
+            "both_std": dict(wabe="binary", gan=True, gan_mode="standard"),
+            # WABE's visible set per tile (the released kernel's mask density, deterministic)
+            "wabe_tile": dict(wabe="binary", gan=False, wabe_visibility="tile"),
+            "both_tile": dict(wabe="binary", gan=True, wabe_visibility="tile")}
 LABELS = {"plain": "plain loop", "wabe": "+WABE", "gan": "+GAN", "both": "+both", "gan_std": "+GAN (standard)",
-          "both_std": "+both (standard)", "before": "before edit"}
+          "both_std": "+both (standard)", "wabe_tile": "+WABE per tile", "both_tile": "+both, WABE per tile",
+          "before": "before edit"}
 # table columns: (metric key, header, decimals)
 COLUMNS = [("val/psnr", "val PSNR", 2), ("val/ssim", "val SSIM", 4), ("test/psnr", "test PSNR", 2),
            ("test/ssim", "test SSIM", 4), ("test_open/psnr", "test open-mouth PSNR", 2),
@@ -430,6 +434,7 @@ def main(argv=None) -> dict:
                        lambda_lpips=10.0 if a.lpips_weights else 0.0, lpips_weights=a.lpips_weights,
                        checkpoint_interval=a.edit_iterations, keep_checkpoints=1, dump_interval=0,
                        progress=a.progress, tensorboard=False, gan_weight=a.gan_weight, overwrite=True,
+                       eval_every=0,
                        **VARIANTS[v])
       if editor is None:
         editor = build_editor(cfg, float(c.get("image_scale", 1.0)), bool(c.get("white_background", True)))
