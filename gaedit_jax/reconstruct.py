@@ -173,10 +173,10 @@ class ReconstructConfig:
         "seed densify_from densify_until checkpoint_interval eval_interval save_interval "
         "world_ply_timestep": "int >= 0",
         "sh_degree": "int [0, 3]", "tile_size": "int [1, 16]",
-        "image_scale position_lr_init position_lr_final isect_per_gaussian max_screen_size": "> 0",
+        "image_scale position_lr_init position_lr_final max_screen_size": "> 0",
         "image_cache_gb feature_lr opacity_lr scaling_lr rotation_lr flame_pose_lr flame_trans_lr "
         "flame_expr_lr lambda_xyz threshold_xyz lambda_scale threshold_scale densify_grad_threshold "
-        "percent_dense": ">= 0",
+        "percent_dense isect_per_gaussian": ">= 0",
         "lambda_dssim": "[0, 1]", "min_opacity": "[0, 1)"})
     check_choice(self, "intrinsics", ("file", "fov_x"))
 

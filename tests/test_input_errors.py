@@ -174,6 +174,13 @@ def test_trainer_fails_before_training_on_a_bad_test_image(data, tmp_path):
   assert not out.exists()
 
 
+def test_capacity_below_the_face_count(data, tmp_path):
+  from gaedit_jax.reconstruct import Trainer
+
+  with pytest.raises(InputError, match=r"^capacity 10 \(--capacity\) is smaller than the \d+ faces"):
+    Trainer(tiny_config(data, tmp_path / "m", capacity=10))
+
+
 # ---- the command ----------------------------------------------------------------------------------
 
 
@@ -206,7 +213,8 @@ def test_command_bad_dataset_files(tmp_path, data):
   d = json.loads(p.read_text())
   d["frames"][1]["fl_x"] = 0
   p.write_text(json.dumps(d))
-  line = one_line_error(gaedit("reconstruct", "--data", data, "--out", tmp_path / "o"), "reconstruct")
+  quick = ["--iterations", "2", "--sh-degree", "0", "--no-progress", "--no-tensorboard"]  # should it train
+  line = one_line_error(gaedit("reconstruct", "--data", data, "--out", tmp_path / "o", *quick), "reconstruct")
   assert "transforms_val.json: frames[1]: key 'fl_x' = 0.0 must be > 0" in line
   assert not (tmp_path / "o").exists()
   line = one_line_error(gaedit("reconstruct", "--data", tmp_path / "nope", "--out", tmp_path / "o"), "reconstruct")
