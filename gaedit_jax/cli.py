@@ -4,12 +4,20 @@ Each subcommand is a function `main(cfg)` taking a dataclass config, or a functi
 keyword arguments, in the module named below; tyro turns its fields (with their defaults, which are
 the paper's) into `--help`. Modules are imported only when their subcommand runs, so `gaedit synth`
 does not pay for importing diffusers.
+
+Errors a user can fix (a bad flag, file or folder: `gaedit_jax.errors.InputError`, a missing or
+unreadable path) are printed as one line `gaedit STAGE: error: MESSAGE` on stderr with exit status
+2; tyro's own argument errors also exit with 2. Ctrl-C prints `gaedit STAGE: interrupted` and exits
+with 130. `gaedit --debug STAGE ...` (or GAEDIT_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from gaedit_jax.errors import InputError
 
 # name -> (module, function, one-line description)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
@@ -25,11 +33,17 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "convert-weights": ("gaedit_jax.edit.weights", "convert_main", "convert PyTorch weights to Flax once"),
 }
 
+EXIT_USER_ERROR = 2       # as argparse / tyro for bad arguments
+EXIT_INTERRUPTED = 130    # 128 + SIGINT, as shells report Ctrl-C
+# OS errors on a path the user gave (a missing data folder, an unreadable file, an existing output)
+USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
 
 def _usage() -> str:
-  lines = ["usage: gaedit SUBCOMMAND [--help] [options]", "", "subcommands:"]
+  lines = ["usage: gaedit [--debug] SUBCOMMAND [--help] [options]", "", "subcommands:"]
   for name, (_, _, doc) in SUBCOMMANDS.items():
     lines.append(f"  {name:<16} {doc}")
+  lines += ["", "  --debug          show the traceback of an error (also: GAEDIT_DEBUG=1)"]
   return "\n".join(lines)
 
 
@@ -44,20 +58,40 @@ def _load(name: str):
   return getattr(mod, fn)
 
 
-def main(argv: list[str] | None = None) -> None:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  if not argv or argv[0] in ("-h", "--help"):
-    print(_usage())
-    return
-  name, rest = argv[0], argv[1:]
-  if name not in SUBCOMMANDS:
-    raise SystemExit(f"gaedit: unknown subcommand {name!r}\n\n{_usage()}")
+def error_message(e: BaseException) -> str:
+  """The one-line text of a user error: an OS error as 'reason: path', else its message, with
+  newlines folded (a message must stay one line)."""
+  if isinstance(e, OSError) and not isinstance(e, InputError) and e.strerror and e.filename is not None:
+    msg = f"{e.strerror}: {os.fsdecode(e.filename)}"
+  else:
+    msg = str(e) or type(e).__name__
+  return " ".join(msg.split())
+
+
+def _close_progress_bars() -> None:
+  """Closes tqdm bars a failed stage left open, so their last line is printed before our message
+  (not after it, when the interpreter exits)."""
+  mod = sys.modules.get("tqdm")
+  for bar in list(getattr(getattr(mod, "tqdm", None), "_instances", None) or ()):
+    try:
+      bar.close()
+    except Exception:  # a half-built bar: nothing to print
+      pass
+
+
+def _debug_env() -> bool:
+  return os.environ.get("GAEDIT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def run(name: str, rest: list[str]):
+  """Parses `rest` for subcommand `name` and runs it; errors propagate (see `main`)."""
   import dataclasses
   import inspect
   import typing
 
   import tyro
 
+  from gaedit_jax.data.validate import deferred_config_checks
   from gaedit_jax.parallel import init_distributed
 
   init_distributed()  # multi-host runs (README: several hosts); a no-op otherwise
@@ -66,11 +100,57 @@ def main(argv: list[str] | None = None) -> None:
   hints = typing.get_type_hints(fn)
   if len(params) == 1 and dataclasses.is_dataclass(hints.get(params[0])):
     # main(cfg: Config): flat flags (--out, not --cfg.out)
-    cfg = tyro.cli(hints[params[0]], args=rest, prog=f"gaedit {name}",
-                   description=(fn.__doc__ or SUBCOMMANDS[name][2]))
-    fn(cfg)
-  else:
-    tyro.cli(fn, args=rest, prog=f"gaedit {name}")
+    with deferred_config_checks():   # InputError from a config: our one line, not tyro's box
+      cfg = tyro.cli(hints[params[0]], args=rest, prog=f"gaedit {name}",
+                     description=(fn.__doc__ or SUBCOMMANDS[name][2]))
+    return fn(cfg)
+  return tyro.cli(fn, args=rest, prog=f"gaedit {name}")
+
+
+def main(argv: list[str] | None = None, *, handle_errors: bool | None = None):
+  """`gaedit [--debug] SUBCOMMAND ...`.
+
+  handle_errors: turn user errors into one line on stderr + exit status 2 (KeyboardInterrupt: one
+  line + 130). Default: when reading sys.argv (the installed command, `python -m gaedit_jax.cli`);
+  a call with an explicit argv (tests, scripts) lets the exceptions through unless asked."""
+  if handle_errors is None:
+    handle_errors = argv is None
+  argv = list(sys.argv[1:] if argv is None else argv)
+  debug = _debug_env()
+  while argv and argv[0] == "--debug":
+    debug = True
+    argv = argv[1:]
+  if not argv or argv[0] in ("-h", "--help"):
+    print(_usage())
+    return None
+  name, rest = argv[0], argv[1:]
+  if name not in SUBCOMMANDS:
+    print(f"gaedit: error: unknown subcommand {name!r} (one of: {', '.join(SUBCOMMANDS)}; see gaedit --help)",
+          file=sys.stderr)
+    raise SystemExit(EXIT_USER_ERROR)
+  if not handle_errors or debug:
+    return run(name, rest)
+  try:
+    return run(name, rest)
+  except KeyboardInterrupt:
+    _close_progress_bars()
+    print(f"gaedit {name}: interrupted", file=sys.stderr)
+    raise SystemExit(EXIT_INTERRUPTED) from None
+  except (InputError, *USER_OS_ERRORS) as e:
+    _close_progress_bars()
+    print(f"gaedit {name}: error: {error_message(e)}", file=sys.stderr)
+    raise SystemExit(EXIT_USER_ERROR) from None
+  except SystemExit as e:
+    if isinstance(e.code, str):   # SystemExit("gaedit STAGE: ..."): a user error raised by a stage
+      _close_progress_bars()
+      msg = e.code
+      for prefix in (f"gaedit {name}: ", "gaedit: "):
+        if msg.startswith(prefix):
+          msg = msg[len(prefix):]
+          break
+      print(f"gaedit {name}: error: {' '.join(msg.split())}", file=sys.stderr)
+      raise SystemExit(EXIT_USER_ERROR) from None
+    raise
 
 
 if __name__ == "__main__":

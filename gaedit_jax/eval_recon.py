@@ -105,7 +105,8 @@ def evaluate_model(model_dir: str | os.PathLike, splits=("val", "test"), *, lpip
   for s in splits:
     try:
       ds = AvatarDataset(cfg["data"], s, image_scale=c.get("image_scale", 1.0),
-                         white_background=c.get("white_background", True), cache_size=0)
+                         white_background=c.get("white_background", True), cache_size=0,
+                         intrinsics=c.get("intrinsics", "file"))
     except FileNotFoundError:
       continue
     r = evaluate_split(avatar, model, flame, ds, RenderConfig(sh_degree=min(sh_degree, avatar.sh_degree)), max_frames=max_frames,

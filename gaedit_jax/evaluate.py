@@ -54,6 +54,32 @@ class EvalConfig:
   out: str | None = None
   """Write the results as JSON here (default: print only)."""
 
+  def __post_init__(self):
+    from gaedit_jax.data.validate import config_checks
+
+    config_checks(self.validate_flags)
+
+  def validate_flags(self) -> None:
+    """Value checks of the flags (one-line InputError naming the flag)."""
+    from gaedit_jax.data.validate import check_choice
+
+    check_choice(self, "splits", ("train", "val", "test"))
+
+  def check_inputs(self) -> None:
+    """Up-front checks of the given paths: the model folder, the LPIPS weights, the render folders
+    and (for the CLIP metrics) the CLIP folder exist and open."""
+    from gaedit_jax.data.validate import check_path
+
+    if self.model:
+      check_path(self.model, "--model", kind="dir")
+    if self.lpips:
+      check_path(self.lpips, "--lpips")
+    for name in ("source", "edited"):
+      if getattr(self, name):
+        check_path(getattr(self, name), f"--{name}", kind="dir")
+    if self.source and self.edited:
+      check_path(self.clip, "--clip")
+
 
 def list_images(folder: str) -> list[str]:
   if not os.path.isdir(folder):
@@ -115,6 +141,7 @@ SECTIONS: dict[str, Callable[[EvalConfig], dict | None]] = {
 
 
 def main(cfg: tyro.conf.OmitArgPrefixes[EvalConfig]) -> dict:
+  cfg.check_inputs()
   results = {}
   for name, fn in SECTIONS.items():
     r = fn(cfg)

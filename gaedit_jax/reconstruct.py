@@ -27,6 +27,8 @@ import optax
 from gaedit_jax import parallel
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.layout import DatasetError
+from gaedit_jax.data.validate import (check_choice, check_flags, check_path, config_checks,
+                                      validate_dataset)
 from gaedit_jax.density import (DensifyConfig, DensityStats, densify_and_prune, map_slot_leaves,
                                 reset_opacity)
 from gaedit_jax.errors import InputError
@@ -66,6 +68,9 @@ class ReconstructConfig:
   """Memory for decoded training images (LRU cache); small datasets stay fully in memory."""
   white_background: bool = True
   """Composite over white (GA --white_background); also triggers the opacity reset at densify_from."""
+  intrinsics: Literal["file", "fov_x"] = "file"
+  """Camera intrinsics: "file" reads fl_x, fl_y, cx, cy; "fov_x" is GaussianAvatars' camera (fx = fy
+  from camera_angle_x, principal point at the image centre; gaedit_jax.data.layout.INTRINSICS)."""
   # --- learning rates (SPEC 2.6) ---
   position_lr_init: float = 5e-3
   """Local xyz learning rate at the start (times the camera extent)."""
@@ -176,6 +181,42 @@ class ReconstructConfig:
   checkpoint_minutes: float = 10.0
   """Save a checkpoint every this many minutes of wall-clock time (0: off), besides the end, the
   iteration interval, and an interruption (Ctrl-C, an error) after a completed step."""
+
+  def __post_init__(self):
+    config_checks(self.validate_flags)
+
+  def validate_flags(self) -> None:
+    """Value checks of the flags (one-line InputError naming the flag)."""
+    check_flags(self, {
+        "iterations batch_size sh_degree_interval densify_interval opacity_reset_interval log_interval "
+        "keep_checkpoints devices position_lr_max_steps eval_max_frames stop_after capacity": "int >= 1",
+        "seed densify_from densify_until checkpoint_interval eval_interval save_interval "
+        "world_ply_timestep": "int >= 0",
+        "sh_degree": "int [0, 3]", "tile_size": "int [1, 16]",
+        "image_scale position_lr_init position_lr_final max_screen_size": "> 0",
+        "image_cache_gb feature_lr opacity_lr scaling_lr rotation_lr flame_pose_lr flame_trans_lr "
+        "flame_expr_lr lambda_xyz threshold_xyz lambda_scale threshold_scale densify_grad_threshold "
+        "percent_dense isect_per_gaussian": ">= 0",
+        "lambda_dssim": "[0, 1]", "min_opacity": "[0, 1)"})
+    check_choice(self, "intrinsics", ("file", "fov_x"))
+
+  def check_inputs(self, *, progress: bool | None = None):
+    """Up-front checks of the run's input files (before any step): the dataset (every split, image,
+    mask and FLAME file, `validate_dataset`), the FLAME model and LPIPS paths, and the flags that
+    depend on the data (--batch-size, --world-ply-timestep). Returns the DatasetSummary."""
+    summary = validate_dataset(self.data, ("train", "val", "test"), intrinsics=self.intrinsics,
+                               progress=self.progress if progress is None else progress)
+    check_path(resolve_flame_path(self.data, self.flame_model), "--flame-model", kind="file")
+    if self.lpips_weights is not None:
+      check_path(self.lpips_weights, "--lpips-weights")
+    n = summary.frames["train"]
+    if self.batch_size > n:
+      raise DatasetError(f"--batch-size {self.batch_size} is larger than the {n} training frames of {self.data}")
+    t = self.world_ply_timestep
+    if t is not None and t >= summary.num_timesteps:
+      raise DatasetError(f"--world-ply-timestep {t} is out of range: {self.data} has timesteps "
+                         f"0..{summary.num_timesteps - 1}")
+    return summary
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,8 +474,9 @@ class Trainer:
 
   def __init__(self, cfg: ReconstructConfig):
     self.cfg = cfg
+    cfg.check_inputs(progress=cfg.progress and parallel.is_primary())   # bad input fails here, not at step N
     self.out = Path(cfg.out).absolute()   # created, locked and checked by run()
-    kw = dict(white_background=cfg.white_background, image_scale=cfg.image_scale)
+    kw = dict(white_background=cfg.white_background, image_scale=cfg.image_scale, intrinsics=cfg.intrinsics)
     self.train_ds = AvatarDataset(cfg.data, "train", cache_size=0, **kw)
     h, w = self.train_ds.image_size
     self.train_ds.cache_size = max(64, int(cfg.image_cache_gb * 1e9 / (h * w * 3)))  # decoded uint8 images

@@ -15,11 +15,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import Literal
 
 import jax.numpy as jnp
 import numpy as np
 
 from gaedit_jax.camera import look_at, make_camera
+from gaedit_jax.data.layout import SPLITS, DatasetError, DatasetFileNotFoundError
+from gaedit_jax.data.validate import check_choice, check_flags, config_checks, validate_dataset
 
 
 @dataclasses.dataclass
@@ -57,6 +60,35 @@ class RenderConfigCLI:
   """Dataset folder (default: the one the model folder records; cfg_args source_path for GA)."""
   flame_model: Path | None = None
   """FLAME model file (default: the one cfg.json records; GaussianAvatars records none)."""
+  intrinsics: Literal["file", "fov_x"] | None = None
+  """Camera intrinsics of the datasets ("file" or GaussianAvatars' "fov_x", see `gaedit reconstruct
+  --intrinsics`). Default: the model's."""
+
+  def __post_init__(self):
+    config_checks(self.validate_flags)
+
+  def validate_flags(self) -> None:
+    """Value checks of the flags (one-line InputError naming the flag)."""
+    check_flags(self, {"iteration camera_index orbit orbit_timestep": "int >= 0",
+                       "fps gif_fps max_frames": "int >= 1", "sh_degree": "int [0, 3]", "orbit_degrees": "> 0"})
+    check_choice(self, "splits", SPLITS)
+    if self.intrinsics is not None:
+      check_choice(self, "intrinsics", ("file", "fov_x"))
+
+  def check_inputs(self, data: Path, num_timesteps: int, intrinsics: str = "file") -> None:
+    """Up-front checks once the model is loaded: --orbit-timestep within its `num_timesteps` FLAME
+    timesteps; the model's dataset splits to render and the --target dataset (`validate_dataset`:
+    frames, images, FLAME files)."""
+    if self.orbit > 0 and self.orbit_timestep >= num_timesteps:
+      raise DatasetError(f"--orbit-timestep {self.orbit_timestep} is out of range: the model has FLAME "
+                         f"timesteps 0..{num_timesteps - 1}")
+    if self.target is None:
+      if self.splits:
+        validate_dataset(data, self.splits, required=(), intrinsics=intrinsics, masks=False, flag="the model's data")
+    else:
+      s = validate_dataset(self.target, SPLITS, required=(), intrinsics=intrinsics, masks=False, flag="--target")
+      if not s.frames:
+        raise DatasetFileNotFoundError(f"--target {self.target}: no transforms_{{train,val,test}}.json")
 
 
 def _order(ds, camera_index):
@@ -144,8 +176,10 @@ def main(cfg: RenderConfigCLI) -> dict:
   avatar, model, flame, fp, mcfg, it_dir = load_trained(cfg.model, cfg.iteration, data=cfg.data,
                                                       flame_model=cfg.flame_model, require_data=True)
   c = mcfg["config"]
+  intrinsics = cfg.intrinsics or c.get("intrinsics", "file")
+  cfg.check_inputs(Path(mcfg["data"]), int(flame["rotation"].shape[0]), intrinsics)
   kw = dict(image_scale=c.get("image_scale", 1.0), white_background=c.get("white_background", True),
-            cache_size=0)
+            cache_size=0, intrinsics=intrinsics)
   rc = RenderConfig(sh_degree=min(cfg.sh_degree, avatar.sh_degree))
   out = Path(cfg.out or Path(cfg.model) / "renders")
   tag = it_dir.name.replace("iteration_", "ours_")

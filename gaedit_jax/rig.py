@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax.errors import InputError
 from gaedit_jax.render.types import Gaussians
 
 _EPS2 = 1e-20  # GA clamps squared norms at 1e-20 (SPEC 2.2)
@@ -171,7 +172,8 @@ def init_avatar(key: jax.Array, num_faces: int, *, capacity: int | None = None, 
   coefficient, other SH 0. Slots F..capacity-1 are free (inactive, zeros, binding 0)."""
   capacity = num_faces if capacity is None else int(capacity)
   if capacity < num_faces:
-    raise ValueError(f"init_avatar: capacity {capacity} < number of faces {num_faces}")
+    raise InputError(f"capacity {capacity} (--capacity) is smaller than the {num_faces} faces of the FLAME "
+                     "model (one Gaussian per face at the start)")
   k = (sh_degree + 1) ** 2
   active = jnp.arange(capacity) < num_faces
   dc = jax.random.uniform(key, (capacity, 1, 3), dtype, 0.0, 1.0 / 255.0) * active[:, None, None]

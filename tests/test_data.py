@@ -13,6 +13,7 @@ from gaedit_jax.camera import look_at, opencv_w2c_to_opengl_c2w
 from gaedit_jax.data.dataset import AvatarDataset, Batch, load_dataset
 from gaedit_jax.data.layout import (DatasetError, DatasetFileNotFoundError, DatasetWriter,
                                     read_flame_npz, read_transforms, vhap_splits)
+from gaedit_jax.errors import InputError
 from gaedit_jax.flame import FlameParams
 
 NV, NS, NE = 7, 5, 4
@@ -252,3 +253,166 @@ def test_writer_refuses_to_overwrite(tmp_path):
   with pytest.raises(ValueError, match="split must be"):
     AvatarDataset(tmp_path, "bogus")
   assert opencv_w2c_to_opengl_c2w(np.eye(4)).shape == (4, 4)
+
+
+# ---- image modes, sizes and per-frame checks ------------------------------------------------------
+
+
+def write_png16(path, arr):
+  """A 16-bit PNG written byte by byte (Pillow writes 16-bit gray only): [H,W] gray, [H,W,2] gray +
+  alpha, [H,W,3] RGB, [H,W,4] RGBA, uint16."""
+  import struct
+  import zlib
+
+  arr = np.asarray(arr, np.uint16)
+  ctype = 0 if arr.ndim == 2 else {2: 4, 3: 2, 4: 6}[arr.shape[-1]]  # PNG colour type
+  h, w = arr.shape[:2]
+  raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+  chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, ctype, 0, 0, 0))
+                   + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16bit_images_and_masks_load_by_value(tmp_path):
+  write_tiny(tmp_path, T=2)
+  ds = AvatarDataset(tmp_path, "train", load_masks=True)
+  rng = np.random.default_rng(5)
+  gray = rng.integers(0, 65536, (H, W)).astype(np.uint16)
+  Image.fromarray(gray).save(ds.records[0].image_path)          # 16-bit gray (Pillow mode I;16)
+  rgb = rng.integers(0, 65536, (H, W, 3)).astype(np.uint16)
+  write_png16(ds.records[1].image_path, rgb)                      # 16-bit RGB
+  rgba = rng.integers(0, 65536, (H, W, 4)).astype(np.uint16)
+  rgba[:, : W // 2, 3] = 65535
+  rgba[:, W // 2:, 3] = 0
+  write_png16(ds.records[2].image_path, rgba)                     # 16-bit RGBA
+  mask = rng.integers(0, 65536, (H, W)).astype(np.uint16)
+  Image.fromarray(mask).save(ds.records[0].mask_path)            # 16-bit gray mask
+  ds = AvatarDataset(tmp_path, "train", load_masks=True)
+  f0 = ds[0]
+  np.testing.assert_allclose(f0.image, np.repeat(gray[..., None] / 65535.0, 3, -1), atol=0.5 / 255 + 1e-6)
+  assert f0.image.std() > 0.2  # not all white
+  np.testing.assert_allclose(f0.mask, mask / 65535.0, atol=0.5 / 255 + 1e-6)
+  np.testing.assert_allclose(ds[1].image, rgb / 65535.0, atol=1.0 / 255 + 1e-6)
+  img2 = ds[2].image
+  np.testing.assert_allclose(img2[:, : W // 2], rgba[:, : W // 2, :3] / 65535.0, atol=1.0 / 255 + 1e-6)
+  np.testing.assert_allclose(img2[:, W // 2:], 1.0)  # transparent -> white background
+
+
+def test_palette_gray_and_bilevel_images(tmp_path):
+  write_tiny(tmp_path, T=2)
+  ds = AvatarDataset(tmp_path, "train")
+  rng = np.random.default_rng(6)
+  idx = rng.integers(0, 4, (H, W)).astype(np.uint8)
+  pal = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]], np.uint8)
+  p = Image.fromarray(idx, "P")
+  p.putpalette(pal.reshape(-1).tolist())
+  p.save(ds.records[0].image_path, transparency=3)              # palette entry 3 is transparent
+  g = rng.integers(0, 256, (H, W)).astype(np.uint8)
+  Image.fromarray(g, "L").save(ds.records[1].image_path)
+  b = rng.integers(0, 2, (H, W)).astype(bool)
+  Image.fromarray(b).convert("1").save(ds.records[2].image_path)
+  ds = AvatarDataset(tmp_path, "train", white_background=False)
+  want = pal[idx] / 255.0
+  want[idx == 3] = 0.0                                            # composited over black
+  np.testing.assert_allclose(ds[0].image, want, atol=1e-6)
+  np.testing.assert_allclose(ds[1].image, np.repeat(g[..., None] / 255.0, 3, -1), atol=1e-6)
+  np.testing.assert_allclose(ds[2].image, np.repeat(b[..., None].astype(np.float32), 3, -1), atol=1e-6)
+
+
+def test_image_of_another_aspect_ratio_is_an_error(tmp_path):
+  write_tiny(tmp_path, T=2)
+  ds = AvatarDataset(tmp_path, "train", load_masks=True)
+  p = ds.records[1].image_path
+  big = np.random.default_rng(0).integers(0, 256, (2 * H, 2 * W, 3), dtype=np.uint8)
+  Image.fromarray(big).save(p)                                   # a uniform scale: resampled
+  ds = AvatarDataset(tmp_path, "train")
+  assert ds[1].image.shape == (H, W, 3)
+  Image.fromarray(big[:H + 3]).save(p)                           # another aspect ratio
+  with pytest.raises(DatasetError, match=rf"frames\[1\]: image .*{p.name} is {2 * W}x{H + 3} pixels but the "
+                     rf"json says w x h = {W}x{H}"):
+    AvatarDataset(tmp_path, "train")[1]
+  Image.fromarray(np.zeros((W, H), np.uint8)).save(ds.records[2].mask_path)  # transposed mask
+  with pytest.raises(DatasetError, match=rf"frames\[2\]: fg mask .* is {H}x{W} pixels"):
+    AvatarDataset(tmp_path, "train", load_masks=True)[2]
+
+
+def _edit_frame(tmp_path, i, **kv):
+  p = tmp_path / "transforms_train.json"
+  data = json.loads(p.read_text())
+  data["frames"][i].update(kv)
+  p.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("fl_x", 0.0, r"key 'fl_x' = 0.0 must be > 0"),
+    ("fl_x", -20.0, r"key 'fl_x' = -20.0 must be > 0"),
+    ("fl_y", float("nan"), r"key 'fl_y' = nan is not finite"),
+    ("fl_y", float("inf"), r"key 'fl_y' = inf is not finite"),
+    ("cx", float("nan"), r"key 'cx' = nan is not finite"),
+    ("timestep_index", -1, r"key 'timestep_index' = -1 must be >= 0"),
+    ("timestep_index", 1.5, r"key 'timestep_index' = 1.5 is not an integer"),
+    ("camera_index", -3, r"key 'camera_index' = -3 must be >= 0"),
+    ("w", 0, r"key 'w' = 0 must be >= 1"),
+])
+def test_bad_frame_values_name_file_frame_and_key(tmp_path, key, value, msg):
+  write_tiny(tmp_path, T=2)
+  _edit_frame(tmp_path, 3, **{key: value})
+  with pytest.raises(DatasetError, match=r"transforms_train\.json: frames\[3\]: " + msg):
+    AvatarDataset(tmp_path, "train")
+
+
+def test_bad_transform_matrix_names_file_frame_and_field(tmp_path):
+  write_tiny(tmp_path, T=2)
+  good = json.loads((tmp_path / "transforms_train.json").read_text())["frames"][1]["transform_matrix"]
+  m = np.array(good)
+  m[1, 2] = float("nan")
+  _edit_frame(tmp_path, 1, transform_matrix=m.tolist())
+  with pytest.raises(DatasetError, match=r"frames\[1\]: key 'transform_matrix' has non-finite entries \[1\]\[2\]"):
+    AvatarDataset(tmp_path, "train")
+  m = np.array(good)
+  m[:3, :3] *= 2.0                                                # scaled: not rigid
+  _edit_frame(tmp_path, 1, transform_matrix=m.tolist())
+  with pytest.raises(DatasetError, match=r"frames\[1\]: key 'transform_matrix' is not rigid"):
+    AvatarDataset(tmp_path, "train")
+  m = np.array(good)
+  m[:3, 2] = 0.0                                                  # singular
+  _edit_frame(tmp_path, 1, transform_matrix=m.tolist())
+  with pytest.raises(DatasetError, match=r"frames\[1\]: key 'transform_matrix' is not rigid.*det R = 0"):
+    AvatarDataset(tmp_path, "train")
+  m = np.array(good)
+  m[:3, 0] *= -1.0                                                # a reflection (det -1)
+  _edit_frame(tmp_path, 1, transform_matrix=m.tolist())
+  with pytest.raises(DatasetError, match=r"not rigid.*det R = -1"):
+    AvatarDataset(tmp_path, "train")
+
+
+def test_intrinsics_fov_x_reproduces_gaussianavatars_camera(tmp_path):
+  """GaussianAvatars: FoVx = camera_angle_x, FoVy = focal2fov(fov2focal(FoVx, w), h), principal
+  point at the centre; so fx = fy = fl_x (camera_angle_x was written from fl_x), cx = w/2, cy = h/2."""
+  write_tiny(tmp_path, T=2)
+  ref = AvatarDataset(tmp_path, "train")
+  ga = AvatarDataset(tmp_path, "train", intrinsics="fov_x")
+  for i in range(len(ref)):
+    c = ref.records[i].camera_index
+    a, b = ref.camera(i), ga.camera(i)
+    np.testing.assert_allclose([float(a.fx), float(a.fy), float(a.cx), float(a.cy)], [20.0 + c, 21.0 + c, 5.5, 6.25],
+                               rtol=1e-6)
+    np.testing.assert_allclose([float(b.fx), float(b.fy), float(b.cx), float(b.cy)], [20.0 + c, 20.0 + c, W / 2, H / 2],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(a.world_to_camera), np.asarray(b.world_to_camera))
+  np.testing.assert_allclose(np.asarray(ga.cameras.fy), np.asarray(ga.cameras.fx), rtol=1e-6)
+  # only camera_angle_x: the field of view decides, also in "file" mode (fl_x absent)
+  p = tmp_path / "transforms_train.json"
+  data = json.loads(p.read_text())
+  for fr in data["frames"]:
+    for k in ("fl_x", "fl_y", "cx", "cy"):
+      fr.pop(k)
+    fr["camera_angle_x"] = 2 * math.atan(W / (2 * 30.0))
+  for k in ("fl_x", "fl_y", "cx", "cy"):
+    data.pop(k, None)
+  p.write_text(json.dumps(data))
+  cam = AvatarDataset(tmp_path, "train", intrinsics="fov_x").camera(0)
+  np.testing.assert_allclose([float(cam.fx), float(cam.fy), float(cam.cx), float(cam.cy)], [30.0, 30.0, W / 2, H / 2],
+                             rtol=1e-6)
+  with pytest.raises(InputError, match="intrinsics must be one of"):
+    AvatarDataset(tmp_path, "train", intrinsics="fov_y")

@@ -244,3 +244,28 @@ def test_rig_and_motion():
     assert np.asarray(getattr(mo, k)).std(0).max() > 0, k
   assert np.asarray(mo.jaw_pose)[:, 0].max() > 0.15 and np.asarray(mo.jaw_pose)[:, 0].min() >= 0
   np.testing.assert_array_equal(np.asarray(mo.expr), np.asarray(synthetic.make_motion(m, 12, seed=3).expr))
+
+
+def test_synth_errors_name_the_flags(tiny_dataset, tmp_path):
+  from gaedit_jax.cli import main
+  from gaedit_jax.errors import InputError
+
+  out, _ = tiny_dataset
+  args = []
+  for k, v in TINY.items():
+    args += [f"--{k.replace('_', '-')}", str(v)]
+  with pytest.raises(FileExistsError, match=r"already holds a dataset; pass --overwrite to replace it"):
+    main(["synth", str(out)] + args)
+  with pytest.raises(InputError, match=r"^--num-cameras must be >= 2"):
+    main(["synth", str(tmp_path / "a")] + args + ["--num-cameras", "1"])
+  with pytest.raises(InputError, match=r"^--num-timesteps 3 leaves no test timesteps at --train-ratio 0.7"):
+    main(["synth", str(tmp_path / "a")] + args + ["--num-timesteps", "3"])
+  with pytest.raises(InputError, match=r"^--num-timesteps 8 leaves no test timesteps at --train-ratio 1.0"):
+    main(["synth", str(tmp_path / "a")] + args + ["--num-timesteps", "8", "--train-ratio", "1"])
+  with pytest.raises(InputError, match=r"^--rows must be an integer >= 16, got 8"):
+    main(["synth", str(tmp_path / "a")] + args + ["--rows", "8"])
+  with pytest.raises(InputError, match=r"^--seed must be an integer >= 0, got -1"):
+    main(["synth", str(tmp_path / "a")] + args + ["--seed", "-1"])
+  assert not (tmp_path / "a").exists()
+  # the library generator itself accepts smaller grids (e.g. a 2-timestep edit target)
+  synthetic.SynthConfig(out=tmp_path / "b", num_cameras=1, num_timesteps=1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -20,9 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaedit_jax.camera import Camera, make_camera
-from gaedit_jax.data.layout import (SPLITS, DatasetError, DatasetFileNotFoundError, FrameRecord,
-                                    load_flame_sequence, read_flame_npz, read_transforms,
-                                    split_json_path)
+from gaedit_jax.data.layout import (INTRINSICS, SPLITS, DatasetError, DatasetFileNotFoundError,
+                                    FrameRecord, check_image_size, load_flame_sequence, read_flame_npz,
+                                    read_transforms, split_json_path)
+from gaedit_jax.errors import InputError
+from gaedit_jax.io.media import ImageError, read_image, read_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,19 +63,28 @@ class AvatarDataset:
   (VHAP already composited them). image_scale: resample images and intrinsics (e.g. 0.5 for a
   faster CPU run). cache_size: number of decoded images kept (LRU, uint8). load_masks: also read
   fg_masks. num_vertices: FLAME vertex count, only needed when the npz files have no static_offset.
+  intrinsics: "file" (fl_x, fl_y, cx, cy) or "fov_x" (GaussianAvatars' camera: fx = fy from
+  camera_angle_x, principal point at the centre); see `layout.INTRINSICS`.
+  Images of any PNG / JPEG mode are read by value (`io.media.read_image`: 16-bit, gray, palette,
+  RGBA); a file whose size is not the json's w x h or a uniform scale of it is an error.
   """
 
   def __init__(self, root: str | os.PathLike, split: str = "train", *, white_background: bool = True,
                image_scale: float = 1.0, cache_size: int = 256, load_masks: bool = False,
-               num_vertices: int | None = None):
+               num_vertices: int | None = None, intrinsics: str = "file"):
     self.root = Path(root)
     if split not in SPLITS + ("all",):
       raise ValueError(f"split must be one of {SPLITS + ('all',)}, got {split!r}")
     if not self.root.is_dir():
       raise DatasetFileNotFoundError(f"dataset folder not found: {self.root}")
+    if not (isinstance(image_scale, (int, float)) and math.isfinite(image_scale) and image_scale > 0):
+      raise InputError(f"image_scale must be a finite number > 0, got {image_scale!r}")
+    if intrinsics not in INTRINSICS:
+      raise InputError(f"intrinsics must be one of {INTRINSICS}, got {intrinsics!r}")
     self.split = split
+    self.intrinsics = intrinsics
     self.json_path = split_json_path(self.root, split)
-    self.meta, self.records = read_transforms(self.json_path)
+    self.meta, self.records = read_transforms(self.json_path, intrinsics=intrinsics)
     self.background = np.ones(3, np.float32) if white_background else np.zeros(3, np.float32)
     self.image_scale = float(image_scale)
     self.load_masks = load_masks
@@ -136,7 +148,7 @@ class AvatarDataset:
       for s in SPLITS:
         p = split_json_path(self.root, s)
         if p.exists():
-          records += read_transforms(p)[1] if p != self.json_path else self.records
+          records += read_transforms(p, intrinsics=self.intrinsics)[1] if p != self.json_path else self.records
       if not records:
         records = self.records
       self._flame = load_flame_sequence(records, num_vertices=self.num_vertices)
@@ -165,20 +177,15 @@ class AvatarDataset:
     if key in self._cache:
       self._cache.move_to_end(key)
       return self._cache[key]
-    from PIL import Image
-
     try:
-      with Image.open(r.image_path) as im:
-        im.load()
-        img = im
-        if img.mode not in ("RGB", "RGBA"):
-          img = img.convert("RGBA" if "A" in img.mode else "RGB")
-        arr = np.asarray(img)
+      arr = read_image(r.image_path)
     except FileNotFoundError:
       raise DatasetFileNotFoundError(f"{r.json_path}: frames[{r.index}]: image not found: "
                                      f"{r.image_path}") from None
-    except OSError as e:
-      raise DatasetError(f"{r.json_path}: frames[{r.index}]: cannot read image {r.image_path} ({e})") from None
+    except ImageError as e:
+      raise DatasetError(f"{r.json_path}: frames[{r.index}]: cannot read image {r.image_path} "
+                         f"({e.reason})") from None
+    check_image_size(r, (arr.shape[1], arr.shape[0]))
     if arr.shape[2] == 4:  # composite over the background (GA: RGBA over bg)
       a = arr[..., 3:4].astype(np.float32) / 255.0
       rgb = arr[..., :3].astype(np.float32) / 255.0 * a + self.background * (1 - a)
@@ -197,14 +204,15 @@ class AvatarDataset:
     if key in self._cache:
       self._cache.move_to_end(key)
       return self._cache[key]
-    from PIL import Image
-
     try:
-      with Image.open(r.mask_path) as im:
-        arr = np.asarray(im.convert("L"))
+      arr = read_mask(r.mask_path)
     except FileNotFoundError:
       raise DatasetFileNotFoundError(f"{r.json_path}: frames[{r.index}]: fg mask not found: "
                                      f"{r.mask_path}") from None
+    except ImageError as e:
+      raise DatasetError(f"{r.json_path}: frames[{r.index}]: cannot read fg mask {r.mask_path} "
+                         f"({e.reason})") from None
+    check_image_size(r, (arr.shape[1], arr.shape[0]), r.mask_path, what="fg mask")
     w, h = self._size[i]
     if (arr.shape[1], arr.shape[0]) != (w, h):
       arr = _resize(arr, w, h)
@@ -254,6 +262,8 @@ class AvatarDataset:
               drop_last: bool = True, epochs: int | None = None) -> Iterator[Batch]:
     """Batches over the split, reshuffled every epoch (GaussianAvatars: shuffled single images);
     epochs=None repeats forever."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+      raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     rng = np.random.default_rng(seed)
     n = len(self)
     if n == 0:

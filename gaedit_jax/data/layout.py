@@ -31,6 +31,7 @@ import numpy as np
 
 from gaedit_jax.camera import opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
 from gaedit_jax.errors import InputError
+from gaedit_jax.io.media import ImageError, image_size
 
 SPLITS = ("train", "val", "test")
 VAL_CAMERA = 8  # NeRSemble's frontal camera is the novel-view (validation) camera (SPEC 3)
@@ -42,6 +43,10 @@ class DatasetError(InputError):
 
 class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
   """A file the dataset refers to does not exist."""
+
+
+class DatasetExistsError(DatasetError, FileExistsError):
+  """The output folder already holds a dataset."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,18 +106,145 @@ def _get(d: dict, key: str, where: str, top: dict | None = None, cast=None):
   return v
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-  from PIL import Image
-
+def _image_size(path: Path, where: str) -> tuple[int, int]:
+  """(w, h) from the image file's header (no decoding)."""
   try:
-    with Image.open(path) as im:
-      return im.size  # (w, h)
+    return image_size(path)
   except FileNotFoundError:
-    raise DatasetFileNotFoundError(f"image not found: {path}") from None
+    raise DatasetFileNotFoundError(f"{where}: image not found: {path}") from None
+  except ImageError as e:
+    raise DatasetError(f"{where}: cannot read image {path} ({e.reason})") from None
 
 
-def read_transforms(path: str | os.PathLike) -> tuple[dict, list[FrameRecord]]:
-  """Reads one transforms json -> (top-level entries without 'frames', frame records)."""
+def check_image_size(record: "FrameRecord", actual: tuple[int, int], path: Path | None = None,
+                     what: str = "image") -> None:
+  """The file's (w, h) must be the json's w x h or a uniform scale of it (same aspect ratio, up to
+  a pixel of rounding): such a file is resampled to w x h; another aspect ratio is an error."""
+  (aw, ah), (w, h) = actual, (record.width, record.height)
+  if (aw, ah) == (w, h):
+    return
+  lo, hi = max((aw - 1) / w, (ah - 1) / h), min((aw + 1) / w, (ah + 1) / h)
+  if lo <= hi and hi > 0:
+    return
+  raise DatasetError(f"{record.json_path}: frames[{record.index}]: {what} {path or record.image_path} is "
+                     f"{aw}x{ah} pixels but the json says w x h = {w}x{h} (another aspect ratio; only a "
+                     "uniform scale is resampled)")
+
+
+def _integer(v, where: str, key: str, minimum: int | None = None) -> int:
+  """A json integer (an integral float such as 3.0 too); bools, strings and 2.5 are errors."""
+  if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v):
+    raise DatasetError(f"{where}: key {key!r} = {v!r} is not an integer")
+  v = int(v)
+  if minimum is not None and v < minimum:
+    raise DatasetError(f"{where}: key {key!r} = {v} must be >= {minimum}")
+  return v
+
+
+def _number(v, where: str, key: str) -> float:
+  if isinstance(v, bool) or not isinstance(v, (int, float)):
+    raise DatasetError(f"{where}: key {key!r} = {v!r} is not a number")
+  v = float(v)
+  if not math.isfinite(v):
+    raise DatasetError(f"{where}: key {key!r} = {v} is not finite")
+  return v
+
+
+def _lookup(fr: dict, top: dict, key: str, path: Path, where: str):
+  """(value or None, where it was found): the frame's key, else the file's top-level key."""
+  if key in fr:
+    return fr[key], where
+  if key in top:
+    return top[key], f"{path}: top level"
+  return None, where
+
+
+def _transform_matrix(fr: dict, where: str) -> np.ndarray:
+  """The frame's camera-to-world matrix, checked: 4x4 (or 3x4), finite, a rotation + translation."""
+  raw = _get(fr, "transform_matrix", where)
+  try:
+    m = np.asarray(raw, dtype=np.float64)
+  except (TypeError, ValueError):
+    raise DatasetError(f"{where}: key 'transform_matrix' is not a numeric 4x4 matrix") from None
+  if m.shape == (3, 4):
+    m = np.concatenate([m, [[0, 0, 0, 1]]])
+  if m.shape != (4, 4):
+    raise DatasetError(f"{where}: key 'transform_matrix' has shape {list(m.shape)}, expected [4,4] "
+                       "(finite camera-to-world, OpenGL axes)")
+  if not np.isfinite(m).all():
+    bad = [f"[{i}][{j}]" for i, j in zip(*np.nonzero(~np.isfinite(m)))]
+    raise DatasetError(f"{where}: key 'transform_matrix' has non-finite entries {', '.join(bad[:4])} "
+                       "(expected a finite camera-to-world matrix)")
+  if np.abs(m[3] - [0, 0, 0, 1]).max() > 1e-6:
+    raise DatasetError(f"{where}: key 'transform_matrix' has last row {m[3].tolist()}, expected [0, 0, 0, 1]")
+  r = m[:3, :3]
+  dev = float(np.abs(r.T @ r - np.eye(3)).max())
+  det = float(np.linalg.det(r))
+  if dev > 1e-3 or det <= 0:
+    raise DatasetError(f"{where}: key 'transform_matrix' is not rigid: its 3x3 part is not a rotation "
+                       f"(max |R^T R - I| = {dev:.3g}, det R = {det:.3g}; expected orthonormal, det +1)")
+  return m
+
+
+INTRINSICS = ("file", "fov_x")
+"""How `read_transforms` builds a frame's pinhole intrinsics:
+
+* "file" (this project's reading): fl_x, fl_y, cx, cy of the frame (else of the file's top level);
+  fl_x from camera_angle_x when absent, fl_y = fl_x, principal point at the image centre when absent.
+* "fov_x" (GaussianAvatars, scene/dataset_readers.py readCamerasFromTransforms): only the horizontal
+  field of view camera_angle_x (else fl_x) and w, h: FoVy = focal2fov(fov2focal(FoVx, w), h), so
+  fx = fy = w / (2 tan(FoVx / 2)); its projection matrix is symmetric, so cx = w/2, cy = h/2.
+"""
+
+
+def _intrinsics(fr: dict, top: dict, path: Path, where: str, w: int, h: int,
+                mode: str) -> tuple[float, float, float, float]:
+  def focal(key):
+    v, at = _lookup(fr, top, key, path, where)
+    if v is None:
+      return None
+    f = _number(v, at, key)
+    if f <= 0:
+      raise DatasetError(f"{at}: key {key!r} = {f} must be > 0 (a focal length in pixels)")
+    return f
+
+  def from_angle():
+    v, at = _lookup(fr, top, "camera_angle_x", path, where)
+    if v is None:
+      return None
+    a = _number(v, at, "camera_angle_x")
+    if not 0 < a < math.pi:
+      raise DatasetError(f"{at}: key 'camera_angle_x' = {a} must be in (0, pi) (horizontal field of view, rad)")
+    return 0.5 * w / math.tan(0.5 * a)
+
+  if mode == "fov_x":
+    fx = from_angle()
+    if fx is None:
+      fx = focal("fl_x")
+    if fx is None:
+      raise DatasetError(f"{where}: missing key 'camera_angle_x' (or 'fl_x')")
+    return fx, fx, w / 2.0, h / 2.0
+  fx = focal("fl_x")
+  if fx is None:
+    fx = from_angle()
+  if fx is None:
+    raise DatasetError(f"{where}: missing key 'fl_x' (or 'camera_angle_x')")
+  fy = focal("fl_y")
+  out = [fx, fx if fy is None else fy]
+  for key, default in (("cx", w / 2.0), ("cy", h / 2.0)):
+    v, at = _lookup(fr, top, key, path, where)
+    out.append(default if v is None else _number(v, at, key))
+  return tuple(out)
+
+
+def read_transforms(path: str | os.PathLike, *, intrinsics: str = "file") -> tuple[dict, list[FrameRecord]]:
+  """Reads one transforms json -> (top-level entries without 'frames', frame records).
+
+  Every frame is checked: a finite rigid transform_matrix, positive finite focal lengths, finite
+  principal point, positive integer w / h, integer timestep_index / camera_index >= 0.
+  `intrinsics`: "file" or "fov_x" (GaussianAvatars' camera), see `INTRINSICS`."""
+  if intrinsics not in INTRINSICS:
+    raise InputError(f"intrinsics must be one of {INTRINSICS}, got {intrinsics!r}")
   path = Path(path)
   data = _read_json(path)
   frames = data.get("frames")
@@ -125,38 +257,31 @@ def read_transforms(path: str | os.PathLike) -> tuple[dict, list[FrameRecord]]:
     where = f"{path}: frames[{i}]"
     if not isinstance(fr, dict):
       raise DatasetError(f"{where}: expected an object, got {type(fr).__name__}")
-    try:
-      m = np.asarray(_get(fr, "transform_matrix", where), dtype=np.float64)
-    except (TypeError, ValueError) as e:
-      if isinstance(e, DatasetError):
-        raise
-      raise DatasetError(f"{where}: key 'transform_matrix' is not a numeric 4x4 matrix") from None
-    if m.shape == (3, 4):
-      m = np.concatenate([m, [[0, 0, 0, 1]]])
-    if m.shape != (4, 4) or not np.isfinite(m).all():
-      raise DatasetError(f"{where}: key 'transform_matrix' has shape {list(m.shape)}, expected [4,4] "
-                         "(finite camera-to-world, OpenGL axes)")
-    image_path = base / _get(fr, "file_path", where, cast=str)
+    m = _transform_matrix(fr, where)
+    file_path = _get(fr, "file_path", where)
+    if not isinstance(file_path, str) or not file_path:
+      raise DatasetError(f"{where}: key 'file_path' = {file_path!r} is not a relative image path")
+    image_path = base / file_path
     if image_path.suffix == "":  # NeRF-synthetic style paths without extension
       image_path = image_path.with_suffix(".png")
-    w = fr.get("w", top.get("w"))
-    h = fr.get("h", top.get("h"))
-    if w is None or h is None:
-      w, h = _image_size(image_path)
-    w, h = int(w), int(h)
-    fx = fr.get("fl_x", top.get("fl_x"))
-    if fx is None:
-      ax = _get(fr, "camera_angle_x", where, top, float)
-      fx = 0.5 * w / math.tan(0.5 * ax)
-    fy = fr.get("fl_y", top.get("fl_y", fx))
-    cx = fr.get("cx", top.get("cx", w / 2.0))
-    cy = fr.get("cy", top.get("cy", h / 2.0))
+    size = []
+    for key in ("w", "h"):
+      v, at = _lookup(fr, top, key, path, where)
+      size.append(None if v is None else _integer(v, at, key, minimum=1))
+    if None in size:
+      w, h = _image_size(image_path, where)
+    else:
+      w, h = size
+    fx, fy, cx, cy = _intrinsics(fr, top, path, where, w, h, intrinsics)
     mask = fr.get("fg_mask_path")
     fpp = fr.get("flame_param_path")
+    for key, v in (("fg_mask_path", mask), ("flame_param_path", fpp)):
+      if v is not None and (not isinstance(v, str) or not v):
+        raise DatasetError(f"{where}: key {key!r} = {v!r} is not a relative file path")
     out.append(FrameRecord(
         json_path=path, index=i,
-        timestep=_get(fr, "timestep_index", where, cast=int),
-        camera_index=_get(fr, "camera_index", where, cast=int),
+        timestep=_integer(_get(fr, "timestep_index", where), where, "timestep_index", minimum=0),
+        camera_index=_integer(_get(fr, "camera_index", where), where, "camera_index", minimum=0),
         image_path=image_path,
         mask_path=None if mask is None else base / mask,
         flame_param_path=None if fpp is None else base / fpp,
@@ -242,14 +367,9 @@ def write_flame_npz(path: str | os.PathLike, params, *, jaw_pose=None) -> Path:
   return path
 
 
-def load_flame_sequence(records: Iterable[FrameRecord], *, num_vertices: int | None = None):
-  """FLAME parameters of every timestep the records refer to, as a `FlameParams` with [T,...]
-  per-timestep fields (indexed by timestep_index) and the subject fields (shape, static_offset)
-  of timestep 0, as GaussianAvatars does (SPEC 3)."""
-  import jax.numpy as jnp
-
-  from gaedit_jax.flame import FlameParams
-
+def flame_param_paths(records: Iterable[FrameRecord]) -> dict[int, Path]:
+  """timestep -> its flame_param npz, checked: every frame names one, one file per timestep, and
+  the timesteps are 0..T-1 without gaps (per-timestep parameters are indexed by timestep_index)."""
   by_t: dict[int, Path] = {}
   for r in records:
     if r.flame_param_path is None:
@@ -259,12 +379,25 @@ def load_flame_sequence(records: Iterable[FrameRecord], *, num_vertices: int | N
       raise DatasetError(f"{r.json_path}: frames[{r.index}]: timestep {r.timestep} refers to "
                          f"{r.flame_param_path} but another frame refers to {prev}")
   if not by_t:
-    raise DatasetError("load_flame_sequence: no frames")
+    raise DatasetError("FLAME parameters: no frames")
   T = max(by_t) + 1
   missing = sorted(set(range(T)) - set(by_t))
   if missing:
     raise DatasetError(f"FLAME parameters: timesteps {missing[:10]} (of 0..{T - 1}) have no "
                        "flame_param_path in the transforms json files")
+  return dict(sorted(by_t.items()))
+
+
+def load_flame_sequence(records: Iterable[FrameRecord], *, num_vertices: int | None = None):
+  """FLAME parameters of every timestep the records refer to, as a `FlameParams` with [T,...]
+  per-timestep fields (indexed by timestep_index) and the subject fields (shape, static_offset)
+  of timestep 0, as GaussianAvatars does (SPEC 3)."""
+  import jax.numpy as jnp
+
+  from gaedit_jax.flame import FlameParams
+
+  by_t = flame_param_paths(records)
+  T = len(by_t)
   first = read_flame_npz(by_t[0], num_vertices=num_vertices)
   n_shape, n_expr = first["shape"].shape[0], first["expr"].shape[0]
   nv = num_vertices if num_vertices is not None else (
@@ -323,7 +456,8 @@ class DatasetWriter:
     self.root = Path(root)
     if (self.root / "transforms.json").exists():
       if not overwrite:
-        raise FileExistsError(f"{self.root} already holds a dataset (pass overwrite=True)")
+        raise DatasetExistsError(f"{self.root} already holds a dataset (transforms.json); pass "
+                                 "overwrite=True to replace it")
       # remove what a previous dataset wrote here, so no stale frames remain (nothing else)
       import shutil
 

@@ -26,20 +26,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tyro
+from tqdm import tqdm
 
 from gaedit_jax.camera import look_at
 from gaedit_jax.data import mesh_raster, textures
 from gaedit_jax.data import synthetic_head as sh
-from gaedit_jax.data.layout import DatasetWriter
+from gaedit_jax.data.layout import DatasetExistsError, DatasetWriter
+from gaedit_jax.data.validate import check_flags, config_checks
+from gaedit_jax.errors import InputError
 from gaedit_jax.flame import (FlameModel, FlameParams, add_teeth, flame_forward, region_face_mask,
                               save_flame)
 
 FLAME_FILE = "flame/synthetic_flame.pkl"  # relative to the dataset folder
+MIN_CAMERAS = 2     # a training camera and the validation camera
+MIN_TIMESTEPS = 4   # train / val and a non-empty test split at train_ratio 0.7 (ceil(0.7 T) < T)
 
 
 @dataclasses.dataclass
 class SynthConfig:
-  """Options of `gaedit synth` (defaults: small enough for the CPU demo and CI)."""
+  """Options of `gaedit synth` (defaults: small enough for the CPU demo and CI).
+
+  The command needs a grid of at least 2 cameras (a training and the validation camera) and enough
+  timesteps that the test split is not empty: ceil(train_ratio x T) < T, i.e. at least 4 timesteps
+  at the default --train-ratio 0.7; the head grid needs --rows >= 16 and an even --cols >= 24.
+  """
 
   out: tyro.conf.Positional[Path]
   """Output dataset folder (GaussianAvatars/VHAP layout)."""
@@ -77,6 +87,30 @@ class SynthConfig:
   """Replace an existing dataset in `out`."""
   contact_sheet: bool = True
   """Save contact_sheet.png (cameras x a few timesteps)."""
+
+  def __post_init__(self):
+    config_checks(self.validate_flags)
+
+  def validate_flags(self) -> None:
+    """Value checks of the flags (one-line InputError naming the flag)."""
+    check_flags(self, {"width height num_cameras num_timesteps supersample n_shape n_expr": "int >= 1",
+                       "seed": "int >= 0", "rows": "int >= 16", "cols": "int >= 24",
+                       "train_ratio": "(0, 1]", "camera_distance view_height": "> 0",
+                       "motion_scale": ">= 0"})
+    if self.cols % 2:
+      raise InputError(f"--cols must be even (the head grid is mirror-symmetric), got {self.cols}")
+
+  def check_grid(self) -> None:
+    """The smallest dataset the pipeline supports (see the class docstring); errors name the flag."""
+    if self.num_cameras < MIN_CAMERAS:
+      raise InputError(f"--num-cameras must be >= {MIN_CAMERAS} (a training camera and the validation "
+                       f"camera), got {self.num_cameras}")
+    n_train = math.ceil(self.train_ratio * self.num_timesteps)
+    if self.num_timesteps < 2 or n_train >= self.num_timesteps:
+      raise InputError(f"--num-timesteps {self.num_timesteps} leaves no test timesteps at --train-ratio "
+                       f"{self.train_ratio} (the first ceil({self.train_ratio} x {self.num_timesteps}) = "
+                       f"{n_train} are train / val); use at least {MIN_TIMESTEPS} timesteps at 0.7 or a "
+                       "smaller --train-ratio")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,6 +271,10 @@ def generate(cfg: SynthConfig, *, progress: bool = True) -> dict:
 
   t0 = time.perf_counter()
   out = Path(cfg.out)
+  if out.exists() and not out.is_dir():
+    raise DatasetExistsError(f"{out} is a file; OUT must be a folder")
+  if (out / "transforms.json").exists() and not cfg.overwrite:
+    raise DatasetExistsError(f"{out} already holds a dataset; pass --overwrite to replace it")
   writer = DatasetWriter(out, overwrite=cfg.overwrite)
   base = sh.make_synthetic_flame(0, n_shape=cfg.n_shape, n_expr=cfg.n_expr, rows=cfg.rows,
                                  cols=cfg.cols)
@@ -251,30 +289,21 @@ def generate(cfg: SynthConfig, *, progress: bool = True) -> dict:
   sheet_ts = sorted(set(np.linspace(0, T - 1, min(4, T)).round().astype(int).tolist()))
   sheet: dict[int, list] = {t: [] for t in sheet_ts}
   it = [(t, c) for t in range(T) for c in rig]
-  bar = None
-  if progress:
-    try:
-      from tqdm import tqdm
-
-      bar = tqdm(total=len(it), desc="gaedit synth", unit="img")
-    except ImportError:
-      bar = None
   t_render = 0.0
-  for t in range(T):
-    writer.add_flame_param(t, params.at(t))
-    for cam in rig:
-      t1 = time.perf_counter()
-      img, alpha = renderer.render(verts[t], cam, cfg.texture, cfg.supersample)
-      t_render += time.perf_counter() - t1
-      writer.add_frame(timestep=t, camera_index=cam.index, image=img, mask=alpha,
-                       world_to_camera=cam.world_to_camera, fx=cam.fx, fy=cam.fy, cx=cam.cx,
-                       cy=cam.cy, camera_id=cam.serial, timestep_id=f"frame_{t:05d}")
-      if t in sheet:
-        sheet[t].append(img)
-      if bar is not None:
+  # closed on any exit (Ctrl-C included), so the bar's last line comes before the command's message
+  with tqdm(total=len(it), desc="gaedit synth", unit="img", disable=not progress) as bar:
+    for t in range(T):
+      writer.add_flame_param(t, params.at(t))
+      for cam in rig:
+        t1 = time.perf_counter()
+        img, alpha = renderer.render(verts[t], cam, cfg.texture, cfg.supersample)
+        t_render += time.perf_counter() - t1
+        writer.add_frame(timestep=t, camera_index=cam.index, image=img, mask=alpha,
+                         world_to_camera=cam.world_to_camera, fx=cam.fx, fy=cam.fy, cx=cam.cx,
+                         cy=cam.cy, camera_id=cam.serial, timestep_id=f"frame_{t:05d}")
+        if t in sheet:
+          sheet[t].append(img)
         bar.update(1)
-  if bar is not None:
-    bar.close()
   writer.add_canonical(params)
   paths = writer.finish(train_ratio=cfg.train_ratio)
   sheet_path = None
@@ -296,7 +325,11 @@ def generate(cfg: SynthConfig, *, progress: bool = True) -> dict:
 
 
 def synth_main(cfg: Annotated[SynthConfig, tyro.conf.arg(name="")]) -> None:
-  """Write the synthetic multi-view video dataset (GaussianAvatars/VHAP layout) to OUT."""
+  """Write the synthetic multi-view video dataset (GaussianAvatars/VHAP layout) to OUT.
+
+  Smallest grid: 2 cameras and 4 timesteps (at --train-ratio 0.7, so that the test split is not
+  empty); head grid --rows >= 16, --cols >= 24 (even)."""
+  cfg.check_grid()
   info = generate(cfg)
   print(f"wrote {info['num_images']} images ({info['splits']}) of a {info['num_vertices']}-vertex "
         f"{info['num_faces']}-face head to {cfg.out} in {info['seconds_total']:.1f} s "

@@ -31,6 +31,9 @@ import numpy as np
 import optax
 
 from gaedit_jax import parallel
+from gaedit_jax.data.layout import DatasetError
+from gaedit_jax.data.validate import (check_choice, check_flags, check_path, config_checks,
+                                      validate_dataset)
 from gaedit_jax.edit import discriminator as D
 from gaedit_jax.edit import wabe as W
 from gaedit_jax.edit.editors import EditContext
@@ -39,6 +42,7 @@ from gaedit_jax.edit.images import from_square, to_square
 from gaedit_jax.edit.mouth import MOUTH_LOSS_WEIGHT, mouth_face_mask, mouth_gaussians, mouth_loss, render_mouth_mask
 from gaedit_jax.edit.mouth import MouthMasks
 from gaedit_jax.edit.schedule import SSIM_WEIGHT, edit_dssim, ssim_phase, ssim_phase_start
+from gaedit_jax.errors import InputError
 from gaedit_jax.losses import position_reg, scale_reg
 from gaedit_jax.reconstruct import ReconstructConfig as _GA  # GaussianAvatars' rates (SPEC 2.6)
 from gaedit_jax.render import rasterize
@@ -61,6 +65,9 @@ class EditConfig:
   """Editing sequence (dataset folder). Default: the avatar's training data."""
   flame_model: Path | None = None
   """FLAME model file. Default: the one the avatar folder records (GaussianAvatars records none)."""
+  intrinsics: Literal["file", "fov_x"] | None = None
+  """Camera intrinsics of the editing sequence ("file" or GaussianAvatars' "fov_x", see `gaedit
+  reconstruct --intrinsics`). Default: the avatar's."""
   editor: Literal["ip2p", "synthetic"] = "ip2p"
   """2D editor: InstructPix2Pix (--ip2p, --prompt) or the synthetic-target editor (--target-data)."""
   ip2p: Path | None = None
@@ -199,6 +206,52 @@ class EditConfig:
   checkpoint_minutes: float = 10.0
   """Checkpoint every this many minutes of wall-clock time (0: off), besides the end, the iteration
   interval, and an interruption (Ctrl-C, an error) after a completed step."""
+
+  def __post_init__(self):
+    config_checks(self.validate_flags)
+
+  def validate_flags(self) -> None:
+    """Value checks of the flags (one-line InputError naming the flag)."""
+    check_flags(self, {
+        "edit_every batch_size devices diffusion_steps wabe_k log_interval keep_checkpoints stop_after": "int >= 1",
+        "iterations seed gan_start checkpoint_interval dump_interval": "int >= 0",
+        "ip2p_size": "int >= 8", "tile_size": "int [1, 16]", "position_lr": "> 0",
+        "guidance_scale image_guidance_scale synthetic_noise lambda_l1 lambda_lpips lambda_mouth lambda_xyz "
+        "threshold_xyz lambda_scale threshold_scale wabe_beta gan_weight disc_lr feature_lr opacity_lr "
+        "scaling_lr rotation_lr flame_pose_lr flame_trans_lr flame_expr_lr isect_per_gaussian": ">= 0"})
+    if self.ip2p_size % 8:
+      raise InputError(f"--ip2p-size must be a multiple of 8 (the VAE's downsampling), got {self.ip2p_size}")
+    for name, choices in (("editor", ("ip2p", "synthetic")), ("ip2p_dtype", ("float32", "bfloat16")),
+                          ("flame_init", ("data", "avatar")), ("wabe", ("binary", "soft", "backward", "off")),
+                          ("gan_mode", ("faithful", "standard"))):
+      check_choice(self, name, choices)
+    if self.intrinsics is not None:
+      check_choice(self, "intrinsics", ("file", "fov_x"))
+
+  def check_inputs(self, data: Path, *, intrinsics: str = "file", flame_timesteps: int | None = None,
+                   progress: bool | None = None):
+    """Up-front checks (before any step): the editing sequence `data` (every split, image, mask and
+    FLAME file, `validate_dataset`; its timesteps within the `flame_timesteps` FLAME parameter
+    sets), the given weight folders and the synthetic editor's target dataset. Returns the
+    DatasetSummary of `data`."""
+    progress = self.progress if progress is None else progress
+    if self.lpips_weights is not None and self.lambda_lpips > 0:
+      check_path(self.lpips_weights, "--lpips-weights")
+    if self.editor == "ip2p" and self.ip2p is not None:
+      check_path(self.ip2p, "--ip2p", kind="dir")
+    summary = validate_dataset(data, ("train", "val", "test"), intrinsics=intrinsics, progress=progress,
+                               flame_timesteps=flame_timesteps, flag="--data" if self.data else "the avatar's data")
+    n = summary.frames["train"]
+    if self.batch_size > n:
+      raise DatasetError(f"--batch-size {self.batch_size} is larger than the {n} training frames of {data}")
+    if self.editor == "synthetic" and self.target_data is not None:
+      target = validate_dataset(self.target_data, ("all",), required=("all",), intrinsics=intrinsics,
+                                progress=progress, flag="--target-data")
+      if target.image_size["all"] != summary.image_size["train"]:
+        raise DatasetError("--target-data {} has {}x{} images but the editing sequence {} has {}x{} (make the "
+                           "target with `gaedit synth` with the same --width / --height)".format(
+                               self.target_data, *target.image_size["all"], data, *summary.image_size["train"]))
+    return summary
 
 
 @jax.tree_util.register_dataclass
@@ -423,8 +476,9 @@ class EditRun:
     self.image_scale = float(c.get("image_scale", 1.0))
     self.white_background = bool(c.get("white_background", True))
     self.data = Path(cfg.data or acfg["data"]).absolute()
+    self.intrinsics = cfg.intrinsics or c.get("intrinsics", "file")
     self.flame_model = Path(acfg["flame_model"])
-    dkw = dict(image_scale=self.image_scale, white_background=self.white_background)
+    dkw = dict(image_scale=self.image_scale, white_background=self.white_background, intrinsics=self.intrinsics)
     self.train_ds = training_frames(self.data, cfg.eval, cache_size=4096, **dkw)   # --eval / --no-eval
     if cfg.flame_init == "data":   # SPEC 5.2: FLAME from the editing sequence's tracking
       full = load_model(self.data, self.flame_model)
@@ -433,6 +487,8 @@ class EditRun:
       model = baked_model(full, fp)
       flame = {k: jnp.asarray(getattr(fp, k), jnp.float32) for k in fp.PER_TIMESTEP}
     self.flame0, self.model = fp, model
+    cfg.check_inputs(self.data, intrinsics=self.intrinsics, flame_timesteps=int(flame["rotation"].shape[0]),
+                     progress=cfg.progress and parallel.is_primary())   # bad input fails here, not at step N
     self.extent = self.train_ds.camera_extent()
     self.background = jnp.asarray(self.train_ds.background)
     self.sh_degree = avatar.sh_degree
@@ -546,7 +602,7 @@ class EditRun:
     from gaedit_jax.reconstruct import _jsonable
 
     config = dict(self.avatar_cfg.get("config", {}))
-    config.update(image_scale=self.image_scale, white_background=self.white_background,
+    config.update(image_scale=self.image_scale, white_background=self.white_background, intrinsics=self.intrinsics,
                   sh_degree=self.sh_degree, edit=_jsonable(dataclasses.asdict(self.cfg)))
     write_json(self.out / "cfg.json", dict(
         config=config, data=str(self.data), flame_model=str(self.flame_model.absolute()),
