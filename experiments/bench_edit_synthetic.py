@@ -33,6 +33,8 @@ plain; "yes" when delta > max(std plain, std variant).
   python experiments/bench_edit_synthetic.py                       # full run (GPU): 4 variants x 3 seeds
   python experiments/bench_edit_synthetic.py --quick --recon-iterations 100 --edit-iterations 10 \
       --seeds 0 1 --variants plain wabe                            # CPU smoke test
+  python experiments/bench_edit_synthetic.py --variants plain wabe gan both wabe_tile both_tile --jobs 3
+                                                                   # 6 variants in 3 processes, one GPU
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (smoke test)")
   p.add_argument("--reuse", action="store_true", help="reuse the data, the avatar and finished runs in --out")
   p.add_argument("--progress", action="store_true", help="progress bars")
+  p.add_argument("--jobs", type=int, default=1,
+                 help="edit the variants in this many processes at once (each run is small: one GPU holds "
+                      "several); the edit times are then measured under contention")
   a = p.parse_args(argv)
   sizes = QUICK_SIZES if a.quick else DEMO_SIZES
   for k, v in sizes.items():
@@ -363,6 +368,44 @@ def save_grid(a, res: dict, variants: list[str], gt: np.ndarray) -> Path:
   return save_png(a.out / "grid.png", side_by_side(labelled))
 
 
+def run_jobs(a, res: dict) -> None:
+  """--jobs N: the variants not yet in `res` are split over N child processes of this script, each
+  in OUT/jobs/<k> with the data and the avatar of OUT linked in; their runs are merged into `res`."""
+  import subprocess
+
+  todo = [v for v in a.variants if any(str(s) not in res["runs"].get(v, {}) for s in a.seeds)]
+  groups = [todo[k::a.jobs] for k in range(min(a.jobs, len(todo)))]
+  procs = []
+  for k, vs in enumerate(groups):
+    d = a.out / "jobs" / str(k)
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("data", "data_facepaint", "model"):
+      if not (d / name).exists():
+        (d / name).symlink_to(a.out / name)
+    argv = [sys.executable, os.path.abspath(__file__), "--out", str(d), "--reuse", "--variants", *vs,
+            "--seeds", *map(str, a.seeds), "--edit-iterations", str(a.edit_iterations),
+            "--recon-iterations", str(a.recon_iterations), "--data-seed", str(a.data_seed),
+            "--open-jaw", str(a.open_jaw), "--gan-weight", str(a.gan_weight), "--noise", str(a.noise)]
+    argv += [x for k2 in DEMO_SIZES for x in ("--" + k2.replace("_", "-"), str(getattr(a, k2)))]
+    if a.lpips_weights:
+      argv += ["--lpips-weights", str(a.lpips_weights)]
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    print(f"job {k}: variants {vs}", flush=True)
+    procs.append((d, subprocess.Popen(argv, env=env, stdout=open(d / "log.txt", "w"), stderr=subprocess.STDOUT)))
+  for d, proc in procs:
+    if proc.wait() != 0:
+      raise SystemExit(f"bench job in {d} failed (exit {proc.returncode}); see {d / 'log.txt'}")
+    sub = json.loads((d / "results.json").read_text())
+    for v, runs in sub["runs"].items():
+      res["runs"].setdefault(v, {}).update(runs)
+      for seed in runs:
+        src, dst = d / "runs" / v / f"seed{seed}", a.out / "runs" / v / f"seed{seed}"
+        if src.exists():
+          shutil.rmtree(dst, ignore_errors=True)
+          dst.parent.mkdir(parents=True, exist_ok=True)
+          shutil.copytree(src, dst)
+
+
 def write_results(a, res: dict, variants: list[str]) -> None:
   res["aggregate"] = aggregate(res["runs"], variants, a.seeds)
   res["claim_check"] = claim_check(res["aggregate"])
@@ -421,6 +464,9 @@ def main(argv=None) -> dict:
   print(f"held-out timesteps {res['eval']['test_timesteps']}, jaw {res['eval']['test_jaw']} rad; "
         f"open-mouth (> {a.open_jaw} rad): {res['eval']['frames']['test_open']} of {res['eval']['frames']['test']} test frames")
 
+  if a.jobs > 1:
+    run_jobs(a, res)
+    write_results(a, res, a.variants)
   editor = None   # the synthetic editor (all face-paint images) is loaded once and shared by all runs
   compiled: set[str] = set()   # variants whose jitted edit step this process has compiled
   for v in a.variants:
