@@ -416,3 +416,18 @@ def test_intrinsics_fov_x_reproduces_gaussianavatars_camera(tmp_path):
                              rtol=1e-6)
   with pytest.raises(InputError, match="intrinsics must be one of"):
     AvatarDataset(tmp_path, "train", intrinsics="fov_y")
+
+
+def test_edit_read_png_reads_16_bit_by_value(tmp_path):
+  """The editor's / evaluation's PNG reader goes through the same by-value decoding (a 16-bit gray
+  image used to read as white)."""
+  from PIL import Image
+
+  from gaedit_jax.edit.images import read_png
+
+  v = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000)
+  Image.fromarray(v).save(tmp_path / "g16.png")
+  x = read_png(tmp_path / "g16.png")
+  assert x.shape == (4, 4, 3)
+  np.testing.assert_allclose(x[..., 0], np.round(v / 65535 * 255) / 255, atol=1e-6)
+  np.testing.assert_array_equal(x[..., 0], x[..., 2])

@@ -108,17 +108,14 @@ def from_square(images: jax.Array, height: int, width: int) -> jax.Array:
 
 
 def read_png(path: str | os.PathLike) -> np.ndarray:
-  """An RGB image as float32 [H, W, 3] in [0, 1]; RGBA is composited on white (GaussianAvatars)."""
-  from PIL import Image
+  """An RGB image as float32 [H, W, 3] in [0, 1], read by value (16-bit, palette, gray: see
+  io.media.read_image); RGBA is composited on white (GaussianAvatars)."""
+  from gaedit_jax.io.media import read_image
 
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: no such image")
-  with Image.open(path) as im:
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-      rgba = np.asarray(im.convert("RGBA"), np.float32) / 255.0
-      return rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
-    return np.asarray(im.convert("RGB"), np.float32) / 255.0
+  x = read_image(path).astype(np.float32) / 255.0
+  if x.shape[-1] == 4:
+    return x[..., :3] * x[..., 3:] + (1.0 - x[..., 3:])
+  return x
 
 
 def write_png(path: str | os.PathLike, image) -> None:
