@@ -117,8 +117,9 @@ class RenderConfig:
                                                or not 1 <= self.max_intersections < 2**31):
       bad("max_intersections", "None or an integer in [1, 2^31)")
     if not _is_real(self.isect_per_gaussian) or not (math.isfinite(self.isect_per_gaussian)
-                                                     and self.isect_per_gaussian > 0):
-      bad("isect_per_gaussian", "a finite number > 0 (intersections per Gaussian and view)")
+                                                     and self.isect_per_gaussian >= 0):
+      bad("isect_per_gaussian", "a finite number >= 0 (intersections per Gaussian and view, on top of "
+          "a fixed 4096)")
     if self.backend not in ("auto", "native", "reference"):
       bad("backend", '"auto", "native" or "reference"')
 
