@@ -19,16 +19,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax.camera import make_camera
+from gaedit_jax.data.synthetic import nersemble_like_rig
+from gaedit_jax.density import DensityStats
+from gaedit_jax.flame import FlameParams, add_teeth, make_synthetic_flame
+from gaedit_jax.reconstruct import (ReconstructConfig, StepConfig, TrainState, baked_model, make_optimizer,
+                                    make_step)
+from gaedit_jax.render.types import RenderConfig
+from gaedit_jax.rig import Avatar
+
 
 def build(n: int, width: int, height: int, views: int, seed: int = 0):
-  from gaedit_jax.data.synthetic import nersemble_like_rig
-  from gaedit_jax.data.synthetic_head import make_synthetic_flame
-  from gaedit_jax.camera import make_camera
-  from gaedit_jax.density import DensityStats
-  from gaedit_jax.flame import FlameParams, add_teeth
-  from gaedit_jax.reconstruct import ReconstructConfig, TrainState, baked_model, make_optimizer
-  from gaedit_jax.rig import Avatar
-
   model_full = add_teeth(make_synthetic_flame(0))
   T = 16
   flame = FlameParams.zeros(model_full, T)
@@ -59,9 +60,6 @@ def build(n: int, width: int, height: int, views: int, seed: int = 0):
 
 
 def bench(n, width, height, views, iters, warmup, sh_degree, isect):
-  from gaedit_jax.reconstruct import StepConfig, make_step
-  from gaedit_jax.render.types import RenderConfig
-
   state, opt, model, cams, img, ts = build(n, width, height, views)
   step = make_step(opt, StepConfig(render=RenderConfig(sh_degree=sh_degree, isect_per_gaussian=isect)))
   bg = jnp.ones(3)

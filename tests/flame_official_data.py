@@ -1,7 +1,7 @@
 """A stand-in for the real FLAME files (which cannot be shipped): a head with FLAME's vertex and face
 counts (5023 / 9976), written in the official pickle layout with an official 14-region masks file.
 
-The built-in synthetic head (`synthetic_head.make_synthetic_flame`) with a 72 x 60 grid and 8 x 34
+The built-in synthetic head (`flame.make_synthetic_flame`) with a 72 x 60 grid and 8 x 34
 eyeballs has 5024 vertices and 10036 faces; opening the neck (removing the bottom pole and its 60
 faces) leaves 5023 and 9976, the FLAME counts (FLAME is open at the neck too). Its vertices are then
 renumbered so that GaussianAvatars' fixed FLAME ids land where they belong on this head: the outer
@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaedit_jax import flame as F
-from gaedit_jax.data import synthetic_head as sh
-from gaedit_jax.flame_regions import FIXED_REGIONS, OFFICIAL_REGIONS
+from gaedit_jax.flame import synthetic as sh
+from gaedit_jax.flame.model import _regions_dict
+from gaedit_jax.flame.regions import FIXED_REGIONS, OFFICIAL_REGIONS
 
 ROWS, COLS, EYE_RES = 72, 60, (8, 34)
 LEFT_EYEBALL_START, RIGHT_EYEBALL_START = 3931, 4477  # FLAME's eyeball vertex id ranges
@@ -42,7 +43,7 @@ def _drop_vertex(model: F.FlameModel, v: int) -> F.FlameModel:
   faces = faces - (faces > v)
   npose = model.posedirs.shape[0]
   pd = np.asarray(model.posedirs).reshape(npose, nv, 3)[:, keep].reshape(npose, -1)
-  regions = {n: m[keep] for n, m in F._regions_dict(model).items()}
+  regions = {n: m[keep] for n, m in _regions_dict(model).items()}
   shift = lambda r: None if r is None else jnp.asarray(np.asarray(r) - (np.asarray(r) > v), jnp.int32)
   out = dataclasses.replace(
       model, v_template=model.v_template[keep], shapedirs=model.shapedirs[keep],
@@ -58,7 +59,7 @@ def _renumber(model: F.FlameModel, new_of_old: np.ndarray) -> F.FlameModel:
   old_of_new = np.argsort(new_of_old)
   npose = model.posedirs.shape[0]
   pd = np.asarray(model.posedirs).reshape(npose, nv, 3)[:, old_of_new].reshape(npose, -1)
-  regions = {n: m[old_of_new] for n, m in F._regions_dict(model).items()}
+  regions = {n: m[old_of_new] for n, m in _regions_dict(model).items()}
   ring = lambda r: None if r is None else jnp.asarray(new_of_old[np.asarray(r)], jnp.int32)
   out = dataclasses.replace(
       model, v_template=model.v_template[old_of_new], shapedirs=model.shapedirs[old_of_new],
@@ -111,7 +112,7 @@ def make_flame_like_head(n_shape: int = 300, n_expr: int = 100) -> F.FlameModel:
   bottom_pole = ROWS * COLS + 1
   boundary = np.zeros(m.num_vertices, bool)
   boundary[(ROWS - 1) * COLS + np.arange(COLS)] = True   # the open neck edge after the cut
-  regions = F._regions_dict(m)
+  regions = _regions_dict(m)
   regions["boundary"] = boundary
   m = _drop_vertex(F.with_regions(m, regions), bottom_pole)
   assert (m.num_vertices, m.num_faces) == (5023, 9976), (m.num_vertices, m.num_faces)

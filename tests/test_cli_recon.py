@@ -14,6 +14,7 @@ from recon_data import make_tiny_dataset
 
 from gaedit_jax.cli import main as cli
 from gaedit_jax.data.layout import DatasetError
+from gaedit_jax.flame import make_synthetic_flame, save_flame
 
 TINY = ["--iterations", "8", "--position-lr-max-steps", "20", "--densify-from", "3", "--densify-interval", "3", "--sh-degree", "0",
         "--checkpoint-interval", "4", "--eval-interval", "0", "--eval-max-frames", "3", "--no-progress"]
@@ -103,9 +104,6 @@ def test_bad_data_errors(tiny, tmp_path):
     cli(["reconstruct", "--data", str(broken), "--out", str(tmp_path / "o"), "--flame-model",
          str(tmp_path / "missing.pkl")] + TINY)
   # a FLAME model that does not match the tracking (other vertex count)
-  from gaedit_jax.data.synthetic_head import make_synthetic_flame
-  from gaedit_jax.flame import save_flame
-
   save_flame(make_synthetic_flame(0, n_shape=20, n_expr=20, rows=18, cols=24), tmp_path / "other.pkl")
   with pytest.raises(DatasetError, match="static_offset"):
     cli(["reconstruct", "--data", str(broken), "--out", str(tmp_path / "o"), "--flame-model",

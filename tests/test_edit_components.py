@@ -16,11 +16,11 @@ from gaedit_jax import flame as F
 from gaedit_jax import rig
 from gaedit_jax.camera import make_camera
 from gaedit_jax.data import mesh_raster, synthetic
-from gaedit_jax.data import synthetic_head as sh
 from gaedit_jax.edit import discriminator as D
 from gaedit_jax.edit import mouth as M
 from gaedit_jax.edit import wabe as W
 from gaedit_jax.edit.editors import EditContext, Editor, IP2PEditor, NoiseConfig, SyntheticEditor
+from gaedit_jax.flame import synthetic as sh
 from gaedit_jax.metrics import psnr, ssim
 from gaedit_jax.render import RenderConfig, rasterize
 

@@ -15,7 +15,8 @@ import scipy.sparse
 from scipy.spatial.transform import Rotation
 
 from gaedit_jax import flame as F
-from gaedit_jax.data import synthetic_head as sh
+from gaedit_jax.flame import files as flame_files
+from gaedit_jax.flame import synthetic as sh
 
 fwd = jax.jit(F.flame_forward, static_argnames="return_joints")
 
@@ -368,7 +369,7 @@ def test_load_pickle_written_by_a_chumpy_like_class(tmp_path):
 def test_flame_file_errors_name_file_key_and_shape(tmp_path):
   m = small_head()
   path = F.save_flame(m, tmp_path / "h.pkl")
-  d = {k: F._to_numpy(v, k) for k, v in F._read_pickle(path).items()}
+  d = {k: flame_files._to_numpy(v, k) for k, v in flame_files._read_pickle(path).items()}
   d2 = dict(d)
   del d2["weights"]
   bad = tmp_path / "noweights.pkl"
@@ -387,10 +388,10 @@ def test_flame_file_errors_name_file_key_and_shape(tmp_path):
   with pytest.raises(FileNotFoundError, match="missing.pkl"):
     F.load_flame(tmp_path / "missing.pkl")
   # a non-terminal chumpy object cannot be read
-  stand = F._standin(F._ChumpyStandIn, "chumpy.ch_ops", "add")()
+  stand = flame_files._standin(flame_files._ChumpyStandIn, "chumpy.ch_ops", "add")()
   stand.__setstate__({"a": 1, "b": 2})
   with pytest.raises(F.FlameFileError, match="chumpy.ch_ops.add"):
-    F._to_numpy(stand, "x.pkl:shapedirs")
+    flame_files._to_numpy(stand, "x.pkl:shapedirs")
 
 
 def test_npz_round_trip_with_teeth(tmp_path):

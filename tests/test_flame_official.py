@@ -17,10 +17,11 @@ import pytest
 from flame_official_data import make_flame_like_head, write_dataset, write_official_files
 
 from gaedit_jax import flame as F
-from gaedit_jax.data import synthetic_head as sh
 from gaedit_jax.edit.mouth import mouth_face_mask
 from gaedit_jax.errors import InputError
-from gaedit_jax.flame_regions import (FIXED_REGIONS, LIP_INSIDE_RING_EXTRA, OFFICIAL_REGIONS,
+from gaedit_jax.flame import synthetic as sh
+from gaedit_jax.flame.model import _regions_dict
+from gaedit_jax.flame.regions import (FIXED_REGIONS, LIP_INSIDE_RING_EXTRA, OFFICIAL_REGIONS,
                                       TEETH_LEFT_HALF, TEETH_RIGHT_HALF)
 
 
@@ -96,7 +97,7 @@ def test_other_topology_must_bring_the_mouth_regions(tmp_path):
   msg = str(e.value)
   assert isinstance(e.value, F.FlameFileError) and "\n" not in msg
   assert str(path) in msg and "['lips_tight', 'lip_inside']" in msg and "masks file" in msg
-  assert mouth_face_mask(F.with_regions(model, dict(F._regions_dict(model), lips_tight=model.region("lips"),
+  assert mouth_face_mask(F.with_regions(model, dict(_regions_dict(model), lips_tight=model.region("lips"),
                                                     lip_inside=model.region("lips")))).any()
   # and without ordered lip rings add_teeth cannot build the teeth
   no_rings = F.with_regions(dataclasses.replace(head, lip_ring_upper=None, lip_ring_lower=None), regions)

@@ -10,7 +10,7 @@ from scipy.spatial.transform import Rotation
 
 from gaedit_jax import flame as F
 from gaedit_jax import rig
-from gaedit_jax.data import synthetic_head as sh
+from gaedit_jax.flame import synthetic as sh
 from gaedit_jax.render.types import Gaussians
 
 

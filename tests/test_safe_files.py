@@ -20,9 +20,10 @@ import pytest
 
 from gaedit_jax import flame as F
 from gaedit_jax import safe_pickle
-from gaedit_jax.data import synthetic_head as sh
 from gaedit_jax.edit import torch_pickle as TP
 from gaedit_jax.errors import InputError
+from gaedit_jax.flame import files as flame_files
+from gaedit_jax.flame import synthetic as sh
 
 torch = pytest.importorskip("torch")
 
@@ -179,7 +180,7 @@ def test_hostile_files_are_refused_before_anything_runs(where, kind, traps, tmp_
 def test_build_cannot_change_an_allowed_class(tmp_path):
   """BUILD on a global (here the chumpy stand-in class) would set class attributes for the rest of
   the process; only data objects may receive state."""
-  cls = F._FLAME_ALLOWED[("chumpy.ch", "Ch")]
+  cls = flame_files._FLAME_ALLOWED[("chumpy.ch", "Ch")]
   text = lambda t: b"X" + struct.pack("<I", len(t)) + t.encode()
   state = b"N}" + text("_pickled_class") + text("pwned") + b"s\x86"   # (None, {name: value})
   p = tmp_path / "build.pkl"
@@ -233,11 +234,11 @@ def test_broken_pickles_give_one_line_naming_the_file(case, expect, tmp_path):
   assert re.search(expect, str(e.value)), str(e.value)
 
 
-class _Py2Writer(F._PickleWriter):
+class _Py2Writer(flame_files._PickleWriter):
   """Writes bytes the way python 2 wrote `str` (SHORT_BINSTRING / BINSTRING), as in the official
   FLAME files (numpy's raw array data is a python-2 str there)."""
 
-  dispatch = dict(F._PickleWriter.dispatch)
+  dispatch = dict(flame_files._PickleWriter.dispatch)
 
   def save_bytes(self, obj):
     if len(obj) < 256:
@@ -251,7 +252,7 @@ class _Py2Writer(F._PickleWriter):
 
 def test_python2_era_flame_pickle_loads(tmp_path, monkeypatch):
   model = _small_flame()
-  monkeypatch.setattr(F, "_PickleWriter", _Py2Writer)
+  monkeypatch.setattr(flame_files, "_PickleWriter", _Py2Writer)
   path = F.save_flame(model, tmp_path / "py2.pkl")
   monkeypatch.undo()
   raw = path.read_bytes().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")

@@ -12,8 +12,8 @@ import pytest
 
 from gaedit_jax import flame as F
 from gaedit_jax.data import mesh_raster, synthetic
-from gaedit_jax.data import synthetic_head as sh
 from gaedit_jax.data.dataset import AvatarDataset
+from gaedit_jax.flame import synthetic as sh
 
 SMALL = dict(rows=20, cols=32, eye_res=(6, 8))
 fwd = jax.jit(F.flame_forward)

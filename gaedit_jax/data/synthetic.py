@@ -1,6 +1,6 @@
 """`gaedit synth OUT`: a multi-view video dataset of the built-in synthetic head.
 
-The head (`synthetic_head.make_synthetic_flame` + `flame.add_teeth`) is posed by FLAME parameters
+The head (`flame.make_synthetic_flame` + `flame.add_teeth`) is posed by FLAME parameters
 that move expression, jaw, neck, eyes (and a little global motion), seen by a NeRSemble-like rig of
 16 cameras ~1 m away (camera 8 frontal), and rendered by an independent textured-mesh z-buffer
 rasterizer (`mesh_raster`, numpy; not the Gaussian rasterizer) with procedural textures
@@ -30,12 +30,12 @@ from tqdm import tqdm
 
 from gaedit_jax.camera import look_at
 from gaedit_jax.data import mesh_raster, textures
-from gaedit_jax.data import synthetic_head as sh
 from gaedit_jax.data.layout import DatasetExistsError, DatasetWriter
 from gaedit_jax.data.validate import check_flags, config_checks
 from gaedit_jax.errors import InputError
 from gaedit_jax.flame import (FlameModel, FlameParams, add_teeth, flame_forward, region_face_mask,
                               save_flame)
+from gaedit_jax.flame import synthetic as sh
 
 FLAME_FILE = "flame/synthetic_flame.pkl"  # relative to the dataset folder
 MIN_CAMERAS = 2     # a training camera and the validation camera

@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from gaedit_jax.data import synthetic_head as sh
+from gaedit_jax.flame import synthetic as sh
 
 TEXTURES = ("skin", "facepaint")
 

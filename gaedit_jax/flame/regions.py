@@ -1,4 +1,4 @@
-"""GaussianAvatars' vertex regions of the FLAME topology (5023 vertices, 9976 faces), as data.
+"""GaussianAvatars' vertex regions of the FLAME topology (5023 vertices, 9976 faces).
 
 The official `FLAME_masks.pkl` holds 14 regions (eye_region, neck, left_eyeball, right_eyeball,
 right_ear, right_eye_region, forehead, lips, nose, scalp, boundary, face, left_ear,
@@ -6,9 +6,9 @@ left_eye_region). GaussianAvatars (`flame_model/flame.py`, `FlameMask.create_cus
 `FlameHead.add_teeth`) adds regions of its own as fixed vertex-index lists of the FLAME mesh; the
 editor needs two of them (lips_tight, lip_inside: its mouth is teeth | lips_tight | lip_inside) and
 the teeth are built from the ordered outer lip rings. The lists below are those vertex ids (facts
-of the FLAME topology); `gaedit_jax.flame.complete_flame_regions` adds them, and the regions
-GaussianAvatars derives from them and from the official masks, to a 5023-vertex model whose masks
-lack them.
+of the FLAME topology); `complete_flame_regions` adds them, and the regions GaussianAvatars
+derives from them and from the official masks, to a 5023-vertex model whose masks lack them;
+`require_regions` names the regions a model lacks; `is_flame_topology` says whether the lists apply.
 
 * `FIXED_REGIONS`: name -> vertex ids, in GaussianAvatars' order. The four lip rings are ordered
   (15 vertices, corner to corner, index 0 on the subject's left, +x; upper and lower in
@@ -16,11 +16,20 @@ lack them.
 * `LIP_INSIDE_RING_EXTRA`: the two mouth-corner vertices GaussianAvatars adds to the union of the
   inner lip rings to form `lip_inside_ring`.
 * `TEETH_LEFT_HALF` / `TEETH_RIGHT_HALF`: teeth vertices (local ids 0..119 of
-  `gaedit_jax.flame.add_teeth`, add 5023) that GaussianAvatars appends to left_half / right_half.
-  As in GaussianAvatars the right list lacks local id 73 (vertex 5096).
+  `gaedit_jax.flame.teeth.add_teeth`, add 5023) that GaussianAvatars appends to left_half /
+  right_half. As in GaussianAvatars the right list lacks local id 73 (vertex 5096).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable
+
+import jax.numpy as jnp
+import numpy as np
+
+from gaedit_jax.flame.model import FlameFileError, FlameModel, _regions_dict, with_regions
 
 FLAME_NUM_VERTICES = 5023
 FLAME_NUM_FACES = 9976
@@ -473,10 +482,100 @@ TEETH_RIGHT_HALF = (
     53, 54, 55, 56, 57, 58, 59, 67, 68, 69, 70, 71, 72, 74, 82, 83, 84, 85, 86, 87, 88, 89, 97, 98,
     99, 100, 101, 102, 103, 104, 112, 113, 114, 115, 116, 117, 118, 119)
 
-# Regions GaussianAvatars derives at load time (see `gaedit_jax.flame.complete_flame_regions`).
+# Regions GaussianAvatars derives at load time (see `complete_flame_regions`).
 DERIVED_REGIONS = ("hair", "ears", "eyeballs", "irises", "left_eye", "right_eye", "eyelids",
                    "lip_inside_ring", "sclerae", "skin")
 
+# The 15-vertex outer lip contours of the original FLAME topology (5023 vertices), upper and lower,
+# in corresponding order; GaussianAvatars builds its teeth from them (SPEC 2.1).
+FLAME_LIP_RING_UPPER = FIXED_REGIONS["lip_outside_ring_upper"]
+FLAME_LIP_RING_LOWER = FIXED_REGIONS["lip_outside_ring_lower"]
+# Size of the GaussianAvatars teeth (`gaedit_jax.flame.teeth.add_teeth`).
+NUM_TEETH_VERTICES = 120
+NUM_TEETH_FACES = 168
+
+
+def is_flame_topology(model: FlameModel) -> bool:
+  """True for the 5023-vertex FLAME mesh (with or without the 120 teeth vertices of `add_teeth`):
+  GaussianAvatars' fixed vertex-index regions (`FIXED_REGIONS`) apply to it."""
+  nv = model.num_vertices - (NUM_TEETH_VERTICES if model.has_teeth else 0)
+  return nv == FLAME_NUM_VERTICES
+
+
+def complete_flame_regions(model: FlameModel) -> FlameModel:
+  """Adds GaussianAvatars' own regions to a FLAME-topology model whose masks lack them; other
+  models are returned unchanged. Regions already present (from a masks file) are kept.
+
+  Fixed lists (`FIXED_REGIONS`: lips_tight, lip_inside, lip rings, neck_*,
+  bottomline, irises, eyelids, left/right_half, ...; on a model with teeth left/right_half also get
+  their teeth vertices), then, where their inputs exist, the regions GaussianAvatars derives:
+  hair = scalp - (face | neck), ears, eyeballs, irises, left_eye / right_eye (eye region | eyeball),
+  eyelids, lip_inside_ring (inner rings + 2 corner vertices), sclerae = eyeballs - irises,
+  skin = FLAME vertices - (eyeballs | hair | lips_tight | boundary). Without lip rings the model
+  gets the ordered outer lip rings (for `add_teeth`)."""
+  if not is_flame_topology(model):
+    return model
+  nv = model.num_vertices
+  regions = _regions_dict(model)
+  before = set(regions)
+
+  def mask(ids) -> np.ndarray:
+    m = np.zeros(nv, bool)
+    m[np.asarray(ids, np.int64)] = True
+    return m
+
+  teeth_half = dict(left_half=TEETH_LEFT_HALF, right_half=TEETH_RIGHT_HALF)
+  for name, ids in FIXED_REGIONS.items():
+    if name not in regions:
+      regions[name] = mask(ids)
+      if model.has_teeth and name in teeth_half:
+        regions[name] |= mask(np.asarray(teeth_half[name]) + FLAME_NUM_VERTICES)
+
+  def derive(name, inputs, fn):
+    if name not in regions and all(i in regions for i in inputs):
+      regions[name] = fn(*(regions[i] for i in inputs))
+
+  union = lambda *ms: np.logical_or.reduce(ms)
+  derive("hair", ("scalp", "face", "neck"), lambda s, f, n: s & ~(f | n))
+  derive("ears", ("right_ear", "left_ear"), union)
+  derive("eyeballs", ("right_eyeball", "left_eyeball"), union)
+  derive("irises", ("right_iris", "left_iris"), union)
+  derive("left_eye", ("left_eye_region", "left_eyeball"), union)
+  derive("right_eye", ("right_eye_region", "right_eyeball"), union)
+  derive("eyelids", ("left_eyelid", "right_eyelid"), union)
+  derive("lip_inside_ring", ("lip_inside_ring_upper", "lip_inside_ring_lower"),
+         lambda u, l: u | l | mask(LIP_INSIDE_RING_EXTRA))
+  derive("sclerae", ("eyeballs", "irises"), lambda e, i: e & ~i)
+  flame_verts = np.arange(nv) < FLAME_NUM_VERTICES  # GA builds skin before the teeth exist
+  derive("skin", ("eyeballs", "hair", "lips_tight", "boundary"), lambda *ms: flame_verts & ~union(*ms))
+
+  out = model
+  if model.lip_ring_upper is None or model.lip_ring_lower is None:
+    out = dataclasses.replace(out, lip_ring_upper=jnp.asarray(FLAME_LIP_RING_UPPER, jnp.int32),
+                              lip_ring_lower=jnp.asarray(FLAME_LIP_RING_LOWER, jnp.int32))
+  return with_regions(out, regions) if set(regions) != before else out
+
+
+def require_regions(model: FlameModel, names: Iterable[str], what: str,
+                    source: str | os.PathLike | None = None) -> None:
+  """Raises FlameFileError (one line) when the model lacks any of the named vertex regions: the
+  regions GaussianAvatars defines itself are built in for the FLAME topology only, so a model of
+  another topology has to bring them in its masks file."""
+  missing = [n for n in names if n not in model.region_names]
+  if not missing:
+    return
+  where = f"{source}" if source is not None else "FLAME model"
+  if missing == ["teeth"] and not model.has_teeth:
+    raise FlameFileError(f"{where}: {what} needs the teeth region; add the teeth first (flame.add_teeth)")
+  raise FlameFileError(
+      f"{where}: {what} needs the vertex regions {missing}, which the model lacks; they are built in "
+      f"only for the 5023-vertex FLAME topology and this model has "
+      f"{model.num_vertices - (NUM_TEETH_VERTICES if model.has_teeth else 0)} vertices, so add these "
+      "keys (region name -> vertex ids) to its masks file (<model stem>_masks.pkl or FLAME_masks.pkl "
+      "next to the model)")
+
+
 __all__ = ["FLAME_NUM_VERTICES", "FLAME_NUM_FACES", "OFFICIAL_REGIONS", "ORDERED_REGIONS",
            "FIXED_REGIONS", "LIP_INSIDE_RING_EXTRA", "TEETH_LEFT_HALF", "TEETH_RIGHT_HALF",
-           "DERIVED_REGIONS"]
+           "DERIVED_REGIONS", "FLAME_LIP_RING_UPPER", "FLAME_LIP_RING_LOWER", "NUM_TEETH_VERTICES",
+           "NUM_TEETH_FACES", "is_flame_topology", "complete_flame_regions", "require_regions"]

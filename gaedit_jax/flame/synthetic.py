@@ -28,7 +28,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from gaedit_jax.flame import FLAME_PARENTS, FlameModel, with_regions
+from gaedit_jax.flame.model import FLAME_PARENTS, FlameModel, with_regions
 
 # ------------------------------------------------------------------------------------------------
 # Geometry constants (metres, canonical template frame)
