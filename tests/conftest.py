@@ -1,15 +1,13 @@
-import os
-import sys
+"""Shared fixtures. The helper modules of this folder (raster_scenes, recon_data, ...) and the
+scripts of experiments/ are importable by name: pyproject.toml's [tool.pytest.ini_options]
+`pythonpath` puts both folders on the import path."""
 
+import jax
 import pytest
-
-# tests import small helpers (e.g. raster_scenes) from this folder
-sys.path.insert(0, os.path.dirname(__file__))
 
 
 def _has_gpu() -> bool:
   try:
-    import jax
     return any(d.platform == "gpu" for d in jax.devices())
   except Exception:
     return False
@@ -22,3 +20,13 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "gpu" in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def device(request):
+  """The device a test runs on: every array it makes and every computation (the native kernel and
+  the reference alike) is placed there. "cpu" always; "gpu" (marked `gpu`) where a CUDA device is
+  present, skipped elsewhere."""
+  dev = jax.devices(request.param)[0]
+  with jax.default_device(dev):
+    yield dev

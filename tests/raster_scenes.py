@@ -6,7 +6,7 @@ import numpy as np
 import jax.numpy as jnp
 
 from gaedit_jax.camera import look_at, make_camera
-from gaedit_jax.render import Gaussians
+from gaedit_jax.render import Gaussians, _inputs, reference
 
 
 def random_gaussians(seed: int, n: int, *, sh_degree: int = 3, radius: float = 0.25,
@@ -52,9 +52,7 @@ def faint_scene(seed: int = 13, n: int = 600):
 
 def square_tile_pairs(g: Gaussians, cam, config) -> int:
   """(Gaussian, tile) pairs of the 3-sigma squares (the lists before exact culling), one view."""
-  from gaedit_jax.render import reference
-  from gaedit_jax.render.api import prepare_inputs
-  named, _ = prepare_inputs(g, cam, jnp.zeros(3), config)
+  named, _ = _inputs.prepare_inputs(g, cam, jnp.zeros(3), config)
   a = [x for x, _ in named.values()]
   p = reference.project(*a[:8], width=cam.width, height=cam.height, tile_size=config.tile_size,
                         near_plane=config.near_plane, sh_degree=config.sh_degree)

@@ -1,5 +1,7 @@
 """The native library loader: clear errors instead of XLA's bare "No FFI handler registered"."""
 
+import ctypes
+
 import jaxlib
 import pytest
 
@@ -27,3 +29,18 @@ def test_library_for_another_jaxlib_is_refused(monkeypatch):
     _ffi._load("cpu")
   msg = str(e.value)
   assert f"built for jaxlib {built}" in msg and "jaxlib 0.0.1 is installed" in msg
+
+
+@pytest.mark.gpu
+def test_cuda_library_sizes_both_workspaces():
+  """The forward's and the backward's workspace sizes are the CUDA library's own answers."""
+  assert "cuda" in _ffi.ensure_registered()
+  info = _ffi.build_info()["cuda"]
+  assert info is not None and info["jaxlib"] == jaxlib.__version__ and info["cuda"] == "1"
+  lib = ctypes.cdll.LoadLibrary(info["path"])
+  assert hasattr(lib, "gaedit_cuda_fwd_workspace_bytes") and hasattr(lib, "gaedit_cuda_bwd_workspace_bytes")
+  fwd = _ffi.cuda_fwd_workspace_bytes
+  assert fwd(400, 8000, 32) > fwd(100, 2000, 8) > 1
+  # the backward accumulates 10 floats per (view, Gaussian): 3 more views of 100 need >= 12000 B
+  bwd = _ffi.cuda_bwd_workspace_bytes
+  assert bwd(4, 100) - bwd(1, 100) >= 3 * 100 * 10 * 4 and bwd(1, 1) > 1

@@ -1,10 +1,12 @@
-"""CUDA kernels against the CPU kernels and the reference (run on the GPU machine)."""
+"""CUDA kernels against the CPU kernels and the CPU reference (run on the GPU machine).
+
+Every test of test_rasterizer.py that takes the `device` fixture also runs on the GPU (the CUDA
+kernel against the reference there: batching, vmap, jit, overflow, degenerate and non-finite
+inputs, the kernels' own checks of bad settings); this module holds what needs both devices."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,6 @@ import numpy as np
 import pytest
 
 from gaedit_jax.render import RenderConfig, rasterize
-from gaedit_jax.render import api as render_api
 from raster_scenes import faint_scene, random_gaussians, ring_cameras, square_tile_pairs
 
 pytestmark = pytest.mark.gpu
@@ -140,39 +141,6 @@ def test_cuda_tile_lists_are_exact():
   assert np.all(np.asarray(_render("gpu", g, cam, bg, RenderConfig(max_intersections=square // 2)).overflow))
 
 
-def test_cuda_vmap_nested_vmap_and_jit_cache():
-  g = _on("gpu", random_gaussians(8, 400))
-  cams = _on("gpu", ring_cameras(6, width=32, height=32, focal=30))
-  bg = _on("gpu", jnp.zeros(3))
-  flat = rasterize(g, cams, bg).image
-  grid = jax.tree.map(lambda a: a.reshape((2, 3) + a.shape[1:]), cams)
-  nested = jax.vmap(jax.vmap(lambda c: rasterize(g, c, bg).image))(grid)
-  np.testing.assert_allclose(np.asarray(nested).reshape(flat.shape), np.asarray(flat), atol=1e-6)
-  loss = lambda gg, c: jnp.sum(rasterize(gg, c, bg).image ** 2)
-  per_view = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(g, cams)
-  single = jax.grad(loss)(g, cams[4])
-  np.testing.assert_allclose(np.asarray(per_view.means[4]), np.asarray(single.means), rtol=1e-3, atol=1e-5)
-  f = jax.jit(lambda c: rasterize(g, c, bg).image)
-  for s in range(3):
-    f(_on("gpu", ring_cameras(6, width=32, height=32, focal=30 + s, seed=s))).block_until_ready()
-  assert f._cache_size() == 1
-
-
-def test_cuda_overflow_and_degenerate_inputs():
-  g = _on("gpu", random_gaussians(11, 300))
-  cams = _on("gpu", ring_cameras(2, width=32, height=32, focal=32))
-  bg = _on("gpu", jnp.ones(3))
-  assert np.all(np.asarray(rasterize(g, cams, bg, RenderConfig(max_intersections=50)).overflow))
-  assert not np.any(np.asarray(rasterize(g, cams, bg).overflow))
-  bad = dataclasses.replace(g, means=g.means.at[0].set(jnp.nan), quats=g.quats.at[1].set(0.0),
-                            scales=g.scales.at[2].set(1e4), opacities=g.opacities.at[3].set(0.0))
-  out = rasterize(bad, cams, bg)
-  assert bool(jnp.all(jnp.isfinite(out.image)))
-  grads = jax.grad(lambda gg: jnp.sum(rasterize(gg, cams, bg).image))(bad)
-  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(grads))
-  assert float(jnp.abs(grads.means[:2]).sum()) == 0.0
-
-
 @pytest.mark.parametrize("tile,k", [(16, 10), (8, 3)])
 def test_cuda_wabe_tile_matches_cpu_and_reference(tile, k):
   # per-tile WABE slots (shared-memory max weights, one thread appending per batch): the same mask
@@ -252,29 +220,3 @@ def test_cuda_nonfinite_gaussians_are_not_drawn():
     a, b = np.asarray(getattr(ga, name)), np.asarray(getattr(gc, name))
     assert np.all(np.isfinite(a)) and np.all(a[:10] == 0.0), name
     assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, name
-
-
-@pytest.mark.parametrize("field,value,match", [
-    ("tile_size", 0, "tile_size is 0, expected an integer in [1, 16]"),
-    ("tile_size", -1, "tile_size is -1"), ("tile_size", 17, "tile_size is 17"),
-    ("width", 0, "image size is 0x32"), ("wabe_beta", math.nan, "wabe_beta is nan"),
-    ("wabe_k", 33, "wabe_k is 33"), ("capacity", 0, "intersection capacity is 0"),
-])
-def test_cuda_entry_points_refuse_bad_settings(field, value, match):
-  g, cam, bg = random_gaussians(14, 50), ring_cameras(1, width=32, height=32, focal=32)[0], jnp.zeros(3)
-  named, batch = render_api.prepare_inputs(g, cam, bg, RenderConfig())
-  ops = _on("gpu", [render_api._align(x, core, len(batch)) for x, core in named.values()])
-  base = dict(width=32, height=32, tile_size=16, sh_degree=3, near_plane=0.2, wabe_k=10,
-              wabe_beta=6.0, wabe_backward=False, capacity=4096)
-  good = render_api._Static(**base)
-  bad = render_api._Static(**{**base, field: value})
-  with pytest.raises(Exception, match=re.escape(match)):
-    jax.block_until_ready(render_api._fwd_call(bad, *ops))
-  if field in ("wabe_k", "capacity"):
-    return
-  outs, res = render_api._rasterize_fwd(good, *ops)
-  cts = (jnp.ones_like(outs[0]), jnp.zeros_like(outs[1]), jnp.zeros_like(outs[2]))
-  with pytest.raises(Exception, match=re.escape(match)):
-    jax.block_until_ready(render_api._rasterize_bwd(bad, res, cts))
-  # the device is still usable afterwards
-  assert not np.any(np.asarray(_render("gpu", g, cam, bg).overflow))

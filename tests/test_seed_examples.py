@@ -9,14 +9,11 @@ import json
 import math
 import shlex
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-
-import seed_examples as SE  # noqa: E402
+import seed_examples as SE  # experiments/ is on the path (pyproject: pytest pythonpath)
 
 GA_SUFFIX = "_v16_DS2-0.5x_lmkSTAR_teethV3_SMOOTH_offsetS_whiteBg_maskBelowLine"
 

@@ -658,6 +658,21 @@ FwdLayout fwd_layout(int64_t VN, int64_t cap, int64_t VT) {
   return L;
 }
 
+// Backward workspace: per (view, Gaussian) kAcc float accumulators, then per view 3 background
+// floats; each 256-byte aligned.
+struct BwdLayout {
+  size_t acc, acc_bg, total;
+};
+
+BwdLayout bwd_layout(int64_t V, int64_t N) {
+  BwdLayout L;
+  size_t o = 0;
+  L.acc = o, o += align256(4 * V * N * kAcc);
+  L.acc_bg = o, o += align256(4 * V * 3);
+  L.total = o + 256;  // slack for the base pointer's alignment
+  return L;
+}
+
 int bits_for(uint64_t n) {
   int b = 0;
   while ((uint64_t(1) << b) <= n) ++b;
@@ -781,13 +796,14 @@ static ffi::Error RasterizeBwdCudaImpl(
                (int)((width + tile - 1) / tile), (int)((height + tile - 1) / tile), near_plane, wabe_beta,
                alpha_clamp_zero};
   const int64_t V = in.V, N = in.N, T = (int64_t)st.gx * st.gy;
-  // workspace: V*N*kAcc + V*3 floats (256-byte aligned)
+  const BwdLayout L = bwd_layout(V, N);
   char* base = reinterpret_cast<char*>(align256(reinterpret_cast<size_t>(workspace->untyped_data())));
-  const size_t need = align256(4 * V * N * kAcc) + align256(4 * V * 3) + 256;
-  if ((size_t)workspace->element_count() < need)
-    return ffi::Error::InvalidArgument("gaedit CUDA: backward workspace too small");
-  float* acc = reinterpret_cast<float*>(base);
-  float* acc_bg = reinterpret_cast<float*>(base + align256(4 * V * N * kAcc));
+  if ((size_t)workspace->element_count() < L.total)
+    return ffi::Error::InvalidArgument("gaedit CUDA: backward workspace too small (" +
+                                       std::to_string(workspace->element_count()) + " < " +
+                                       std::to_string(L.total) + " bytes)");
+  float* acc = reinterpret_cast<float*>(base + L.acc);
+  float* acc_bg = reinterpret_cast<float*>(base + L.acc_bg);
   cudaMemsetAsync(acc, 0, sizeof(float) * V * N * kAcc, stream);
   cudaMemsetAsync(acc_bg, 0, sizeof(float) * V * 3, stream);
   // Plain stores when every Gaussian output's views form runs (always for one view, shared
@@ -828,4 +844,10 @@ extern "C" const char* gaedit_build_info() { return GAEDIT_BUILD_INFO ";cuda=1";
 // (view, tile) pairs; the Python wrapper sizes the workspace output with it at trace time.
 extern "C" int64_t gaedit_cuda_fwd_workspace_bytes(int64_t VN, int64_t cap, int64_t VT) {
   return (int64_t)fwd_layout(VN, cap, VT).total;
+}
+
+// Bytes of the backward workspace for V views of N Gaussians (sized by the Python wrapper at trace
+// time, like the forward's).
+extern "C" int64_t gaedit_cuda_bwd_workspace_bytes(int64_t V, int64_t N) {
+  return (int64_t)bwd_layout(V, N).total;
 }

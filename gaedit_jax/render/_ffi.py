@@ -84,21 +84,27 @@ def _has_gpu() -> bool:
 _CUDA_LIB: ctypes.CDLL | None = None
 
 
+def _query(name: str, *args: int) -> int:
+  fn = getattr(_CUDA_LIB, name)
+  fn.restype = ctypes.c_int64
+  fn.argtypes = [ctypes.c_int64] * len(args)
+  return int(fn(*args))
+
+
 def cuda_fwd_workspace_bytes(vn: int, cap: int, vt: int) -> int:
-  """Forward workspace bytes the CUDA kernels need (1 when no CUDA library is registered)."""
+  """Forward workspace bytes the CUDA kernels need for VN (view, Gaussian) pairs, `cap` pooled
+  intersections and VT (view, tile) pairs (1 when no CUDA library is registered)."""
   if _CUDA_LIB is None:
     return 1
-  fn = _CUDA_LIB.gaedit_cuda_fwd_workspace_bytes
-  fn.restype = ctypes.c_int64
-  fn.argtypes = [ctypes.c_int64] * 3
-  return int(fn(vn, cap, vt))
+  return _query("gaedit_cuda_fwd_workspace_bytes", vn, cap, vt)
 
 
 def cuda_bwd_workspace_bytes(v: int, n: int) -> int:
+  """Backward workspace bytes the CUDA kernels need for V views of N Gaussians (1 when no CUDA
+  library is registered)."""
   if _CUDA_LIB is None:
     return 1
-  a = lambda x: (x + 255) // 256 * 256
-  return a(4 * v * n * 10) + a(4 * v * 3) + 256
+  return _query("gaedit_cuda_bwd_workspace_bytes", v, n)
 
 
 @functools.cache

@@ -3,7 +3,7 @@
 Batching. Every argument may carry leading batch dims that broadcast against each other (numpy
 rules): cameras [B] with shared Gaussians [N,...], or per-view Gaussians [B,N,...] (FLAME poses
 differ per frame), or [A,B] grids. All views render in one kernel call. The wrapper aligns every
-operand to the same number of leading dims (inserting size-1 dims, no copies), so that each
+operand to the same number of leading dims (_inputs.aligned: size-1 dims, no copies), so that each
 `jax.vmap` level (vmap_method="expand_dims") adds exactly one leading dim to every operand and the
 kernels see one flat batch of views with shared operands indexed with stride 0. Gradients of shared
 operands are reduced over views inside the backward kernel (under vmap, JAX sums the per-example
@@ -24,10 +24,9 @@ import numpy as np
 
 from gaedit_jax import parallel
 from gaedit_jax.camera import Camera
-from gaedit_jax.render import _ffi
 from gaedit_jax.errors import InputError
-from gaedit_jax.render.types import (MAX_IMAGE_SIDE, Gaussians, RenderConfig, RenderOutput,
-                                     _is_int)
+from gaedit_jax.render import _ffi, _inputs, reference
+from gaedit_jax.render.types import Gaussians, RenderConfig, RenderOutput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,64 +121,6 @@ def _rasterize_bwd(st, res, cts):
 _rasterize_op.defvjp(_rasterize_fwd, _rasterize_bwd)
 
 
-def _align(x, core_rank: int, nb: int):
-  lead = x.ndim - core_rank
-  return x.reshape((1,) * (nb - lead) + x.shape)
-
-
-def _broadcast_batch(named: dict[str, tuple[jax.Array, int]]) -> tuple[int, ...]:
-  shapes = {k: tuple(v.shape[: v.ndim - core]) for k, (v, core) in named.items()}
-  try:
-    return tuple(np.broadcast_shapes(*shapes.values()))
-  except ValueError:
-    detail = ", ".join(f"{k} {s}" for k, s in shapes.items())
-    raise InputError(f"rasterize: the leading (batch) dims do not broadcast: {detail}") from None
-
-
-def prepare_inputs(gaussians: Gaussians, camera: Camera, background, config: RenderConfig):
-  """Validates and casts the arguments; returns (named operands with core ranks, batch shape).
-
-  Every static setting is checked here, before any kernel sees it: the config's own fields (again,
-  in case it was built around `RenderConfig.__post_init__`), the image size and the SH degree
-  against the coefficients given. Problems raise `InputError`.
-  """
-  config.__post_init__()
-  g = gaussians
-  if g.means.ndim < 2 or g.means.shape[-1] != 3:
-    raise InputError(f"rasterize: means must be [..., N, 3], got {g.means.shape}")
-  n = g.means.shape[-2]
-  if g.sh.ndim < 3 or g.sh.shape[-1] != 3 or g.sh.shape[-3] != n:
-    raise InputError(f"rasterize: sh must be [..., N, K, 3] with N = {n}, got {g.sh.shape}")
-  k = g.sh.shape[-2]
-  if (config.sh_degree + 1) ** 2 > k:
-    raise InputError(f"rasterize: RenderConfig.sh_degree = {config.sh_degree} needs "
-                     f"(d+1)^2 = {(config.sh_degree + 1) ** 2} SH coefficients per channel, but sh "
-                     f"has K = {k}: lower sh_degree or pass more coefficients")
-  for name in ("width", "height"):
-    side = getattr(camera, name)
-    if not _is_int(side) or not 1 <= side <= MAX_IMAGE_SIDE:
-      raise InputError(f"rasterize: camera.{name} = {side!r}: expected an integer in "
-                       f"[1, {MAX_IMAGE_SIDE}] (pixels)")
-  offset = g.screen_offset if g.screen_offset is not None else jnp.zeros((n, 2), jnp.float32)
-  f = lambda x: jnp.asarray(x, jnp.float32)
-  named = {
-      "means": (f(g.means), 2), "quats": (f(g.quats), 2), "scales": (f(g.scales), 2),
-      "opacities": (f(g.opacities), 1), "sh": (f(g.sh), 3), "screen_offset": (f(offset), 2),
-      "world_to_camera": (f(camera.world_to_camera), 2), "intrinsics": (camera.intrinsics, 1),
-      "background": (f(background), 1),
-  }
-  for name, (x, core) in named.items():
-    if x.ndim < core:
-      raise InputError(f"rasterize: {name} has rank {x.ndim}, expected at least {core}")
-  expected_core = {"quats": (n, 4), "scales": (n, 3), "opacities": (n,), "screen_offset": (n, 2),
-                   "world_to_camera": (4, 4), "intrinsics": (4,), "background": (3,)}
-  for name, shape in expected_core.items():
-    x, core = named[name]
-    if tuple(x.shape[x.ndim - core:]) != shape:
-      raise InputError(f"rasterize: {name} must be [..., {', '.join(map(str, shape))}], got {x.shape}")
-  return named, _broadcast_batch(named)
-
-
 def rasterize(gaussians: Gaussians, camera: Camera, background, config: RenderConfig = RenderConfig()
               ) -> RenderOutput:
   """Renders Gaussians into the camera's views (see the module docstring for batching).
@@ -193,12 +134,10 @@ def rasterize(gaussians: Gaussians, camera: Camera, background, config: RenderCo
     `RenderOutput` with leading dims = the broadcast batch shape.
   """
   if config.backend == "reference":
-    from gaedit_jax.render import reference
     return reference.rasterize_reference(gaussians, camera, background, config)
   _ffi.ensure_registered()
-  named, batch = prepare_inputs(gaussians, camera, background, config)
-  nb = len(batch)
-  ops = [_align(x, core, nb) for x, core in named.values()]
+  named, batch = _inputs.prepare_inputs(gaussians, camera, background, config)
+  ops = _inputs.aligned(named, batch)
   n = gaussians.means.shape[-2]
   st = _Static(width=int(camera.width), height=int(camera.height), tile_size=int(config.tile_size),
                sh_degree=int(config.sh_degree), near_plane=float(config.near_plane),

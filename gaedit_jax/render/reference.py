@@ -12,13 +12,11 @@ differentiated, so a NaN or inf parameter never reaches the image or a gradient.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gaedit_jax.camera import Camera
+from gaedit_jax.render import _inputs
 from gaedit_jax.render.types import Gaussians, RenderConfig, RenderOutput
 
 ALPHA_MAX, ALPHA_MIN, T_MIN, EPS2D, FOV_PAD = 0.99, 1.0 / 255.0, 1e-4, 0.3, 0.3
@@ -212,11 +210,8 @@ def _normalised_slots(slot, w, k):
 def rasterize_reference(gaussians: Gaussians, camera: Camera, background,
                         config: RenderConfig = RenderConfig()) -> RenderOutput:
   """Same contract as `rasterize` (batching by broadcasting); overflow is always False."""
-  from gaedit_jax.render.api import prepare_inputs
-  named, batch = prepare_inputs(gaussians, camera, background, config)
-  v = math.prod(batch)
-  flat = [jnp.broadcast_to(x, batch + x.shape[x.ndim - core:]).reshape((v,) + x.shape[x.ndim - core:])
-          for x, core in named.values()]
+  named, batch = _inputs.prepare_inputs(gaussians, camera, background, config)
+  flat = _inputs.flat_views(named, batch)
   fn = lambda *a: render_view(*a, width=camera.width, height=camera.height, config=config)
   outs = jax.vmap(fn)(*flat)
   outs = [o.reshape(batch + o.shape[1:]) for o in outs]

@@ -88,7 +88,9 @@ class RenderConfig:
   # capacity of the tile-intersection list, per view. None: isect_per_gaussian * N + 4096.
   max_intersections: int | None = None
   isect_per_gaussian: float = 8.0
-  backend: Literal["auto", "native", "reference"] = "auto"
+  # "auto": the native kernel of the arrays' device (C++ on CPU, CUDA on GPU); "reference": the
+  # dense jnp oracle (render/reference.py), for tests and small scenes
+  backend: Literal["auto", "reference"] = "auto"
   # data parallelism (gaedit_jax.parallel): split the views of a call over this 1-D "views" mesh
   # (the kernel runs per device under shard_map). None: one device.
   mesh: Any = None
@@ -120,8 +122,8 @@ class RenderConfig:
                                                      and self.isect_per_gaussian >= 0):
       bad("isect_per_gaussian", "a finite number >= 0 (intersections per Gaussian and view, on top of "
           "a fixed 4096)")
-    if self.backend not in ("auto", "native", "reference"):
-      bad("backend", '"auto", "native" or "reference"')
+    if self.backend not in ("auto", "reference"):
+      bad("backend", '"auto" or "reference"')
 
   def capacity(self, num_gaussians: int) -> int:
     if self.max_intersections is not None:
