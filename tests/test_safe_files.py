@@ -21,7 +21,7 @@ import pytest
 from gaedit_jax import flame as F
 from gaedit_jax import safe_pickle
 from gaedit_jax.data import synthetic_head as sh
-from gaedit_jax.edit import torch_pickle as TP
+from gaedit_jax.nets import torch_pickle as TP
 from gaedit_jax.errors import InputError
 
 torch = pytest.importorskip("torch")
