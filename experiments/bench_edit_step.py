@@ -60,10 +60,10 @@ def build_editor(tiny: bool, size: int, steps: int, dtype: str, attention: str):
   from bench_ip2p import SD15_UNET, SD15_VAE, _random_params
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
 
-  from gaedit_jax.edit import flax_patches
+  from gaedit_jax.nets import flax_patches
   from gaedit_jax.edit.editors import IP2PEditor
-  from gaedit_jax.edit.ip2p import InstructPix2Pix, IP2PConfig
-  from gaedit_jax.edit.weights import TINY_UNET, TINY_VAE, DDIMSchedule, IP2PModel, unet_shapes, vae_shapes
+  from gaedit_jax.nets.ip2p import DDIMSchedule, InstructPix2Pix, IP2PConfig, IP2PModel, unet_shapes, vae_shapes
+  from gaedit_jax.nets.tiny import TINY_UNET, TINY_VAE
 
   flax_patches.silence_library_logs()
   unet_cfg, vae_cfg = (TINY_UNET, TINY_VAE) if tiny else (SD15_UNET, SD15_VAE)
@@ -138,9 +138,10 @@ def main():
 
   from gaedit_jax.edit import discriminator as D
   from gaedit_jax.edit.editors import EditContext
-  from gaedit_jax.edit.images import to_square
+  from gaedit_jax.nets.images import to_square
   from gaedit_jax.edit.loop import make_step
-  from gaedit_jax.edit.lpips import lpips, random_lpips_params
+  from gaedit_jax.nets.lpips import lpips
+  from gaedit_jax.nets.tiny import random_lpips_params
   from gaedit_jax.edit.mouth import render_mouth_mask
   from gaedit_jax.reconstruct import pose_vertices
   from gaedit_jax.render import rasterize

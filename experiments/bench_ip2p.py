@@ -163,9 +163,8 @@ def random_ip2p(unet_cfg, vae_cfg, size, dtype, attention, steps=20):
   import jax.numpy as jnp
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
 
-  from gaedit_jax.edit import flax_patches
-  from gaedit_jax.edit.ip2p import InstructPix2Pix, IP2PConfig
-  from gaedit_jax.edit.weights import DDIMSchedule, IP2PModel, unet_shapes, vae_shapes
+  from gaedit_jax.nets import flax_patches
+  from gaedit_jax.nets.ip2p import DDIMSchedule, InstructPix2Pix, IP2PConfig, IP2PModel, unet_shapes, vae_shapes
 
   flax_patches.silence_library_logs()
   dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
@@ -181,7 +180,7 @@ def unet_step_fn(ip, attention):
   import jax
   import jax.numpy as jnp
 
-  from gaedit_jax.edit import flax_patches
+  from gaedit_jax.nets import flax_patches
 
   def step(p, x, e):
     with flax_patches.attention_implementation(attention):
@@ -254,7 +253,7 @@ def main():
   import jax
 
   if args.tiny:
-    from gaedit_jax.edit.weights import TINY_UNET, TINY_VAE
+    from gaedit_jax.nets.tiny import TINY_UNET, TINY_VAE
     unet_cfg, vae_cfg = dict(TINY_UNET), dict(TINY_VAE)
   else:
     unet_cfg, vae_cfg = SD15_UNET, SD15_VAE

@@ -489,7 +489,7 @@ def main():
   args.micro_size = (1024 if cpu else 8192) if args.micro_size is None else args.micro_size
   args.copy_mib = args.copy_mib or (64 if cpu else 1024)
   if args.tiny:
-    from gaedit_jax.edit.weights import TINY_UNET, TINY_VAE
+    from gaedit_jax.nets.tiny import TINY_UNET, TINY_VAE
     unet_cfg, vae_cfg = dict(TINY_UNET), dict(TINY_VAE)
   else:
     unet_cfg, vae_cfg = SD15_UNET, SD15_VAE

@@ -30,7 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("gaedit_jax.commands.export", "main", "write an avatar as a GaussianAvatars folder or a world ply"),
     "edit": ("gaedit_jax.edit.loop", "main", "text-driven 4D edit of an avatar"),
     "edit2d": ("gaedit_jax.edit.edit2d", "main", "try an InstructPix2Pix edit on one image"),
-    "convert-weights": ("gaedit_jax.edit.weights", "convert_main", "convert PyTorch weights to Flax once"),
+    "convert-weights": ("gaedit_jax.nets.convert", "convert_main", "convert PyTorch weights to Flax once"),
 }
 
 EXIT_USER_ERROR = 2       # as argparse / tyro for bad arguments

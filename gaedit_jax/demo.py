@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gaedit_jax.nets.images import read_png
+
 
 @dataclasses.dataclass
 class DemoConfig:
@@ -118,8 +120,6 @@ def main(cfg: DemoConfig) -> dict:
 
 
 def _test_frames(folder: Path) -> np.ndarray:
-  from gaedit_jax.edit.images import read_png
-
   return np.stack([read_png(f) for f in sorted((folder / "renders").glob("*.png"))])
 
 

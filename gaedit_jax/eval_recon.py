@@ -21,6 +21,7 @@ import numpy as np
 from gaedit_jax.errors import InputError
 from gaedit_jax.io.model_folder import latest_iteration, load_trained  # noqa: F401  (moved; re-exported)
 from gaedit_jax.metrics import psnr, ssim
+from gaedit_jax.nets.lpips import load_lpips, lpips_images
 
 
 def _pick(n: int, max_frames: int | None) -> np.ndarray:
@@ -36,8 +37,6 @@ def _metrics(x, y):
 
 @functools.partial(jax.jit, static_argnames="lpips_input")
 def _lpips_jit(params, x, y, lpips_input: str = "unit"):
-  from gaedit_jax.edit.lpips import lpips_images
-
   # "unit": [0, 1] images straight into LPIPS, as GA's metrics.py; "signed": rescaled to [-1, 1]
   return lpips_images(params, x, y, lpips_input)
 
@@ -96,8 +95,6 @@ def evaluate_model(model_dir: str | os.PathLike, splits=("val", "test"), *, lpip
   c = cfg["config"]
   lp = None
   if lpips_weights:
-    from gaedit_jax.edit.lpips import load_lpips
-
     lp = load_lpips(lpips_weights)
   out = Path(out or model_dir)
   out.mkdir(parents=True, exist_ok=True)

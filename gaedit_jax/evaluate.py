@@ -23,6 +23,9 @@ try:  # only the command-line entry point needs tyro (annotation read by tyro.cl
 except ImportError:  # pragma: no cover
   tyro = None
 
+from gaedit_jax.nets.clip import load_clip
+from gaedit_jax.nets.images import read_png
+
 _IMAGE_EXT = (".png", ".jpg", ".jpeg")
 
 
@@ -92,8 +95,6 @@ def list_images(folder: str) -> list[str]:
 
 def paired_images(a: str, b: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """Load images with the same names from two folders; a clear error if the sets differ."""
-  from gaedit_jax.edit.images import read_png
-
   fa, fb = list_images(a), list_images(b)
   if fa != fb:
     only_a, only_b = sorted(set(fa) - set(fb)), sorted(set(fb) - set(fa))
@@ -114,7 +115,6 @@ def clip_edit_section(cfg: EvalConfig) -> dict | None:
   if not all(wanted):
     raise SystemExit("gaedit eval: the CLIP editing metrics need --source, --edited, --source-caption "
                      "and --target-caption")
-  from gaedit_jax.edit.clip import load_clip
   from gaedit_jax.metrics import clip_edit_metrics
 
   src, edt, names = paired_images(cfg.source, cfg.edited)

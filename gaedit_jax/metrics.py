@@ -1,11 +1,11 @@
 """Image metrics: PSNR, SSIM (as GaussianAvatars), and the CLIP editing metrics CLIP-S / CLIP-C.
 
 Images are float arrays in [0, 1], channels-last: [H,W,3] or batches [B,H,W,3]. PSNR and SSIM
-are jnp functions (jit / vmap / grad friendly); LPIPS lives in `gaedit_jax.edit.lpips`.
+are jnp functions (jit / vmap / grad friendly); LPIPS lives in `gaedit_jax.nets.lpips`.
 
 CLIP metrics follow FIELD.md 3.1-3.2 (the `ClipSimilarity` code shared by InstructPix2Pix,
 Instruct-NeRF2NeRF, GaussianEditor and GaussianAvatar-Editor), on unit-norm embeddings E_I, E_T
-from `gaedit_jax.edit.clip`:
+from `gaedit_jax.nets.clip`:
 - CLIP-S (direction similarity), per pair: cos(E_I(edit) - E_I(source), E_T(target) - E_T(source)),
   averaged over the pairs;
 - CLIP-C (direction consistency), over consecutive frames i, i+1 of a sequence:
@@ -120,7 +120,7 @@ def clip_edit_metrics(clip, source_images, edited_images, source_caption: str, t
                       *, wrap: bool = True) -> ClipEditMetrics:
   """CLIP-S and CLIP-C of an edit.
 
-  `clip`: a `gaedit_jax.edit.clip.ClipModel`; `source_images`, `edited_images`: [N,H,W,3] in
+  `clip`: a `gaedit_jax.nets.clip.ClipModel`; `source_images`, `edited_images`: [N,H,W,3] in
   [0,1], the same views / frames in the same order (consecutive frames for CLIP-C)."""
   src = np.asarray(source_images, np.float32)
   edt = np.asarray(edited_images, np.float32)

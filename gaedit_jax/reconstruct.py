@@ -34,6 +34,7 @@ from gaedit_jax.density import (DensifyConfig, DensityStats, densify_and_prune, 
 from gaedit_jax.errors import InputError
 from gaedit_jax.flame import FlameModel, FlameParams, add_teeth, bake_identity, flame_forward, load_flame
 from gaedit_jax.losses import photometric, position_reg, psnr, scale_reg
+from gaedit_jax.nets.lpips import load_lpips
 from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar, init_avatar, to_world, triangle_frames
@@ -163,7 +164,7 @@ class ReconstructConfig:
   tensorboard: bool = True
   """Write TensorBoard scalars to OUT/tb."""
   lpips_weights: Path | None = None
-  """LPIPS-VGG weights (folder, see gaedit_jax.edit.lpips.load_lpips): evaluation adds LPIPS."""
+  """LPIPS-VGG weights (folder, see gaedit_jax.nets.lpips.load_lpips): evaluation adds LPIPS."""
   lpips_input: Literal["unit", "signed"] = "unit"
   """Images go into the LPIPS metric in [0, 1] as GaussianAvatars does ("unit"), or rescaled to
   [-1, 1], the range LPIPS was trained for ("signed")."""
@@ -600,8 +601,6 @@ class Trainer:
     # state (multi-host: the replicated state is not fully addressable)
     st = parallel.local(self.state)
     if self.cfg.lpips_weights is not None and not hasattr(self, "_lpips"):
-      from gaedit_jax.edit.lpips import load_lpips
-
       self._lpips = load_lpips(self.cfg.lpips_weights)
     rc = dataclasses.replace(self.render_config(self.sh_degree_at(it)), mesh=None)
     res = evaluate_split(st.avatar, self.model_local, st.flame, ds, rc,

@@ -76,7 +76,8 @@ def test_render_again_replaces_stale_frames(model, tmp_path):
 def test_eval_recon_and_world_export(model, tmp_path):
   from gaedit_jax.eval_recon import evaluate_model, load_trained
 
-  from gaedit_jax.edit.lpips import random_lpips_params, save_lpips
+  from gaedit_jax.nets.lpips import save_lpips
+  from gaedit_jax.nets.tiny import random_lpips_params
 
   (tmp_path / "lp").mkdir()
   save_lpips(random_lpips_params(0), tmp_path / "lp" / "lpips_vgg.safetensors")

@@ -310,10 +310,10 @@ def test_synthetic_editor(facepaint):
 
 
 def test_ip2p_editor_adapter(tmp_path_factory):
-  from gaedit_jax.edit import weights as Wt
-  from gaedit_jax.edit.ip2p import InstructPix2Pix, IP2PConfig
+  from gaedit_jax.nets.ip2p import InstructPix2Pix, IP2PConfig
+  from gaedit_jax.nets.tiny import make_tiny_ip2p
 
-  tiny = Wt.make_tiny_ip2p(str(tmp_path_factory.mktemp("ip2p") / "tiny"), seed=0)
+  tiny = make_tiny_ip2p(str(tmp_path_factory.mktemp("ip2p") / "tiny"), seed=0)
   ed = IP2PEditor.create(InstructPix2Pix.from_pretrained(tiny, IP2PConfig(size=32)), "apply face paint")
   assert isinstance(ed, Editor) and ed.square_size == 32
   r = jnp.full((2, 40, 30, 3), 0.5)

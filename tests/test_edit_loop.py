@@ -128,10 +128,10 @@ def test_backward_wabe_mode_and_gan_start(setup, tmp_path):
 
 
 def test_tiny_ip2p_loop_lpips_standard_gan_and_edit_rate(setup, tmp_path):
-  from gaedit_jax.edit import weights as Wt
-  from gaedit_jax.edit.lpips import random_lpips_params, save_lpips
+  from gaedit_jax.nets.lpips import save_lpips
+  from gaedit_jax.nets.tiny import make_tiny_ip2p, random_lpips_params
 
-  tiny = Wt.make_tiny_ip2p(str(tmp_path / "ip2p"), seed=0)
+  tiny = make_tiny_ip2p(str(tmp_path / "ip2p"), seed=0)
   (tmp_path / "lp").mkdir()
   save_lpips(random_lpips_params(0), tmp_path / "lp" / "lpips_vgg.safetensors")
   cfg = EditConfig(avatar=setup["model"], out=tmp_path / "o", editor="ip2p", ip2p=tiny, prompt="apply face paint",

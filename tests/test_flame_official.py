@@ -111,7 +111,8 @@ def test_official_files_reconstruct_edit_and_render(official, tmp_path):
 
   from gaedit_jax.cli import main as cli
   from gaedit_jax.edit.loop import EditConfig, EditRun
-  from gaedit_jax.edit.lpips import lpips_images, random_lpips_params, save_lpips
+  from gaedit_jax.nets.lpips import lpips_images, save_lpips
+  from gaedit_jax.nets.tiny import random_lpips_params
   from gaedit_jax.eval_recon import evaluate_model
   from gaedit_jax.reconstruct import Trainer
 

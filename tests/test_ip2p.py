@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gaedit_jax.edit import images as imops
-from gaedit_jax.edit import weights as W
-from gaedit_jax.edit.ip2p import InstructPix2Pix, IP2PConfig
+from gaedit_jax.nets import images as imops
+from gaedit_jax.nets.ip2p import InstructPix2Pix, IP2PConfig, load_ip2p
+from gaedit_jax.nets.tiny import make_tiny_ip2p
 
 S = 64          # working resolution of the tiny model (latents 4 x 16 x 16)
 PROMPT = "turn him into a statue"
@@ -18,7 +18,7 @@ PROMPT = "turn him into a statue"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-  return W.make_tiny_ip2p(str(tmp_path_factory.mktemp("ip2p") / "tiny"), seed=0)
+  return make_tiny_ip2p(str(tmp_path_factory.mktemp("ip2p") / "tiny"), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_bad_input(ip2p):
 
 def test_bf16(tiny, ip2p, inputs):
   renders, originals, eps, noise = inputs
-  model, params = W.load_ip2p(tiny)
+  model, params = load_ip2p(tiny)
   bf = InstructPix2Pix(model, params, IP2PConfig(size=S, dtype="bfloat16"))
   assert jax.tree_util.tree_leaves(bf.params["unet"])[0].dtype == jnp.bfloat16
   emb = ip2p.encode_prompt(PROMPT)

@@ -10,8 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from gaedit_jax.edit import lpips as L
-from gaedit_jax.edit.weights import WeightsError
+from gaedit_jax.nets import lpips as L
+from gaedit_jax.nets import torch_pickle
+from gaedit_jax.nets.hf_weights import WeightsError
+from gaedit_jax.nets.tiny import random_lpips_params
 
 
 def _import_lpips_with_stub_torchvision():
@@ -55,8 +57,7 @@ def reference():
   lpips = _import_lpips_with_stub_torchvision()
   ref = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)       # loads weights/v0.1/vgg.pth heads
   heads = os.path.join(os.path.dirname(lpips.__file__), "weights", "v0.1", "vgg.pth")
-  trunk = L.params_to_torch(L.random_lpips_params(0))
-  from gaedit_jax.edit import torch_pickle
+  trunk = L.params_to_torch(random_lpips_params(0))
   params = L.params_from_torch(trunk, torch_pickle.load_state_dict(heads), source=heads)   # torch-free read
   convs = [m for s in (ref.net.slice1, ref.net.slice2, ref.net.slice3, ref.net.slice4, ref.net.slice5)
            for m in s if isinstance(m, torch.nn.Conv2d)]
@@ -100,7 +101,7 @@ def test_parity_with_lpips_package(reference):
 
 
 def test_properties():
-  params = L.random_lpips_params(1)
+  params = random_lpips_params(1)
   x, y = _images(1, (1, 32, 32, 3))
   assert float(L.lpips(params, x[0], x[0])) == 0.0
   d_xy, d_yx = L.lpips(params, x, y), L.lpips(params, y, x)
@@ -113,7 +114,7 @@ def test_properties():
 def test_load_from_files(tmp_path):
   """torchvision's vgg16 .pth (legacy torch.save layout) + the heads, read without torch."""
   torch = pytest.importorskip("torch")
-  params = L.random_lpips_params(2)
+  params = random_lpips_params(2)
   sd = L.params_to_torch(params)
   trunk = {k: torch.from_numpy(v) for k, v in sd.items() if k.startswith("features")}
   trunk["classifier.0.weight"] = torch.zeros(4, 3)                    # ignored extra tensors

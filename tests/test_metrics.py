@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from gaedit_jax import metrics
-from gaedit_jax.edit import images as imops
-from gaedit_jax.edit import weights as W
+from gaedit_jax.nets import images as imops
+from gaedit_jax.nets.clip import load_clip
+from gaedit_jax.nets.tiny import make_tiny_clip
 
 
 def _pair(seed=0, shape=(2, 40, 36, 3)):
@@ -73,9 +74,8 @@ def test_clip_direction_formulas():
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-  from gaedit_jax.edit.clip import load_clip
 
-  path = W.make_tiny_clip(str(tmp_path_factory.mktemp("clip") / "clip-tiny"), seed=0)
+  path = make_tiny_clip(str(tmp_path_factory.mktemp("clip") / "clip-tiny"), seed=0)
   return path, load_clip(path)
 
 

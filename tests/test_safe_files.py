@@ -20,10 +20,10 @@ import pytest
 
 from gaedit_jax import flame as F
 from gaedit_jax import safe_pickle
-from gaedit_jax.edit import torch_pickle as TP
 from gaedit_jax.errors import InputError
 from gaedit_jax.flame import files as flame_files
 from gaedit_jax.flame import synthetic as sh
+from gaedit_jax.nets import torch_pickle as TP
 
 torch = pytest.importorskip("torch")
 

@@ -61,7 +61,7 @@ def _fake_nersemble(root: Path) -> None:
   from recon_data import make_tiny_dataset
 
   from gaedit_jax.data.synthetic import SynthConfig, generate
-  from gaedit_jax.edit.weights import make_tiny_clip, make_tiny_ip2p
+  from gaedit_jax.nets.tiny import make_tiny_clip, make_tiny_ip2p
 
   seq = make_tiny_dataset(root / f"306_EMO-1{GA_SUFFIX}", num_timesteps=8)
   shutil.copytree(seq, root / f"UNION10_306_EMO1234EXP234589{GA_SUFFIX}")

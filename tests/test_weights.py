@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from gaedit_jax.edit import torch_pickle
-from gaedit_jax.edit import weights as W
+from gaedit_jax.nets import torch_pickle
+from gaedit_jax.nets.hf_weights import WeightsError, flax_to_torch, torch_to_flax
+from gaedit_jax.nets.ip2p import DDIMSchedule, load_ip2p, unet_shapes, vae_shapes
+from gaedit_jax.nets.tiny import TINY_UNET, TINY_VAE, make_tiny_ip2p, random_params
 
 
 def _flat_equal(a, b):
@@ -26,13 +28,13 @@ def _flat_equal(a, b):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("w") / "ip2p")
-  W.make_tiny_ip2p(path, seed=3)
+  make_tiny_ip2p(path, seed=3)
   return path
 
 
 @pytest.fixture(scope="module")
 def loaded(tiny):
-  return W.load_ip2p(tiny)
+  return load_ip2p(tiny)
 
 
 # ------------------------------------------------------------------------------------------
@@ -84,17 +86,17 @@ def test_torch_pickle_refuses_code(tmp_path):
 def test_flax_torch_roundtrip_names_and_layouts():
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
 
-  for module, shapes in ((FlaxUNet2DConditionModel(**W.TINY_UNET), W.unet_shapes),
-                         (FlaxAutoencoderKL(**W.TINY_VAE), W.vae_shapes)):
+  for module, shapes in ((FlaxUNet2DConditionModel(**TINY_UNET), unet_shapes),
+                         (FlaxAutoencoderKL(**TINY_VAE), vae_shapes)):
     target = shapes(module)
-    params = W._random_params(target, 0)
+    params = random_params(target, 0)
     for new_names in (False, True):
-      pt = W.flax_to_torch(params, vae_attention=new_names)
+      pt = flax_to_torch(params, vae_attention=new_names)
       if new_names and isinstance(module, FlaxAutoencoderKL):
         assert any(".to_q." in k for k in pt) and not any(".query." in k for k in pt)
-      _flat_equal(W.torch_to_flax(pt, target, source="x"), params)
+      _flat_equal(torch_to_flax(pt, target, source="x"), params)
   # PyTorch names really look like diffusers' (spot checks)
-  pt = W.flax_to_torch(W._random_params(W.unet_shapes(FlaxUNet2DConditionModel(**W.TINY_UNET)), 0))
+  pt = flax_to_torch(random_params(unet_shapes(FlaxUNet2DConditionModel(**TINY_UNET)), 0))
   for k in ("time_embedding.linear_1.weight", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.weight",
             "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj.weight", "conv_in.weight",
             "up_blocks.1.attentions.0.proj_in.weight", "mid_block.resnets.1.norm1.weight"):
@@ -105,14 +107,14 @@ def test_flax_torch_roundtrip_names_and_layouts():
 def test_conversion_errors_name_everything():
   from diffusers import FlaxAutoencoderKL
 
-  target = W.vae_shapes(FlaxAutoencoderKL(**W.TINY_VAE))
-  pt = W.flax_to_torch(W._random_params(target, 0))
+  target = vae_shapes(FlaxAutoencoderKL(**TINY_VAE))
+  pt = flax_to_torch(random_params(target, 0))
   del pt["decoder.conv_out.bias"]
   pt["encoder.conv_in.weight"] = pt["encoder.conv_in.weight"][:16]
   pt["some.extra.weight"] = np.zeros(3, np.float32)
   pt["text_model.embeddings.position_ids"] = np.arange(3)   # known buffer: ignored
-  with pytest.raises(W.WeightsError) as e:
-    W.torch_to_flax(pt, target, source="vae/diffusion_pytorch_model.safetensors")
+  with pytest.raises(WeightsError) as e:
+    torch_to_flax(pt, target, source="vae/diffusion_pytorch_model.safetensors")
   msg = str(e.value)
   assert "vae/diffusion_pytorch_model.safetensors" in msg
   assert "missing (2)" in msg and "decoder/conv_out/bias" not in msg and "decoder.conv_out.bias" in msg
@@ -128,7 +130,7 @@ def test_load_tiny_folder(tiny, loaded):
   model, params = loaded
   assert model.unet.in_channels == 8 and model.latent_channels == 4 and model.downsample == 4
   assert abs(model.scaling_factor - 0.18215) < 1e-9
-  assert model.schedule == W.DDIMSchedule()
+  assert model.schedule == DDIMSchedule()
   ids = model.tokenizer(["turn him into a statue"]).input_ids[0]
   vocab = model.tokenizer.vocab_size
   assert ids[0] == vocab - 2 and ids[-1] == vocab - 1 and 7 <= len(ids) < 20   # BOS ... EOS
@@ -146,7 +148,7 @@ def test_convert_weights_cli_and_flax_folder(tiny, loaded, tmp_path):
   cli.main(["convert-weights", "--src", tiny, "--out", out])
   assert os.path.isfile(os.path.join(out, "unet", "diffusion_flax_model.msgpack"))
   assert os.path.isfile(os.path.join(out, "text_encoder", "flax_model.msgpack"))
-  model2, params2 = W.load_ip2p(out)
+  model2, params2 = load_ip2p(out)
   _flat_equal(params2, loaded[1])
   # diffusers' own Flax loader reads our output too
   from diffusers import FlaxUNet2DConditionModel
@@ -171,7 +173,7 @@ def test_bin_and_old_vae_names(tiny, loaded, tmp_path):
     os.remove(d / comp / f"{stem}.safetensors")
     name = "pytorch_model.bin" if comp == "text_encoder" else "diffusion_pytorch_model.bin"
     torch.save({k: torch.from_numpy(v) for k, v in st.items()}, d / comp / name)
-  _flat_equal(W.load_ip2p(d)[1], loaded[1])
+  _flat_equal(load_ip2p(d)[1], loaded[1])
 
 
 def test_fp16_safetensors_variant(tiny, loaded, tmp_path):
@@ -182,37 +184,37 @@ def test_fp16_safetensors_variant(tiny, loaded, tmp_path):
   st = load_file(d / "unet" / "diffusion_pytorch_model.safetensors")
   os.remove(d / "unet" / "diffusion_pytorch_model.safetensors")
   save_file({k: v.astype(np.float16) for k, v in st.items()}, d / "unet" / "diffusion_pytorch_model.fp16.safetensors")
-  _, p = W.load_ip2p(d)
+  _, p = load_ip2p(d)
   ref = loaded[1]["unet"]["conv_in"]["kernel"]
   np.testing.assert_allclose(p["unet"]["conv_in"]["kernel"], ref.astype(np.float16).astype(np.float32))
   assert p["unet"]["conv_in"]["kernel"].dtype == np.float32
 
 
 def test_folder_errors(tiny, tmp_path):
-  with pytest.raises(W.WeightsError, match="not a folder"):
-    W.load_ip2p(tmp_path / "nope")
+  with pytest.raises(WeightsError, match="not a folder"):
+    load_ip2p(tmp_path / "nope")
   d = tmp_path / "broken"
   shutil.copytree(tiny, d)
   shutil.rmtree(d / "tokenizer")
-  with pytest.raises(W.WeightsError, match=r"missing component folder\(s\) \['tokenizer'\]"):
-    W.load_ip2p(d)
+  with pytest.raises(WeightsError, match=r"missing component folder\(s\) \['tokenizer'\]"):
+    load_ip2p(d)
   shutil.copytree(os.path.join(tiny, "tokenizer"), d / "tokenizer")
   os.remove(d / "tokenizer" / "merges.txt")
-  with pytest.raises(W.WeightsError, match="merges.txt: missing"):
-    W.load_ip2p(d)
+  with pytest.raises(WeightsError, match="merges.txt: missing"):
+    load_ip2p(d)
   shutil.copyfile(os.path.join(tiny, "tokenizer", "merges.txt"), d / "tokenizer" / "merges.txt")
   os.remove(d / "vae" / "diffusion_pytorch_model.safetensors")
-  with pytest.raises(W.WeightsError, match=r"vae: no weights found; expected one of"):
-    W.load_ip2p(d)
+  with pytest.raises(WeightsError, match=r"vae: no weights found; expected one of"):
+    load_ip2p(d)
   shutil.copyfile(os.path.join(tiny, "vae", "diffusion_pytorch_model.safetensors"),
                   d / "vae" / "diffusion_pytorch_model.safetensors")
   cfg = json.loads((d / "unet" / "config.json").read_text())
   (d / "unet" / "config.json").write_text(json.dumps(dict(cfg, in_channels=4)))
-  with pytest.raises(W.WeightsError, match="in_channels=4; InstructPix2Pix needs 2 x latent_channels = 8"):
-    W.load_ip2p(d)
+  with pytest.raises(WeightsError, match="in_channels=4; InstructPix2Pix needs 2 x latent_channels = 8"):
+    load_ip2p(d)
   (d / "unet" / "config.json").write_text(json.dumps(dict(cfg, resnet_time_scale_shift="scale_shift")))
-  with pytest.raises(W.WeightsError, match="resnet_time_scale_shift"):
-    W.load_ip2p(d)
+  with pytest.raises(WeightsError, match="resnet_time_scale_shift"):
+    load_ip2p(d)
 
 
 def test_schedule_matches_diffusers():
@@ -221,4 +223,4 @@ def test_schedule_matches_diffusers():
 
   ref = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                       set_alpha_to_one=False, steps_offset=1).alphas_cumprod.numpy()
-  np.testing.assert_allclose(W.DDIMSchedule().alphas_cumprod(), ref, rtol=2e-6, atol=0)
+  np.testing.assert_allclose(DDIMSchedule().alphas_cumprod(), ref, rtol=2e-6, atol=0)

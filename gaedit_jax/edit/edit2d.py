@@ -20,7 +20,7 @@ try:  # only the command-line entry point needs tyro (annotation read by tyro.cl
 except ImportError:  # pragma: no cover
   tyro = None
 
-from gaedit_jax.edit import images as imops
+from gaedit_jax.nets import images as imops
 
 
 @dataclasses.dataclass
@@ -56,7 +56,7 @@ class Edit2DConfig:
 
 
 def main(cfg: tyro.conf.OmitArgPrefixes[Edit2DConfig]) -> list[str]:
-  from gaedit_jax.edit.ip2p import InstructPix2Pix, IP2PConfig
+  from gaedit_jax.nets.ip2p import InstructPix2Pix, IP2PConfig  # imports diffusers
 
   image = imops.read_png(cfg.image)
   original = imops.read_png(cfg.original) if cfg.original else image

@@ -10,7 +10,7 @@ with images in [0, 1]; `renders` are the avatar's current renders (the start of 
 index and timestep. The output size is declared by `editor.square_size`:
 
 * None: edited [B,H,W,3], the inputs' size (the synthetic editor);
-* S: edited [B,S,S,3] in the square working frame of `edit.images.to_square(x, S)` (white padding,
+* S: edited [B,S,S,3] in the square working frame of `nets.images.to_square(x, S)` (white padding,
   bilinear align_corners=True), as InstructPix2Pix returns it; the loop then compares it with
   `to_square(render, S)` (SPEC 5.3: the original's L1 / LPIPS / GAN all run at 512x512).
 
@@ -21,7 +21,7 @@ Implementations:
   InstructPix2Pix's inconsistency across views: a random strength, per-channel colour gain and
   offset, a few local colour blobs, and a small smooth warp; deterministic given the key, different
   for every view.
-* `IP2PEditor`: wraps `gaedit_jax.edit.ip2p.InstructPix2Pix` (one prompt embedding per run).
+* `IP2PEditor`: wraps `gaedit_jax.nets.ip2p.InstructPix2Pix` (one prompt embedding per run).
 """
 
 from __future__ import annotations

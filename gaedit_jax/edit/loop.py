@@ -38,12 +38,13 @@ from gaedit_jax.edit import discriminator as D
 from gaedit_jax.edit import wabe as W
 from gaedit_jax.edit.editors import EditContext
 from gaedit_jax.edit.evaluation import edit_targets, eval_and_save, eval_due, held_out_frames, training_frames
-from gaedit_jax.edit.images import from_square, to_square
 from gaedit_jax.edit.mouth import MOUTH_LOSS_WEIGHT, mouth_face_mask, mouth_gaussians, mouth_loss, render_mouth_mask
 from gaedit_jax.edit.mouth import MouthMasks
 from gaedit_jax.edit.schedule import SSIM_WEIGHT, edit_dssim, ssim_phase, ssim_phase_start
 from gaedit_jax.errors import InputError
 from gaedit_jax.losses import position_reg, scale_reg
+from gaedit_jax.nets.images import from_square, to_square
+from gaedit_jax.nets.lpips import load_lpips, lpips_images
 from gaedit_jax.reconstruct import ReconstructConfig as _GA  # GaussianAvatars' rates (SPEC 2.6)
 from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import RenderConfig
@@ -111,7 +112,7 @@ class EditConfig:
   lambda_lpips: float = 10.0
   """Weight of LPIPS-VGG to the 2D edit (skipped, with a warning, without --lpips-weights)."""
   lpips_weights: Path | None = None
-  """LPIPS-VGG weights folder (see gaedit_jax.edit.lpips.load_lpips)."""
+  """LPIPS-VGG weights folder (see gaedit_jax.nets.lpips.load_lpips)."""
   lpips_input: Literal["unit", "signed"] = "unit"
   """Images go into LPIPS in [0, 1] as the original does ("unit"), or rescaled to [-1, 1], the
   range LPIPS was trained for ("signed")."""
@@ -358,8 +359,6 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
     parts = {"l1": jnp.mean(jnp.abs(x - target))}
     loss = s.lambda_l1 * parts["l1"]
     if s.lambda_lpips > 0:
-      from gaedit_jax.edit.lpips import lpips_images
-
       parts["lpips"] = jnp.mean(lpips_images(lpips_params, x, target, s.lpips_input))
       loss = loss + (1.0 - phase) * s.lambda_lpips * parts["lpips"]
     if s.ssim_start is not None:
@@ -444,7 +443,7 @@ def build_editor(cfg: EditConfig, image_scale: float, white_background: bool):
                                         image_scale=image_scale, white_background=white_background)
   if cfg.editor == "ip2p":
     from gaedit_jax.edit.editors import IP2PEditor
-    from gaedit_jax.edit.ip2p import InstructPix2Pix, IP2PConfig
+    from gaedit_jax.nets.ip2p import InstructPix2Pix, IP2PConfig  # imports diffusers
 
     if cfg.ip2p is None or not cfg.prompt:
       raise SystemExit("gaedit edit: --editor ip2p needs --ip2p DIR (InstructPix2Pix weights) and --prompt TEXT")
@@ -506,8 +505,6 @@ class EditRun:
         warnings.warn("gaedit edit: no --lpips-weights: the LPIPS term (weight 10, SPEC 5.3) is skipped", stacklevel=2)
         lam_lpips = 0.0
       else:
-        from gaedit_jax.edit.lpips import load_lpips
-
         self.lpips_params = load_lpips(cfg.lpips_weights)
     self.optimizer = make_optimizer(cfg, self.extent)
     self.disc_module = D.PatchDiscriminator()

@@ -30,6 +30,7 @@ import numpy as np
 from gaedit_jax.errors import InputError
 from gaedit_jax.flame import FlameModel, region_face_mask, require_regions
 from gaedit_jax.metrics import ssim
+from gaedit_jax.nets import torch_pickle
 from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import Gaussians, RenderConfig
 
@@ -203,8 +204,6 @@ class MouthMasks:
 
   # -- the original's dict file -----------------------------------------------------------------
   def _read_dict(self) -> None:
-    from gaedit_jax.edit import torch_pickle
-
     obj = torch_pickle.load(self.source)
     if isinstance(obj, np.ndarray):
       obj = {"": obj}
@@ -257,8 +256,6 @@ class MouthMasks:
         except OSError as e:
           raise InputError(f"--mouth-masks {p}: cannot read the image ({e})") from None
       else:
-        from gaedit_jax.edit import torch_pickle
-
         raw = torch_pickle.load(p)
         if not isinstance(raw, np.ndarray):
           raise InputError(f"--mouth-masks {p}: expected one mask tensor [H, W], found {type(raw).__name__}")

@@ -40,6 +40,7 @@ import numpy as np
 from gaedit_jax.errors import InputError
 from gaedit_jax.flame import FlameModel, FlameParams, add_teeth, bake_identity, load_flame
 from gaedit_jax.io.ply import load_avatar_ply, load_flame_npz, save_avatar_ply, save_flame_npz
+from gaedit_jax.nets import torch_pickle
 from gaedit_jax.rig import Avatar
 
 LAYOUT_GAEDIT = "gaedit"
@@ -293,8 +294,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
   features_rest, scaling, rotation, opacity, binding, binding_counter, spatial_lr_scale,
   optimizer}: numpy arrays (read without torch; nothing in the file is executed). Accepts the capture
   tuples of GA (14 fields), of GA before binding_counter (13) and of GaussianAvatar-Editor (16)."""
-  from gaedit_jax.edit import torch_pickle
-
   path = Path(path)
   obj = torch_pickle.load(path)
   if not (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], tuple)

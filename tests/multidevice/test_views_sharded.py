@@ -146,11 +146,11 @@ def test_edit_run_matches(tiny, tmp_path):
 def test_ip2p_edits_of_a_batch_split_over_devices(tmp_path):
   """The InstructPix2Pix call on 4 views sharded over 4 devices (XLA partitions it along the
   batch; the per-view randomness is partitionable) gives the one-device edits."""
-  from gaedit_jax.edit import weights as Wt
   from gaedit_jax.edit.editors import EditContext, IP2PEditor
-  from gaedit_jax.edit.ip2p import InstructPix2Pix, IP2PConfig
+  from gaedit_jax.nets.ip2p import InstructPix2Pix, IP2PConfig
+  from gaedit_jax.nets.tiny import make_tiny_ip2p
 
-  tiny = Wt.make_tiny_ip2p(str(tmp_path / "ip2p"), seed=0)
+  tiny = make_tiny_ip2p(str(tmp_path / "ip2p"), seed=0)
   editor = IP2PEditor.create(InstructPix2Pix.from_pretrained(tiny, IP2PConfig(size=32, num_steps=2)), "paint it")
   rng = np.random.default_rng(0)
   renders = rng.random((4, 24, 20, 3), dtype=np.float32)

@@ -23,10 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from gaedit_jax.edit import flax_patches, images as imops
-from gaedit_jax.edit.weights import (WeightsError, _TRANSFORMERS_STEMS, _find_weights, _read_json,
-                                     check_flax_tree, clip_shapes, load_tokenizer, read_tensors,
-                                     torch_to_flax)
+from gaedit_jax.nets import flax_patches, images as imops
+from gaedit_jax.nets.hf_weights import (TRANSFORMERS_STEMS, WeightsError, check_flax_tree, find_weights,
+                                        load_tokenizer, read_json, read_tensors, torch_to_flax)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -94,6 +93,15 @@ class ClipModel:
     return self._text_fn(self.params, jnp.asarray(ids, jnp.int32))
 
 
+def clip_shapes(module) -> Any:
+  """The Flax parameter tree (ShapeDtypeStructs) of a FlaxCLIPModule, without compute."""
+  ids = jnp.zeros((1, 8), jnp.int32)
+  s = module.config.vision_config.image_size
+  pix = jnp.zeros((1, s, s, 3), jnp.float32)
+  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, pix, jnp.ones_like(ids),
+                                            jnp.arange(8)[None])["params"])
+
+
 def load_clip(path: str | os.PathLike, variant: str | None = None) -> ClipModel:
   """Load a CLIP model folder (HF layout: config.json + weights + vocab.json/merges.txt)."""
   from transformers import CLIPConfig
@@ -105,12 +113,12 @@ def load_clip(path: str | os.PathLike, variant: str | None = None) -> ClipModel:
     raise WeightsError(f"{path}: not a folder (expected a CLIP model in the Hugging Face layout, "
                        "e.g. a local copy of openai/clip-vit-large-patch14)")
   cfg_path = os.path.join(path, "config.json")
-  cfg_json = _read_json(cfg_path)
+  cfg_json = read_json(cfg_path)
   if "vision_config" not in cfg_json or "text_config" not in cfg_json:
     raise WeightsError(f"{cfg_path}: not a CLIPModel config (needs text_config and vision_config)")
   cfg = CLIPConfig.from_dict(cfg_json)
   module = FlaxCLIPModule(config=cfg)
-  files = _find_weights(path, _TRANSFORMERS_STEMS)
+  files = find_weights(path, TRANSFORMERS_STEMS)
   tensors = read_tensors(files)
   target = clip_shapes(module)
   if files[0].endswith(".msgpack"):
@@ -121,7 +129,7 @@ def load_clip(path: str | os.PathLike, variant: str | None = None) -> ClipModel:
   mean, std = CLIP_MEAN, CLIP_STD
   pp = os.path.join(path, "preprocessor_config.json")
   if os.path.isfile(pp):
-    j = _read_json(pp)
+    j = read_json(pp)
     mean, std = tuple(j.get("image_mean", mean)), tuple(j.get("image_std", std))
   name = variant or cfg_json.get("_name_or_path") or os.path.basename(os.path.normpath(path))
   return ClipModel(module=module, params=params, tokenizer=load_tokenizer(path),

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax.io.media import read_image
+
 
 @functools.lru_cache(maxsize=64)
 def interp_matrix(in_size: int, out_size: int, mode: str = "bilinear",
@@ -110,8 +112,6 @@ def from_square(images: jax.Array, height: int, width: int) -> jax.Array:
 def read_png(path: str | os.PathLike) -> np.ndarray:
   """An RGB image as float32 [H, W, 3] in [0, 1], read by value (16-bit, palette, gray: see
   io.media.read_image); RGBA is composited on white (GaussianAvatars)."""
-  from gaedit_jax.io.media import read_image
-
   x = read_image(path).astype(np.float32) / 255.0
   if x.shape[-1] == 4:
     return x[..., :3] * x[..., 3:] + (1.0 - x[..., 3:])

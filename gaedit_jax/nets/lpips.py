@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gaedit_jax.edit.weights import WeightsError, read_tensors
 from gaedit_jax.errors import InputError
+from gaedit_jax.nets.hf_weights import WeightsError, read_tensors
 
 # torchvision vgg16 `features` indices of the 13 convolutions, and the pools after conv 2, 4, 7, 10
 VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -189,15 +189,3 @@ def save_lpips(params: dict, path: str | os.PathLike) -> None:
   from safetensors.numpy import save_file
 
   save_file(params_to_torch(params), os.fspath(path))
-
-
-def random_lpips_params(seed: int = 0) -> dict:
-  """Random VGG16 trunk (He-scaled) and random non-negative heads, for tests."""
-  rng = np.random.default_rng(seed)
-  feats = []
-  for i, c in enumerate(VGG16_CHANNELS):
-    cin = 3 if i == 0 else VGG16_CHANNELS[i - 1]
-    w = rng.standard_normal((3, 3, cin, c)) * np.sqrt(2.0 / (9 * cin))
-    feats.append({"kernel": w.astype(np.float32), "bias": (0.01 * rng.standard_normal(c)).astype(np.float32)})
-  lins = [np.abs(rng.standard_normal(c)).astype(np.float32) * 0.1 for c in LPIPS_CHANNELS]
-  return {"features": feats, "lin": lins}

@@ -24,22 +24,224 @@ batched over B images, all in [0, 1]. Per image (GaussianEditor's / GAE's `Instr
 Each image of a batch draws its own t (for B = 1 this is the original exactly). Guidance scales
 are traced too. The prompt is encoded once per edit run (`encode_prompt`). bf16: parameters and
 activations of UNet and VAE in bfloat16, the DDIM arithmetic in float32.
+
+Weights come from a local folder in the Hugging Face layout of `timbrooks/instruct-pix2pix`
+(`load_ip2p`; file choices and the PyTorch -> Flax mapping in `hf_weights`):
+```
+model_index.json                  (optional)
+unet/config.json          + diffusion_pytorch_model[.fp16].safetensors | .bin | diffusion_flax_model.msgpack
+vae/config.json           + the same choices
+text_encoder/config.json  + model[.fp16].safetensors | pytorch_model[.fp16].bin | flax_model.msgpack
+tokenizer/vocab.json, merges.txt (+ tokenizer_config.json, special_tokens_map.json)
+scheduler/scheduler_config.json   (optional; only its beta schedule is read, see `DDIMSchedule`)
+```
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import serialization
 
-from gaedit_jax.edit import flax_patches, images as imops
-from gaedit_jax.edit.weights import IP2PModel, load_ip2p
+from gaedit_jax.nets import flax_patches, images as imops
+from gaedit_jax.nets.hf_weights import (DIFFUSERS_STEMS, TRANSFORMERS_STEMS, WeightsError, load_component,
+                                        load_tokenizer, read_json)
 
 flax_patches.apply()
 
+
+# --------------------------------------------------------------------------------------------
+# modules and their expected parameter shapes
+# --------------------------------------------------------------------------------------------
+
+# PyTorch UNet config values that the Flax UNet cannot represent (it would silently ignore them).
+_UNET_UNSUPPORTED = {
+    "class_embed_type": None, "resnet_time_scale_shift": "default", "time_embedding_type": "positional",
+    "conv_in_kernel": 3, "conv_out_kernel": 3, "act_fn": "silu", "norm_num_groups": 32,
+    "center_input_sample": False, "encoder_hid_dim": None, "time_cond_proj_dim": None,
+    "num_class_embeds": None, "mid_block_only_cross_attention": None,
+    "cross_attention_norm": None, "attention_type": "default", "reverse_transformer_layers_per_block": None,
+    "dual_cross_attention": False, "class_embeddings_concat": False, "timestep_post_act": None,
+}
+
+
+def _unet_from_config(cfg: dict, source: str):
+  from diffusers import FlaxUNet2DConditionModel
+
+  for k, default in _UNET_UNSUPPORTED.items():
+    if k in cfg and cfg[k] != default:
+      raise WeightsError(f"{source}: {k}={cfg[k]!r} is not supported by the Flax UNet (needs {default!r})")
+  if cfg.get("norm_eps", 1e-5) != 1e-5:
+    raise WeightsError(f"{source}: norm_eps={cfg['norm_eps']} is not supported by the Flax UNet (needs 1e-5)")
+  keep = {f.name for f in dataclasses.fields(FlaxUNet2DConditionModel)} - {"parent", "name", "dtype"}
+  kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in keep}
+  return FlaxUNet2DConditionModel(**kwargs)
+
+
+def _vae_from_config(cfg: dict, source: str):
+  from diffusers import FlaxAutoencoderKL
+
+  for k, default in (("act_fn", "silu"), ("use_quant_conv", True), ("use_post_quant_conv", True),
+                     ("mid_block_add_attention", True), ("force_upcast", None)):
+    if k in cfg and default is not None and cfg[k] != default:
+      raise WeightsError(f"{source}: {k}={cfg[k]!r} is not supported by the Flax VAE (needs {default!r})")
+  keep = {f.name for f in dataclasses.fields(FlaxAutoencoderKL)} - {"parent", "name", "dtype"}
+  kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in keep}
+  return FlaxAutoencoderKL(**kwargs)
+
+
+def unet_shapes(unet) -> Any:
+  return jax.eval_shape(unet.init_weights, jax.random.PRNGKey(0))
+
+
+def vae_shapes(vae) -> Any:
+  return jax.eval_shape(vae.init_weights, jax.random.PRNGKey(0))
+
+
+def clip_text_shapes(module) -> Any:
+  ids = jnp.zeros((1, 8), jnp.int32)
+  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids),
+                                            jnp.arange(8)[None])["params"])
+
+
+# --------------------------------------------------------------------------------------------
+# the InstructPix2Pix model set
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DDIMSchedule:
+  """The DDIM scheduler of the original (SPEC 5.4): Stable Diffusion v1.5's config
+  (1000 training steps, scaled-linear betas 0.00085 -> 0.012, steps_offset 1, set_alpha_to_one
+  False) as `DDIMScheduler`; clip_sample False (our reading of SD v1.5's scheduler_config.json)."""
+  num_train_timesteps: int = 1000
+  beta_start: float = 0.00085
+  beta_end: float = 0.012
+  beta_schedule: str = "scaled_linear"
+  set_alpha_to_one: bool = False
+  steps_offset: int = 1
+  clip_sample: bool = False
+
+  def alphas_cumprod(self) -> np.ndarray:
+    """float32 table [num_train_timesteps], computed as diffusers' PyTorch scheduler does."""
+    t = self.num_train_timesteps
+    if self.beta_schedule == "scaled_linear":
+      betas = np.linspace(self.beta_start ** 0.5, self.beta_end ** 0.5, t, dtype=np.float32) ** 2
+    elif self.beta_schedule == "linear":
+      betas = np.linspace(self.beta_start, self.beta_end, t, dtype=np.float32)
+    else:
+      raise WeightsError(f"beta_schedule {self.beta_schedule!r} is not supported (scaled_linear, linear)")
+    return np.cumprod(np.float32(1.0) - betas.astype(np.float32), dtype=np.float32)
+
+  @classmethod
+  def from_folder(cls, folder: str) -> "DDIMSchedule":
+    """Reads the beta schedule of `scheduler/scheduler_config.json` if present; keeps DDIM's
+    set_alpha_to_one / clip_sample / steps_offset of the original (whatever the file's class)."""
+    p = os.path.join(folder, "scheduler", "scheduler_config.json")
+    if not os.path.isfile(p):
+      return cls()
+    c = read_json(p)
+    if c.get("trained_betas"):
+      raise WeightsError(f"{p}: trained_betas are not supported")
+    return cls(num_train_timesteps=int(c.get("num_train_timesteps", 1000)),
+               beta_start=float(c.get("beta_start", 0.00085)), beta_end=float(c.get("beta_end", 0.012)),
+               beta_schedule=c.get("beta_schedule", "scaled_linear"))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class IP2PModel:
+  """The static half of an InstructPix2Pix model set (modules, tokenizer, schedule); parameters
+  travel separately as a pytree {"unet", "vae", "text_encoder"} (see `load_ip2p`)."""
+  unet: Any            # diffusers.FlaxUNet2DConditionModel (8 input channels)
+  vae: Any             # diffusers.FlaxAutoencoderKL
+  text_encoder: Any    # transformers FlaxCLIPTextModule
+  tokenizer: Any       # transformers.CLIPTokenizer
+  schedule: DDIMSchedule
+  source: str
+
+  @property
+  def scaling_factor(self) -> float:
+    return float(self.vae.scaling_factor)
+
+  @property
+  def latent_channels(self) -> int:
+    return int(self.vae.latent_channels)
+
+  @property
+  def downsample(self) -> int:
+    return 2 ** (len(self.vae.block_out_channels) - 1)
+
+
+def load_ip2p(path: str | os.PathLike) -> tuple[IP2PModel, dict]:
+  """Load an InstructPix2Pix folder (HF layout, see module doc) -> (IP2PModel, params).
+
+  Parameters are float32 numpy arrays; cast them for bf16 in `InstructPix2Pix`."""
+  from transformers import CLIPTextConfig
+  from transformers.models.clip.modeling_flax_clip import FlaxCLIPTextModule
+
+  flax_patches.apply()
+  flax_patches.silence_library_logs()
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise WeightsError(f"{path}: not a folder (expected the Hugging Face layout of timbrooks/instruct-pix2pix)")
+  missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer") if not os.path.isdir(os.path.join(path, c))]
+  if missing:
+    raise WeightsError(f"{path}: missing component folder(s) {missing}; expected unet/, vae/, text_encoder/, "
+                       "tokenizer/ (+ scheduler/) as in timbrooks/instruct-pix2pix")
+  ucfg_path = os.path.join(path, "unet", "config.json")
+  ucfg = read_json(ucfg_path)
+  unet = _unet_from_config(ucfg, ucfg_path)
+  vcfg_path = os.path.join(path, "vae", "config.json")
+  vae = _vae_from_config(read_json(vcfg_path), vcfg_path)
+  tcfg_path = os.path.join(path, "text_encoder", "config.json")
+  tcfg = CLIPTextConfig.from_dict(read_json(tcfg_path))
+  text = FlaxCLIPTextModule(config=tcfg)
+  if unet.in_channels != 2 * vae.latent_channels:
+    raise WeightsError(f"{ucfg_path}: in_channels={unet.in_channels}; InstructPix2Pix needs "
+                       f"2 x latent_channels = {2 * vae.latent_channels} (noisy latent + image latent). "
+                       "Is this a plain Stable Diffusion folder?")
+  if unet.cross_attention_dim != tcfg.hidden_size:
+    raise WeightsError(f"{ucfg_path}: cross_attention_dim={unet.cross_attention_dim} does not match the text "
+                       f"encoder's hidden_size={tcfg.hidden_size} ({tcfg_path})")
+  params = {
+      "unet": load_component(os.path.join(path, "unet"), DIFFUSERS_STEMS, unet_shapes(unet), name="unet"),
+      "vae": load_component(os.path.join(path, "vae"), DIFFUSERS_STEMS, vae_shapes(vae), name="vae"),
+      "text_encoder": load_component(os.path.join(path, "text_encoder"), TRANSFORMERS_STEMS,
+                                     clip_text_shapes(text), name="text_encoder"),
+  }
+  model = IP2PModel(unet=unet, vae=vae, text_encoder=text, tokenizer=load_tokenizer(os.path.join(path, "tokenizer")),
+                    schedule=DDIMSchedule.from_folder(path), source=path)
+  return model, params
+
+
+def save_flax(model: IP2PModel, params: dict, out: str | os.PathLike) -> None:
+  """Write a converted set: Flax msgpack per component (+ the configs, tokenizer, scheduler).
+
+  The result loads with `load_ip2p` (fast path) and with diffusers' / transformers' own Flax
+  `from_pretrained`."""
+  out, src = os.fspath(out), model.source
+  for comp, fname in (("unet", "diffusion_flax_model.msgpack"), ("vae", "diffusion_flax_model.msgpack"),
+                      ("text_encoder", "flax_model.msgpack")):
+    os.makedirs(os.path.join(out, comp), exist_ok=True)
+    shutil.copyfile(os.path.join(src, comp, "config.json"), os.path.join(out, comp, "config.json"))
+    tree = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params[comp])
+    with open(os.path.join(out, comp, fname), "wb") as f:
+      f.write(serialization.msgpack_serialize(tree))
+  for comp in ("tokenizer", "scheduler"):
+    if os.path.isdir(os.path.join(src, comp)):
+      shutil.copytree(os.path.join(src, comp), os.path.join(out, comp), dirs_exist_ok=True)
+  if os.path.isfile(os.path.join(src, "model_index.json")):
+    shutil.copyfile(os.path.join(src, "model_index.json"), os.path.join(out, "model_index.json"))
+
+
+# --------------------------------------------------------------------------------------------
+# the edit call
+# --------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class IP2PConfig:

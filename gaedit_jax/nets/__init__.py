@@ -1,0 +1,1 @@
+"""Pretrained networks and their weights: InstructPix2Pix, CLIP, LPIPS-VGG, local weight readers."""
