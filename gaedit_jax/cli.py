@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None, *, handle_errors: bool | None = None):
   handle_errors: turn user errors into one line on stderr + exit status 2 (KeyboardInterrupt: one
   line + 130). Default: when reading sys.argv (the installed command, `python -m gaedit_jax.cli`);
   a call with an explicit argv (tests, scripts) lets the exceptions through unless asked."""
+  from_command_line = argv is None   # the installed `gaedit`: sys.exit(main()) must see None -> status 0
   if handle_errors is None:
-    handle_errors = argv is None
+    handle_errors = from_command_line
   argv = list(sys.argv[1:] if argv is None else argv)
   debug = _debug_env()
   while argv and argv[0] == "--debug":
@@ -129,9 +130,11 @@ def main(argv: list[str] | None = None, *, handle_errors: bool | None = None):
           file=sys.stderr)
     raise SystemExit(EXIT_USER_ERROR)
   if not handle_errors or debug:
-    return run(name, rest)
+    result = run(name, rest)
+    return None if from_command_line else result
   try:
-    return run(name, rest)
+    result = run(name, rest)
+    return None if from_command_line else result
   except KeyboardInterrupt:
     _close_progress_bars()
     print(f"gaedit {name}: interrupted", file=sys.stderr)

@@ -96,6 +96,16 @@ def test_gaedit_eval_command(model, tmp_path):
   assert res is None or "recon" in res
 
 
+def test_installed_command_returns_no_result(model, tmp_path, monkeypatch):
+  """The console script runs `sys.exit(main())`: the stage's result (a dict) must not become the exit
+  status (it printed the dict and exited 1 after a successful run)."""
+  out = tmp_path / "eval.json"
+  monkeypatch.setattr(sys, "argv", ["gaedit", "eval", "--model", str(model), "--splits", "val", "--out", str(out)])
+  with pytest.raises(SystemExit) as e:
+    sys.exit(cli())
+  assert e.value.code is None and out.exists()
+
+
 def test_bad_data_errors(tiny, tmp_path):
   with pytest.raises(DatasetError, match="dataset folder not found"):
     cli(["reconstruct", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")] + TINY)

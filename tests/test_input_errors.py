@@ -275,3 +275,4 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
       p.kill()
   assert p.returncode == 130, err[-2000:]
   assert "Traceback" not in err and err.strip().splitlines()[-1] == "gaedit synth: interrupted"
+
