@@ -132,9 +132,9 @@ def prepare_data(a) -> bool:
 
 def reconstruct_avatar(a, fresh_data: bool) -> dict:
   """OUT/model: one reconstruction (seed 0) with the demo's schedule scaled to --recon-iterations."""
-  from gaedit_jax.demo import DemoConfig
+  from gaedit_jax.commands.demo import DemoConfig
+  from gaedit_jax.commands.reconstruct import main as reconstruct
   from gaedit_jax.reconstruct import ReconstructConfig
-  from gaedit_jax.reconstruct import main as reconstruct
 
   model = a.out / "model"
   cfgp = model / "cfg.json"

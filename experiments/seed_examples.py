@@ -164,7 +164,7 @@ class _NoEditor:
 
 def render_folder(render_out: Path, set_name: str, iteration: int, camera_index: int | None,
                   driver: Path) -> Path:
-  """Where `gaedit render` writes the frames of a set (render_cli's naming)."""
+  """Where `gaedit render` writes the frames of a set (commands/render.py's naming)."""
   tag = f"ours_{iteration}"
   suffix = "" if camera_index is None else f"_{camera_index}"
   if set_name == "nv":
@@ -176,13 +176,13 @@ def render_folder(render_out: Path, set_name: str, iteration: int, camera_index:
 
 def build_plan(a: argparse.Namespace, examples: list[Example]) -> tuple[list[Step], dict, list[str]]:
   """(steps, {example key: {set: (source renders, edited renders, eval json)}}, missing paths)."""
+  from gaedit_jax.commands.edit import main as edit
+  from gaedit_jax.commands.eval import EvalConfig
+  from gaedit_jax.commands.reconstruct import main as reconstruct
+  from gaedit_jax.commands.render import RenderConfigCLI
+  from gaedit_jax.commands.render import main as render
   from gaedit_jax.edit.loop import EditConfig
-  from gaedit_jax.edit.loop import main as edit
-  from gaedit_jax.evaluate import EvalConfig
   from gaedit_jax.reconstruct import ReconstructConfig
-  from gaedit_jax.reconstruct import main as reconstruct
-  from gaedit_jax.render_cli import RenderConfigCLI
-  from gaedit_jax.render_cli import main as render
 
   root, out = Path(a.nersemble_root), Path(a.out)
   missing: list[str] = []
@@ -222,7 +222,7 @@ def build_plan(a: argparse.Namespace, examples: list[Example]) -> tuple[list[Ste
     rc = RenderConfigCLI(model=model, out=render_out, splits=("val", "test"), camera_index=cam,
                          max_frames=a.max_frames)
     add(f"{title}: novel view + self-reenactment", "render", rc, render, render_out / ".seed_done_splits")
-    # all of the driver's splits are rendered (render_cli's --target), bounded by --cross-max-frames
+    # all of the driver's splits are rendered (`gaedit render --target`), bounded by --cross-max-frames
     xc = RenderConfigCLI(model=model, out=render_out, target=driver, max_frames=a.cross_max_frames)
     add(f"{title}: cross-identity ({DRIVER[0]} {DRIVER[1]})", "render", xc, render,
         render_out / ".seed_done_cross")
@@ -287,7 +287,7 @@ def _path(p: str | None) -> Path | None:
 def _evaluate(cfg) -> None:
   """`gaedit eval`, or a note in its JSON when a set was not rendered (e.g. a sequence folder
   without transforms_test.json), so that the other sets still reach the summary."""
-  from gaedit_jax.evaluate import main as evaluate
+  from gaedit_jax.commands.eval import main as evaluate
 
   absent = [p for p in (cfg.source, cfg.edited) if not Path(p).is_dir()]
   if absent:

@@ -1,9 +1,9 @@
 """The `gaedit` command: one subcommand per stage. This module only parses and dispatches.
 
-Each subcommand is a function `main(cfg)` taking a dataclass config, or a function with annotated
-keyword arguments, in the module named below; tyro turns its fields (with their defaults, which are
-the paper's) into `--help`. Modules are imported only when their subcommand runs, so `gaedit synth`
-does not pay for importing diffusers.
+Each subcommand is a module of `gaedit_jax.commands` with a function `main(cfg: Config)` taking one
+dataclass; tyro turns its fields (with their defaults, which are the paper's) into flat flags
+(`--out`, not `--cfg.out`) and `--help`, with `main`'s docstring as the description. Modules are
+imported only when their subcommand runs, so `gaedit synth` does not pay for importing diffusers.
 
 Errors a user can fix (a bad flag, file or folder: `gaedit_jax.errors.InputError`, a missing or
 unreadable path) are printed as one line `gaedit STAGE: error: MESSAGE` on stderr with exit status
@@ -19,18 +19,18 @@ import sys
 
 from gaedit_jax.errors import InputError
 
-# name -> (module, function, one-line description)
-SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "demo": ("gaedit_jax.demo", "main", "the whole pipeline on the built-in synthetic head"),
-    "synth": ("gaedit_jax.data.synthetic", "synth_main", "write the synthetic multi-view video dataset"),
-    "render-scene": ("gaedit_jax.render.demo_scene", "main", "render a built-in scene of Gaussians to a PNG"),
-    "reconstruct": ("gaedit_jax.reconstruct", "main", "train a GaussianAvatars avatar from a dataset"),
-    "render": ("gaedit_jax.render_cli", "main", "novel views / self- / cross-identity reenactment"),
-    "eval": ("gaedit_jax.evaluate", "main", "PSNR / SSIM / LPIPS / CLIP metrics"),
-    "export": ("gaedit_jax.commands.export", "main", "write an avatar as a GaussianAvatars folder or a world ply"),
-    "edit": ("gaedit_jax.edit.loop", "main", "text-driven 4D edit of an avatar"),
-    "edit2d": ("gaedit_jax.edit.edit2d", "main", "try an InstructPix2Pix edit on one image"),
-    "convert-weights": ("gaedit_jax.nets.convert", "convert_main", "convert PyTorch weights to Flax once"),
+# name -> (module with `main(cfg)`, one-line description)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("gaedit_jax.commands.demo", "the whole pipeline on the built-in synthetic head"),
+    "synth": ("gaedit_jax.commands.synth", "write the synthetic multi-view video dataset"),
+    "render-scene": ("gaedit_jax.commands.render_scene", "render a built-in scene of Gaussians to a PNG"),
+    "reconstruct": ("gaedit_jax.commands.reconstruct", "train a GaussianAvatars avatar from a dataset"),
+    "render": ("gaedit_jax.commands.render", "novel views / self- / cross-identity reenactment"),
+    "eval": ("gaedit_jax.commands.eval", "PSNR / SSIM / LPIPS / CLIP metrics"),
+    "export": ("gaedit_jax.commands.export", "write an avatar as a GaussianAvatars folder or a world ply"),
+    "edit": ("gaedit_jax.commands.edit", "text-driven 4D edit of an avatar"),
+    "edit2d": ("gaedit_jax.commands.edit2d", "try an InstructPix2Pix edit on one image"),
+    "convert-weights": ("gaedit_jax.commands.convert_weights", "convert PyTorch weights to Flax once"),
 }
 
 EXIT_USER_ERROR = 2       # as argparse / tyro for bad arguments
@@ -41,21 +41,21 @@ USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Perm
 
 def _usage() -> str:
   lines = ["usage: gaedit [--debug] SUBCOMMAND [--help] [options]", "", "subcommands:"]
-  for name, (_, _, doc) in SUBCOMMANDS.items():
+  for name, (_, doc) in SUBCOMMANDS.items():
     lines.append(f"  {name:<16} {doc}")
   lines += ["", "  --debug          show the traceback of an error (also: GAEDIT_DEBUG=1)"]
   return "\n".join(lines)
 
 
 def _load(name: str):
-  module, fn, _ = SUBCOMMANDS[name]
+  module, _ = SUBCOMMANDS[name]
   try:
     mod = importlib.import_module(module)
   except ModuleNotFoundError as e:
     if e.name and e.name.startswith("gaedit_jax"):
       raise SystemExit(f"gaedit {name}: not available in this version ({e.name} is missing)") from e
     raise
-  return getattr(mod, fn)
+  return mod.main
 
 
 def error_message(e: BaseException) -> str:
@@ -96,15 +96,13 @@ def run(name: str, rest: list[str]):
 
   init_distributed()  # multi-host runs (README: several hosts); a no-op otherwise
   fn = _load(name)
-  params = list(inspect.signature(fn).parameters)
-  hints = typing.get_type_hints(fn)
-  if len(params) == 1 and dataclasses.is_dataclass(hints.get(params[0])):
-    # main(cfg: Config): flat flags (--out, not --cfg.out)
-    with deferred_config_checks():   # InputError from a config: our one line, not tyro's box
-      cfg = tyro.cli(hints[params[0]], args=rest, prog=f"gaedit {name}",
-                     description=(fn.__doc__ or SUBCOMMANDS[name][2]))
-    return fn(cfg)
-  return tyro.cli(fn, args=rest, prog=f"gaedit {name}")
+  (param,) = inspect.signature(fn).parameters   # every command is `main(cfg: Config)`
+  config = typing.get_type_hints(fn)[param]
+  if not dataclasses.is_dataclass(config):
+    raise TypeError(f"{fn.__module__}.main must take one dataclass config, not {config!r}")
+  with deferred_config_checks():   # InputError from a config: our one line, not tyro's box
+    cfg = tyro.cli(config, args=rest, prog=f"gaedit {name}", description=(fn.__doc__ or SUBCOMMANDS[name][1]))
+  return fn(cfg)
 
 
 def main(argv: list[str] | None = None, *, handle_errors: bool | None = None):
@@ -144,7 +142,7 @@ def main(argv: list[str] | None = None, *, handle_errors: bool | None = None):
     print(f"gaedit {name}: error: {error_message(e)}", file=sys.stderr)
     raise SystemExit(EXIT_USER_ERROR) from None
   except SystemExit as e:
-    if isinstance(e.code, str):   # SystemExit("gaedit STAGE: ..."): a user error raised by a stage
+    if isinstance(e.code, str):   # SystemExit("gaedit STAGE: ..."): a user error raised by a command
       _close_progress_bars()
       msg = e.code
       for prefix in (f"gaedit {name}: ", "gaedit: "):

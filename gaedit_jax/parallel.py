@@ -24,6 +24,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gaedit_jax.errors import InputError
+
 VIEWS = "views"
 
 
@@ -36,7 +38,7 @@ def init_distributed() -> bool:
     try:
       n, i = int(env["GAEDIT_NUM_PROCESSES"]), int(env["GAEDIT_PROCESS_ID"])
     except (KeyError, ValueError):
-      raise SystemExit("gaedit: GAEDIT_COORDINATOR is set, so GAEDIT_NUM_PROCESSES and GAEDIT_PROCESS_ID "
+      raise InputError("GAEDIT_COORDINATOR is set, so GAEDIT_NUM_PROCESSES and GAEDIT_PROCESS_ID "
                        "must be integers (the number of processes and this one's index)") from None
     jax.distributed.initialize(env["GAEDIT_COORDINATOR"], num_processes=n, process_id=i)
     return True

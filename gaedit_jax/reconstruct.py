@@ -39,7 +39,7 @@ from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar, init_avatar, to_world, triangle_frames
 from gaedit_jax.train.run import Session, file_id
-from gaedit_jax.train.run_dir import check_out, write_json
+from gaedit_jax.train.run_dir import write_json
 
 PER_TIMESTEP = FlameParams.PER_TIMESTEP  # expr, rotation, neck_pose, jaw_pose, eyes_pose, translation
 
@@ -733,21 +733,5 @@ def _jsonable(x):
   return x
 
 
-def main(cfg: ReconstructConfig) -> dict:
-  """Train a GaussianAvatars avatar from a multi-view dataset folder."""
-  # refuse a busy or non-empty --out before loading anything (the run checks again under its lock;
-  # multi-host: process 0 checks, the others learn its verdict when the run starts)
-  if parallel.is_primary():
-    check_out(cfg.out, {"--data": cfg.data}, resume=cfg.resume, overwrite=cfg.overwrite, what="gaedit reconstruct")
-  trainer = Trainer(cfg)
-  res = trainer.run()
-  for s in ("val", "test"):
-    if s in res:
-      print(f"{s}: " + ", ".join(f"{k} {v:.4f}" for k, v in res[s].items()))
-  print(f"{res['iterations']} iterations in {res['train_seconds']:.1f} s, {res['num_gaussians']} Gaussians; "
-        f"model in {cfg.out}")
-  return res
-
-
 __all__ = ["ReconstructConfig", "TrainState", "StepConfig", "train_step", "make_step", "make_optimizer",
-           "init_state", "baked_model", "pose_vertices", "render_views", "Trainer", "main", "frame_order"]
+           "init_state", "baked_model", "pose_vertices", "render_views", "Trainer", "frame_order"]

@@ -48,9 +48,9 @@ def first_frame(data, split):
 def _configs():
   from gaedit_jax.data.synthetic import SynthConfig
   from gaedit_jax.edit.loop import EditConfig
-  from gaedit_jax.evaluate import EvalConfig
+  from gaedit_jax.commands.eval import EvalConfig
   from gaedit_jax.reconstruct import ReconstructConfig
-  from gaedit_jax.render_cli import RenderConfigCLI
+  from gaedit_jax.commands.render import RenderConfigCLI
 
   return dict(recon=lambda **kw: ReconstructConfig(data=Path("d"), out=Path("o"), **kw),
               edit=lambda **kw: EditConfig(avatar=Path("a"), out=Path("o"), **kw),
@@ -95,7 +95,7 @@ def test_bad_flag_values_are_refused_naming_the_flag(which, kw, msg):
 
 def test_flags_that_depend_on_the_data(data, tmp_path):
   from gaedit_jax.edit.loop import EditConfig
-  from gaedit_jax.render_cli import RenderConfigCLI
+  from gaedit_jax.commands.render import RenderConfigCLI
 
   n_train = len(json.loads((data / "transforms_train.json").read_text())["frames"])
   with pytest.raises(DatasetError, match=rf"--batch-size {n_train + 1} is larger than the {n_train} training frames"):

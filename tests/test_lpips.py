@@ -167,7 +167,7 @@ def test_lpips_input_option_defaults_to_the_original():
   from pathlib import Path
 
   from gaedit_jax.edit.loop import EditConfig, StepSettings
-  from gaedit_jax.evaluate import EvalConfig
+  from gaedit_jax.commands.eval import EvalConfig
   from gaedit_jax.reconstruct import ReconstructConfig
 
   assert EditConfig(avatar=Path("a"), out=Path("o")).lpips_input == "unit"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gaedit_jax import metrics
+from gaedit_jax.errors import InputError
 from gaedit_jax.nets import images as imops
 from gaedit_jax.nets.clip import load_clip
 from gaedit_jax.nets.tiny import make_tiny_clip
@@ -127,8 +128,8 @@ def test_clip_edit_metrics_and_eval_command(tiny_clip, tmp_path):
   m_png = metrics.clip_edit_metrics(clip, q(src), q(edt), "a photo of a man", "a photo of a clown")
   assert abs(res["clip_direction_similarity"] - m_png.clip_direction_similarity) < 1e-4
   os.remove(tmp_path / "edt" / "00003.png")
-  with pytest.raises(SystemExit, match="same file names"):
+  with pytest.raises(InputError, match="same file names"):
     cli.main(["eval", "--source", str(tmp_path / "src"), "--edited", str(tmp_path / "edt"),
               "--source-caption", "a", "--target-caption", "b", "--clip", path])
-  with pytest.raises(SystemExit, match="need --source, --edited"):
+  with pytest.raises(InputError, match="need --source, --edited"):
     cli.main(["eval", "--source", str(tmp_path / "src"), "--clip", path])

@@ -1,4 +1,4 @@
-"""`gaedit synth OUT`: a multi-view video dataset of the built-in synthetic head.
+"""A multi-view video dataset of the built-in synthetic head (written by `gaedit synth OUT`).
 
 The head (`flame.make_synthetic_flame` + `flame.add_teeth`) is posed by FLAME parameters
 that move expression, jaw, neck, eyes (and a little global motion), seen by a NeRSemble-like rig of
@@ -20,12 +20,11 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tyro
 from tqdm import tqdm
 
 from gaedit_jax.camera import look_at
@@ -51,7 +50,7 @@ class SynthConfig:
   at the default --train-ratio 0.7; the head grid needs --rows >= 16 and an even --cols >= 24.
   """
 
-  out: tyro.conf.Positional[Path]
+  out: Path
   """Output dataset folder (GaussianAvatars/VHAP layout)."""
   width: int = 128
   """Image width in pixels (NeRSemble's 802x550 is portrait; default keeps that aspect roughly)."""
@@ -322,17 +321,3 @@ def generate(cfg: SynthConfig, *, progress: bool = True) -> dict:
       contact_sheet_timesteps=sheet_ts)
   (out / "synth_info.json").write_text(json.dumps(info, indent=2))
   return info
-
-
-def synth_main(cfg: Annotated[SynthConfig, tyro.conf.arg(name="")]) -> None:
-  """Write the synthetic multi-view video dataset (GaussianAvatars/VHAP layout) to OUT.
-
-  Smallest grid: 2 cameras and 4 timesteps (at --train-ratio 0.7, so that the test split is not
-  empty); head grid --rows >= 16, --cols >= 24 (even)."""
-  cfg.check_grid()
-  info = generate(cfg)
-  print(f"wrote {info['num_images']} images ({info['splits']}) of a {info['num_vertices']}-vertex "
-        f"{info['num_faces']}-face head to {cfg.out} in {info['seconds_total']:.1f} s "
-        f"({info['bytes'] / 1e6:.1f} MB); FLAME model: {cfg.out / FLAME_FILE}")
-  if info["contact_sheet"]:
-    print(f"contact sheet: {Path(cfg.out) / info['contact_sheet']}")

@@ -50,7 +50,7 @@ from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar, to_world, triangle_frames
 from gaedit_jax.train.run import Session, file_id
-from gaedit_jax.train.run_dir import check_out, write_json
+from gaedit_jax.train.run_dir import write_json
 
 
 @dataclasses.dataclass
@@ -438,7 +438,7 @@ def build_editor(cfg: EditConfig, image_scale: float, white_background: bool):
     from gaedit_jax.edit.editors import NoiseConfig, SyntheticEditor
 
     if cfg.target_data is None:
-      raise SystemExit("gaedit edit: --editor synthetic needs --target-data DIR (gaedit synth DIR --texture facepaint)")
+      raise InputError("--editor synthetic needs --target-data DIR (gaedit synth DIR --texture facepaint)")
     return SyntheticEditor.from_dataset(cfg.target_data, NoiseConfig(strength=cfg.synthetic_noise),
                                         image_scale=image_scale, white_background=white_background)
   if cfg.editor == "ip2p":
@@ -446,12 +446,12 @@ def build_editor(cfg: EditConfig, image_scale: float, white_background: bool):
     from gaedit_jax.nets.ip2p import InstructPix2Pix, IP2PConfig  # imports diffusers
 
     if cfg.ip2p is None or not cfg.prompt:
-      raise SystemExit("gaedit edit: --editor ip2p needs --ip2p DIR (InstructPix2Pix weights) and --prompt TEXT")
+      raise InputError("--editor ip2p needs --ip2p DIR (InstructPix2Pix weights) and --prompt TEXT")
     ic = IP2PConfig(guidance_scale=cfg.guidance_scale, image_guidance_scale=cfg.image_guidance_scale,
                     num_steps=cfg.diffusion_steps, size=cfg.ip2p_size, dtype=cfg.ip2p_dtype)
     return IP2PEditor.create(InstructPix2Pix.from_pretrained(cfg.ip2p, ic), cfg.prompt,
                              negative_prompt=cfg.negative_prompt)
-  raise SystemExit(f"gaedit edit: unknown editor {cfg.editor!r}")
+  raise InputError(f"unknown editor {cfg.editor!r}")
 
 
 _STEP_CACHE: dict = {}
@@ -496,7 +496,7 @@ class EditRun:
       ctx = EditContext.make(self.train_ds.camera_indices, self.train_ds.timesteps)
       missing = ~np.asarray(self.editor.covers(ctx))
       if missing.any():
-        raise SystemExit(f"gaedit edit: {cfg.target_data} has no edited image for {int(missing.sum())} training "
+        raise InputError(f"{cfg.target_data} has no edited image for {int(missing.sum())} training "
                          f"views of {self.data} (make it with `gaedit synth` with the same seed and sizes)")
     self.lpips_params = None
     lam_lpips = cfg.lambda_lpips
@@ -703,18 +703,5 @@ class EditRun:
       bar.update(pending[-1][0] - bar.n)
 
 
-def main(cfg: EditConfig) -> dict:
-  """Text-driven 4D edit of a reconstructed avatar (GaussianAvatar-Editor, SPEC 5-7)."""
-  # refuse a busy or non-empty --out (or one that is an input) before loading the editor (multi-host:
-  # process 0 checks, the others learn its verdict when the run starts)
-  if parallel.is_primary():
-    check_out(cfg.out, {"--avatar": cfg.avatar, "--data": cfg.data, "--target-data": cfg.target_data},
-              resume=cfg.resume, overwrite=cfg.overwrite, what="gaedit edit")
-  res = EditRun(cfg).run()
-  print(f"{res['iterations']} edit iterations in {res['edit_seconds']:.1f} s; edited avatar in {cfg.out}"
-        + (f" ({res['export']})" if "export" in res else ""))
-  return res
-
-
 __all__ = ["EditConfig", "EditState", "StepSettings", "edit_step", "init_edit_state", "make_step", "make_optimizer",
-           "build_editor", "EditRun", "main"]
+           "build_editor", "EditRun"]

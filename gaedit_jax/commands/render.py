@@ -23,6 +23,7 @@ import numpy as np
 from gaedit_jax.camera import look_at, make_camera
 from gaedit_jax.data.layout import SPLITS, DatasetError, DatasetFileNotFoundError
 from gaedit_jax.data.validate import check_choice, check_flags, config_checks, validate_dataset
+from gaedit_jax.errors import InputError
 
 
 @dataclasses.dataclass
@@ -91,7 +92,9 @@ class RenderConfigCLI:
         raise DatasetFileNotFoundError(f"--target {self.target}: no transforms_{{train,val,test}}.json")
 
 
-def _order(ds, camera_index):
+def render_order(ds, camera_index: int | None = None) -> np.ndarray:
+  """The frames of dataset `ds` that `gaedit render` renders, in its order: sorted by camera index,
+  then timestep; only those of `camera_index` when given."""
   idx = np.arange(len(ds))
   if camera_index is not None:
     idx = idx[ds.camera_indices == camera_index]
@@ -138,9 +141,9 @@ def _subsample(idx: np.ndarray, n: int | None) -> np.ndarray:
 def render_dataset(avatar, model, flame: dict, ds, rc, cfg: RenderConfigCLI, folder: Path) -> dict:
   from gaedit_jax.reconstruct import render_views
 
-  idx = _subsample(_order(ds, cfg.camera_index), cfg.max_frames)
+  idx = _subsample(render_order(ds, cfg.camera_index), cfg.max_frames)
   if len(idx) == 0:
-    raise SystemExit(f"gaedit render: no frames in {ds.json_path}"
+    raise InputError(f"no frames in {ds.json_path}"
                      + (f" with camera index {cfg.camera_index}" if cfg.camera_index is not None else ""))
   imgs, gts = [], []
   for s in range(0, len(idx), 8):
@@ -204,14 +207,14 @@ def main(cfg: RenderConfigCLI) -> dict:
         ds = AvatarDataset(cfg.target, s, **kw)
       except FileNotFoundError:
         continue
-      if len(_order(ds, cfg.camera_index)) == 0:  # e.g. VHAP's train split has no held-out camera
+      if len(render_order(ds, cfg.camera_index)) == 0:  # e.g. VHAP's train split has no held-out camera
         print(f"skipping {cfg.target} {s}: no frames with camera index {cfg.camera_index}")
         continue
       tf = fit_flame_dims(full, ds.flame_params)
       tflame = {k: getattr(tf, k) for k in fp.PER_TIMESTEP}
       results[f"{name}/{s}"] = render_dataset(avatar, model, tflame, ds, rc, cfg, out / name / s / tag)
     if not results:
-      raise SystemExit(f"gaedit render: {cfg.target} has no frames to render (transforms_{{train,val,test}}.json"
+      raise InputError(f"{cfg.target} has no frames to render (transforms_{{train,val,test}}.json"
                        + (f" with camera index {cfg.camera_index})" if cfg.camera_index is not None else ")"))
   if cfg.orbit > 0:
     try:  # the orbit starts at the frontal (validation) camera
@@ -232,4 +235,4 @@ def main(cfg: RenderConfigCLI) -> dict:
   return results
 
 
-__all__ = ["RenderConfigCLI", "main", "orbit_cameras", "render_dataset"]
+__all__ = ["RenderConfigCLI", "main", "orbit_cameras", "render_dataset", "render_order"]

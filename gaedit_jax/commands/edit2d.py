@@ -15,11 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-try:  # only the command-line entry point needs tyro (annotation read by tyro.cli)
-  import tyro
-except ImportError:  # pragma: no cover
-  tyro = None
-
+from gaedit_jax.errors import InputError
 from gaedit_jax.nets import images as imops
 
 
@@ -55,16 +51,16 @@ class Edit2DConfig:
   """Write the padded square edit instead of resizing back to the input size."""
 
 
-def main(cfg: tyro.conf.OmitArgPrefixes[Edit2DConfig]) -> list[str]:
+def main(cfg: Edit2DConfig) -> list[str]:
   from gaedit_jax.nets.ip2p import InstructPix2Pix, IP2PConfig  # imports diffusers
 
   image = imops.read_png(cfg.image)
   original = imops.read_png(cfg.original) if cfg.original else image
   if original.shape != image.shape:
-    raise SystemExit(f"gaedit edit2d: --original {cfg.original} is {original.shape[1]}x{original.shape[0]}, "
+    raise InputError(f"--original {cfg.original} is {original.shape[1]}x{original.shape[0]}, "
                      f"--image {cfg.image} is {image.shape[1]}x{image.shape[0]}: they must match")
   if cfg.t is not None and not 1 <= cfg.t <= 999:
-    raise SystemExit(f"gaedit edit2d: --t must be in [1, 999], got {cfg.t}")
+    raise InputError(f"--t must be in [1, 999], got {cfg.t}")
   t0 = time.time()
   ip2p = InstructPix2Pix.from_pretrained(cfg.ip2p, IP2PConfig(
       guidance_scale=cfg.guidance_scale, image_guidance_scale=cfg.image_guidance_scale,

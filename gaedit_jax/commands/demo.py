@@ -62,11 +62,11 @@ class DemoConfig:
 
 def main(cfg: DemoConfig) -> dict:
   """The whole pipeline on the built-in synthetic head (data, avatar, renders, metrics)."""
+  from gaedit_jax.commands.reconstruct import main as reconstruct
+  from gaedit_jax.commands.render import RenderConfigCLI
+  from gaedit_jax.commands.render import main as render
   from gaedit_jax.data.synthetic import SynthConfig, generate
   from gaedit_jax.reconstruct import ReconstructConfig
-  from gaedit_jax.reconstruct import main as reconstruct
-  from gaedit_jax.render_cli import RenderConfigCLI
-  from gaedit_jax.render_cli import main as render
 
   t0 = time.perf_counter()
   out = Path(cfg.out).absolute()
@@ -125,14 +125,14 @@ def _test_frames(folder: Path) -> np.ndarray:
 
 def _edit(cfg: DemoConfig, out: Path, model: Path) -> dict:
   """Step 4: face-paint edit with the synthetic editor, original | edited GIF, PSNR to the target."""
+  from gaedit_jax.commands.edit import main as edit
+  from gaedit_jax.commands.render import RenderConfigCLI, render_order
+  from gaedit_jax.commands.render import main as render
   from gaedit_jax.data.dataset import AvatarDataset
   from gaedit_jax.data.synthetic import SynthConfig, generate
   from gaedit_jax.edit.loop import EditConfig
-  from gaedit_jax.edit.loop import main as edit
   from gaedit_jax.io.media import save_gif, side_by_side
   from gaedit_jax.metrics import psnr
-  from gaedit_jax.render_cli import RenderConfigCLI, _order
-  from gaedit_jax.render_cli import main as render
 
   paint = out / "data_facepaint"
   if cfg.regenerate or not (paint / "transforms_train.json").exists():
@@ -149,7 +149,7 @@ def _edit(cfg: DemoConfig, out: Path, model: Path) -> dict:
   after = render(RenderConfigCLI(model=edited, out=out / "renders_edit" / "edited", splits=("test",)))
   a, b = _test_frames(Path(before["test"]["folder"])), _test_frames(Path(after["test"]["folder"]))
   ds = AvatarDataset(paint, "test", cache_size=0)
-  target = np.stack([ds[int(i)].image for i in _order(ds, None)])
+  target = np.stack([ds[int(i)].image for i in render_order(ds)])
   gif = save_gif(out / "original_vs_edited.gif", [side_by_side([x, y]) for x, y in zip(a, b)])
   return dict(psnr_before=float(np.mean([psnr(x, t) for x, t in zip(a, target)])),
               psnr_after=float(np.mean([psnr(y, t) for y, t in zip(b, target)])), gif=str(gif),

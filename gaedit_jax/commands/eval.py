@@ -18,11 +18,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
-try:  # only the command-line entry point needs tyro (annotation read by tyro.cli)
-  import tyro
-except ImportError:  # pragma: no cover
-  tyro = None
-
+from gaedit_jax.errors import InputError
 from gaedit_jax.nets.clip import load_clip
 from gaedit_jax.nets.images import read_png
 
@@ -86,10 +82,10 @@ class EvalConfig:
 
 def list_images(folder: str) -> list[str]:
   if not os.path.isdir(folder):
-    raise SystemExit(f"gaedit eval: {folder} is not a folder")
+    raise InputError(f"{folder} is not a folder")
   files = sorted(f for f in os.listdir(folder) if f.lower().endswith(_IMAGE_EXT))
   if not files:
-    raise SystemExit(f"gaedit eval: no images ({', '.join(_IMAGE_EXT)}) in {folder}")
+    raise InputError(f"no images ({', '.join(_IMAGE_EXT)}) in {folder}")
   return files
 
 
@@ -98,13 +94,13 @@ def paired_images(a: str, b: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
   fa, fb = list_images(a), list_images(b)
   if fa != fb:
     only_a, only_b = sorted(set(fa) - set(fb)), sorted(set(fb) - set(fa))
-    raise SystemExit(f"gaedit eval: {a} and {b} must hold the same file names; only in the first: "
+    raise InputError(f"{a} and {b} must hold the same file names; only in the first: "
                      f"{only_a[:5]}, only in the second: {only_b[:5]}")
   xa = [read_png(os.path.join(a, f)) for f in fa]
   xb = [read_png(os.path.join(b, f)) for f in fb]
   shapes = {x.shape for x in xa + xb}
   if len(shapes) != 1:
-    raise SystemExit(f"gaedit eval: images of different sizes in {a} / {b}: {sorted(shapes)}")
+    raise InputError(f"images of different sizes in {a} / {b}: {sorted(shapes)}")
   return np.stack(xa), np.stack(xb), fa
 
 
@@ -113,7 +109,7 @@ def clip_edit_section(cfg: EvalConfig) -> dict | None:
   if not any(wanted):
     return None
   if not all(wanted):
-    raise SystemExit("gaedit eval: the CLIP editing metrics need --source, --edited, --source-caption "
+    raise InputError("the CLIP editing metrics need --source, --edited, --source-caption "
                      "and --target-caption")
   from gaedit_jax.metrics import clip_edit_metrics
 
@@ -140,7 +136,7 @@ SECTIONS: dict[str, Callable[[EvalConfig], dict | None]] = {
 }
 
 
-def main(cfg: tyro.conf.OmitArgPrefixes[EvalConfig]) -> dict:
+def main(cfg: EvalConfig) -> dict:
   cfg.check_inputs()
   results = {}
   for name, fn in SECTIONS.items():
@@ -148,7 +144,7 @@ def main(cfg: tyro.conf.OmitArgPrefixes[EvalConfig]) -> dict:
     if r is not None:
       results[name] = r
   if not results:
-    raise SystemExit("gaedit eval: nothing to evaluate; see --help")
+    raise InputError("nothing to evaluate; see --help")
   text = json.dumps(results, indent=2)
   print(text)
   if cfg.out:

@@ -1,0 +1,23 @@
+"""`gaedit edit --avatar DIR --out DIR ...`: text-driven 4D edit of an avatar (`gaedit_jax.edit.loop`)."""
+
+from __future__ import annotations
+
+from gaedit_jax import parallel
+from gaedit_jax.edit.loop import EditConfig, EditRun
+from gaedit_jax.train.run_dir import check_out
+
+
+def main(cfg: EditConfig) -> dict:
+  """Text-driven 4D edit of a reconstructed avatar (GaussianAvatar-Editor, SPEC 5-7)."""
+  # refuse a busy or non-empty --out (or one that is an input) before loading the editor (multi-host:
+  # process 0 checks, the others learn its verdict when the run starts)
+  if parallel.is_primary():
+    check_out(cfg.out, {"--avatar": cfg.avatar, "--data": cfg.data, "--target-data": cfg.target_data},
+              resume=cfg.resume, overwrite=cfg.overwrite, what="gaedit edit")
+  res = EditRun(cfg).run()
+  print(f"{res['iterations']} edit iterations in {res['edit_seconds']:.1f} s; edited avatar in {cfg.out}"
+        + (f" ({res['export']})" if "export" in res else ""))
+  return res
+
+
+__all__ = ["main"]
