@@ -632,7 +632,7 @@ class Trainer:
   def run(self) -> dict:
     c = self.cfg
     if c.eval_max_frames is not None and c.eval_max_frames < 1:
-      raise InputError(f"gaedit reconstruct: --eval-max-frames {c.eval_max_frames}: evaluate at least one frame "
+      raise InputError(f"--eval-max-frames {c.eval_max_frames}: evaluate at least one frame "
                        f"per split (leave it unset for all frames)")
     with Session(self.out, what="gaedit reconstruct", inputs={"--data": c.data}, resume=c.resume,
                  overwrite=c.overwrite, keep=c.keep_checkpoints, every=c.checkpoint_interval,
