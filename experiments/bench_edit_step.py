@@ -143,9 +143,8 @@ def main():
   from gaedit_jax.nets.lpips import lpips
   from gaedit_jax.nets.tiny import random_lpips_params
   from gaedit_jax.edit.mouth import render_mouth_mask
-  from gaedit_jax.reconstruct import pose_vertices
+  from gaedit_jax.avatar import pose
   from gaedit_jax.render import rasterize
-  from gaedit_jax.rig import to_world, triangle_frames
 
   editor = build_editor(t, size, a.steps, a.dtype, attention)
   log("InstructPix2Pix (random weights) ready")
@@ -160,7 +159,7 @@ def main():
     log(f"{name}: {ms:.2f} ms (first call {first:.1f} s)")
 
   def posed(avatar, flame):
-    return to_world(avatar, triangle_frames(pose_vertices(e.model, flame, e.timestep), e.model.faces))
+    return pose(avatar, e.model, flame, e.timestep)
 
   # (b) render forward (+ parts of the step that run outside the edit)
   fwd = jax.jit(lambda av, fl: rasterize(posed(av, fl), e.camera, e.background, s.render).image)

@@ -221,7 +221,7 @@ class Evaluator:
   def __call__(self, avatar, model, flame, against: str = "paint") -> tuple[dict, np.ndarray]:
     """Metrics {"val/psnr": ..., "test_open/ssim": ..., "test/flicker": ...} of an avatar (baked
     FLAME model, per-timestep FLAME dict) and its render of the grid frame."""
-    from gaedit_jax.reconstruct import render_views
+    from gaedit_jax.avatar import render_views
     from gaedit_jax.render.types import RenderConfig
 
     rc = RenderConfig(sh_degree=avatar.sh_degree, wabe_k=0)   # no WABE outputs needed: faster
@@ -255,7 +255,7 @@ def gan_gradient_share(er, views: int = 8) -> dict:
 
   from gaedit_jax.edit import discriminator as D
   from gaedit_jax.edit.editors import EditContext
-  from gaedit_jax.reconstruct import render_views
+  from gaedit_jax.avatar import render_views
 
   c, st = er.cfg, er.state
   idx = np.linspace(0, len(er.train_ds) - 1, views).astype(int)
@@ -421,7 +421,7 @@ def write_results(a, res: dict, variants: list[str]) -> None:
 
 def main(argv=None) -> dict:
   from gaedit_jax.edit.loop import EditConfig, EditRun, build_editor
-  from gaedit_jax.eval_recon import load_trained
+  from gaedit_jax.io.model_folder import load_trained
   from gaedit_jax.io.media import save_png
 
   a = parse_args(argv)

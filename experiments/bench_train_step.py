@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax.avatar import baked_model, per_timestep
 from gaedit_jax.camera import make_camera
 from gaedit_jax.data.synthetic import nersemble_like_rig
 from gaedit_jax.density import DensityStats
 from gaedit_jax.flame import FlameParams, add_teeth, make_synthetic_flame
-from gaedit_jax.reconstruct import (ReconstructConfig, StepConfig, TrainState, baked_model, make_optimizer,
-                                    make_step)
+from gaedit_jax.reconstruct import ReconstructConfig, StepConfig, TrainState, make_optimizer, make_step
 from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar
 
@@ -45,7 +45,7 @@ def build(n: int, width: int, height: int, views: int, seed: int = 0):
               binding=jnp.asarray(np.arange(n) % f, jnp.int32), active=jnp.ones(n, bool))
   cfg = ReconstructConfig(data=".", out=".", iterations=600_000)
   opt = make_optimizer(cfg, 1.0)
-  fl = {k: getattr(flame, k) for k in FlameParams.PER_TIMESTEP}
+  fl = per_timestep(flame)
   state = TrainState(avatar=av, flame=fl, opt_state=opt.init({"gauss": av.params(), "flame": fl}),
                      stats=DensityStats.zeros(n), step=jnp.zeros((), jnp.int32),
                      key=jax.random.key_data(jax.random.key(0)))

@@ -18,10 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax.avatar import render_views
+from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.errors import InputError
+from gaedit_jax.io.media import save_png, side_by_side
 from gaedit_jax.io.model_folder import latest_iteration, load_trained  # noqa: F401  (moved; re-exported)
 from gaedit_jax.metrics import psnr, ssim
 from gaedit_jax.nets.lpips import load_lpips, lpips_images
+from gaedit_jax.render.types import RenderConfig
 
 
 def _pick(n: int, max_frames: int | None) -> np.ndarray:
@@ -45,11 +49,9 @@ def evaluate_split(avatar, model, flame: dict, ds, render_cfg, *, max_frames: in
                    save_dir: str | os.PathLike | None = None, save_images: int = 0,
                    lpips_params: dict | None = None, lpips_input: str = "unit", chunk: int = 8) -> dict:
   """Renders the frames of dataset `ds` and compares them with its images. model: the baked
-  FLAME model (reconstruct.baked_model); flame: per-timestep fields [T,...]; lpips_input: "unit"
+  FLAME model (avatar.baked_model); flame: per-timestep fields [T,...]; lpips_input: "unit"
   ([0, 1] images into LPIPS, the original) or "signed" (rescaled to [-1, 1]). Returns
   {"split", "num_frames", "mean": {psnr, ssim[, lpips]}, "frames": [{file, camera, timestep, ...}]}."""
-  from gaedit_jax.reconstruct import render_views
-
   if max_frames is not None and max_frames < 1:
     raise InputError(f"--eval-max-frames {max_frames}: evaluate at least one frame of {ds.json_path} "
                      f"(leave it unset for all frames)")
@@ -74,8 +76,6 @@ def evaluate_split(avatar, model, flame: dict, ds, render_cfg, *, max_frames: in
         row["lpips"] = float(lp[j])
       rows.append(row)
       if save_dir is not None and (s + j) in keep:
-        from gaedit_jax.io.media import save_png, side_by_side
-
         save_png(Path(save_dir) / f"{int(i):05d}.png", side_by_side([img[j], np.asarray(b.image[j])]))
         saved += 1
   keys = ["psnr", "ssim"] + (["lpips"] if lpips_params is not None else [])
@@ -88,9 +88,6 @@ def evaluate_model(model_dir: str | os.PathLike, splits=("val", "test"), *, lpip
                    out: str | os.PathLike | None = None, sh_degree: int = 3) -> dict:
   """Evaluates a trained model folder on its dataset's splits; writes results_<split>.json into
   `out` (default: the model folder). Returns {split: result}."""
-  from gaedit_jax.data.dataset import AvatarDataset
-  from gaedit_jax.render.types import RenderConfig
-
   avatar, model, flame, _, cfg, _ = load_trained(model_dir)
   c = cfg["config"]
   lp = None

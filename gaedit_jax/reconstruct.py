@@ -15,9 +15,8 @@ Iterations are 1-based as in GA: iteration `it` is the step that makes `state.st
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,8 @@ import numpy as np
 import optax
 
 from gaedit_jax import parallel
+from gaedit_jax.avatar import (baked_model, check_consistency, fit_flame_dims, load_model, pose, pose_frames,
+                               resolve_flame_path)
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.layout import DatasetError
 from gaedit_jax.data.validate import (check_choice, check_flags, check_path, config_checks,
@@ -32,12 +33,17 @@ from gaedit_jax.data.validate import (check_choice, check_flags, check_path, con
 from gaedit_jax.density import (DensifyConfig, DensityStats, densify_and_prune, map_slot_leaves,
                                 reset_opacity)
 from gaedit_jax.errors import InputError
-from gaedit_jax.flame import FlameModel, FlameParams, add_teeth, bake_identity, flame_forward, load_flame
+from gaedit_jax.eval_recon import evaluate_split
+from gaedit_jax.flame import FlameModel, FlameParams
+from gaedit_jax.io.ply import save_avatar_ply, save_flame_npz, save_world_ply
 from gaedit_jax.losses import photometric, position_reg, psnr, scale_reg
 from gaedit_jax.nets.lpips import load_lpips
 from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import RenderConfig
-from gaedit_jax.rig import Avatar, init_avatar, to_world, triangle_frames
+from gaedit_jax.rig import Avatar, init_avatar
+from gaedit_jax.train import optimizer as opt_lib
+from gaedit_jax.train.config import GA_RATES, GA_REGULARISERS, RASTER, LearningRates, Regularisers, grow_isect
+from gaedit_jax.train.loop import cached_step, flush_metrics, frame_order, jsonable
 from gaedit_jax.train.run import Session, file_id
 from gaedit_jax.train.run_dir import write_json
 
@@ -73,38 +79,38 @@ class ReconstructConfig:
   """Camera intrinsics: "file" reads fl_x, fl_y, cx, cy; "fov_x" is GaussianAvatars' camera (fx = fy
   from camera_angle_x, principal point at the image centre; gaedit_jax.data.layout.INTRINSICS)."""
   # --- learning rates (SPEC 2.6) ---
-  position_lr_init: float = 5e-3
+  position_lr_init: float = GA_RATES.position_init
   """Local xyz learning rate at the start (times the camera extent)."""
-  position_lr_final: float = 5e-5
+  position_lr_final: float = GA_RATES.position_final
   """Local xyz learning rate at the end of the schedule (times the camera extent)."""
   position_lr_max_steps: int | None = None
   """Length of the log-linear position schedule (default: iterations)."""
-  feature_lr: float = 2.5e-3
+  feature_lr: float = GA_RATES.feature
   """SH DC learning rate (SH rest: feature_lr / 20)."""
-  opacity_lr: float = 0.05
+  opacity_lr: float = GA_RATES.opacity
   """Opacity (logit) learning rate."""
-  scaling_lr: float = 0.017
+  scaling_lr: float = GA_RATES.scaling
   """Local log-scale learning rate."""
-  rotation_lr: float = 1e-3
+  rotation_lr: float = GA_RATES.rotation
   """Local rotation (quaternion) learning rate."""
-  flame_pose_lr: float = 1e-5
+  flame_pose_lr: float = GA_RATES.flame_pose
   """FLAME rotation / neck / jaw / eyes learning rate (per-timestep tensors)."""
-  flame_trans_lr: float = 1e-6
+  flame_trans_lr: float = GA_RATES.flame_trans
   """FLAME translation learning rate."""
-  flame_expr_lr: float = 1e-3
+  flame_expr_lr: float = GA_RATES.flame_expr
   """FLAME expression learning rate."""
-  finetune_flame: bool = True
+  finetune_flame: bool = GA_RATES.finetune_flame
   """Fine-tune the per-timestep FLAME pose, translation and expression."""
   # --- losses (SPEC 2.5) ---
   lambda_dssim: float = 0.2
   """Weight of D-SSIM in the photometric loss (L1 gets 1 - lambda)."""
-  lambda_xyz: float = 1e-2
+  lambda_xyz: float = GA_REGULARISERS.lambda_xyz
   """Weight of the position regulariser relu(||mu_local|| - threshold_xyz)."""
-  threshold_xyz: float = 1.0
+  threshold_xyz: float = GA_REGULARISERS.threshold_xyz
   """Threshold of the position regulariser (local units)."""
-  lambda_scale: float = 1.0
+  lambda_scale: float = GA_REGULARISERS.lambda_scale
   """Weight of the scale regulariser ||relu(exp(s_local) - threshold_scale)||."""
-  threshold_scale: float = 0.6
+  threshold_scale: float = GA_REGULARISERS.threshold_scale
   """Threshold of the scale regulariser (local units)."""
   # --- SH ---
   sh_degree: int = 3
@@ -138,11 +144,11 @@ class ReconstructConfig:
   """Split children at parent xyz + offset (GA HEAD); False: offset only (the editor's GA copy)."""
   capacity: int | None = None
   """Initial slot capacity (default 2x the face count; doubles when full)."""
-  isect_per_gaussian: float = 16.0
+  isect_per_gaussian: float = RASTER.isect_per_gaussian
   """Rasterizer intersection-buffer size per Gaussian (grows on overflow)."""
-  tile_size: int = 16
+  tile_size: int = RASTER.tile_size
   """Rasterizer tile size: 16 as the original 3DGS kernel; 8 is faster on GPUs (README benchmarks)."""
-  alpha_clamp_grad: Literal["pass", "zero"] = "pass"
+  alpha_clamp_grad: Literal["pass", "zero"] = RASTER.alpha_clamp_grad
   """Backward through alpha = min(0.99, o G): pass the gradient through the clamp (the original
   kernel) or zero it where the clamp is active."""
   # --- bookkeeping ---
@@ -201,6 +207,19 @@ class ReconstructConfig:
         "lambda_dssim": "[0, 1]", "min_opacity": "[0, 1)"})
     check_choice(self, "intrinsics", ("file", "fov_x"))
 
+  def learning_rates(self) -> LearningRates:
+    """The optimizer's rates: the position schedule runs over --position-lr-max-steps (default: the
+    whole run)."""
+    return LearningRates(position_init=self.position_lr_init, position_final=self.position_lr_final,
+                         position_steps=self.position_lr_max_steps or self.iterations, feature=self.feature_lr,
+                         opacity=self.opacity_lr, scaling=self.scaling_lr, rotation=self.rotation_lr,
+                         flame_pose=self.flame_pose_lr, flame_trans=self.flame_trans_lr,
+                         flame_expr=self.flame_expr_lr, finetune_flame=self.finetune_flame)
+
+  def regularisers(self) -> Regularisers:
+    return Regularisers(lambda_xyz=self.lambda_xyz, threshold_xyz=self.threshold_xyz,
+                        lambda_scale=self.lambda_scale, threshold_scale=self.threshold_scale)
+
   def check_inputs(self, *, progress: bool | None = None):
     """Up-front checks of the run's input files (before any step): the dataset (every split, image,
     mask and FLAME file, `validate_dataset`), the FLAME model and LPIPS paths, and the flags that
@@ -242,40 +261,10 @@ class TrainState:
     return {"gauss": self.avatar.params(), "flame": dict(self.flame)}
 
 
-def _labels(params: dict) -> dict:
-  g = {k: "lr_" + k for k in params["gauss"]}
-  f = {k: ("flame_expr" if k == "expr" else "flame_trans" if k == "translation" else "flame_pose")
-       for k in params["flame"]}
-  return {"gauss": g, "flame": f}
-
-
-def position_lr(cfg: ReconstructConfig, extent: float) -> Callable:
-  """SPEC 2.6: exp((1 - t) log(init) + t log(final)) * S, t = step / max_steps clamped to 1."""
-  n = cfg.position_lr_max_steps or cfg.iterations
-  a, b = math.log(cfg.position_lr_init * extent), math.log(cfg.position_lr_final * extent)
-
-  def sched(count):
-    t = jnp.clip(count / max(n, 1), 0.0, 1.0)
-    return jnp.exp((1.0 - t) * a + t * b)
-
-  return sched
-
-
 def make_optimizer(cfg: ReconstructConfig, extent: float) -> optax.GradientTransformation:
-  """One Adam (eps 1e-15) per parameter group, each with its own learning rate (SPEC 2.6)."""
-  adam = lambda lr: optax.adam(lr, eps=1e-15)
-  fl = (lambda lr: adam(lr)) if cfg.finetune_flame else (lambda lr: optax.set_to_zero())
-  return optax.multi_transform({
-      "lr_xyz": adam(position_lr(cfg, extent)),
-      "lr_sh_dc": adam(cfg.feature_lr),
-      "lr_sh_rest": adam(cfg.feature_lr / 20.0),
-      "lr_opacity_logit": adam(cfg.opacity_lr),
-      "lr_log_scale": adam(cfg.scaling_lr),
-      "lr_rotation": adam(cfg.rotation_lr),
-      "flame_pose": fl(cfg.flame_pose_lr),
-      "flame_trans": fl(cfg.flame_trans_lr),
-      "flame_expr": fl(cfg.flame_expr_lr),
-  }, _labels)
+  """One Adam (eps 1e-15) per parameter group, each with its own learning rate (SPEC 2.6;
+  train.optimizer)."""
+  return opt_lib.make_optimizer(cfg.learning_rates(), extent)
 
 
 def init_state(key: jax.Array, model: FlameModel, flame: FlameParams, optimizer, *,
@@ -291,19 +280,6 @@ def init_state(key: jax.Array, model: FlameModel, flame: FlameParams, optimizer,
                     key=jax.random.key_data(k_run))
 
 
-def baked_model(model: FlameModel, flame: FlameParams) -> FlameModel:
-  """The FLAME model with the subject's shape and static offset folded into the template."""
-  return bake_identity(model, jnp.asarray(flame.shape), jnp.asarray(flame.static_offset))
-
-
-def pose_vertices(model: FlameModel, flame: dict, timestep: jax.Array) -> jax.Array:
-  """Posed vertices [...,V,3] of the baked model for timesteps [...] (per-timestep fields [T,.])."""
-  fp = FlameParams(shape=jnp.zeros((0,), jnp.float32),
-                   static_offset=jnp.zeros((model.num_vertices, 3), jnp.float32),
-                   **{k: jnp.asarray(flame[k])[timestep] for k in PER_TIMESTEP})
-  return flame_forward(model, fp)
-
-
 # ------------------------------------------------------------------------------------------------
 # The train step
 # ------------------------------------------------------------------------------------------------
@@ -315,10 +291,7 @@ class StepConfig:
 
   render: RenderConfig
   lambda_dssim: float = 0.2
-  lambda_xyz: float = 1e-2
-  threshold_xyz: float = 1.0
-  lambda_scale: float = 1.0
-  threshold_scale: float = 0.6
+  reg: Regularisers = GA_REGULARISERS
 
 
 def train_step(state: TrainState, image: jax.Array, camera, timestep: jax.Array, model: FlameModel,
@@ -331,15 +304,14 @@ def train_step(state: TrainState, image: jax.Array, camera, timestep: jax.Array,
 
   def loss_fn(params, offset):
     av = state.avatar.with_params(params["gauss"])
-    verts = pose_vertices(model, params["flame"], timestep)  # [B,V,3]
-    g = to_world(av, triangle_frames(verts, model.faces))
-    g = dataclasses.replace(g, screen_offset=offset)
+    g = dataclasses.replace(pose(av, model, params["flame"], timestep), screen_offset=offset)  # [B,C]
     out = rasterize(g, camera, background, cfg.render)
     l_rgb, parts = photometric(out.image, image, cfg.lambda_dssim)
     visible = jnp.any(out.radii > 0, axis=0) & av.active
-    l_pos = position_reg(av.xyz, visible, cfg.threshold_xyz)
-    l_scale = scale_reg(av.log_scale, visible, cfg.threshold_scale)
-    loss = l_rgb + cfg.lambda_xyz * l_pos + cfg.lambda_scale * l_scale
+    r = cfg.reg
+    l_pos = position_reg(av.xyz, visible, r.threshold_xyz)
+    l_scale = scale_reg(av.log_scale, visible, r.threshold_scale)
+    loss = l_rgb + r.lambda_xyz * l_pos + r.lambda_scale * l_scale
     return loss, (out, parts, l_pos, l_scale)
 
   params = state.params()
@@ -378,96 +350,8 @@ def make_step(optimizer, cfg: StepConfig):
 
 
 # ------------------------------------------------------------------------------------------------
-# Rendering helpers (evaluation, render command)
-# ------------------------------------------------------------------------------------------------
-
-
-@jax.jit
-def _posed_gaussians(avatar: Avatar, model: FlameModel, flame: dict, timestep: jax.Array):
-  return to_world(avatar, triangle_frames(pose_vertices(model, flame, timestep), model.faces))
-
-
-def render_views(avatar: Avatar, model: FlameModel, flame: dict, timesteps, cameras, background,
-                 render_cfg: RenderConfig, chunk: int = 8):
-  """Renders views (cameras [N], timesteps [N]) in chunks; returns numpy images [N,H,W,3] in
-  [0,1]. Retries with a larger intersection buffer on overflow (never truncates)."""
-  ts = np.asarray(timesteps, np.int32).reshape(-1)
-  outs = []
-  for s in range(0, ts.shape[0], chunk):
-    t = jnp.asarray(ts[s:s + chunk])
-    cam = cameras[s:s + chunk]
-    g = _posed_gaussians(avatar, model, flame, t)
-    rc = render_cfg
-    for _ in range(6):
-      out = _render_jit(g, cam, background, rc)
-      if not bool(jnp.any(out.overflow)):
-        break
-      rc = dataclasses.replace(rc, isect_per_gaussian=max(rc.isect_per_gaussian * 2, 4.0), max_intersections=None)
-    else:
-      raise RuntimeError("rasterizer intersection buffer overflow persists")
-    outs.append(np.clip(np.asarray(out.image), 0.0, 1.0))
-  return np.concatenate(outs, 0)
-
-
-_render_jit = jax.jit(rasterize, static_argnums=(3,))
-
-
-# ------------------------------------------------------------------------------------------------
 # The training loop
 # ------------------------------------------------------------------------------------------------
-
-
-def resolve_flame_path(data: Path, flame_model: Path | None) -> Path:
-  if flame_model is not None:
-    p = Path(flame_model)
-  else:
-    from gaedit_jax.data.synthetic import FLAME_FILE
-
-    p = Path(data) / FLAME_FILE
-  if not p.exists():
-    raise DatasetError(f"FLAME model not found: {p} (pass --flame-model PATH to the FLAME 2023 pkl)")
-  return p
-
-
-def load_model(data: Path, flame_model: Path | None) -> FlameModel:
-  model = load_flame(resolve_flame_path(data, flame_model))
-  return model if model.has_teeth else add_teeth(model)
-
-
-def frame_order(n: int, batch: int, seed: int, it: int) -> np.ndarray:
-  """Frame indices of iteration `it` (1-based): shuffled epochs, a pure function of (seed, it) so a
-  resumed run sees the same data as an uninterrupted one."""
-  per_epoch = max(n // batch, 1)
-  e, k = divmod(it - 1, per_epoch)
-  perm = np.random.default_rng([seed, e]).permutation(n)
-  return perm[k * batch:(k + 1) * batch]
-
-
-def check_consistency(ds: AvatarDataset, model: FlameModel, flame: FlameParams) -> None:
-  """Clear errors for data that does not fit the FLAME model."""
-  if flame.static_offset.shape[-2] != model.num_vertices:
-    raise DatasetError(f"{ds.root}: static_offset has {flame.static_offset.shape[-2]} vertices but the "
-                       f"FLAME model has {model.num_vertices} (with teeth)")
-  if flame.shape.shape[-1] > model.n_shape or flame.expr.shape[-1] > model.n_expr:
-    raise DatasetError(f"{ds.root}: FLAME params have {flame.shape.shape[-1]} shape / {flame.expr.shape[-1]} "
-                       f"expression components, the model only {model.n_shape} / {model.n_expr}")
-  if len(ds) == 0:
-    raise DatasetError(f"{ds.json_path}: no frames")
-  bad = ds.timesteps[ds.timesteps >= flame.rotation.shape[0]]
-  if bad.size:
-    raise DatasetError(f"{ds.json_path}: timesteps {bad[:5].tolist()} have no FLAME parameters")
-
-
-def fit_flame_dims(model: FlameModel, flame: FlameParams) -> FlameParams:
-  """Pads shape / expression vectors with zeros to the model's component counts."""
-  pad = lambda x, n: jnp.pad(jnp.asarray(x), [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
-  return dataclasses.replace(flame, shape=pad(flame.shape, model.n_shape), expr=pad(flame.expr, model.n_expr))
-
-
-_STEP_CACHE: dict = {}
-_OPT_FIELDS = ("iterations", "position_lr_init", "position_lr_final", "position_lr_max_steps", "feature_lr",
-               "opacity_lr", "scaling_lr", "rotation_lr", "flame_pose_lr", "flame_trans_lr", "flame_expr_lr",
-               "finetune_flame")
 
 
 class Trainer:
@@ -515,16 +399,8 @@ class Trainer:
 
   def step_fn(self, sh_degree: int):
     c = self.cfg
-    sc = StepConfig(render=self.render_config(sh_degree), lambda_dssim=c.lambda_dssim,
-                    lambda_xyz=c.lambda_xyz, threshold_xyz=c.threshold_xyz,
-                    lambda_scale=c.lambda_scale, threshold_scale=c.threshold_scale)
-    # Jitted steps are shared by trainers with the same optimizer settings (no recompiles in a
-    # process that trains several times, e.g. tests or resume).
-    opt_key = tuple(getattr(c, f) for f in _OPT_FIELDS) + (self.extent,)
-    key = (opt_key, sc)
-    if key not in _STEP_CACHE:
-      _STEP_CACHE[key] = make_step(self.optimizer, sc)
-    return _STEP_CACHE[key]
+    sc = StepConfig(render=self.render_config(sh_degree), lambda_dssim=c.lambda_dssim, reg=c.regularisers())
+    return cached_step(("reconstruct", c.learning_rates(), self.extent, sc), lambda: make_step(self.optimizer, sc))
 
   # -- densification -----------------------------------------------------------------------------
   def _densify(self, it: int, densify: bool, reset: bool) -> None:
@@ -532,7 +408,7 @@ class Trainer:
     st = self.state
     if densify:
       t = int(self.train_ds.timesteps[frame_order(len(self.train_ds), c.batch_size, c.seed, it)[0]])
-      k = np.asarray(triangle_frames(pose_vertices(self.model, st.flame, jnp.asarray(t)), self.model.faces).scale)
+      k = np.asarray(pose_frames(self.model, st.flame, jnp.asarray(t)).scale)
       key = jax.random.fold_in(jax.random.wrap_key_data(st.key), it)
       dcfg = DensifyConfig(grad_threshold=c.densify_grad_threshold, percent_dense=c.percent_dense,
                            min_opacity=c.min_opacity, max_screen_size=c.max_screen_size,
@@ -561,7 +437,7 @@ class Trainer:
   # -- checkpoints -------------------------------------------------------------------------------
   def meta(self) -> dict:
     return dict(capacity=int(self.state.avatar.capacity), isect_per_gaussian=self.isect,
-                extent=self.extent, config=_jsonable(dataclasses.asdict(self.cfg)), densify=self.densify_log)
+                extent=self.extent, config=jsonable(dataclasses.asdict(self.cfg)), densify=self.densify_log)
 
   def resume_identity(self) -> dict:
     """What a checkpoint must share with this run to be resumed (flag -> value): the dataset and
@@ -592,8 +468,6 @@ class Trainer:
 
   # -- evaluation ---------------------------------------------------------------------------------
   def evaluate(self, split: str, it: int, save_images: int = 0, writer=None) -> dict | None:
-    from gaedit_jax.eval_recon import evaluate_split
-
     ds = self.eval_ds.get(split)
     if ds is None or len(ds) == 0:
       return None
@@ -615,16 +489,14 @@ class Trainer:
 
   # -- export -----------------------------------------------------------------------------------
   def export(self, it: int) -> Path:
-    from gaedit_jax.io.ply import save_avatar_ply, save_flame_npz, save_world_ply
-
     d = self.out / "point_cloud" / f"iteration_{it}"
     d.mkdir(parents=True, exist_ok=True)
     save_avatar_ply(d / "point_cloud.ply", self.state.avatar, sh_degree=self.cfg.sh_degree)
     save_flame_npz(d / "flame_param.npz", self.flame0, self.state.flame)
     t = self.cfg.world_ply_timestep
     if t is not None:
-      v = pose_vertices(self.model, self.state.flame, jnp.asarray(t))
-      save_world_ply(d / f"world_timestep_{t:05d}.ply", self.state.avatar, triangle_frames(v, self.model.faces),
+      save_world_ply(d / f"world_timestep_{t:05d}.ply", self.state.avatar,
+                     pose_frames(self.model, self.state.flame, jnp.asarray(t)),
                      sh_degree=self.cfg.sh_degree)
     return d
 
@@ -647,7 +519,7 @@ class Trainer:
     start = int(self.state.step)
     if primary:
       write_json(self.out / "cfg.json", dict(
-          config=_jsonable(dataclasses.asdict(c)), data=str(Path(c.data).absolute()),
+          config=jsonable(dataclasses.asdict(c)), data=str(Path(c.data).absolute()),
           flame_model=str(resolve_flame_path(c.data, c.flame_model).absolute()),
           extent=self.extent))
     writer, bar = ses.begin(total=c.iterations, desc="reconstruct", tensorboard=c.tensorboard,
@@ -697,41 +569,20 @@ class Trainer:
           write_json(self.out / f"results_{s}.json", r)
           result[s] = r["mean"]
     if primary:
-      write_json(self.out / "train_summary.json", _jsonable(result))
+      write_json(self.out / "train_summary.json", jsonable(result))
     return result
 
   def _flush(self, pending, writer, bar) -> None:
-    if not pending:
-      return
-    ms = jax.device_get([m for _, m in pending])
-    for (it, _), m in zip(pending, ms):
-      if bool(m["overflow"]):
-        # That step was skipped (incomplete image): grow the buffer (recompiles) and warn.
-        self.isect = max(self.isect * 2, 4.0)
-        print(f"warning: rasterizer intersection buffer overflow at iteration {it}; "
-              f"the step was skipped; isect_per_gaussian -> {self.isect}")
-      if writer is not None:
-        for k in ("loss", "l1", "dssim", "psnr", "reg_xyz", "reg_scale"):
-          writer.add_scalar(f"train/{k}", float(m[k]), it)
-    last = ms[-1]
-    self.history.append(dict(iteration=pending[-1][0], **{k: float(v) for k, v in last.items()}))
-    if bar is not None:
-      bar.set_postfix(loss=f"{float(last['loss']):.4f}", psnr=f"{float(last['psnr']):.2f}",
-                      gaussians=int(last["num_gaussians"]), refresh=False)
-      bar.update(pending[-1][0] - bar.n)
-
-
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {k: _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, Path):
-    return str(x)
-  if isinstance(x, (np.floating, np.integer)):
-    return x.item()
-  return x
+    overflowed = flush_metrics(
+        pending, writer, bar, self.history, tag="train",
+        scalars=("loss", "l1", "dssim", "psnr", "reg_xyz", "reg_scale"),
+        postfix=lambda m: dict(loss=f"{m['loss']:.4f}", psnr=f"{m['psnr']:.2f}", gaussians=int(m["num_gaussians"])))
+    for it in overflowed:
+      # That step was skipped (incomplete image): grow the buffer (recompiles) and warn.
+      self.isect = grow_isect(self.isect)
+      print(f"warning: rasterizer intersection buffer overflow at iteration {it}; "
+            f"the step was skipped; isect_per_gaussian -> {self.isect}")
 
 
 __all__ = ["ReconstructConfig", "TrainState", "StepConfig", "train_step", "make_step", "make_optimizer",
-           "init_state", "baked_model", "pose_vertices", "render_views", "Trainer", "frame_order"]
+           "init_state", "Trainer"]

@@ -16,6 +16,7 @@ import pytest
 
 from recon_data import make_tiny_dataset
 
+from gaedit_jax.avatar import fit_flame_dims, pose_vertices, render_views
 from gaedit_jax.cli import main as cli
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.synthetic import FLAME_FILE
@@ -23,7 +24,6 @@ from gaedit_jax.errors import InputError
 from gaedit_jax.io.model_folder import (GA_MODEL_PARAMS, load_flame_model, load_trained, parse_cfg_args,
                                         read_avatar, write_model_folder)
 from gaedit_jax.io.ply import read_ply
-from gaedit_jax.reconstruct import fit_flame_dims, pose_vertices, render_views
 from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar, init_avatar, to_world, triangle_frames
 

@@ -8,8 +8,10 @@ import pytest
 
 from recon_data import make_tiny_dataset, tiny_config
 
-from gaedit_jax.reconstruct import Trainer, frame_order, position_lr
+from gaedit_jax.reconstruct import Trainer
 from gaedit_jax.rig import binding_counter
+from gaedit_jax.train.loop import frame_order
+from gaedit_jax.train.optimizer import position_lr
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def test_schedule_and_data_order():
   from gaedit_jax.reconstruct import ReconstructConfig
 
   cfg = ReconstructConfig(data=Path("."), out=Path("."), iterations=100)
-  f = position_lr(cfg, 2.0)
+  f = position_lr(cfg.learning_rates(), 2.0)
   np.testing.assert_allclose(float(f(0)), 5e-3 * 2, rtol=1e-5)
   np.testing.assert_allclose(float(f(100)), 5e-5 * 2, rtol=1e-5)
   np.testing.assert_allclose(float(f(50)), np.sqrt(5e-3 * 5e-5) * 2, rtol=1e-4)  # log-linear

@@ -20,7 +20,10 @@ from typing import Annotated, Callable, Literal
 import jax.numpy as jnp
 import tyro
 
+from gaedit_jax.avatar import pose_frames
 from gaedit_jax.errors import InputError
+from gaedit_jax.io.model_folder import load_trained, read_avatar, write_gaussianavatars_folder
+from gaedit_jax.io.ply import save_world_ply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +35,6 @@ class Format:
 
 
 def _write_gaussianavatars(cfg: "ExportConfig") -> list[Path]:
-  from gaedit_jax.io.model_folder import read_avatar, write_gaussianavatars_folder
-
   af = read_avatar(cfg.model, cfg.iteration, data=cfg.data)
   if af.flame is None:
     raise InputError(f"{af.source.path}: a GaussianAvatars checkpoint holds no FLAME parameters and no "
@@ -56,11 +57,6 @@ def _write_gaussianavatars(cfg: "ExportConfig") -> list[Path]:
 
 
 def _write_world_ply(cfg: "ExportConfig") -> list[Path]:
-  from gaedit_jax.io.model_folder import load_trained
-  from gaedit_jax.io.ply import save_world_ply
-  from gaedit_jax.reconstruct import pose_vertices
-  from gaedit_jax.rig import triangle_frames
-
   avatar, model, flame, _, _, _ = load_trained(cfg.model, cfg.iteration, data=cfg.data, flame_model=cfg.flame_model)
   t = int(cfg.timestep)
   nt = int(flame["rotation"].shape[0])
@@ -69,8 +65,7 @@ def _write_world_ply(cfg: "ExportConfig") -> list[Path]:
   out = Path(cfg.out) / f"world_timestep_{t:05d}.ply"
   if out.exists() and not cfg.overwrite:
     raise InputError(f"{out} exists; pass --overwrite to replace it")
-  frames = triangle_frames(pose_vertices(model, flame, jnp.asarray(t)), model.faces)
-  save_world_ply(out, avatar, frames, sh_degree=cfg.sh_degree)
+  save_world_ply(out, avatar, pose_frames(model, flame, jnp.asarray(t)), sh_degree=cfg.sh_degree)
   return [out]
 
 

@@ -20,10 +20,15 @@ from typing import Literal
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax.avatar import fit_flame_dims, load_model, per_timestep, pose_vertices, render_views
 from gaedit_jax.camera import look_at, make_camera
+from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.layout import SPLITS, DatasetError, DatasetFileNotFoundError
 from gaedit_jax.data.validate import check_choice, check_flags, config_checks, validate_dataset
 from gaedit_jax.errors import InputError
+from gaedit_jax.io.media import save_frames, save_gif, save_mp4, side_by_side
+from gaedit_jax.io.model_folder import load_trained
+from gaedit_jax.render.types import RenderConfig
 
 
 @dataclasses.dataclass
@@ -114,8 +119,6 @@ def _remove_stale_frames(folder: Path, n: int) -> None:
 
 
 def _write_set(folder: Path, renders: np.ndarray, gts: np.ndarray | None, cfg: RenderConfigCLI) -> dict:
-  from gaedit_jax.io.media import save_frames, save_gif, save_mp4, side_by_side
-
   folder.mkdir(parents=True, exist_ok=True)
   save_frames(folder / "renders", renders)
   _remove_stale_frames(folder / "renders", len(renders))
@@ -139,8 +142,6 @@ def _subsample(idx: np.ndarray, n: int | None) -> np.ndarray:
 
 
 def render_dataset(avatar, model, flame: dict, ds, rc, cfg: RenderConfigCLI, folder: Path) -> dict:
-  from gaedit_jax.reconstruct import render_views
-
   idx = _subsample(render_order(ds, cfg.camera_index), cfg.max_frames)
   if len(idx) == 0:
     raise InputError(f"no frames in {ds.json_path}"
@@ -171,11 +172,6 @@ def orbit_cameras(ref_cam, center: np.ndarray, n: int, degrees: float = 360.0):
 
 def main(cfg: RenderConfigCLI) -> dict:
   """Render a trained avatar (novel views, orbit, self- and cross-identity reenactment)."""
-  from gaedit_jax.data.dataset import AvatarDataset
-  from gaedit_jax.io.model_folder import load_trained
-  from gaedit_jax.reconstruct import fit_flame_dims, pose_vertices, render_views
-  from gaedit_jax.render.types import RenderConfig
-
   avatar, model, flame, fp, mcfg, it_dir = load_trained(cfg.model, cfg.iteration, data=cfg.data,
                                                       flame_model=cfg.flame_model, require_data=True)
   c = mcfg["config"]
@@ -198,8 +194,6 @@ def main(cfg: RenderConfigCLI) -> dict:
       results[s] = render_dataset(avatar, model, flame, ds, rc, cfg, out / f"{s}{suffix}" / tag)
   else:
     # SPEC 8: cameras + per-timestep FLAME of the target (all its splits merged), identity of the source.
-    from gaedit_jax.reconstruct import load_model
-
     full = load_model(Path(mcfg["data"]), Path(mcfg["flame_model"]))
     name = Path(cfg.target).name + suffix
     for s in ("train", "val", "test"):
@@ -211,7 +205,7 @@ def main(cfg: RenderConfigCLI) -> dict:
         print(f"skipping {cfg.target} {s}: no frames with camera index {cfg.camera_index}")
         continue
       tf = fit_flame_dims(full, ds.flame_params)
-      tflame = {k: getattr(tf, k) for k in fp.PER_TIMESTEP}
+      tflame = per_timestep(tf)
       results[f"{name}/{s}"] = render_dataset(avatar, model, tflame, ds, rc, cfg, out / name / s / tag)
     if not results:
       raise InputError(f"{cfg.target} has no frames to render (transforms_{{train,val,test}}.json"

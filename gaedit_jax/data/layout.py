@@ -35,6 +35,7 @@ from gaedit_jax.io.media import ImageError, image_size
 
 SPLITS = ("train", "val", "test")
 VAL_CAMERA = 8  # NeRSemble's frontal camera is the novel-view (validation) camera (SPEC 3)
+FLAME_FILE = "flame/synthetic_flame.pkl"  # a synthetic dataset's own FLAME model, relative to its folder
 
 
 class DatasetError(InputError):

@@ -29,14 +29,13 @@ from tqdm import tqdm
 
 from gaedit_jax.camera import look_at
 from gaedit_jax.data import mesh_raster, textures
-from gaedit_jax.data.layout import DatasetExistsError, DatasetWriter
+from gaedit_jax.data.layout import FLAME_FILE, DatasetExistsError, DatasetWriter
 from gaedit_jax.data.validate import check_flags, config_checks
 from gaedit_jax.errors import InputError
 from gaedit_jax.flame import (FlameModel, FlameParams, add_teeth, flame_forward, region_face_mask,
                               save_flame)
 from gaedit_jax.flame import synthetic as sh
 
-FLAME_FILE = "flame/synthetic_flame.pkl"  # relative to the dataset folder
 MIN_CAMERAS = 2     # a training camera and the validation camera
 MIN_TIMESTEPS = 4   # train / val and a non-empty test split at train_ratio 0.7 (ceil(0.7 T) < T)
 

@@ -31,6 +31,8 @@ import numpy as np
 import optax
 
 from gaedit_jax import parallel
+from gaedit_jax.avatar import (baked_model, check_consistency, fit_flame_dims, load_model, per_timestep, pose,
+                               render_views)
 from gaedit_jax.data.layout import DatasetError
 from gaedit_jax.data.validate import (check_choice, check_flags, check_path, config_checks,
                                       validate_dataset)
@@ -42,13 +44,18 @@ from gaedit_jax.edit.mouth import MOUTH_LOSS_WEIGHT, mouth_face_mask, mouth_gaus
 from gaedit_jax.edit.mouth import MouthMasks
 from gaedit_jax.edit.schedule import SSIM_WEIGHT, edit_dssim, ssim_phase, ssim_phase_start
 from gaedit_jax.errors import InputError
+from gaedit_jax.io.media import save_png, side_by_side
+from gaedit_jax.io.model_folder import latest_iteration, load_trained
+from gaedit_jax.io.ply import save_avatar_ply, save_flame_npz
 from gaedit_jax.losses import position_reg, scale_reg
 from gaedit_jax.nets.images import from_square, to_square
 from gaedit_jax.nets.lpips import load_lpips, lpips_images
-from gaedit_jax.reconstruct import ReconstructConfig as _GA  # GaussianAvatars' rates (SPEC 2.6)
 from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import RenderConfig
-from gaedit_jax.rig import Avatar, to_world, triangle_frames
+from gaedit_jax.rig import Avatar
+from gaedit_jax.train import optimizer as opt_lib
+from gaedit_jax.train.config import GA_RATES, GA_REGULARISERS, RASTER, LearningRates, Regularisers, grow_isect
+from gaedit_jax.train.loop import cached_step, flush_metrics, frame_order, jsonable
 from gaedit_jax.train.run import Session, file_id
 from gaedit_jax.train.run_dir import write_json
 
@@ -118,12 +125,12 @@ class EditConfig:
   range LPIPS was trained for ("signed")."""
   lambda_mouth: float = MOUTH_LOSS_WEIGHT
   """Mouth preservation: weight of L1 and of D-SSIM to the photo inside the mouth mask (0: off)."""
-  lambda_xyz: float = 1e-2
+  lambda_xyz: float = GA_REGULARISERS.lambda_xyz
   """Position regulariser (SPEC 2.5)."""
-  threshold_xyz: float = 1.0
-  lambda_scale: float = 1.0
+  threshold_xyz: float = GA_REGULARISERS.threshold_xyz
+  lambda_scale: float = GA_REGULARISERS.lambda_scale
   """Scale regulariser (SPEC 2.5)."""
-  threshold_scale: float = 0.6
+  threshold_scale: float = GA_REGULARISERS.threshold_scale
   # --- WABE (SPEC 6) ---
   wabe: Literal["binary", "soft", "backward", "off"] = "binary"
   """Gradient mask: binary (--use_grad_mask), soft weights, the backward-weighted rasterizer, or off."""
@@ -143,26 +150,26 @@ class EditConfig:
   disc_lr: float = D.DISC_LR
   """Discriminator learning rate (SPEC 5.5)."""
   # --- learning rates (SPEC 5.5: GA's, xyz at its final value) ---
-  position_lr: float = _GA.position_lr_final
+  position_lr: float = GA_RATES.position_final
   """Local xyz learning rate (times the camera extent), constant."""
-  feature_lr: float = _GA.feature_lr
+  feature_lr: float = GA_RATES.feature
   """SH DC (SH rest: / 20)."""
-  opacity_lr: float = _GA.opacity_lr
-  scaling_lr: float = _GA.scaling_lr
-  rotation_lr: float = _GA.rotation_lr
-  flame_pose_lr: float = _GA.flame_pose_lr
-  flame_trans_lr: float = _GA.flame_trans_lr
-  flame_expr_lr: float = _GA.flame_expr_lr
-  finetune_flame: bool = True
+  opacity_lr: float = GA_RATES.opacity
+  scaling_lr: float = GA_RATES.scaling
+  rotation_lr: float = GA_RATES.rotation
+  flame_pose_lr: float = GA_RATES.flame_pose
+  flame_trans_lr: float = GA_RATES.flame_trans
+  flame_expr_lr: float = GA_RATES.flame_expr
+  finetune_flame: bool = GA_RATES.finetune_flame
   """Fine-tune FLAME pose / translation / expression while editing (the original does)."""
-  isect_per_gaussian: float = 16.0
+  isect_per_gaussian: float = RASTER.isect_per_gaussian
   """Rasterizer intersection-buffer size per Gaussian (grows on overflow)."""
-  tile_size: int = 16
+  tile_size: int = RASTER.tile_size
   """Rasterizer tile size: 16 as the original 3DGS kernel; 8 is faster on GPUs (README benchmarks)."""
   wabe_visibility: Literal["pixel", "tile"] = "pixel"
   """WABE visible set: each pixel's first K contributors (the paper) or each tile's first K (the
   density of the released per-tile buffer, deterministic); METHOD 4."""
-  alpha_clamp_grad: Literal["pass", "zero"] = "pass"
+  alpha_clamp_grad: Literal["pass", "zero"] = RASTER.alpha_clamp_grad
   """Backward through alpha = min(0.99, o G): pass the gradient through the clamp (the original
   kernel) or zero it where the clamp is active."""
   # --- bookkeeping ---
@@ -229,6 +236,18 @@ class EditConfig:
     if self.intrinsics is not None:
       check_choice(self, "intrinsics", ("file", "fov_x"))
 
+  def learning_rates(self) -> LearningRates:
+    """SPEC 5.5: GaussianAvatars' rates, xyz constant (init = final = --position-lr)."""
+    return LearningRates(position_init=self.position_lr, position_final=self.position_lr,
+                         position_steps=max(self.iterations, 1), feature=self.feature_lr,
+                         opacity=self.opacity_lr, scaling=self.scaling_lr, rotation=self.rotation_lr,
+                         flame_pose=self.flame_pose_lr, flame_trans=self.flame_trans_lr,
+                         flame_expr=self.flame_expr_lr, finetune_flame=self.finetune_flame)
+
+  def regularisers(self) -> Regularisers:
+    return Regularisers(lambda_xyz=self.lambda_xyz, threshold_xyz=self.threshold_xyz,
+                        lambda_scale=self.lambda_scale, threshold_scale=self.threshold_scale)
+
   def check_inputs(self, data: Path, *, intrinsics: str = "file", flame_timesteps: int | None = None,
                    progress: bool | None = None):
     """Up-front checks (before any step): the editing sequence `data` (every split, image, mask and
@@ -280,10 +299,7 @@ class StepSettings:
   lambda_lpips: float = 0.0
   lpips_input: str = "unit"
   lambda_mouth: float = MOUTH_LOSS_WEIGHT
-  lambda_xyz: float = 1e-2
-  threshold_xyz: float = 1.0
-  lambda_scale: float = 1.0
-  threshold_scale: float = 0.6
+  reg: Regularisers = GA_REGULARISERS
   gan: bool = True
   gan_mode: str = "faithful"
   gan_weight: float = D.GAN_WEIGHT
@@ -294,16 +310,7 @@ class StepSettings:
 
 def make_optimizer(cfg: EditConfig, extent: float) -> optax.GradientTransformation:
   """SPEC 5.5: GaussianAvatars' per-group Adam (eps 1e-15), xyz constant at its final rate."""
-  from gaedit_jax.reconstruct import ReconstructConfig
-  from gaedit_jax.reconstruct import make_optimizer as recon_opt
-
-  rc = ReconstructConfig(data=Path("."), out=Path("."), iterations=max(cfg.iterations, 1),
-                         position_lr_init=cfg.position_lr, position_lr_final=cfg.position_lr,
-                         feature_lr=cfg.feature_lr, opacity_lr=cfg.opacity_lr, scaling_lr=cfg.scaling_lr,
-                         rotation_lr=cfg.rotation_lr, flame_pose_lr=cfg.flame_pose_lr,
-                         flame_trans_lr=cfg.flame_trans_lr, flame_expr_lr=cfg.flame_expr_lr,
-                         finetune_flame=cfg.finetune_flame)
-  return recon_opt(rc, extent)
+  return opt_lib.make_optimizer(cfg.learning_rates(), extent)
 
 
 def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_edit, model, background,
@@ -314,15 +321,12 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
   option); `mouth` bool [C]: mouth Gaussians (excluded from WABE, SPEC 6.1); `mouth_mask`
   [B,H,W]: the views' mouth masks read from files (None: rendered). Returns
   (new state, metrics, images: render / edit / mouth mask of the step)."""
-  from gaedit_jax.reconstruct import pose_vertices
-
   key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
   k_edit, _ = jax.random.split(key)
   av0 = state.avatar
 
   def posed(p):
-    av = av0.with_params(p["gauss"])
-    return to_world(av, triangle_frames(pose_vertices(model, p["flame"], timestep), model.faces))
+    return pose(av0.with_params(p["gauss"]), model, p["flame"], timestep)
 
   def render_fn(p):
     out = rasterize(posed(p), camera, background, s.render)
@@ -383,8 +387,9 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
   visible = jnp.any(out.radii.reshape(-1, av0.capacity) > 0, axis=0) & av0.active
 
   def reg(g):
-    return (s.lambda_xyz * position_reg(g["xyz"], visible, s.threshold_xyz)
-            + s.lambda_scale * scale_reg(g["log_scale"], visible, s.threshold_scale))
+    r = s.reg
+    return (r.lambda_xyz * position_reg(g["xyz"], visible, r.threshold_xyz)
+            + r.lambda_scale * scale_reg(g["log_scale"], visible, r.threshold_scale))
 
   l_reg, g_reg = jax.value_and_grad(reg)(params["gauss"])
   grads = {"gauss": jax.tree.map(jnp.add, g_params["gauss"], g_reg), "flame": g_params["flame"]}
@@ -454,18 +459,10 @@ def build_editor(cfg: EditConfig, image_scale: float, white_background: bool):
   raise InputError(f"unknown editor {cfg.editor!r}")
 
 
-_STEP_CACHE: dict = {}
-_OPT_FIELDS = ("position_lr", "feature_lr", "opacity_lr", "scaling_lr", "rotation_lr",
-               "flame_pose_lr", "flame_trans_lr", "flame_expr_lr", "finetune_flame", "disc_lr")
-
-
 class EditRun:
   """Loads the avatar, the data and the editor; `run()` edits for cfg.iterations."""
 
   def __init__(self, cfg: EditConfig, editor=None):
-    from gaedit_jax.io.model_folder import load_trained
-    from gaedit_jax.reconstruct import baked_model, check_consistency, fit_flame_dims, load_model
-
     self.cfg = cfg
     self.out = Path(cfg.out).absolute()   # created, locked and checked by run()
     avatar, model, flame, fp, acfg, it_dir = load_trained(cfg.avatar, data=cfg.data, flame_model=cfg.flame_model,
@@ -484,7 +481,7 @@ class EditRun:
       fp = fit_flame_dims(full, self.train_ds.flame_params)
       check_consistency(self.train_ds, full, fp)
       model = baked_model(full, fp)
-      flame = {k: jnp.asarray(getattr(fp, k), jnp.float32) for k in fp.PER_TIMESTEP}
+      flame = {k: jnp.asarray(v, jnp.float32) for k, v in per_timestep(fp).items()}
     self.flame0, self.model = fp, model
     cfg.check_inputs(self.data, intrinsics=self.intrinsics, flame_timesteps=int(flame["rotation"].shape[0]),
                      progress=cfg.progress and parallel.is_primary())   # bad input fails here, not at step N
@@ -514,8 +511,7 @@ class EditRun:
     self.settings = StepSettings(
         render=self.render_config(), wabe=cfg.wabe, lambda_l1=cfg.lambda_l1, lambda_lpips=lam_lpips,
         lpips_input=cfg.lpips_input,
-        lambda_mouth=cfg.lambda_mouth, lambda_xyz=cfg.lambda_xyz, threshold_xyz=cfg.threshold_xyz,
-        lambda_scale=cfg.lambda_scale, threshold_scale=cfg.threshold_scale, gan=cfg.gan,
+        lambda_mouth=cfg.lambda_mouth, reg=cfg.regularisers(), gan=cfg.gan,
         gan_mode=cfg.gan_mode, gan_weight=cfg.gan_weight, gan_start=cfg.gan_start)
     self.settings = dataclasses.replace(self.settings, ssim_start=ssim_phase_start(cfg.iterations, cfg.ssim_last),
                                         lambda_ssim=cfg.lambda_ssim)
@@ -545,13 +541,13 @@ class EditRun:
     return init_edit_state(self.cfg.seed, avatar, flame, self.optimizer, self.disc_module, self.disc_optimizer)
 
   def step_fn(self, do_edit: bool):
-    # Jitted steps are shared by runs with the same optimizer and step settings (no recompiles in
-    # a process that edits several times, e.g. tests or resume); the editor is an argument.
+    # The editor is an argument of the step, not part of it. The xyz rate is constant (init =
+    # final), so the schedule length (--iterations) stays out of the key.
     c = self.cfg
-    k = (tuple(getattr(c, f) for f in _OPT_FIELDS), self.extent, self.settings, do_edit)
-    if k not in _STEP_CACHE:
-      _STEP_CACHE[k] = make_step(self.optimizer, self.disc_module, self.disc_optimizer, self.settings, do_edit)
-    return _STEP_CACHE[k]
+    rates = dataclasses.replace(c.learning_rates(), position_steps=1)
+    return cached_step(("edit", rates, c.disc_lr, self.extent, self.settings, do_edit),
+                       lambda: make_step(self.optimizer, self.disc_module, self.disc_optimizer, self.settings,
+                                         do_edit))
 
   def edit_shape(self, b: int) -> tuple[int, ...]:
     sq = self.editor.square_size
@@ -566,9 +562,7 @@ class EditRun:
 
   # -- checkpoints / export ---------------------------------------------------------------------
   def meta(self) -> dict:
-    from gaedit_jax.reconstruct import _jsonable
-
-    return dict(isect_per_gaussian=self.isect, config=_jsonable(dataclasses.asdict(self.cfg)),
+    return dict(isect_per_gaussian=self.isect, config=jsonable(dataclasses.asdict(self.cfg)),
                 history=self.history)
 
   def inputs(self) -> dict:
@@ -577,8 +571,6 @@ class EditRun:
 
   def resume_identity(self) -> dict:
     """What a checkpoint must share with this edit to be resumed (flag -> value)."""
-    from gaedit_jax.eval_recon import latest_iteration
-
     c = self.cfg
     ply = latest_iteration(c.avatar) / "point_cloud.ply"   # the avatar the edit starts from
     return {"--avatar": file_id(c.avatar, str(ply.relative_to(c.avatar))), "--data": file_id(self.data, "transforms_train.json"),
@@ -587,8 +579,6 @@ class EditRun:
 
   def export(self, it: int) -> Path:
     """Reconstruction model-folder format (SPEC 2.9), as `Trainer.export` writes it."""
-    from gaedit_jax.io.ply import save_avatar_ply, save_flame_npz
-
     d = self.out / "point_cloud" / f"iteration_{it}"
     d.mkdir(parents=True, exist_ok=True)
     save_avatar_ply(d / "point_cloud.ply", self.state.avatar, sh_degree=self.sh_degree)
@@ -596,20 +586,15 @@ class EditRun:
     return d
 
   def write_cfg(self) -> None:
-    from gaedit_jax.reconstruct import _jsonable
-
     config = dict(self.avatar_cfg.get("config", {}))
     config.update(image_scale=self.image_scale, white_background=self.white_background, intrinsics=self.intrinsics,
-                  sh_degree=self.sh_degree, edit=_jsonable(dataclasses.asdict(self.cfg)))
+                  sh_degree=self.sh_degree, edit=jsonable(dataclasses.asdict(self.cfg)))
     write_json(self.out / "cfg.json", dict(
         config=config, data=str(self.data), flame_model=str(self.flame_model.absolute()),
         extent=self.extent, edited_from=str(Path(self.cfg.avatar).absolute())))
 
   def dump(self, it: int, imgs: dict, b) -> None:
     """OUT/edits/iteration_<it>.png: render | 2D edit | current avatar (the same view, after the step)."""
-    from gaedit_jax.io.media import save_png, side_by_side
-    from gaedit_jax.reconstruct import render_views
-
     h, w = self.train_ds.image_size
     e = parallel.first_view(imgs["edit"])[None]
     e = from_square(e, h, w) if self.editor.square_size else e
@@ -629,8 +614,6 @@ class EditRun:
       return self._run(ses)
 
   def _run(self, ses: Session) -> dict:
-    from gaedit_jax.reconstruct import _jsonable, frame_order
-
     c = self.cfg
     primary = ses.primary   # multi-host: process 0 writes logs, dumps, exports, summaries
     got = ses.restore(lambda meta: self.state)
@@ -681,26 +664,17 @@ class EditRun:
     if int(self.state.step) >= c.iterations and primary:
       result["export"] = str(self.export(c.iterations))
     if primary:
-      write_json(self.out / "edit_summary.json", _jsonable(dict(result, history=self.history)))
+      write_json(self.out / "edit_summary.json", jsonable(dict(result, history=self.history)))
     return result
 
   def _flush(self, pending, writer, bar) -> None:
-    ms = jax.device_get([m for _, m in pending])
-    for (it, _), m in zip(pending, ms):
-      if bool(m["overflow"]):
-        self.isect = max(self.isect * 2, 4.0)
-        self.settings = dataclasses.replace(self.settings, render=self.render_config())
-        print(f"warning: rasterizer intersection buffer overflow at edit iteration {it}; the step was "
-              f"skipped; isect_per_gaussian -> {self.isect}")
-      if writer is not None:
-        for k, v in m.items():
-          if k != "overflow":
-            writer.add_scalar(f"edit/{k}", float(v), it)
-    last = {k: float(v) for k, v in ms[-1].items()}
-    self.history.append(dict(iteration=pending[-1][0], **last))
-    if bar is not None:
-      bar.set_postfix(loss=f"{last['loss']:.4f}", l1=f"{last['l1']:.4f}", refresh=False)
-      bar.update(pending[-1][0] - bar.n)
+    overflowed = flush_metrics(pending, writer, bar, self.history, tag="edit", scalars=None,
+                               postfix=lambda m: dict(loss=f"{m['loss']:.4f}", l1=f"{m['l1']:.4f}"))
+    for it in overflowed:
+      self.isect = grow_isect(self.isect)
+      self.settings = dataclasses.replace(self.settings, render=self.render_config())
+      print(f"warning: rasterizer intersection buffer overflow at edit iteration {it}; the step was "
+            f"skipped; isect_per_gaussian -> {self.isect}")
 
 
 __all__ = ["EditConfig", "EditState", "StepSettings", "edit_step", "init_edit_state", "make_step", "make_optimizer",

@@ -37,8 +37,9 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax.avatar import baked_model, load_flame_model, per_timestep
 from gaedit_jax.errors import InputError
-from gaedit_jax.flame import FlameModel, FlameParams, add_teeth, bake_identity, load_flame
+from gaedit_jax.flame import FlameModel, FlameParams
 from gaedit_jax.io.ply import load_avatar_ply, load_flame_npz, save_avatar_ply, save_flame_npz
 from gaedit_jax.nets import torch_pickle
 from gaedit_jax.rig import Avatar
@@ -428,12 +429,6 @@ class TrainedAvatar(NamedTuple):
   it_dir: Path
 
 
-def load_flame_model(path: str | os.PathLike) -> FlameModel:
-  """The FLAME model as training uses it: GaussianAvatars' teeth added when the file has none."""
-  model = load_flame(path)
-  return model if model.has_teeth else add_teeth(model)
-
-
 def _fit_dims(model: FlameModel, fp: FlameParams, where: str) -> FlameParams:
   ns, ne = fp.shape.shape[-1], fp.expr.shape[-1]
   if fp.static_offset.shape[-2] != model.num_vertices:
@@ -492,9 +487,7 @@ def load_trained(model_dir: str | os.PathLike, iteration: int | None = None, *,
     raise InputError(f"{af.source.path}: binding refers to face {int(b.max())} but the FLAME model has {nf} faces "
                      f"(with teeth); pass the right {_FLAME_FLAG}")
   fp = _fit_dims(full, af.flame, str(af.source.path))
-  flame = {k: getattr(fp, k) for k in fp.PER_TIMESTEP}
-  baked = bake_identity(full, jnp.asarray(fp.shape), jnp.asarray(fp.static_offset))
-  return TrainedAvatar(af.avatar, baked, flame, fp, cfg, af.it_dir)
+  return TrainedAvatar(af.avatar, baked_model(full, fp), per_timestep(fp), fp, cfg, af.it_dir)
 
 
 # ------------------------------------------------------------------------------------------------
