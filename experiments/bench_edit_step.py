@@ -3,7 +3,7 @@
   python experiments/bench_edit_step.py                  # GPU: 100k Gaussians, 550x802, SD 1.5 IP2P bf16
   python experiments/bench_edit_step.py --tiny           # CPU smoke test (< 2 min)
 
-Workload (issue 6 item 9): the original's edit iteration, B = 1 view (the frontal camera 8 of
+Workload: the original's edit iteration, B = 1 view (the frontal camera 8 of
 the 16-camera rig), an avatar of N Gaussians bound to the synthetic FLAME head (built as in
 bench_train_step.py), InstructPix2Pix of the full-size SD 1.5 architecture with random weights
 (built as in bench_ip2p.py; 512x512, 20 DDIM steps, 3-way guidance), WABE binary mask, mouth

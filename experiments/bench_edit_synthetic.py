@@ -1,4 +1,4 @@
-"""WABE / GAN ablation of the editing loop on the synthetic head (issue 6 item 6).
+"""WABE / GAN ablation of the editing loop on the synthetic head.
 
 The synthetic head is rendered twice with the same motion and cameras: with its skin texture (the
 dataset the avatar is reconstructed from) and with face paint (the ground truth of the edit). The
@@ -84,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"default {v}; --quick: {QUICK_SIZES[k]}")
   p.add_argument("--data-seed", type=int, default=4, help="seed of the synthetic motion / identity")
   p.add_argument("--open-jaw", type=float, default=0.1, help="open mouth: jaw opening above this (rad)")
-  p.add_argument("--gan-weight", type=float, default=0.01, help="weight of L_D and L_G (SPEC 7: 0.01)")
+  p.add_argument("--gan-weight", type=float, default=0.01, help="weight of L_D and L_G (METHOD §7: 0.01)")
   p.add_argument("--noise", type=float, default=1.0, help="strength of the synthetic editor's noise")
   p.add_argument("--lpips-weights", type=Path, default=None, help="LPIPS-VGG weights (else no LPIPS term)")
   p.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (smoke test)")

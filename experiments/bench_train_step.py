@@ -1,6 +1,6 @@
 """Train-step time of the GaussianAvatars step (gaedit_jax.reconstruct.train_step).
 
-Workload (issue 5): an avatar of N Gaussians (default 100k) bound to the synthetic FLAME head
+Workload: an avatar of N Gaussians (default 100k) bound to the synthetic FLAME head
 (5340 faces with teeth), images 550 x 802 (NeRSemble at GA's resolution), B = 1 and B = 16 views
 of the 16-camera NeRSemble-like rig; full step: FLAME forward, rig, rasterize fwd+bwd, L1 + D-SSIM
 + regularisers, Adam over all groups, densification statistics. Median of --iters steps after

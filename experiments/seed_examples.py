@@ -8,8 +8,8 @@ the weights (InstructPix2Pix, LPIPS-VGG, CLIP ViT-L/14). Per example (table `EXA
 1. avatar: an existing `gaedit reconstruct` folder per subject (--avatars DIR: DIR/<id> or a
    child whose name contains the id) or, with --reconstruct, trained from the UNION10 folder;
 2. source: the unedited avatar exported on the editing sequence (a 0-iteration edit: the same
-   FLAME tracking the edit starts from, SPEC 5.2), so source and edit render the same frames;
-3. edit: `gaedit edit --data <sequence> --prompt <instruction>` (1000 iterations, SPEC 5.1);
+   FLAME tracking the edit starts from, METHOD §5.2), so source and edit render the same frames;
+3. edit: `gaedit edit --data <sequence> --prompt <instruction>` (1000 iterations, METHOD §5.1);
 4. render (source and edit): novel view = the `val` split (camera 8, training timesteps),
    self-reenactment = the `test` split (held-out timesteps; camera 8 by default, so that frames
    are consecutive for CLIP-C), cross-identity = `gaedit render --target <460 FREE>`, its
@@ -52,7 +52,7 @@ class Example:
   target_caption: str
 
 
-# Prompts from the original's README (SPEC 5.1). Captions are ours (CLIP-S needs a source and a
+# Prompts from the original's README (METHOD §5.1). Captions are ours (CLIP-S needs a source and a
 # target caption, FIELD.md 3.1): "person" where the README does not say the subject's gender.
 EXAMPLES = (
     Example("306_elf", "306", "EMO-1", "Turn him into the Tolkien Elf",
@@ -66,7 +66,7 @@ EXAMPLES = (
     Example("304_facepaint", "304", "EXP-2", "Apply face paint",
             "a photo of a person", "a photo of a person with face paint"),
 )
-DRIVER = ("460", "FREE")   # cross-identity reenactment driver (SPEC 9)
+DRIVER = ("460", "FREE")   # cross-identity reenactment driver (METHOD §9)
 SETS = ("nv", "self", "cross")
 SET_NAMES = {"nv": "novel view", "self": "self-reenactment", "cross": "cross-identity"}
 # GAE Table 1 as FIELD.md section 0 transcribes it [secondary]: CLIP-S / CLIP-C.
@@ -370,7 +370,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--lpips-weights", help="LPIPS-VGG weights folder (without: the LPIPS loss is skipped)")
   ap.add_argument("--clip", default="weights/clip-vit-large-patch14", help="CLIP model folder for the metrics")
   ap.add_argument("--examples", nargs="+", help="subject ids (or example keys) to run; default: all")
-  ap.add_argument("--iterations", type=int, default=1000, help="edit iterations (SPEC 5.1: 1000)")
+  ap.add_argument("--iterations", type=int, default=1000, help="edit iterations (METHOD §5.1: 1000)")
   ap.add_argument("--ip2p-size", type=int, default=512)
   ap.add_argument("--ip2p-dtype", default="float32", choices=("float32", "bfloat16"))
   ap.add_argument("--diffusion-steps", type=int, default=20)

@@ -4,7 +4,7 @@ timesteps) -> world-space Gaussians, and what every stage needs around it.
 * FLAME model of a run: `resolve_flame_path` / `load_flame_model` / `load_model` (the official
   pickle or our npz, GaussianAvatars' teeth added), `fit_flame_dims` (zero-pad shape / expression to
   the model's counts), `check_consistency` (clear errors for data that do not fit the model),
-  `baked_model` (the subject's shape and static offset folded into the template, SPEC 2.6).
+  `baked_model` (the subject's shape and static offset folded into the template, METHOD §2.6).
 * Posing, all pure and batched over timesteps [...]: `pose_vertices` (FLAME forward of the baked
   model) -> `pose_frames` (rig.triangle_frames) -> `pose` (rig.to_world: the rasterizer's
   Gaussians). `flame` is the per-timestep FLAME state: a mapping field -> [T,...] of
@@ -110,7 +110,7 @@ def pose_frames(model: FlameModel, flame: Mapping[str, jax.Array], timestep: jax
 
 
 def pose(avatar: Avatar, model: FlameModel, flame: Mapping[str, jax.Array], timestep: jax.Array) -> Gaussians:
-  """The avatar's world-space Gaussians [...,N] at timesteps [...] (SPEC 2.2): FLAME forward ->
+  """The avatar's world-space Gaussians [...,N] at timesteps [...] (METHOD §2.2): FLAME forward ->
   triangle frames -> local to world."""
   return to_world(avatar, pose_frames(model, flame, timestep))
 

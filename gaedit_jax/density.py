@@ -1,4 +1,4 @@
-"""Adaptive density control with binding inheritance (GaussianAvatars, SPEC 2.7), on the
+"""Adaptive density control with binding inheritance (GaussianAvatars, METHOD §2.7), on the
 fixed-capacity / active-mask storage of `gaedit_jax.rig.Avatar`.
 
 It runs between jitted train steps (array sizes may change), on host numpy arrays: Gaussian
@@ -49,7 +49,7 @@ class DensityStats:
 
 @dataclasses.dataclass(frozen=True)
 class DensifyConfig:
-  grad_threshold: float = 2e-4   # tau, NDC units (SPEC 2.7)
+  grad_threshold: float = 2e-4   # tau, NDC units (METHOD §2.7)
   percent_dense: float = 0.01
   min_opacity: float = 0.005
   max_screen_size: float = 20.0  # px; only when prune_large and prune_screen_size
@@ -80,7 +80,7 @@ def _binding_aware(prune: np.ndarray, binding: np.ndarray, active: np.ndarray, n
 def densify_and_prune(avatar: Avatar, stats: DensityStats, face_scale: np.ndarray, extent: float,
                       key: jax.Array, cfg: DensifyConfig = DensifyConfig(), *, prune_large: bool = False,
                       densify: bool = True) -> DensifyResult:
-  """One densification pass (SPEC 2.7). face_scale [F]: the triangle scale k of the mesh the
+  """One densification pass (METHOD §2.7). face_scale [F]: the triangle scale k of the mesh the
   world scales refer to (GA: the last rendered timestep). Returns the new avatar (capacity may
   have doubled) and a `reindex` function for optimizer moments (zeros for new/freed slots)."""
   a = {k: _np(getattr(avatar, k)) for k in ("xyz", "log_scale", "rotation", "opacity_logit", "sh_dc",
@@ -119,7 +119,7 @@ def densify_and_prune(avatar: Avatar, stats: DensityStats, face_scale: np.ndarra
   n_new = new["xyz"].shape[0]
 
   # Prune on the extended set: split parents (always: their children share the face), then the
-  # opacity / size rule on survivors and new entries, binding-aware (SPEC 2.7).
+  # opacity / size rule on survivors and new entries, binding-aware (METHOD §2.7).
   op = 1.0 / (1.0 + np.exp(-a["opacity_logit"]))
   cand = op < cfg.min_opacity
   if prune_large:
@@ -183,7 +183,7 @@ def densify_and_prune(avatar: Avatar, stats: DensityStats, face_scale: np.ndarra
 
 
 def reset_opacity(avatar: Avatar, max_opacity: float = 0.01) -> Avatar:
-  """SPEC 2.7: o <- logit(min(sigmoid(o), 0.01)) (the caller zeroes the opacity moments)."""
+  """METHOD §2.7: o <- logit(min(sigmoid(o), 0.01)) (the caller zeroes the opacity moments)."""
   lim = float(np.log(max_opacity / (1.0 - max_opacity)))
   return dataclasses.replace(avatar, opacity_logit=jnp.where(
       avatar.active, jnp.minimum(avatar.opacity_logit, lim), avatar.opacity_logit))

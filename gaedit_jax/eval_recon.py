@@ -1,4 +1,4 @@
-"""Reconstruction metrics (GaussianAvatars `metrics.py`, SPEC 9): PSNR, SSIM, and LPIPS-VGG when
+"""Reconstruction metrics (GaussianAvatars `metrics.py`, METHOD §9): PSNR, SSIM, and LPIPS-VGG when
 its weights are given, per frame and averaged, on the val split (novel view, camera 8) and the test
 split (self-reenactment). Renders use the avatar's own (fine-tuned) FLAME parameters of each frame's
 timestep.

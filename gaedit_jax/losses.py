@@ -1,4 +1,4 @@
-"""Reconstruction losses of GaussianAvatars (SPEC 2.5). Pure jnp; images [...,H,W,3] in [0,1].
+"""Reconstruction losses of GaussianAvatars (METHOD §2.5). Pure jnp; images [...,H,W,3] in [0,1].
 
 SSIM is `gaedit_jax.metrics.ssim` (GaussianAvatars' 11x11 Gaussian window, sigma 1.5), so the
 training loss and the reported metric are the same function.
@@ -23,7 +23,7 @@ def d_ssim(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def photometric(x: jax.Array, y: jax.Array, lambda_dssim: float = 0.2) -> tuple[jax.Array, dict]:
-  """SPEC 2.5: (1 - lambda) L1 + lambda (1 - SSIM), lambda = 0.2. Returns (loss, parts)."""
+  """METHOD §2.5: (1 - lambda) L1 + lambda (1 - SSIM), lambda = 0.2. Returns (loss, parts)."""
   a, b = l1(x, y), d_ssim(x, y)
   return (1.0 - lambda_dssim) * a + lambda_dssim * b, {"l1": a, "dssim": b}
 
@@ -34,14 +34,14 @@ def _masked_mean(v: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def position_reg(xyz_local: jax.Array, visible: jax.Array, threshold: float = 1.0) -> jax.Array:
-  """SPEC 2.5: mean over visible Gaussians of relu(||mu_local|| - threshold) (weight applied by
+  """METHOD §2.5: mean over visible Gaussians of relu(||mu_local|| - threshold) (weight applied by
   the caller: 0.01)."""
   n = jnp.sqrt(jnp.sum(xyz_local * xyz_local, axis=-1) + 1e-20)
   return _masked_mean(jax.nn.relu(n - threshold), visible)
 
 
 def scale_reg(log_scale_local: jax.Array, visible: jax.Array, threshold: float = 0.6) -> jax.Array:
-  """SPEC 2.5: mean over visible Gaussians of ||relu(exp(s_local) - threshold)||_2 (weight 1)."""
+  """METHOD §2.5: mean over visible Gaussians of ||relu(exp(s_local) - threshold)||_2 (weight 1)."""
   r = jax.nn.relu(jnp.exp(log_scale_local) - threshold)
   n = jnp.sqrt(jnp.sum(r * r, axis=-1) + 1e-20) - 1e-10  # ~0 where r = 0, finite gradient
   return _masked_mean(jnp.maximum(n, 0.0), visible)

@@ -1,4 +1,4 @@
-"""Data parallelism over views with `jax.sharding` (issue 7).
+"""Data parallelism over views with `jax.sharding`.
 
 One 1-D device mesh with the axis "views". A step's batch of B views (images, cameras, timesteps)
 is sharded along it; the Gaussian, FLAME, optimizer and discriminator state is replicated. Inside

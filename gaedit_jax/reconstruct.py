@@ -1,11 +1,11 @@
-"""`gaedit reconstruct`: GaussianAvatars training (SPEC 2.3-2.8) as one jitted train step.
+"""`gaedit reconstruct`: GaussianAvatars training (METHOD §2.3-2.8) as one jitted train step.
 
 Per step (one `jax.jit`, no host sync): a batch of B views -> FLAME forward for their timesteps
-(identity baked into the template, SPEC 2.6: shape / static_offset are not optimised) -> triangle
+(identity baked into the template, METHOD §2.6: shape / static_offset are not optimised) -> triangle
 frames -> world Gaussians -> rasterize -> 0.8 L1 + 0.2 D-SSIM + position / scale regularisers
-(SPEC 2.5) -> optax Adam (eps 1e-15) with per-group learning rates and the log-linear position
-schedule (SPEC 2.6), FLAME pose / translation / expression fine-tuned per timestep -> densification
-statistics from the screen-space gradient (SPEC 2.7). Densification, opacity resets, checkpoints and
+(METHOD §2.5) -> optax Adam (eps 1e-15) with per-group learning rates and the log-linear position
+schedule (METHOD §2.6), FLAME pose / translation / expression fine-tuned per timestep -> densification
+statistics from the screen-space gradient (METHOD §2.7). Densification, opacity resets, checkpoints and
 logging run between steps. The SH degree (static in the render config) rises every
 `sh_degree_interval` steps: one compile per degree.
 
@@ -78,7 +78,7 @@ class ReconstructConfig:
   intrinsics: Literal["file", "fov_x"] = "file"
   """Camera intrinsics: "file" reads fl_x, fl_y, cx, cy; "fov_x" is GaussianAvatars' camera (fx = fy
   from camera_angle_x, principal point at the image centre; gaedit_jax.data.layout.INTRINSICS)."""
-  # --- learning rates (SPEC 2.6) ---
+  # --- learning rates (METHOD §2.6) ---
   position_lr_init: float = GA_RATES.position_init
   """Local xyz learning rate at the start (times the camera extent)."""
   position_lr_final: float = GA_RATES.position_final
@@ -101,7 +101,7 @@ class ReconstructConfig:
   """FLAME expression learning rate."""
   finetune_flame: bool = GA_RATES.finetune_flame
   """Fine-tune the per-timestep FLAME pose, translation and expression."""
-  # --- losses (SPEC 2.5) ---
+  # --- losses (METHOD §2.5) ---
   lambda_dssim: float = 0.2
   """Weight of D-SSIM in the photometric loss (L1 gets 1 - lambda)."""
   lambda_xyz: float = GA_REGULARISERS.lambda_xyz
@@ -117,7 +117,7 @@ class ReconstructConfig:
   """Maximum SH degree."""
   sh_degree_interval: int = 1000
   """Raise the active SH degree every this many iterations."""
-  # --- densification (SPEC 2.7) ---
+  # --- densification (METHOD §2.7) ---
   densify_from: int = 10_000
   """Densify when densify_from < it < densify_until."""
   densify_until: int | None = None
@@ -262,14 +262,14 @@ class TrainState:
 
 
 def make_optimizer(cfg: ReconstructConfig, extent: float) -> optax.GradientTransformation:
-  """One Adam (eps 1e-15) per parameter group, each with its own learning rate (SPEC 2.6;
+  """One Adam (eps 1e-15) per parameter group, each with its own learning rate (METHOD §2.6;
   train.optimizer)."""
   return opt_lib.make_optimizer(cfg.learning_rates(), extent)
 
 
 def init_state(key: jax.Array, model: FlameModel, flame: FlameParams, optimizer, *,
                capacity: int | None = None, sh_degree: int = 3) -> TrainState:
-  """SPEC 2.3: one Gaussian per face; FLAME per-timestep params from the tracking."""
+  """METHOD §2.3: one Gaussian per face; FLAME per-timestep params from the tracking."""
   k_init, k_run = jax.random.split(key)
   f = model.num_faces
   avatar = init_avatar(k_init, f, capacity=capacity or 2 * f, sh_degree=sh_degree)
@@ -321,7 +321,7 @@ def train_step(state: TrainState, image: jax.Array, camera, timestep: jax.Array,
   updates, opt_state = optimizer.update(grads, state.opt_state, params)
   params = optax.apply_updates(params, updates)
 
-  # Densification statistics (SPEC 2.7): per view ||dL/dmu_2D|| in NDC units (pixel gradient
+  # Densification statistics (METHOD §2.7): per view ||dL/dmu_2D|| in NDC units (pixel gradient
   # times (W/2, H/2)); the loss is a mean over the B views, so x B gives per-view gradients.
   gn = jnp.linalg.norm(g_off * (b * jnp.array([w / 2.0, h / 2.0], jnp.float32)), axis=-1)  # [B,C]
   vis = (out.radii > 0) & state.avatar.active

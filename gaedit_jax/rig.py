@@ -1,9 +1,9 @@
-"""Gaussians bound to mesh triangles (GaussianAvatars; SPEC 2.2, 2.3).
+"""Gaussians bound to mesh triangles (GaussianAvatars; METHOD §2.2, 2.3).
 
 * `triangle_frames(vertices, faces)`: per face centre T, rotation R = [a0 | a1 | a2] (first edge,
-  normal, in-plane perpendicular), its quaternion q (wxyz) and scale k (SPEC 2.2).
+  normal, in-plane perpendicular), its quaternion q (wxyz) and scale k (METHOD §2.2).
 * `Avatar`: the local Gaussian parameters with a fixed capacity, an `active` mask and the `binding`
-  (face id) of each slot. `init_avatar` puts one Gaussian at the centre of every face (SPEC 2.3).
+  (face id) of each slot. `init_avatar` puts one Gaussian at the centre of every face (METHOD §2.3).
 * `to_world(avatar, frames)`: local -> world (mu = k R mu_l + T, s = k exp(s_l),
   q = normalize(q_f) (x) normalize(q_l), Hamilton product so R_world = R_f R_l), activated for the
   rasterizer as `gaedit_jax.render.types.Gaussians`. Inactive slots get opacity 0 and finite, tiny
@@ -23,7 +23,7 @@ import numpy as np
 from gaedit_jax.errors import InputError
 from gaedit_jax.render.types import Gaussians
 
-_EPS2 = 1e-20  # GA clamps squared norms at 1e-20 (SPEC 2.2)
+_EPS2 = 1e-20  # GA clamps squared norms at 1e-20 (METHOD §2.2)
 
 
 def _normalize(v: jax.Array) -> jax.Array:
@@ -102,7 +102,7 @@ class FaceFrames:
 
 
 def triangle_frames(vertices: jax.Array, faces: jax.Array) -> FaceFrames:
-  """SPEC 2.2: T = centroid; a0 = n(v1-v0); a1 = n(a0 x (v2-v0)); a2 = -n(a1 x a0);
+  """METHOD §2.2: T = centroid; a0 = n(v1-v0); a1 = n(a0 x (v2-v0)); a2 = -n(a1 x a0);
   R = [a0|a1|a2]; k = (|v1-v0| + |a2 . (v2-v0)|)/2. vertices [...,V,3], faces [F,3]."""
   tri = jnp.take(vertices, jnp.asarray(faces), axis=-2)  # [...,F,3,3]
   v0, v1, v2 = tri[..., 0, :], tri[..., 1, :], tri[..., 2, :]
@@ -167,7 +167,7 @@ def _logit(p: float) -> float:
 
 def init_avatar(key: jax.Array, num_faces: int, *, capacity: int | None = None, sh_degree: int = 3,
                 init_opacity: float = 0.1, dtype=jnp.float32) -> Avatar:
-  """SPEC 2.3: one Gaussian per face (binding = arange(F)), local xyz 0 (face centre), log-scale 0
+  """METHOD §2.3: one Gaussian per face (binding = arange(F)), local xyz 0 (face centre), log-scale 0
   (world scale = k), rotation identity, opacity 0.1, SH DC ~ U[0, 1/255) written directly as the
   coefficient, other SH 0. Slots F..capacity-1 are free (inactive, zeros, binding 0)."""
   capacity = num_faces if capacity is None else int(capacity)

@@ -1,4 +1,4 @@
-"""Densification with binding inheritance on crafted cases (SPEC 2.7)."""
+"""Densification with binding inheritance on crafted cases (METHOD §2.7)."""
 
 import dataclasses
 

@@ -1,5 +1,5 @@
-"""Components of the editing loop (issue 6): PatchGAN and its losses (SPEC 7), WABE gradient mask
-(SPEC 6), rendered mouth mask and mouth loss (SPEC 5.3), the editor protocol and the synthetic
+"""Components of the editing loop: PatchGAN and its losses (METHOD §7), WABE gradient mask
+(METHOD §6), rendered mouth mask and mouth loss (METHOD §5.3), the editor protocol and the synthetic
 editor. Tiny synthetic head (1340 faces), 48x64 / 72x96 renders."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_patchgan_layers_init_and_output_shapes():
   module, params = disc()
   shapes = {k: v["kernel"].shape for k, v in params.items()}
   assert shapes == {"conv0": (4, 4, 6, 64), "conv1": (4, 4, 64, 128), "conv2": (4, 4, 128, 128),
-                    "conv3": (4, 4, 128, 128), "conv4": (4, 4, 128, 1)}   # SPEC 7, no norm layers
+                    "conv3": (4, 4, 128, 128), "conv4": (4, 4, 128, 1)}   # METHOD §7, no norm layers
   assert sum(x.size for x in jax.tree.leaves(params)) == 664_001           # ~0.66 M
   k = np.concatenate([np.ravel(v["kernel"]) for v in params.values()])
   assert abs(k.std() - 0.02) < 1e-3 and abs(k.mean()) < 1e-3               # N(0, 0.02)

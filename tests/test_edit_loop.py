@@ -1,4 +1,4 @@
-"""The edit loop `gaedit edit` (issue 6): a few iterations on a tiny reconstructed synthetic avatar
+"""The edit loop `gaedit edit`: a few iterations on a tiny reconstructed synthetic avatar
 with the synthetic editor and with a tiny random InstructPix2Pix; the WABE mask freezes exactly the
 masked Gaussians' first update; an interrupted run resumes to the uninterrupted result; `gaedit
 render` runs on the output."""
@@ -90,7 +90,7 @@ def test_wabe_mask_zeroes_exactly_the_masked_gaussians_updates(setup, tmp_path):
     if mode == "binary":
       assert set(np.unique(mask)) <= {0.0, 1.0}
       assert 0 < mask.sum() < active.sum()
-      assert not mask[mouth].any()                      # mouth Gaussians are excluded (SPEC 6.1)
+      assert not mask[mouth].any()                      # mouth Gaussians are excluded (METHOD §6)
       assert not changed[mask == 0].any()               # exactly frozen
       assert changed[mask == 1].mean() > 0.5            # the visible ones learn
       frozen = mask == 0

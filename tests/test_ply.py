@@ -1,4 +1,4 @@
-"""ply / flame_param.npz exports (SPEC 2.9)."""
+"""ply / flame_param.npz exports (METHOD §2.9)."""
 
 import jax
 import jax.numpy as jnp

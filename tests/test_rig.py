@@ -1,4 +1,4 @@
-"""Triangle binding: frames (SPEC 2.2), avatar init (SPEC 2.3), local -> world."""
+"""Triangle binding: frames (METHOD §2.2), avatar init (METHOD §2.3), local -> world."""
 
 import functools
 

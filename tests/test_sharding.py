@@ -1,4 +1,4 @@
-"""Runs tests/multidevice in a fresh process with 4 CPU devices (issue 7): JAX fixes its device
+"""Runs tests/multidevice in a fresh process with 4 CPU devices: JAX fixes its device
 count when it starts, so the sharded-vs-one-device comparisons cannot run in this process."""
 
 from __future__ import annotations

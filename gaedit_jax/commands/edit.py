@@ -8,7 +8,7 @@ from gaedit_jax.train.run_dir import check_out
 
 
 def main(cfg: EditConfig) -> dict:
-  """Text-driven 4D edit of a reconstructed avatar (GaussianAvatar-Editor, SPEC 5-7)."""
+  """Text-driven 4D edit of a reconstructed avatar (GaussianAvatar-Editor, METHOD §5-7)."""
   # refuse a busy or non-empty --out (or one that is an input) before loading the editor (multi-host:
   # process 0 checks, the others learn its verdict when the run starts)
   if parallel.is_primary():

@@ -1,6 +1,6 @@
 """`gaedit edit2d`: try an InstructPix2Pix edit on one view before committing to a 4D edit.
 
-The same call as the edit loop (SPEC 5.4): the render is noised at t and denoised in 20 DDIM
+The same call as the edit loop (METHOD §5.4): the render is noised at t and denoised in 20 DDIM
 steps, conditioned on the original photo, with text / image guidance. Several samples (different
 t and noise) run as one batch.
 """

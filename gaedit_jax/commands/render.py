@@ -1,4 +1,4 @@
-"""`gaedit render`: render a trained avatar (SPEC 8, GaussianAvatars' render.py).
+"""`gaedit render`: render a trained avatar (METHOD §8, GaussianAvatars' render.py).
 
 * splits (default val + test): the dataset's frames with the avatar's fine-tuned FLAME parameters
   (val = novel view, test = self-reenactment), next to the ground truth;
@@ -193,7 +193,7 @@ def main(cfg: RenderConfigCLI) -> dict:
         continue
       results[s] = render_dataset(avatar, model, flame, ds, rc, cfg, out / f"{s}{suffix}" / tag)
   else:
-    # SPEC 8: cameras + per-timestep FLAME of the target (all its splits merged), identity of the source.
+    # METHOD §8: cameras + per-timestep FLAME of the target (all its splits merged), identity of the source.
     full = load_model(Path(mcfg["data"]), Path(mcfg["flame_model"]))
     name = Path(cfg.target).name + suffix
     for s in ("train", "val", "test"):

@@ -1,4 +1,4 @@
-"""The GaussianAvatars / VHAP export layout (SPEC 3): reading and writing.
+"""The GaussianAvatars / VHAP export layout (METHOD §3): reading and writing.
 
 ```
 images/{timestep:05d}_{camera:02d}.png     RGB (or RGBA), background already composited
@@ -34,7 +34,7 @@ from gaedit_jax.errors import InputError
 from gaedit_jax.io.media import ImageError, image_size
 
 SPLITS = ("train", "val", "test")
-VAL_CAMERA = 8  # NeRSemble's frontal camera is the novel-view (validation) camera (SPEC 3)
+VAL_CAMERA = 8  # NeRSemble's frontal camera is the novel-view (validation) camera (METHOD §3)
 FLAME_FILE = "flame/synthetic_flame.pkl"  # a synthetic dataset's own FLAME model, relative to its folder
 
 
@@ -392,7 +392,7 @@ def flame_param_paths(records: Iterable[FrameRecord]) -> dict[int, Path]:
 def load_flame_sequence(records: Iterable[FrameRecord], *, num_vertices: int | None = None):
   """FLAME parameters of every timestep the records refer to, as a `FlameParams` with [T,...]
   per-timestep fields (indexed by timestep_index) and the subject fields (shape, static_offset)
-  of timestep 0, as GaussianAvatars does (SPEC 3)."""
+  of timestep 0, as GaussianAvatars does (METHOD §3)."""
   import jax.numpy as jnp
 
   from gaedit_jax.flame import FlameParams
@@ -423,7 +423,7 @@ def load_flame_sequence(records: Iterable[FrameRecord], *, num_vertices: int | N
 
 def vhap_splits(timesteps: Sequence[int], cameras: Sequence[int], *, train_ratio: float = 0.7,
                 val_camera: int = VAL_CAMERA) -> dict[str, tuple[list[int], list[int]]]:
-  """VHAP's rule (SPEC 3): the first ceil(ratio * T) timesteps are train (all cameras but the
+  """VHAP's rule (METHOD §3): the first ceil(ratio * T) timesteps are train (all cameras but the
   validation camera) and val (that camera); the rest are test (all cameras). The validation camera
   is 8 when present, else the last one; a single camera gives an empty val set.
   Returns split -> (timesteps, cameras)."""

@@ -1,6 +1,6 @@
-"""Conditional adversarial learning of the editor (SPEC 7; `GAE:utils/thmodel.py`, `train.py:289-303`).
+"""Conditional adversarial learning of the editor (METHOD §7; `GAE:utils/thmodel.py`, `train.py:289-303`).
 
-Discriminator: the original's pix2pix-style PatchGAN, exactly as SPEC 7 reads it: 6 input channels,
+Discriminator: the original's pix2pix-style PatchGAN, exactly as METHOD §7 reads it: 6 input channels,
 five 4x4 convolutions with padding 1, no normalisation layers,
     6 -> 64 s2, LReLU(0.2); 64 -> 128 s2, LReLU; 128 -> 128 s2, LReLU; 128 -> 128 s1, LReLU; 128 -> 1 s1
 (the channel rule 64 * min(2^(i+1), 2) caps at 128; receptive field 70x70; 512x512 -> 62x62 map;
@@ -12,13 +12,13 @@ We return logits; the original applies a sigmoid and takes log(p + 1e-12). `eps=
 the numerically stable BCE-with-logits (log-sigmoid), identical to the original unless a logit
 goes below about -27; `eps=1e-12` reproduces the original formula exactly.
 
-Conditioning (SPEC 7): with E the 2D edit and I the current render (both [B,H,W,3] in [0,1], the
+Conditioning (METHOD §7): with E the 2D edit and I the current render (both [B,H,W,3] in [0,1], the
 original uses the 512x512 square versions), real = concat(E, E - E) = concat(E, 0),
 fake = concat(E, I - E). Losses, means over the patch map:
     L_D = mean(-log D(real) - log(1 - D(fake))),   L_G = -mean(log D(fake)),
 weighted 0.01 each.
 
-Two optimisation modes (SPEC 11):
+Two optimisation modes (METHOD §10):
 * `faithful`: the original's single backward of the summed loss 0.01 (L_D + L_G) through both the
   render (so the avatar gets gradient from both fake terms: D(fake) pushed towards 0.5) and the
   discriminator; the discriminator is one more parameter group of the same Adam (lr 1e-4).
@@ -41,9 +41,9 @@ import jax.numpy as jnp
 import optax
 
 GanMode = Literal["faithful", "standard"]
-GAN_WEIGHT = 0.01      # SPEC 7: 0.01 L_D + 0.01 L_G
-DISC_LR = 1e-4         # SPEC 5.5: discriminator group of the edit Adam
-ADAM_EPS = 1e-15       # SPEC 5.5 / 2.6: the GaussianAvatars Adam (betas 0.9 / 0.999)
+GAN_WEIGHT = 0.01      # METHOD §7: 0.01 L_D + 0.01 L_G
+DISC_LR = 1e-4         # METHOD §5.5: discriminator group of the edit Adam
+ADAM_EPS = 1e-15       # METHOD §5.5 / 2.6: the GaussianAvatars Adam (betas 0.9 / 0.999)
 
 
 def torch_bias_init(fan_in: int) -> Callable:
@@ -100,12 +100,12 @@ def init_discriminator(key: jax.Array, image_size: tuple[int, int] = (512, 512),
 
 
 def make_discriminator_optimizer(learning_rate: float = DISC_LR) -> optax.GradientTransformation:
-  """SPEC 5.5: Adam(lr 1e-4, betas 0.9/0.999, eps 1e-15), fresh moments, constant rate."""
+  """METHOD §5.5: Adam(lr 1e-4, betas 0.9/0.999, eps 1e-15), fresh moments, constant rate."""
   return optax.adam(learning_rate, b1=0.9, b2=0.999, eps=ADAM_EPS)
 
 
 def conditional_pair(edit: jax.Array, render: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """SPEC 7: real = concat(E, E - E), fake = concat(E, I - E), both [B,H,W,6]. The edit is a
+  """METHOD §7: real = concat(E, E - E), fake = concat(E, I - E), both [B,H,W,6]. The edit is a
   constant target (no gradient); the render keeps its gradient."""
   e = jax.lax.stop_gradient(edit)
   return (jnp.concatenate([e, e - e], axis=-1), jnp.concatenate([e, render - e], axis=-1))
@@ -197,7 +197,7 @@ class GanConfig:
   mode: GanMode = "faithful"
   weight: float = GAN_WEIGHT
   learning_rate: float = DISC_LR
-  start_iteration: int = 0   # edit iteration (0-based) from which it is on; original: 0 (SPEC 5.3
+  start_iteration: int = 0   # edit iteration (0-based) from which it is on; original: 0 (METHOD §5.3
                              # timing quirk), intended: 5/6 of the run
   eps: float = 0.0           # 0: stable log-sigmoid; 1e-12: the original's log(sigmoid + 1e-12)
 

@@ -12,7 +12,7 @@ index and timestep. The output size is declared by `editor.square_size`:
 * None: edited [B,H,W,3], the inputs' size (the synthetic editor);
 * S: edited [B,S,S,3] in the square working frame of `nets.images.to_square(x, S)` (white padding,
   bilinear align_corners=True), as InstructPix2Pix returns it; the loop then compares it with
-  `to_square(render, S)` (SPEC 5.3: the original's L1 / LPIPS / GAN all run at 512x512).
+  `to_square(render, S)` (METHOD §5.3: the original's L1 / LPIPS / GAN all run at 512x512).
 
 Implementations:
 * `SyntheticEditor`: for the built-in synthetic head. It returns the ground-truth edited image of
@@ -215,7 +215,7 @@ class SyntheticEditor:
 @dataclasses.dataclass(frozen=True)
 class IP2PEditor:
   """`InstructPix2Pix` as an `Editor`: params and the prompt embedding [3,77,D] are leaves, the
-  model object is static. output "square" (default, SPEC 5.3) returns [B,S,S,3] in the
+  model object is static. output "square" (default, METHOD §5.3) returns [B,S,S,3] in the
   `to_square` frame; "input" resizes back to [B,H,W,3]. The context is not used (IP2P edits each
   image on its own: that is the inconsistency the method fights)."""
 

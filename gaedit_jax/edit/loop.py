@@ -1,7 +1,7 @@
-"""`gaedit edit`: the GaussianAvatar-Editor loop (SPEC 5.2-5.5, 6, 7; issue 6 items 1, 2, 3, 5).
+"""`gaedit edit`: the GaussianAvatar-Editor loop (METHOD §5.2-5.5, 6, 7).
 
 Starting from a reconstructed avatar (a `gaedit reconstruct` model folder), no densification, each
-iteration (SPEC 5.3), in one jitted pure step (no host sync):
+iteration (METHOD §5.3), in one jitted pure step (no host sync):
   render a random training view of the editing sequence (render + WABE outputs, one rasterizer
   forward kept as a VJP) -> 2D edit of the detached render by the editor (InstructPix2Pix or the
   synthetic-target editor; every `edit_every` iterations, else the view's cached edit)
@@ -10,8 +10,8 @@ iteration (SPEC 5.3), in one jitted pure step (no host sync):
   + 1000 (L1 + D-SSIM) mouth preservation against the photo inside a mouth mask (rendered, or
   read from --mouth-masks files)
   + 0.01 (L_D + L_G) conditional GAN (faithful: one joint gradient; standard: alternating, detached)
-  -> WABE gradient mask on position / colour / opacity / scale (SPEC 6) -> Adam (fresh moments,
-  SPEC 5.5 rates; FLAME per-timestep parameters fine-tuned; discriminator lr 1e-4).
+  -> WABE gradient mask on position / colour / opacity / scale (METHOD §6) -> Adam (fresh moments,
+  METHOD §5.5 rates; FLAME per-timestep parameters fine-tuned; discriminator lr 1e-4).
 Between steps: progress bar, TensorBoard, side-by-side dumps (render | 2D edit | current avatar),
 orbax checkpoints (`--resume`). The result is written in the reconstruction model-folder format
 (cfg.json + point_cloud/iteration_<N>/{point_cloud.ply, flame_param.npz}), so `gaedit render
@@ -85,23 +85,23 @@ class EditConfig:
   negative_prompt: str = ""
   """Negative prompt (original: empty)."""
   ip2p_size: int = 512
-  """Square working resolution of InstructPix2Pix (SPEC 5.3: 512)."""
+  """Square working resolution of InstructPix2Pix (METHOD §5.3: 512)."""
   ip2p_dtype: Literal["float32", "bfloat16"] = "float32"
   """UNet / VAE dtype."""
   guidance_scale: float = 7.5
-  """IP2P text guidance (SPEC 5.4)."""
+  """IP2P text guidance (METHOD §5.4)."""
   image_guidance_scale: float = 1.5
-  """IP2P image guidance (SPEC 5.4)."""
+  """IP2P image guidance (METHOD §5.4)."""
   diffusion_steps: int = 20
-  """DDIM steps per edit (SPEC 5.4)."""
+  """DDIM steps per edit (METHOD §5.4)."""
   target_data: Path | None = None
   """Synthetic editor: the edited dataset (`gaedit synth OUT --texture facepaint`, same seed and size)."""
   synthetic_noise: float = 1.0
   """Synthetic editor: strength of the view-inconsistent noise (0: exact targets)."""
   iterations: int = 1000
-  """Edit iterations (SPEC 5.1: 1000)."""
+  """Edit iterations (METHOD §5.1: 1000)."""
   edit_every: int = 1
-  """Edit rate: regenerate a view's 2D edit every N iterations (1 = every iteration, SPEC 5.4);
+  """Edit rate: regenerate a view's 2D edit every N iterations (1 = every iteration, METHOD §5.4);
   otherwise reuse the view's last edit (cache in memory, not checkpointed)."""
   batch_size: int = 1
   """Views per step (original: 1)."""
@@ -111,9 +111,9 @@ class EditConfig:
   seed: int = 0
   """Seed of the view order, the editor noise and the discriminator init."""
   flame_init: Literal["data", "avatar"] = "data"
-  """Per-timestep FLAME parameters to start from: the editing sequence's tracking (SPEC 5.2, the
+  """Per-timestep FLAME parameters to start from: the editing sequence's tracking (METHOD §5.2, the
   original) or the avatar's fine-tuned ones."""
-  # --- losses (SPEC 5.3) ---
+  # --- losses (METHOD §5.3) ---
   lambda_l1: float = 10.0
   """Weight of L1 to the 2D edit."""
   lambda_lpips: float = 10.0
@@ -126,19 +126,19 @@ class EditConfig:
   lambda_mouth: float = MOUTH_LOSS_WEIGHT
   """Mouth preservation: weight of L1 and of D-SSIM to the photo inside the mouth mask (0: off)."""
   lambda_xyz: float = GA_REGULARISERS.lambda_xyz
-  """Position regulariser (SPEC 2.5)."""
+  """Position regulariser (METHOD §2.5)."""
   threshold_xyz: float = GA_REGULARISERS.threshold_xyz
   lambda_scale: float = GA_REGULARISERS.lambda_scale
-  """Scale regulariser (SPEC 2.5)."""
+  """Scale regulariser (METHOD §2.5)."""
   threshold_scale: float = GA_REGULARISERS.threshold_scale
-  # --- WABE (SPEC 6) ---
+  # --- WABE (METHOD §6) ---
   wabe: Literal["binary", "soft", "backward", "off"] = "binary"
   """Gradient mask: binary (--use_grad_mask), soft weights, the backward-weighted rasterizer, or off."""
   wabe_k: int = 10
   """First K contributors per pixel."""
   wabe_beta: float = 6.0
   """Soft WABE weight exp(-beta (1 - T))."""
-  # --- GAN (SPEC 7) ---
+  # --- GAN (METHOD §7) ---
   gan: bool = True
   """Conditional adversarial loss (--use_gan)."""
   gan_mode: Literal["faithful", "standard"] = "faithful"
@@ -148,8 +148,8 @@ class EditConfig:
   gan_start: int = 0
   """First edit iteration (0-based) with the GAN on (original: 0; intended: 5/6 of the run)."""
   disc_lr: float = D.DISC_LR
-  """Discriminator learning rate (SPEC 5.5)."""
-  # --- learning rates (SPEC 5.5: GA's, xyz at its final value) ---
+  """Discriminator learning rate (METHOD §5.5)."""
+  # --- learning rates (METHOD §5.5: GA's, xyz at its final value) ---
   position_lr: float = GA_RATES.position_final
   """Local xyz learning rate (times the camera extent), constant."""
   feature_lr: float = GA_RATES.feature
@@ -237,7 +237,7 @@ class EditConfig:
       check_choice(self, "intrinsics", ("file", "fov_x"))
 
   def learning_rates(self) -> LearningRates:
-    """SPEC 5.5: GaussianAvatars' rates, xyz constant (init = final = --position-lr)."""
+    """METHOD §5.5: GaussianAvatars' rates, xyz constant (init = final = --position-lr)."""
     return LearningRates(position_init=self.position_lr, position_final=self.position_lr,
                          position_steps=max(self.iterations, 1), feature=self.feature_lr,
                          opacity=self.opacity_lr, scaling=self.scaling_lr, rotation=self.rotation_lr,
@@ -309,7 +309,7 @@ class StepSettings:
 
 
 def make_optimizer(cfg: EditConfig, extent: float) -> optax.GradientTransformation:
-  """SPEC 5.5: GaussianAvatars' per-group Adam (eps 1e-15), xyz constant at its final rate."""
+  """METHOD §5.5: GaussianAvatars' per-group Adam (eps 1e-15), xyz constant at its final rate."""
   return opt_lib.make_optimizer(cfg.learning_rates(), extent)
 
 
@@ -318,7 +318,7 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
               s: StepSettings, do_edit: bool):
   """One edit iteration on B views (photo [B,H,W,3], camera [B], timestep / camera_index [B]).
   Pure. `cached_edit`: the views' previous edits (used when do_edit is False, the edit-rate
-  option); `mouth` bool [C]: mouth Gaussians (excluded from WABE, SPEC 6.1); `mouth_mask`
+  option); `mouth` bool [C]: mouth Gaussians (excluded from WABE, METHOD §6); `mouth_mask`
   [B,H,W]: the views' mouth masks read from files (None: rendered). Returns
   (new state, metrics, images: render / edit / mouth mask of the step)."""
   key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
@@ -334,7 +334,7 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
 
   params = {"gauss": av0.params(), "flame": dict(state.flame)}
   image, vjp_fn, out = jax.vjp(render_fn, params, has_aux=True)
-  # 2D edit of the detached render, conditioned on the photo (SPEC 5.3 / 5.4)
+  # 2D edit of the detached render, conditioned on the photo (METHOD §5.3 / 5.4)
   ctx = EditContext(camera_index.astype(jnp.int32), timestep.astype(jnp.int32), state.step)
   if do_edit:
     target = jax.lax.stop_gradient(editor(k_edit, jax.lax.stop_gradient(jnp.clip(image, 0, 1)), photo, ctx))
@@ -383,7 +383,7 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
   (l_img, parts), (g_img, g_disc) = jax.value_and_grad(image_loss, argnums=(0, 1), has_aux=True)(image, disc)
   (g_params,) = vjp_fn(g_img)
 
-  # GA regularisers on the visible Gaussians (SPEC 2.5), local units
+  # GA regularisers on the visible Gaussians (METHOD §2.5), local units
   visible = jnp.any(out.radii.reshape(-1, av0.capacity) > 0, axis=0) & av0.active
 
   def reg(g):
@@ -393,7 +393,7 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
 
   l_reg, g_reg = jax.value_and_grad(reg)(params["gauss"])
   grads = {"gauss": jax.tree.map(jnp.add, g_params["gauss"], g_reg), "flame": g_params["flame"]}
-  # WABE (SPEC 6): mask the total gradient of xyz / SH / opacity / scale before Adam
+  # WABE (METHOD §6): mask the total gradient of xyz / SH / opacity / scale before Adam
   grads["gauss"], gmask = W.mask_gradients(grads["gauss"], out, mouth, s.wabe)
   grads["gauss"] = jax.tree.map(lambda g: jnp.where(av0.active.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0),
                                 grads["gauss"])
@@ -416,7 +416,7 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
 def init_edit_state(seed: int, avatar: Avatar, flame: dict, optimizer, disc_module,
                     disc_optimizer) -> EditState:
   """Fresh edit state: copies of the avatar and per-timestep FLAME (the step donates its state),
-  new Adam moments (SPEC 5.5), a discriminator initialised from `seed`."""
+  new Adam moments (METHOD §5.5), a discriminator initialised from `seed`."""
   k_disc, k_run = jax.random.split(jax.random.key(seed))
   _, dparams = D.init_discriminator(k_disc, (64, 64), disc_module)
   fl = {k: jnp.array(v, jnp.float32, copy=True) for k, v in flame.items()}
@@ -476,7 +476,7 @@ class EditRun:
     self.flame_model = Path(acfg["flame_model"])
     dkw = dict(image_scale=self.image_scale, white_background=self.white_background, intrinsics=self.intrinsics)
     self.train_ds = training_frames(self.data, cfg.eval, cache_size=4096, **dkw)   # --eval / --no-eval
-    if cfg.flame_init == "data":   # SPEC 5.2: FLAME from the editing sequence's tracking
+    if cfg.flame_init == "data":   # METHOD §5.2: FLAME from the editing sequence's tracking
       full = load_model(self.data, self.flame_model)
       fp = fit_flame_dims(full, self.train_ds.flame_params)
       check_consistency(self.train_ds, full, fp)
@@ -499,7 +499,7 @@ class EditRun:
     lam_lpips = cfg.lambda_lpips
     if lam_lpips > 0:
       if cfg.lpips_weights is None:
-        warnings.warn("gaedit edit: no --lpips-weights: the LPIPS term (weight 10, SPEC 5.3) is skipped", stacklevel=2)
+        warnings.warn("gaedit edit: no --lpips-weights: the LPIPS term (weight 10, METHOD §5.3) is skipped", stacklevel=2)
         lam_lpips = 0.0
       else:
         self.lpips_params = load_lpips(cfg.lpips_weights)
@@ -578,7 +578,7 @@ class EditRun:
             "--target-data": None if c.target_data is None else file_id(c.target_data, "transforms_train.json")}
 
   def export(self, it: int) -> Path:
-    """Reconstruction model-folder format (SPEC 2.9), as `Trainer.export` writes it."""
+    """Reconstruction model-folder format (METHOD §2.9), as `Trainer.export` writes it."""
     d = self.out / "point_cloud" / f"iteration_{it}"
     d.mkdir(parents=True, exist_ok=True)
     save_avatar_ply(d / "point_cloud.ply", self.state.avatar, sh_degree=self.sh_degree)

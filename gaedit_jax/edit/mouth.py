@@ -1,11 +1,11 @@
 """Mouth Gaussians, the mouth mask (rendered, or read from files) and the mouth-preservation loss
-(SPEC 5.3, 6.1).
+(METHOD §5.3, 6.1).
 
-The original editor reads offline LangSAM "mouth" masks (SPEC 5.3; the code that makes them is not
+The original editor reads offline LangSAM "mouth" masks (METHOD §5.3; the code that makes them is not
 released); `MouthMasks` reads them in the original's layouts (`--mouth-masks`). Without them we make
 the mask ourselves: the avatar is rendered with our own
 rasterizer with colour 1 for the Gaussians bound to mouth faces (FLAME regions teeth | lips_tight |
-lip_inside, the same set as the WABE exclusion, SPEC 6.1) and colour 0 for all others, opacities
+lip_inside, the same set as the WABE exclusion, METHOD §6) and colour 0 for all others, opacities
 and geometry unchanged, on a black background. The red channel is then the fraction of each
 pixel's colour that mouth Gaussians contribute (occlusion honoured: a mouth Gaussian hidden behind
 the lips contributes nothing), a soft mask in [0, 1]; thresholded at 0.5 by default (binary, as a
@@ -34,8 +34,8 @@ from gaedit_jax.nets import torch_pickle
 from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import Gaussians, RenderConfig
 
-MOUTH_REGIONS = ("teeth", "lips_tight", "lip_inside")  # GAE:train.py:81-100 (SPEC 6.1)
-MOUTH_LOSS_WEIGHT = 1000.0                               # SPEC 5.3: 1000 L1 + 1000 D-SSIM
+MOUTH_REGIONS = ("teeth", "lips_tight", "lip_inside")  # GAE:train.py:81-100 (METHOD §6)
+MOUTH_LOSS_WEIGHT = 1000.0                               # METHOD §5.3: 1000 L1 + 1000 D-SSIM
 _SH_C0 = 0.28209479177387814                             # colour = C0 * sh_dc + 0.5 (3DGS)
 
 
@@ -80,7 +80,7 @@ def render_mouth_mask(gaussians: Gaussians, mouth: jax.Array, camera, config: Re
 
 def mouth_loss(render: jax.Array, photo: jax.Array, mask: jax.Array,
                weight: float = MOUTH_LOSS_WEIGHT) -> tuple[jax.Array, dict]:
-  """SPEC 5.3: weight * (mean|I M - G M| + (1 - SSIM(I M, G M))) against the original photo G.
+  """METHOD §5.3: weight * (mean|I M - G M| + (1 - SSIM(I M, G M))) against the original photo G.
 
   render, photo [...,H,W,3] in [0,1]; mask [...,H,W]. As the original, the L1 mean and the SSIM map
   mean run over the whole image (pixels outside the mask count as zeros), not over the mask area.

@@ -1,4 +1,4 @@
-"""WABE in practice: the per-Gaussian gradient mask of the editing loop (SPEC 4.3, 6; DESIGN "WABE").
+"""WABE in practice: the per-Gaussian gradient mask of the editing loop (METHOD §6, 6; DESIGN "WABE").
 
 The original (`GAE:train.py:172-208`) multiplies, after every backward, the gradients of position,
 SH colour (DC and rest), opacity and scale of each Gaussian by
@@ -10,11 +10,11 @@ SH colour (DC and rest), opacity and scale of each Gaussian by
   (`RenderOutput.wabe_weight`) times not-mouth;
 * `off`: no masking.
 
-Rotation, FLAME parameters and the discriminator are never masked (SPEC 6.3). The mask multiplies
+Rotation, FLAME parameters and the discriminator are never masked (METHOD §6). The mask multiplies
 the *total* gradient (regularisers and mouth loss included) before Adam, so masked Gaussians still
-drift with Adam's running moments (SPEC 6.4, kept: faithful).
+drift with Adam's running moments (METHOD §6, kept: faithful).
 
-Our visibility set is the per-pixel first-K union computed by the rasterizer (SPEC 11: the
+Our visibility set is the per-pixel first-K union computed by the rasterizer (METHOD §10: the
 original's per-tile shared-memory buffer was a race). Multi-view batches (the original renders one
 view per step): binary = union over the views; soft = max over the views of the per-view weight
 (the per-view means cannot be re-pooled exactly without the counts; max keeps "visible somewhere").
@@ -62,7 +62,7 @@ def render_config(mode: WabeMode, base: RenderConfig = RenderConfig()) -> Render
 
 
 def gradient_mask(render: RenderOutput, mouth: jax.Array, mode: WabeMode = "binary") -> jax.Array:
-  """Per-Gaussian gradient multiplier [N] float32 (SPEC 6.2).
+  """Per-Gaussian gradient multiplier [N] float32 (METHOD §6).
 
   render: the `RenderOutput` of this step's view(s), wabe_mask / wabe_weight [...,N] (leading view
   dims are pooled: union for binary, max for soft); mouth: bool [N] (`mouth.mouth_gaussians`)."""

@@ -1,4 +1,4 @@
-"""FLAME head model as pure JAX functions (SPEC 2.1). Knows nothing of Gaussians.
+"""FLAME head model as pure JAX functions (METHOD §2.1). Knows nothing of Gaussians.
 
 * `model`: `FlameModel` / `FlameParams` pytrees, `flame_forward` (blendshapes + static offset + pose
   correctives + linear blend skinning over the 5 FLAME joints + translation; pure, jit-able,

@@ -156,7 +156,7 @@ def load_flame(path: str | os.PathLike, *,
   """Reads a FLAME model: the official pickle (FLAME 2020/2023; chumpy objects and scipy-sparse
   J_regressor read without chumpy) or our `.npz` (`save_flame`).
 
-  Official shapedirs hold 300 shape then 100 expression components (SPEC 2.1); our pickles record
+  Official shapedirs hold 300 shape then 100 expression components (METHOD §2.1); our pickles record
   the split in the extra key `num_shape_components`. `n_shape`/`n_expr` keep the first components
   (None: all). Regions (dicts region -> vertex ids, FLAME_masks.pkl format) come from `masks_path`
   (one file or several, merged in order), else from a sibling `<stem>_masks.pkl`,

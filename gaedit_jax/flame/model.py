@@ -1,4 +1,4 @@
-"""The FLAME head model as pure JAX functions (SPEC 2.1): pytrees, forward (LBS), regions.
+"""The FLAME head model as pure JAX functions (METHOD §2.1): pytrees, forward (LBS), regions.
 
 * `FlameModel`: the model as a pytree of arrays (template, blendshapes, pose correctives, joint
   regressor, skinning weights, faces, vertex regions); the kinematic tree and region names are static.
@@ -202,7 +202,7 @@ def flame_forward(model: FlameModel, params: FlameParams, *, return_joints: bool
 
   The batch shape is the broadcast of the leading dims of all parameter fields (per-timestep fields
   [...,k], subject fields shape [...,n_shape] and static_offset [...,V,3]); unbatched fields are
-  shared. SPEC 2.1: v = LBS(v_template + B_shape + B_expr + static_offset + B_pose) + translation.
+  shared. METHOD §2.1: v = LBS(v_template + B_shape + B_expr + static_offset + B_pose) + translation.
   """
   leads = {k: jnp.shape(getattr(params, k))[:jnp.ndim(getattr(params, k)) - n]
            for k, n in _PARAM_TRAILING.items()}
@@ -230,7 +230,7 @@ forward = flame_forward  # the name DESIGN.md uses (flame.forward)
 
 def bake_identity(model: FlameModel, shape: jax.Array, static_offset: jax.Array | None = None) -> FlameModel:
   """Folds a fixed identity into the template: v_template + B_shape(shape) + static_offset, with an
-  empty shape basis. GaussianAvatars never optimises shape or static_offset (SPEC 2.6), so training
+  empty shape basis. GaussianAvatars never optimises shape or static_offset (METHOD §2.6), so training
   can pose the baked model (params with shape of size 0 and zero static_offset) and skip the
   largest matrix product of the forward; the vertices are the same."""
   v = model.v_template + jnp.einsum("vck,k->vc", model.shapedirs, shape)

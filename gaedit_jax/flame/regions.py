@@ -487,7 +487,7 @@ DERIVED_REGIONS = ("hair", "ears", "eyeballs", "irises", "left_eye", "right_eye"
                    "lip_inside_ring", "sclerae", "skin")
 
 # The 15-vertex outer lip contours of the original FLAME topology (5023 vertices), upper and lower,
-# in corresponding order; GaussianAvatars builds its teeth from them (SPEC 2.1).
+# in corresponding order; GaussianAvatars builds its teeth from them (METHOD §2.1).
 FLAME_LIP_RING_UPPER = FIXED_REGIONS["lip_outside_ring_upper"]
 FLAME_LIP_RING_LOWER = FIXED_REGIONS["lip_outside_ring_lower"]
 # Size of the GaussianAvatars teeth (`gaedit_jax.flame.teeth.add_teeth`).

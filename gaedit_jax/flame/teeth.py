@@ -1,4 +1,4 @@
-"""The GaussianAvatars "teethV3" teeth (SPEC 2.1): `teeth_faces()` (168 faces over 120 vertices,
+"""The GaussianAvatars "teethV3" teeth (METHOD §2.1): `teeth_faces()` (168 faces over 120 vertices,
 face 133 fixed) and `add_teeth(model)`, which appends them to a FLAME-compatible model."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _teeth_strip(a0: int, b0: int, first: str, reverse: bool) -> list[list[int]]
 def teeth_faces(fix_face_133: bool = True) -> np.ndarray:
   """The 168 teeth faces in local teeth-vertex ids 0..119 (add the model's vertex count).
 
-  Rows of 15 (SPEC 2.1): 0 upper root, 15 lower root, 30 upper edge, 45 lower edge, 60 upper root
+  Rows of 15 (METHOD §2.1): 0 upper root, 15 lower root, 30 upper edge, 45 lower edge, 60 upper root
   back, 75 upper edge back, 90 lower root back, 105 lower edge back. Faces 0-83 upper (front, back,
   bottom strips), 84-167 lower (front, back, top). GA issue #50: face 133 is [101,116,115]; before
   the fix (GA < 9b841cb, possibly the editor's shipped flame_model) it was [101,116,114].
@@ -50,7 +50,7 @@ def teeth_faces(fix_face_133: bool = True) -> np.ndarray:
 
 
 def add_teeth(model: FlameModel, *, fix_face_133: bool = True) -> FlameModel:
-  """Adds the GaussianAvatars teeth (SPEC 2.1): 120 vertices in 8 rows of 15 built from the outer lip
+  """Adds the GaussianAvatars teeth (METHOD §2.1): 120 vertices in 8 rows of 15 built from the outer lip
   rings of the template, 168 faces; shape dirs of every teeth row = mean of the upper/lower ring
   shape dirs; expression dirs, pose correctives and joint regressor 0; skinning one-hot (upper teeth
   -> neck, lower teeth -> jaw). Regions gain `teeth`, `teeth_upper`, `teeth_lower`; on the FLAME

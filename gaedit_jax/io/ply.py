@@ -1,4 +1,4 @@
-"""Gaussian `.ply` files (binary little-endian) and `flame_param.npz` (SPEC 2.9).
+"""Gaussian `.ply` files (binary little-endian) and `flame_param.npz` (METHOD §2.9).
 
 * `save_avatar_ply`: GaussianAvatars' point_cloud.ply: x,y,z (local), nx,ny,nz (0), f_dc_0..2,
   f_rest_0..(3(K-1)-1) (channel-major as 3DGS: all coefficients of R, then G, then B), opacity
@@ -275,7 +275,7 @@ def save_world_ply(path: str | os.PathLike, avatar: Avatar, frames: FaceFrames, 
 
 
 def save_flame_npz(path: str | os.PathLike, flame0, per_timestep: dict) -> Path:
-  """flame_param.npz (SPEC 2.9): shape, static_offset[1,V,3] from flame0 (FlameParams), the
+  """flame_param.npz (METHOD §2.9): shape, static_offset[1,V,3] from flame0 (FlameParams), the
   fine-tuned per-timestep fields [T,...], dynamic_offset zeros [T,V,3]."""
   f = lambda x: np.asarray(x, np.float32)
   d = {k: f(v) for k, v in per_timestep.items()}

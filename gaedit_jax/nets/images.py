@@ -82,7 +82,7 @@ def resize(images: jax.Array, height: int, width: int, mode: str = "bilinear",
 def square_padding(height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
   """((top, bottom), (left, right)) that pad the short side to a square, half on each side.
 
-  The original pads 802x550 renders by (802 - 550) // 2 = 126 columns on each side (SPEC 5.3);
+  The original pads 802x550 renders by (802 - 550) // 2 = 126 columns on each side (METHOD §5.3);
   an odd difference puts the extra row/column at the end.
   """
   d = abs(height - width)
@@ -91,7 +91,7 @@ def square_padding(height: int, width: int) -> tuple[tuple[int, int], tuple[int,
 
 
 def to_square(images: jax.Array, size: int = 512, pad_value: float = 1.0) -> jax.Array:
-  """SPEC 5.3: pad `[..., H, W, 3]` to a square with `pad_value` (white), then bilinear-resize
+  """METHOD §5.3: pad `[..., H, W, 3]` to a square with `pad_value` (white), then bilinear-resize
   (align_corners=True) to `size` x `size`. Differentiable; used for both the render and the photo."""
   h, w = images.shape[-3], images.shape[-2]
   (t, b), (l, r) = square_padding(h, w)

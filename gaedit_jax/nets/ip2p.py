@@ -1,4 +1,4 @@
-"""InstructPix2Pix on Flax, with the exact semantics of the original editor's call (SPEC 5.3, 5.4).
+"""InstructPix2Pix on Flax, with the exact semantics of the original editor's call (METHOD §5.3, 5.4).
 
 Assembled from diffusers' Flax UNet (8 input channels) and VAE and transformers' Flax CLIP text
 encoder and tokenizer, with our own DDIM step so that the noise level t is a traced value (no
@@ -8,7 +8,7 @@ value of t recompiles). One `jax.jit`-compiled call maps
 
 batched over B images, all in [0, 1]. Per image (GaussianEditor's / GAE's `InstructPix2PixGuidance`):
 
-1. pad to a square with white and resize to S = 512 (bilinear, align_corners=True) (SPEC 5.3);
+1. pad to a square with white and resize to S = 512 (bilinear, align_corners=True) (METHOD §5.3);
 2. start latent z0 = VAE posterior *sample* of the render x 0.18215; condition c = posterior *mode*
    of the original photo, unscaled; condition batch [c, c, 0];
 3. t ~ UniformInt[int(0.02 T), int(0.98 T)] (T = 1000), z = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps;
@@ -116,7 +116,7 @@ def clip_text_shapes(module) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class DDIMSchedule:
-  """The DDIM scheduler of the original (SPEC 5.4): Stable Diffusion v1.5's config
+  """The DDIM scheduler of the original (METHOD §5.4): Stable Diffusion v1.5's config
   (1000 training steps, scaled-linear betas 0.00085 -> 0.012, steps_offset 1, set_alpha_to_one
   False) as `DDIMScheduler`; clip_sample False (our reading of SD v1.5's scheduler_config.json)."""
   num_train_timesteps: int = 1000
@@ -245,7 +245,7 @@ def save_flax(model: IP2PModel, params: dict, out: str | os.PathLike) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class IP2PConfig:
-  """InstructPix2Pix settings; defaults are the original editor's (SPEC 5.4)."""
+  """InstructPix2Pix settings; defaults are the original editor's (METHOD §5.4)."""
   guidance_scale: float = 7.5
   """Text guidance s_T."""
   image_guidance_scale: float = 1.5

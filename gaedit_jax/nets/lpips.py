@@ -1,4 +1,4 @@
-"""LPIPS with a VGG16 trunk in JAX (SPEC 10.2): the editor's perceptual loss and an eval metric.
+"""LPIPS with a VGG16 trunk in JAX (METHOD §9): the editor's perceptual loss and an eval metric.
 
     d(x, y) = sum_l mean_hw( w_l . (f_l(x)/|f_l(x)| - f_l(y)/|f_l(y)|)^2 )
 

@@ -1,5 +1,5 @@
 """Settings both training stages share, as small frozen dataclasses: GaussianAvatars' learning rates
-(SPEC 2.6), the position / scale regularisers (SPEC 2.5) and the rasterizer settings of a run.
+(METHOD §2.6), the position / scale regularisers (METHOD §2.5) and the rasterizer settings of a run.
 
 `ReconstructConfig` and `EditConfig` keep their flat flags (`--feature-lr`, `--lambda-xyz`,
 `--tile-size`, ...); their defaults are read from the instances below so each default lives once, and
@@ -15,7 +15,7 @@ from typing import Literal
 
 @dataclasses.dataclass(frozen=True)
 class LearningRates:
-  """Per-group Adam learning rates of the avatar and the per-timestep FLAME parameters (SPEC 2.6).
+  """Per-group Adam learning rates of the avatar and the per-timestep FLAME parameters (METHOD §2.6).
   The local xyz rate follows a log-linear schedule from `position_init` to `position_final` over
   `position_steps` steps, times the camera extent; the editor keeps it constant (init = final)."""
 
@@ -34,7 +34,7 @@ class LearningRates:
 
 @dataclasses.dataclass(frozen=True)
 class Regularisers:
-  """GaussianAvatars' regularisers of the visible Gaussians (SPEC 2.5), local units:
+  """GaussianAvatars' regularisers of the visible Gaussians (METHOD §2.5), local units:
   lambda_xyz relu(||mu|| - threshold_xyz) + lambda_scale ||relu(exp(s) - threshold_scale)||."""
 
   lambda_xyz: float = 1e-2

@@ -1,4 +1,4 @@
-"""The optimizer of both training stages (SPEC 2.6, 5.5): one Adam (eps 1e-15) per parameter group of
+"""The optimizer of both training stages (METHOD §2.6, 5.5): one Adam (eps 1e-15) per parameter group of
 the params pytree {"gauss": Avatar.params(), "flame": per-timestep FLAME fields}, each group with
 its own learning rate (train.config.LearningRates)."""
 
@@ -22,7 +22,7 @@ def param_labels(params: dict) -> dict:
 
 
 def position_lr(rates: LearningRates, extent: float) -> Callable:
-  """SPEC 2.6: exp((1 - t) log(init S) + t log(final S)), t = step / position_steps clamped to 1,
+  """METHOD §2.6: exp((1 - t) log(init S) + t log(final S)), t = step / position_steps clamped to 1,
   S the camera extent."""
   n = rates.position_steps
   a, b = math.log(rates.position_init * extent), math.log(rates.position_final * extent)
@@ -35,7 +35,7 @@ def position_lr(rates: LearningRates, extent: float) -> Callable:
 
 
 def make_optimizer(rates: LearningRates, extent: float) -> optax.GradientTransformation:
-  """One Adam (eps 1e-15) per parameter group, each with its own learning rate (SPEC 2.6); the
+  """One Adam (eps 1e-15) per parameter group, each with its own learning rate (METHOD §2.6); the
   FLAME groups are frozen (zero updates) unless rates.finetune_flame."""
   adam = lambda lr: optax.adam(lr, eps=1e-15)
   fl = (lambda lr: adam(lr)) if rates.finetune_flame else (lambda lr: optax.set_to_zero())

@@ -1,4 +1,4 @@
-"""Data parallelism over views (issue 7), on 4 devices: sharded results equal the one-device ones.
+"""Data parallelism over views, on 4 devices: sharded results equal the one-device ones.
 
 Run by tests/test_sharding.py in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=4
 (the device count is fixed when JAX starts); skipped in a process with fewer than 4 devices.
