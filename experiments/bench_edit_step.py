@@ -32,7 +32,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)                    # bench_ip2p, bench_train_step (builders reused)
+sys.path.insert(0, HERE)  # bench_ip2p, bench_train_step (builders reused)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import jax
@@ -60,8 +60,8 @@ def build_editor(tiny: bool, size: int, steps: int, dtype: str, attention: str):
   from bench_ip2p import SD15_UNET, SD15_VAE, _random_params
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
 
-  from gaedit_jax.nets import flax_patches
   from gaedit_jax.edit.editors import IP2PEditor
+  from gaedit_jax.nets import flax_patches
   from gaedit_jax.nets.ip2p import DDIMSchedule, InstructPix2Pix, IP2PConfig, IP2PModel, unet_shapes, vae_shapes
   from gaedit_jax.nets.tiny import TINY_UNET, TINY_VAE
 
@@ -69,8 +69,11 @@ def build_editor(tiny: bool, size: int, steps: int, dtype: str, attention: str):
   unet_cfg, vae_cfg = (TINY_UNET, TINY_VAE) if tiny else (SD15_UNET, SD15_VAE)
   dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
   unet, vae = FlaxUNet2DConditionModel(**unet_cfg), FlaxAutoencoderKL(**vae_cfg)
-  params = {"unet": _random_params(unet_shapes(unet), 0, dt), "vae": _random_params(vae_shapes(vae), 1, dt),
-            "text_encoder": {}}
+  params = {
+    "unet": _random_params(unet_shapes(unet), 0, dt),
+    "vae": _random_params(vae_shapes(vae), 1, dt),
+    "text_encoder": {},
+  }
   model = IP2PModel(unet=unet, vae=vae, text_encoder=None, tokenizer=None, schedule=DDIMSchedule(), source="random")
   ip = InstructPix2Pix(model, params, IP2PConfig(size=size, num_steps=steps, dtype=dtype, attention=attention))
   emb = jax.random.normal(jax.random.key(7), (3, 77, unet_cfg["cross_attention_dim"]), jnp.float32)
@@ -88,31 +91,54 @@ def build_edit(n: int, width: int, height: int, isect: float, lpips_on: bool):
   from gaedit_jax.render.types import RenderConfig
 
   tstate, _, model, cams, img, ts = build(n, width, height, views=9)
-  front = lambda x: x[8:9]                  # camera 8: the frontal view
+  front = lambda x: x[8:9]  # camera 8: the frontal view
   cfg = EditConfig(avatar=Path("."), out=Path("."), seed=0)
-  run = SimpleNamespace(cfg=cfg, optimizer=make_optimizer(cfg, 1.0), disc_module=D.PatchDiscriminator(),
-                        disc_optimizer=D.make_discriminator_optimizer(cfg.disc_lr))
+  run = SimpleNamespace(
+    cfg=cfg,
+    optimizer=make_optimizer(cfg, 1.0),
+    disc_module=D.PatchDiscriminator(),
+    disc_optimizer=D.make_discriminator_optimizer(cfg.disc_lr),
+  )
   state = init_edit_state(cfg.seed, tstate.avatar, tstate.flame, run.optimizer, run.disc_module, run.disc_optimizer)
-  settings = StepSettings(render=W.render_config("binary", RenderConfig(sh_degree=3, isect_per_gaussian=isect)),
-                          wabe="binary", lambda_lpips=10.0 if lpips_on else 0.0, gan=True, gan_mode="faithful")
+  settings = StepSettings(
+    render=W.render_config("binary", RenderConfig(sh_degree=3, isect_per_gaussian=isect)),
+    wabe="binary",
+    lambda_lpips=10.0 if lpips_on else 0.0,
+    gan=True,
+    gan_mode="faithful",
+  )
   mouth = mouth_gaussians(state.avatar.binding, mouth_face_mask(model), state.avatar.active)
-  return SimpleNamespace(run=run, state=state, settings=settings, model=model, mouth=mouth,
-                         camera=jax.tree.map(front, cams), photo=front(img), timestep=front(ts),
-                         camera_index=jnp.array([8], jnp.int32), background=jnp.ones(3, jnp.float32))
+  return SimpleNamespace(
+    run=run,
+    state=state,
+    settings=settings,
+    model=model,
+    mouth=mouth,
+    camera=jax.tree.map(front, cams),
+    photo=front(img),
+    timestep=front(ts),
+    camera_index=jnp.array([8], jnp.int32),
+    background=jnp.ones(3, jnp.float32),
+  )
 
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--tiny", action="store_true",
-                  help="CPU smoke test: tiny IP2P, 6k Gaussians, 138x200 images, 64x64 IP2P")
+  ap.add_argument(
+    "--tiny", action="store_true", help="CPU smoke test: tiny IP2P, 6k Gaussians, 138x200 images, 64x64 IP2P"
+  )
   ap.add_argument("--n", type=int, default=None, help="Gaussians (default 100k; --tiny 6k)")
   ap.add_argument("--width", type=int, default=None, help="image width (default 550; --tiny 138)")
   ap.add_argument("--height", type=int, default=None, help="image height (default 802; --tiny 200)")
   ap.add_argument("--size", type=int, default=None, help="IP2P square size (default 512; --tiny 64)")
   ap.add_argument("--steps", type=int, default=20, help="DDIM steps per edit")
   ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="IP2P UNet / VAE dtype")
-  ap.add_argument("--attention", default=None, choices=("cudnn", "xla"),
-                  help="IP2P self-attention (default: cudnn on GPU, xla elsewhere)")
+  ap.add_argument(
+    "--attention",
+    default=None,
+    choices=("cudnn", "xla"),
+    help="IP2P self-attention (default: cudnn on GPU, xla elsewhere)",
+  )
   ap.add_argument("--no-lpips", action="store_true", help="drop the LPIPS-VGG term (weight 10)")
   ap.add_argument("--isect", type=float, default=16.0, help="rasterizer intersections per Gaussian")
   ap.add_argument("--reps", type=int, default=None, help="timed calls (default 10; --tiny 3)")
@@ -127,23 +153,25 @@ def main():
   reps, warmup = a.reps or (3 if t else 10), a.warmup if a.warmup is not None else (1 if t else 3)
   attention = a.attention or ("cudnn" if jax.default_backend() == "gpu" else "xla")
   dev = jax.devices()[0]
-  header = (f"edit iteration: N={n} Gaussians, {width}x{height}, B=1, IP2P {'tiny' if t else 'SD 1.5'} {size}x{size} "
-            f"{a.steps} DDIM steps {a.dtype} attention={attention}, WABE binary, faithful GAN, mouth loss, "
-            f"LPIPS {'off' if a.no_lpips else 'on (random VGG)'}; {dev.device_kind} ({jax.default_backend()}); "
-            f"jax {jax.__version__}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
-            f"{platform.node()}")
+  header = (
+    f"edit iteration: N={n} Gaussians, {width}x{height}, B=1, IP2P {'tiny' if t else 'SD 1.5'} {size}x{size} "
+    f"{a.steps} DDIM steps {a.dtype} attention={attention}, WABE binary, faithful GAN, mouth loss, "
+    f"LPIPS {'off' if a.no_lpips else 'on (random VGG)'}; {dev.device_kind} ({jax.default_backend()}); "
+    f"jax {jax.__version__}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
+    f"{platform.node()}"
+  )
   print(header, flush=True)
   t0 = time.perf_counter()
   log = lambda msg: print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
 
+  from gaedit_jax.avatar import pose
   from gaedit_jax.edit import discriminator as D
   from gaedit_jax.edit.editors import EditContext
-  from gaedit_jax.nets.images import to_square
   from gaedit_jax.edit.loop import make_step
+  from gaedit_jax.edit.mouth import render_mouth_mask
+  from gaedit_jax.nets.images import to_square
   from gaedit_jax.nets.lpips import lpips
   from gaedit_jax.nets.tiny import random_lpips_params
-  from gaedit_jax.edit.mouth import render_mouth_mask
-  from gaedit_jax.avatar import pose
   from gaedit_jax.render import rasterize
 
   editor = build_editor(t, size, a.steps, a.dtype, attention)
@@ -163,22 +191,27 @@ def main():
 
   # (b) render forward (+ parts of the step that run outside the edit)
   fwd = jax.jit(lambda av, fl: rasterize(posed(av, fl), e.camera, e.background, s.render).image)
-  row("(b) render forward (FLAME + rig + rasterize, WABE outputs)",
-      *timed(lambda i: fwd(st.avatar, st.flame), reps, warmup))
+  row(
+    "(b) render forward (FLAME + rig + rasterize, WABE outputs)",
+    *timed(lambda i: fwd(st.avatar, st.flame), reps, warmup),
+  )
   render = fwd(st.avatar, st.flame)
   if not bool(jnp.isfinite(render).all()):
     raise SystemExit("render is not finite")
 
   # (a) the IP2P edit call alone (a new key per call: new t and noise)
   ctx = EditContext.make(e.camera_index, e.timestep)
-  row("(a) IP2P edit call",
-      *timed(lambda i: editor(jax.random.key(i), jnp.clip(render, 0, 1), e.photo, ctx), reps, warmup))
+  row(
+    "(a) IP2P edit call",
+    *timed(lambda i: editor(jax.random.key(i), jnp.clip(render, 0, 1), e.photo, ctx), reps, warmup),
+  )
   cached = editor(jax.random.key(0), jnp.clip(render, 0, 1), e.photo, ctx)
 
   def fwd_bwd(av, fl, cot):
     params = {"gauss": av.params(), "flame": fl}
-    img, vjp = jax.vjp(lambda p: rasterize(posed(av.with_params(p["gauss"]), p["flame"]), e.camera, e.background,
-                                           s.render).image, params)
+    img, vjp = jax.vjp(
+      lambda p: rasterize(posed(av.with_params(p["gauss"]), p["flame"]), e.camera, e.background, s.render).image, params
+    )
     return vjp(cot)
 
   fb = jax.jit(fwd_bwd)
@@ -190,8 +223,12 @@ def main():
   if lp is not None:
     lg = jax.jit(jax.grad(lambda x: jnp.mean(lpips(lp, x, cached, normalize=True))))
     row(f"LPIPS-VGG fwd+bwd ({size}x{size})", *timed(lambda i: lg(x_sq), reps, warmup))
-  gg = jax.jit(jax.grad(lambda x, d: D.adversarial_loss(r.disc_module, d, cached, x, mode="faithful",
-                                                         weight=s.gan_weight)[0], argnums=(0, 1)))
+  gg = jax.jit(
+    jax.grad(
+      lambda x, d: D.adversarial_loss(r.disc_module, d, cached, x, mode="faithful", weight=s.gan_weight)[0],
+      argnums=(0, 1),
+    )
+  )
   row(f"GAN fwd+bwd, D and render ({size}x{size})", *timed(lambda i: gg(x_sq, st.disc), reps, warmup))
 
   # (c), (d): the real jitted step (state donated: thread it through)
@@ -222,20 +259,30 @@ def main():
   print("\n" + header)
   print("| part | ms (median) | first call s (compile + run) | note |")
   print("|---|---|---|---|")
-  for x in sorted(rows, key=lambda x: (not x["part"].startswith("("), x["part"])):   # (a)-(d) first
+  for x in sorted(rows, key=lambda x: (not x["part"].startswith("("), x["part"])):  # (a)-(d) first
     print(f"| {x['part']} | {x['ms']:.2f} | {x['first_s']:.1f} | {x['note']} |")
   print(f"| (d) - (c): the edit inside the step | {d_ms - c_ms:.2f} | | (a) alone: {a_ms:.2f} |")
-  print(f"| (c) - (b): the step besides the render forward | {c_ms - b_ms:.2f} | | "
-        "backward, mouth mask, LPIPS, GAN, regularisers, WABE, Adam |")
-  verdict = ("smoke test, no verdict" if t else
-             f"target < 5 min on one H100: {'met' if proj_s < 300.0 else 'NOT met'} on {dev.device_kind}")
-  print(f"\nprojected {a.iterations}-iteration edit: {a.iterations} x (d) = {proj_s:.1f} s = {proj_s / 60:.2f} min "
-        f"(+ {compile_s:.0f} s compile of (c) and (d)); {verdict}; IP2P share of (d) {a_ms / d_ms:.0%}"
-        + (f"; peak device memory {peak:.1f} GiB" if np.isfinite(peak) else ""))
+  print(
+    f"| (c) - (b): the step besides the render forward | {c_ms - b_ms:.2f} | | "
+    "backward, mouth mask, LPIPS, GAN, regularisers, WABE, Adam |"
+  )
+  verdict = (
+    "smoke test, no verdict"
+    if t
+    else f"target < 5 min on one H100: {'met' if proj_s < 300.0 else 'NOT met'} on {dev.device_kind}"
+  )
+  print(
+    f"\nprojected {a.iterations}-iteration edit: {a.iterations} x (d) = {proj_s:.1f} s = {proj_s / 60:.2f} min "
+    f"(+ {compile_s:.0f} s compile of (c) and (d)); {verdict}; IP2P share of (d) {a_ms / d_ms:.0%}"
+    + (f"; peak device memory {peak:.1f} GiB" if np.isfinite(peak) else "")
+  )
   if a.out:
     with open(a.out, "w") as f:
-      json.dump(dict(header=header, rows=rows, projected_s=proj_s, compile_s=compile_s, peak_gib=peak,
-                     args=vars(a)), f, indent=2)
+      json.dump(
+        dict(header=header, rows=rows, projected_s=proj_s, compile_s=compile_s, peak_gib=peak, args=vars(a)),
+        f,
+        indent=2,
+      )
 
 
 if __name__ == "__main__":

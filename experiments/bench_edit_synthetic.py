@@ -54,21 +54,39 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import numpy as np
 
-VARIANTS = {"plain": dict(wabe="off", gan=False), "wabe": dict(wabe="binary", gan=False),
-            "gan": dict(wabe="off", gan=True), "both": dict(wabe="binary", gan=True),
-            # the GAN's alternating mode (D on the detached render, then G): not in the default set
-            "gan_std": dict(wabe="off", gan=True, gan_mode="standard"),
-            "both_std": dict(wabe="binary", gan=True, gan_mode="standard"),
-            # WABE's visible set per tile (the released kernel's mask density, deterministic)
-            "wabe_tile": dict(wabe="binary", gan=False, wabe_visibility="tile"),
-            "both_tile": dict(wabe="binary", gan=True, wabe_visibility="tile")}
-LABELS = {"plain": "plain loop", "wabe": "+WABE", "gan": "+GAN", "both": "+both", "gan_std": "+GAN (standard)",
-          "both_std": "+both (standard)", "wabe_tile": "+WABE per tile", "both_tile": "+both, WABE per tile",
-          "before": "before edit"}
+VARIANTS = {
+  "plain": dict(wabe="off", gan=False),
+  "wabe": dict(wabe="binary", gan=False),
+  "gan": dict(wabe="off", gan=True),
+  "both": dict(wabe="binary", gan=True),
+  # the GAN's alternating mode (D on the detached render, then G): not in the default set
+  "gan_std": dict(wabe="off", gan=True, gan_mode="standard"),
+  "both_std": dict(wabe="binary", gan=True, gan_mode="standard"),
+  # WABE's visible set per tile (the released kernel's mask density, deterministic)
+  "wabe_tile": dict(wabe="binary", gan=False, wabe_visibility="tile"),
+  "both_tile": dict(wabe="binary", gan=True, wabe_visibility="tile"),
+}
+LABELS = {
+  "plain": "plain loop",
+  "wabe": "+WABE",
+  "gan": "+GAN",
+  "both": "+both",
+  "gan_std": "+GAN (standard)",
+  "both_std": "+both (standard)",
+  "wabe_tile": "+WABE per tile",
+  "both_tile": "+both, WABE per tile",
+  "before": "before edit",
+}
 # table columns: (metric key, header, decimals)
-COLUMNS = [("val/psnr", "val PSNR", 2), ("val/ssim", "val SSIM", 4), ("test/psnr", "test PSNR", 2),
-           ("test/ssim", "test SSIM", 4), ("test_open/psnr", "test open-mouth PSNR", 2),
-           ("test_open/ssim", "test open-mouth SSIM", 4), ("test/flicker", "test flicker ↓", 5)]
+COLUMNS = [
+  ("val/psnr", "val PSNR", 2),
+  ("val/ssim", "val SSIM", 4),
+  ("test/psnr", "test PSNR", 2),
+  ("test/ssim", "test SSIM", 4),
+  ("test_open/psnr", "test open-mouth PSNR", 2),
+  ("test_open/ssim", "test open-mouth SSIM", 4),
+  ("test/flicker", "test flicker ↓", 5),
+]
 DEMO_SIZES = dict(width=128, height=176, num_timesteps=16, num_cameras=16)
 QUICK_SIZES = dict(width=64, height=88, num_timesteps=10, num_cameras=9)
 
@@ -90,9 +108,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (smoke test)")
   p.add_argument("--reuse", action="store_true", help="reuse the data, the avatar and finished runs in --out")
   p.add_argument("--progress", action="store_true", help="progress bars")
-  p.add_argument("--jobs", type=int, default=1,
-                 help="edit the variants in this many processes at once (each run is small: one GPU holds "
-                      "several); the edit times are then measured under contention")
+  p.add_argument(
+    "--jobs",
+    type=int,
+    default=1,
+    help="edit the variants in this many processes at once (each run is small: one GPU holds "
+    "several); the edit times are then measured under contention",
+  )
   a = p.parse_args(argv)
   sizes = QUICK_SIZES if a.quick else DEMO_SIZES
   for k, v in sizes.items():
@@ -115,8 +137,16 @@ def prepare_data(a) -> bool:
 
   wrote = False
   for tex, folder in (("skin", a.out / "data"), ("facepaint", a.out / "data_facepaint")):
-    cfg = SynthConfig(out=folder, width=a.width, height=a.height, num_cameras=a.num_cameras,
-                      num_timesteps=a.num_timesteps, seed=a.data_seed, texture=tex, overwrite=True)
+    cfg = SynthConfig(
+      out=folder,
+      width=a.width,
+      height=a.height,
+      num_cameras=a.num_cameras,
+      num_timesteps=a.num_timesteps,
+      seed=a.data_seed,
+      texture=tex,
+      overwrite=True,
+    )
     info = folder / "synth_info.json"
     want = {k: getattr(cfg, k) for k in ("width", "height", "num_cameras", "num_timesteps", "seed", "texture")}
     if a.reuse and info.exists():
@@ -143,13 +173,25 @@ def reconstruct_avatar(a, fresh_data: bool) -> dict:
       print(f"using the avatar in {model}")
       return dict(reused=True)
   d, n = DemoConfig(), a.recon_iterations
-  f = n / d.iterations   # the demo's schedule is tuned for 1500 iterations: keep its proportions
+  f = n / d.iterations  # the demo's schedule is tuned for 1500 iterations: keep its proportions
   rc = ReconstructConfig(
-      data=a.out / "data", out=model, iterations=n, seed=0, densify_from=max(1, round(d.densify_from * f)),
-      densify_interval=max(1, round(d.densify_interval * f)), densify_until=round(d.densify_until * f),
-      sh_degree_interval=max(1, round(d.sh_degree_interval * f)), opacity_reset_interval=10 * n,
-      reset_opacity_at_densify_from=False, checkpoint_interval=n, eval_interval=0, log_interval=50,
-      progress=a.progress, tensorboard=False, overwrite=True)
+    data=a.out / "data",
+    out=model,
+    iterations=n,
+    seed=0,
+    densify_from=max(1, round(d.densify_from * f)),
+    densify_interval=max(1, round(d.densify_interval * f)),
+    densify_until=round(d.densify_until * f),
+    sh_degree_interval=max(1, round(d.sh_degree_interval * f)),
+    opacity_reset_interval=10 * n,
+    reset_opacity_at_densify_from=False,
+    checkpoint_interval=n,
+    eval_interval=0,
+    log_interval=50,
+    progress=a.progress,
+    tensorboard=False,
+    overwrite=True,
+  )
   print(f"reconstructing the avatar ({n} iterations)")
   t0 = time.perf_counter()
   res = reconstruct(rc)
@@ -193,17 +235,22 @@ class Evaluator:
     for s in ("val", "test"):
       ds = AvatarDataset(a.out / "data_facepaint", s, **kw)
       skin = AvatarDataset(a.out / "data", s, **kw)
-      assert (np.array_equal(ds.timesteps, skin.timesteps) and np.array_equal(ds.camera_indices, skin.camera_indices)), \
-          "the face-paint and skin datasets list different frames (regenerate without --reuse)"
+      assert np.array_equal(ds.timesteps, skin.timesteps) and np.array_equal(ds.camera_indices, skin.camera_indices), (
+        "the face-paint and skin datasets list different frames (regenerate without --reuse)"
+      )
       all_idx = np.arange(len(ds))
-      self.splits[s] = dict(ds=ds, paint=np.asarray(ds.batch(all_idx).image), skin=np.asarray(skin.batch(all_idx).image))
+      self.splits[s] = dict(
+        ds=ds, paint=np.asarray(ds.batch(all_idx).image), skin=np.asarray(skin.batch(all_idx).image)
+      )
     test = self.splits["test"]["ds"]
     self.background = test.background
     self.jaw = np.asarray(test.flame_params.jaw_pose)[:, 0]
-    self.open = self.jaw[test.timesteps] > a.open_jaw          # [test frames]
+    self.open = self.jaw[test.timesteps] > a.open_jaw  # [test frames]
     if not self.open.any():
-      print(f"warning: no held-out timestep opens the jaw above {a.open_jaw} rad (jaw "
-            f"{np.round(self.jaw[np.unique(test.timesteps)], 3).tolist()}); open-mouth metrics are NaN")
+      print(
+        f"warning: no held-out timestep opens the jaw above {a.open_jaw} rad (jaw "
+        f"{np.round(self.jaw[np.unique(test.timesteps)], 3).tolist()}); open-mouth metrics are NaN"
+      )
     # grid frame: frontal camera, the held-out timestep with the widest jaw opening
     cams = test.camera_indices
     cam = VAL_CAMERA if VAL_CAMERA in cams else int(np.unique(cams)[len(np.unique(cams)) // 2])
@@ -213,10 +260,13 @@ class Evaluator:
   def info(self) -> dict:
     t = self.splits["test"]["ds"]
     ts = np.unique(t.timesteps)
-    return dict(test_timesteps=ts.tolist(), test_jaw=np.round(self.jaw[ts], 4).tolist(),
-                open_test_timesteps=np.unique(t.timesteps[self.open]).tolist(),
-                frames=dict(val=len(self.splits["val"]["ds"]), test=len(t), test_open=int(self.open.sum())),
-                grid_frame=dict(camera=int(t.camera_indices[self.grid_index]), timestep=int(t.timesteps[self.grid_index])))
+    return dict(
+      test_timesteps=ts.tolist(),
+      test_jaw=np.round(self.jaw[ts], 4).tolist(),
+      open_test_timesteps=np.unique(t.timesteps[self.open]).tolist(),
+      frames=dict(val=len(self.splits["val"]["ds"]), test=len(t), test_open=int(self.open.sum())),
+      grid_frame=dict(camera=int(t.camera_indices[self.grid_index]), timestep=int(t.timesteps[self.grid_index])),
+    )
 
   def __call__(self, avatar, model, flame, against: str = "paint") -> tuple[dict, np.ndarray]:
     """Metrics {"val/psnr": ..., "test_open/ssim": ..., "test/flicker": ...} of an avatar (baked
@@ -224,7 +274,7 @@ class Evaluator:
     from gaedit_jax.avatar import render_views
     from gaedit_jax.render.types import RenderConfig
 
-    rc = RenderConfig(sh_degree=avatar.sh_degree, wabe_k=0)   # no WABE outputs needed: faster
+    rc = RenderConfig(sh_degree=avatar.sh_degree, wabe_k=0)  # no WABE outputs needed: faster
     m, grid = {}, None
     for s, d in self.splits.items():
       ds, gt = d["ds"], d[against]
@@ -253,23 +303,36 @@ def gan_gradient_share(er, views: int = 8) -> dict:
   toward "fake", against L_G) and for w L_G alone (standard mode)."""
   import jax.numpy as jnp
 
+  from gaedit_jax.avatar import render_views
   from gaedit_jax.edit import discriminator as D
   from gaedit_jax.edit.editors import EditContext
-  from gaedit_jax.avatar import render_views
 
   c, st = er.cfg, er.state
   idx = np.linspace(0, len(er.train_ds) - 1, views).astype(int)
   b = er.train_ds.batch(idx)
-  x = jnp.asarray(render_views(st.avatar, er.model, st.flame, np.asarray(b.timestep), b.camera, er.background,
-                               dataclasses.replace(er.settings.render, wabe_k=0, wabe_backward=False, mesh=None)))
+  x = jnp.asarray(
+    render_views(
+      st.avatar,
+      er.model,
+      st.flame,
+      np.asarray(b.timestep),
+      b.camera,
+      er.background,
+      dataclasses.replace(er.settings.render, wabe_k=0, wabe_backward=False, mesh=None),
+    )
+  )
   edit = er.editor(jax.random.key(c.seed), x, jnp.asarray(b.image), EditContext.from_batch(b))
   g_l1 = jax.grad(lambda y: c.lambda_l1 * jnp.mean(jnp.abs(y - edit)))(x)
-  g_f = jax.grad(lambda y: D.adversarial_loss(er.disc_module, st.disc, edit, y, mode="faithful",
-                                              weight=c.gan_weight)[0])(x)
+  g_f = jax.grad(
+    lambda y: D.adversarial_loss(er.disc_module, st.disc, edit, y, mode="faithful", weight=c.gan_weight)[0]
+  )(x)
   g_g = jax.grad(lambda y: D.generator_loss(er.disc_module, st.disc, edit, y, weight=c.gan_weight))(x)
   n = lambda g: float(jnp.linalg.norm(g))
-  return dict(faithful_over_l1=n(g_f) / n(g_l1), generator_over_l1=n(g_g) / n(g_l1),
-              cos_faithful_generator=float(jnp.vdot(g_f, g_g) / (n(g_f) * n(g_g) + 1e-30)))
+  return dict(
+    faithful_over_l1=n(g_f) / n(g_l1),
+    generator_over_l1=n(g_g) / n(g_l1),
+    cos_faithful_generator=float(jnp.vdot(g_f, g_g) / (n(g_f) * n(g_g) + 1e-30)),
+  )
 
 
 def _stats(vals) -> dict:
@@ -330,16 +393,20 @@ def claim_check(agg: dict) -> list[dict]:
 
 
 def print_claim(rows: list[dict]) -> str:
-  out = ["Claim check: \"WABE / GAN improve held-out timesteps by more than the seed-to-seed spread\"",
-         "criterion: improvement = mean(variant) - mean(plain) over seeds (for flicker: plain - variant); "
-         "yes if improvement > max(std plain, std variant) (sample std over seeds)"]
+  out = [
+    "Claim check: \"WABE / GAN improve held-out timesteps by more than the seed-to-seed spread\"",
+    "criterion: improvement = mean(variant) - mean(plain) over seeds (for flicker: plain - variant); "
+    "yes if improvement > max(std plain, std variant) (sample std over seeds)",
+  ]
   for r in rows:
     unit = " dB" if "psnr" in r["metric"] else ""
     d = 2 if unit else 5
     verdict = {True: "YES", False: "no", None: "n/a (needs >= 2 seeds)"}[r["exceeds_spread"]]
     tag = "  " if r["metric"] == "test/psnr" else "    (also) "
-    out.append(f"{tag}{LABELS[r['variant']]} vs plain, {r['metric']}: improvement {r['improvement']:+.{d}f}{unit}, "
-               f"spread {r['spread']:.{d}f}{unit} -> {verdict}")
+    out.append(
+      f"{tag}{LABELS[r['variant']]} vs plain, {r['metric']}: improvement {r['improvement']:+.{d}f}{unit}, "
+      f"spread {r['spread']:.{d}f}{unit} -> {verdict}"
+    )
   text = "\n".join(out)
   print(text)
   return text
@@ -349,8 +416,8 @@ def save_grid(a, res: dict, variants: list[str], gt: np.ndarray) -> Path:
   """OUT/grid.png: ground truth | before edit | variants (first seed), labelled."""
   from PIL import Image, ImageDraw
 
-  from gaedit_jax.nets.images import read_png
   from gaedit_jax.io.media import save_png, side_by_side, to_uint8
+  from gaedit_jax.nets.images import read_png
 
   tiles = [("ground truth", gt), ("before edit", read_png(a.out / "before_grid_frame.png"))]
   s0 = str(a.seeds[0])
@@ -374,7 +441,7 @@ def run_jobs(a, res: dict) -> None:
   import subprocess
 
   todo = [v for v in a.variants if any(str(s) not in res["runs"].get(v, {}) for s in a.seeds)]
-  groups = [todo[k::a.jobs] for k in range(min(a.jobs, len(todo)))]
+  groups = [todo[k :: a.jobs] for k in range(min(a.jobs, len(todo)))]
   procs = []
   for k, vs in enumerate(groups):
     d = a.out / "jobs" / str(k)
@@ -382,10 +449,29 @@ def run_jobs(a, res: dict) -> None:
     for name in ("data", "data_facepaint", "model"):
       if not (d / name).exists():
         (d / name).symlink_to(a.out / name)
-    argv = [sys.executable, os.path.abspath(__file__), "--out", str(d), "--reuse", "--variants", *vs,
-            "--seeds", *map(str, a.seeds), "--edit-iterations", str(a.edit_iterations),
-            "--recon-iterations", str(a.recon_iterations), "--data-seed", str(a.data_seed),
-            "--open-jaw", str(a.open_jaw), "--gan-weight", str(a.gan_weight), "--noise", str(a.noise)]
+    argv = [
+      sys.executable,
+      os.path.abspath(__file__),
+      "--out",
+      str(d),
+      "--reuse",
+      "--variants",
+      *vs,
+      "--seeds",
+      *map(str, a.seeds),
+      "--edit-iterations",
+      str(a.edit_iterations),
+      "--recon-iterations",
+      str(a.recon_iterations),
+      "--data-seed",
+      str(a.data_seed),
+      "--open-jaw",
+      str(a.open_jaw),
+      "--gan-weight",
+      str(a.gan_weight),
+      "--noise",
+      str(a.noise),
+    ]
     argv += [x for k2 in DEMO_SIZES for x in ("--" + k2.replace("_", "-"), str(getattr(a, k2)))]
     if a.lpips_weights:
       argv += ["--lpips-weights", str(a.lpips_weights)]
@@ -411,7 +497,7 @@ def write_results(a, res: dict, variants: list[str]) -> None:
   res["claim_check"] = claim_check(res["aggregate"])
   tmp = a.out / "results.json.tmp"
   tmp.write_text(json.dumps(res, indent=2))
-  tmp.replace(a.out / "results.json")   # atomic: a crash never leaves a half-written file
+  tmp.replace(a.out / "results.json")  # atomic: a crash never leaves a half-written file
 
 
 # ------------------------------------------------------------------------------------------------
@@ -421,22 +507,34 @@ def write_results(a, res: dict, variants: list[str]) -> None:
 
 def main(argv=None) -> dict:
   from gaedit_jax.edit.loop import EditConfig, EditRun, build_editor
-  from gaedit_jax.io.model_folder import load_trained
   from gaedit_jax.io.media import save_png
+  from gaedit_jax.io.model_folder import load_trained
 
   a = parse_args(argv)
   a.out.mkdir(parents=True, exist_ok=True)
   t_start = time.perf_counter()
-  print(f"bench_edit_synthetic: {jax.devices()[0].platform}, {a.width}x{a.height}, {a.num_cameras} cameras, "
-        f"{a.num_timesteps} timesteps, recon {a.recon_iterations} it, edit {a.edit_iterations} it, "
-        f"variants {a.variants}, seeds {a.seeds}")
+  print(
+    f"bench_edit_synthetic: {jax.devices()[0].platform}, {a.width}x{a.height}, {a.num_cameras} cameras, "
+    f"{a.num_timesteps} timesteps, recon {a.recon_iterations} it, edit {a.edit_iterations} it, "
+    f"variants {a.variants}, seeds {a.seeds}"
+  )
   t0 = time.perf_counter()
   fresh = prepare_data(a)
   t_data = time.perf_counter() - t0
   recon = reconstruct_avatar(a, fresh)
-  settings = dict(width=a.width, height=a.height, num_cameras=a.num_cameras, num_timesteps=a.num_timesteps,
-                  data_seed=a.data_seed, recon_iterations=a.recon_iterations, edit_iterations=a.edit_iterations,
-                  open_jaw=a.open_jaw, noise=a.noise, lpips=a.lpips_weights is not None, gan_weight=a.gan_weight)
+  settings = dict(
+    width=a.width,
+    height=a.height,
+    num_cameras=a.num_cameras,
+    num_timesteps=a.num_timesteps,
+    data_seed=a.data_seed,
+    recon_iterations=a.recon_iterations,
+    edit_iterations=a.edit_iterations,
+    open_jaw=a.open_jaw,
+    noise=a.noise,
+    lpips=a.lpips_weights is not None,
+    gan_weight=a.gan_weight,
+  )
   res = dict(settings=settings, runs={})
   old = a.out / "results.json"
   if a.reuse and not fresh and recon["reused"] and old.exists():
@@ -459,65 +557,92 @@ def main(argv=None) -> dict:
   if not recon["reused"]:
     res["recon"] = dict(recon, data_seconds=t_data)
   res.setdefault("recon", {})["metrics_vs_skin"] = recon_q
-  print(f"reconstruction vs skin ground truth: val PSNR {recon_q['val/psnr']:.2f}, test PSNR {recon_q['test/psnr']:.2f}; "
-        f"before edit vs face paint: val PSNR {before['val/psnr']:.2f}, test PSNR {before['test/psnr']:.2f}")
-  print(f"held-out timesteps {res['eval']['test_timesteps']}, jaw {res['eval']['test_jaw']} rad; "
-        f"open-mouth (> {a.open_jaw} rad): {res['eval']['frames']['test_open']} of {res['eval']['frames']['test']} test frames")
+  print(
+    f"reconstruction vs skin ground truth: val PSNR {recon_q['val/psnr']:.2f}, test PSNR {recon_q['test/psnr']:.2f}; "
+    f"before edit vs face paint: val PSNR {before['val/psnr']:.2f}, test PSNR {before['test/psnr']:.2f}"
+  )
+  print(
+    f"held-out timesteps {res['eval']['test_timesteps']}, jaw {res['eval']['test_jaw']} rad; "
+    f"open-mouth (> {a.open_jaw} rad): {res['eval']['frames']['test_open']} of {res['eval']['frames']['test']} test frames"
+  )
 
   if a.jobs > 1:
     run_jobs(a, res)
     write_results(a, res, a.variants)
-  editor = None   # the synthetic editor (all face-paint images) is loaded once and shared by all runs
-  compiled: set[str] = set()   # variants whose jitted edit step this process has compiled
+  editor = None  # the synthetic editor (all face-paint images) is loaded once and shared by all runs
+  compiled: set[str] = set()  # variants whose jitted edit step this process has compiled
   for v in a.variants:
     for seed in a.seeds:
       if str(seed) in res["runs"].get(v, {}):
         print(f"[{LABELS[v]}, seed {seed}] reused from results.json")
         continue
       run_dir = a.out / "runs" / v / f"seed{seed}"
-      cfg = EditConfig(avatar=a.out / "model", out=run_dir, editor="synthetic", target_data=a.out / "data_facepaint",
-                       synthetic_noise=a.noise, iterations=a.edit_iterations, seed=seed,
-                       lambda_lpips=10.0 if a.lpips_weights else 0.0, lpips_weights=a.lpips_weights,
-                       checkpoint_interval=a.edit_iterations, keep_checkpoints=1, dump_interval=0,
-                       progress=a.progress, tensorboard=False, gan_weight=a.gan_weight, overwrite=True,
-                       eval_every=0,
-                       **VARIANTS[v])
+      cfg = EditConfig(
+        avatar=a.out / "model",
+        out=run_dir,
+        editor="synthetic",
+        target_data=a.out / "data_facepaint",
+        synthetic_noise=a.noise,
+        iterations=a.edit_iterations,
+        seed=seed,
+        lambda_lpips=10.0 if a.lpips_weights else 0.0,
+        lpips_weights=a.lpips_weights,
+        checkpoint_interval=a.edit_iterations,
+        keep_checkpoints=1,
+        dump_interval=0,
+        progress=a.progress,
+        tensorboard=False,
+        gan_weight=a.gan_weight,
+        overwrite=True,
+        eval_every=0,
+        **VARIANTS[v],
+      )
       if editor is None:
         editor = build_editor(cfg, float(c.get("image_scale", 1.0)), bool(c.get("white_background", True)))
       er = EditRun(cfg, editor=editor)
-      out = er.run()   # edit_seconds includes the compilation of the variant's step (first seed)
+      out = er.run()  # edit_seconds includes the compilation of the variant's step (first seed)
       t1 = time.perf_counter()
       m, frame = ev(er.state.avatar, er.model, er.state.flame)
       if cfg.gan:
         share = gan_gradient_share(er)
         m.update({f"gan_grad/{k}": v for k, v in share.items()})
-        print(f"  GAN gradient at the render, relative to the L1 term's: faithful w(L_D+L_G) "
-              f"{share['faithful_over_l1']:.2e}, w L_G {share['generator_over_l1']:.2e} "
-              f"(cosine between them {share['cos_faithful_generator']:+.3f})")
+        print(
+          f"  GAN gradient at the render, relative to the L1 term's: faithful w(L_D+L_G) "
+          f"{share['faithful_over_l1']:.2e}, w L_G {share['generator_over_l1']:.2e} "
+          f"(cosine between them {share['cos_faithful_generator']:+.3f})"
+        )
       save_png(run_dir / "grid_frame.png", frame)
-      shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)   # the export (point_cloud/) is enough
+      shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the export (point_cloud/) is enough
       t_eval = time.perf_counter() - t1
-      res["runs"].setdefault(v, {})[str(seed)] = dict(metrics=m, edit_seconds=out["edit_seconds"],
-                                                       eval_seconds=t_eval, iterations=out["iterations"])
+      res["runs"].setdefault(v, {})[str(seed)] = dict(
+        metrics=m, edit_seconds=out["edit_seconds"], eval_seconds=t_eval, iterations=out["iterations"]
+      )
       write_results(a, res, a.variants)
       note = "" if v in compiled else " (incl. compile)"
       compiled.add(v)
-      print(f"[{LABELS[v]}, seed {seed}] edit {out['edit_seconds']:.1f} s{note}, eval {t_eval:.1f} s: "
-            f"val PSNR {m['val/psnr']:.2f} SSIM {m['val/ssim']:.4f} | test PSNR {m['test/psnr']:.2f} "
-            f"SSIM {m['test/ssim']:.4f} | open-mouth PSNR {m['test_open/psnr']:.2f} | "
-            f"flicker {m['test/flicker']:.5f}", flush=True)
+      print(
+        f"[{LABELS[v]}, seed {seed}] edit {out['edit_seconds']:.1f} s{note}, eval {t_eval:.1f} s: "
+        f"val PSNR {m['val/psnr']:.2f} SSIM {m['val/ssim']:.4f} | test PSNR {m['test/psnr']:.2f} "
+        f"SSIM {m['test/ssim']:.4f} | open-mouth PSNR {m['test_open/psnr']:.2f} | "
+        f"flicker {m['test/flicker']:.5f}",
+        flush=True,
+      )
 
   write_results(a, res, a.variants)
   gt = ev.splits["test"]["paint"][ev.grid_index]
   grid = save_grid(a, res, a.variants, gt)
   md = table(res, a.variants)
-  print(f"\nEdit toward face paint (synthetic editor, {a.edit_iterations} iterations, GAN weight {a.gan_weight}), "
-        "metrics vs the face-paint ground truth; mean ± sample std over seeds\n")
+  print(
+    f"\nEdit toward face paint (synthetic editor, {a.edit_iterations} iterations, GAN weight {a.gan_weight}), "
+    "metrics vs the face-paint ground truth; mean ± sample std over seeds\n"
+  )
   print(md + "\n")
   claim = print_claim(res["claim_check"])
   (a.out / "table.md").write_text(md + "\n\n" + claim + "\n")
-  print(f"\nresults: {a.out / 'results.json'}, table: {a.out / 'table.md'}, grid: {grid}; "
-        f"total {time.perf_counter() - t_start:.0f} s")
+  print(
+    f"\nresults: {a.out / 'results.json'}, table: {a.out / 'table.md'}, grid: {grid}; "
+    f"total {time.perf_counter() - t_start:.0f} s"
+  )
   return res
 
 

@@ -31,16 +31,37 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-SD15_UNET = dict(sample_size=64, in_channels=8, out_channels=4,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-                 block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8,
-                 cross_attention_dim=768)
-SD15_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-                layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=512)
-SCHED = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-             clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+SD15_UNET = dict(
+  sample_size=64,
+  in_channels=8,
+  out_channels=4,
+  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+  block_out_channels=(320, 640, 1280, 1280),
+  layers_per_block=2,
+  attention_head_dim=8,
+  cross_attention_dim=768,
+)
+SD15_VAE = dict(
+  in_channels=3,
+  out_channels=3,
+  down_block_types=("DownEncoderBlock2D",) * 4,
+  up_block_types=("UpDecoderBlock2D",) * 4,
+  block_out_channels=(128, 256, 512, 512),
+  layers_per_block=2,
+  latent_channels=4,
+  norm_num_groups=32,
+  sample_size=512,
+)
+SCHED = dict(
+  num_train_timesteps=1000,
+  beta_start=0.00085,
+  beta_end=0.012,
+  beta_schedule="scaled_linear",
+  clip_sample=False,
+  set_alpha_to_one=False,
+  steps_offset=1,
+)
 
 
 T0 = time.perf_counter()
@@ -69,6 +90,7 @@ def _median_ms(times):
 # PyTorch reference
 # ---------------------------------------------------------------------------------------------
 
+
 def bench_torch(args, unet_cfg, vae_cfg, batches):
   import torch
   from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -86,7 +108,7 @@ def bench_torch(args, unet_cfg, vae_cfg, batches):
   rng = np.random.default_rng(0)
   log("PyTorch models ready")
   for b in batches:
-    emb = torch.randn(3, 77, d, device=dev, dtype=dt).repeat_interleave(b, 0)   # [text]*B, [""]*B, [""]*B
+    emb = torch.randn(3, 77, d, device=dev, dtype=dt).repeat_interleave(b, 0)  # [text]*B, [""]*B, [""]*B
     renders = torch.rand(b, 3, args.size, args.size, device=dev, dtype=dt)
     originals = torch.rand(b, 3, args.size, args.size, device=dev, dtype=dt)
 
@@ -118,8 +140,14 @@ def bench_torch(args, unet_cfg, vae_cfg, batches):
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else float("nan")
     # one UNet step alone (batch 3 x images)
-    x = torch.randn(3 * b, 8, args.size // 8 if not args.tiny else args.size // 4, args.size // 8 if not args.tiny
-                    else args.size // 4, device=dev, dtype=dt)
+    x = torch.randn(
+      3 * b,
+      8,
+      args.size // 8 if not args.tiny else args.size // 4,
+      args.size // 8 if not args.tiny else args.size // 4,
+      device=dev,
+      dtype=dt,
+    )
     st = []
     with torch.no_grad():
       for i in range(args.warmup + args.reps):
@@ -129,13 +157,22 @@ def bench_torch(args, unet_cfg, vae_cfg, batches):
         sync()
         if i >= args.warmup:
           st.append(time.perf_counter() - t0)
-    add_row(dict(impl=f"PyTorch diffusers {str(dt).replace('torch.', '')} eager", batch=b,
-                 ms=_median_ms(times), unet_step_ms=_median_ms(st), first_ms=float("nan"), peak_gib=peak))
+    add_row(
+      dict(
+        impl=f"PyTorch diffusers {str(dt).replace('torch.', '')} eager",
+        batch=b,
+        ms=_median_ms(times),
+        unet_step_ms=_median_ms(st),
+        first_ms=float("nan"),
+        peak_gib=peak,
+      )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # ours
 # ---------------------------------------------------------------------------------------------
+
 
 def _random_params(shapes, seed, dtype):
   """Random well-scaled parameters drawn on the host with numpy (float32 ziggurat: ~10 s for the
@@ -169,8 +206,11 @@ def random_ip2p(unet_cfg, vae_cfg, size, dtype, attention, steps=20):
   flax_patches.silence_library_logs()
   dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
   unet, vae = FlaxUNet2DConditionModel(**unet_cfg), FlaxAutoencoderKL(**vae_cfg)
-  params = {"unet": _random_params(unet_shapes(unet), 0, dt), "vae": _random_params(vae_shapes(vae), 1, dt),
-            "text_encoder": {}}
+  params = {
+    "unet": _random_params(unet_shapes(unet), 0, dt),
+    "vae": _random_params(vae_shapes(vae), 1, dt),
+    "text_encoder": {},
+  }
   model = IP2PModel(unet=unet, vae=vae, text_encoder=None, tokenizer=None, schedule=DDIMSchedule(), source="random")
   return InstructPix2Pix(model, params, IP2PConfig(size=size, dtype=dtype, attention=attention, num_steps=steps))
 
@@ -185,6 +225,7 @@ def unet_step_fn(ip, attention):
   def step(p, x, e):
     with flax_patches.attention_implementation(attention):
       return ip.unet.apply({"params": p}, x, jnp.full((x.shape[0],), 500, jnp.int32), encoder_hidden_states=e).sample
+
   return jax.jit(step)
 
 
@@ -212,9 +253,16 @@ def bench_ours(args, unet_cfg, vae_cfg, batches, attention):
       if i >= args.warmup:
         times.append(time.perf_counter() - t0)
     if attention not in args.unet_step_for.split(","):
-      add_row(dict(impl=f"ours Flax {args.dtype} jit, attention={attention}", batch=b, ms=_median_ms(times),
-                   unet_step_ms=float("nan"), first_ms=1000 * first,
-                   peak_gib=(jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", float("nan")) / 2**30))
+      add_row(
+        dict(
+          impl=f"ours Flax {args.dtype} jit, attention={attention}",
+          batch=b,
+          ms=_median_ms(times),
+          unet_step_ms=float("nan"),
+          first_ms=1000 * first,
+          peak_gib=(jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", float("nan")) / 2**30,
+        )
+      )
       continue
     ds = 8 if not args.tiny else 4
     x = jnp.zeros((3 * b, 8, args.size // ds, args.size // ds), dt)
@@ -230,16 +278,25 @@ def bench_ours(args, unet_cfg, vae_cfg, batches, attention):
         st.append(time.perf_counter() - t0)
     stats = jax.devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use", float("nan")) / 2**30
-    add_row(dict(impl=f"ours Flax {args.dtype} jit, attention={attention}", batch=b, ms=_median_ms(times),
-                 unet_step_ms=_median_ms(st), first_ms=1000 * first, peak_gib=peak))
+    add_row(
+      dict(
+        impl=f"ours Flax {args.dtype} jit, attention={attention}",
+        batch=b,
+        ms=_median_ms(times),
+        unet_step_ms=_median_ms(st),
+        first_ms=1000 * first,
+        peak_gib=peak,
+      )
+    )
 
 
 def main():
   global OUT, HEADER
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--batches", default="1,4", help="PyTorch batches (images per call)")
-  ap.add_argument("--ours", default="cudnn:1,4;xla:1,4",
-                  help="our variants: attention:batches;... (attention = cudnn or xla)")
+  ap.add_argument(
+    "--ours", default="cudnn:1,4;xla:1,4", help="our variants: attention:batches;... (attention = cudnn or xla)"
+  )
   ap.add_argument("--size", type=int, default=512)
   ap.add_argument("--steps", type=int, default=20)
   ap.add_argument("--reps", type=int, default=10)
@@ -254,14 +311,17 @@ def main():
 
   if args.tiny:
     from gaedit_jax.nets.tiny import TINY_UNET, TINY_VAE
+
     unet_cfg, vae_cfg = dict(TINY_UNET), dict(TINY_VAE)
   else:
     unet_cfg, vae_cfg = SD15_UNET, SD15_VAE
   OUT = args.out
   dev = jax.devices()[0]
-  HEADER = (f"InstructPix2Pix edit call, {'tiny' if args.tiny else 'SD 1.5'} architecture, {args.size}x{args.size}, "
-            f"{args.steps} DDIM steps, 3-way guidance; {dev.device_kind}; jax {jax.__version__}; "
-            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {platform.node()}")
+  HEADER = (
+    f"InstructPix2Pix edit call, {'tiny' if args.tiny else 'SD 1.5'} architecture, {args.size}x{args.size}, "
+    f"{args.steps} DDIM steps, 3-way guidance; {dev.device_kind}; jax {jax.__version__}; "
+    f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {platform.node()}"
+  )
   print(HEADER, flush=True)
   if not args.no_torch:
     try:
@@ -269,9 +329,10 @@ def main():
       import gc
 
       import torch
+
       gc.collect()
       if torch.cuda.is_available():
-        torch.cuda.empty_cache()   # give the PyTorch models' memory back before XLA allocates
+        torch.cuda.empty_cache()  # give the PyTorch models' memory back before XLA allocates
     except Exception as e:  # noqa: BLE001  (report and go on to ours)
       log(f"PyTorch run failed: {type(e).__name__}: {e}")
   for spec in args.ours.split(";"):
@@ -286,17 +347,21 @@ def main():
 def print_table(header, rows):
   print("\n" + header)
   ref = {r["batch"]: r["ms"] for r in rows if r["impl"].startswith("PyTorch")}
-  print("| implementation | images | ms per call (median) | x PyTorch | UNet step ms (batch 3 x images) "
-        "| first call ms (compile) | peak GiB |")
+  print(
+    "| implementation | images | ms per call (median) | x PyTorch | UNet step ms (batch 3 x images) "
+    "| first call ms (compile) | peak GiB |"
+  )
   print("|---|---|---|---|---|---|---|")
   for r in rows:
     ratio = r["ms"] / ref[r["batch"]] if r["batch"] in ref else float("nan")
-    print(f"| {r['impl']} | {r['batch']} | {r['ms']:.1f} | {ratio:.2f} | {r['unet_step_ms']:.1f} | "
-          f"{r['first_ms']:.0f} | {r['peak_gib']:.1f} |")
+    print(
+      f"| {r['impl']} | {r['batch']} | {r['ms']:.1f} | {ratio:.2f} | {r['unet_step_ms']:.1f} | "
+      f"{r['first_ms']:.0f} | {r['peak_gib']:.1f} |"
+    )
 
 
 if __name__ == "__main__":
-  if len(sys.argv) == 3 and sys.argv[1] == "--table":     # re-print a saved JSON as the table
+  if len(sys.argv) == 3 and sys.argv[1] == "--table":  # re-print a saved JSON as the table
     with open(sys.argv[2]) as f:
       j = json.load(f)
     print_table(j["header"], j["rows"])

@@ -106,14 +106,30 @@ def bench_gsplat(scene, viewmats, width, height, focal, warmup, repeat, tile=16)
   t = {k: torch.tensor(v, device=dev, requires_grad=True) for k, v in scene.items()}
   vm = torch.tensor(viewmats, device=dev)
   c = vm.shape[0]
-  k = torch.tensor([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]], device=dev,
-                   dtype=torch.float32).expand(c, 3, 3).contiguous()
+  k = (
+    torch.tensor([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]], device=dev, dtype=torch.float32)
+    .expand(c, 3, 3)
+    .contiguous()
+  )
   w = torch.rand((c, height, width, 3), device=dev)
   results = {}
   for packed in (False,):
+
     def fwd():
-      img, _, _ = rasterization(t["means"], t["quats"], t["scales"], t["opacities"], t["sh"], vm, k,
-                                width, height, sh_degree=3, packed=packed, tile_size=tile)
+      img, _, _ = rasterization(
+        t["means"],
+        t["quats"],
+        t["scales"],
+        t["opacities"],
+        t["sh"],
+        vm,
+        k,
+        width,
+        height,
+        sh_degree=3,
+        packed=packed,
+        tile_size=tile,
+      )
       return img
 
     def fwdbwd():
@@ -152,13 +168,19 @@ def main():
   ap.add_argument("--repeat", type=int, default=None)
   ap.add_argument("--isect-per-gaussian", type=float, default=None)
   ap.add_argument("--tile", type=int, default=16, help="tile size (both implementations)")
-  ap.add_argument("--wabe-k", type=int, default=0,
-                  help="WABE slots per pixel (0: off, as the peers compute no WABE; 10: the editor's)")
+  ap.add_argument(
+    "--wabe-k",
+    type=int,
+    default=0,
+    help="WABE slots per pixel (0: off, as the peers compute no WABE; 10: the editor's)",
+  )
   args = ap.parse_args()
 
   dev = jax.devices()[0]
-  print(f"# {datetime.date.today()} | {dev.platform}: {getattr(dev, 'device_kind', '')} | "
-        f"{platform.processor() or platform.machine()} | jax {jax.__version__} | tile {args.tile}")
+  print(
+    f"# {datetime.date.today()} | {dev.platform}: {getattr(dev, 'device_kind', '')} | "
+    f"{platform.processor() or platform.machine()} | jax {jax.__version__} | tile {args.tile}"
+  )
   if args.suite == "cpu":
     sizes = [1_000, 10_000]
     views = [1, 8]
@@ -174,7 +196,9 @@ def main():
   if args.views:
     views = [int(v) for v in args.views.split(",")]
   cfg = RenderConfig(wabe_k=args.wabe_k, tile_size=args.tile)
-  factors = [args.isect_per_gaussian] if args.isect_per_gaussian else [1.25, 1.4, 1.5, 1.6, 1.75, 1.9, 2, 2.5, 3, 4, 6, 8, 16]
+  factors = (
+    [args.isect_per_gaussian] if args.isect_per_gaussian else [1.25, 1.4, 1.5, 1.6, 1.75, 1.9, 2, 2.5, 3, 4, 6, 8, 16]
+  )
 
   head = "| N | views | W x H | isect/N | ours fwd ms | ours fwd+bwd ms | ours extra MiB |"
   sep = "|---|---|---|---|---|---|---|"
@@ -183,7 +207,7 @@ def main():
     sep += "---|---|---|---|"
   print(head)
   print(sep)
-  for (width, height) in resolutions:
+  for width, height in resolutions:
     focal = 1200.0 if args.suite == "anchors" else 1.2 * max(width, height)
     for n in sizes:
       scene = shell_scene(n)

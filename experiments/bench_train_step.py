@@ -36,24 +36,38 @@ def build(n: int, width: int, height: int, views: int, seed: int = 0):
   model = baked_model(model_full, flame)
   f = model.num_faces
   rng = np.random.default_rng(seed)
-  av = Avatar(xyz=jnp.asarray(rng.normal(0, 0.3, (n, 3)), jnp.float32),
-              log_scale=jnp.asarray(rng.normal(np.log(np.sqrt(f / n)), 0.2, (n, 3)), jnp.float32),
-              rotation=jnp.asarray(rng.normal(size=(n, 4)), jnp.float32),
-              opacity_logit=jnp.asarray(rng.normal(0, 1, n), jnp.float32),
-              sh_dc=jnp.asarray(rng.normal(0, 0.3, (n, 1, 3)), jnp.float32),
-              sh_rest=jnp.asarray(rng.normal(0, 0.05, (n, 15, 3)), jnp.float32),
-              binding=jnp.asarray(np.arange(n) % f, jnp.int32), active=jnp.ones(n, bool))
+  av = Avatar(
+    xyz=jnp.asarray(rng.normal(0, 0.3, (n, 3)), jnp.float32),
+    log_scale=jnp.asarray(rng.normal(np.log(np.sqrt(f / n)), 0.2, (n, 3)), jnp.float32),
+    rotation=jnp.asarray(rng.normal(size=(n, 4)), jnp.float32),
+    opacity_logit=jnp.asarray(rng.normal(0, 1, n), jnp.float32),
+    sh_dc=jnp.asarray(rng.normal(0, 0.3, (n, 1, 3)), jnp.float32),
+    sh_rest=jnp.asarray(rng.normal(0, 0.05, (n, 15, 3)), jnp.float32),
+    binding=jnp.asarray(np.arange(n) % f, jnp.int32),
+    active=jnp.ones(n, bool),
+  )
   cfg = ReconstructConfig(data=".", out=".", iterations=600_000)
   opt = make_optimizer(cfg, 1.0)
   fl = per_timestep(flame)
-  state = TrainState(avatar=av, flame=fl, opt_state=opt.init({"gauss": av.params(), "flame": fl}),
-                     stats=DensityStats.zeros(n), step=jnp.zeros((), jnp.int32),
-                     key=jax.random.key_data(jax.random.key(0)))
+  state = TrainState(
+    avatar=av,
+    flame=fl,
+    opt_state=opt.init({"gauss": av.params(), "flame": fl}),
+    stats=DensityStats.zeros(n),
+    step=jnp.zeros((), jnp.int32),
+    key=jax.random.key_data(jax.random.key(0)),
+  )
   rig = nersemble_like_rig(16, width, height)
   sel = [rig[i % 16] for i in range(views)]
-  cams = make_camera(np.stack([c.world_to_camera for c in sel]), np.array([c.fx for c in sel], np.float32),
-                     np.array([c.fy for c in sel], np.float32), np.array([c.cx for c in sel], np.float32),
-                     np.array([c.cy for c in sel], np.float32), width=width, height=height)
+  cams = make_camera(
+    np.stack([c.world_to_camera for c in sel]),
+    np.array([c.fx for c in sel], np.float32),
+    np.array([c.fy for c in sel], np.float32),
+    np.array([c.cx for c in sel], np.float32),
+    np.array([c.cy for c in sel], np.float32),
+    width=width,
+    height=height,
+  )
   img = jnp.asarray(rng.uniform(0, 1, (views, height, width, 3)), jnp.float32)
   ts = jnp.asarray(np.arange(views) % T, jnp.int32)
   return state, opt, model, cams, img, ts
@@ -92,10 +106,12 @@ def main():
   ap.add_argument("--sh-degree", type=int, default=3)
   ap.add_argument("--isect", type=float, default=16.0)
   a = ap.parse_args()
-  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), image {a.width}x{a.height}, "
-        f"SH degree {a.sh_degree}")
-  print(f"| N | B | step ms (median) | ms per view | compile s |")
-  print(f"|---|---|---|---|---|")
+  print(
+    f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), image {a.width}x{a.height}, "
+    f"SH degree {a.sh_degree}"
+  )
+  print("| N | B | step ms (median) | ms per view | compile s |")
+  print("|---|---|---|---|---|")
   for n in a.n:
     for b in a.batches:
       ms, cs = bench(n, a.width, a.height, b, a.iters, a.warmup, a.sh_degree, a.isect)

@@ -1,15 +1,15 @@
 """One jitted forward+backward of the anchors workload, for `ncu --print-summary per-kernel`.
 
-  ncu --print-summary per-kernel python experiments/profile_rasterizer.py --n 1000000 --views 16
-  ncu --print-summary per-kernel python experiments/profile_rasterizer.py --impl gsplat   # gsplat 1.5.3
+ncu --print-summary per-kernel python experiments/profile_rasterizer.py --n 1000000 --views 16
+ncu --print-summary per-kernel python experiments/profile_rasterizer.py --impl gsplat   # gsplat 1.5.3
 """
 
 import argparse
 
 import jax
 import jax.numpy as jnp
-
 from bench_rasterizer import ring_cameras, shell_scene
+
 from gaedit_jax.camera import make_camera
 from gaedit_jax.render import Gaussians, RenderConfig, rasterize
 
@@ -22,7 +22,7 @@ ap.add_argument("--iters", type=int, default=1)
 ap.add_argument("--tile", type=int, default=16)
 ap.add_argument("--impl", choices=["ours", "gsplat"], default="ours")
 args = ap.parse_args()
-if args.impl == "gsplat":   # the same scene, cameras and loss through gsplat (torch), unpacked
+if args.impl == "gsplat":  # the same scene, cameras and loss through gsplat (torch), unpacked
   import numpy as np
   import torch
   from gsplat import rasterization
@@ -32,8 +32,9 @@ if args.impl == "gsplat":   # the same scene, cameras and loss through gsplat (t
   K = torch.tensor([[1200.0, 0, 275], [0, 1200.0, 401], [0, 0, 1]], device="cuda").expand(args.views, 3, 3).contiguous()
   w = torch.rand((args.views, 802, 550, 3), device="cuda")
   for _ in range(args.iters):
-    img, _, _ = rasterization(t["means"], t["quats"], t["scales"], t["opacities"], t["sh"], vm, K, 550, 802,
-                              sh_degree=3, packed=False)
+    img, _, _ = rasterization(
+      t["means"], t["quats"], t["scales"], t["opacities"], t["sh"], vm, K, 550, 802, sh_degree=3, packed=False
+    )
     (img * w).sum().backward()
   torch.cuda.synchronize()
   print("done")

@@ -40,15 +40,20 @@ from bench_ip2p import SD15_UNET, SD15_VAE, _median_ms, log, random_ip2p, unet_s
 
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([^\s=]+)\s*=\s*(.*?)\s([a-z][a-z0-9\-]*)\((.*)$")
 _ARRAY = re.compile(r"\b[a-z][a-z0-9]*\[([0-9,]*)\]")
-_CALLS = re.compile(r"\b(calls|to_apply|body|condition|branch_computations|true_computation|false_computation"
-                    r"|called_computations)=(\{[^}]*\}|%?[\w.\-]+)")
+_CALLS = re.compile(
+  r"\b(calls|to_apply|body|condition|branch_computations|true_computation|false_computation"
+  r"|called_computations)=(\{[^}]*\}|%?[\w.\-]+)"
+)
 _TRIP = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)')
 # For the cross-check with XLA's cost analysis only: it adds 1 FLOP per output element of these
 # ops (and per input element of a reduce), and counts the transcendental ones separately.
-_ELEMENTWISE = set("add subtract multiply divide maximum minimum negate abs compare convert select clamp and or xor "
-                   "not sign floor ceil round-nearest-afz round-nearest-even remainder".split())
-_TRANSCENDENTAL = set("exponential exponential-minus-one log log-plus-one tanh logistic erf sine cosine sqrt rsqrt "
-                      "cbrt power atan2".split())
+_ELEMENTWISE = set(
+  "add subtract multiply divide maximum minimum negate abs compare convert select clamp and or xor "
+  "not sign floor ceil round-nearest-afz round-nearest-even remainder".split()
+)
+_TRANSCENDENTAL = set(
+  "exponential exponential-minus-one log log-plus-one tanh logistic erf sine cosine sqrt rsqrt cbrt power atan2".split()
+)
 
 
 def _dims(shape: str):
@@ -77,7 +82,7 @@ def parse_hlo(text: str):
   for line in text.splitlines():
     if not line.strip():
       continue
-    if not line[0].isspace():                     # computation header / end, or module metadata
+    if not line[0].isspace():  # computation header / end, or module metadata
       s = line.rstrip()
       if s.endswith("{") and not s.startswith("HloModule"):
         m = re.match(r"(ENTRY\s+)?%?([^\s(]+)", s)
@@ -92,11 +97,11 @@ def parse_hlo(text: str):
       continue
     name, shape, op, rest = m.groups()
     depth, j = 1, 0
-    for j, ch in enumerate(rest):                 # the operand list ends at its matching ")"
+    for j, ch in enumerate(rest):  # the operand list ends at its matching ")"
       depth += (ch == "(") - (ch == ")")
       if depth == 0:
         break
-    comps[cur].append((name, shape, op, _split_top(rest[:j]), rest[j + 1:]))
+    comps[cur].append((name, shape, op, _split_top(rest[:j]), rest[j + 1 :]))
   return comps, entry
 
 
@@ -122,8 +127,12 @@ def _conv_flops(out, lhs, rhs, attrs):
     n, m, ks = lhs[ll.index(d)], out[ol.index(d)], rhs[rl.index(d)]
     stride, lo, ld, rd = get("stride", 1), get("pad", 0), get("lhs_dilate", 1), get("rhs_dilate", 1)
     taps *= ks
-    valid *= sum(1 for o in range(m) for t in range(ks)     # XLA's GetConvolutionFlops rule
-                 if (i := o * stride - lo + t * rd) % ld == 0 and 0 <= i // ld < n)
+    valid *= sum(
+      1
+      for o in range(m)
+      for t in range(ks)  # XLA's GetConvolutionFlops rule
+      if (i := o * stride - lo + t * rd) % ld == 0 and 0 <= i // ld < n
+    )
   non_spatial = math.prod(out) // math.prod(out[ol.index(d)] for d in spatial)
   return 2 * math.prod(out) * taps * cin, 2 * non_spatial * cin * valid
 
@@ -140,7 +149,7 @@ def _instr_flops(ins, shapes):
   unparsed; None for ops without matmul-class work."""
   name, shape, op, operands, attrs = ins
 
-  def operand(i):                                  # inline shape if printed, else the definition's
+  def operand(i):  # inline shape if printed, else the definition's
     if i >= len(operands):
       return None
     s = operands[i]
@@ -162,19 +171,19 @@ def _instr_flops(ins, shapes):
   t = re.search(r'custom_call_target="([^"]+)"', attrs)
   target = t.group(1) if t else "?"
   kind = f"custom-call {target}"
-  cfg = attrs.replace('\\"', '"')                 # backend_config is JSON, or an escaped string
-  if "conv" in target.lower() and "Forward" in target:       # cuDNN conv (+bias/activation/graph)
+  cfg = attrs.replace('\\"', '"')  # backend_config is JSON, or an escaped string
+  if "conv" in target.lower() and "Forward" in target:  # cuDNN conv (+bias/activation/graph)
     f = _conv_flops(out, operand(0), operand(1), attrs)
     return (kind, "conv", *f) if f else (kind, "unparsed", 0, 0)
-  if "fmha" in target and "Backward" not in target:          # cuDNN fused attention, forward
+  if "fmha" in target and "Backward" not in target:  # cuDNN fused attention, forward
     m = re.search(r'"intermediate_tensor_shape"\s*:\s*\{[^}]*?"dimensions"\s*:\s*\[([^\]]*)\]', cfg)
     q, v = operand(0), operand(2)
     if not (m and q and v):
       return (kind, "unparsed", 0, 0)
-    b, h, tq, tk = _ints(m)                        # scores [B, heads, Tq, Tk]; q, v in any layout
+    b, h, tq, tk = _ints(m)  # scores [B, heads, Tq, Tk]; q, v in any layout
     f = 2 * b * h * tq * tk * (math.prod(q) // (b * h * tq) + math.prod(v) // (b * h * tk))
     return (kind, "attention", f, f)
-  if "cublas" in target or "gemm" in target.lower():           # cuBLAS(Lt) gemm
+  if "cublas" in target or "gemm" in target.lower():  # cuBLAS(Lt) gemm
     m = re.search(r'"lhs_contracting_dimensions"\s*:\s*\[([^\]]*)\]', cfg)
     lhs = operand(0)
     if not (m and out and lhs):
@@ -202,7 +211,7 @@ def hlo_flops(text: str) -> dict:
         k["count"] += mult
         k["flops"] += mult * r[2]
         k["valid_flops"] += mult * r[3]
-        check["flops"] += r[3]                    # cost-analysis style: loop bodies once
+        check["flops"] += r[3]  # cost-analysis style: loop bodies once
       elif not scalar and ins[2] in _ELEMENTWISE | _TRANSCENDENTAL | {"reduce"}:
         d = _dims(ins[1] if ins[2] != "reduce" else shapes.get(ins[3][0].split()[-1].lstrip("%"), ""))
         check["transcendentals" if ins[2] in _TRANSCENDENTAL else "flops"] += math.prod(d or [0])
@@ -213,7 +222,7 @@ def hlo_flops(text: str) -> dict:
         loops.append(trip if m else None)
       for key, val in _CALLS.findall(ins[4]):
         for callee in re.findall(r"[\w.\-]+", val):
-          if callee in comps and depth < 64:   # reducers etc. (to_apply) run per element: not counted
+          if callee in comps and depth < 64:  # reducers etc. (to_apply) run per element: not counted
             visit(callee, mult * (trip if key == "body" else 1), scalar or key == "to_apply", depth + 1)
 
   if entry is None:
@@ -221,10 +230,16 @@ def hlo_flops(text: str) -> dict:
   visit(entry, 1, False)
   cat = {c: sum(k["flops"] for k in kinds.values() if k["category"] == c) for c in ("conv", "dot", "attention")}
   total = sum(cat.values())
-  return dict(total=total, valid_total=sum(k["valid_flops"] for k in kinds.values()), **cat,
-              share={c: v / total if total else float("nan") for c, v in cat.items()},
-              unparsed={k: v["count"] for k, v in kinds.items() if v["category"] == "unparsed"},
-              loops=loops, kinds=kinds, check=check)
+  return dict(
+    total=total,
+    valid_total=sum(k["valid_flops"] for k in kinds.values()),
+    **cat,
+    share={c: v / total if total else float("nan") for c, v in cat.items()},
+    unparsed={k: v["count"] for k, v in kinds.items() if v["category"] == "unparsed"},
+    loops=loops,
+    kinds=kinds,
+    check=check,
+  )
 
 
 def cost_analysis(compiled) -> dict:
@@ -235,6 +250,7 @@ def cost_analysis(compiled) -> dict:
   def get(key):
     vals = [float(d[key]) for d in ca if d and key in d]
     return sum(vals) if vals else float("nan")
+
   return dict(flops=get("flops"), bytes=get("bytes accessed"), transcendentals=get("transcendentals"))
 
 
@@ -242,9 +258,11 @@ def cost_analysis(compiled) -> dict:
 # measurements
 # ---------------------------------------------------------------------------------------------
 
+
 def _time_sync(call, reps, warmup):
   """Median ms of `reps` calls (call(i) -> arrays), each synchronised, after `warmup` calls."""
   import jax
+
   for i in range(warmup):
     jax.block_until_ready(call(i))
   times = []
@@ -260,6 +278,7 @@ def _time_async(fn, args, reps, inner=10):
   kernels would otherwise be timed with the host's dispatch and sync latency. (Waiting for the
   last output waits for all: one device stream runs them in order.)"""
   import jax
+
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(max(reps, 3)):
@@ -290,14 +309,25 @@ def measure(name, batch, jitted, lower_args, call, args, res):
   except Exception as e:  # noqa: BLE001
     log(f"{name} failed: {type(e).__name__}: {str(e)[:2000]}")
     return None
-  row = dict(name=name, batch=batch, ms=ms, compile_s=compile_s, cost_flops=ca["flops"], cost_bytes=ca["bytes"],
-             cost_transcendentals=ca["transcendentals"], hlo=hlo, cost_tflops=ca["flops"] / ms / 1e9,
-             hlo_tflops=hlo["total"] / ms / 1e9)
+  row = dict(
+    name=name,
+    batch=batch,
+    ms=ms,
+    compile_s=compile_s,
+    cost_flops=ca["flops"],
+    cost_bytes=ca["bytes"],
+    cost_transcendentals=ca["transcendentals"],
+    hlo=hlo,
+    cost_tflops=ca["flops"] / ms / 1e9,
+    hlo_tflops=hlo["total"] / ms / 1e9,
+  )
   res["rows"].append(row)
-  log(f"{name}: {ms:.2f} ms; GFLOP: cost analysis {ca['flops'] / 1e9:.4f}, HLO conv+dot+attn {hlo['total'] / 1e9:.4f}"
-      f" (valid taps {hlo['valid_total'] / 1e9:.4f}); check: HLO valid taps + elementwise, loop bodies once "
-      f"{hlo['check']['flops'] / 1e9:.4f} vs cost analysis {ca['flops'] / 1e9:.4f}, transcendentals "
-      f"{hlo['check']['transcendentals']:.0f} vs {ca['transcendentals']:.0f}; unparsed {hlo['unparsed'] or 'none'}")
+  log(
+    f"{name}: {ms:.2f} ms; GFLOP: cost analysis {ca['flops'] / 1e9:.4f}, HLO conv+dot+attn {hlo['total'] / 1e9:.4f}"
+    f" (valid taps {hlo['valid_total'] / 1e9:.4f}); check: HLO valid taps + elementwise, loop bodies once "
+    f"{hlo['check']['flops'] / 1e9:.4f} vs cost analysis {ca['flops'] / 1e9:.4f}, transcendentals "
+    f"{hlo['check']['transcendentals']:.0f} vs {ca['transcendentals']:.0f}; unparsed {hlo['unparsed'] or 'none'}"
+  )
   return row
 
 
@@ -313,23 +343,44 @@ def run_models(args, res, unet_cfg, vae_cfg):
   x = jax.random.normal(key, (b, 8, lat, lat), jnp.bfloat16)
   emb = jax.random.normal(key, (b, 77, unet_cfg["cross_attention_dim"]), jnp.bfloat16)
   pu = ip.params["unet"]
-  measure(f"UNet forward ({lat}x{lat} latents)", b, unet_step_fn(ip, args.attention), ((pu, x, emb), {}),
-          lambda c, i: c(pu, x, emb), args, res)
+  measure(
+    f"UNet forward ({lat}x{lat} latents)",
+    b,
+    unet_step_fn(ip, args.attention),
+    ((pu, x, emb), {}),
+    lambda c, i: c(pu, x, emb),
+    args,
+    res,
+  )
 
   pv = ip.params["vae"]
   imgs = jax.random.uniform(key, (2 * n, args.size, args.size, 3))
-  measure(f"VAE encode ({args.size}x{args.size})", 2 * n, jax.jit(ip._encode), ((pv, imgs), {}),
-          lambda c, i: c(pv, imgs), args, res)
+  measure(
+    f"VAE encode ({args.size}x{args.size})",
+    2 * n,
+    jax.jit(ip._encode),
+    ((pv, imgs), {}),
+    lambda c, i: c(pv, imgs),
+    args,
+    res,
+  )
   z = jax.random.normal(key, (n, ip.model.latent_channels, lat, lat))
-  measure(f"VAE decode ({args.size}x{args.size})", n, jax.jit(ip._decode), ((pv, z), {}),
-          lambda c, i: c(pv, z), args, res)
+  measure(
+    f"VAE decode ({args.size}x{args.size})", n, jax.jit(ip._decode), ((pv, z), {}), lambda c, i: c(pv, z), args, res
+  )
 
   renders, originals = (jax.random.uniform(jax.random.fold_in(key, k), (n, args.size, args.size, 3)) for k in (2, 3))
   pe = jax.random.normal(key, (3, 77, unet_cfg["cross_attention_dim"]), jnp.float32)
   # ip.edit (bench_ours' path) reuses this compilation through jit's caches; a new key every call
-  measure(f"edit call ({args.steps} DDIM steps, 3-way guidance)", n, ip.edit_fn,
-          ((ip.params, renders, originals, pe, key, None, None, None), dict(output="square")),
-          lambda c, i: ip.edit(renders, originals, pe, jax.random.PRNGKey(i)), args, res)
+  measure(
+    f"edit call ({args.steps} DDIM steps, 3-way guidance)",
+    n,
+    ip.edit_fn,
+    ((ip.params, renders, originals, pe, key, None, None, None), dict(output="square")),
+    lambda c, i: ip.edit(renders, originals, pe, jax.random.PRNGKey(i)),
+    args,
+    res,
+  )
 
 
 def run_micro(args, res, unet_cfg, lat):
@@ -341,22 +392,29 @@ def run_micro(args, res, unet_cfg, lat):
   rows = res["micro"]
   if args.micro_size:
     n = args.micro_size
-    a, b = jax.random.normal(key, (n, n), bf), jax.random.normal(key, (n, n), bf) / n ** 0.5
+    a, b = jax.random.normal(key, (n, n), bf), jax.random.normal(key, (n, n), bf) / n**0.5
     ms = _time_async(jax.jit(jnp.matmul), (a, b), args.reps)
-    rows.append(dict(name=f"matmul {n}x{n}x{n} bf16", kind="matmul", flops=2 * n ** 3, ms=ms))
+    rows.append(dict(name=f"matmul {n}x{n}x{n} bf16", kind="matmul", flops=2 * n**3, ms=ms))
     del a, b
-  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                                           dimension_numbers=("NHWC", "HWIO", "NHWC")))
-  for k, c in enumerate(unet_cfg["block_out_channels"][:2]):   # the resolutions with the most convs
-    hw = lat // 2 ** k
+  conv = jax.jit(
+    lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  )
+  for k, c in enumerate(unet_cfg["block_out_channels"][:2]):  # the resolutions with the most convs
+    hw = lat // 2**k
     x = jax.random.normal(key, (args.batch, hw, hw, c), bf)
     w = jax.random.normal(key, (3, 3, c, c), bf) / (9 * c) ** 0.5
     ms = _time_async(conv, (x, w), args.reps)
-    rows.append(dict(name=f"conv 3x3 {args.batch}x{hw}x{hw}x{c} -> {c} bf16", kind="conv",
-                     flops=2 * args.batch * hw * hw * c * 9 * c, ms=ms))
-  nbytes = args.copy_mib * 2 ** 20
+    rows.append(
+      dict(
+        name=f"conv 3x3 {args.batch}x{hw}x{hw}x{c} -> {c} bf16",
+        kind="conv",
+        flops=2 * args.batch * hw * hw * c * 9 * c,
+        ms=ms,
+      )
+    )
+  nbytes = args.copy_mib * 2**20
   x = jnp.zeros((nbytes // 4,), jnp.float32)
-  ms = _time_async(jax.jit(lambda x: x + 1), (x,), args.reps)   # a real kernel: reads and writes once
+  ms = _time_async(jax.jit(lambda x: x + 1), (x,), args.reps)  # a real kernel: reads and writes once
   rows.append(dict(name=f"copy {args.copy_mib} MiB (x + 1, f32)", kind="copy", bytes=2 * nbytes, ms=ms))
   for r in rows:
     r["tflops"] = r["flops"] / r["ms"] / 1e9 if "flops" in r else None
@@ -370,12 +428,17 @@ def limit(args, res):
   unet, enc, dec = rows.get("UNet forward"), rows.get("VAE encode"), rows.get("VAE decode")
   if not (unet and enc and dec):
     return None
-  scale = 3 * args.images / unet["batch"]                   # UNet cost is linear in its batch
+  scale = 3 * args.images / unet["batch"]  # UNet cost is linear in its batch
   per_edit = lambda key: args.steps * scale * key(unet) + key(enc) + key(dec)
   target_ms = args.target_ratio * args.torch_ms
-  lim = dict(target_ms=target_ms, unet_batch_scale=scale,
-             flops_cost=per_edit(lambda r: r["cost_flops"]), flops_hlo=per_edit(lambda r: r["hlo"]["total"]),
-             bytes_cost=per_edit(lambda r: r["cost_bytes"]), parts_ms=per_edit(lambda r: r["ms"]))
+  lim = dict(
+    target_ms=target_ms,
+    unet_batch_scale=scale,
+    flops_cost=per_edit(lambda r: r["cost_flops"]),
+    flops_hlo=per_edit(lambda r: r["hlo"]["total"]),
+    bytes_cost=per_edit(lambda r: r["cost_bytes"]),
+    parts_ms=per_edit(lambda r: r["ms"]),
+  )
   lim["required_tflops_cost"] = lim["flops_cost"] / target_ms / 1e9
   lim["required_tflops_hlo"] = lim["flops_hlo"] / target_ms / 1e9
   edit = rows.get("edit call")
@@ -383,9 +446,16 @@ def limit(args, res):
   # the compiled edit itself: XLA hoists loop-invariant work (the prompt's cross-attention K/V)
   lim["flops_hlo_edit"] = edit["hlo"]["total"] if edit else float("nan")
   lim["required_tflops_hlo_edit"] = lim["flops_hlo_edit"] / target_ms / 1e9
-  lim["ceilings"] = [dict(name=m["name"], tflops=m["tflops"], floor_ms=lim["flops_hlo"] / m["tflops"] / 1e9,
-                          required_share=lim["required_tflops_hlo"] / m["tflops"])
-                     for m in res["micro"] if m["tflops"]]
+  lim["ceilings"] = [
+    dict(
+      name=m["name"],
+      tflops=m["tflops"],
+      floor_ms=lim["flops_hlo"] / m["tflops"] / 1e9,
+      required_share=lim["required_tflops_hlo"] / m["tflops"],
+    )
+    for m in res["micro"]
+    if m["tflops"]
+  ]
   bw = [m["gbps"] for m in res["micro"] if m["gbps"]]
   lim["memory_floor_ms"] = lim["bytes_cost"] / bw[0] / 1e6 if bw else float("nan")
   return lim
@@ -395,26 +465,37 @@ def limit(args, res):
 # report
 # ---------------------------------------------------------------------------------------------
 
+
 def _print_models(res):
   print()
-  print("| workload | batch | XLA cost-analysis GFLOP | HLO conv+dot+attn GFLOP | bytes accessed GB | median ms "
-        "| TFLOP/s (cost analysis) | TFLOP/s (HLO count) |")
+  print(
+    "| workload | batch | XLA cost-analysis GFLOP | HLO conv+dot+attn GFLOP | bytes accessed GB | median ms "
+    "| TFLOP/s (cost analysis) | TFLOP/s (HLO count) |"
+  )
   print("|---|---|---|---|---|---|---|---|")
   for r in res["rows"]:
-    print(f"| {r['name']} | {r['batch']} | {r['cost_flops'] / 1e9:.2f} | {r['hlo']['total'] / 1e9:.2f} | "
-          f"{r['cost_bytes'] / 1e9:.3f} | {r['ms']:.2f} | {r['cost_tflops']:.2f} | {r['hlo_tflops']:.2f} |")
-  print("\nXLA's cost analysis counts a while-loop body once and includes elementwise work; the HLO count is "
-        "matmul-class work only, every conv tap (padding included), loop bodies times their known trip count.")
+    print(
+      f"| {r['name']} | {r['batch']} | {r['cost_flops'] / 1e9:.2f} | {r['hlo']['total'] / 1e9:.2f} | "
+      f"{r['cost_bytes'] / 1e9:.3f} | {r['ms']:.2f} | {r['cost_tflops']:.2f} | {r['hlo_tflops']:.2f} |"
+    )
+  print(
+    "\nXLA's cost analysis counts a while-loop body once and includes elementwise work; the HLO count is "
+    "matmul-class work only, every conv tap (padding included), loop bodies times their known trip count."
+  )
   print("\nFLOP breakdown (optimized HLO, executions counted with loop trips):\n")
-  print("| workload | conv GFLOP (share) | dot GFLOP (share) | attention GFLOP (share) | unparsed ops | "
-        "loops (trip counts) | check: HLO valid taps + elementwise (loops once) vs cost analysis GFLOP |")
+  print(
+    "| workload | conv GFLOP (share) | dot GFLOP (share) | attention GFLOP (share) | unparsed ops | "
+    "loops (trip counts) | check: HLO valid taps + elementwise (loops once) vs cost analysis GFLOP |"
+  )
   print("|---|---|---|---|---|---|---|")
   for r in res["rows"]:
     h = r["hlo"]
     cell = lambda c: f"{h[c] / 1e9:.2f} ({100 * h['share'][c]:.1f}%)"
     unp = ", ".join(f"{k} x{v}" for k, v in h["unparsed"].items()) or "none"
-    print(f"| {r['name']} | {cell('conv')} | {cell('dot')} | {cell('attention')} | {unp} | "
-          f"{h['loops'] or '-'} | {h['check']['flops'] / 1e9:.4f} vs {r['cost_flops'] / 1e9:.4f} |")
+    print(
+      f"| {r['name']} | {cell('conv')} | {cell('dot')} | {cell('attention')} | {unp} | "
+      f"{h['loops'] or '-'} | {h['check']['flops'] / 1e9:.4f} vs {r['cost_flops'] / 1e9:.4f} |"
+    )
   print("\nBy op kind:\n")
   print("| workload | op kind | category | executions | GFLOP |")
   print("|---|---|---|---|---|")
@@ -437,24 +518,32 @@ def print_report(res):
   lim = res.get("limit")
   if lim:
     a = res["args"]
-    print(f"\nLimit: target = {a['target_ratio']} x {a['torch_ms']} ms = {lim['target_ms']:.1f} ms per edit of "
-          f"{a['images']} images ({a['steps']} UNet steps at batch {3 * a['images']} + VAE encode "
-          f"{2 * a['images']} + decode {a['images']}; UNet FLOPs scaled x{lim['unet_batch_scale']:.2f} from the "
-          f"measured batch):\n")
+    print(
+      f"\nLimit: target = {a['target_ratio']} x {a['torch_ms']} ms = {lim['target_ms']:.1f} ms per edit of "
+      f"{a['images']} images ({a['steps']} UNet steps at batch {3 * a['images']} + VAE encode "
+      f"{2 * a['images']} + decode {a['images']}; UNet FLOPs scaled x{lim['unet_batch_scale']:.2f} from the "
+      f"measured batch):\n"
+    )
     print("| quantity | value |")
     print("|---|---|")
     print(f"| FLOPs per edit, XLA cost analysis | {lim['flops_cost'] / 1e12:.2f} TFLOP |")
     print(f"| FLOPs per edit, HLO conv+dot+attn (dense) | {lim['flops_hlo'] / 1e12:.2f} TFLOP |")
     print(f"| FLOPs of the compiled edit call, HLO count | {lim['flops_hlo_edit'] / 1e12:.2f} TFLOP |")
-    print(f"| required TFLOP/s (cost analysis / HLO count / compiled edit) | {lim['required_tflops_cost']:.1f} / "
-          f"{lim['required_tflops_hlo']:.1f} / {lim['required_tflops_hlo_edit']:.1f} |")
+    print(
+      f"| required TFLOP/s (cost analysis / HLO count / compiled edit) | {lim['required_tflops_cost']:.1f} / "
+      f"{lim['required_tflops_hlo']:.1f} / {lim['required_tflops_hlo_edit']:.1f} |"
+    )
     for c in lim["ceilings"]:
-      print(f"| {c['name']}: {c['tflops']:.1f} TFLOP/s | target needs {100 * c['required_share']:.0f}% of it; "
-            f"all HLO FLOPs at this rate take {c['floor_ms']:.1f} ms |")
+      print(
+        f"| {c['name']}: {c['tflops']:.1f} TFLOP/s | target needs {100 * c['required_share']:.0f}% of it; "
+        f"all HLO FLOPs at this rate take {c['floor_ms']:.1f} ms |"
+      )
     print(f"| memory floor: bytes accessed / copy bandwidth | {lim['memory_floor_ms']:.1f} ms |")
     print(f"| measured parts: {a['steps']} x UNet + encode + decode | {lim['parts_ms']:.1f} ms |")
-    print(f"| measured edit call | {lim['edit_ms']:.1f} ms ({lim['edit_ms'] / lim['target_ms']:.2f} x target; "
-          f"{lim['flops_hlo_edit'] / lim['edit_ms'] / 1e9:.1f} TFLOP/s by its HLO count) |")
+    print(
+      f"| measured edit call | {lim['edit_ms']:.1f} ms ({lim['edit_ms'] / lim['target_ms']:.2f} x target; "
+      f"{lim['flops_hlo_edit'] / lim['edit_ms'] / 1e9:.1f} TFLOP/s by its HLO count) |"
+    )
 
 
 def main():
@@ -465,12 +554,20 @@ def main():
   ap.add_argument("--steps", type=int, default=20)
   ap.add_argument("--reps", type=int, default=10)
   ap.add_argument("--warmup", type=int, default=3)
-  ap.add_argument("--attention", default="cudnn", choices=("cudnn", "xla"),
-                  help="UNet self-attention (cudnn falls back to xla where unsupported, e.g. CPU)")
+  ap.add_argument(
+    "--attention",
+    default="cudnn",
+    choices=("cudnn", "xla"),
+    help="UNet self-attention (cudnn falls back to xla where unsupported, e.g. CPU)",
+  )
   ap.add_argument("--torch-ms", type=float, default=1012.8, help="PyTorch fp16 edit time (ms) for --images")
   ap.add_argument("--target-ratio", type=float, default=0.4)
-  ap.add_argument("--micro-size", type=int, default=None,
-                  help="matmul microbenchmark N (N x N x N); 0 skips it (default 8192; 1024 on CPU)")
+  ap.add_argument(
+    "--micro-size",
+    type=int,
+    default=None,
+    help="matmul microbenchmark N (N x N x N); 0 skips it (default 8192; 1024 on CPU)",
+  )
   ap.add_argument("--copy-mib", type=int, default=None, help="copy-bandwidth array size (default 1024; 64 on CPU)")
   ap.add_argument("--no-models", action="store_true", help="microbenchmarks only")
   ap.add_argument("--tiny", action="store_true", help="the tiny test architecture (CPU smoke test)")
@@ -490,14 +587,19 @@ def main():
   args.copy_mib = args.copy_mib or (64 if cpu else 1024)
   if args.tiny:
     from gaedit_jax.nets.tiny import TINY_UNET, TINY_VAE
+
     unet_cfg, vae_cfg = dict(TINY_UNET), dict(TINY_VAE)
   else:
     unet_cfg, vae_cfg = SD15_UNET, SD15_VAE
   dev = jax.devices()[0]
-  res = dict(header=f"InstructPix2Pix roofline, {'tiny' if args.tiny else 'SD 1.5'} architecture, bf16, "
-                    f"{args.size}x{args.size}, attention={args.attention}; {dev.device_kind}; jax {jax.__version__}; "
-                    f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {platform.node()}",
-             args=vars(args), rows=[], micro=[])
+  res = dict(
+    header=f"InstructPix2Pix roofline, {'tiny' if args.tiny else 'SD 1.5'} architecture, bf16, "
+    f"{args.size}x{args.size}, attention={args.attention}; {dev.device_kind}; jax {jax.__version__}; "
+    f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {platform.node()}",
+    args=vars(args),
+    rows=[],
+    micro=[],
+  )
   print(res["header"], flush=True)
 
   def save():

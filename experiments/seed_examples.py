@@ -55,18 +55,36 @@ class Example:
 # Prompts from the original's README (METHOD §5.1). Captions are ours (CLIP-S needs a source and a
 # target caption, FIELD.md 3.1): "person" where the README does not say the subject's gender.
 EXAMPLES = (
-    Example("306_elf", "306", "EMO-1", "Turn him into the Tolkien Elf",
-            "a photo of a man", "a photo of a Tolkien elf"),
-    Example("104_bearded", "104", "EXP-5", "What would she look like as a bearded man?",
-            "a photo of a woman", "a photo of a bearded man"),
-    Example("264_egyptian", "264", "EXP-5", "Make it an Egyptian sculpture",
-            "a photo of a person", "a photo of an Egyptian sculpture"),
-    Example("304_old", "304", "EXP-2", "The human should look 100 years old",
-            "a photo of a person", "a photo of a 100 year old person"),
-    Example("304_facepaint", "304", "EXP-2", "Apply face paint",
-            "a photo of a person", "a photo of a person with face paint"),
+  Example("306_elf", "306", "EMO-1", "Turn him into the Tolkien Elf", "a photo of a man", "a photo of a Tolkien elf"),
+  Example(
+    "104_bearded",
+    "104",
+    "EXP-5",
+    "What would she look like as a bearded man?",
+    "a photo of a woman",
+    "a photo of a bearded man",
+  ),
+  Example(
+    "264_egyptian",
+    "264",
+    "EXP-5",
+    "Make it an Egyptian sculpture",
+    "a photo of a person",
+    "a photo of an Egyptian sculpture",
+  ),
+  Example(
+    "304_old",
+    "304",
+    "EXP-2",
+    "The human should look 100 years old",
+    "a photo of a person",
+    "a photo of a 100 year old person",
+  ),
+  Example(
+    "304_facepaint", "304", "EXP-2", "Apply face paint", "a photo of a person", "a photo of a person with face paint"
+  ),
 )
-DRIVER = ("460", "FREE")   # cross-identity reenactment driver (METHOD §9)
+DRIVER = ("460", "FREE")  # cross-identity reenactment driver (METHOD §9)
 SETS = ("nv", "self", "cross")
 SET_NAMES = {"nv": "novel view", "self": "self-reenactment", "cross": "cross-identity"}
 # GAE Table 1 as FIELD.md section 0 transcribes it [secondary]: CLIP-S / CLIP-C.
@@ -109,8 +127,10 @@ def find_avatar(avatars: Path, subject: str) -> Path | None:
   tok = re.compile(rf"(?<![0-9]){re.escape(subject)}(?![0-9])")
   hits = sorted(p for p in avatars.iterdir() if tok.search(p.name) and (p / "cfg.json").is_file())
   if len(hits) > 1:
-    raise SystemExit(f"seed_examples: several avatars for subject {subject} in {avatars}: "
-                     f"{[h.name for h in hits]}; keep one or name it {exact}")
+    raise SystemExit(
+      f"seed_examples: several avatars for subject {subject} in {avatars}: "
+      f"{[h.name for h in hits]}; keep one or name it {exact}"
+    )
   return hits[0] if hits else None
 
 
@@ -124,8 +144,11 @@ def as_command(sub: str, cfg: Any) -> str:
   args: list[str] = []
   for f in dataclasses.fields(cfg):
     v = getattr(cfg, f.name)
-    default = f.default if f.default is not dataclasses.MISSING else (
-        f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+    default = (
+      f.default
+      if f.default is not dataclasses.MISSING
+      else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+    )
     if v == default:
       continue
     flag = "--" + f.name.replace("_", "-")
@@ -141,10 +164,10 @@ def as_command(sub: str, cfg: Any) -> str:
 @dataclasses.dataclass
 class Step:
   title: str
-  sub: str              # the gaedit subcommand
-  config: Any           # its config dataclass
+  sub: str  # the gaedit subcommand
+  config: Any  # its config dataclass
   fn: Callable[[Any], Any]
-  marker: Path          # written after success; the step is skipped while it exists
+  marker: Path  # written after success; the step is skipped while it exists
 
   @property
   def command(self) -> str:
@@ -159,11 +182,11 @@ class Step:
 class _NoEditor:
   """For the 0-iteration export of the unedited avatar: no edit is ever made, so no IP2P load.
   (A pytree without leaves, so that EditRun may place it on devices like a real editor.)"""
+
   square_size: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
 
-def render_folder(render_out: Path, set_name: str, iteration: int, camera_index: int | None,
-                  driver: Path) -> Path:
+def render_folder(render_out: Path, set_name: str, iteration: int, camera_index: int | None, driver: Path) -> Path:
   """Where `gaedit render` writes the frames of a set (commands/render.py's naming)."""
   tag = f"ours_{iteration}"
   suffix = "" if camera_index is None else f"_{camera_index}"
@@ -171,7 +194,7 @@ def render_folder(render_out: Path, set_name: str, iteration: int, camera_index:
     return render_out / f"val{suffix}" / tag / "renders"
   if set_name == "self":
     return render_out / f"test{suffix}" / tag / "renders"
-  return render_out / driver.name / "val" / tag / "renders"   # cross: the driver's camera-8 frames
+  return render_out / driver.name / "val" / tag / "renders"  # cross: the driver's camera-8 frames
 
 
 def build_plan(a: argparse.Namespace, examples: list[Example]) -> tuple[list[Step], dict, list[str]]:
@@ -219,13 +242,11 @@ def build_plan(a: argparse.Namespace, examples: list[Example]) -> tuple[list[Ste
     steps.append(Step(title, sub, cfg, fn, Path(marker)))
 
   def renders(model: Path, render_out: Path, iteration: int, title: str) -> dict[str, Path]:
-    rc = RenderConfigCLI(model=model, out=render_out, splits=("val", "test"), camera_index=cam,
-                         max_frames=a.max_frames)
+    rc = RenderConfigCLI(model=model, out=render_out, splits=("val", "test"), camera_index=cam, max_frames=a.max_frames)
     add(f"{title}: novel view + self-reenactment", "render", rc, render, render_out / ".seed_done_splits")
     # all of the driver's splits are rendered (`gaedit render --target`), bounded by --cross-max-frames
     xc = RenderConfigCLI(model=model, out=render_out, target=driver, max_frames=a.cross_max_frames)
-    add(f"{title}: cross-identity ({DRIVER[0]} {DRIVER[1]})", "render", xc, render,
-        render_out / ".seed_done_cross")
+    add(f"{title}: cross-identity ({DRIVER[0]} {DRIVER[1]})", "render", xc, render, render_out / ".seed_done_cross")
     return {s: render_folder(render_out, s, iteration, cam, driver) for s in SETS}
 
   for ex in examples:
@@ -235,34 +256,65 @@ def build_plan(a: argparse.Namespace, examples: list[Example]) -> tuple[list[Ste
       if a.reconstruct:
         av = out / "avatars" / ex.subject
         union = data(union_pattern(ex.subject))
-        if not a.flame_model:   # the synthetic data ships its FLAME model; NeRSemble needs FLAME 2023
+        if not a.flame_model:  # the synthetic data ships its FLAME model; NeRSemble needs FLAME 2023
           from gaedit_jax.data.synthetic import FLAME_FILE
 
           if root.is_dir() and union.is_dir() and not (union / FLAME_FILE).is_file():
             missing.append(f"--flame-model (FLAME 2023 pkl; {union / FLAME_FILE} does not exist)")
-        rc = ReconstructConfig(data=union, out=av,
-                               flame_model=Path(a.flame_model) if a.flame_model else None,
-                               iterations=a.recon_iterations, lpips_weights=_path(a.lpips_weights),
-                               progress=not a.quiet, tensorboard=not a.quiet, resume=True)
+        rc = ReconstructConfig(
+          data=union,
+          out=av,
+          flame_model=Path(a.flame_model) if a.flame_model else None,
+          iterations=a.recon_iterations,
+          lpips_weights=_path(a.lpips_weights),
+          progress=not a.quiet,
+          tensorboard=not a.quiet,
+          resume=True,
+        )
         add(f"reconstruct subject {ex.subject}", "reconstruct", rc, reconstruct, av / ".seed_done")
       else:
         found = find_avatar(Path(a.avatars), ex.subject)
-        av = need(found, f"avatar of subject {ex.subject}: a `gaedit reconstruct` folder "
-                         f"{Path(a.avatars) / ex.subject} (or use --reconstruct)", Path(a.avatars) / ex.subject)
+        av = need(
+          found,
+          f"avatar of subject {ex.subject}: a `gaedit reconstruct` folder "
+          f"{Path(a.avatars) / ex.subject} (or use --reconstruct)",
+          Path(a.avatars) / ex.subject,
+        )
       avatars[ex.subject] = av
     av = avatars[ex.subject]
-    common = dict(avatar=av, data=seq, ip2p=Path(a.ip2p), ip2p_size=a.ip2p_size, ip2p_dtype=a.ip2p_dtype,
-                  diffusion_steps=a.diffusion_steps, seed=a.seed, lpips_weights=_path(a.lpips_weights),
-                  progress=not a.quiet, tensorboard=not a.quiet)
+    common = dict(
+      avatar=av,
+      data=seq,
+      ip2p=Path(a.ip2p),
+      ip2p_size=a.ip2p_size,
+      ip2p_dtype=a.ip2p_dtype,
+      diffusion_steps=a.diffusion_steps,
+      seed=a.seed,
+      lpips_weights=_path(a.lpips_weights),
+      progress=not a.quiet,
+      tensorboard=not a.quiet,
+    )
     # 2. the unedited avatar on the editing sequence (shared by the examples of one sequence),
     # 4. its renders
     sk = (ex.subject, ex.sequence)
     if sk not in sources:
       src = out / "sources" / f"{ex.subject}_{ex.sequence}"
-      ec = EditConfig(out=src / "model", iterations=0, prompt=ex.prompt, checkpoint_interval=0,
-                      dump_interval=0, overwrite=True, **common)
-      add(f"export the unedited avatar {ex.subject} on {seq.name}", "edit", ec, _export_source,
-          src / "model" / ".seed_done")
+      ec = EditConfig(
+        out=src / "model",
+        iterations=0,
+        prompt=ex.prompt,
+        checkpoint_interval=0,
+        dump_interval=0,
+        overwrite=True,
+        **common,
+      )
+      add(
+        f"export the unedited avatar {ex.subject} on {seq.name}",
+        "edit",
+        ec,
+        _export_source,
+        src / "model" / ".seed_done",
+      )
       sources[sk] = renders(src / "model", src / "renders", 0, f"render source {ex.subject} {ex.sequence}")
     # 3. the edit, 4. its renders
     exo = out / ex.key
@@ -273,11 +325,17 @@ def build_plan(a: argparse.Namespace, examples: list[Example]) -> tuple[list[Ste
     evals[ex.key] = {}
     for s in SETS:
       js = exo / "metrics" / f"clip_{s}.json"
-      vc = EvalConfig(source=str(sources[sk][s]), edited=str(edited[s]), source_caption=ex.source_caption,
-                      target_caption=ex.target_caption, clip=str(a.clip), out=str(js))
+      vc = EvalConfig(
+        source=str(sources[sk][s]),
+        edited=str(edited[s]),
+        source_caption=ex.source_caption,
+        target_caption=ex.target_caption,
+        clip=str(a.clip),
+        out=str(js),
+      )
       add(f"CLIP-S / CLIP-C {ex.key}, {SET_NAMES[s]}", "eval", vc, _evaluate, js)
       evals[ex.key][s] = js
-  return steps, evals, list(dict.fromkeys(missing))   # a sequence shared by two examples: once
+  return steps, evals, list(dict.fromkeys(missing))  # a sequence shared by two examples: once
 
 
 def _path(p: str | None) -> Path | None:
@@ -301,7 +359,7 @@ def _evaluate(cfg) -> None:
 def _export_source(cfg) -> None:
   from gaedit_jax.edit.loop import EditRun
 
-  cfg = dataclasses.replace(cfg, lambda_lpips=0.0, lpips_weights=None)   # no loss is evaluated
+  cfg = dataclasses.replace(cfg, lambda_lpips=0.0, lpips_weights=None)  # no loss is evaluated
   EditRun(cfg, editor=_NoEditor()).run()
 
 
@@ -313,33 +371,53 @@ def _export_source(cfg) -> None:
 def summarize(examples: list[Example], evals: dict, out: Path) -> dict:
   rows = []
   for ex in examples:
-    row = dict(example=ex.key, subject=ex.subject, sequence=ex.sequence, prompt=ex.prompt,
-               source_caption=ex.source_caption, target_caption=ex.target_caption)
+    row = dict(
+      example=ex.key,
+      subject=ex.subject,
+      sequence=ex.sequence,
+      prompt=ex.prompt,
+      source_caption=ex.source_caption,
+      target_caption=ex.target_caption,
+    )
     for s in SETS:
       js = evals[ex.key][s]
       m = (json.loads(Path(js).read_text())["clip_edit"] if Path(js).is_file() else None) or {}
-      row[s] = dict(clip_s=m.get("clip_direction_similarity"), clip_c=m.get("clip_direction_consistency"),
-                    frames=m.get("num_images"))
+      row[s] = dict(
+        clip_s=m.get("clip_direction_similarity"),
+        clip_c=m.get("clip_direction_consistency"),
+        frames=m.get("num_images"),
+      )
       row["clip_variant"] = m.get("clip_variant", row.get("clip_variant"))
     rows.append(row)
   mean = {s: {k: _mean([r[s][k] for r in rows]) for k in ("clip_s", "clip_c")} for s in SETS}
   f = lambda v: "-" if v is None or not np.isfinite(v) else f"{v:.3f}"
-  lines = ["| example | prompt | source -> target caption | "
-           + " | ".join(f"{SET_NAMES[s]} CLIP-S / CLIP-C" for s in SETS) + " |",
-           "|---|---|---|" + "---|" * len(SETS)]
+  lines = [
+    "| example | prompt | source -> target caption | "
+    + " | ".join(f"{SET_NAMES[s]} CLIP-S / CLIP-C" for s in SETS)
+    + " |",
+    "|---|---|---|" + "---|" * len(SETS),
+  ]
   for r in rows:
-    lines.append(f"| {r['example']} ({r['subject']} {r['sequence']}) | {r['prompt']} | "
-                 f"{r['source_caption']} -> {r['target_caption']} | "
-                 + " | ".join(f"{f(r[s]['clip_s'])} / {f(r[s]['clip_c'])} ({r[s]['frames']} frames)" for s in SETS)
-                 + " |")
+    lines.append(
+      f"| {r['example']} ({r['subject']} {r['sequence']}) | {r['prompt']} | "
+      f"{r['source_caption']} -> {r['target_caption']} | "
+      + " | ".join(f"{f(r[s]['clip_s'])} / {f(r[s]['clip_c'])} ({r[s]['frames']} frames)" for s in SETS)
+      + " |"
+    )
   lines.append("| mean | | | " + " | ".join(f"{f(mean[s]['clip_s'])} / {f(mean[s]['clip_c'])}" for s in SETS) + " |")
-  lines.append("| GAE paper, Table 1 [secondary, FIELD.md] | | | "
-               + " | ".join(f"{PAPER[s][0]:.3f} / {PAPER[s][1]:.3f}" for s in SETS) + " |")
+  lines.append(
+    "| GAE paper, Table 1 [secondary, FIELD.md] | | | "
+    + " | ".join(f"{PAPER[s][0]:.3f} / {PAPER[s][1]:.3f}" for s in SETS)
+    + " |"
+  )
   variants = sorted({str(r["clip_variant"]) for r in rows})
-  md = ("CLIP-S: CLIP direction similarity; CLIP-C: direction consistency of consecutive frames "
-        f"(CLIP variant: {', '.join(variants)}). Novel view: camera 8 of the training timesteps; "
-        f"self-reenactment: held-out timesteps; cross-identity: driven by {DRIVER[0]} {DRIVER[1]} (camera 8).\n\n"
-        + "\n".join(lines) + "\n")
+  md = (
+    "CLIP-S: CLIP direction similarity; CLIP-C: direction consistency of consecutive frames "
+    f"(CLIP variant: {', '.join(variants)}). Novel view: camera 8 of the training timesteps; "
+    f"self-reenactment: held-out timesteps; cross-identity: driven by {DRIVER[0]} {DRIVER[1]} (camera 8).\n\n"
+    + "\n".join(lines)
+    + "\n"
+  )
   summary = dict(examples=rows, mean=mean, paper_table1=PAPER)
   out.mkdir(parents=True, exist_ok=True)
   (out / "summary.md").write_text(md)
@@ -375,8 +453,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--ip2p-dtype", default="float32", choices=("float32", "bfloat16"))
   ap.add_argument("--diffusion-steps", type=int, default=20)
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--camera-index", type=int, default=8,
-                  help="camera of the novel-view / self-reenactment renders (-1: all cameras)")
+  ap.add_argument(
+    "--camera-index", type=int, default=8, help="camera of the novel-view / self-reenactment renders (-1: all cameras)"
+  )
   ap.add_argument("--max-frames", type=int, default=None, help="frames per novel-view / self-reenactment set")
   ap.add_argument("--cross-max-frames", type=int, default=300, help="frames per split of the driver")
   ap.add_argument("--out", default="seed_examples_out")
@@ -391,8 +470,10 @@ def select(keys: list[str] | None) -> list[Example]:
   chosen = [ex for ex in EXAMPLES if ex.subject in keys or ex.key in keys]
   unknown = set(keys) - {ex.subject for ex in EXAMPLES} - {ex.key for ex in EXAMPLES}
   if unknown or not chosen:
-    raise SystemExit(f"seed_examples: unknown examples {sorted(unknown)}; choose from "
-                     f"{[ex.subject for ex in EXAMPLES]} or {[ex.key for ex in EXAMPLES]}")
+    raise SystemExit(
+      f"seed_examples: unknown examples {sorted(unknown)}; choose from "
+      f"{[ex.subject for ex in EXAMPLES]} or {[ex.key for ex in EXAMPLES]}"
+    )
   return chosen
 
 
@@ -418,7 +499,7 @@ def main(argv=None) -> dict | None:
     t0 = time.perf_counter()
     s.run()
     print(f"[{i}/{len(steps)}] {s.title}: {time.perf_counter() - t0:.1f} s", flush=True)
-    if s.marker.suffix != ".json":       # eval steps: their JSON output is the marker
+    if s.marker.suffix != ".json":  # eval steps: their JSON output is the marker
       s.marker.parent.mkdir(parents=True, exist_ok=True)
       s.marker.write_text("done\n")
   return summarize(examples, evals, Path(a.out))

@@ -68,11 +68,15 @@ def fit_flame_dims(model: FlameModel, flame: FlameParams) -> FlameParams:
 def check_consistency(ds: AvatarDataset, model: FlameModel, flame: FlameParams) -> None:
   """Clear errors for data that does not fit the FLAME model."""
   if flame.static_offset.shape[-2] != model.num_vertices:
-    raise DatasetError(f"{ds.root}: static_offset has {flame.static_offset.shape[-2]} vertices but the "
-                       f"FLAME model has {model.num_vertices} (with teeth)")
+    raise DatasetError(
+      f"{ds.root}: static_offset has {flame.static_offset.shape[-2]} vertices but the "
+      f"FLAME model has {model.num_vertices} (with teeth)"
+    )
   if flame.shape.shape[-1] > model.n_shape or flame.expr.shape[-1] > model.n_expr:
-    raise DatasetError(f"{ds.root}: FLAME params have {flame.shape.shape[-1]} shape / {flame.expr.shape[-1]} "
-                       f"expression components, the model only {model.n_shape} / {model.n_expr}")
+    raise DatasetError(
+      f"{ds.root}: FLAME params have {flame.shape.shape[-1]} shape / {flame.expr.shape[-1]} "
+      f"expression components, the model only {model.n_shape} / {model.n_expr}"
+    )
   if len(ds) == 0:
     raise DatasetError(f"{ds.json_path}: no frames")
   bad = ds.timesteps[ds.timesteps >= flame.rotation.shape[0]]
@@ -98,9 +102,11 @@ def per_timestep(flame: FlameParams) -> dict[str, jax.Array]:
 def pose_vertices(model: FlameModel, flame: Mapping[str, jax.Array], timestep: jax.Array) -> jax.Array:
   """Posed vertices [...,V,3] of the baked model (baked_model) for timesteps [...]; flame: the
   per-timestep fields [T,...]."""
-  fp = FlameParams(shape=jnp.zeros((0,), jnp.float32),
-                   static_offset=jnp.zeros((model.num_vertices, 3), jnp.float32),
-                   **{k: jnp.asarray(flame[k])[timestep] for k in PER_TIMESTEP})
+  fp = FlameParams(
+    shape=jnp.zeros((0,), jnp.float32),
+    static_offset=jnp.zeros((model.num_vertices, 3), jnp.float32),
+    **{k: jnp.asarray(flame[k])[timestep] for k in PER_TIMESTEP},
+  )
   return flame_forward(model, fp)
 
 
@@ -123,15 +129,23 @@ _pose_jit = jax.jit(pose)
 _render_jit = jax.jit(rasterize, static_argnums=(3,))
 
 
-def render_views(avatar: Avatar, model: FlameModel, flame: Mapping[str, jax.Array], timesteps, cameras,
-                 background, render_cfg: RenderConfig, chunk: int = 8) -> np.ndarray:
+def render_views(
+  avatar: Avatar,
+  model: FlameModel,
+  flame: Mapping[str, jax.Array],
+  timesteps,
+  cameras,
+  background,
+  render_cfg: RenderConfig,
+  chunk: int = 8,
+) -> np.ndarray:
   """Renders views (cameras [N], timesteps [N]) in chunks; returns numpy images [N,H,W,3] in
   [0,1]. Retries with a larger intersection buffer on overflow (never truncates)."""
   ts = np.asarray(timesteps, np.int32).reshape(-1)
   outs = []
   for s in range(0, ts.shape[0], chunk):
-    t = jnp.asarray(ts[s:s + chunk])
-    cam = cameras[s:s + chunk]
+    t = jnp.asarray(ts[s : s + chunk])
+    cam = cameras[s : s + chunk]
     g = _pose_jit(avatar, model, flame, t)
     rc = render_cfg
     for _ in range(6):
@@ -145,6 +159,17 @@ def render_views(avatar: Avatar, model: FlameModel, flame: Mapping[str, jax.Arra
   return np.concatenate(outs, 0)
 
 
-__all__ = ["PER_TIMESTEP", "resolve_flame_path", "load_flame_model", "load_model", "fit_flame_dims",
-           "check_consistency", "baked_model", "per_timestep", "pose_vertices", "pose_frames", "pose",
-           "render_views"]
+__all__ = [
+  "PER_TIMESTEP",
+  "resolve_flame_path",
+  "load_flame_model",
+  "load_model",
+  "fit_flame_dims",
+  "check_consistency",
+  "baked_model",
+  "per_timestep",
+  "pose_vertices",
+  "pose_frames",
+  "pose",
+  "render_views",
+]

@@ -34,8 +34,9 @@ class Camera:
   def intrinsics(self) -> jax.Array:
     """[...,4] = (fx, fy, cx, cy), broadcast to the batch shape."""
     shape = self.batch_shape
-    return jnp.stack([jnp.broadcast_to(jnp.asarray(v, jnp.float32), shape)
-                      for v in (self.fx, self.fy, self.cx, self.cy)], axis=-1)
+    return jnp.stack(
+      [jnp.broadcast_to(jnp.asarray(v, jnp.float32), shape) for v in (self.fx, self.fy, self.cx, self.cy)], axis=-1
+    )
 
   @property
   def camera_to_world(self) -> jax.Array:
@@ -51,8 +52,9 @@ class Camera:
   def __getitem__(self, idx) -> "Camera":
     """Index the batch of views, e.g. cams[3] or cams[::2]."""
     f = lambda a: jnp.asarray(a)[idx]
-    return dataclasses.replace(self, world_to_camera=f(self.world_to_camera),
-                               fx=f(self.fx), fy=f(self.fy), cx=f(self.cx), cy=f(self.cy))
+    return dataclasses.replace(
+      self, world_to_camera=f(self.world_to_camera), fx=f(self.fx), fy=f(self.fy), cx=f(self.cx), cy=f(self.cy)
+    )
 
 
 def make_camera(world_to_camera, fx, fy=None, cx=None, cy=None, *, width: int, height: int) -> Camera:

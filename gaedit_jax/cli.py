@@ -21,20 +21,22 @@ from gaedit_jax.errors import InputError
 
 # name -> (module with `main(cfg)`, one-line description)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("gaedit_jax.commands.demo", "the whole pipeline on the built-in synthetic head"),
-    "synth": ("gaedit_jax.commands.synth", "write the synthetic multi-view video dataset"),
-    "render-scene": ("gaedit_jax.commands.render_scene", "render a built-in scene of Gaussians to a PNG"),
-    "reconstruct": ("gaedit_jax.commands.reconstruct", "train a GaussianAvatars avatar from a dataset"),
-    "render": ("gaedit_jax.commands.render", "novel views / self- / cross-identity reenactment"),
-    "eval": ("gaedit_jax.commands.eval", "PSNR / SSIM / LPIPS / CLIP metrics"),
-    "export": ("gaedit_jax.commands.export", "write an avatar as a GaussianAvatars folder or a world ply"),
-    "edit": ("gaedit_jax.commands.edit", "text-driven 4D edit of an avatar"),
-    "edit2d": ("gaedit_jax.commands.edit2d", "try an InstructPix2Pix edit on one image"),
-    "convert-weights": ("gaedit_jax.commands.convert_weights", "convert PyTorch weights to Flax once"),
+  "demo": ("gaedit_jax.commands.demo", "the whole pipeline on the built-in synthetic head"),
+  "synth": ("gaedit_jax.commands.synth", "write the synthetic multi-view video dataset"),
+  "render-scene": ("gaedit_jax.commands.render_scene", "render a built-in scene of Gaussians to a PNG"),
+  "reconstruct": ("gaedit_jax.commands.reconstruct", "train a GaussianAvatars avatar from a dataset"),
+  "render": ("gaedit_jax.commands.render", "novel views / self- / cross-identity reenactment"),
+  "eval": ("gaedit_jax.commands.eval", "PSNR / SSIM / LPIPS / CLIP metrics"),
+  "export": ("gaedit_jax.commands.export", "write an avatar as a GaussianAvatars folder or a world ply"),
+  "edit": ("gaedit_jax.commands.edit", "text-driven 4D edit of an avatar"),
+  "edit2d": ("gaedit_jax.commands.edit2d", "try an InstructPix2Pix edit on one image"),
+  "convert-weights": ("gaedit_jax.commands.convert_weights", "convert PyTorch weights to Flax once"),
 }
+from gaedit_jax.data.validate import deferred_config_checks
+from gaedit_jax.parallel import init_distributed
 
-EXIT_USER_ERROR = 2       # as argparse / tyro for bad arguments
-EXIT_INTERRUPTED = 130    # 128 + SIGINT, as shells report Ctrl-C
+EXIT_USER_ERROR = 2  # as argparse / tyro for bad arguments
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 # OS errors on a path the user gave (a missing data folder, an unreadable file, an existing output)
 USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
 
@@ -91,16 +93,13 @@ def run(name: str, rest: list[str]):
 
   import tyro
 
-  from gaedit_jax.data.validate import deferred_config_checks
-  from gaedit_jax.parallel import init_distributed
-
   init_distributed()  # multi-host runs (README: several hosts); a no-op otherwise
   fn = _load(name)
-  (param,) = inspect.signature(fn).parameters   # every command is `main(cfg: Config)`
+  (param,) = inspect.signature(fn).parameters  # every command is `main(cfg: Config)`
   config = typing.get_type_hints(fn)[param]
   if not dataclasses.is_dataclass(config):
     raise TypeError(f"{fn.__module__}.main must take one dataclass config, not {config!r}")
-  with deferred_config_checks():   # InputError from a config: our one line, not tyro's box
+  with deferred_config_checks():  # InputError from a config: our one line, not tyro's box
     cfg = tyro.cli(config, args=rest, prog=f"gaedit {name}", description=(fn.__doc__ or SUBCOMMANDS[name][1]))
   return fn(cfg)
 
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None, *, handle_errors: bool | None = None):
   handle_errors: turn user errors into one line on stderr + exit status 2 (KeyboardInterrupt: one
   line + 130). Default: when reading sys.argv (the installed command, `python -m gaedit_jax.cli`);
   a call with an explicit argv (tests, scripts) lets the exceptions through unless asked."""
-  from_command_line = argv is None   # the installed `gaedit`: sys.exit(main()) must see None -> status 0
+  from_command_line = argv is None  # the installed `gaedit`: sys.exit(main()) must see None -> status 0
   if handle_errors is None:
     handle_errors = from_command_line
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -124,8 +123,10 @@ def main(argv: list[str] | None = None, *, handle_errors: bool | None = None):
     return None
   name, rest = argv[0], argv[1:]
   if name not in SUBCOMMANDS:
-    print(f"gaedit: error: unknown subcommand {name!r} (one of: {', '.join(SUBCOMMANDS)}; see gaedit --help)",
-          file=sys.stderr)
+    print(
+      f"gaedit: error: unknown subcommand {name!r} (one of: {', '.join(SUBCOMMANDS)}; see gaedit --help)",
+      file=sys.stderr,
+    )
     raise SystemExit(EXIT_USER_ERROR)
   if not handle_errors or debug:
     result = run(name, rest)
@@ -142,12 +143,12 @@ def main(argv: list[str] | None = None, *, handle_errors: bool | None = None):
     print(f"gaedit {name}: error: {error_message(e)}", file=sys.stderr)
     raise SystemExit(EXIT_USER_ERROR) from None
   except SystemExit as e:
-    if isinstance(e.code, str):   # SystemExit("gaedit STAGE: ..."): a user error raised by a command
+    if isinstance(e.code, str):  # SystemExit("gaedit STAGE: ..."): a user error raised by a command
       _close_progress_bars()
       msg = e.code
       for prefix in (f"gaedit {name}: ", "gaedit: "):
         if msg.startswith(prefix):
-          msg = msg[len(prefix):]
+          msg = msg[len(prefix) :]
           break
       print(f"gaedit {name}: error: {' '.join(msg.split())}", file=sys.stderr)
       raise SystemExit(EXIT_USER_ERROR) from None

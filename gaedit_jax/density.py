@@ -49,11 +49,11 @@ class DensityStats:
 
 @dataclasses.dataclass(frozen=True)
 class DensifyConfig:
-  grad_threshold: float = 2e-4   # tau, NDC units (METHOD §2.7)
+  grad_threshold: float = 2e-4  # tau, NDC units (METHOD §2.7)
   percent_dense: float = 0.01
   min_opacity: float = 0.005
   max_screen_size: float = 20.0  # px; only when prune_large and prune_screen_size
-  max_world_scale: float = 0.1   # x extent; only when prune_large
+  max_world_scale: float = 0.1  # x extent; only when prune_large
   prune_screen_size: bool = False  # GA's test never fires (max_radii2D is zeroed before it)
   split_add_parent_xyz: bool = True  # GA HEAD; False = the editor's older code
 
@@ -77,14 +77,24 @@ def _binding_aware(prune: np.ndarray, binding: np.ndarray, active: np.ndarray, n
   return prune & active & keep_face[binding]
 
 
-def densify_and_prune(avatar: Avatar, stats: DensityStats, face_scale: np.ndarray, extent: float,
-                      key: jax.Array, cfg: DensifyConfig = DensifyConfig(), *, prune_large: bool = False,
-                      densify: bool = True) -> DensifyResult:
+def densify_and_prune(
+  avatar: Avatar,
+  stats: DensityStats,
+  face_scale: np.ndarray,
+  extent: float,
+  key: jax.Array,
+  cfg: DensifyConfig = DensifyConfig(),
+  *,
+  prune_large: bool = False,
+  densify: bool = True,
+) -> DensifyResult:
   """One densification pass (METHOD §2.7). face_scale [F]: the triangle scale k of the mesh the
   world scales refer to (GA: the last rendered timestep). Returns the new avatar (capacity may
   have doubled) and a `reindex` function for optimizer moments (zeros for new/freed slots)."""
-  a = {k: _np(getattr(avatar, k)) for k in ("xyz", "log_scale", "rotation", "opacity_logit", "sh_dc",
-                                            "sh_rest", "binding", "active")}
+  a = {
+    k: _np(getattr(avatar, k))
+    for k in ("xyz", "log_scale", "rotation", "opacity_logit", "sh_dc", "sh_rest", "binding", "active")
+  }
   active = a["active"].astype(bool)
   binding = a["binding"].astype(np.int64)
   num_faces = int(face_scale.shape[0])
@@ -137,8 +147,8 @@ def densify_and_prune(avatar: Avatar, stats: DensityStats, face_scale: np.ndarra
   all_cand = np.concatenate([cand[keep_old], new_cand])
   pr = _binding_aware(all_cand, all_bind, np.ones_like(all_bind, bool), num_faces)
   pr_old = np.zeros(cap, bool)
-  pr_old[np.flatnonzero(keep_old)] = pr[:keep_old.sum()]
-  pr_new = pr[keep_old.sum():]
+  pr_old[np.flatnonzero(keep_old)] = pr[: keep_old.sum()]
+  pr_new = pr[keep_old.sum() :]
   keep_old &= ~pr_old
   new_keep = ~pr_new
   new = {n: v[new_keep] for n, v in new.items()}
@@ -149,8 +159,7 @@ def densify_and_prune(avatar: Avatar, stats: DensityStats, face_scale: np.ndarra
   new_cap = cap
   while n_keep + n_add > new_cap:
     new_cap *= 2
-  av = Avatar(**{n: jnp.asarray(v) for n, v in a.items() if n != "active"},
-              active=jnp.asarray(keep_old))
+  av = Avatar(**{n: jnp.asarray(v) for n, v in a.items() if n != "active"}, active=jnp.asarray(keep_old))
   if new_cap != cap:
     av = with_capacity(av, new_cap)
   out = {n: np.array(_np(getattr(av, n))) for n in a}
@@ -177,20 +186,27 @@ def densify_and_prune(avatar: Avatar, stats: DensityStats, face_scale: np.ndarra
     return y
 
   new_av = Avatar(**{n: jnp.asarray(v) for n, v in out.items()})
-  counts = dict(clone=int(ci.size), split=int(si.size), pruned=int(pr_old.sum() + pr_new.sum()),
-                active=int(out["active"].sum()), capacity=new_cap)
+  counts = dict(
+    clone=int(ci.size),
+    split=int(si.size),
+    pruned=int(pr_old.sum() + pr_new.sum()),
+    active=int(out["active"].sum()),
+    capacity=new_cap,
+  )
   return DensifyResult(avatar=new_av, reindex=reindex, counts=counts)
 
 
 def reset_opacity(avatar: Avatar, max_opacity: float = 0.01) -> Avatar:
   """METHOD §2.7: o <- logit(min(sigmoid(o), 0.01)) (the caller zeroes the opacity moments)."""
   lim = float(np.log(max_opacity / (1.0 - max_opacity)))
-  return dataclasses.replace(avatar, opacity_logit=jnp.where(
-      avatar.active, jnp.minimum(avatar.opacity_logit, lim), avatar.opacity_logit))
+  return dataclasses.replace(
+    avatar, opacity_logit=jnp.where(avatar.active, jnp.minimum(avatar.opacity_logit, lim), avatar.opacity_logit)
+  )
 
 
-def map_slot_leaves(tree: Any, fn: Callable[[np.ndarray], np.ndarray], *, group: str = "gauss",
-                    only: tuple[str, ...] | None = None) -> Any:
+def map_slot_leaves(
+  tree: Any, fn: Callable[[np.ndarray], np.ndarray], *, group: str = "gauss", only: tuple[str, ...] | None = None
+) -> Any:
   """Applies fn to every leaf of an optimizer state that sits under dict key `group` (the per-slot
   Gaussian parameters' moments), optionally only under the parameter names `only`."""
 
@@ -203,5 +219,4 @@ def map_slot_leaves(tree: Any, fn: Callable[[np.ndarray], np.ndarray], *, group:
   return jax.tree_util.tree_map_with_path(f, tree)
 
 
-__all__ = ["DensityStats", "DensifyConfig", "DensifyResult", "densify_and_prune", "reset_opacity",
-           "map_slot_leaves"]
+__all__ = ["DensityStats", "DensifyConfig", "DensifyResult", "densify_and_prune", "reset_opacity", "map_slot_leaves"]

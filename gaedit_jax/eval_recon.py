@@ -45,23 +45,35 @@ def _lpips_jit(params, x, y, lpips_input: str = "unit"):
   return lpips_images(params, x, y, lpips_input)
 
 
-def evaluate_split(avatar, model, flame: dict, ds, render_cfg, *, max_frames: int | None = None,
-                   save_dir: str | os.PathLike | None = None, save_images: int = 0,
-                   lpips_params: dict | None = None, lpips_input: str = "unit", chunk: int = 8) -> dict:
+def evaluate_split(
+  avatar,
+  model,
+  flame: dict,
+  ds,
+  render_cfg,
+  *,
+  max_frames: int | None = None,
+  save_dir: str | os.PathLike | None = None,
+  save_images: int = 0,
+  lpips_params: dict | None = None,
+  lpips_input: str = "unit",
+  chunk: int = 8,
+) -> dict:
   """Renders the frames of dataset `ds` and compares them with its images. model: the baked
   FLAME model (avatar.baked_model); flame: per-timestep fields [T,...]; lpips_input: "unit"
   ([0, 1] images into LPIPS, the original) or "signed" (rescaled to [-1, 1]). Returns
   {"split", "num_frames", "mean": {psnr, ssim[, lpips]}, "frames": [{file, camera, timestep, ...}]}."""
   if max_frames is not None and max_frames < 1:
-    raise InputError(f"--eval-max-frames {max_frames}: evaluate at least one frame of {ds.json_path} "
-                     f"(leave it unset for all frames)")
+    raise InputError(
+      f"--eval-max-frames {max_frames}: evaluate at least one frame of {ds.json_path} (leave it unset for all frames)"
+    )
   idx = _pick(len(ds), max_frames)
   bg = jnp.asarray(ds.background)
   rows = []
   saved = 0
   keep = set(_pick(len(idx), save_images).tolist()) if save_images else set()
   for s in range(0, len(idx), chunk):
-    ii = idx[s:s + chunk]
+    ii = idx[s : s + chunk]
     b = ds.batch(ii)
     img = render_views(avatar, model, flame, np.asarray(b.timestep), b.camera, bg, render_cfg, chunk=chunk)
     p, q = _metrics(jnp.asarray(img), b.image)
@@ -70,8 +82,14 @@ def evaluate_split(avatar, model, flame: dict, ds, render_cfg, *, max_frames: in
       lp = np.asarray(_lpips_jit(lpips_params, jnp.asarray(img), b.image, lpips_input)).reshape(-1)
     for j, i in enumerate(ii):
       r = ds.records[int(i)]
-      row = dict(index=int(i), file=str(r.image_path.name), camera=int(r.camera_index),
-                 timestep=int(r.timestep), psnr=float(p[j]), ssim=float(q[j]))
+      row = dict(
+        index=int(i),
+        file=str(r.image_path.name),
+        camera=int(r.camera_index),
+        timestep=int(r.timestep),
+        psnr=float(p[j]),
+        ssim=float(q[j]),
+      )
       if lp is not None:
         row["lpips"] = float(lp[j])
       rows.append(row)
@@ -83,9 +101,16 @@ def evaluate_split(avatar, model, flame: dict, ds, render_cfg, *, max_frames: in
   return dict(split=ds.split, num_frames=len(rows), mean=mean, frames=rows)
 
 
-def evaluate_model(model_dir: str | os.PathLike, splits=("val", "test"), *, lpips_weights: str | None = None,
-                   lpips_input: str = "unit", max_frames: int | None = None,
-                   out: str | os.PathLike | None = None, sh_degree: int = 3) -> dict:
+def evaluate_model(
+  model_dir: str | os.PathLike,
+  splits=("val", "test"),
+  *,
+  lpips_weights: str | None = None,
+  lpips_input: str = "unit",
+  max_frames: int | None = None,
+  out: str | os.PathLike | None = None,
+  sh_degree: int = 3,
+) -> dict:
   """Evaluates a trained model folder on its dataset's splits; writes results_<split>.json into
   `out` (default: the model folder). Returns {split: result}."""
   avatar, model, flame, _, cfg, _ = load_trained(model_dir)
@@ -98,13 +123,26 @@ def evaluate_model(model_dir: str | os.PathLike, splits=("val", "test"), *, lpip
   res = {}
   for s in splits:
     try:
-      ds = AvatarDataset(cfg["data"], s, image_scale=c.get("image_scale", 1.0),
-                         white_background=c.get("white_background", True), cache_size=0,
-                         intrinsics=c.get("intrinsics", "file"))
+      ds = AvatarDataset(
+        cfg["data"],
+        s,
+        image_scale=c.get("image_scale", 1.0),
+        white_background=c.get("white_background", True),
+        cache_size=0,
+        intrinsics=c.get("intrinsics", "file"),
+      )
     except FileNotFoundError:
       continue
-    r = evaluate_split(avatar, model, flame, ds, RenderConfig(sh_degree=min(sh_degree, avatar.sh_degree)), max_frames=max_frames,
-                       lpips_params=lp, lpips_input=lpips_input)
+    r = evaluate_split(
+      avatar,
+      model,
+      flame,
+      ds,
+      RenderConfig(sh_degree=min(sh_degree, avatar.sh_degree)),
+      max_frames=max_frames,
+      lpips_params=lp,
+      lpips_input=lpips_input,
+    )
     (out / f"results_{s}.json").write_text(json.dumps(r, indent=2))
     res[s] = r
   return res

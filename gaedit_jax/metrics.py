@@ -18,6 +18,7 @@ ViT-B/32 in IN2N's example).
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +36,7 @@ def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-  g = np.exp(-((np.arange(size) - size // 2) ** 2) / (2.0 * sigma ** 2))
+  g = np.exp(-((np.arange(size) - size // 2) ** 2) / (2.0 * sigma**2))
   return (g / g.sum()).astype(np.float32)
 
 
@@ -48,10 +49,24 @@ def _blur(x: jax.Array, window: np.ndarray) -> jax.Array:
   kw = jnp.tile(w.reshape(1, k, 1, 1), (1, 1, 1, c))
   dn = ("NHWC", "HWIO", "NHWC")
   pad = k // 2
-  x = jax.lax.conv_general_dilated(x, kh, (1, 1), ((pad, pad), (0, 0)), dimension_numbers=dn,
-                                   feature_group_count=c, precision=jax.lax.Precision.HIGHEST)
-  return jax.lax.conv_general_dilated(x, kw, (1, 1), ((0, 0), (pad, pad)), dimension_numbers=dn,
-                                      feature_group_count=c, precision=jax.lax.Precision.HIGHEST)
+  x = jax.lax.conv_general_dilated(
+    x,
+    kh,
+    (1, 1),
+    ((pad, pad), (0, 0)),
+    dimension_numbers=dn,
+    feature_group_count=c,
+    precision=jax.lax.Precision.HIGHEST,
+  )
+  return jax.lax.conv_general_dilated(
+    x,
+    kw,
+    (1, 1),
+    ((0, 0), (pad, pad)),
+    dimension_numbers=dn,
+    feature_group_count=c,
+    precision=jax.lax.Precision.HIGHEST,
+  )
 
 
 def ssim(x: jax.Array, y: jax.Array, window_size: int = 11, sigma: float = 1.5) -> jax.Array:
@@ -68,7 +83,7 @@ def ssim(x: jax.Array, y: jax.Array, window_size: int = 11, sigma: float = 1.5) 
   s1 = _blur(x * x, win) - mu1_sq
   s2 = _blur(y * y, win) - mu2_sq
   s12 = _blur(x * y, win) - mu12
-  c1, c2 = 0.01 ** 2, 0.03 ** 2
+  c1, c2 = 0.01**2, 0.03**2
   m = ((2 * mu12 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))
   out = jnp.mean(m, axis=(1, 2, 3))
   return out[0] if single else out
@@ -86,8 +101,7 @@ def _cos(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
   return num / den
 
 
-def clip_direction_similarity(e_src: jax.Array, e_edit: jax.Array, t_src: jax.Array,
-                              t_tgt: jax.Array) -> jax.Array:
+def clip_direction_similarity(e_src: jax.Array, e_edit: jax.Array, t_src: jax.Array, t_tgt: jax.Array) -> jax.Array:
   """Per-pair CLIP-S from unit-norm embeddings: e_src, e_edit [N,D]; t_src, t_tgt [D] or [N,D]."""
   return _cos(e_edit - e_src, jnp.broadcast_to(t_tgt - t_src, e_src.shape))
 
@@ -102,11 +116,12 @@ def clip_direction_consistency(e_src: jax.Array, e_edit: jax.Array, wrap: bool =
 @dataclasses.dataclass
 class ClipEditMetrics:
   """CLIP metrics of one edit; `clip_variant` says which CLIP produced them."""
+
   clip_variant: str
-  clip_direction_similarity: float      # CLIP-S
-  clip_direction_consistency: float     # CLIP-C
-  clip_image_similarity: float          # cos(E_I(source), E_I(edit)), IP2P's x-axis
-  clip_score_target: float              # cos(E_I(edit), E_T(target caption))
+  clip_direction_similarity: float  # CLIP-S
+  clip_direction_consistency: float  # CLIP-C
+  clip_image_similarity: float  # cos(E_I(source), E_I(edit)), IP2P's x-axis
+  clip_score_target: float  # cos(E_I(edit), E_T(target caption))
   num_images: int
   source_caption: str
   target_caption: str
@@ -116,8 +131,9 @@ class ClipEditMetrics:
     return dataclasses.asdict(self)
 
 
-def clip_edit_metrics(clip, source_images, edited_images, source_caption: str, target_caption: str,
-                      *, wrap: bool = True) -> ClipEditMetrics:
+def clip_edit_metrics(
+  clip, source_images, edited_images, source_caption: str, target_caption: str, *, wrap: bool = True
+) -> ClipEditMetrics:
   """CLIP-S and CLIP-C of an edit.
 
   `clip`: a `gaedit_jax.nets.clip.ClipModel`; `source_images`, `edited_images`: [N,H,W,3] in
@@ -131,11 +147,13 @@ def clip_edit_metrics(clip, source_images, edited_images, source_caption: str, t
   cs = clip_direction_similarity(e_src, e_edt, t[0], t[1])
   cc = clip_direction_consistency(e_src, e_edt, wrap) if len(src) > 1 else jnp.full((1,), jnp.nan)
   return ClipEditMetrics(
-      clip_variant=clip.variant,
-      clip_direction_similarity=float(jnp.mean(cs)),
-      clip_direction_consistency=float(jnp.mean(cc)),
-      clip_image_similarity=float(jnp.mean(_cos(e_src, e_edt))),
-      clip_score_target=float(jnp.mean(_cos(e_edt, jnp.broadcast_to(t[1], e_edt.shape)))),
-      num_images=int(src.shape[0]), source_caption=source_caption, target_caption=target_caption,
-      consistency_wrap=wrap)
-
+    clip_variant=clip.variant,
+    clip_direction_similarity=float(jnp.mean(cs)),
+    clip_direction_consistency=float(jnp.mean(cc)),
+    clip_image_similarity=float(jnp.mean(_cos(e_src, e_edt))),
+    clip_score_target=float(jnp.mean(_cos(e_edt, jnp.broadcast_to(t[1], e_edt.shape)))),
+    num_images=int(src.shape[0]),
+    source_caption=source_caption,
+    target_caption=target_caption,
+    consistency_wrap=wrap,
+  )

@@ -38,8 +38,10 @@ def init_distributed() -> bool:
     try:
       n, i = int(env["GAEDIT_NUM_PROCESSES"]), int(env["GAEDIT_PROCESS_ID"])
     except (KeyError, ValueError):
-      raise InputError("GAEDIT_COORDINATOR is set, so GAEDIT_NUM_PROCESSES and GAEDIT_PROCESS_ID "
-                       "must be integers (the number of processes and this one's index)") from None
+      raise InputError(
+        "GAEDIT_COORDINATOR is set, so GAEDIT_NUM_PROCESSES and GAEDIT_PROCESS_ID "
+        "must be integers (the number of processes and this one's index)"
+      ) from None
     jax.distributed.initialize(env["GAEDIT_COORDINATOR"], num_processes=n, process_id=i)
     return True
   if env.get("GAEDIT_DISTRIBUTED") == "1":
@@ -65,6 +67,7 @@ def local(tree):
   """The arrays as this process can use them alone: unchanged when fully addressable (one host);
   in a multi-host run a replicated array is not, but this process holds a whole copy in its first
   shard; anything else is gathered."""
+
   def get(x):
     if not isinstance(x, jax.Array) or x.is_fully_addressable:
       return x
@@ -73,6 +76,7 @@ def local(tree):
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
   return jax.tree.map(get, tree)
 
 
@@ -93,17 +97,21 @@ def view_mesh(devices: int | None, batch_size: int, *, what: str = "gaedit") -> 
   """
   avail = jax.devices()
   if devices is not None and not 1 <= devices <= len(avail):
-    raise ValueError(f"{what}: --devices {devices}, but {len(avail)} device(s) are available "
-                     f"({avail[0].platform})")
+    raise ValueError(f"{what}: --devices {devices}, but {len(avail)} device(s) are available ({avail[0].platform})")
   n = len(avail) if devices is None else devices
   if batch_size % n:
     if devices is not None:
-      raise ValueError(f"{what}: --batch-size {batch_size} views cannot be split evenly over "
-                       f"--devices {n}; use a batch size divisible by the device count")
+      raise ValueError(
+        f"{what}: --batch-size {batch_size} views cannot be split evenly over "
+        f"--devices {n}; use a batch size divisible by the device count"
+      )
     m = max(d for d in range(1, n + 1) if batch_size % d == 0)
     if m > 1 or n > 1:
-      warnings.warn(f"{what}: a batch of {batch_size} view(s) cannot be split over {n} devices; "
-                    f"using {m} (raise --batch-size to a multiple of {n} to use them all)", stacklevel=2)
+      warnings.warn(
+        f"{what}: a batch of {batch_size} view(s) cannot be split over {n} devices; "
+        f"using {m} (raise --batch-size to a multiple of {n} to use them all)",
+        stacklevel=2,
+      )
     n = m
   if n == 1:
     return None
@@ -137,8 +145,20 @@ def over_views(fn, mesh: Mesh | None, operands: list, batch: tuple[int, ...]):
   if mesh is None or not batch or batch[0] <= 1 or batch[0] % mesh.size:
     return fn(*operands)
   spec = lambda x: P(VIEWS) if x.ndim and x.shape[0] == batch[0] else P()
-  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec(x) for x in operands), out_specs=P(VIEWS),
-                       check_vma=False)(*operands)
+  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec(x) for x in operands), out_specs=P(VIEWS), check_vma=False)(
+    *operands
+  )
 
 
-__all__ = ["VIEWS", "init_distributed", "is_primary", "barrier", "local", "first_view", "view_mesh", "replicate", "shard_views", "over_views"]
+__all__ = [
+  "VIEWS",
+  "init_distributed",
+  "is_primary",
+  "barrier",
+  "local",
+  "first_view",
+  "view_mesh",
+  "replicate",
+  "shard_views",
+  "over_views",
+]

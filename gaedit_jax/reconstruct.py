@@ -24,14 +24,19 @@ import numpy as np
 import optax
 
 from gaedit_jax import parallel
-from gaedit_jax.avatar import (baked_model, check_consistency, fit_flame_dims, load_model, pose, pose_frames,
-                               resolve_flame_path)
+from gaedit_jax.avatar import (
+  baked_model,
+  check_consistency,
+  fit_flame_dims,
+  load_model,
+  pose,
+  pose_frames,
+  resolve_flame_path,
+)
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.layout import DatasetError
-from gaedit_jax.data.validate import (check_choice, check_flags, check_path, config_checks,
-                                      validate_dataset)
-from gaedit_jax.density import (DensifyConfig, DensityStats, densify_and_prune, map_slot_leaves,
-                                reset_opacity)
+from gaedit_jax.data.validate import check_choice, check_flags, check_path, config_checks, validate_dataset
+from gaedit_jax.density import DensifyConfig, DensityStats, densify_and_prune, map_slot_leaves, reset_opacity
 from gaedit_jax.errors import InputError
 from gaedit_jax.eval_recon import evaluate_split
 from gaedit_jax.flame import FlameModel, FlameParams
@@ -194,38 +199,60 @@ class ReconstructConfig:
 
   def validate_flags(self) -> None:
     """Value checks of the flags (one-line InputError naming the flag)."""
-    check_flags(self, {
+    check_flags(
+      self,
+      {
         "iterations batch_size sh_degree_interval densify_interval opacity_reset_interval log_interval "
         "keep_checkpoints devices position_lr_max_steps eval_max_frames stop_after capacity": "int >= 1",
         "seed densify_from densify_until checkpoint_interval eval_interval save_interval "
         "world_ply_timestep": "int >= 0",
-        "sh_degree": "int [0, 3]", "tile_size": "int [1, 16]",
+        "sh_degree": "int [0, 3]",
+        "tile_size": "int [1, 16]",
         "image_scale position_lr_init position_lr_final max_screen_size": "> 0",
         "image_cache_gb feature_lr opacity_lr scaling_lr rotation_lr flame_pose_lr flame_trans_lr "
         "flame_expr_lr lambda_xyz threshold_xyz lambda_scale threshold_scale densify_grad_threshold "
         "percent_dense isect_per_gaussian": ">= 0",
-        "lambda_dssim": "[0, 1]", "min_opacity": "[0, 1)"})
+        "lambda_dssim": "[0, 1]",
+        "min_opacity": "[0, 1)",
+      },
+    )
     check_choice(self, "intrinsics", ("file", "fov_x"))
 
   def learning_rates(self) -> LearningRates:
     """The optimizer's rates: the position schedule runs over --position-lr-max-steps (default: the
     whole run)."""
-    return LearningRates(position_init=self.position_lr_init, position_final=self.position_lr_final,
-                         position_steps=self.position_lr_max_steps or self.iterations, feature=self.feature_lr,
-                         opacity=self.opacity_lr, scaling=self.scaling_lr, rotation=self.rotation_lr,
-                         flame_pose=self.flame_pose_lr, flame_trans=self.flame_trans_lr,
-                         flame_expr=self.flame_expr_lr, finetune_flame=self.finetune_flame)
+    return LearningRates(
+      position_init=self.position_lr_init,
+      position_final=self.position_lr_final,
+      position_steps=self.position_lr_max_steps or self.iterations,
+      feature=self.feature_lr,
+      opacity=self.opacity_lr,
+      scaling=self.scaling_lr,
+      rotation=self.rotation_lr,
+      flame_pose=self.flame_pose_lr,
+      flame_trans=self.flame_trans_lr,
+      flame_expr=self.flame_expr_lr,
+      finetune_flame=self.finetune_flame,
+    )
 
   def regularisers(self) -> Regularisers:
-    return Regularisers(lambda_xyz=self.lambda_xyz, threshold_xyz=self.threshold_xyz,
-                        lambda_scale=self.lambda_scale, threshold_scale=self.threshold_scale)
+    return Regularisers(
+      lambda_xyz=self.lambda_xyz,
+      threshold_xyz=self.threshold_xyz,
+      lambda_scale=self.lambda_scale,
+      threshold_scale=self.threshold_scale,
+    )
 
   def check_inputs(self, *, progress: bool | None = None):
     """Up-front checks of the run's input files (before any step): the dataset (every split, image,
     mask and FLAME file, `validate_dataset`), the FLAME model and LPIPS paths, and the flags that
     depend on the data (--batch-size, --world-ply-timestep). Returns the DatasetSummary."""
-    summary = validate_dataset(self.data, ("train", "val", "test"), intrinsics=self.intrinsics,
-                               progress=self.progress if progress is None else progress)
+    summary = validate_dataset(
+      self.data,
+      ("train", "val", "test"),
+      intrinsics=self.intrinsics,
+      progress=self.progress if progress is None else progress,
+    )
     check_path(resolve_flame_path(self.data, self.flame_model), "--flame-model", kind="file")
     if self.lpips_weights is not None:
       check_path(self.lpips_weights, "--lpips-weights")
@@ -234,8 +261,9 @@ class ReconstructConfig:
       raise DatasetError(f"--batch-size {self.batch_size} is larger than the {n} training frames of {self.data}")
     t = self.world_ply_timestep
     if t is not None and t >= summary.num_timesteps:
-      raise DatasetError(f"--world-ply-timestep {t} is out of range: {self.data} has timesteps "
-                         f"0..{summary.num_timesteps - 1}")
+      raise DatasetError(
+        f"--world-ply-timestep {t} is out of range: {self.data} has timesteps 0..{summary.num_timesteps - 1}"
+      )
     return summary
 
 
@@ -267,17 +295,23 @@ def make_optimizer(cfg: ReconstructConfig, extent: float) -> optax.GradientTrans
   return opt_lib.make_optimizer(cfg.learning_rates(), extent)
 
 
-def init_state(key: jax.Array, model: FlameModel, flame: FlameParams, optimizer, *,
-               capacity: int | None = None, sh_degree: int = 3) -> TrainState:
+def init_state(
+  key: jax.Array, model: FlameModel, flame: FlameParams, optimizer, *, capacity: int | None = None, sh_degree: int = 3
+) -> TrainState:
   """METHOD §2.3: one Gaussian per face; FLAME per-timestep params from the tracking."""
   k_init, k_run = jax.random.split(key)
   f = model.num_faces
   avatar = init_avatar(k_init, f, capacity=capacity or 2 * f, sh_degree=sh_degree)
   fl = {k: jnp.array(getattr(flame, k), jnp.float32, copy=True) for k in PER_TIMESTEP}  # the step donates it
   params = {"gauss": avatar.params(), "flame": fl}
-  return TrainState(avatar=avatar, flame=fl, opt_state=optimizer.init(params),
-                    stats=DensityStats.zeros(avatar.capacity), step=jnp.zeros((), jnp.int32),
-                    key=jax.random.key_data(k_run))
+  return TrainState(
+    avatar=avatar,
+    flame=fl,
+    opt_state=optimizer.init(params),
+    stats=DensityStats.zeros(avatar.capacity),
+    step=jnp.zeros((), jnp.int32),
+    key=jax.random.key_data(k_run),
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,9 +328,17 @@ class StepConfig:
   reg: Regularisers = GA_REGULARISERS
 
 
-def train_step(state: TrainState, image: jax.Array, camera, timestep: jax.Array, model: FlameModel,
-               background: jax.Array, *, optimizer: optax.GradientTransformation,
-               cfg: StepConfig) -> tuple[TrainState, dict]:
+def train_step(
+  state: TrainState,
+  image: jax.Array,
+  camera,
+  timestep: jax.Array,
+  model: FlameModel,
+  background: jax.Array,
+  *,
+  optimizer: optax.GradientTransformation,
+  cfg: StepConfig,
+) -> tuple[TrainState, dict]:
   """One optimisation step on B views (image [B,H,W,3], camera [B], timestep [B]). Pure."""
   b = image.shape[0]
   cap = state.avatar.capacity
@@ -316,8 +358,9 @@ def train_step(state: TrainState, image: jax.Array, camera, timestep: jax.Array,
 
   params = state.params()
   offset = jnp.zeros((b, cap, 2), jnp.float32)
-  (loss, (out, parts, l_pos, l_scale)), (grads, g_off) = jax.value_and_grad(
-      loss_fn, argnums=(0, 1), has_aux=True)(params, offset)
+  (loss, (out, parts, l_pos, l_scale)), (grads, g_off) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+    params, offset
+  )
   updates, opt_state = optimizer.update(grads, state.opt_state, params)
   params = optax.apply_updates(params, updates)
 
@@ -327,26 +370,41 @@ def train_step(state: TrainState, image: jax.Array, camera, timestep: jax.Array,
   vis = (out.radii > 0) & state.avatar.active
   st = state.stats
   stats = DensityStats(
-      accum=st.accum + jnp.sum(jnp.where(vis, gn, 0.0), 0),
-      denom=st.denom + jnp.sum(vis, 0).astype(jnp.float32),
-      max_radii=jnp.maximum(st.max_radii, jnp.max(jnp.where(vis, out.radii, 0), 0).astype(jnp.float32)))
-  new = TrainState(avatar=state.avatar.with_params(params["gauss"]), flame=params["flame"],
-                   opt_state=opt_state, stats=stats, step=state.step + 1, key=state.key)
+    accum=st.accum + jnp.sum(jnp.where(vis, gn, 0.0), 0),
+    denom=st.denom + jnp.sum(vis, 0).astype(jnp.float32),
+    max_radii=jnp.maximum(st.max_radii, jnp.max(jnp.where(vis, out.radii, 0), 0).astype(jnp.float32)),
+  )
+  new = TrainState(
+    avatar=state.avatar.with_params(params["gauss"]),
+    flame=params["flame"],
+    opt_state=opt_state,
+    stats=stats,
+    step=state.step + 1,
+    key=state.key,
+  )
   # An overflowing intersection buffer means an incomplete image: skip the update (no host sync;
   # the loop reads the flag later and enlarges the buffer).
   ovf = jnp.any(out.overflow)
   keep = dataclasses.replace(state, step=state.step + 1)
   new = jax.tree.map(lambda a, b: jnp.where(ovf, a, b), keep, new)
-  metrics = dict(loss=loss, l1=parts["l1"], dssim=parts["dssim"], reg_xyz=l_pos, reg_scale=l_scale,
-                 psnr=jnp.mean(psnr(jnp.clip(out.image, 0, 1), image)),
-                 num_gaussians=state.avatar.num_active, overflow=jnp.any(out.overflow))
+  metrics = dict(
+    loss=loss,
+    l1=parts["l1"],
+    dssim=parts["dssim"],
+    reg_xyz=l_pos,
+    reg_scale=l_scale,
+    psnr=jnp.mean(psnr(jnp.clip(out.image, 0, 1), image)),
+    num_gaussians=state.avatar.num_active,
+    overflow=jnp.any(out.overflow),
+  )
   return new, metrics
 
 
 def make_step(optimizer, cfg: StepConfig):
   """The jitted step for one static config (one per SH degree / capacity)."""
-  return jax.jit(lambda s, img, cam, t, m, bg: train_step(s, img, cam, t, m, bg, optimizer=optimizer, cfg=cfg),
-                 donate_argnums=(0,))
+  return jax.jit(
+    lambda s, img, cam, t, m, bg: train_step(s, img, cam, t, m, bg, optimizer=optimizer, cfg=cfg), donate_argnums=(0,)
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -359,8 +417,8 @@ class Trainer:
 
   def __init__(self, cfg: ReconstructConfig):
     self.cfg = cfg
-    cfg.check_inputs(progress=cfg.progress and parallel.is_primary())   # bad input fails here, not at step N
-    self.out = Path(cfg.out).absolute()   # created, locked and checked by run()
+    cfg.check_inputs(progress=cfg.progress and parallel.is_primary())  # bad input fails here, not at step N
+    self.out = Path(cfg.out).absolute()  # created, locked and checked by run()
     kw = dict(white_background=cfg.white_background, image_scale=cfg.image_scale, intrinsics=cfg.intrinsics)
     self.train_ds = AvatarDataset(cfg.data, "train", cache_size=0, **kw)
     h, w = self.train_ds.image_size
@@ -384,8 +442,12 @@ class Trainer:
     self.model_local = self.model
     self.model = parallel.replicate(self.model, self.mesh)
     self.background = parallel.replicate(self.background, self.mesh)
-    self.state = parallel.replicate(init_state(jax.random.key(cfg.seed), self.model, flame, self.optimizer,
-                                               capacity=cfg.capacity, sh_degree=cfg.sh_degree), self.mesh)
+    self.state = parallel.replicate(
+      init_state(
+        jax.random.key(cfg.seed), self.model, flame, self.optimizer, capacity=cfg.capacity, sh_degree=cfg.sh_degree
+      ),
+      self.mesh,
+    )
     self.history: list[dict] = []
     self.densify_log: list[dict] = []
 
@@ -394,8 +456,13 @@ class Trainer:
     return min(self.cfg.sh_degree, (it // max(self.cfg.sh_degree_interval, 1)))
 
   def render_config(self, sh_degree: int) -> RenderConfig:
-    return RenderConfig(sh_degree=sh_degree, isect_per_gaussian=self.isect, mesh=self.mesh,
-                        tile_size=self.cfg.tile_size, alpha_clamp_grad=self.cfg.alpha_clamp_grad)
+    return RenderConfig(
+      sh_degree=sh_degree,
+      isect_per_gaussian=self.isect,
+      mesh=self.mesh,
+      tile_size=self.cfg.tile_size,
+      alpha_clamp_grad=self.cfg.alpha_clamp_grad,
+    )
 
   def step_fn(self, sh_degree: int):
     c = self.cfg
@@ -410,15 +477,17 @@ class Trainer:
       t = int(self.train_ds.timesteps[frame_order(len(self.train_ds), c.batch_size, c.seed, it)[0]])
       k = np.asarray(pose_frames(self.model, st.flame, jnp.asarray(t)).scale)
       key = jax.random.fold_in(jax.random.wrap_key_data(st.key), it)
-      dcfg = DensifyConfig(grad_threshold=c.densify_grad_threshold, percent_dense=c.percent_dense,
-                           min_opacity=c.min_opacity, max_screen_size=c.max_screen_size,
-                           prune_screen_size=c.prune_screen_size,
-                           split_add_parent_xyz=c.split_add_parent_xyz)
-      res = densify_and_prune(st.avatar, st.stats, k, self.extent, key, dcfg,
-                              prune_large=it > c.opacity_reset_interval)
+      dcfg = DensifyConfig(
+        grad_threshold=c.densify_grad_threshold,
+        percent_dense=c.percent_dense,
+        min_opacity=c.min_opacity,
+        max_screen_size=c.max_screen_size,
+        prune_screen_size=c.prune_screen_size,
+        split_add_parent_xyz=c.split_add_parent_xyz,
+      )
+      res = densify_and_prune(st.avatar, st.stats, k, self.extent, key, dcfg, prune_large=it > c.opacity_reset_interval)
       opt = map_slot_leaves(st.opt_state, res.reindex)
-      st = dataclasses.replace(st, avatar=res.avatar, opt_state=opt,
-                               stats=DensityStats.zeros(res.avatar.capacity))
+      st = dataclasses.replace(st, avatar=res.avatar, opt_state=opt, stats=DensityStats.zeros(res.avatar.capacity))
       self.densify_log.append(dict(iteration=it, **res.counts))
     if reset:
       opt = map_slot_leaves(st.opt_state, np.zeros_like, only=("opacity_logit",))
@@ -431,31 +500,50 @@ class Trainer:
     if it >= until:
       return False, False
     dens = it > c.densify_from and it % c.densify_interval == 0
-    reset = it % c.opacity_reset_interval == 0 or (c.white_background and c.reset_opacity_at_densify_from and it == c.densify_from)
+    reset = it % c.opacity_reset_interval == 0 or (
+      c.white_background and c.reset_opacity_at_densify_from and it == c.densify_from
+    )
     return dens, reset
 
   # -- checkpoints -------------------------------------------------------------------------------
   def meta(self) -> dict:
-    return dict(capacity=int(self.state.avatar.capacity), isect_per_gaussian=self.isect,
-                extent=self.extent, config=jsonable(dataclasses.asdict(self.cfg)), densify=self.densify_log)
+    return dict(
+      capacity=int(self.state.avatar.capacity),
+      isect_per_gaussian=self.isect,
+      extent=self.extent,
+      config=jsonable(dataclasses.asdict(self.cfg)),
+      densify=self.densify_log,
+    )
 
   def resume_identity(self) -> dict:
     """What a checkpoint must share with this run to be resumed (flag -> value): the dataset and
     FLAME model (by content), and the settings that fix the state's shapes or meaning."""
     c = self.cfg
-    return {"--data": file_id(c.data, "transforms_train.json"),
-            "--flame-model": file_id(resolve_flame_path(c.data, c.flame_model)),
-            "--sh-degree": c.sh_degree, "--capacity": c.capacity, "--seed": c.seed,
-            "--white-background": c.white_background, "--image-scale": c.image_scale}
+    return {
+      "--data": file_id(c.data, "transforms_train.json"),
+      "--flame-model": file_id(resolve_flame_path(c.data, c.flame_model)),
+      "--sh-degree": c.sh_degree,
+      "--capacity": c.capacity,
+      "--seed": c.seed,
+      "--white-background": c.white_background,
+      "--image-scale": c.image_scale,
+    }
 
   def save_checkpoint(self, ses: Session) -> None:
     ses.save(self.state, self.meta())
 
   def restore(self, ses: Session) -> bool:
     """--resume: the newest readable checkpoint of this run (Session.restore); False: none."""
+
     def template(meta: dict) -> TrainState:
-      return init_state(jax.random.key(self.cfg.seed), self.model, self.flame0, self.optimizer,
-                        capacity=int(meta["capacity"]), sh_degree=self.cfg.sh_degree)
+      return init_state(
+        jax.random.key(self.cfg.seed),
+        self.model,
+        self.flame0,
+        self.optimizer,
+        capacity=int(meta["capacity"]),
+        sh_degree=self.cfg.sh_degree,
+      )
 
     got = ses.restore(template)
     if got is None:
@@ -477,11 +565,18 @@ class Trainer:
     if self.cfg.lpips_weights is not None and not hasattr(self, "_lpips"):
       self._lpips = load_lpips(self.cfg.lpips_weights)
     rc = dataclasses.replace(self.render_config(self.sh_degree_at(it)), mesh=None)
-    res = evaluate_split(st.avatar, self.model_local, st.flame, ds, rc,
-                         max_frames=self.cfg.eval_max_frames, lpips_params=getattr(self, "_lpips", None),
-                         lpips_input=self.cfg.lpips_input,
-                         save_dir=self.out / "eval" / f"iteration_{it}" / split if save_images else None,
-                         save_images=save_images)
+    res = evaluate_split(
+      st.avatar,
+      self.model_local,
+      st.flame,
+      ds,
+      rc,
+      max_frames=self.cfg.eval_max_frames,
+      lpips_params=getattr(self, "_lpips", None),
+      lpips_input=self.cfg.lpips_input,
+      save_dir=self.out / "eval" / f"iteration_{it}" / split if save_images else None,
+      save_images=save_images,
+    )
     if writer is not None:
       for k, v in res["mean"].items():
         writer.add_scalar(f"{split}/{k}", v, it)
@@ -495,39 +590,55 @@ class Trainer:
     save_flame_npz(d / "flame_param.npz", self.flame0, self.state.flame)
     t = self.cfg.world_ply_timestep
     if t is not None:
-      save_world_ply(d / f"world_timestep_{t:05d}.ply", self.state.avatar,
-                     pose_frames(self.model, self.state.flame, jnp.asarray(t)),
-                     sh_degree=self.cfg.sh_degree)
+      save_world_ply(
+        d / f"world_timestep_{t:05d}.ply",
+        self.state.avatar,
+        pose_frames(self.model, self.state.flame, jnp.asarray(t)),
+        sh_degree=self.cfg.sh_degree,
+      )
     return d
 
   # -- main loop --------------------------------------------------------------------------------
   def run(self) -> dict:
     c = self.cfg
     if c.eval_max_frames is not None and c.eval_max_frames < 1:
-      raise InputError(f"--eval-max-frames {c.eval_max_frames}: evaluate at least one frame "
-                       f"per split (leave it unset for all frames)")
-    with Session(self.out, what="gaedit reconstruct", inputs={"--data": c.data}, resume=c.resume,
-                 overwrite=c.overwrite, keep=c.keep_checkpoints, every=c.checkpoint_interval,
-                 minutes=c.checkpoint_minutes, log_interval=c.log_interval,
-                 identity=self.resume_identity()) as ses:
+      raise InputError(
+        f"--eval-max-frames {c.eval_max_frames}: evaluate at least one frame per split (leave it unset for all frames)"
+      )
+    with Session(
+      self.out,
+      what="gaedit reconstruct",
+      inputs={"--data": c.data},
+      resume=c.resume,
+      overwrite=c.overwrite,
+      keep=c.keep_checkpoints,
+      every=c.checkpoint_interval,
+      minutes=c.checkpoint_minutes,
+      log_interval=c.log_interval,
+      identity=self.resume_identity(),
+    ) as ses:
       return self._run(ses)
 
   def _run(self, ses: Session) -> dict:
     c = self.cfg
-    primary = ses.primary   # multi-host: process 0 writes logs, exports, summaries
+    primary = ses.primary  # multi-host: process 0 writes logs, exports, summaries
     self.restore(ses)
     start = int(self.state.step)
     if primary:
-      write_json(self.out / "cfg.json", dict(
-          config=jsonable(dataclasses.asdict(c)), data=str(Path(c.data).absolute()),
+      write_json(
+        self.out / "cfg.json",
+        dict(
+          config=jsonable(dataclasses.asdict(c)),
+          data=str(Path(c.data).absolute()),
           flame_model=str(resolve_flame_path(c.data, c.flame_model).absolute()),
-          extent=self.extent))
-    writer, bar = ses.begin(total=c.iterations, desc="reconstruct", tensorboard=c.tensorboard,
-                            progress=c.progress)
+          extent=self.extent,
+        ),
+      )
+    writer, bar = ses.begin(total=c.iterations, desc="reconstruct", tensorboard=c.tensorboard, progress=c.progress)
     end = c.iterations if c.stop_after is None else min(c.iterations, c.stop_after)
     n = len(self.train_ds)
     pending: list[tuple[int, dict]] = []
-    with ses.guard(lambda: self.state, self.meta):   # a failure checkpoints the last completed step
+    with ses.guard(lambda: self.state, self.meta):  # a failure checkpoints the last completed step
       for it in range(start + 1, end + 1):
         idx = frame_order(n, c.batch_size, c.seed, it)
         b = self.train_ds.batch(idx)
@@ -554,12 +665,17 @@ class Trainer:
         if ses.due(it, end):
           self.save_checkpoint(ses)
     ses.wait()
-    summary = ses.summary(int(self.state.step))   # the whole run, every session since iteration 1
+    summary = ses.summary(int(self.state.step))  # the whole run, every session since iteration 1
     if bar is not None:
       bar.close()
-    result: dict = dict(iterations=summary["iterations"], train_seconds=summary["seconds"],
-                        num_gaussians=int(self.state.avatar.num_active), densify=self.densify_log,
-                        sessions=summary["sessions"], resumed_at=summary["resumed_at"])
+    result: dict = dict(
+      iterations=summary["iterations"],
+      train_seconds=summary["seconds"],
+      num_gaussians=int(self.state.avatar.num_active),
+      densify=self.densify_log,
+      sessions=summary["sessions"],
+      resumed_at=summary["resumed_at"],
+    )
     if int(self.state.step) >= c.iterations and primary:
       it = c.iterations
       result["export"] = str(self.export(it))
@@ -574,15 +690,30 @@ class Trainer:
 
   def _flush(self, pending, writer, bar) -> None:
     overflowed = flush_metrics(
-        pending, writer, bar, self.history, tag="train",
-        scalars=("loss", "l1", "dssim", "psnr", "reg_xyz", "reg_scale"),
-        postfix=lambda m: dict(loss=f"{m['loss']:.4f}", psnr=f"{m['psnr']:.2f}", gaussians=int(m["num_gaussians"])))
+      pending,
+      writer,
+      bar,
+      self.history,
+      tag="train",
+      scalars=("loss", "l1", "dssim", "psnr", "reg_xyz", "reg_scale"),
+      postfix=lambda m: dict(loss=f"{m['loss']:.4f}", psnr=f"{m['psnr']:.2f}", gaussians=int(m["num_gaussians"])),
+    )
     for it in overflowed:
       # That step was skipped (incomplete image): grow the buffer (recompiles) and warn.
       self.isect = grow_isect(self.isect)
-      print(f"warning: rasterizer intersection buffer overflow at iteration {it}; "
-            f"the step was skipped; isect_per_gaussian -> {self.isect}")
+      print(
+        f"warning: rasterizer intersection buffer overflow at iteration {it}; "
+        f"the step was skipped; isect_per_gaussian -> {self.isect}"
+      )
 
 
-__all__ = ["ReconstructConfig", "TrainState", "StepConfig", "train_step", "make_step", "make_optimizer",
-           "init_state", "Trainer"]
+__all__ = [
+  "ReconstructConfig",
+  "TrainState",
+  "StepConfig",
+  "train_step",
+  "make_step",
+  "make_optimizer",
+  "init_state",
+  "Trainer",
+]

@@ -43,19 +43,33 @@ def quat_multiply(a: jax.Array, b: jax.Array) -> jax.Array:
   """Hamilton product a (x) b of quaternions [...,4] (wxyz): the rotation of b, then of a."""
   aw, ax, ay, az = jnp.moveaxis(a, -1, 0)
   bw, bx, by, bz = jnp.moveaxis(b, -1, 0)
-  return jnp.stack([aw * bw - ax * bx - ay * by - az * bz,
-                    aw * bx + ax * bw + ay * bz - az * by,
-                    aw * by - ax * bz + ay * bw + az * bx,
-                    aw * bz + ax * by - ay * bx + az * bw], axis=-1)
+  return jnp.stack(
+    [
+      aw * bw - ax * bx - ay * by - az * bz,
+      aw * bx + ax * bw + ay * bz - az * by,
+      aw * by - ax * bz + ay * bw + az * bx,
+      aw * bz + ax * by - ay * bx + az * bw,
+    ],
+    axis=-1,
+  )
 
 
 def quat_to_matrix(q: jax.Array) -> jax.Array:
   """Quaternion [...,4] (wxyz, normalised here) -> rotation matrix [...,3,3]."""
   w, x, y, z = jnp.moveaxis(_normalize(q), -1, 0)
-  return jnp.stack([
-      1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-      2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-      2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=-1
+  return jnp.stack(
+    [
+      1 - 2 * (y * y + z * z),
+      2 * (x * y - w * z),
+      2 * (x * z + w * y),
+      2 * (x * y + w * z),
+      1 - 2 * (x * x + z * z),
+      2 * (y * z - w * x),
+      2 * (x * z - w * y),
+      2 * (y * z + w * x),
+      1 - 2 * (x * x + y * y),
+    ],
+    axis=-1,
   ).reshape(q.shape[:-1] + (3, 3))
 
 
@@ -69,15 +83,17 @@ def matrix_to_quat(m: jax.Array) -> jax.Array:
   m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
   m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
   # 4 * (w^2, x^2, y^2, z^2)
-  sq = jnp.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22,
-                  1 - m00 - m11 + m22], axis=-1)
+  sq = jnp.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], axis=-1)
   root = jnp.sqrt(jnp.maximum(sq, 1e-12))  # 2|component|
-  cands = jnp.stack([
+  cands = jnp.stack(
+    [
       jnp.stack([root[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], -1) / (2 * root[..., 0:1]),
       jnp.stack([m21 - m12, root[..., 1] ** 2, m10 + m01, m02 + m20], -1) / (2 * root[..., 1:2]),
       jnp.stack([m02 - m20, m10 + m01, root[..., 2] ** 2, m21 + m12], -1) / (2 * root[..., 2:3]),
       jnp.stack([m10 - m01, m20 + m02, m21 + m12, root[..., 3] ** 2], -1) / (2 * root[..., 3:4]),
-  ], axis=-2)  # [...,4,4]
+    ],
+    axis=-2,
+  )  # [...,4,4]
   best = jnp.argmax(sq, axis=-1)
   q = jnp.take_along_axis(cands, best[..., None, None], axis=-2)[..., 0, :]
   q = jnp.where(q[..., :1] < 0, -q, q)
@@ -165,28 +181,37 @@ def _logit(p: float) -> float:
   return float(np.log(p / (1.0 - p)))
 
 
-def init_avatar(key: jax.Array, num_faces: int, *, capacity: int | None = None, sh_degree: int = 3,
-                init_opacity: float = 0.1, dtype=jnp.float32) -> Avatar:
+def init_avatar(
+  key: jax.Array,
+  num_faces: int,
+  *,
+  capacity: int | None = None,
+  sh_degree: int = 3,
+  init_opacity: float = 0.1,
+  dtype=jnp.float32,
+) -> Avatar:
   """METHOD §2.3: one Gaussian per face (binding = arange(F)), local xyz 0 (face centre), log-scale 0
   (world scale = k), rotation identity, opacity 0.1, SH DC ~ U[0, 1/255) written directly as the
   coefficient, other SH 0. Slots F..capacity-1 are free (inactive, zeros, binding 0)."""
   capacity = num_faces if capacity is None else int(capacity)
   if capacity < num_faces:
-    raise InputError(f"capacity {capacity} (--capacity) is smaller than the {num_faces} faces of the FLAME "
-                     "model (one Gaussian per face at the start)")
+    raise InputError(
+      f"capacity {capacity} (--capacity) is smaller than the {num_faces} faces of the FLAME "
+      "model (one Gaussian per face at the start)"
+    )
   k = (sh_degree + 1) ** 2
   active = jnp.arange(capacity) < num_faces
   dc = jax.random.uniform(key, (capacity, 1, 3), dtype, 0.0, 1.0 / 255.0) * active[:, None, None]
   rot = jnp.zeros((capacity, 4), dtype).at[:, 0].set(1.0)
   return Avatar(
-      xyz=jnp.zeros((capacity, 3), dtype),
-      log_scale=jnp.zeros((capacity, 3), dtype),
-      rotation=rot,
-      opacity_logit=jnp.where(active, _logit(init_opacity), 0.0).astype(dtype),
-      sh_dc=dc,
-      sh_rest=jnp.zeros((capacity, k - 1, 3), dtype),
-      binding=jnp.where(active, jnp.arange(capacity), 0).astype(jnp.int32),
-      active=active,
+    xyz=jnp.zeros((capacity, 3), dtype),
+    log_scale=jnp.zeros((capacity, 3), dtype),
+    rotation=rot,
+    opacity_logit=jnp.where(active, _logit(init_opacity), 0.0).astype(dtype),
+    sh_dc=dc,
+    sh_rest=jnp.zeros((capacity, k - 1, 3), dtype),
+    binding=jnp.where(active, jnp.arange(capacity), 0).astype(jnp.int32),
+    active=active,
   )
 
 
@@ -202,10 +227,16 @@ def with_capacity(avatar: Avatar, capacity: int) -> Avatar:
     return jnp.pad(x, widths, constant_values=fill)
 
   rot = grow(avatar.rotation).at[c:, 0].set(1.0)
-  return Avatar(xyz=grow(avatar.xyz), log_scale=grow(avatar.log_scale), rotation=rot,
-                opacity_logit=grow(avatar.opacity_logit), sh_dc=grow(avatar.sh_dc),
-                sh_rest=grow(avatar.sh_rest), binding=grow(avatar.binding),
-                active=grow(avatar.active, False))
+  return Avatar(
+    xyz=grow(avatar.xyz),
+    log_scale=grow(avatar.log_scale),
+    rotation=rot,
+    opacity_logit=grow(avatar.opacity_logit),
+    sh_dc=grow(avatar.sh_dc),
+    sh_rest=grow(avatar.sh_rest),
+    binding=grow(avatar.binding),
+    active=grow(avatar.active, False),
+  )
 
 
 def binding_counter(avatar: Avatar, num_faces: int) -> jax.Array:
@@ -240,9 +271,14 @@ def to_world(avatar: Avatar, frames: FaceFrames, *, screen_offset: bool = False)
   opac = jnp.where(act, jax.nn.sigmoid(jnp.where(act, avatar.opacity_logit, 0.0)), 0.0)
   sh = jnp.concatenate([avatar.sh_dc, avatar.sh_rest], axis=-2)
   sh = jnp.where(act[:, None, None], sh, 0.0)
-  return Gaussians(means=means, quats=quats, scales=scales, opacities=_bcast(opac, batch),
-                   sh=_bcast(sh, batch),
-                   screen_offset=jnp.zeros(batch + (avatar.capacity, 2), means.dtype) if screen_offset else None)
+  return Gaussians(
+    means=means,
+    quats=quats,
+    scales=scales,
+    opacities=_bcast(opac, batch),
+    sh=_bcast(sh, batch),
+    screen_offset=jnp.zeros(batch + (avatar.capacity, 2), means.dtype) if screen_offset else None,
+  )
 
 
 def posed_gaussians(avatar: Avatar, vertices: jax.Array, faces: jax.Array, **kw) -> Gaussians:
@@ -250,6 +286,16 @@ def posed_gaussians(avatar: Avatar, vertices: jax.Array, faces: jax.Array, **kw)
   return to_world(avatar, triangle_frames(vertices, faces), **kw)
 
 
-__all__ = ["FaceFrames", "Avatar", "triangle_frames", "init_avatar", "with_capacity",
-           "binding_counter", "to_world", "posed_gaussians", "quat_multiply", "quat_to_matrix",
-           "matrix_to_quat"]
+__all__ = [
+  "FaceFrames",
+  "Avatar",
+  "triangle_frames",
+  "init_avatar",
+  "with_capacity",
+  "binding_counter",
+  "to_world",
+  "posed_gaussians",
+  "quat_multiply",
+  "quat_to_matrix",
+  "matrix_to_quat",
+]

@@ -25,7 +25,6 @@ so its speed does not matter.
 from __future__ import annotations
 
 import codecs
-import copyreg
 import os
 import pickle
 from collections import OrderedDict
@@ -101,8 +100,10 @@ _NDARRAY = _NdarrayClass()
 def _reconstruct(subtype, shape, dtype):
   """`numpy.core.multiarray._reconstruct`: an empty ndarray that BUILD then fills."""
   if subtype is not _NDARRAY:
-    raise Refusal(f"refusing to rebuild an array of class {getattr(subtype, '__name__', subtype)!r}: "
-                  "only plain numpy arrays are read")
+    raise Refusal(
+      f"refusing to rebuild an array of class {getattr(subtype, '__name__', subtype)!r}: "
+      "only plain numpy arrays are read"
+    )
   if not (isinstance(shape, tuple) and all(type(s) is int and 0 <= s <= 1 for s in shape)):
     raise Refusal(f"refusing numpy _reconstruct with shape {shape!r} (pickles give (0,))")
   return _np_core.multiarray._reconstruct(np.ndarray, shape, _dtype(dtype))
@@ -134,8 +135,7 @@ def _frombuffer(buf, dtype, shape, order):
 
 def _codecs_encode(obj, encoding="utf-8", errors="strict"):
   """`_codecs.encode`: protocol-2 pickles spell `bytes` as encode(str, 'latin1')."""
-  if not isinstance(obj, str) or str(encoding).lower().replace("_", "-") not in ("latin1", "latin-1",
-                                                                                 "iso-8859-1"):
+  if not isinstance(obj, str) or str(encoding).lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
     raise Refusal(f"refusing _codecs.encode(..., {encoding!r}): only latin1 text is read")
   return codecs.encode(obj, "latin1")
 
@@ -181,23 +181,23 @@ def _both(module_pairs: Iterable[str], name: str, obj) -> dict[tuple[str, str], 
 
 # numpy arrays, dtypes and scalars under the names of numpy 1 (numpy.core) and 2 (numpy._core).
 NUMPY_DATA: dict[tuple[str, str], Any] = {
-    ("numpy", "dtype"): _dtype,
-    ("numpy", "ndarray"): _NDARRAY,
-    **_both(("numpy.core.multiarray", "numpy._core.multiarray"), "_reconstruct", _reconstruct),
-    **_both(("numpy.core.multiarray", "numpy._core.multiarray"), "scalar", _scalar),
-    **_both(("numpy.core.numeric", "numpy._core.numeric"), "_frombuffer", _frombuffer),
+  ("numpy", "dtype"): _dtype,
+  ("numpy", "ndarray"): _NDARRAY,
+  **_both(("numpy.core.multiarray", "numpy._core.multiarray"), "_reconstruct", _reconstruct),
+  **_both(("numpy.core.multiarray", "numpy._core.multiarray"), "scalar", _scalar),
+  **_both(("numpy.core.numeric", "numpy._core.numeric"), "_frombuffer", _frombuffer),
 }
 
 # Plain python data that protocol-2 pickles spell as globals (python 2 names included).
 BUILTIN_DATA: dict[tuple[str, str], Any] = {
-    **_both(("_codecs",), "encode", _codecs_encode),
-    **_both(("builtins", "__builtin__"), "object", object),
-    **_both(("builtins", "__builtin__"), "set", set),
-    **_both(("builtins", "__builtin__"), "frozenset", frozenset),
-    **_both(("builtins", "__builtin__"), "complex", complex),
-    **_both(("builtins", "__builtin__"), "bytearray", _bytearray),
-    **_both(("builtins", "__builtin__"), "bytes", _bytes),
-    ("collections", "OrderedDict"): OrderedDict,
+  **_both(("_codecs",), "encode", _codecs_encode),
+  **_both(("builtins", "__builtin__"), "object", object),
+  **_both(("builtins", "__builtin__"), "set", set),
+  **_both(("builtins", "__builtin__"), "frozenset", frozenset),
+  **_both(("builtins", "__builtin__"), "complex", complex),
+  **_both(("builtins", "__builtin__"), "bytearray", _bytearray),
+  **_both(("builtins", "__builtin__"), "bytes", _bytes),
+  ("collections", "OrderedDict"): OrderedDict,
 }
 
 
@@ -262,12 +262,20 @@ class SafeUnpickler(pickle._Unpickler):
   types whose instances BUILD may give attributes (e.g. OrderedDict, which torch state dicts carry
   `_metadata` on). `error`: the InputError subclass raised."""
 
-  def __init__(self, file: IO[bytes], *, source: str | os.PathLike,
-               allowed: Mapping[tuple[str, str], Any], why: str = "only data is read",
-               error: type[InputError] = InputError,
-               persistent_load: Callable[[Any], Any] | None = None,
-               build_dict_types: Iterable[type] = (OrderedDict,),
-               encoding: str = "ASCII", errors: str = "strict", what: str = "pickle"):
+  def __init__(
+    self,
+    file: IO[bytes],
+    *,
+    source: str | os.PathLike,
+    allowed: Mapping[tuple[str, str], Any],
+    why: str = "only data is read",
+    error: type[InputError] = InputError,
+    persistent_load: Callable[[Any], Any] | None = None,
+    build_dict_types: Iterable[type] = (OrderedDict,),
+    encoding: str = "ASCII",
+    errors: str = "strict",
+    what: str = "pickle",
+  ):
     super().__init__(_BoundedReader(file), fix_imports=False, encoding=encoding, errors=errors)
     self._source, self._allowed, self._why, self._error = os.fspath(source), allowed, why, error
     self._pid_handler, self._what = persistent_load, what
@@ -281,8 +289,7 @@ class SafeUnpickler(pickle._Unpickler):
 
   def persistent_load(self, pid):
     if self._pid_handler is None:
-      raise self._error(f"{self._source}: refusing a persistent id {_one_line(repr(pid), 80)}: "
-                        f"{self._why}")
+      raise self._error(f"{self._source}: refusing a persistent id {_one_line(repr(pid), 80)}: {self._why}")
     return self._pid_handler(pid)
 
   def load_build(self):
@@ -298,8 +305,7 @@ class SafeUnpickler(pickle._Unpickler):
     elif type(inst) in self._build_dict_types:
       if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
         state = state[0]
-      if not isinstance(state, dict) or not all(type(k) is str and not k.startswith("__")
-                                                for k in state):
+      if not isinstance(state, dict) or not all(type(k) is str and not k.startswith("__") for k in state):
         raise Refusal(f"refusing to set state {type(state).__name__} on a {type(inst).__name__}")
       inst.__dict__.update(state)
     else:
@@ -336,5 +342,15 @@ def load_path(path: str | os.PathLike, **kwargs) -> Any:
     return SafeUnpickler(f, **kwargs).load()
 
 
-__all__ = ["SafeUnpickler", "StandIn", "Refusal", "standin", "reconstructor", "reconstructor_entries",
-           "NUMPY_DATA", "BUILTIN_DATA", "load", "load_path"]
+__all__ = [
+  "SafeUnpickler",
+  "StandIn",
+  "Refusal",
+  "standin",
+  "reconstructor",
+  "reconstructor_entries",
+  "NUMPY_DATA",
+  "BUILTIN_DATA",
+  "load",
+  "load_path",
+]

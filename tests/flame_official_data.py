@@ -46,10 +46,17 @@ def _drop_vertex(model: F.FlameModel, v: int) -> F.FlameModel:
   regions = {n: m[keep] for n, m in _regions_dict(model).items()}
   shift = lambda r: None if r is None else jnp.asarray(np.asarray(r) - (np.asarray(r) > v), jnp.int32)
   out = dataclasses.replace(
-      model, v_template=model.v_template[keep], shapedirs=model.shapedirs[keep],
-      exprdirs=model.exprdirs[keep], posedirs=jnp.asarray(pd), j_regressor=model.j_regressor[:, keep],
-      lbs_weights=model.lbs_weights[keep], faces=jnp.asarray(faces, jnp.int32),
-      lip_ring_upper=shift(model.lip_ring_upper), lip_ring_lower=shift(model.lip_ring_lower))
+    model,
+    v_template=model.v_template[keep],
+    shapedirs=model.shapedirs[keep],
+    exprdirs=model.exprdirs[keep],
+    posedirs=jnp.asarray(pd),
+    j_regressor=model.j_regressor[:, keep],
+    lbs_weights=model.lbs_weights[keep],
+    faces=jnp.asarray(faces, jnp.int32),
+    lip_ring_upper=shift(model.lip_ring_upper),
+    lip_ring_lower=shift(model.lip_ring_lower),
+  )
   return F.with_regions(out, regions)
 
 
@@ -62,11 +69,17 @@ def _renumber(model: F.FlameModel, new_of_old: np.ndarray) -> F.FlameModel:
   regions = {n: m[old_of_new] for n, m in _regions_dict(model).items()}
   ring = lambda r: None if r is None else jnp.asarray(new_of_old[np.asarray(r)], jnp.int32)
   out = dataclasses.replace(
-      model, v_template=model.v_template[old_of_new], shapedirs=model.shapedirs[old_of_new],
-      exprdirs=model.exprdirs[old_of_new], posedirs=jnp.asarray(pd),
-      j_regressor=model.j_regressor[:, old_of_new], lbs_weights=model.lbs_weights[old_of_new],
-      faces=jnp.asarray(new_of_old[np.asarray(model.faces)], jnp.int32),
-      lip_ring_upper=ring(model.lip_ring_upper), lip_ring_lower=ring(model.lip_ring_lower))
+    model,
+    v_template=model.v_template[old_of_new],
+    shapedirs=model.shapedirs[old_of_new],
+    exprdirs=model.exprdirs[old_of_new],
+    posedirs=jnp.asarray(pd),
+    j_regressor=model.j_regressor[:, old_of_new],
+    lbs_weights=model.lbs_weights[old_of_new],
+    faces=jnp.asarray(new_of_old[np.asarray(model.faces)], jnp.int32),
+    lip_ring_upper=ring(model.lip_ring_upper),
+    lip_ring_lower=ring(model.lip_ring_lower),
+  )
   return F.with_regions(out, regions)
 
 
@@ -93,7 +106,7 @@ def _flame_numbering(model: F.FlameModel) -> np.ndarray:
   cand = [i for i in rank if new_of_old[i] < 0]
   want = [i for i in FIXED_REGIONS["lip_inside"] if not taken[i]]
   want += [i for i in FIXED_REGIONS["lips_tight"] if not taken[i] and i not in set(want)]
-  assign(cand[:len(want)], want)
+  assign(cand[: len(want)], want)
   # Eyeballs: front (pupil side, +z) first from FLAME's eyeball starts, so the irises are in front.
   for name, start in (("left_eyeball", LEFT_EYEBALL_START), ("right_eyeball", RIGHT_EYEBALL_START)):
     ids = np.flatnonzero(model.region(name))
@@ -111,7 +124,7 @@ def make_flame_like_head(n_shape: int = 300, n_expr: int = 100) -> F.FlameModel:
   m = sh.make_synthetic_flame(0, n_shape=n_shape, n_expr=n_expr, rows=ROWS, cols=COLS, eye_res=EYE_RES)
   bottom_pole = ROWS * COLS + 1
   boundary = np.zeros(m.num_vertices, bool)
-  boundary[(ROWS - 1) * COLS + np.arange(COLS)] = True   # the open neck edge after the cut
+  boundary[(ROWS - 1) * COLS + np.arange(COLS)] = True  # the open neck edge after the cut
   regions = _regions_dict(m)
   regions["boundary"] = boundary
   m = _drop_vertex(F.with_regions(m, regions), bottom_pole)
@@ -123,22 +136,33 @@ def make_flame_like_head(n_shape: int = 300, n_expr: int = 100) -> F.FlameModel:
 
 def write_official_files(model: F.FlameModel, folder: Path) -> tuple[Path, Path]:
   """flame2023.pkl (official layout) + FLAME_masks.pkl with exactly the 14 official regions."""
-  official = F.with_regions(dataclasses.replace(model, lip_ring_upper=None, lip_ring_lower=None),
-                            {n: model.region(n) for n in OFFICIAL_REGIONS})
+  official = F.with_regions(
+    dataclasses.replace(model, lip_ring_upper=None, lip_ring_lower=None), {n: model.region(n) for n in OFFICIAL_REGIONS}
+  )
   folder.mkdir(parents=True, exist_ok=True)
   masks = folder / "FLAME_masks.pkl"
   path = F.save_flame(official, folder / "flame2023.pkl", masks_path=masks)
   return path, masks
 
 
-def write_dataset(model_teeth: F.FlameModel, out: Path, *, texture: str, num_timesteps: int = 4,
-                  width: int = 48, height: int = 64, num_cameras: int = 9, n_motion: int = 20) -> Path:
+def write_dataset(
+  model_teeth: F.FlameModel,
+  out: Path,
+  *,
+  texture: str,
+  num_timesteps: int = 4,
+  width: int = 48,
+  height: int = 64,
+  num_cameras: int = 9,
+  n_motion: int = 20,
+) -> Path:
   """A tiny multi-view dataset of the head (same motion for every texture), as `gaedit synth` writes."""
   from gaedit_jax.data.layout import DatasetWriter
   from gaedit_jax.data.synthetic import HeadRenderer, make_motion, nersemble_like_rig
 
-  small = dataclasses.replace(model_teeth, shapedirs=model_teeth.shapedirs[..., :n_motion],
-                              exprdirs=model_teeth.exprdirs[..., :n_motion])
+  small = dataclasses.replace(
+    model_teeth, shapedirs=model_teeth.shapedirs[..., :n_motion], exprdirs=model_teeth.exprdirs[..., :n_motion]
+  )
   params = make_motion(small, num_timesteps, 0)
   verts = np.asarray(jax.jit(F.flame_forward)(small, params))
   rig = nersemble_like_rig(num_cameras, width, height)
@@ -148,9 +172,19 @@ def write_dataset(model_teeth: F.FlameModel, out: Path, *, texture: str, num_tim
     writer.add_flame_param(t, params.at(t))
     for cam in rig:
       img, alpha = renderer.render(verts[t], cam, texture, 1)
-      writer.add_frame(timestep=t, camera_index=cam.index, image=img, mask=alpha,
-                       world_to_camera=cam.world_to_camera, fx=cam.fx, fy=cam.fy, cx=cam.cx, cy=cam.cy,
-                       camera_id=cam.serial, timestep_id=f"frame_{t:05d}")
+      writer.add_frame(
+        timestep=t,
+        camera_index=cam.index,
+        image=img,
+        mask=alpha,
+        world_to_camera=cam.world_to_camera,
+        fx=cam.fx,
+        fy=cam.fy,
+        cx=cam.cx,
+        cy=cam.cy,
+        camera_id=cam.serial,
+        timestep_id=f"frame_{t:05d}",
+      )
   writer.add_canonical(params)
   writer.finish(train_ratio=0.7)
   return out

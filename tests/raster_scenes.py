@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 from gaedit_jax.camera import look_at, make_camera
 from gaedit_jax.render import Gaussians, _inputs, reference
 
 
-def random_gaussians(seed: int, n: int, *, sh_degree: int = 3, radius: float = 0.25,
-                     scale: float = 0.03, views: int | None = None) -> Gaussians:
+def random_gaussians(
+  seed: int, n: int, *, sh_degree: int = 3, radius: float = 0.25, scale: float = 0.03, views: int | None = None
+) -> Gaussians:
   """N Gaussians in a ball around the origin; per-view sets if `views` is given."""
   rng = np.random.default_rng(seed)
   lead = () if views is None else (views,)
@@ -25,8 +26,16 @@ def random_gaussians(seed: int, n: int, *, sh_degree: int = 3, radius: float = 0
   return Gaussians(f(means), f(quats), f(scales), f(opac), f(sh))
 
 
-def ring_cameras(num: int, *, width: int, height: int, dist: float = 1.0, focal: float | None = None,
-                 seed: int = 0, jitter_pp: bool = False):
+def ring_cameras(
+  num: int,
+  *,
+  width: int,
+  height: int,
+  dist: float = 1.0,
+  focal: float | None = None,
+  seed: int = 0,
+  jitter_pp: bool = False,
+):
   """Cameras on a ring around the origin looking at it (batch [num])."""
   rng = np.random.default_rng(seed)
   focal = focal if focal is not None else 1.2 * max(width, height)
@@ -37,8 +46,7 @@ def ring_cameras(num: int, *, width: int, height: int, dist: float = 1.0, focal:
     mats.append(look_at(eye, np.zeros(3)))
     cxs.append(width / 2 + (rng.uniform(-3, 3) if jitter_pp else 0.0))
     cys.append(height / 2 + (rng.uniform(-3, 3) if jitter_pp else 0.0))
-  return make_camera(np.stack(mats), focal, focal * 1.05, np.array(cxs), np.array(cys),
-                     width=width, height=height)
+  return make_camera(np.stack(mats), focal, focal * 1.05, np.array(cxs), np.array(cys), width=width, height=height)
 
 
 def faint_scene(seed: int = 13, n: int = 600):
@@ -54,8 +62,14 @@ def square_tile_pairs(g: Gaussians, cam, config) -> int:
   """(Gaussian, tile) pairs of the 3-sigma squares (the lists before exact culling), one view."""
   named, _ = _inputs.prepare_inputs(g, cam, jnp.zeros(3), config)
   a = [x for x, _ in named.values()]
-  p = reference.project(*a[:8], width=cam.width, height=cam.height, tile_size=config.tile_size,
-                        near_plane=config.near_plane, sh_degree=config.sh_degree)
+  p = reference.project(
+    *a[:8],
+    width=cam.width,
+    height=cam.height,
+    tile_size=config.tile_size,
+    near_plane=config.near_plane,
+    sh_degree=config.sh_degree,
+  )
   r = np.asarray(p["rect"]).reshape(-1, 4)
   valid = np.asarray(p["valid"]).reshape(-1)
   return int(np.sum(valid * (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])))

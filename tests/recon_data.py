@@ -10,17 +10,45 @@ def make_tiny_dataset(out: Path, *, num_timesteps: int = 4, texture: str = "skin
   from gaedit_jax.data.synthetic import SynthConfig, generate
 
   if not (out / "transforms_train.json").exists():
-    generate(SynthConfig(out=out, width=48, height=64, num_cameras=9, num_timesteps=num_timesteps,
-                         rows=16, cols=24, supersample=1, contact_sheet=False, overwrite=True,
-                         texture=texture), progress=False)
+    generate(
+      SynthConfig(
+        out=out,
+        width=48,
+        height=64,
+        num_cameras=9,
+        num_timesteps=num_timesteps,
+        rows=16,
+        cols=24,
+        supersample=1,
+        contact_sheet=False,
+        overwrite=True,
+        texture=texture,
+      ),
+      progress=False,
+    )
   return out
 
 
 def tiny_config(data: Path, out: Path, **kw):
   from gaedit_jax.reconstruct import ReconstructConfig
 
-  base = dict(data=data, out=out, iterations=20, densify_from=4, densify_interval=5, densify_until=16,
-              opacity_reset_interval=12, sh_degree_interval=10, sh_degree=1, checkpoint_interval=10,
-              eval_interval=0, log_interval=5, position_lr_max_steps=20, progress=False, tensorboard=False, eval_max_frames=3)
+  base = dict(
+    data=data,
+    out=out,
+    iterations=20,
+    densify_from=4,
+    densify_interval=5,
+    densify_until=16,
+    opacity_reset_interval=12,
+    sh_degree_interval=10,
+    sh_degree=1,
+    checkpoint_interval=10,
+    eval_interval=0,
+    log_interval=5,
+    position_lr_max_steps=20,
+    progress=False,
+    tensorboard=False,
+    eval_max_frames=3,
+  )
   base.update(kw)
   return ReconstructConfig(**base)

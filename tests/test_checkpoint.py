@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from recon_data import make_tiny_dataset, tiny_config
 
 from gaedit_jax.io.checkpoint import CheckpointManager
@@ -19,8 +18,9 @@ def tiny(tmp_path_factory):
 
 def test_roundtrip_and_keep(tmp_path):
   params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3, jnp.bfloat16), "e": jnp.zeros((4, 0, 3))}
-  state = dict(params=params, opt=optax.adam(1e-3).init(params), step=jnp.int32(7),
-               key=jax.random.key_data(jax.random.key(3)))
+  state = dict(
+    params=params, opt=optax.adam(1e-3).init(params), step=jnp.int32(7), key=jax.random.key_data(jax.random.key(3))
+  )
   m = CheckpointManager(tmp_path / "ck", keep=2)
   for s in (1, 2, 3):
     m.save(s, state, {"note": "x", "step": s})
@@ -38,8 +38,17 @@ def _leaves(state):
 
 
 def test_resume_equals_uninterrupted(tiny, tmp_path):
-  kw = dict(iterations=16, densify_from=4, densify_interval=4, densify_until=14, opacity_reset_interval=8,
-            checkpoint_interval=5, densify_grad_threshold=1e-5, sh_degree=0, eval_max_frames=1)
+  kw = dict(
+    iterations=16,
+    densify_from=4,
+    densify_interval=4,
+    densify_until=14,
+    opacity_reset_interval=8,
+    checkpoint_interval=5,
+    densify_grad_threshold=1e-5,
+    sh_degree=0,
+    eval_max_frames=1,
+  )
   straight = Trainer(tiny_config(tiny, tmp_path / "a", **kw))
   straight.run()
   first = Trainer(tiny_config(tiny, tmp_path / "b", stop_after=10, **kw))
@@ -69,18 +78,20 @@ def test_restore_newest_falls_back_past_damaged_checkpoints(tmp_path):
   for s in (1, 2, 3):
     m.save(s, {"w": jnp.arange(6.0) * s, "step": jnp.int32(s)}, {"step": s})
   m.wait()
-  (tmp_path / "ck" / "3" / "meta" / "metadata").unlink()   # broken metadata
-  _damage_state(tmp_path / "ck" / "2")                     # broken state
+  (tmp_path / "ck" / "3" / "meta" / "metadata").unlink()  # broken metadata
+  _damage_state(tmp_path / "ck" / "2")  # broken state
   got = m.restore_newest(lambda meta: template)
   assert got.step == 1 and got.meta == {"step": 1}
   np.testing.assert_array_equal(np.asarray(got.state["w"]), np.arange(6.0))
   assert [s for s, _ in got.skipped] == [3, 2]
   assert got.skipped[0][1].startswith(f"{tmp_path / 'ck' / '3' / 'meta' / 'metadata'}: unreadable")
   assert got.skipped[1][1].startswith(f"{tmp_path / 'ck' / '2' / 'state'}: unreadable")
+
   # settings that do not fit are an error, not a reason to fall back to an older checkpoint
   def refuse(step, meta):
     raise InputError(f"checkpoint {step}: other settings")
-  with pytest.raises(InputError, match="checkpoint 2: other settings"):   # the newest with metadata
+
+  with pytest.raises(InputError, match="checkpoint 2: other settings"):  # the newest with metadata
     m.restore_newest(lambda meta: template, refuse)
   # damaged ones are moved out of the way (kept), not deleted
   dest = m.set_aside(3, tmp_path / "unreadable")

@@ -9,15 +9,31 @@ import sys
 import time
 
 import pytest
-
 from recon_data import make_tiny_dataset
 
 from gaedit_jax.cli import main as cli
 from gaedit_jax.data.layout import DatasetError
 from gaedit_jax.flame import make_synthetic_flame, save_flame
 
-TINY = ["--iterations", "8", "--position-lr-max-steps", "20", "--densify-from", "3", "--densify-interval", "3", "--sh-degree", "0",
-        "--checkpoint-interval", "4", "--eval-interval", "0", "--eval-max-frames", "3", "--no-progress"]
+TINY = [
+  "--iterations",
+  "8",
+  "--position-lr-max-steps",
+  "20",
+  "--densify-from",
+  "3",
+  "--densify-interval",
+  "3",
+  "--sh-degree",
+  "0",
+  "--checkpoint-interval",
+  "4",
+  "--eval-interval",
+  "0",
+  "--eval-max-frames",
+  "3",
+  "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +60,23 @@ def test_reconstruct_outputs(model):
 
 def test_render_splits_orbit_and_cross_identity(model, tiny, tmp_path):
   out = tmp_path / "r"
-  cli(["render", "--model", str(model), "--out", str(out), "--splits", "test", "--orbit", "3",
-       "--max-frames", "3", "--target", str(tiny)])
+  cli(
+    [
+      "render",
+      "--model",
+      str(model),
+      "--out",
+      str(out),
+      "--splits",
+      "test",
+      "--orbit",
+      "3",
+      "--max-frames",
+      "3",
+      "--target",
+      str(tiny),
+    ]
+  )
   sets = [p for p in out.rglob("renders.gif")]
   assert len(sets) >= 3  # orbit + cross-identity splits of the target
   cross = out / "data" / "val" / "ours_8"
@@ -56,8 +87,23 @@ def test_render_splits_orbit_and_cross_identity(model, tiny, tmp_path):
   assert (out2 / "test_8" / "ours_8" / "gt.mp4").exists()
   # cross-identity from the held-out camera: the target's train split has no camera 8 and is skipped
   out3 = tmp_path / "r3"
-  cli(["render", "--model", str(model), "--out", str(out3), "--max-frames", "2", "--splits", "val",
-       "--camera-index", "8", "--target", str(tiny)])
+  cli(
+    [
+      "render",
+      "--model",
+      str(model),
+      "--out",
+      str(out3),
+      "--max-frames",
+      "2",
+      "--splits",
+      "val",
+      "--camera-index",
+      "8",
+      "--target",
+      str(tiny),
+    ]
+  )
   assert (out3 / "data_8" / "val" / "ours_8" / "renders.gif").exists()
   assert not (out3 / "data_8" / "train").exists()
 
@@ -75,7 +121,6 @@ def test_render_again_replaces_stale_frames(model, tmp_path):
 
 def test_eval_recon_and_world_export(model, tmp_path):
   from gaedit_jax.eval_recon import evaluate_model, load_trained
-
   from gaedit_jax.nets.lpips import save_lpips
   from gaedit_jax.nets.tiny import random_lpips_params
 
@@ -112,13 +157,25 @@ def test_bad_data_errors(tiny, tmp_path):
   broken = tmp_path / "broken"
   shutil.copytree(tiny, broken)
   with pytest.raises(DatasetError, match="FLAME model not found"):
-    cli(["reconstruct", "--data", str(broken), "--out", str(tmp_path / "o"), "--flame-model",
-         str(tmp_path / "missing.pkl")] + TINY)
+    cli(
+      [
+        "reconstruct",
+        "--data",
+        str(broken),
+        "--out",
+        str(tmp_path / "o"),
+        "--flame-model",
+        str(tmp_path / "missing.pkl"),
+      ]
+      + TINY
+    )
   # a FLAME model that does not match the tracking (other vertex count)
   save_flame(make_synthetic_flame(0, n_shape=20, n_expr=20, rows=18, cols=24), tmp_path / "other.pkl")
   with pytest.raises(DatasetError, match="static_offset"):
-    cli(["reconstruct", "--data", str(broken), "--out", str(tmp_path / "o"), "--flame-model",
-         str(tmp_path / "other.pkl")] + TINY)
+    cli(
+      ["reconstruct", "--data", str(broken), "--out", str(tmp_path / "o"), "--flame-model", str(tmp_path / "other.pkl")]
+      + TINY
+    )
   for p in (broken / "images").glob("*.png"):
     p.write_bytes(b"not a png")
   with pytest.raises(DatasetError, match="cannot read image"):
@@ -127,9 +184,24 @@ def test_bad_data_errors(tiny, tmp_path):
 
 def test_killed_run_resumes(tiny, tmp_path):
   out = tmp_path / "k"
-  cmd = [sys.executable, "-m", "gaedit_jax.cli", "reconstruct", "--data", str(tiny), "--out", str(out),
-         "--iterations", "100000", "--sh-degree", "0", "--checkpoint-interval", "3", "--no-progress",
-         "--no-tensorboard"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "gaedit_jax.cli",
+    "reconstruct",
+    "--data",
+    str(tiny),
+    "--out",
+    str(out),
+    "--iterations",
+    "100000",
+    "--sh-degree",
+    "0",
+    "--checkpoint-interval",
+    "3",
+    "--no-progress",
+    "--no-tensorboard",
+  ]
   proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     t0 = time.time()
@@ -143,9 +215,10 @@ def test_killed_run_resumes(tiny, tmp_path):
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+  from recon_data import tiny_config
+
   from gaedit_jax.io.checkpoint import CheckpointManager
   from gaedit_jax.reconstruct import Trainer
-  from recon_data import tiny_config
 
   last = CheckpointManager(out / "checkpoints").latest_step()
   assert last is not None and last >= 3

@@ -11,8 +11,14 @@ from PIL import Image
 
 from gaedit_jax.camera import look_at, opencv_w2c_to_opengl_c2w
 from gaedit_jax.data.dataset import AvatarDataset, Batch, load_dataset
-from gaedit_jax.data.layout import (DatasetError, DatasetFileNotFoundError, DatasetWriter,
-                                    read_flame_npz, read_transforms, vhap_splits)
+from gaedit_jax.data.layout import (
+  DatasetError,
+  DatasetFileNotFoundError,
+  DatasetWriter,
+  read_flame_npz,
+  read_transforms,
+  vhap_splits,
+)
 from gaedit_jax.errors import InputError
 from gaedit_jax.flame import FlameParams
 
@@ -23,8 +29,16 @@ H, W = 12, 10
 def make_params(T, seed=0):
   rng = np.random.default_rng(seed)
   f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
-  return FlameParams(shape=f(NS), expr=f(T, NE), rotation=f(T, 3), neck_pose=f(T, 3), jaw_pose=f(T, 3),
-                     eyes_pose=f(T, 6), translation=f(T, 3), static_offset=f(NV, 3))
+  return FlameParams(
+    shape=f(NS),
+    expr=f(T, NE),
+    rotation=f(T, 3),
+    neck_pose=f(T, 3),
+    jaw_pose=f(T, 3),
+    eyes_pose=f(T, 6),
+    translation=f(T, 3),
+    static_offset=f(NV, 3),
+  )
 
 
 def cam_pose(c):
@@ -43,9 +57,19 @@ def write_tiny(root, T=4, cams=(0, 8, 9), seed=0, offset=0, rgba=False):
       img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
       mask = rng.uniform(size=(H, W)).astype(np.float32)
       imgs[t, c] = img
-      w.add_frame(timestep=t, camera_index=c, image=img, mask=mask, world_to_camera=cam_pose(c),
-                  fx=20.0 + c, fy=21.0 + c, cx=5.5, cy=6.25, camera_id=f"2222{c:04d}",
-                  timestep_original=t + offset)
+      w.add_frame(
+        timestep=t,
+        camera_index=c,
+        image=img,
+        mask=mask,
+        world_to_camera=cam_pose(c),
+        fx=20.0 + c,
+        fy=21.0 + c,
+        cx=5.5,
+        cy=6.25,
+        camera_id=f"2222{c:04d}",
+        timestep_original=t + offset,
+      )
   w.add_canonical(params)
   paths = w.finish()
   return params, imgs, paths
@@ -56,8 +80,9 @@ def test_round_trip(tmp_path):
   assert set(paths) == {"all", "train", "val", "test"}
   ds = load_dataset(tmp_path, load_masks=True)
   # VHAP split: ceil(0.7 * 4) = 3 train timesteps; camera 8 is val; test = last timestep, all cams
-  assert sorted({(r.timestep, r.camera_index) for r in ds["train"].records}) == \
-      [(t, c) for t in range(3) for c in (0, 9)]
+  assert sorted({(r.timestep, r.camera_index) for r in ds["train"].records}) == [
+    (t, c) for t in range(3) for c in (0, 9)
+  ]
   assert sorted({(r.timestep, r.camera_index) for r in ds["val"].records}) == [(t, 8) for t in range(3)]
   assert sorted({(r.timestep, r.camera_index) for r in ds["test"].records}) == [(3, c) for c in (0, 8, 9)]
   tr = ds["train"]
@@ -67,8 +92,11 @@ def test_round_trip(tmp_path):
     assert fr.mask.shape == (H, W) and 0 <= fr.mask.min() and fr.mask.max() <= 1
     c = fr.camera_index
     np.testing.assert_allclose(np.asarray(fr.camera.world_to_camera), cam_pose(c), atol=1e-5)
-    np.testing.assert_allclose([float(fr.camera.fx), float(fr.camera.fy), float(fr.camera.cx),
-                                float(fr.camera.cy)], [20.0 + c, 21.0 + c, 5.5, 6.25], atol=1e-6)
+    np.testing.assert_allclose(
+      [float(fr.camera.fx), float(fr.camera.fy), float(fr.camera.cx), float(fr.camera.cy)],
+      [20.0 + c, 21.0 + c, 5.5, 6.25],
+      atol=1e-6,
+    )
     assert (fr.camera.width, fr.camera.height) == (W, H)
     assert fr.record.camera_id == f"2222{c:04d}"
   # FLAME parameters of all timesteps, exact
@@ -83,9 +111,25 @@ def test_round_trip(tmp_path):
   meta, recs = read_transforms(tmp_path / "transforms_train.json")
   assert meta["camera_indices"] == [0, 9] and meta["timestep_indices"] == [0, 1, 2]
   raw = json.loads((tmp_path / "transforms_train.json").read_text())["frames"][0]
-  for k in ("timestep_index", "timestep_index_original", "timestep_id", "camera_index", "camera_id", "cx",
-            "cy", "fl_x", "fl_y", "h", "w", "camera_angle_x", "camera_angle_y", "transform_matrix",
-            "file_path", "fg_mask_path", "flame_param_path"):
+  for k in (
+    "timestep_index",
+    "timestep_index_original",
+    "timestep_id",
+    "camera_index",
+    "camera_id",
+    "cx",
+    "cy",
+    "fl_x",
+    "fl_y",
+    "h",
+    "w",
+    "camera_angle_x",
+    "camera_angle_y",
+    "transform_matrix",
+    "file_path",
+    "fg_mask_path",
+    "flame_param_path",
+  ):
     assert k in raw, k
   assert math.isclose(raw["camera_angle_x"], 2 * math.atan(W / (2 * raw["fl_x"])))
 
@@ -117,9 +161,9 @@ def test_rgba_composited_over_background(tmp_path):
   Image.fromarray(rgba, "RGBA").save(p)
   img = AvatarDataset(tmp_path, "train")[0].image
   np.testing.assert_allclose(img[:, : W // 2], np.broadcast_to([200 / 255, 0, 0], (H, W // 2, 3)), atol=1e-6)
-  np.testing.assert_allclose(img[:, W // 2:], 1.0)  # white background
+  np.testing.assert_allclose(img[:, W // 2 :], 1.0)  # white background
   img = AvatarDataset(tmp_path, "train", white_background=False)[0].image
-  np.testing.assert_allclose(img[:, W // 2:], 0.0)
+  np.testing.assert_allclose(img[:, W // 2 :], 0.0)
 
 
 def test_opengl_convention():
@@ -148,8 +192,11 @@ def test_union_folder(tmp_path):
         fr[key] = f"../{seq}/{fr[key]}"
       fr["timestep_index"] += 2 * k  # concatenated timesteps
       frames.append(fr)
-  for split, sel in (("train", lambda f: f["timestep_index"] < 2), ("val", lambda f: False),
-                     ("test", lambda f: f["timestep_index"] >= 2)):
+  for split, sel in (
+    ("train", lambda f: f["timestep_index"] < 2),
+    ("val", lambda f: False),
+    ("test", lambda f: f["timestep_index"] >= 2),
+  ):
     (union / f"transforms_{split}.json").write_text(json.dumps({"frames": [f for f in frames if sel(f)]}))
   shutil.copy(tmp_path / "seqA" / "canonical_flame_param.npz", union)
   ds = AvatarDataset(union, "test")
@@ -181,7 +228,9 @@ def test_missing_image_names_the_file(tmp_path):
   ds = AvatarDataset(tmp_path, "train")
   missing = ds.records[1].image_path
   missing.unlink()
-  with pytest.raises(DatasetFileNotFoundError, match=rf"transforms_train\.json: frames\[1\]: image not found: .*{missing.name}"):
+  with pytest.raises(
+    DatasetFileNotFoundError, match=rf"transforms_train\.json: frames\[1\]: image not found: .*{missing.name}"
+  ):
     ds[1]
   with pytest.raises(FileNotFoundError):
     ds.batch([1])
@@ -269,8 +318,12 @@ def write_png16(path, arr):
   h, w = arr.shape[:2]
   raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
   chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
-  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, ctype, 0, 0, 0))
-                   + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+  path.write_bytes(
+    b"\x89PNG\r\n\x1a\n"
+    + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, ctype, 0, 0, 0))
+    + chunk(b"IDAT", zlib.compress(raw))
+    + chunk(b"IEND", b"")
+  )
 
 
 def test_16bit_images_and_masks_load_by_value(tmp_path):
@@ -278,15 +331,15 @@ def test_16bit_images_and_masks_load_by_value(tmp_path):
   ds = AvatarDataset(tmp_path, "train", load_masks=True)
   rng = np.random.default_rng(5)
   gray = rng.integers(0, 65536, (H, W)).astype(np.uint16)
-  Image.fromarray(gray).save(ds.records[0].image_path)          # 16-bit gray (Pillow mode I;16)
+  Image.fromarray(gray).save(ds.records[0].image_path)  # 16-bit gray (Pillow mode I;16)
   rgb = rng.integers(0, 65536, (H, W, 3)).astype(np.uint16)
-  write_png16(ds.records[1].image_path, rgb)                      # 16-bit RGB
+  write_png16(ds.records[1].image_path, rgb)  # 16-bit RGB
   rgba = rng.integers(0, 65536, (H, W, 4)).astype(np.uint16)
   rgba[:, : W // 2, 3] = 65535
-  rgba[:, W // 2:, 3] = 0
-  write_png16(ds.records[2].image_path, rgba)                     # 16-bit RGBA
+  rgba[:, W // 2 :, 3] = 0
+  write_png16(ds.records[2].image_path, rgba)  # 16-bit RGBA
   mask = rng.integers(0, 65536, (H, W)).astype(np.uint16)
-  Image.fromarray(mask).save(ds.records[0].mask_path)            # 16-bit gray mask
+  Image.fromarray(mask).save(ds.records[0].mask_path)  # 16-bit gray mask
   ds = AvatarDataset(tmp_path, "train", load_masks=True)
   f0 = ds[0]
   np.testing.assert_allclose(f0.image, np.repeat(gray[..., None] / 65535.0, 3, -1), atol=0.5 / 255 + 1e-6)
@@ -295,7 +348,7 @@ def test_16bit_images_and_masks_load_by_value(tmp_path):
   np.testing.assert_allclose(ds[1].image, rgb / 65535.0, atol=1.0 / 255 + 1e-6)
   img2 = ds[2].image
   np.testing.assert_allclose(img2[:, : W // 2], rgba[:, : W // 2, :3] / 65535.0, atol=1.0 / 255 + 1e-6)
-  np.testing.assert_allclose(img2[:, W // 2:], 1.0)  # transparent -> white background
+  np.testing.assert_allclose(img2[:, W // 2 :], 1.0)  # transparent -> white background
 
 
 def test_palette_gray_and_bilevel_images(tmp_path):
@@ -306,14 +359,14 @@ def test_palette_gray_and_bilevel_images(tmp_path):
   pal = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]], np.uint8)
   p = Image.fromarray(idx, "P")
   p.putpalette(pal.reshape(-1).tolist())
-  p.save(ds.records[0].image_path, transparency=3)              # palette entry 3 is transparent
+  p.save(ds.records[0].image_path, transparency=3)  # palette entry 3 is transparent
   g = rng.integers(0, 256, (H, W)).astype(np.uint8)
   Image.fromarray(g, "L").save(ds.records[1].image_path)
   b = rng.integers(0, 2, (H, W)).astype(bool)
   Image.fromarray(b).convert("1").save(ds.records[2].image_path)
   ds = AvatarDataset(tmp_path, "train", white_background=False)
   want = pal[idx] / 255.0
-  want[idx == 3] = 0.0                                            # composited over black
+  want[idx == 3] = 0.0  # composited over black
   np.testing.assert_allclose(ds[0].image, want, atol=1e-6)
   np.testing.assert_allclose(ds[1].image, np.repeat(g[..., None] / 255.0, 3, -1), atol=1e-6)
   np.testing.assert_allclose(ds[2].image, np.repeat(b[..., None].astype(np.float32), 3, -1), atol=1e-6)
@@ -324,12 +377,15 @@ def test_image_of_another_aspect_ratio_is_an_error(tmp_path):
   ds = AvatarDataset(tmp_path, "train", load_masks=True)
   p = ds.records[1].image_path
   big = np.random.default_rng(0).integers(0, 256, (2 * H, 2 * W, 3), dtype=np.uint8)
-  Image.fromarray(big).save(p)                                   # a uniform scale: resampled
+  Image.fromarray(big).save(p)  # a uniform scale: resampled
   ds = AvatarDataset(tmp_path, "train")
   assert ds[1].image.shape == (H, W, 3)
-  Image.fromarray(big[:H + 3]).save(p)                           # another aspect ratio
-  with pytest.raises(DatasetError, match=rf"frames\[1\]: image .*{p.name} is {2 * W}x{H + 3} pixels but the "
-                     rf"json says w x h = {W}x{H}"):
+  Image.fromarray(big[: H + 3]).save(p)  # another aspect ratio
+  with pytest.raises(
+    DatasetError,
+    match=rf"frames\[1\]: image .*{p.name} is {2 * W}x{H + 3} pixels but the "
+    rf"json says w x h = {W}x{H}",
+  ):
     AvatarDataset(tmp_path, "train")[1]
   Image.fromarray(np.zeros((W, H), np.uint8)).save(ds.records[2].mask_path)  # transposed mask
   with pytest.raises(DatasetError, match=rf"frames\[2\]: fg mask .* is {H}x{W} pixels"):
@@ -343,7 +399,9 @@ def _edit_frame(tmp_path, i, **kv):
   p.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("key,value,msg", [
+@pytest.mark.parametrize(
+  "key,value,msg",
+  [
     ("fl_x", 0.0, r"key 'fl_x' = 0.0 must be > 0"),
     ("fl_x", -20.0, r"key 'fl_x' = -20.0 must be > 0"),
     ("fl_y", float("nan"), r"key 'fl_y' = nan is not finite"),
@@ -353,7 +411,8 @@ def _edit_frame(tmp_path, i, **kv):
     ("timestep_index", 1.5, r"key 'timestep_index' = 1.5 is not an integer"),
     ("camera_index", -3, r"key 'camera_index' = -3 must be >= 0"),
     ("w", 0, r"key 'w' = 0 must be >= 1"),
-])
+  ],
+)
 def test_bad_frame_values_name_file_frame_and_key(tmp_path, key, value, msg):
   write_tiny(tmp_path, T=2)
   _edit_frame(tmp_path, 3, **{key: value})
@@ -370,17 +429,17 @@ def test_bad_transform_matrix_names_file_frame_and_field(tmp_path):
   with pytest.raises(DatasetError, match=r"frames\[1\]: key 'transform_matrix' has non-finite entries \[1\]\[2\]"):
     AvatarDataset(tmp_path, "train")
   m = np.array(good)
-  m[:3, :3] *= 2.0                                                # scaled: not rigid
+  m[:3, :3] *= 2.0  # scaled: not rigid
   _edit_frame(tmp_path, 1, transform_matrix=m.tolist())
   with pytest.raises(DatasetError, match=r"frames\[1\]: key 'transform_matrix' is not rigid"):
     AvatarDataset(tmp_path, "train")
   m = np.array(good)
-  m[:3, 2] = 0.0                                                  # singular
+  m[:3, 2] = 0.0  # singular
   _edit_frame(tmp_path, 1, transform_matrix=m.tolist())
   with pytest.raises(DatasetError, match=r"frames\[1\]: key 'transform_matrix' is not rigid.*det R = 0"):
     AvatarDataset(tmp_path, "train")
   m = np.array(good)
-  m[:3, 0] *= -1.0                                                # a reflection (det -1)
+  m[:3, 0] *= -1.0  # a reflection (det -1)
   _edit_frame(tmp_path, 1, transform_matrix=m.tolist())
   with pytest.raises(DatasetError, match=r"not rigid.*det R = -1"):
     AvatarDataset(tmp_path, "train")
@@ -395,10 +454,12 @@ def test_intrinsics_fov_x_reproduces_gaussianavatars_camera(tmp_path):
   for i in range(len(ref)):
     c = ref.records[i].camera_index
     a, b = ref.camera(i), ga.camera(i)
-    np.testing.assert_allclose([float(a.fx), float(a.fy), float(a.cx), float(a.cy)], [20.0 + c, 21.0 + c, 5.5, 6.25],
-                               rtol=1e-6)
-    np.testing.assert_allclose([float(b.fx), float(b.fy), float(b.cx), float(b.cy)], [20.0 + c, 20.0 + c, W / 2, H / 2],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      [float(a.fx), float(a.fy), float(a.cx), float(a.cy)], [20.0 + c, 21.0 + c, 5.5, 6.25], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+      [float(b.fx), float(b.fy), float(b.cx), float(b.cy)], [20.0 + c, 20.0 + c, W / 2, H / 2], rtol=1e-6
+    )
     np.testing.assert_array_equal(np.asarray(a.world_to_camera), np.asarray(b.world_to_camera))
   np.testing.assert_allclose(np.asarray(ga.cameras.fy), np.asarray(ga.cameras.fx), rtol=1e-6)
   # only camera_angle_x: the field of view decides, also in "file" mode (fl_x absent)
@@ -412,8 +473,9 @@ def test_intrinsics_fov_x_reproduces_gaussianavatars_camera(tmp_path):
     data.pop(k, None)
   p.write_text(json.dumps(data))
   cam = AvatarDataset(tmp_path, "train", intrinsics="fov_x").camera(0)
-  np.testing.assert_allclose([float(cam.fx), float(cam.fy), float(cam.cx), float(cam.cy)], [30.0, 30.0, W / 2, H / 2],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    [float(cam.fx), float(cam.fy), float(cam.cx), float(cam.cy)], [30.0, 30.0, W / 2, H / 2], rtol=1e-6
+  )
   with pytest.raises(InputError, match="intrinsics must be one of"):
     AvatarDataset(tmp_path, "train", intrinsics="fov_y")
 
@@ -425,7 +487,7 @@ def test_edit_read_png_reads_16_bit_by_value(tmp_path):
 
   from gaedit_jax.nets.images import read_png
 
-  v = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000)
+  v = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000
   Image.fromarray(v).save(tmp_path / "g16.png")
   x = read_png(tmp_path / "g16.png")
   assert x.shape == (4, 4, 3)

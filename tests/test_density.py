@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gaedit_jax.density import (DensifyConfig, DensityStats, densify_and_prune, map_slot_leaves,
-                                reset_opacity)
+from gaedit_jax.density import DensifyConfig, DensityStats, densify_and_prune, map_slot_leaves, reset_opacity
 from gaedit_jax.rig import Avatar, binding_counter, init_avatar
 
 F = 4  # faces
@@ -28,14 +27,21 @@ def _avatar(capacity=8):
   op[3] = -10.0
   xyz = np.zeros((capacity, 3), np.float32)
   xyz[1] = [0.2, 0.0, 0.0]
-  return Avatar(xyz=jnp.asarray(xyz), log_scale=jnp.asarray(ls), rotation=av.rotation,
-                opacity_logit=jnp.asarray(op), sh_dc=av.sh_dc.at[:F, 0, 0].set(jnp.arange(F) + 1.0),
-                sh_rest=av.sh_rest, binding=av.binding, active=av.active)
+  return Avatar(
+    xyz=jnp.asarray(xyz),
+    log_scale=jnp.asarray(ls),
+    rotation=av.rotation,
+    opacity_logit=jnp.asarray(op),
+    sh_dc=av.sh_dc.at[:F, 0, 0].set(jnp.arange(F) + 1.0),
+    sh_rest=av.sh_rest,
+    binding=av.binding,
+    active=av.active,
+  )
 
 
 def _stats(capacity, grads):
   g = np.zeros(capacity, np.float32)
-  g[:len(grads)] = grads
+  g[: len(grads)] = grads
   return DensityStats(accum=jnp.asarray(g * 2), denom=jnp.full((capacity,), 2.0), max_radii=jnp.zeros(capacity))
 
 
@@ -76,9 +82,14 @@ def test_binding_aware_prune_keeps_last_and_prunes_redundant():
   # second Gaussian on face 3 (opaque): then the transparent one may go
   op = np.asarray(av.opacity_logit).copy()
   op[4] = 2.0
-  av = Avatar(**{**{k: getattr(av, k) for k in av.__dataclass_fields__},
-                 "opacity_logit": jnp.asarray(op), "active": av.active.at[4].set(True),
-                 "binding": av.binding.at[4].set(3)})
+  av = Avatar(
+    **{
+      **{k: getattr(av, k) for k in av.__dataclass_fields__},
+      "opacity_logit": jnp.asarray(op),
+      "active": av.active.at[4].set(True),
+      "binding": av.binding.at[4].set(3),
+    }
+  )
   st = _stats(8, [0, 0, 0, 0, 0])
   res = densify_and_prune(av, st, K, EXTENT, jax.random.key(1))
   act = np.asarray(res.avatar.active)
@@ -134,9 +145,16 @@ def _two_per_face(capacity=8):
   av = _avatar(capacity)
   take = lambda x: x.at[4:6].set(x[0:2])
   op = av.opacity_logit.at[:6].set(2.0)
-  return Avatar(xyz=take(av.xyz), log_scale=take(av.log_scale).at[1].set(np.log(0.1)).at[5].set(np.log(0.1)),
-                rotation=take(av.rotation), opacity_logit=op, sh_dc=take(av.sh_dc), sh_rest=take(av.sh_rest),
-                binding=take(av.binding), active=av.active.at[4:6].set(True))
+  return Avatar(
+    xyz=take(av.xyz),
+    log_scale=take(av.log_scale).at[1].set(np.log(0.1)).at[5].set(np.log(0.1)),
+    rotation=take(av.rotation),
+    opacity_logit=op,
+    sh_dc=take(av.sh_dc),
+    sh_rest=take(av.sh_rest),
+    binding=take(av.binding),
+    active=av.active.at[4:6].set(True),
+  )
 
 
 def test_screen_size_pruning_is_off_by_default_as_in_gaussian_avatars():
@@ -144,12 +162,11 @@ def test_screen_size_pruning_is_off_by_default_as_in_gaussian_avatars():
   the test never fires; ours is off unless DensifyConfig.prune_screen_size (--prune-screen-size)."""
   av = _two_per_face()
   radii = np.zeros(8, np.float32)
-  radii[4] = 30.0                                  # slot 4 (face 0's copy) covered 30 px on screen
+  radii[4] = 30.0  # slot 4 (face 0's copy) covered 30 px on screen
   st = DensityStats(accum=jnp.zeros(8), denom=jnp.ones(8), max_radii=jnp.asarray(radii))
   res = densify_and_prune(av, st, K, EXTENT, jax.random.key(1), DensifyConfig(), prune_large=True)
   assert res.counts["pruned"] == 0 and res.counts["active"] == 6 and bool(res.avatar.active[4])
-  on = densify_and_prune(av, st, K, EXTENT, jax.random.key(1), DensifyConfig(prune_screen_size=True),
-                         prune_large=True)
+  on = densify_and_prune(av, st, K, EXTENT, jax.random.key(1), DensifyConfig(prune_screen_size=True), prune_large=True)
   assert on.counts["pruned"] == 1 and on.counts["active"] == 5 and not bool(on.avatar.active[4])
   _check_invariant(on.avatar)
   # before opacity_reset_interval (prune_large False) neither prunes by size
@@ -177,15 +194,19 @@ def test_trainer_passes_the_screen_size_option(tmp_path):
     st = tr.state
     av, f = st.avatar, tr.model.num_faces
     # copies of the Gaussians of faces 0..9 in free slots f..f+9; the copies covered 30 px
-    copy = lambda x: x.at[f:f + 10].set(x[:10])
-    av = dataclasses.replace(av, **{k: copy(getattr(av, k)) for k in ("xyz", "log_scale", "rotation",
-                                                                       "opacity_logit", "sh_dc", "sh_rest",
-                                                                       "binding")},
-                             active=av.active.at[f:f + 10].set(True))
-    radii = jnp.zeros(av.capacity).at[f:f + 10].set(30.0)
+    copy = lambda x: x.at[f : f + 10].set(x[:10])
+    av = dataclasses.replace(
+      av,
+      **{
+        k: copy(getattr(av, k))
+        for k in ("xyz", "log_scale", "rotation", "opacity_logit", "sh_dc", "sh_rest", "binding")
+      },
+      active=av.active.at[f : f + 10].set(True),
+    )
+    radii = jnp.zeros(av.capacity).at[f : f + 10].set(30.0)
     tr.state = dataclasses.replace(st, avatar=av, stats=dataclasses.replace(st.stats, max_radii=radii))
     it = tr.cfg.opacity_reset_interval + 1
     tr._densify(it, True, False)
     active[flag] = np.asarray(tr.state.avatar.active)
-  assert active[False].sum() == f + 10 and active[False][f:f + 10].all()
-  assert active[True].sum() == f and not active[True][f:f + 10].any()
+  assert active[False].sum() == f + 10 and active[False][f : f + 10].all()
+  assert active[True].sum() == f and not active[True][f : f + 10].any()

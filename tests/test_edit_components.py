@@ -37,12 +37,17 @@ def disc():
 def test_patchgan_layers_init_and_output_shapes():
   module, params = disc()
   shapes = {k: v["kernel"].shape for k, v in params.items()}
-  assert shapes == {"conv0": (4, 4, 6, 64), "conv1": (4, 4, 64, 128), "conv2": (4, 4, 128, 128),
-                    "conv3": (4, 4, 128, 128), "conv4": (4, 4, 128, 1)}   # METHOD §7, no norm layers
-  assert sum(x.size for x in jax.tree.leaves(params)) == 664_001           # ~0.66 M
+  assert shapes == {
+    "conv0": (4, 4, 6, 64),
+    "conv1": (4, 4, 64, 128),
+    "conv2": (4, 4, 128, 128),
+    "conv3": (4, 4, 128, 128),
+    "conv4": (4, 4, 128, 1),
+  }  # METHOD §7, no norm layers
+  assert sum(x.size for x in jax.tree.leaves(params)) == 664_001  # ~0.66 M
   k = np.concatenate([np.ravel(v["kernel"]) for v in params.values()])
-  assert abs(k.std() - 0.02) < 1e-3 and abs(k.mean()) < 1e-3               # N(0, 0.02)
-  for name, v in params.items():                                           # torch default bias
+  assert abs(k.std() - 0.02) < 1e-3 and abs(k.mean()) < 1e-3  # N(0, 0.02)
+  for name, v in params.items():  # torch default bias
     assert np.abs(v["bias"]).max() <= 1.0 / np.sqrt(v["kernel"].shape[2] * 16) + 1e-7, name
   apply = jax.jit(lambda p, x: module.apply({"params": p}, x))
   assert apply(params, jnp.zeros((2, 64, 64, 6))).shape == (2, 6, 6, 1)
@@ -106,8 +111,8 @@ def test_standard_mode_is_detached():
   assert float(jnp.abs(gr).max()) == 0.0
   # joint gradient of the standard term = (dL_D/dparams, dL_G/drender)
   (_, parts), (gp_j, gr_j) = jax.value_and_grad(
-      lambda p, r: D.adversarial_loss(module, p, edit, r, mode="standard"), argnums=(0, 1),
-      has_aux=True)(params, render)
+    lambda p, r: D.adversarial_loss(module, p, edit, r, mode="standard"), argnums=(0, 1), has_aux=True
+  )(params, render)
   gp_d = jax.grad(lambda p: D.discriminator_loss(module, p, edit, render))(params)
   gr_g = jax.grad(lambda r: D.generator_loss(module, params, edit, r))(render)
   for a, b in zip(jax.tree.leaves(gp_j), jax.tree.leaves(gp_d)):
@@ -137,15 +142,22 @@ def scene():
   model = F.add_teeth(sh.make_synthetic_flame(0, n_shape=4, n_expr=4, rows=16, cols=24, eye_res=(4, 6)))
   p = dataclasses.replace(F.FlameParams.zeros(model), jaw_pose=jnp.asarray([0.3, 0.0, 0.0]))
   verts = F.flame_forward(model, p)
-  avatar = rig.init_avatar(jax.random.key(0), model.num_faces, capacity=model.num_faces + 8,
-                           sh_degree=1, init_opacity=0.95)
+  avatar = rig.init_avatar(
+    jax.random.key(0), model.num_faces, capacity=model.num_faces + 8, sh_degree=1, init_opacity=0.95
+  )
   # thin discs in the face plane (axis 1 = the normal), so the Gaussians tile the surface
   avatar = dataclasses.replace(avatar, log_scale=avatar.log_scale.at[:, 1].set(-2.0) - 0.4)
   rc = synthetic.nersemble_like_rig(9, W_, H_)
-  views = [rc[8], rc[5]]                        # frontal, and 27 degrees to the side
-  cams = make_camera(np.stack([c.world_to_camera for c in views]), np.array([c.fx for c in views]),
-                     np.array([c.fy for c in views]), np.array([c.cx for c in views]),
-                     np.array([c.cy for c in views]), width=W_, height=H_)
+  views = [rc[8], rc[5]]  # frontal, and 27 degrees to the side
+  cams = make_camera(
+    np.stack([c.world_to_camera for c in views]),
+    np.array([c.fx for c in views]),
+    np.array([c.fy for c in views]),
+    np.array([c.cx for c in views]),
+    np.array([c.cy for c in views]),
+    width=W_,
+    height=H_,
+  )
   return model, np.asarray(verts), avatar, views, cams
 
 
@@ -176,6 +188,7 @@ def test_wabe_mask_zeroes_exactly_the_masked_gaussians():
     def loss(p):
       out = render(p, avatar)
       return jnp.sum(out.image * weights), out
+
     (_, out), g = jax.value_and_grad(loss, has_aux=True)(params)
     masked, mask = W.mask_gradients(g, out, mouth, "binary")
     return g, masked, mask, out
@@ -191,7 +204,7 @@ def test_wabe_mask_zeroes_exactly_the_masked_gaussians():
     keep = mask > 0
     np.testing.assert_array_equal(b[keep], a[keep])
     assert not b[~keep].any(), f
-    if f in ("xyz", "sh_dc", "opacity_logit", "log_scale"):   # the mask really removed gradient
+    if f in ("xyz", "sh_dc", "opacity_logit", "log_scale"):  # the mask really removed gradient
       assert np.abs(a[~keep]).sum() > 0, f
   np.testing.assert_array_equal(np.asarray(masked["rotation"]), np.asarray(g["rotation"]))
   # the same on an Avatar-shaped gradient, and the other modes
@@ -216,12 +229,16 @@ def test_wabe_mask_zeroes_exactly_the_masked_gaussians():
 def test_rendered_mouth_mask_covers_the_mouth():
   model, verts, avatar, views, cams = scene()
   fm = M.mouth_face_mask(model)
-  assert fm.sum() == sum(F.region_face_mask(model, r).sum() for r in M.MOUTH_REGIONS) - \
-      (F.region_face_mask(model, "lips_tight") & F.region_face_mask(model, "lip_inside")).sum()
+  assert (
+    fm.sum()
+    == sum(F.region_face_mask(model, r).sum() for r in M.MOUTH_REGIONS)
+    - (F.region_face_mask(model, "lips_tight") & F.region_face_mask(model, "lip_inside")).sum()
+  )
   mouth = M.mouth_gaussians(avatar.binding, fm, avatar.active)
   g = rig.posed_gaussians(avatar, jnp.asarray(verts), model.faces)
-  f = jax.jit(lambda g, th: M.render_mouth_mask(g, mouth, cams, RenderConfig(sh_degree=1), threshold=th),
-              static_argnums=1)
+  f = jax.jit(
+    lambda g, th: M.render_mouth_mask(g, mouth, cams, RenderConfig(sh_degree=1), threshold=th), static_argnums=1
+  )
   soft, hard = np.asarray(f(g, None)), np.asarray(f(g, 0.5))
   assert soft.shape == (2, H_, W_) and soft.min() >= 0 and soft.max() <= 1
   np.testing.assert_array_equal(hard, (soft > 0.5).astype(np.float32))
@@ -236,7 +253,7 @@ def test_rendered_mouth_mask_covers_the_mouth():
     inter = (gt & h).sum()
     assert inter / gt.sum() > 0.7 and inter / h.sum() > 0.5, (i, gt.sum(), h.sum(), inter)
     rows = np.flatnonzero(h.any(1))
-    assert rows.min() > H_ // 2 - 5      # the mask is in the lower face only
+    assert rows.min() > H_ // 2 - 5  # the mask is in the lower face only
   # no gradient flows through the mask
   gm = jax.grad(lambda m: M.render_mouth_mask(g, mouth, cams, threshold=None).sum() + 0 * m.sum())(g.means)
   assert not np.asarray(gm).any()
@@ -269,9 +286,22 @@ def facepaint(tmp_path_factory):
   from gaedit_jax.data.synthetic import SynthConfig, generate
 
   out = tmp_path_factory.mktemp("facepaint")
-  generate(SynthConfig(out=out, width=48, height=64, num_cameras=9, num_timesteps=2, rows=16, cols=24,
-                       supersample=1, contact_sheet=False, overwrite=True, texture="facepaint"),
-           progress=False)
+  generate(
+    SynthConfig(
+      out=out,
+      width=48,
+      height=64,
+      num_cameras=9,
+      num_timesteps=2,
+      rows=16,
+      cols=24,
+      supersample=1,
+      contact_sheet=False,
+      overwrite=True,
+      texture="facepaint",
+    ),
+    progress=False,
+  )
   return out
 
 
@@ -283,22 +313,23 @@ def test_synthetic_editor(facepaint):
   ds = AvatarDataset(facepaint, "train")
   batch = ds.batch([0, 3, 5])
   ctx = EditContext.from_batch(batch)
-  np.testing.assert_allclose(ed.target(ctx)[0], batch.image, atol=1e-6)   # the GT edited images
+  np.testing.assert_allclose(ed.target(ctx)[0], batch.image, atol=1e-6)  # the GT edited images
   call = jax.jit(lambda e, k, r, o, c: e(k, r, o, c))
   key = jax.random.key(0)
   renders = jnp.zeros_like(batch.image)
   a = np.asarray(call(ed, key, renders, batch.image, ctx))
   b = np.asarray(call(ed, key, renders, batch.image, ctx))
   c = np.asarray(call(ed, jax.random.key(1), renders, batch.image, ctx))
-  np.testing.assert_array_equal(a, b)                                        # deterministic
+  np.testing.assert_array_equal(a, b)  # deterministic
   assert a.shape == (3, 64, 48, 3) and a.min() >= 0 and a.max() <= 1
   tgt = np.asarray(batch.image)
-  assert (np.abs(a - c).reshape(3, -1).mean(1) > 1e-3).all()                 # differs across keys
-  assert (np.asarray(psnr(a, tgt)) > 20).all()                               # close to the target
-  assert (np.abs(a - tgt).reshape(3, -1).mean(1) > 1e-3).all()               # but perturbed
+  assert (np.abs(a - c).reshape(3, -1).mean(1) > 1e-3).all()  # differs across keys
+  assert (np.asarray(psnr(a, tgt)) > 20).all()  # close to the target
+  assert (np.abs(a - tgt).reshape(3, -1).mean(1) > 1e-3).all()  # but perturbed
   # different views get different perturbations (same key, identical targets for every view)
-  same = dataclasses.replace(ed, targets=jnp.broadcast_to(ed.targets[:1], ed.targets.shape),
-                             fg=jnp.broadcast_to(ed.fg[:1], ed.fg.shape))
+  same = dataclasses.replace(
+    ed, targets=jnp.broadcast_to(ed.targets[:1], ed.targets.shape), fg=jnp.broadcast_to(ed.fg[:1], ed.fg.shape)
+  )
   v = np.asarray(call(same, key, renders[:2], renders[:2], EditContext.make([0, 1], [0, 0])))
   assert np.abs(v[0] - v[1]).mean() > 1e-3
   # strength 0: the exact targets; coverage; size mismatch

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from recon_data import make_tiny_dataset, tiny_config
 
 from gaedit_jax.cli import main as cli
@@ -34,9 +33,18 @@ def setup(tmp_path_factory):
 
 
 def _cfg(setup, out, **kw):
-  base = dict(avatar=setup["model"], out=out, editor="synthetic", target_data=setup["paint"], iterations=3,
-              checkpoint_interval=2, dump_interval=0, progress=False, tensorboard=False,
-              lambda_lpips=0.0)  # no LPIPS weights here (the CLI test checks the warning)
+  base = dict(
+    avatar=setup["model"],
+    out=out,
+    editor="synthetic",
+    target_data=setup["paint"],
+    iterations=3,
+    checkpoint_interval=2,
+    dump_interval=0,
+    progress=False,
+    tensorboard=False,
+    lambda_lpips=0.0,
+  )  # no LPIPS weights here (the CLI test checks the warning)
   base.update(kw)
   return EditConfig(**base)
 
@@ -44,8 +52,26 @@ def _cfg(setup, out, **kw):
 def test_synthetic_edit_cli_outputs_and_render(setup, tmp_path):
   out = tmp_path / "edited"
   with pytest.warns(UserWarning, match="LPIPS"):
-    cli(["edit", "--avatar", str(setup["model"]), "--out", str(out), "--editor", "synthetic", "--target-data",
-         str(setup["paint"]), "--iterations", "3", "--dump-interval", "2", "--checkpoint-interval", "2"] + FAST)
+    cli(
+      [
+        "edit",
+        "--avatar",
+        str(setup["model"]),
+        "--out",
+        str(out),
+        "--editor",
+        "synthetic",
+        "--target-data",
+        str(setup["paint"]),
+        "--iterations",
+        "3",
+        "--dump-interval",
+        "2",
+        "--checkpoint-interval",
+        "2",
+      ]
+      + FAST
+    )
   assert (out / "point_cloud" / "iteration_3" / "point_cloud.ply").exists()
   assert (out / "point_cloud" / "iteration_3" / "flame_param.npz").exists()
   assert sorted(p.name for p in (out / "edits").glob("*.png")) == ["iteration_00002.png", "iteration_00003.png"]
@@ -55,8 +81,21 @@ def test_synthetic_edit_cli_outputs_and_render(setup, tmp_path):
     assert np.isfinite(hist[-1][k]), k
   assert "lpips" not in hist[-1]
   # the output is a reconstruction model folder: `gaedit render` works unchanged
-  cli(["render", "--model", str(out), "--out", str(tmp_path / "r"), "--splits", "test", "--max-frames", "2",
-           "--orbit", "2"])
+  cli(
+    [
+      "render",
+      "--model",
+      str(out),
+      "--out",
+      str(tmp_path / "r"),
+      "--splits",
+      "test",
+      "--max-frames",
+      "2",
+      "--orbit",
+      "2",
+    ]
+  )
   assert (tmp_path / "r" / "test" / "ours_3" / "renders.gif").exists()
   assert (tmp_path / "r" / "orbit" / "ours_3" / "renders.gif").exists()
 
@@ -78,9 +117,19 @@ def test_wabe_mask_zeroes_exactly_the_masked_gaussians_updates(setup, tmp_path):
     before = _params(run.state.avatar)
     active = np.asarray(run.state.avatar.active)
     mouth = np.asarray(run.mouth)
-    state, m, imgs = run.step_fn(True)(run.state, b.image, b.camera, b.timestep, b.camera_index,
-                                       jnp.zeros(run.edit_shape(1)), run.model, run.background, run.mouth,
-                                       run.editor, run.lpips_params)
+    state, m, imgs = run.step_fn(True)(
+      run.state,
+      b.image,
+      b.camera,
+      b.timestep,
+      b.camera_index,
+      jnp.zeros(run.edit_shape(1)),
+      run.model,
+      run.background,
+      run.mouth,
+      run.editor,
+      run.lpips_params,
+    )
     after = _params(state.avatar)
     mask = np.asarray(imgs["wabe_mask"])
     changed = np.zeros(active.shape, bool)
@@ -90,13 +139,13 @@ def test_wabe_mask_zeroes_exactly_the_masked_gaussians_updates(setup, tmp_path):
     if mode == "binary":
       assert set(np.unique(mask)) <= {0.0, 1.0}
       assert 0 < mask.sum() < active.sum()
-      assert not mask[mouth].any()                      # mouth Gaussians are excluded (METHOD §6)
-      assert not changed[mask == 0].any()               # exactly frozen
-      assert changed[mask == 1].mean() > 0.5            # the visible ones learn
+      assert not mask[mouth].any()  # mouth Gaussians are excluded (METHOD §6)
+      assert not changed[mask == 0].any()  # exactly frozen
+      assert changed[mask == 1].mean() > 0.5  # the visible ones learn
       frozen = mask == 0
     else:
       moved["off"] = changed
-  assert moved["off"][frozen & active].any()            # without the mask some of them would move
+  assert moved["off"][frozen & active].any()  # without the mask some of them would move
 
 
 def test_resume_equals_uninterrupted(setup, tmp_path):
@@ -134,10 +183,24 @@ def test_tiny_ip2p_loop_lpips_standard_gan_and_edit_rate(setup, tmp_path):
   tiny = make_tiny_ip2p(str(tmp_path / "ip2p"), seed=0)
   (tmp_path / "lp").mkdir()
   save_lpips(random_lpips_params(0), tmp_path / "lp" / "lpips_vgg.safetensors")
-  cfg = EditConfig(avatar=setup["model"], out=tmp_path / "o", editor="ip2p", ip2p=tiny, prompt="apply face paint",
-                   ip2p_size=32, diffusion_steps=2, iterations=2, edit_every=2, gan_mode="standard", wabe="soft",
-                   lpips_weights=tmp_path / "lp", checkpoint_interval=0, dump_interval=2, progress=False,
-                   tensorboard=False)
+  cfg = EditConfig(
+    avatar=setup["model"],
+    out=tmp_path / "o",
+    editor="ip2p",
+    ip2p=tiny,
+    prompt="apply face paint",
+    ip2p_size=32,
+    diffusion_steps=2,
+    iterations=2,
+    edit_every=2,
+    gan_mode="standard",
+    wabe="soft",
+    lpips_weights=tmp_path / "lp",
+    checkpoint_interval=0,
+    dump_interval=2,
+    progress=False,
+    tensorboard=False,
+  )
   run = EditRun(cfg)
   assert run.editor.square_size == 32
   res = run.run()
@@ -148,7 +211,18 @@ def test_tiny_ip2p_loop_lpips_standard_gan_and_edit_rate(setup, tmp_path):
   # edit-rate option: a step without a new edit trains toward the cached one
   b = run.train_ds.batch(np.array([1]))
   cached = jnp.full(run.edit_shape(1), 0.5, jnp.float32)
-  st, m, imgs = run.step_fn(False)(run.state, b.image, b.camera, b.timestep, b.camera_index, cached, run.model,
-                                   run.background, run.mouth, run.editor, run.lpips_params)
+  st, m, imgs = run.step_fn(False)(
+    run.state,
+    b.image,
+    b.camera,
+    b.timestep,
+    b.camera_index,
+    cached,
+    run.model,
+    run.background,
+    run.mouth,
+    run.editor,
+    run.lpips_params,
+  )
   np.testing.assert_array_equal(np.asarray(imgs["edit"]), np.asarray(cached))
   assert int(st.step) == 3 and np.isfinite(float(m["loss"]))

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from recon_data import make_tiny_dataset, tiny_config
 
 from gaedit_jax.cli import main as cli
@@ -38,9 +37,19 @@ def setup(tmp_path_factory):
 
 
 def _cfg(setup, out, **kw):
-  base = dict(avatar=setup["model"], out=out, editor="synthetic", target_data=setup["paint"], iterations=3,
-              checkpoint_interval=2, dump_interval=0, progress=False, tensorboard=False, lambda_lpips=0.0,
-              eval_every=0)
+  base = dict(
+    avatar=setup["model"],
+    out=out,
+    editor="synthetic",
+    target_data=setup["paint"],
+    iterations=3,
+    checkpoint_interval=2,
+    dump_interval=0,
+    progress=False,
+    tensorboard=False,
+    lambda_lpips=0.0,
+    eval_every=0,
+  )
   base.update(kw)
   return EditConfig(**base)
 
@@ -53,7 +62,7 @@ def _block_mask(h, w, t, c):
   """A frame-dependent rectangle (uint8, 255 inside)."""
   m = np.zeros((h, w), np.uint8)
   y0, x0 = 8 + 3 * t, 4 + 2 * c
-  m[y0:y0 + 24, x0:x0 + 20] = 255
+  m[y0 : y0 + 24, x0 : x0 + 20] = 255
   return m
 
 
@@ -118,9 +127,20 @@ def test_mouth_masks_from_a_folder_drive_the_mouth_term(setup, tmp_path):
   idx = np.array([4])
   b = run.train_ds.batch(idx)
   mask = run.mouth_batch(idx)
-  st, m, imgs = run.step_fn(True)(_copy(run.state), b.image, b.camera, b.timestep, b.camera_index,
-                                  jnp.zeros(run.edit_shape(1)), run.model, run.background, run.mouth, run.editor,
-                                  run.lpips_params, mask)
+  st, m, imgs = run.step_fn(True)(
+    _copy(run.state),
+    b.image,
+    b.camera,
+    b.timestep,
+    b.camera_index,
+    jnp.zeros(run.edit_shape(1)),
+    run.model,
+    run.background,
+    run.mouth,
+    run.editor,
+    run.lpips_params,
+    mask,
+  )
   r = ds.records[4]
   want = _block_mask(*ds.image_size, r.timestep, r.camera_index)[None] / 255.0
   np.testing.assert_array_equal(np.asarray(imgs["mouth_mask"]), want)
@@ -150,7 +170,7 @@ def test_ssim_phase_start_mirrors_the_original_threshold():
 
   # GAE: iteration > round(0.9 * (iterations - first_iter)); 1000 iterations -> 900..1000
   assert ssim_phase_start(1000, 0.1) == 899
-  assert ssim_phase_start(1000, 1.0) == 0      # the released code with its flag: the whole edit
+  assert ssim_phase_start(1000, 1.0) == 0  # the released code with its flag: the whole edit
   assert ssim_phase_start(1000, 0.0) is None
   with pytest.raises(InputError, match="ssim-last"):
     ssim_phase_start(1000, 1.5)
@@ -163,27 +183,39 @@ def test_ssim_term_replaces_lpips_without_its_gradient():
   x = jnp.asarray(rng.random((1, 16, 16, 3), np.float32))
   t = jnp.asarray(rng.random((1, 16, 16, 3), np.float32))
 
-  def total(lp, step):   # the edit loss's LPIPS and SSIM terms as the step combines them
+  def total(lp, step):  # the edit loss's LPIPS and SSIM terms as the step combines them
     phase = ssim_phase(jnp.asarray(step), 5)
     return (1.0 - phase) * 10.0 * lp + phase * 10.0 * edit_dssim(x, t)
 
-  assert float(jax.grad(total)(jnp.float32(0.3), 5)) == 0.0     # in the phase: no LPIPS gradient
-  assert float(jax.grad(total)(jnp.float32(0.3), 4)) == 10.0    # before: LPIPS as usual
+  assert float(jax.grad(total)(jnp.float32(0.3), 5)) == 0.0  # in the phase: no LPIPS gradient
+  assert float(jax.grad(total)(jnp.float32(0.3), 4)) == 10.0  # before: LPIPS as usual
 
 
 def test_ssim_term_is_off_before_the_last_fraction_and_on_in_it(setup, tmp_path):
   """10 iterations, --ssim-last 0.1: steps 0..7 train as without the option (same loss, same
   update), steps 8, 9 add 10 (1 - SSIM(render, edit)) to the loss and change the update."""
-  run = EditRun(_cfg(setup, tmp_path / "s", iterations=10, ssim_last=0.1, gan=False, lambda_mouth=0.0,
-                     synthetic_noise=0.0))
+  run = EditRun(
+    _cfg(setup, tmp_path / "s", iterations=10, ssim_last=0.1, gan=False, lambda_mouth=0.0, synthetic_noise=0.0)
+  )
   assert run.settings.ssim_start == 8
   b = run.train_ds.batch(np.array([2]))
   step = run.step_fn(True)
 
   def at(k):
     st = dataclasses.replace(_copy(run.state), step=jnp.asarray(k, jnp.int32))
-    new, m, _ = step(st, b.image, b.camera, b.timestep, b.camera_index, jnp.zeros(run.edit_shape(1)), run.model,
-                     run.background, run.mouth, run.editor, run.lpips_params)
+    new, m, _ = step(
+      st,
+      b.image,
+      b.camera,
+      b.timestep,
+      b.camera_index,
+      jnp.zeros(run.edit_shape(1)),
+      run.model,
+      run.background,
+      run.mouth,
+      run.editor,
+      run.lpips_params,
+    )
     return {k: float(v) for k, v in m.items()}, {k: np.asarray(v) for k, v in new.avatar.params().items()}
 
   (m0, p0), (m7, p7), (m8, p8) = at(0), at(7), at(8)
@@ -194,7 +226,7 @@ def test_ssim_term_is_off_before_the_last_fraction_and_on_in_it(setup, tmp_path)
   np.testing.assert_allclose(m8["loss"], 10 * m8["l1"] + m8["reg"] + 10 * m8["edit_dssim"], rtol=1e-6)
   np.testing.assert_allclose(m8["loss"] - m0["loss"], 10 * m0["edit_dssim"], rtol=1e-5)
   for k in p0:
-    np.testing.assert_array_equal(p0[k], p7[k], err_msg=k)   # no gradient from the term before
+    np.testing.assert_array_equal(p0[k], p7[k], err_msg=k)  # no gradient from the term before
   assert any(not np.array_equal(p0[k], p8[k]) for k in p0)  # a different update in the phase
 
 
@@ -205,9 +237,32 @@ def test_ssim_term_is_off_before_the_last_fraction_and_on_in_it(setup, tmp_path)
 
 def test_eval_every_writes_metrics_ply_and_checkpoint(setup, tmp_path):
   out = tmp_path / "e"
-  cli(["edit", "--avatar", str(setup["model"]), "--out", str(out), "--editor", "synthetic", "--target-data",
-       str(setup["paint"]), "--iterations", "3", "--eval-every", "2", "--eval-max-frames", "2",
-       "--checkpoint-interval", "0", "--dump-interval", "0", "--lambda-lpips", "0"] + FAST)
+  cli(
+    [
+      "edit",
+      "--avatar",
+      str(setup["model"]),
+      "--out",
+      str(out),
+      "--editor",
+      "synthetic",
+      "--target-data",
+      str(setup["paint"]),
+      "--iterations",
+      "3",
+      "--eval-every",
+      "2",
+      "--eval-max-frames",
+      "2",
+      "--checkpoint-interval",
+      "0",
+      "--dump-interval",
+      "0",
+      "--lambda-lpips",
+      "0",
+    ]
+    + FAST
+  )
   assert sorted(p.name for p in (out / "eval").iterdir()) == ["iteration_2.json", "iteration_3.json"]
   for it in (2, 3):
     assert (out / "point_cloud" / f"iteration_{it}" / "point_cloud.ply").exists()
@@ -239,11 +294,12 @@ def test_no_eval_trains_on_all_splits(setup, tmp_path):
   n = {s: len(AvatarDataset(setup["data"], s)) for s in ("train", "val", "test")}
   assert len(run.train_ds) == sum(n.values()) == 36 and run.eval_ds == {}
   every = AvatarDataset(setup["data"], "all")
-  assert (sorted(zip(run.train_ds.camera_indices.tolist(), run.train_ds.timesteps.tolist()))
-          == sorted(zip(every.camera_indices.tolist(), every.timesteps.tolist())))
-  b = run.train_ds.batch([n["train"], n["train"] + n["val"] + 1])   # a val and a test frame
+  assert sorted(zip(run.train_ds.camera_indices.tolist(), run.train_ds.timesteps.tolist())) == sorted(
+    zip(every.camera_indices.tolist(), every.timesteps.tolist())
+  )
+  b = run.train_ds.batch([n["train"], n["train"] + n["val"] + 1])  # a val and a test frame
   assert b.camera_index.tolist() == [8, run.train_ds.camera_indices[n["train"] + n["val"] + 1]]
   assert b.timestep.tolist()[1] == 3 and b.frame_index.tolist() == [24, 28]
   res = run.run()
-  assert res["iterations"] == 2 and not (tmp_path / "all" / "eval").exists()   # nothing held out
+  assert res["iterations"] == 2 and not (tmp_path / "all" / "eval").exists()  # nothing held out
   assert (tmp_path / "all" / "point_cloud" / "iteration_1" / "point_cloud.ply").exists()

@@ -38,26 +38,37 @@ def random_model(nv=40, n_shape=4, n_expr=3, seed=0, nf=30):
   jr = rng.uniform(size=(5, nv))
   jr /= jr.sum(1, keepdims=True)
   return F.FlameModel(
-      v_template=jnp.asarray(rng.normal(size=(nv, 3)) * 0.1, jnp.float32),
-      shapedirs=jnp.asarray(rng.normal(size=(nv, 3, n_shape)) * 0.01, jnp.float32),
-      exprdirs=jnp.asarray(rng.normal(size=(nv, 3, n_expr)) * 0.01, jnp.float32),
-      posedirs=jnp.asarray(rng.normal(size=(36, nv * 3)) * 0.01, jnp.float32),
-      j_regressor=jnp.asarray(jr, jnp.float32), lbs_weights=jnp.asarray(w, jnp.float32),
-      faces=jnp.asarray(rng.integers(0, nv, (nf, 3)), jnp.int32),
-      region_masks=jnp.zeros((0, nv), bool))
+    v_template=jnp.asarray(rng.normal(size=(nv, 3)) * 0.1, jnp.float32),
+    shapedirs=jnp.asarray(rng.normal(size=(nv, 3, n_shape)) * 0.01, jnp.float32),
+    exprdirs=jnp.asarray(rng.normal(size=(nv, 3, n_expr)) * 0.01, jnp.float32),
+    posedirs=jnp.asarray(rng.normal(size=(36, nv * 3)) * 0.01, jnp.float32),
+    j_regressor=jnp.asarray(jr, jnp.float32),
+    lbs_weights=jnp.asarray(w, jnp.float32),
+    faces=jnp.asarray(rng.integers(0, nv, (nf, 3)), jnp.int32),
+    region_masks=jnp.zeros((0, nv), bool),
+  )
 
 
 def random_params(model, rng, batch=(), scale=0.4):
   n = lambda *s: jnp.asarray(rng.normal(size=s) * scale, jnp.float32)
-  return F.FlameParams(shape=n(model.n_shape), expr=n(*batch, model.n_expr), rotation=n(*batch, 3),
-                       neck_pose=n(*batch, 3), jaw_pose=n(*batch, 3), eyes_pose=n(*batch, 6),
-                       translation=n(*batch, 3) * 0.1, static_offset=n(model.num_vertices, 3) * 0.01)
+  return F.FlameParams(
+    shape=n(model.n_shape),
+    expr=n(*batch, model.n_expr),
+    rotation=n(*batch, 3),
+    neck_pose=n(*batch, 3),
+    jaw_pose=n(*batch, 3),
+    eyes_pose=n(*batch, 6),
+    translation=n(*batch, 3) * 0.1,
+    static_offset=n(model.num_vertices, 3) * 0.01,
+  )
 
 
 def numpy_flame(model, p):
   """Independent float64 reference: SMPL-style LBS with 4x4 matrices and scipy rotations."""
-  m = {k: np.asarray(getattr(model, k), np.float64) for k in
-       ("v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "lbs_weights")}
+  m = {
+    k: np.asarray(getattr(model, k), np.float64)
+    for k in ("v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "lbs_weights")
+  }
   g = {k: np.asarray(getattr(p, k), np.float64) for k in dataclasses.asdict(p)}
   v = m["v_template"] + m["shapedirs"] @ g["shape"] + m["exprdirs"] @ g["expr"] + g["static_offset"]
   J = m["j_regressor"] @ v
@@ -73,8 +84,7 @@ def numpy_flame(model, p):
     G.append(local if par < 0 else G[par] @ local)
   out = np.zeros_like(v)
   for i in range(len(v)):
-    T = sum(m["lbs_weights"][i, j] * (G[j] @ np.block([[np.eye(3), -J[j][:, None]], [0, 0, 0, 1]]))
-            for j in range(5))
+    T = sum(m["lbs_weights"][i, j] * (G[j] @ np.block([[np.eye(3), -J[j][:, None]], [0, 0, 0, 1]])) for j in range(5))
     out[i] = (T @ np.append(v[i], 1.0))[:3]
   return out + g["translation"], np.stack([Gj[:3, 3] for Gj in G]) + g["translation"]
 
@@ -117,8 +127,7 @@ def test_batching_vmap_and_jit_agree():
   np.testing.assert_allclose(np.asarray(vm), np.asarray(v[0]), atol=1e-6)
   # a sequence [T] indexed per timestep
   seq = random_params(model, rng, batch=(4,))
-  np.testing.assert_allclose(np.asarray(fwd(model, seq.at(2))), np.asarray(fwd(model, seq)[2]),
-                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(fwd(model, seq.at(2))), np.asarray(fwd(model, seq)[2]), atol=1e-6)
 
 
 def test_differentiable_wrt_every_parameter_including_zero_pose():
@@ -149,10 +158,12 @@ def test_differentiable_wrt_every_parameter_including_zero_pose():
 
 def test_axis_angle_matches_scipy_and_is_smooth_at_zero():
   rng = np.random.default_rng(0)
-  r = np.concatenate([rng.normal(size=(20, 3)), rng.normal(size=(5, 3)) * 1e-5, np.zeros((1, 3)),
-                      [[np.pi, 0, 0], [0, 0, 3.0]]])
-  np.testing.assert_allclose(np.asarray(F.axis_angle_to_matrix(jnp.asarray(r, jnp.float32))),
-                             Rotation.from_rotvec(r).as_matrix(), atol=2e-6)
+  r = np.concatenate(
+    [rng.normal(size=(20, 3)), rng.normal(size=(5, 3)) * 1e-5, np.zeros((1, 3)), [[np.pi, 0, 0], [0, 0, 3.0]]]
+  )
+  np.testing.assert_allclose(
+    np.asarray(F.axis_angle_to_matrix(jnp.asarray(r, jnp.float32))), Rotation.from_rotvec(r).as_matrix(), atol=2e-6
+  )
   # d R / d r_x at zero is the generator [e_x]_x
   jac = jax.jacfwd(F.axis_angle_to_matrix)(jnp.zeros(3))
   np.testing.assert_allclose(np.asarray(jac[..., 0]), [[0, 0, 0], [0, 0, -1], [0, 1, 0]], atol=1e-7)
@@ -199,11 +210,27 @@ def test_jaw_neck_and_eyes_move_the_right_vertices():
 # ---- teeth -----------------------------------------------------------------------------------------
 
 GA_TEETH_SPOTS = {  # face -> local vertex ids, from GaussianAvatars' teeth table (commit 9b841cb)
-    0: [0, 31, 30], 13: [6, 7, 37], 14: [7, 8, 37], 27: [14, 44, 43], 28: [60, 75, 76],
-    42: [67, 82, 68], 43: [68, 82, 83], 56: [75, 30, 76], 70: [82, 37, 38], 83: [88, 44, 89],
-    84: [45, 46, 15], 98: [52, 23, 22], 99: [52, 53, 23], 112: [90, 106, 105],
-    126: [97, 98, 112], 132: [100, 101, 115], 133: [101, 116, 115], 140: [105, 106, 45],
-    154: [112, 53, 52], 155: [112, 113, 53], 167: [118, 119, 59],
+  0: [0, 31, 30],
+  13: [6, 7, 37],
+  14: [7, 8, 37],
+  27: [14, 44, 43],
+  28: [60, 75, 76],
+  42: [67, 82, 68],
+  43: [68, 82, 83],
+  56: [75, 30, 76],
+  70: [82, 37, 38],
+  83: [88, 44, 89],
+  84: [45, 46, 15],
+  98: [52, 23, 22],
+  99: [52, 53, 23],
+  112: [90, 106, 105],
+  126: [97, 98, 112],
+  132: [100, 101, 115],
+  133: [101, 116, 115],
+  140: [105, 106, 45],
+  154: [112, 53, 52],
+  155: [112, 113, 53],
+  167: [118, 119, 59],
 }
 
 
@@ -213,10 +240,12 @@ def test_teeth_table_and_face_133_fix():
   for i, tri in GA_TEETH_SPOTS.items():
     assert f[i].tolist() == tri, i
   assert F.teeth_faces(fix_face_133=False)[133].tolist() == [101, 116, 114]
+
   # Why the fix matters: in each 2x15 strip every interior edge is shared by exactly two faces; the
   # old face 133 breaks that in the lower-back strip (rows 90.. and 105..).
   def interior_edge_counts(faces):
     from collections import Counter
+
     c = Counter()
     for t in faces:
       for a, b in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0])):
@@ -243,11 +272,11 @@ def test_add_teeth_counts_geometry_and_attributes():
   mid[:, 1] = mid[:, 1].mean()
   mid[:, 2] -= 1.5 * d
   t = v[nv:].reshape(8, 15, 3)
-  np.testing.assert_allclose(t[2], mid + [0, 0.1 * d, 0], atol=1e-6)             # upper edge
-  np.testing.assert_allclose(t[0], mid + [0, 2.1 * d, 0], atol=1e-6)             # upper root
-  np.testing.assert_allclose(t[3], mid + [0, -0.1 * d, -0.4 * d], atol=1e-6)     # lower edge
-  np.testing.assert_allclose(t[1], mid + [0, -2.1 * d, -0.4 * d], atol=1e-6)     # lower root
-  np.testing.assert_allclose(t[4:6], t[[0, 2]] - [0, 0, d], atol=1e-6)          # back rows
+  np.testing.assert_allclose(t[2], mid + [0, 0.1 * d, 0], atol=1e-6)  # upper edge
+  np.testing.assert_allclose(t[0], mid + [0, 2.1 * d, 0], atol=1e-6)  # upper root
+  np.testing.assert_allclose(t[3], mid + [0, -0.1 * d, -0.4 * d], atol=1e-6)  # lower edge
+  np.testing.assert_allclose(t[1], mid + [0, -2.1 * d, -0.4 * d], atol=1e-6)  # lower root
+  np.testing.assert_allclose(t[4:6], t[[0, 2]] - [0, 0, d], atol=1e-6)  # back rows
   np.testing.assert_allclose(t[6:8], t[[1, 3]] - [0, 0, d], atol=1e-6)
   w = np.asarray(m.lbs_weights)[nv:]
   assert (w.sum(1) == 1).all()
@@ -258,7 +287,9 @@ def test_add_teeth_counts_geometry_and_attributes():
   assert np.abs(np.asarray(m.j_regressor)[:, nv:]).max() == 0
   sd = np.asarray(base.shapedirs)
   mean = (sd[np.asarray(base.lip_ring_upper)] + sd[np.asarray(base.lip_ring_lower)]) / 2
-  np.testing.assert_allclose(np.asarray(m.shapedirs)[nv:].reshape(8, 15, 3, -1), np.broadcast_to(mean, (8,) + mean.shape), atol=1e-7)
+  np.testing.assert_allclose(
+    np.asarray(m.shapedirs)[nv:].reshape(8, 15, 3, -1), np.broadcast_to(mean, (8,) + mean.shape), atol=1e-7
+  )
   assert m.region("teeth").sum() == 120
   with pytest.raises(ValueError, match="already has teeth"):
     F.add_teeth(m)
@@ -285,8 +316,9 @@ def test_region_face_masks():
     np.testing.assert_array_equal(fm, vm[faces].all(1))
     assert fm.any(), name
   mouth = F.region_face_mask(m, ["teeth", "lips_tight", "lip_inside"])
-  np.testing.assert_array_equal(mouth, F.region_face_mask(m, "teeth") | F.region_face_mask(m, "lips_tight")
-                                | F.region_face_mask(m, "lip_inside"))
+  np.testing.assert_array_equal(
+    mouth, F.region_face_mask(m, "teeth") | F.region_face_mask(m, "lips_tight") | F.region_face_mask(m, "lip_inside")
+  )
   assert F.region_face_mask(m, "teeth").sum() == 168
   with pytest.raises(KeyError, match="available"):
     m.region("no_such_region")
@@ -349,10 +381,16 @@ def test_load_pickle_written_by_a_chumpy_like_class(tmp_path):
   pd = rng.normal(size=(nv, 3, 36))
   jr = rng.uniform(size=(5, nv))
   w = rng.uniform(size=(nv, 5))
-  data = {"v_template": Ch(vt), "f": rng.integers(0, nv, (9, 3)).astype(np.uint32),
-          "shapedirs": Ch(sd), "posedirs": pd, "J_regressor": scipy.sparse.csc_matrix(jr),
-          "weights": Ch(w), "kintree_table": np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]]),
-          "bs_style": "lbs"}
+  data = {
+    "v_template": Ch(vt),
+    "f": rng.integers(0, nv, (9, 3)).astype(np.uint32),
+    "shapedirs": Ch(sd),
+    "posedirs": pd,
+    "J_regressor": scipy.sparse.csc_matrix(jr),
+    "weights": Ch(w),
+    "kintree_table": np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]]),
+    "bs_style": "lbs",
+  }
   try:
     (tmp_path / "m.pkl").write_bytes(pickle.dumps(data, protocol=2))
   finally:
@@ -380,7 +418,9 @@ def test_flame_file_errors_name_file_key_and_shape(tmp_path):
   d3["posedirs"] = d3["posedirs"][:, :, :30]
   bad = tmp_path / "pose.pkl"
   bad.write_bytes(pickle.dumps(d3))
-  with pytest.raises(F.FlameFileError, match=r"pose\.pkl: key 'posedirs' has shape \[\d+,3,30\], expected \[\d+,3,36\]"):
+  with pytest.raises(
+    F.FlameFileError, match=r"pose\.pkl: key 'posedirs' has shape \[\d+,3,30\], expected \[\d+,3,36\]"
+  ):
     F.load_flame(bad)
   (tmp_path / "junk.pkl").write_bytes(b"not a pickle")
   with pytest.raises(F.FlameFileError, match="junk.pkl"):
@@ -416,7 +456,7 @@ def test_several_mask_files_are_merged(tmp_path):
   assert back.region_vertices("nose").tolist() == [5]  # later files override
   assert back.region("lips_tight").any()
   assert F.load_flame(path).region("lips_tight").any()  # FLAME_masks.pkl found next to the model
-  extra.write_bytes(pickle.dumps({"bad": np.array([10 ** 6])}))
+  extra.write_bytes(pickle.dumps({"bad": np.array([10**6])}))
   with pytest.raises(F.FlameFileError, match=r"custom\.pkl: region 'bad' has vertex ids outside"):
     F.load_flame(path, masks_path=extra)
 

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from flame_official_data import make_flame_like_head, write_dataset, write_official_files
 
 from gaedit_jax import flame as F
@@ -21,8 +20,13 @@ from gaedit_jax.edit.mouth import mouth_face_mask
 from gaedit_jax.errors import InputError
 from gaedit_jax.flame import synthetic as sh
 from gaedit_jax.flame.model import _regions_dict
-from gaedit_jax.flame.regions import (FIXED_REGIONS, LIP_INSIDE_RING_EXTRA, OFFICIAL_REGIONS,
-                                      TEETH_LEFT_HALF, TEETH_RIGHT_HALF)
+from gaedit_jax.flame.regions import (
+  FIXED_REGIONS,
+  LIP_INSIDE_RING_EXTRA,
+  OFFICIAL_REGIONS,
+  TEETH_LEFT_HALF,
+  TEETH_RIGHT_HALF,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +40,12 @@ def official(tmp_path_factory):
 def test_official_files_load_with_the_built_in_regions(official):
   path, head = official["path"], official["head"]
   with open(official["masks"], "rb") as f:
-    assert set(pickle.load(f)) == set(OFFICIAL_REGIONS)          # exactly the 14 official regions
+    assert set(pickle.load(f)) == set(OFFICIAL_REGIONS)  # exactly the 14 official regions
   m = F.load_flame(path)
   assert (m.num_vertices, m.num_faces, m.n_shape, m.n_expr) == (5023, 9976, 300, 100)
   for name in OFFICIAL_REGIONS:
     np.testing.assert_array_equal(m.region(name), head.region(name), err_msg=name)
-  for name, ids in FIXED_REGIONS.items():                        # GaussianAvatars' own, built in
+  for name, ids in FIXED_REGIONS.items():  # GaussianAvatars' own, built in
     assert m.region_vertices(name).tolist() == sorted(set(ids)), name
   np.testing.assert_array_equal(np.asarray(m.lip_ring_upper), FIXED_REGIONS["lip_outside_ring_upper"])
   np.testing.assert_array_equal(np.asarray(m.lip_ring_lower), FIXED_REGIONS["lip_outside_ring_lower"])
@@ -50,9 +54,11 @@ def test_official_files_load_with_the_built_in_regions(official):
   np.testing.assert_array_equal(r("eyeballs"), r("left_eyeball") | r("right_eyeball"))
   np.testing.assert_array_equal(r("sclerae"), r("eyeballs") & ~r("irises"))
   np.testing.assert_array_equal(r("left_eye"), r("left_eye_region") | r("left_eyeball"))
-  assert set(m.region_vertices("lip_inside_ring")) == (set(FIXED_REGIONS["lip_inside_ring_upper"])
-                                                       | set(FIXED_REGIONS["lip_inside_ring_lower"])
-                                                       | set(LIP_INSIDE_RING_EXTRA))
+  assert set(m.region_vertices("lip_inside_ring")) == (
+    set(FIXED_REGIONS["lip_inside_ring_upper"])
+    | set(FIXED_REGIONS["lip_inside_ring_lower"])
+    | set(LIP_INSIDE_RING_EXTRA)
+  )
   not_skin = r("eyeballs") | r("hair") | r("lips_tight") | r("boundary")
   np.testing.assert_array_equal(r("skin"), ~not_skin)
 
@@ -91,14 +97,15 @@ def test_other_topology_must_bring_the_mouth_regions(tmp_path):
   regions = {n: head.region(n) for n in head.region_names if n not in ("lips_tight", "lip_inside")}
   path = F.save_flame(F.with_regions(head, regions), tmp_path / "other.pkl")
   model = F.add_teeth(F.load_flame(path))
-  assert "lips_tight" not in model.region_names            # no built-ins for this topology
+  assert "lips_tight" not in model.region_names  # no built-ins for this topology
   with pytest.raises(InputError) as e:
     mouth_face_mask(model, source=path)
   msg = str(e.value)
   assert isinstance(e.value, F.FlameFileError) and "\n" not in msg
   assert str(path) in msg and "['lips_tight', 'lip_inside']" in msg and "masks file" in msg
-  assert mouth_face_mask(F.with_regions(model, dict(_regions_dict(model), lips_tight=model.region("lips"),
-                                                    lip_inside=model.region("lips")))).any()
+  assert mouth_face_mask(
+    F.with_regions(model, dict(_regions_dict(model), lips_tight=model.region("lips"), lip_inside=model.region("lips")))
+  ).any()
   # and without ordered lip rings add_teeth cannot build the teeth
   no_rings = F.with_regions(dataclasses.replace(head, lip_ring_upper=None, lip_ring_lower=None), regions)
   with pytest.raises(InputError, match="lip_outside_ring_upper"):
@@ -111,9 +118,9 @@ def test_official_files_reconstruct_edit_and_render(official, tmp_path):
 
   from gaedit_jax.cli import main as cli
   from gaedit_jax.edit.loop import EditConfig, EditRun
+  from gaedit_jax.eval_recon import evaluate_model
   from gaedit_jax.nets.lpips import lpips_images, save_lpips
   from gaedit_jax.nets.tiny import random_lpips_params
-  from gaedit_jax.eval_recon import evaluate_model
   from gaedit_jax.reconstruct import Trainer
 
   root = official["root"]
@@ -121,8 +128,11 @@ def test_official_files_reconstruct_edit_and_render(official, tmp_path):
   data = write_dataset(model_teeth, root / "data", texture="skin")
   paint = write_dataset(model_teeth, root / "facepaint", texture="facepaint")
   avatar = tmp_path / "avatar"
-  res = Trainer(tiny_config(data, avatar, flame_model=official["path"], iterations=4, checkpoint_interval=4,
-                            position_lr_max_steps=4)).run()
+  res = Trainer(
+    tiny_config(
+      data, avatar, flame_model=official["path"], iterations=4, checkpoint_interval=4, position_lr_max_steps=4
+    )
+  ).run()
   assert res["iterations"] == 4 and res["num_gaussians"] >= 9976 + 168
   assert json.loads((avatar / "cfg.json").read_text())["flame_model"] == str(official["path"].absolute())
 
@@ -130,19 +140,43 @@ def test_official_files_reconstruct_edit_and_render(official, tmp_path):
   lp = random_lpips_params(0)
   save_lpips(lp, tmp_path / "lp" / "lpips_vgg.safetensors")
   out = tmp_path / "edited"
-  run = EditRun(EditConfig(avatar=avatar, out=out, editor="synthetic", target_data=paint, iterations=2,
-                           checkpoint_interval=0, dump_interval=0, progress=False, tensorboard=False,
-                           lpips_weights=tmp_path / "lp"))
+  run = EditRun(
+    EditConfig(
+      avatar=avatar,
+      out=out,
+      editor="synthetic",
+      target_data=paint,
+      iterations=2,
+      checkpoint_interval=0,
+      dump_interval=0,
+      progress=False,
+      tensorboard=False,
+      lpips_weights=tmp_path / "lp",
+    )
+  )
   assert run.settings.lpips_input == "unit" and run.settings.lambda_lpips == 10.0
   mouth = np.asarray(run.mouth)
   faces = mouth_face_mask(run.model_local)
-  np.testing.assert_array_equal(mouth, faces[np.asarray(run.state.avatar.binding)] & np.asarray(run.state.avatar.active))
+  np.testing.assert_array_equal(
+    mouth, faces[np.asarray(run.state.avatar.binding)] & np.asarray(run.state.avatar.active)
+  )
   assert 168 <= mouth.sum() < 0.2 * mouth.size
   # one step on a copy of the state: the LPIPS term is LPIPS of the [0, 1] images fed unchanged
   b = run.train_ds.batch(np.array([0]))
   state = jax.tree.map(lambda x: jnp.array(x, copy=True), run.state)
-  _, m, imgs = run.step_fn(True)(state, b.image, b.camera, b.timestep, b.camera_index, jnp.zeros(run.edit_shape(1)),
-                                 run.model, run.background, run.mouth, run.editor, run.lpips_params)
+  _, m, imgs = run.step_fn(True)(
+    state,
+    b.image,
+    b.camera,
+    b.timestep,
+    b.camera_index,
+    jnp.zeros(run.edit_shape(1)),
+    run.model,
+    run.background,
+    run.mouth,
+    run.editor,
+    run.lpips_params,
+  )
   unit = float(jnp.mean(lpips_images(lp, imgs["render"], imgs["edit"], "unit")))
   signed = float(jnp.mean(lpips_images(lp, imgs["render"], imgs["edit"], "signed")))
   np.testing.assert_allclose(float(m["lpips"]), unit, rtol=1e-4)
@@ -153,6 +187,10 @@ def test_official_files_reconstruct_edit_and_render(official, tmp_path):
 
   cli(["render", "--model", str(out), "--out", str(tmp_path / "r"), "--splits", "test", "--max-frames", "2"])
   assert (tmp_path / "r" / "test" / "ours_2" / "renders.gif").exists()
-  ev = {k: evaluate_model(avatar, ("val",), max_frames=1, out=tmp_path / k, lpips_weights=str(tmp_path / "lp"),
-                          lpips_input=k)["val"]["mean"] for k in ("unit", "signed")}
+  ev = {
+    k: evaluate_model(
+      avatar, ("val",), max_frames=1, out=tmp_path / k, lpips_weights=str(tmp_path / "lp"), lpips_input=k
+    )["val"]["mean"]
+    for k in ("unit", "signed")
+  }
   assert ev["unit"]["psnr"] == ev["signed"]["psnr"] and ev["unit"]["lpips"] != ev["signed"]["lpips"]

@@ -2,7 +2,6 @@
 first training step, and the `gaedit` command's error format (one line, exit status 2, --debug)."""
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -14,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from recon_data import make_tiny_dataset, tiny_config
-from test_data import write_tiny
 
 from gaedit_jax.cli import main as cli
 from gaedit_jax.data.layout import DatasetError, DatasetFileNotFoundError
@@ -46,19 +43,24 @@ def first_frame(data, split):
 
 
 def _configs():
+  from gaedit_jax.commands.eval import EvalConfig
+  from gaedit_jax.commands.render import RenderConfigCLI
   from gaedit_jax.data.synthetic import SynthConfig
   from gaedit_jax.edit.loop import EditConfig
-  from gaedit_jax.commands.eval import EvalConfig
   from gaedit_jax.reconstruct import ReconstructConfig
-  from gaedit_jax.commands.render import RenderConfigCLI
 
-  return dict(recon=lambda **kw: ReconstructConfig(data=Path("d"), out=Path("o"), **kw),
-              edit=lambda **kw: EditConfig(avatar=Path("a"), out=Path("o"), **kw),
-              render=lambda **kw: RenderConfigCLI(model=Path("m"), **kw),
-              eval=lambda **kw: EvalConfig(**kw), synth=lambda **kw: SynthConfig(out=Path("s"), **kw))
+  return dict(
+    recon=lambda **kw: ReconstructConfig(data=Path("d"), out=Path("o"), **kw),
+    edit=lambda **kw: EditConfig(avatar=Path("a"), out=Path("o"), **kw),
+    render=lambda **kw: RenderConfigCLI(model=Path("m"), **kw),
+    eval=lambda **kw: EvalConfig(**kw),
+    synth=lambda **kw: SynthConfig(out=Path("s"), **kw),
+  )
 
 
-@pytest.mark.parametrize("which,kw,msg", [
+@pytest.mark.parametrize(
+  "which,kw,msg",
+  [
     ("recon", dict(image_scale=0.0), r"^--image-scale must be a finite number > 0, got 0.0$"),
     ("recon", dict(image_scale=-0.5), r"^--image-scale must be a finite number > 0"),
     ("recon", dict(image_scale=float("nan")), r"^--image-scale must be a finite number > 0, got nan"),
@@ -67,9 +69,9 @@ def _configs():
     ("recon", dict(iterations=0), r"^--iterations must be an integer >= 1"),
     ("recon", dict(feature_lr=-1e-3), r"^--feature-lr must be a finite number >= 0"),
     ("recon", dict(position_lr_init=0.0), r"^--position-lr-init must be a finite number > 0"),  # was: math domain error
-    ("recon", dict(log_interval=0), r"^--log-interval must be an integer >= 1"),              # was: ZeroDivisionError
+    ("recon", dict(log_interval=0), r"^--log-interval must be an integer >= 1"),  # was: ZeroDivisionError
     ("recon", dict(opacity_reset_interval=0), r"^--opacity-reset-interval must be an integer >= 1"),
-    ("recon", dict(tile_size=0), r"^--tile-size must be an integer in \[1, 16\]"),             # was: ZeroDivisionError
+    ("recon", dict(tile_size=0), r"^--tile-size must be an integer in \[1, 16\]"),  # was: ZeroDivisionError
     ("recon", dict(seed=-1), r"^--seed must be an integer >= 0"),
     ("recon", dict(sh_degree=4), r"^--sh-degree must be an integer in \[0, 3\]"),
     ("recon", dict(lambda_dssim=1.5), r"^--lambda-dssim must be a finite number in \[0, 1\]"),
@@ -83,19 +85,20 @@ def _configs():
     ("render", dict(fps=0), r"^--fps must be an integer >= 1"),
     ("render", dict(splits=("val", "novel")), r"^--splits: 'novel' is not one of train, val, test$"),
     ("eval", dict(splits=("tset",)), r"^--splits: 'tset' is not one of train, val, test$"),
-    ("synth", dict(supersample=0), r"^--supersample must be an integer >= 1"),                # was: ZeroDivisionError
+    ("synth", dict(supersample=0), r"^--supersample must be an integer >= 1"),  # was: ZeroDivisionError
     ("synth", dict(view_height=0.0), r"^--view-height must be a finite number > 0"),
     ("synth", dict(cols=25), r"^--cols must be even"),
     ("synth", dict(train_ratio=0.0), r"^--train-ratio must be a finite number in \(0, 1\]"),
-])
+  ],
+)
 def test_bad_flag_values_are_refused_naming_the_flag(which, kw, msg):
   with pytest.raises(InputError, match=msg):
     _configs()[which](**kw)
 
 
 def test_flags_that_depend_on_the_data(data, tmp_path):
-  from gaedit_jax.edit.loop import EditConfig
   from gaedit_jax.commands.render import RenderConfigCLI
+  from gaedit_jax.edit.loop import EditConfig
 
   n_train = len(json.loads((data / "transforms_train.json").read_text())["frames"])
   with pytest.raises(DatasetError, match=rf"--batch-size {n_train + 1} is larger than the {n_train} training frames"):
@@ -111,8 +114,11 @@ def test_flags_that_depend_on_the_data(data, tmp_path):
   with pytest.raises(InputNotFoundError, match=r"--lpips-weights"):
     ecfg.check_inputs(data)
   # an avatar with fewer FLAME timesteps than the editing sequence (--flame-init avatar)
-  with pytest.raises(DatasetError, match=r"frames\[\d+\]: timestep_index 3, but the FLAME parameters cover "
-                     r"timesteps 0\.\.2"):
+  with pytest.raises(
+    DatasetError,
+    match=r"frames\[\d+\]: timestep_index 3, but the FLAME parameters cover "
+    r"timesteps 0\.\.2",
+  ):
     EditConfig(avatar=tmp_path, out=tmp_path / "e", lambda_lpips=0.0).check_inputs(data, flame_timesteps=3)
 
 
@@ -126,12 +132,15 @@ def test_validate_dataset_reads_headers_of_every_split(data):
   assert s.files_checked == 2 * 36 + 4 + 1  # images + masks, FLAME npz, canonical
 
 
-@pytest.mark.parametrize("breakage,msg", [
+@pytest.mark.parametrize(
+  "breakage,msg",
+  [
     ("missing", r"transforms_test\.json: frames\[0\]: image not found: .*{name}"),
     ("truncated", r"transforms_test\.json: frames\[0\]: cannot read image .*{name} \(truncated or corrupt PNG"),
     ("garbage", r"transforms_test\.json: frames\[0\]: cannot read image .*{name} \(not a readable image"),
     ("aspect", r"transforms_test\.json: frames\[0\]: image .*{name} is 64x48 pixels but the json says w x h = 48x64"),
-])
+  ],
+)
 def test_validation_catches_a_bad_test_image(data, breakage, msg):
   _, img = first_frame(data, "test")
   if breakage == "missing":
@@ -169,7 +178,9 @@ def test_trainer_fails_before_training_on_a_bad_test_image(data, tmp_path):
   _, img = first_frame(data, "test")
   img.unlink()
   out = tmp_path / "model"
-  with pytest.raises(DatasetFileNotFoundError, match=rf"transforms_test\.json: frames\[0\]: image not found: .*{img.name}"):
+  with pytest.raises(
+    DatasetFileNotFoundError, match=rf"transforms_test\.json: frames\[0\]: image not found: .*{img.name}"
+  ):
     Trainer(tiny_config(data, out))
   assert not out.exists()
 
@@ -188,8 +199,14 @@ def gaedit(*args, env=None, timeout=600):
   e = {k: v for k, v in os.environ.items() if k != "GAEDIT_DEBUG"}
   e["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
   e.update(env or {})
-  return subprocess.run([sys.executable, "-m", "gaedit_jax.cli", *map(str, args)], capture_output=True, text=True,
-                        env=e, timeout=timeout, cwd=ROOT)
+  return subprocess.run(
+    [sys.executable, "-m", "gaedit_jax.cli", *map(str, args)],
+    capture_output=True,
+    text=True,
+    env=e,
+    timeout=timeout,
+    cwd=ROOT,
+  )
 
 
 def one_line_error(r, stage: str) -> str:
@@ -204,7 +221,7 @@ def one_line_error(r, stage: str) -> str:
 def test_command_bad_flag_value(tmp_path, data):
   r = gaedit("reconstruct", "--data", data, "--out", tmp_path / "o", "--batch-size", "0")  # was: ZeroDivisionError
   assert "--batch-size must be an integer >= 1, got 0" in one_line_error(r, "reconstruct")
-  r = gaedit("reconstruct", "--data", data, "--out", tmp_path / "o", "--batch-size")     # tyro's own error
+  r = gaedit("reconstruct", "--data", data, "--out", tmp_path / "o", "--batch-size")  # tyro's own error
   assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
@@ -251,7 +268,7 @@ def test_in_process_handling_and_unknown_subcommand(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     cli(["reconstrct"], handle_errors=True)
   assert e.value.code == 2 and capsys.readouterr().err.startswith("gaedit: error: unknown subcommand 'reconstrct'")
-  with pytest.raises(InputError):   # an explicit argv (scripts, tests) lets the error through
+  with pytest.raises(InputError):  # an explicit argv (scripts, tests) lets the error through
     cli(["render", "--model", str(tmp_path), "--fps", "0"])
 
 
@@ -259,10 +276,35 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
   out = tmp_path / "big"
   e = {k: v for k, v in os.environ.items() if k != "GAEDIT_DEBUG"}
   e["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-  p = subprocess.Popen([sys.executable, "-m", "gaedit_jax.cli", "synth", str(out), "--num-cameras", "16",
-                        "--num-timesteps", "400", "--rows", "16", "--cols", "24", "--width", "32", "--height", "32",
-                        "--supersample", "1", "--no-contact-sheet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True, env=e, cwd=ROOT)
+  p = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "gaedit_jax.cli",
+      "synth",
+      str(out),
+      "--num-cameras",
+      "16",
+      "--num-timesteps",
+      "400",
+      "--rows",
+      "16",
+      "--cols",
+      "24",
+      "--width",
+      "32",
+      "--height",
+      "32",
+      "--supersample",
+      "1",
+      "--no-contact-sheet",
+    ],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=e,
+    cwd=ROOT,
+  )
   try:
     t0 = time.monotonic()
     while not any((out / "images").glob("*.png")):
@@ -275,4 +317,3 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
       p.kill()
   assert p.returncode == 130, err[-2000:]
   assert "Traceback" not in err and err.strip().splitlines()[-1] == "gaedit synth: interrupted"
-

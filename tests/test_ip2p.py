@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +11,7 @@ from gaedit_jax.nets import images as imops
 from gaedit_jax.nets.ip2p import InstructPix2Pix, IP2PConfig, load_ip2p
 from gaedit_jax.nets.tiny import make_tiny_ip2p
 
-S = 64          # working resolution of the tiny model (latents 4 x 16 x 16)
+S = 64  # working resolution of the tiny model (latents 4 x 16 x 16)
 PROMPT = "turn him into a statue"
 
 
@@ -47,7 +46,7 @@ def _torch_reference(tiny, renders, originals, eps, noise, ts, prompt, s_t=7.5, 
   unet, info_u = UNet2DConditionModel.from_pretrained(tiny, subfolder="unet", output_loading_info=True)
   vae, info_v = AutoencoderKL.from_pretrained(tiny, subfolder="vae", output_loading_info=True)
   text, info_t = CLIPTextModel.from_pretrained(tiny, subfolder="text_encoder", output_loading_info=True)
-  for info in (info_u, info_v, info_t):   # our tiny folder is a complete PyTorch checkpoint
+  for info in (info_u, info_v, info_t):  # our tiny folder is a complete PyTorch checkpoint
     assert not info["missing_keys"] and not info["unexpected_keys"], info
   tok = CLIPTokenizer.from_pretrained(tiny, subfolder="tokenizer")
   sched = DDIMScheduler.from_pretrained(tiny, subfolder="scheduler")
@@ -55,18 +54,18 @@ def _torch_reference(tiny, renders, originals, eps, noise, ts, prompt, s_t=7.5, 
   with torch.no_grad():
     ids = tok([prompt, ""], padding="max_length", max_length=77, return_tensors="pt").input_ids
     h = text(ids)[0]
-    emb = torch.cat([h[:1], h[1:], h[1:]])                          # [positive, negative, negative]
+    emb = torch.cat([h[:1], h[1:], h[1:]])  # [positive, negative, negative]
     for b in range(len(ts)):
-      x = torch.from_numpy(renders[b:b + 1]).permute(0, 3, 1, 2) * 2 - 1
-      c = torch.from_numpy(originals[b:b + 1]).permute(0, 3, 1, 2) * 2 - 1
-      post = vae.encode(x).latent_dist                              # posterior.sample() with our eps
-      lat = (post.mean + post.std * torch.from_numpy(eps[b:b + 1])) * vae.config.scaling_factor
+      x = torch.from_numpy(renders[b : b + 1]).permute(0, 3, 1, 2) * 2 - 1
+      c = torch.from_numpy(originals[b : b + 1]).permute(0, 3, 1, 2) * 2 - 1
+      post = vae.encode(x).latent_dist  # posterior.sample() with our eps
+      lat = (post.mean + post.std * torch.from_numpy(eps[b : b + 1])) * vae.config.scaling_factor
       cl = vae.encode(c).latent_dist.mode()
       cl = torch.cat([cl, cl, torch.zeros_like(cl)])
       t = torch.tensor([ts[b]])
-      sched.config.num_train_timesteps = t.item()                   # the original's trick
+      sched.config.num_train_timesteps = t.item()  # the original's trick
       sched.set_timesteps(20)
-      lat = sched.add_noise(lat, torch.from_numpy(noise[b:b + 1]), t)
+      lat = sched.add_noise(lat, torch.from_numpy(noise[b : b + 1]), t)
       for tt in sched.timesteps:
         e = unet(torch.cat([torch.cat([lat] * 3), cl], dim=1), tt, encoder_hidden_states=emb).sample
         e_text, e_img, e_unc = e.chunk(3)
@@ -84,9 +83,8 @@ def test_parity_with_pytorch(tiny, ip2p, inputs):
   ref, ref_hidden = _torch_reference(tiny, renders, originals, eps, noise, ts, PROMPT)
   emb = ip2p.encode_prompt(PROMPT)
   np.testing.assert_allclose(np.asarray(emb), ref_hidden[[0, 1, 1]], atol=5e-6)
-  got = np.asarray(ip2p.edit_with_noise_fn(ip2p.params, renders, originals, emb, jnp.asarray(ts), eps, noise,
-                                           7.5, 1.5))
-  assert ((ref > 0) & (ref < 1)).mean() > 0.5        # the comparison is not of clipped pixels
+  got = np.asarray(ip2p.edit_with_noise_fn(ip2p.params, renders, originals, emb, jnp.asarray(ts), eps, noise, 7.5, 1.5))
+  assert ((ref > 0) & (ref < 1)).mean() > 0.5  # the comparison is not of clipped pixels
   err = np.abs(got - ref).max()
   print(f"InstructPix2Pix Flax vs PyTorch: max |image diff| = {err:.2e}")
   assert err < 1e-5
@@ -97,8 +95,14 @@ def test_timesteps_are_the_original_ones():
   pytest.importorskip("torch")
   from diffusers import DDIMScheduler
 
-  sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                        set_alpha_to_one=False, steps_offset=1)
+  sched = DDIMScheduler(
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+  )
   for t in (20, 21, 39, 40, 500, 733, 980):
     sched.config.num_train_timesteps = t
     sched.set_timesteps(20)
@@ -112,24 +116,26 @@ def test_one_compile_for_all_t_keys_and_scales(ip2p, inputs):
   reuse the one compiled program."""
   renders, originals, _, _ = inputs
   emb = ip2p.encode_prompt(PROMPT)
-  outs = [ip2p.edit(renders, originals, emb, jax.random.PRNGKey(i), guidance_scale=gs)
-          for i, gs in enumerate((7.5, 5.0, 12.5))]
+  outs = [
+    ip2p.edit(renders, originals, emb, jax.random.PRNGKey(i), guidance_scale=gs)
+    for i, gs in enumerate((7.5, 5.0, 12.5))
+  ]
   again = ip2p.edit(renders, originals, emb, jax.random.PRNGKey(0), guidance_scale=7.5)
   assert ip2p.edit_fn._cache_size() == 1
   for o in outs:
     assert o.shape == (2, S, S, 3) and bool(jnp.all(jnp.isfinite(o)))
     assert 0.0 <= float(o.min()) and float(o.max()) <= 1.0
-  np.testing.assert_array_equal(np.asarray(outs[0]), np.asarray(again))   # deterministic given the key
+  np.testing.assert_array_equal(np.asarray(outs[0]), np.asarray(again))  # deterministic given the key
   assert float(jnp.abs(outs[0] - outs[1]).max()) > 1e-3
   t = np.asarray(ip2p.sample_timesteps(jax.random.PRNGKey(0), 4096))
-  assert t.min() == 20 and t.max() == 980          # UniformInt[int(0.02 T), int(0.98 T)], inclusive
+  assert t.min() == 20 and t.max() == 980  # UniformInt[int(0.02 T), int(0.98 T)], inclusive
 
 
 def test_square_padding_and_back():
   x = np.random.default_rng(1).random((1, 20, 12, 3)).astype(np.float32)
   sq = imops.to_square(jnp.asarray(x), 20)
   assert sq.shape == (1, 20, 20, 3)
-  np.testing.assert_array_equal(np.asarray(sq[:, :, :4]), 1.0)      # 4 white columns on each side
+  np.testing.assert_array_equal(np.asarray(sq[:, :, :4]), 1.0)  # 4 white columns on each side
   np.testing.assert_array_equal(np.asarray(sq[:, :, -4:]), 1.0)
   np.testing.assert_allclose(np.asarray(sq[:, :, 4:16]), x, atol=1e-6)
   np.testing.assert_allclose(np.asarray(imops.from_square(sq, 20, 12)), x, atol=1e-6)
@@ -137,7 +143,7 @@ def test_square_padding_and_back():
   assert imops.square_padding(802, 550) == ((0, 0), (126, 126))
   smooth = jnp.broadcast_to(jnp.linspace(0, 1, 550)[None, :, None], (1, 802, 550, 3))
   back = imops.from_square(imops.to_square(smooth, 512), 802, 550)
-  assert back.shape == (1, 802, 550, 3)     # (the border columns blend with the white padding)
+  assert back.shape == (1, 802, 550, 3)  # (the border columns blend with the white padding)
   assert float(jnp.abs(back - smooth)[:, :, 2:-2].max()) < 5e-3
 
 
@@ -170,8 +176,27 @@ def test_edit2d_command(tiny, tmp_path):
   img = tmp_path / "view.png"
   imops.write_png(img, rng.random((48, 36, 3)))
   out = tmp_path / "edit.png"
-  cli.main(["edit2d", "--image", str(img), "--original", str(img), "--prompt", PROMPT, "--ip2p", tiny,
-            "--out", str(out), "--size", str(S), "--t", "500", "--guidance-scale", "5"])
-  assert imops.read_png(out).shape == (48, 36, 3)      # edited at 64x64, written back at the input size
+  cli.main(
+    [
+      "edit2d",
+      "--image",
+      str(img),
+      "--original",
+      str(img),
+      "--prompt",
+      PROMPT,
+      "--ip2p",
+      tiny,
+      "--out",
+      str(out),
+      "--size",
+      str(S),
+      "--t",
+      "500",
+      "--guidance-scale",
+      "5",
+    ]
+  )
+  assert imops.read_png(out).shape == (48, 36, 3)  # edited at 64x64, written back at the input size
   with pytest.raises(FileNotFoundError, match="missing.png"):
     cli.main(["edit2d", "--image", str(tmp_path / "missing.png"), "--prompt", "x", "--ip2p", tiny])

@@ -55,17 +55,21 @@ def reference():
   """(torch LPIPS module, our params) sharing one random trunk and the package's real heads."""
   torch = pytest.importorskip("torch")
   lpips = _import_lpips_with_stub_torchvision()
-  ref = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)       # loads weights/v0.1/vgg.pth heads
+  ref = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)  # loads weights/v0.1/vgg.pth heads
   heads = os.path.join(os.path.dirname(lpips.__file__), "weights", "v0.1", "vgg.pth")
   trunk = L.params_to_torch(random_lpips_params(0))
-  params = L.params_from_torch(trunk, torch_pickle.load_state_dict(heads), source=heads)   # torch-free read
-  convs = [m for s in (ref.net.slice1, ref.net.slice2, ref.net.slice3, ref.net.slice4, ref.net.slice5)
-           for m in s if isinstance(m, torch.nn.Conv2d)]
+  params = L.params_from_torch(trunk, torch_pickle.load_state_dict(heads), source=heads)  # torch-free read
+  convs = [
+    m
+    for s in (ref.net.slice1, ref.net.slice2, ref.net.slice3, ref.net.slice4, ref.net.slice5)
+    for m in s
+    if isinstance(m, torch.nn.Conv2d)
+  ]
   with torch.no_grad():
     for conv, idx in zip(convs, L.VGG16_CONV_INDICES):
       conv.weight.copy_(torch.from_numpy(trunk[f"features.{idx}.weight"]))
       conv.bias.copy_(torch.from_numpy(trunk[f"features.{idx}.bias"]))
-    for k, lin in enumerate(ref.lins):   # the heads we read equal the ones lpips loaded
+    for k, lin in enumerate(ref.lins):  # the heads we read equal the ones lpips loaded
       np.testing.assert_array_equal(lin.model[1].weight.numpy().reshape(-1), params["lin"][k])
   return ref, params
 
@@ -83,12 +87,14 @@ def test_parity_with_lpips_package(reference):
   ref, params = reference
   x, y = _images()
   tx, ty = (torch.from_numpy(a).permute(0, 3, 1, 2).requires_grad_(True) for a in (x, y))
-  d_ref = ref(tx, ty).reshape(-1)                      # the editor's call: [0,1] images, normalize=False
+  d_ref = ref(tx, ty).reshape(-1)  # the editor's call: [0,1] images, normalize=False
   d_ref.sum().backward()
   f = jax.jit(L.lpips, static_argnames="normalize")
   d = f(params, x, y)
-  print(f"LPIPS JAX vs lpips package: {np.abs(np.asarray(d) - d_ref.detach().numpy()).max():.2e} "
-        f"(values {d_ref.detach().numpy()})")
+  print(
+    f"LPIPS JAX vs lpips package: {np.abs(np.asarray(d) - d_ref.detach().numpy()).max():.2e} "
+    f"(values {d_ref.detach().numpy()})"
+  )
   np.testing.assert_allclose(np.asarray(d), d_ref.detach().numpy(), rtol=1e-5, atol=1e-7)
   with torch.no_grad():
     d_ref_n = ref(tx, ty, normalize=True).reshape(-1).numpy()
@@ -117,7 +123,7 @@ def test_load_from_files(tmp_path):
   params = random_lpips_params(2)
   sd = L.params_to_torch(params)
   trunk = {k: torch.from_numpy(v) for k, v in sd.items() if k.startswith("features")}
-  trunk["classifier.0.weight"] = torch.zeros(4, 3)                    # ignored extra tensors
+  trunk["classifier.0.weight"] = torch.zeros(4, 3)  # ignored extra tensors
   heads = {k: torch.from_numpy(v) for k, v in sd.items() if k.startswith("lin")}
   torch.save(trunk, tmp_path / "vgg16-397923af.pth", _use_new_zipfile_serialization=False)
   with pytest.raises(WeightsError, match="LPIPS heads"):
@@ -127,6 +133,7 @@ def test_load_from_files(tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(params)):
     np.testing.assert_array_equal(a, b)
   from gaedit_jax import cli
+
   cli.main(["convert-weights", "--kind", "lpips", "--src", str(tmp_path), "--out", str(tmp_path / "conv")])
   again = L.load_lpips(tmp_path / "conv")
   for a, b in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(params)):
@@ -152,12 +159,12 @@ def test_input_range_conventions_match_the_original_calls(reference):
   with torch.no_grad():
     unit = ref(tx, ty).reshape(-1).numpy()
     signed = ref(tx, ty, normalize=True).reshape(-1).numpy()
-  assert np.abs(unit - signed).min() > 1e-2 * np.abs(signed).max()     # the two conventions differ
+  assert np.abs(unit - signed).min() > 1e-2 * np.abs(signed).max()  # the two conventions differ
   close = lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-7)
-  close(L.lpips_images(params, x, y), unit)                            # default: the original's call
+  close(L.lpips_images(params, x, y), unit)  # default: the original's call
   close(L.lpips_images(params, x, y, "unit"), unit)
   close(L.lpips_images(params, x, y, "signed"), signed)
-  close(_lpips_jit(params, x, y), unit)                                # the evaluation metric
+  close(_lpips_jit(params, x, y), unit)  # the evaluation metric
   close(_lpips_jit(params, x, y, "signed"), signed)
   with pytest.raises(InputError, match="lpips-input"):
     L.lpips_images(params, x, y, "zero-one")
@@ -166,8 +173,8 @@ def test_input_range_conventions_match_the_original_calls(reference):
 def test_lpips_input_option_defaults_to_the_original():
   from pathlib import Path
 
-  from gaedit_jax.edit.loop import EditConfig, StepSettings
   from gaedit_jax.commands.eval import EvalConfig
+  from gaedit_jax.edit.loop import EditConfig, StepSettings
   from gaedit_jax.reconstruct import ReconstructConfig
 
   assert EditConfig(avatar=Path("a"), out=Path("o")).lpips_input == "unit"

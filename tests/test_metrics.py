@@ -36,17 +36,17 @@ def _ssim_3dgs_torch(img1, img2):
   import torch
   import torch.nn.functional as F
 
-  g = torch.tensor([math.exp(-(x - 5) ** 2 / float(2 * 1.5 ** 2)) for x in range(11)])
+  g = torch.tensor([math.exp(-((x - 5) ** 2) / float(2 * 1.5**2)) for x in range(11)])
   g = (g / g.sum()).unsqueeze(1)
   c = img1.shape[-3]
   window = (g @ g.t()).float().unsqueeze(0).unsqueeze(0).expand(c, 1, 11, 11).contiguous()
   conv = lambda a: F.conv2d(a, window, padding=5, groups=c)
   mu1, mu2 = conv(img1), conv(img2)
-  s1 = conv(img1 * img1) - mu1 ** 2
-  s2 = conv(img2 * img2) - mu2 ** 2
+  s1 = conv(img1 * img1) - mu1**2
+  s2 = conv(img2 * img2) - mu2**2
   s12 = conv(img1 * img2) - mu1 * mu2
-  c1, c2 = 0.01 ** 2, 0.03 ** 2
-  m = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1 ** 2 + mu2 ** 2 + c1) * (s1 + s2 + c2))
+  c1, c2 = 0.01**2, 0.03**2
+  m = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s1 + s2 + c2))
   return m.mean(dim=(1, 2, 3))
 
 
@@ -64,13 +64,18 @@ def test_clip_direction_formulas():
   e0, e1 = n(rng.standard_normal((5, 8))), n(rng.standard_normal((5, 8)))
   t0, t1 = n(rng.standard_normal(8)), n(rng.standard_normal(8))
   cos = lambda a, b: (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
-  np.testing.assert_allclose(np.asarray(metrics.clip_direction_similarity(e0, e1, t0, t1)),
-                             cos(e1 - e0, np.broadcast_to(t1 - t0, e0.shape)), rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(metrics.clip_direction_similarity(e0, e1, t0, t1)),
+    cos(e1 - e0, np.broadcast_to(t1 - t0, e0.shape)),
+    rtol=1e-5,
+  )
   d = e1 - e0
-  np.testing.assert_allclose(np.asarray(metrics.clip_direction_consistency(e0, e1, wrap=True)),
-                             cos(d, np.roll(d, -1, 0)), rtol=1e-5)       # paths0[1:] + paths0[:1]
-  np.testing.assert_allclose(np.asarray(metrics.clip_direction_consistency(e0, e1, wrap=False)),
-                             cos(d[:-1], d[1:]), rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(metrics.clip_direction_consistency(e0, e1, wrap=True)), cos(d, np.roll(d, -1, 0)), rtol=1e-5
+  )  # paths0[1:] + paths0[:1]
+  np.testing.assert_allclose(
+    np.asarray(metrics.clip_direction_consistency(e0, e1, wrap=False)), cos(d[:-1], d[1:]), rtol=1e-5
+  )
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +96,10 @@ def test_clip_embeddings_match_transformers_pytorch(tiny_clip):
   tok = CLIPTokenizer.from_pretrained(path)
   x = np.random.default_rng(0).random((3, 50, 40, 3), dtype=np.float32)
   texts = ["a photo of a man", "a photo of a clown statue", "turn him into an elf"]
-  with torch.no_grad():   # ClipSimilarity.encode_image: bicubic resize, CLIP mean/std, no crop
-    pix = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=(clip.image_size,) * 2, mode="bicubic",
-                        align_corners=False)
+  with torch.no_grad():  # ClipSimilarity.encode_image: bicubic resize, CLIP mean/std, no crop
+    pix = F.interpolate(
+      torch.from_numpy(x).permute(0, 3, 1, 2), size=(clip.image_size,) * 2, mode="bicubic", align_corners=False
+    )
     pix = (pix - torch.tensor(clip.mean).view(1, 3, 1, 1)) / torch.tensor(clip.std).view(1, 3, 1, 1)
     ei = ref.get_image_features(pixel_values=pix)
     ids = tok(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
@@ -118,18 +124,46 @@ def test_clip_edit_metrics_and_eval_command(tiny_clip, tmp_path):
     for i, im in enumerate(imgs):
       imops.write_png(tmp_path / folder / f"{i:05d}.png", im)
   from gaedit_jax import cli
+
   out = tmp_path / "metrics.json"
-  cli.main(["eval", "--source", str(tmp_path / "src"), "--edited", str(tmp_path / "edt"),
-            "--source-caption", "a photo of a man", "--target-caption", "a photo of a clown",
-            "--clip", path, "--out", str(out)])
+  cli.main(
+    [
+      "eval",
+      "--source",
+      str(tmp_path / "src"),
+      "--edited",
+      str(tmp_path / "edt"),
+      "--source-caption",
+      "a photo of a man",
+      "--target-caption",
+      "a photo of a clown",
+      "--clip",
+      path,
+      "--out",
+      str(out),
+    ]
+  )
   res = json.loads(out.read_text())["clip_edit"]
   assert res["clip_variant"] == "clip-tiny" and res["num_images"] == 4
-  q = lambda a: np.floor(np.clip(a * 255 + 0.5, 0, 255)) / 255        # what the 8-bit PNGs hold
+  q = lambda a: np.floor(np.clip(a * 255 + 0.5, 0, 255)) / 255  # what the 8-bit PNGs hold
   m_png = metrics.clip_edit_metrics(clip, q(src), q(edt), "a photo of a man", "a photo of a clown")
   assert abs(res["clip_direction_similarity"] - m_png.clip_direction_similarity) < 1e-4
   os.remove(tmp_path / "edt" / "00003.png")
   with pytest.raises(InputError, match="same file names"):
-    cli.main(["eval", "--source", str(tmp_path / "src"), "--edited", str(tmp_path / "edt"),
-              "--source-caption", "a", "--target-caption", "b", "--clip", path])
+    cli.main(
+      [
+        "eval",
+        "--source",
+        str(tmp_path / "src"),
+        "--edited",
+        str(tmp_path / "edt"),
+        "--source-caption",
+        "a",
+        "--target-caption",
+        "b",
+        "--clip",
+        path,
+      ]
+    )
   with pytest.raises(InputError, match="need --source, --edited"):
     cli.main(["eval", "--source", str(tmp_path / "src"), "--clip", path])

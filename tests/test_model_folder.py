@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from recon_data import make_tiny_dataset
 
 from gaedit_jax.avatar import fit_flame_dims, pose_vertices, render_views
@@ -21,15 +20,30 @@ from gaedit_jax.cli import main as cli
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.synthetic import FLAME_FILE
 from gaedit_jax.errors import InputError
-from gaedit_jax.io.model_folder import (GA_MODEL_PARAMS, load_flame_model, load_trained, parse_cfg_args,
-                                        read_avatar, write_model_folder)
+from gaedit_jax.io.model_folder import (
+  GA_MODEL_PARAMS,
+  load_flame_model,
+  load_trained,
+  parse_cfg_args,
+  read_avatar,
+  write_model_folder,
+)
 from gaedit_jax.io.ply import read_ply
 from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar, init_avatar, to_world, triangle_frames
 
 ITER = 30
-GA_NPZ_KEYS = ["shape", "expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation", "static_offset",
-               "dynamic_offset"]
+GA_NPZ_KEYS = [
+  "shape",
+  "expr",
+  "rotation",
+  "neck_pose",
+  "jaw_pose",
+  "eyes_pose",
+  "translation",
+  "static_offset",
+  "dynamic_offset",
+]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -42,9 +56,15 @@ def ga_arrays(avatar: Avatar) -> dict:
   opacity [N,1], binding int64."""
   m = np.asarray(avatar.active)
   g = lambda f: np.ascontiguousarray(np.asarray(getattr(avatar, f))[m], np.float32)
-  return dict(xyz=g("xyz"), features_dc=g("sh_dc"), features_rest=g("sh_rest"), scaling=g("log_scale"),
-              rotation=g("rotation"), opacity=g("opacity_logit")[:, None],
-              binding=np.asarray(avatar.binding)[m].astype(np.int64))
+  return dict(
+    xyz=g("xyz"),
+    features_dc=g("sh_dc"),
+    features_rest=g("sh_rest"),
+    scaling=g("log_scale"),
+    rotation=g("rotation"),
+    opacity=g("opacity_logit")[:, None],
+    binding=np.asarray(avatar.binding)[m].astype(np.int64),
+  )
 
 
 def write_ga_ply(path: Path, a: dict) -> None:
@@ -56,8 +76,19 @@ def write_ga_ply(path: Path, a: dict) -> None:
   names = ["x", "y", "z", "nx", "ny", "nz"] + [f"f_dc_{i}" for i in range(f_dc.shape[1])]
   names += [f"f_rest_{i}" for i in range(f_rest.shape[1])] + ["opacity"] + [f"scale_{i}" for i in range(3)]
   names += [f"rot_{i}" for i in range(4)] + ["binding_0"]
-  attrs = np.concatenate([a["xyz"], np.zeros_like(a["xyz"]), f_dc, f_rest, a["opacity"], a["scaling"],
-                          a["rotation"], a["binding"][:, None].astype(np.float32)], axis=1)
+  attrs = np.concatenate(
+    [
+      a["xyz"],
+      np.zeros_like(a["xyz"]),
+      f_dc,
+      f_rest,
+      a["opacity"],
+      a["scaling"],
+      a["rotation"],
+      a["binding"][:, None].astype(np.float32),
+    ],
+    axis=1,
+  )
   el = np.empty(n, [(k, "<f4") for k in names])
   for i, k in enumerate(names):
     el[k] = attrs[:, i]
@@ -74,33 +105,58 @@ def ga_load_ply(path: Path, max_sh_degree: int) -> dict:
   extra = sorted([k for k in d if k.startswith("f_rest_")], key=lambda x: int(x.split("_")[-1]))
   assert len(extra) == 3 * (max_sh_degree + 1) ** 2 - 3
   fe = np.stack([d[k] for k in extra], 1).reshape(n, 3, (max_sh_degree + 1) ** 2 - 1)
-  return dict(xyz=np.stack([d["x"], d["y"], d["z"]], 1),
-              features_dc=np.stack([d[f"f_dc_{i}"] for i in range(3)], 1)[:, :, None].transpose(0, 2, 1),
-              features_rest=fe.transpose(0, 2, 1), opacity=d["opacity"][:, None],
-              scaling=np.stack([d[f"scale_{i}"] for i in range(3)], 1),
-              rotation=np.stack([d[f"rot_{i}"] for i in range(4)], 1), binding=d["binding_0"].astype(np.int32))
+  return dict(
+    xyz=np.stack([d["x"], d["y"], d["z"]], 1),
+    features_dc=np.stack([d[f"f_dc_{i}"] for i in range(3)], 1)[:, :, None].transpose(0, 2, 1),
+    features_rest=fe.transpose(0, 2, 1),
+    opacity=d["opacity"][:, None],
+    scaling=np.stack([d[f"scale_{i}"] for i in range(3)], 1),
+    rotation=np.stack([d[f"rot_{i}"] for i in range(4)], 1),
+    binding=d["binding_0"].astype(np.int32),
+  )
 
 
 def ga_flame_npz(path: Path, fp) -> None:
   """FlameGaussianModel.save_ply's flame_param.npz (its flame_param dict, float32)."""
   f = lambda x: np.asarray(x, np.float32)
   t, v = fp.rotation.shape[0], fp.static_offset.shape[-2]
-  d = dict(shape=f(fp.shape), expr=f(fp.expr), rotation=f(fp.rotation), neck_pose=f(fp.neck_pose),
-           jaw_pose=f(fp.jaw_pose), eyes_pose=f(fp.eyes_pose), translation=f(fp.translation),
-           static_offset=f(fp.static_offset)[None], dynamic_offset=np.zeros((t, v, 3), np.float32))
+  d = dict(
+    shape=f(fp.shape),
+    expr=f(fp.expr),
+    rotation=f(fp.rotation),
+    neck_pose=f(fp.neck_pose),
+    jaw_pose=f(fp.jaw_pose),
+    eyes_pose=f(fp.eyes_pose),
+    translation=f(fp.translation),
+    static_offset=f(fp.static_offset)[None],
+    dynamic_offset=np.zeros((t, v, 3), np.float32),
+  )
   np.savez(str(path), **d)
 
 
 def ga_cfg_args(data: Path, model: Path, sh_degree: int) -> str:
   """train.py's prepare_output_and_logger: str(Namespace(**vars(ModelParams.extract(args))))."""
-  a = dict(sh_degree=sh_degree, source_path=str(data), target_path="", model_path=str(model), images="images",
-           resolution=-1, white_background=True, data_device="cuda", eval=True, bind_to_mesh=True,
-           disable_flame_static_offset=False, not_finetune_flame_params=False, select_camera_id=-1)
+  a = dict(
+    sh_degree=sh_degree,
+    source_path=str(data),
+    target_path="",
+    model_path=str(model),
+    images="images",
+    resolution=-1,
+    white_background=True,
+    data_device="cuda",
+    eval=True,
+    bind_to_mesh=True,
+    disable_flame_static_offset=False,
+    not_finetune_flame_params=False,
+    select_camera_id=-1,
+  )
   return str(argparse.Namespace(**a))
 
 
-def write_ga_checkpoint(path: Path, a: dict, num_faces: int, num_timesteps: int, n_expr: int, *,
-                        active_sh_degree: int, fields: int = 14) -> None:
+def write_ga_checkpoint(
+  path: Path, a: dict, num_faces: int, num_timesteps: int, n_expr: int, *, active_sh_degree: int, fields: int = 14
+) -> None:
   """train.py: torch.save((gaussians.capture(), iteration), path), with GaussianModel.training_setup's
   Adam param groups (+ FlameGaussianModel's pose / trans / expr groups) after one step."""
   import torch
@@ -108,16 +164,22 @@ def write_ga_checkpoint(path: Path, a: dict, num_faces: int, num_timesteps: int,
   P = lambda x: torch.nn.Parameter(torch.from_numpy(np.array(x)).requires_grad_(True))
   xyz, f_dc, f_rest = P(a["xyz"]), P(a["features_dc"]), P(a["features_rest"])
   opacity, scaling, rotation = P(a["opacity"]), P(a["scaling"]), P(a["rotation"])
-  groups = [{"params": [xyz], "lr": 5e-3, "name": "xyz"}, {"params": [f_dc], "lr": 2.5e-3, "name": "f_dc"},
-            {"params": [f_rest], "lr": 2.5e-3 / 20, "name": "f_rest"},
-            {"params": [opacity], "lr": 0.05, "name": "opacity"},
-            {"params": [scaling], "lr": 0.017, "name": "scaling"},
-            {"params": [rotation], "lr": 1e-3, "name": "rotation"}]
+  groups = [
+    {"params": [xyz], "lr": 5e-3, "name": "xyz"},
+    {"params": [f_dc], "lr": 2.5e-3, "name": "f_dc"},
+    {"params": [f_rest], "lr": 2.5e-3 / 20, "name": "f_rest"},
+    {"params": [opacity], "lr": 0.05, "name": "opacity"},
+    {"params": [scaling], "lr": 0.017, "name": "scaling"},
+    {"params": [rotation], "lr": 1e-3, "name": "rotation"},
+  ]
   opt = torch.optim.Adam(groups, lr=0.0, eps=1e-15)
-  fl = {k: torch.zeros(num_timesteps, n, requires_grad=True)
-        for k, n in dict(rotation=3, neck_pose=3, jaw_pose=3, eyes_pose=6, translation=3, expr=n_expr).items()}
-  opt.add_param_group({"params": [fl[k] for k in ("rotation", "neck_pose", "jaw_pose", "eyes_pose")], "lr": 1e-5,
-                       "name": "pose"})
+  fl = {
+    k: torch.zeros(num_timesteps, n, requires_grad=True)
+    for k, n in dict(rotation=3, neck_pose=3, jaw_pose=3, eyes_pose=6, translation=3, expr=n_expr).items()
+  }
+  opt.add_param_group(
+    {"params": [fl[k] for k in ("rotation", "neck_pose", "jaw_pose", "eyes_pose")], "lr": 1e-5, "name": "pose"}
+  )
   opt.add_param_group({"params": [fl["translation"]], "lr": 1e-6, "name": "trans"})
   opt.add_param_group({"params": [fl["expr"]], "lr": 1e-3, "name": "expr"})
   params = [xyz, f_dc, f_rest, opacity, scaling, rotation] + list(fl.values())
@@ -130,8 +192,22 @@ def write_ga_checkpoint(path: Path, a: dict, num_faces: int, num_timesteps: int,
   binding = torch.from_numpy(a["binding"])
   counter = torch.bincount(binding, minlength=num_faces).int()
   n = binding.shape[0]
-  cap = (active_sh_degree, xyz, f_dc, f_rest, scaling, rotation, opacity, binding, counter, torch.zeros(n),
-         torch.zeros(n, 1), torch.zeros(n, 1), opt.state_dict(), 1.7)
+  cap = (
+    active_sh_degree,
+    xyz,
+    f_dc,
+    f_rest,
+    scaling,
+    rotation,
+    opacity,
+    binding,
+    counter,
+    torch.zeros(n),
+    torch.zeros(n, 1),
+    torch.zeros(n, 1),
+    opt.state_dict(),
+    1.7,
+  )
   if fields == 16:  # GaussianAvatar-Editor appends gs_edit_filter, gs_edit_face_filter
     cap = cap + (None, None)
   elif fields == 12:  # 3D Gaussian Splatting: no binding
@@ -155,21 +231,34 @@ def setup(tmp_path_factory):
   k = jax.random.split(jax.random.key(0), 8)
   t = tracking.expr.shape[0]
   tuned = dataclasses.replace(  # "fine-tuned" FLAME parameters, different from the tracking
-      tracking, expr=tracking.expr + 0.3 * jax.random.normal(k[0], tracking.expr.shape),
-      jaw_pose=tracking.jaw_pose + 0.05 * jax.random.normal(k[1], (t, 3)))
+    tracking,
+    expr=tracking.expr + 0.3 * jax.random.normal(k[0], tracking.expr.shape),
+    jaw_pose=tracking.jaw_pose + 0.05 * jax.random.normal(k[1], (t, 3)),
+  )
   cap, extra = nf + 40, 30
   av = init_avatar(k[2], nf, capacity=cap, sh_degree=1)
   active = jnp.arange(cap) < nf + extra
-  binding = av.binding.at[nf:nf + extra].set(jax.random.randint(k[3], (extra,), 0, nf))
-  avatar = Avatar(xyz=0.3 * jax.random.normal(k[4], (cap, 3)),
-                  log_scale=0.3 * jax.random.normal(k[5], (cap, 3)) - 0.2,
-                  rotation=jax.random.normal(k[6], (cap, 4)),
-                  opacity_logit=1.0 + jax.random.normal(k[7], (cap,)),
-                  sh_dc=0.5 * jax.random.normal(k[0], (cap, 1, 3)) + 0.3,
-                  sh_rest=0.1 * jax.random.normal(k[1], (cap, 3, 3)), binding=binding, active=active)
+  binding = av.binding.at[nf : nf + extra].set(jax.random.randint(k[3], (extra,), 0, nf))
+  avatar = Avatar(
+    xyz=0.3 * jax.random.normal(k[4], (cap, 3)),
+    log_scale=0.3 * jax.random.normal(k[5], (cap, 3)) - 0.2,
+    rotation=jax.random.normal(k[6], (cap, 4)),
+    opacity_logit=1.0 + jax.random.normal(k[7], (cap,)),
+    sh_dc=0.5 * jax.random.normal(k[0], (cap, 1, 3)) + 0.3,
+    sh_rest=0.1 * jax.random.normal(k[1], (cap, 3, 3)),
+    binding=binding,
+    active=active,
+  )
   ours = root / "ours"
-  write_model_folder(ours, avatar, tuned, iteration=ITER, data=data, flame_model=flame_path,
-                     config=dict(image_scale=1.0, white_background=True, sh_degree=1))
+  write_model_folder(
+    ours,
+    avatar,
+    tuned,
+    iteration=ITER,
+    data=data,
+    flame_model=flame_path,
+    config=dict(image_scale=1.0, white_background=True, sh_degree=1),
+  )
   ga = root / "ga"
   a = ga_arrays(avatar)
   write_ga_ply(ga / "point_cloud" / f"iteration_{ITER}" / "point_cloud.ply", a)
@@ -179,15 +268,32 @@ def setup(tmp_path_factory):
   lone = root / "lone"
   lone.mkdir()
   write_ga_checkpoint(lone / f"chkpnt{ITER}.pth", a, nf, t, tracking.expr.shape[-1], active_sh_degree=1, fields=16)
-  return dict(data=data, flame=flame_path, full=full, avatar=avatar, tuned=tuned, tracking=tracking, ours=ours,
-              ga=ga, lone=lone, arrays=a)
+  return dict(
+    data=data,
+    flame=flame_path,
+    full=full,
+    avatar=avatar,
+    tuned=tuned,
+    tracking=tracking,
+    ours=ours,
+    ga=ga,
+    lone=lone,
+    arrays=a,
+  )
 
 
 def _render(tr, data):
   ds = AvatarDataset(data, "val", cache_size=0)
   b = ds.batch([0, 1])
-  return render_views(tr.avatar, tr.model, tr.flame, np.asarray(b.timestep), b.camera, jnp.asarray(ds.background),
-                      RenderConfig(sh_degree=1))
+  return render_views(
+    tr.avatar,
+    tr.model,
+    tr.flame,
+    np.asarray(b.timestep),
+    b.camera,
+    jnp.asarray(ds.background),
+    RenderConfig(sh_degree=1),
+  )
 
 
 def _same_avatar(x: Avatar, y: Avatar):
@@ -244,8 +350,23 @@ def test_checkpoint_missing_pieces_name_the_flag(setup, tmp_path):
   with pytest.raises(InputError, match="--flame-model"):
     cli(["render", "--model", str(s["lone"]), "--out", str(tmp_path / "r")])
   out = tmp_path / "r2"
-  cli(["render", "--model", str(s["lone"]), "--out", str(out), "--data", str(s["data"]),
-       "--flame-model", str(s["flame"]), "--splits", "val", "--max-frames", "1"])
+  cli(
+    [
+      "render",
+      "--model",
+      str(s["lone"]),
+      "--out",
+      str(out),
+      "--data",
+      str(s["data"]),
+      "--flame-model",
+      str(s["flame"]),
+      "--splits",
+      "val",
+      "--max-frames",
+      "1",
+    ]
+  )
   assert len(list((out / "val" / f"ours_{ITER}" / "renders").glob("*.png"))) == 1
   # 3DGS checkpoints (no binding) are refused with a clear message
   a = s["arrays"]
@@ -316,16 +437,41 @@ def test_edit_starts_from_a_ga_checkpoint(setup, tmp_path):
   s = setup
   paint = make_tiny_dataset(tmp_path / "paint", texture="facepaint")
   out = tmp_path / "edited"
-  cli(["edit", "--avatar", str(s["lone"] / f"chkpnt{ITER}.pth"), "--data", str(s["data"]), "--flame-model",
-       str(s["flame"]), "--out", str(out), "--editor", "synthetic", "--target-data", str(paint), "--iterations", "1",
-       "--dump-interval", "0", "--checkpoint-interval", "1", "--no-progress", "--no-tensorboard",
-       "--lambda-lpips", "0"])
+  cli(
+    [
+      "edit",
+      "--avatar",
+      str(s["lone"] / f"chkpnt{ITER}.pth"),
+      "--data",
+      str(s["data"]),
+      "--flame-model",
+      str(s["flame"]),
+      "--out",
+      str(out),
+      "--editor",
+      "synthetic",
+      "--target-data",
+      str(paint),
+      "--iterations",
+      "1",
+      "--dump-interval",
+      "0",
+      "--checkpoint-interval",
+      "1",
+      "--no-progress",
+      "--no-tensorboard",
+      "--lambda-lpips",
+      "0",
+    ]
+  )
   tr = load_trained(out)  # our layout, the FLAME model recorded
   assert tr.cfg["layout"] == "gaedit" and tr.cfg["config"]["white_background"] is True
   assert np.array_equal(np.asarray(tr.avatar.binding), s["arrays"]["binding"])
 
 
-@pytest.mark.parametrize("text", [
+@pytest.mark.parametrize(
+  "text",
+  [
     "Namespace(sh_degree=3, source_path=__import__('os').system('touch {m}'))",
     "Namespace(source_path=open('{m}', 'w').name)",
     "Namespace(sh_degree=os.sep)",
@@ -334,7 +480,8 @@ def test_edit_starts_from_a_ga_checkpoint(setup, tmp_path):
     "Namespace(**{{'a': open('{m}', 'w')}})",
     "Namespace('{m}')",
     "Namespace(x=1); open('{m}', 'w')",
-])
+  ],
+)
 def test_cfg_args_with_code_is_refused_unexecuted(setup, tmp_path, text):
   marker = tmp_path / "executed"
   text = text.format(m=marker)
@@ -349,6 +496,16 @@ def test_cfg_args_with_code_is_refused_unexecuted(setup, tmp_path, text):
 
 
 def test_cfg_args_literals_are_read():
-  ns = argparse.Namespace(sh_degree=3, source_path="/d/x y'z", resolution=-1, eval=True, select_camera_id=-1,
-                          target_path="", ratio=0.5, extra=None, ids=[1, 2], pair=(3, 4))
+  ns = argparse.Namespace(
+    sh_degree=3,
+    source_path="/d/x y'z",
+    resolution=-1,
+    eval=True,
+    select_camera_id=-1,
+    target_path="",
+    ratio=0.5,
+    extra=None,
+    ids=[1, 2],
+    pair=(3, 4),
+  )
   assert parse_cfg_args(str(ns)) == vars(ns)

@@ -7,18 +7,31 @@ import pytest
 
 from gaedit_jax.errors import InputError
 from gaedit_jax.flame import FlameParams
-from gaedit_jax.io.ply import (_write_ply, load_avatar_ply, load_flame_npz, read_ply, save_avatar_ply,
-                               save_flame_npz, save_world_ply)
+from gaedit_jax.io.ply import (
+  _write_ply,
+  load_avatar_ply,
+  load_flame_npz,
+  read_ply,
+  save_avatar_ply,
+  save_flame_npz,
+  save_world_ply,
+)
 from gaedit_jax.rig import Avatar, FaceFrames, init_avatar, to_world
 
 
 def _avatar():
   av = init_avatar(jax.random.key(0), 6, capacity=9, sh_degree=3)
   k = jax.random.split(jax.random.key(1), 4)
-  return Avatar(xyz=jax.random.normal(k[0], (9, 3)), log_scale=jax.random.normal(k[1], (9, 3)) - 3,
-                rotation=jax.random.normal(k[2], (9, 4)), opacity_logit=av.opacity_logit,
-                sh_dc=av.sh_dc, sh_rest=jax.random.normal(k[3], (9, 15, 3)),
-                binding=av.binding.at[5].set(2), active=av.active)
+  return Avatar(
+    xyz=jax.random.normal(k[0], (9, 3)),
+    log_scale=jax.random.normal(k[1], (9, 3)) - 3,
+    rotation=jax.random.normal(k[2], (9, 4)),
+    opacity_logit=av.opacity_logit,
+    sh_dc=av.sh_dc,
+    sh_rest=jax.random.normal(k[3], (9, 15, 3)),
+    binding=av.binding.at[5].set(2),
+    active=av.active,
+  )
 
 
 def test_avatar_ply_roundtrip(tmp_path):
@@ -46,15 +59,20 @@ def test_world_ply_matches_to_world(tmp_path):
   rot = rot * jnp.sign(jnp.linalg.det(rot))[:, None, None]
   from gaedit_jax.rig import matrix_to_quat
 
-  frames = FaceFrames(center=jax.random.normal(kf[0], (6, 3)), rotation=rot, quat=matrix_to_quat(rot),
-                      scale=jax.random.uniform(kf[1], (6,), minval=0.5, maxval=2))
+  frames = FaceFrames(
+    center=jax.random.normal(kf[0], (6, 3)),
+    rotation=rot,
+    quat=matrix_to_quat(rot),
+    scale=jax.random.uniform(kf[1], (6,), minval=0.5, maxval=2),
+  )
   save_world_ply(tmp_path / "w.ply", av, frames)
   d = read_ply(tmp_path / "w.ply")
   assert "binding_0" not in d
   g = to_world(av, frames)
   np.testing.assert_allclose(np.stack([d["x"], d["y"], d["z"]], 1), np.asarray(g.means)[:6], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(np.exp(np.stack([d[f"scale_{i}"] for i in range(3)], 1)), np.asarray(g.scales)[:6],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    np.exp(np.stack([d[f"scale_{i}"] for i in range(3)], 1)), np.asarray(g.scales)[:6], rtol=1e-5
+  )
   q = np.stack([d[f"rot_{i}"] for i in range(4)], 1)
   qg = np.asarray(g.quats)[:6]
   qg = qg / np.linalg.norm(qg, axis=-1, keepdims=True)
@@ -63,9 +81,16 @@ def test_world_ply_matches_to_world(tmp_path):
 
 def test_flame_npz_roundtrip(tmp_path):
   T, V = 3, 7
-  f0 = FlameParams(shape=jnp.arange(5.0), expr=jnp.zeros((T, 4)), rotation=jnp.ones((T, 3)),
-                   neck_pose=jnp.zeros((T, 3)), jaw_pose=jnp.zeros((T, 3)), eyes_pose=jnp.zeros((T, 6)),
-                   translation=jnp.zeros((T, 3)), static_offset=jnp.ones((V, 3)))
+  f0 = FlameParams(
+    shape=jnp.arange(5.0),
+    expr=jnp.zeros((T, 4)),
+    rotation=jnp.ones((T, 3)),
+    neck_pose=jnp.zeros((T, 3)),
+    jaw_pose=jnp.zeros((T, 3)),
+    eyes_pose=jnp.zeros((T, 6)),
+    translation=jnp.zeros((T, 3)),
+    static_offset=jnp.ones((V, 3)),
+  )
   per = {k: getattr(f0, k) + 0.5 for k in FlameParams.PER_TIMESTEP}
   p = save_flame_npz(tmp_path / "flame_param.npz", f0, per)
   with np.load(p) as z:
@@ -104,8 +129,11 @@ def test_truncated_ply_names_the_property(tmp_path):
   # cut inside the last vertex, 3 properties (12 bytes) before its end -> in property nprop-3
   q = _rewrite(p, body=lambda b: b[:-10])
   names = list(read_ply(p))
-  with pytest.raises(InputError, match=rf"bad\.ply: truncated: the header says 6 vertices \({6 * nprop * 4} "
-                                       rf"bytes\) .* in vertex 5, property '{names[-3]}'"):
+  with pytest.raises(
+    InputError,
+    match=rf"bad\.ply: truncated: the header says 6 vertices \({6 * nprop * 4} "
+    rf"bytes\) .* in vertex 5, property '{names[-3]}'",
+  ):
     read_ply(q)
   q = _rewrite(p, header=lambda h: h.replace("element vertex 6", "element vertex 7"))
   with pytest.raises(InputError, match=r"truncated: .* in vertex 6, property 'x'"):
@@ -118,8 +146,11 @@ def test_truncated_ply_names_the_property(tmp_path):
 def test_vertex_count_must_match_the_data(tmp_path):
   p = _saved(tmp_path)
   q = _rewrite(p, header=lambda h: h.replace("element vertex 6", "element vertex 5"))
-  with pytest.raises(InputError, match=r"bad\.ply: the header says 5 vertices but .* hold 6 vertices .* "
-                                       r"disagrees with the data size"):
+  with pytest.raises(
+    InputError,
+    match=r"bad\.ply: the header says 5 vertices but .* hold 6 vertices .* "
+    r"disagrees with the data size",
+  ):
     load_avatar_ply(q)
 
 
@@ -138,8 +169,9 @@ def test_unknown_property_types_and_elements_are_named(tmp_path):
   q = _rewrite(p, header=lambda h: h.replace("property float nz", "property list uchar int nz"))
   with pytest.raises(InputError, match=r"bad\.ply: property 'nz' is a list"):
     read_ply(q)
-  faces = lambda n: lambda h: h.replace("end_header", f"element face {n}\nproperty list uchar int vertex_indices\n"
-                                                      "end_header")
+  faces = lambda n: (
+    lambda h: h.replace("end_header", f"element face {n}\nproperty list uchar int vertex_indices\nend_header")
+  )
   q = _rewrite(p, header=faces(3))
   with pytest.raises(InputError, match=r"bad\.ply: element 'face' \(3 entries\) is not supported"):
     read_ply(q)
@@ -167,11 +199,14 @@ def test_f_rest_must_have_no_gaps(tmp_path):
     load_avatar_ply(q)
 
 
-@pytest.mark.parametrize("value,num_faces,expect", [
+@pytest.mark.parametrize(
+  "value,num_faces,expect",
+  [
     (6, 6, r"holds 6 at Gaussian 2 .* integers in \[0, 6\)"),
     (-1, None, r"holds -1 at Gaussian 2"),
     (2.5, None, r"holds 2.5 at Gaussian 2"),
-])
+  ],
+)
 def test_binding_must_be_a_face_id(value, num_faces, expect, tmp_path):
   d = read_ply(_saved(tmp_path))
   assert d["binding_0"].max() < 6
@@ -191,8 +226,11 @@ def test_nonfinite_values_error_or_drop(tmp_path):
   d["rot_0"][4] = -np.inf
   q = tmp_path / "nan.ply"
   _write_ply(q, d)
-  with pytest.raises(InputError, match=r"nan\.ply: non-finite values \(NaN or inf\) in property 'opacity' "
-                                       r"\(1\), 'scale_2' \(1\), 'rot_0' \(1\), in 2 of 6 vertices"):
+  with pytest.raises(
+    InputError,
+    match=r"nan\.ply: non-finite values \(NaN or inf\) in property 'opacity' "
+    r"\(1\), 'scale_2' \(1\), 'rot_0' \(1\), in 2 of 6 vertices",
+  ):
     load_avatar_ply(q)
   with pytest.warns(UserWarning, match=r"nan\.ply: dropped 2 of 6 vertices with non-finite values"):
     back = load_avatar_ply(q, nonfinite="drop")

@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from raster_scenes import faint_scene, random_gaussians, ring_cameras, square_tile_pairs
 
 from gaedit_jax.camera import make_camera
 from gaedit_jax.errors import InputError
 from gaedit_jax.render import Gaussians, RenderConfig, _inputs, rasterize
 from gaedit_jax.render import api as render_api
-from raster_scenes import faint_scene, random_gaussians, ring_cameras, square_tile_pairs
 
 REF = RenderConfig(backend="reference")
 
@@ -38,12 +38,15 @@ def _assert_outputs_match(out, ref, atol=1e-4):
   assert not np.any(out.overflow)
 
 
-@pytest.mark.parametrize("n,views,width,height,sh_degree,per_view", [
+@pytest.mark.parametrize(
+  "n,views,width,height,sh_degree,per_view",
+  [
     (200, 1, 32, 32, 0, False),
     (600, 3, 48, 40, 1, False),
     (1000, 2, 64, 64, 2, True),
     (2000, 2, 70, 52, 3, False),  # partial tiles on both axes
-])
+  ],
+)
 def test_forward_matches_reference(n, views, width, height, sh_degree, per_view, device):
   g = random_gaussians(n, n, sh_degree=3, views=views if per_view else None)
   cams = ring_cameras(views, width=width, height=height, focal=0.9 * width, jitter_pp=True, seed=n)
@@ -69,6 +72,7 @@ def _loss_fn(cams, cfg, seed=0):
   def loss(g, bg):
     o = rasterize(g, cams, bg, cfg)
     return jnp.sum(o.image * wi) + jnp.sum(o.alpha * wa) + 0.5 * jnp.sum(o.depth * wd)
+
   return loss
 
 
@@ -119,16 +123,22 @@ def test_finite_differences(device):
   sh = rng.normal(0, 0.1, (4, 4, 3))
   sh[:, 0] = rng.uniform(0.5, 1.5, (4, 3))
   f32 = lambda x: jnp.asarray(x, jnp.float32)
-  g = Gaussians(f32(means), f32(rng.normal(size=(4, 4))), f32(rng.uniform(0.3, 0.7, (4, 3)) * [0.5, 1.0, 1.5]),
-                f32(rng.uniform(0.3, 0.6, 4)), f32(sh))
+  g = Gaussians(
+    f32(means),
+    f32(rng.normal(size=(4, 4))),
+    f32(rng.uniform(0.3, 0.7, (4, 3)) * [0.5, 1.0, 1.5]),
+    f32(rng.uniform(0.3, 0.6, 4)),
+    f32(sh),
+  )
   cfg = RenderConfig(sh_degree=1)
   bg = jnp.array([0.1, 0.2, 0.3])
   target = jax.random.uniform(jax.random.PRNGKey(1), (32, 32, 3))
 
   def loss(gg):
     o = rasterize(gg, cam, bg, cfg)
-    return (jnp.mean((o.image - target) ** 2) + jnp.mean(o.alpha * target[..., 0])
-            + 0.1 * jnp.mean(o.depth * target[..., 1]))
+    return (
+      jnp.mean((o.image - target) ** 2) + jnp.mean(o.alpha * target[..., 0]) + 0.1 * jnp.mean(o.depth * target[..., 1])
+    )
 
   out = rasterize(g, cam, bg, cfg)
   assert bool(jnp.all(out.radii > 48)) and float(out.alpha.min()) > 0.05  # no ring in view
@@ -187,8 +197,9 @@ def test_nested_vmap_and_vmap_of_grad(device):
   cts = jax.random.normal(jax.random.PRNGKey(0), (3,) + img.shape)
   rows = jax.vmap(vjp)(cts)[0]
   for i in range(3):
-    np.testing.assert_allclose(rows.means[i], vjp(cts[i])[0].means,
-                               **(dict(rtol=1e-5, atol=1e-6) if device.platform == "cpu" else tol))
+    np.testing.assert_allclose(
+      rows.means[i], vjp(cts[i])[0].means, **(dict(rtol=1e-5, atol=1e-6) if device.platform == "cpu" else tol)
+    )
   # grad of a sum over the native batch == sum of per-view grads
   total = jax.grad(lambda gg: jnp.sum(rasterize(gg, cams, bg).image ** 2))(g)
   np.testing.assert_allclose(total.sh, jnp.sum(per_view.sh, 0), rtol=1e-3, atol=1e-5)
@@ -211,24 +222,25 @@ def _one_view(width=32, height=32):
 def _single(means, scales=0.03, opac=0.8, quat=(1.0, 0, 0, 0)):
   n = len(means)
   return Gaussians(
-      means=jnp.asarray(means, jnp.float32),
-      quats=jnp.tile(jnp.asarray(quat, jnp.float32), (n, 1)),
-      scales=jnp.broadcast_to(jnp.asarray(scales, jnp.float32), (n, 3)),
-      opacities=jnp.broadcast_to(jnp.asarray(opac, jnp.float32), (n,)),
-      sh=jnp.full((n, 16, 3), 0.5, jnp.float32))
+    means=jnp.asarray(means, jnp.float32),
+    quats=jnp.tile(jnp.asarray(quat, jnp.float32), (n, 1)),
+    scales=jnp.broadcast_to(jnp.asarray(scales, jnp.float32), (n, 3)),
+    opacities=jnp.broadcast_to(jnp.asarray(opac, jnp.float32), (n,)),
+    sh=jnp.full((n, 16, 3), 0.5, jnp.float32),
+  )
 
 
 def test_degenerate_inputs_are_finite_and_not_drawn(device):
   cam = _one_view()
   center = np.asarray(cam.position) * 0.0  # the ring cameras look at the origin
   behind = 2.0 * np.asarray(cam.position)  # behind the camera
-  g = _single([center, behind, center + 0.01, center - 0.01, [40.0, 0, 0], center + 0.02],
-              scales=0.03)
+  g = _single([center, behind, center + 0.01, center - 0.01, [40.0, 0, 0], center + 0.02], scales=0.03)
   g = dataclasses.replace(
-      g,
-      scales=g.scales.at[2].set(0.0).at[5].set(1e4),          # zero and huge scales
-      opacities=g.opacities.at[3].set(0.0),                   # zero opacity
-      quats=g.quats.at[0].set(0.0))                           # zero-norm quaternion
+    g,
+    scales=g.scales.at[2].set(0.0).at[5].set(1e4),  # zero and huge scales
+    opacities=g.opacities.at[3].set(0.0),  # zero opacity
+    quats=g.quats.at[0].set(0.0),
+  )  # zero-norm quaternion
   bg = jnp.array([1.0, 1.0, 1.0])
   out = rasterize(g, cam, bg)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in (out.image, out.alpha, out.depth, out.wabe_weight))
@@ -256,11 +268,25 @@ def test_nonfinite_gaussians_are_not_drawn(backend, device):
   cfg = RenderConfig(backend=backend)
   nan, inf = jnp.nan, jnp.inf
   bad = dataclasses.replace(
-      g, means=g.means.at[0, 1].set(nan), opacities=g.opacities.at[2].set(nan),
-      scales=g.scales.at[3, 2].set(nan), quats=g.quats.at[8, 0].set(inf),
-      screen_offset=g.screen_offset.at[9, 1].set(nan),
-      sh=(g.sh.at[1, 0, 0].set(inf).at[4, 0, 1].set(nan).at[5, 0, 2].set(-inf)  # DC term
-          .at[6, 2, 0].set(nan).at[7, 15, 1].set(-inf)))                      # degree 1 and 3
+    g,
+    means=g.means.at[0, 1].set(nan),
+    opacities=g.opacities.at[2].set(nan),
+    scales=g.scales.at[3, 2].set(nan),
+    quats=g.quats.at[8, 0].set(inf),
+    screen_offset=g.screen_offset.at[9, 1].set(nan),
+    sh=(
+      g.sh.at[1, 0, 0]
+      .set(inf)
+      .at[4, 0, 1]
+      .set(nan)
+      .at[5, 0, 2]
+      .set(-inf)  # DC term
+      .at[6, 2, 0]
+      .set(nan)
+      .at[7, 15, 1]
+      .set(-inf)
+    ),
+  )  # degree 1 and 3
   nb = 10
   assert np.all(np.asarray(rasterize(g, cam, bg, cfg).radii[:nb]) > 0)  # all drawn when finite
   out = rasterize(bad, cam, bg, cfg)
@@ -337,8 +363,9 @@ def test_screen_offset_gradient_is_the_2d_mean_gradient(device):
   grad = jax.grad(lambda gg: jnp.sum(rasterize(gg, cam, bg).image[..., 0]))(g0).screen_offset
   # moving every splat right by one pixel == a unit screen offset: check one Gaussian by FD
   i = int(jnp.argmax(jnp.linalg.norm(grad, axis=-1)))
-  f = lambda s: jnp.sum(rasterize(dataclasses.replace(g0, screen_offset=g0.screen_offset.at[i, 0].set(s)),
-                                  cam, bg).image[..., 0])
+  f = lambda s: jnp.sum(
+    rasterize(dataclasses.replace(g0, screen_offset=g0.screen_offset.at[i, 0].set(s)), cam, bg).image[..., 0]
+  )
   fd = (f(1e-2) - f(-1e-2)) / 2e-2
   assert abs(float(fd) - float(grad[i, 0])) < 0.05 * abs(float(grad[i, 0])) + 1e-3
 
@@ -370,21 +397,31 @@ def test_principal_point_is_honoured(device):
 
 # ------------------------------------------------------------------ static settings are validated
 _BAD_SETTINGS = [
-    ("tile_size", 0, "an integer in [1, 16]"), ("tile_size", -1, "an integer in [1, 16]"),
-    ("tile_size", -1000, "an integer in [1, 16]"), ("tile_size", 17, "an integer in [1, 16]"),
-    ("tile_size", 8.0, "an integer"), ("tile_size", True, "an integer"),
-    ("max_intersections", 0, "None or an integer in [1, 2^31)"),
-    ("max_intersections", -5, "None or an integer in [1, 2^31)"),
-    ("isect_per_gaussian", -2.0, ">= 0"), ("isect_per_gaussian", math.nan, "a finite number >= 0"),
-    ("wabe_k", -1, "an integer in [1, 32], or 0"), ("wabe_k", 33, "an integer in [1, 32], or 0"),
-    ("wabe_beta", -0.5, "a finite number >= 0"), ("wabe_beta", math.inf, "a finite number >= 0"),
-    ("wabe_beta", math.nan, "a finite number >= 0"),
-    ("sh_degree", -1, "an integer in [0, 3]"), ("sh_degree", 4, "an integer in [0, 3]"),
-    ("near_plane", 0.0, "a finite number > 0"), ("near_plane", -0.2, "a finite number > 0"),
-    ("near_plane", math.nan, "a finite number > 0"),
-    ("wabe_visibility", "tiles", '"pixel" or "tile"'), ("alpha_clamp_grad", "clip", '"pass" or "zero"'),
-    ("backend", "cuda", '"auto" or "reference"'),
-    ("backend", "native", '"auto" or "reference"'), ("wabe_backward", "yes", "True or False"),
+  ("tile_size", 0, "an integer in [1, 16]"),
+  ("tile_size", -1, "an integer in [1, 16]"),
+  ("tile_size", -1000, "an integer in [1, 16]"),
+  ("tile_size", 17, "an integer in [1, 16]"),
+  ("tile_size", 8.0, "an integer"),
+  ("tile_size", True, "an integer"),
+  ("max_intersections", 0, "None or an integer in [1, 2^31)"),
+  ("max_intersections", -5, "None or an integer in [1, 2^31)"),
+  ("isect_per_gaussian", -2.0, ">= 0"),
+  ("isect_per_gaussian", math.nan, "a finite number >= 0"),
+  ("wabe_k", -1, "an integer in [1, 32], or 0"),
+  ("wabe_k", 33, "an integer in [1, 32], or 0"),
+  ("wabe_beta", -0.5, "a finite number >= 0"),
+  ("wabe_beta", math.inf, "a finite number >= 0"),
+  ("wabe_beta", math.nan, "a finite number >= 0"),
+  ("sh_degree", -1, "an integer in [0, 3]"),
+  ("sh_degree", 4, "an integer in [0, 3]"),
+  ("near_plane", 0.0, "a finite number > 0"),
+  ("near_plane", -0.2, "a finite number > 0"),
+  ("near_plane", math.nan, "a finite number > 0"),
+  ("wabe_visibility", "tiles", '"pixel" or "tile"'),
+  ("alpha_clamp_grad", "clip", '"pass" or "zero"'),
+  ("backend", "cuda", '"auto" or "reference"'),
+  ("backend", "native", '"auto" or "reference"'),
+  ("wabe_backward", "yes", "True or False"),
 ]
 
 
@@ -410,25 +447,43 @@ def test_settings_are_checked_again_before_the_kernel():
       rasterize(g, cam, jnp.zeros(3), cfg)
   for w, h, name in ((0, 32, "width"), (32, 20000, "height"), (-3, 32, "width")):
     bad = make_camera(np.eye(4), 30.0, width=w, height=h)
-    with pytest.raises(InputError, match=re.escape(f"camera.{name} = {w if name == 'width' else h}:")
-                       + r".*\[1, 16384\]"):
+    with pytest.raises(
+      InputError, match=re.escape(f"camera.{name} = {w if name == 'width' else h}:") + r".*\[1, 16384\]"
+    ):
       rasterize(g, bad, jnp.zeros(3))
 
 
 def _static(**kw):
-  base = dict(width=32, height=32, tile_size=16, sh_degree=3, near_plane=0.2, wabe_k=10,
-              wabe_beta=6.0, wabe_backward=False, capacity=4096)
+  base = dict(
+    width=32,
+    height=32,
+    tile_size=16,
+    sh_degree=3,
+    near_plane=0.2,
+    wabe_k=10,
+    wabe_beta=6.0,
+    wabe_backward=False,
+    capacity=4096,
+  )
   return render_api._Static(**{**base, **kw})
 
 
-@pytest.mark.parametrize("field,value,match", [
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
     ("tile_size", 0, "tile_size is 0, expected an integer in [1, 16]"),
-    ("tile_size", -1, "tile_size is -1, expected"), ("tile_size", -1000, "tile_size is -1000"),
-    ("tile_size", 17, "tile_size is 17"), ("width", 0, "image size is 0x32"),
-    ("height", 20000, "image size is 32x20000"), ("sh_degree", 4, "sh_degree is 4"),
-    ("near_plane", 0.0, "near_plane is 0"), ("wabe_beta", math.nan, "wabe_beta is nan"),
-    ("wabe_k", 33, "wabe_k is 33"), ("capacity", 0, "intersection capacity is 0"),
-])
+    ("tile_size", -1, "tile_size is -1, expected"),
+    ("tile_size", -1000, "tile_size is -1000"),
+    ("tile_size", 17, "tile_size is 17"),
+    ("width", 0, "image size is 0x32"),
+    ("height", 20000, "image size is 32x20000"),
+    ("sh_degree", 4, "sh_degree is 4"),
+    ("near_plane", 0.0, "near_plane is 0"),
+    ("wabe_beta", math.nan, "wabe_beta is nan"),
+    ("wabe_k", 33, "wabe_k is 33"),
+    ("capacity", 0, "intersection capacity is 0"),
+  ],
+)
 def test_native_entry_points_refuse_bad_settings(field, value, match, device):
   """The kernels check the static settings themselves (an FFI error, not a corrupted heap), for a
   call made around `rasterize`'s checks."""
@@ -489,8 +544,10 @@ def test_alpha_clamp_pass_is_the_3dgs_gradient(backend, device):
   alpha = rasterize(g, cam, bg, RenderConfig(backend=backend)).alpha
   n = int(jnp.sum(alpha > 0.9899))
   assert 5 <= n < 200
-  d = {m: jax.grad(lambda gg: jnp.sum(rasterize(gg, cam, bg, RenderConfig(alpha_clamp_grad=m, backend=backend)).alpha))(g)
-       for m in ("pass", "zero")}
+  d = {
+    m: jax.grad(lambda gg: jnp.sum(rasterize(gg, cam, bg, RenderConfig(alpha_clamp_grad=m, backend=backend)).alpha))(g)
+    for m in ("pass", "zero")
+  }
   diff = float(d["pass"].opacities[0] - d["zero"].opacities[0])
   assert 0.99 * n - 1e-3 <= diff <= n * 1.0001, (diff, n)
 

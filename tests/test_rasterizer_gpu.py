@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from raster_scenes import faint_scene, random_gaussians, ring_cameras, square_tile_pairs
 
 from gaedit_jax.render import RenderConfig, rasterize
-from raster_scenes import faint_scene, random_gaussians, ring_cameras, square_tile_pairs
 
 pytestmark = pytest.mark.gpu
 
@@ -29,8 +29,7 @@ def _render(kind, g, cams, bg, cfg=RenderConfig()):
   return jax.jit(lambda g, c, b: rasterize(g, c, b, cfg))(g, cams, bg)
 
 
-@pytest.mark.parametrize("n,views,per_view,sh_degree", [(500, 1, False, 3), (2000, 3, True, 2),
-                                                        (1500, 4, False, 0)])
+@pytest.mark.parametrize("n,views,per_view,sh_degree", [(500, 1, False, 3), (2000, 3, True, 2), (1500, 4, False, 0)])
 def test_cuda_forward_matches_cpu_and_reference(n, views, per_view, sh_degree):
   g = random_gaussians(n, n, views=views if per_view else None)
   cams = ring_cameras(views, width=70, height=52, focal=60, jitter_pp=True, seed=n)
@@ -64,9 +63,11 @@ def test_cuda_gradients_match_cpu_and_reference(wabe_backward):
 
   def grads(kind, cfg):
     gg, cc, bb, w1, w2 = _on(kind, (g, cams, bg, wi, wd))
-    loss = lambda gg, bb: (jnp.sum(rasterize(gg, cc, bb, cfg).image * w1)
-                           + jnp.sum(rasterize(gg, cc, bb, cfg).depth * w2) * 0.3
-                           + jnp.sum(rasterize(gg, cc, bb, cfg).alpha))
+    loss = lambda gg, bb: (
+      jnp.sum(rasterize(gg, cc, bb, cfg).image * w1)
+      + jnp.sum(rasterize(gg, cc, bb, cfg).depth * w2) * 0.3
+      + jnp.sum(rasterize(gg, cc, bb, cfg).alpha)
+    )
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(gg, bb)
 
   cfg = RenderConfig(wabe_backward=wabe_backward)
@@ -168,8 +169,9 @@ def test_cuda_alpha_clamp_modes_match_cpu():
   # wide Gaussians, half with opacity in [0.992, 1]: o G > 0.99 near their centres
   n = 300
   g = random_gaussians(15, n, scale=0.06)
-  g = dataclasses.replace(g, opacities=g.opacities.at[::2].set(jnp.linspace(0.992, 1.0, n // 2)),
-                          screen_offset=jnp.zeros((n, 2)))
+  g = dataclasses.replace(
+    g, opacities=g.opacities.at[::2].set(jnp.linspace(0.992, 1.0, n // 2)), screen_offset=jnp.zeros((n, 2))
+  )
   cams = ring_cameras(2, width=40, height=36, focal=40, jitter_pp=True)
   bg = jnp.array([0.2, 0.5, 0.9])
   w = jax.random.uniform(jax.random.PRNGKey(7), (2, 36, 40, 3))
@@ -177,8 +179,9 @@ def test_cuda_alpha_clamp_modes_match_cpu():
   def grads(kind, mode):
     gg, cc, bb, ww = _on(kind, (g, cams, bg, w))
     cfg = RenderConfig(alpha_clamp_grad=mode)
-    return jax.jit(jax.grad(lambda gg: jnp.sum(rasterize(gg, cc, bb, cfg).image * ww)
-                            + jnp.sum(rasterize(gg, cc, bb, cfg).alpha)))(gg)
+    return jax.jit(
+      jax.grad(lambda gg: jnp.sum(rasterize(gg, cc, bb, cfg).image * ww) + jnp.sum(rasterize(gg, cc, bb, cfg).alpha))
+    )(gg)
 
   out = {(kind, mode): grads(kind, mode) for kind in ("gpu", "cpu") for mode in ("pass", "zero")}
   for mode in ("pass", "zero"):
@@ -186,8 +189,10 @@ def test_cuda_alpha_clamp_modes_match_cpu():
       a, b = np.asarray(getattr(out["gpu", mode], name)), np.asarray(getattr(out["cpu", mode], name))
       assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, (mode, name)
   for name in ("opacities", "means"):  # the clamped pixels' share alone
-    d = {kind: np.asarray(getattr(out[kind, "pass"], name)) - np.asarray(getattr(out[kind, "zero"], name))
-         for kind in ("gpu", "cpu")}
+    d = {
+      kind: np.asarray(getattr(out[kind, "pass"], name)) - np.asarray(getattr(out[kind, "zero"], name))
+      for kind in ("gpu", "cpu")
+    }
     assert np.linalg.norm(d["cpu"]) > 0
     assert np.linalg.norm(d["gpu"] - d["cpu"]) / np.linalg.norm(d["cpu"]) < 2e-2, name
 
@@ -199,11 +204,16 @@ def test_cuda_nonfinite_gaussians_are_not_drawn():
   bg = jnp.array([0.3, 0.6, 0.9])
   nan, inf = jnp.nan, jnp.inf
   bad = dataclasses.replace(
-      g, means=g.means.at[0, 1].set(nan), opacities=g.opacities.at[2].set(nan),
-      scales=g.scales.at[3, 2].set(nan), quats=g.quats.at[8, 0].set(inf),
-      screen_offset=g.screen_offset.at[9, 1].set(nan),
-      sh=(g.sh.at[1, 0, 0].set(inf).at[4, 0, 1].set(nan).at[5, 0, 2].set(-inf)
-          .at[6, 2, 0].set(nan).at[7, 15, 1].set(-inf)))
+    g,
+    means=g.means.at[0, 1].set(nan),
+    opacities=g.opacities.at[2].set(nan),
+    scales=g.scales.at[3, 2].set(nan),
+    quats=g.quats.at[8, 0].set(inf),
+    screen_offset=g.screen_offset.at[9, 1].set(nan),
+    sh=(
+      g.sh.at[1, 0, 0].set(inf).at[4, 0, 1].set(nan).at[5, 0, 2].set(-inf).at[6, 2, 0].set(nan).at[7, 15, 1].set(-inf)
+    ),
+  )
   gpu, cpu = _render("gpu", bad, cams, bg), _render("cpu", bad, cams, bg)
   assert bool(jnp.all(jnp.isfinite(gpu.image)))
   np.testing.assert_array_equal(np.asarray(gpu.radii[:, :10]), 0)

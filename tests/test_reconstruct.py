@@ -5,7 +5,6 @@ import json
 import jax
 import numpy as np
 import pytest
-
 from recon_data import make_tiny_dataset, tiny_config
 
 from gaedit_jax.reconstruct import Trainer
@@ -78,8 +77,18 @@ def test_training_loop_densifies_and_exports(tiny, tmp_path):
 
 
 def test_overflow_skips_step_and_grows_buffer(tiny, tmp_path, capsys):
-  tr = Trainer(tiny_config(tiny, tmp_path / "m", iterations=2, isect_per_gaussian=0.0, log_interval=1,
-                           sh_degree=0, eval_max_frames=1, tile_size=8))
+  tr = Trainer(
+    tiny_config(
+      tiny,
+      tmp_path / "m",
+      iterations=2,
+      isect_per_gaussian=0.0,
+      log_interval=1,
+      sh_degree=0,
+      eval_max_frames=1,
+      tile_size=8,
+    )
+  )
   assert tr.render_config(0).tile_size == 8  # the faster GPU setting runs the same loop
   b = tr.train_ds.batch([0])
   before = np.asarray(tr.state.avatar.opacity_logit)

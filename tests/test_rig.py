@@ -21,8 +21,10 @@ def head():
 
 def random_mesh(seed=0, nv=30, nf=40):
   rng = np.random.default_rng(seed)
-  return (jnp.asarray(rng.normal(size=(nv, 3)), jnp.float32),
-          jnp.asarray(np.stack([rng.choice(nv, 3, replace=False) for _ in range(nf)]), jnp.int32))
+  return (
+    jnp.asarray(rng.normal(size=(nv, 3)), jnp.float32),
+    jnp.asarray(np.stack([rng.choice(nv, 3, replace=False) for _ in range(nf)]), jnp.int32),
+  )
 
 
 def test_frames_are_proper_rotations_with_normal_and_edge_axes():
@@ -78,8 +80,9 @@ def test_hamilton_product_order():
   b = Rotation.random(10, random_state=3)
   qa = jnp.asarray(a.as_quat()[:, [3, 0, 1, 2]], jnp.float32)
   qb = jnp.asarray(b.as_quat()[:, [3, 0, 1, 2]], jnp.float32)
-  np.testing.assert_allclose(np.asarray(rig.quat_to_matrix(rig.quat_multiply(qa, qb))),
-                             (a * b).as_matrix(), atol=2e-6)  # R(a (x) b) = R_a R_b
+  np.testing.assert_allclose(
+    np.asarray(rig.quat_to_matrix(rig.quat_multiply(qa, qb))), (a * b).as_matrix(), atol=2e-6
+  )  # R(a (x) b) = R_a R_b
 
 
 def test_init_avatar_one_gaussian_per_face_at_the_centroid():
@@ -117,9 +120,14 @@ def test_local_to_world_position_scale_rotation():
   xyz = rng.normal(size=(nf, 3))
   ls = rng.normal(size=(nf, 3)) * 0.3
   ql = Rotation.random(nf, random_state=4)
-  av = av.__class__(**{**av.__dict__, "xyz": jnp.asarray(xyz, jnp.float32),
-                       "log_scale": jnp.asarray(ls, jnp.float32),
-                       "rotation": jnp.asarray(ql.as_quat()[:, [3, 0, 1, 2]] * 2.5, jnp.float32)})
+  av = av.__class__(
+    **{
+      **av.__dict__,
+      "xyz": jnp.asarray(xyz, jnp.float32),
+      "log_scale": jnp.asarray(ls, jnp.float32),
+      "rotation": jnp.asarray(ql.as_quat()[:, [3, 0, 1, 2]] * 2.5, jnp.float32),
+    }
+  )
   g = rig.to_world(av, fr)
   R, k, T = np.asarray(fr.rotation), np.asarray(fr.scale), np.asarray(fr.center)
   np.testing.assert_allclose(np.asarray(g.means), k[:, None] * np.einsum("fab,fb->fa", R, xyz) + T, atol=1e-5)
@@ -141,16 +149,26 @@ def test_free_slots_never_leak_nan_and_gradients_flow():
   v, f = random_mesh(2)
   nf = f.shape[0]
   av = rig.init_avatar(jax.random.PRNGKey(0), nf, capacity=nf + 5)
-  bad = av.__class__(**{**av.__dict__,
-                        "xyz": av.xyz.at[nf:].set(jnp.nan),
-                        "log_scale": av.log_scale.at[nf:].set(1e4),
-                        "rotation": av.rotation.at[nf:].set(0.0),
-                        "opacity_logit": av.opacity_logit.at[nf:].set(jnp.inf)})
+  bad = av.__class__(
+    **{
+      **av.__dict__,
+      "xyz": av.xyz.at[nf:].set(jnp.nan),
+      "log_scale": av.log_scale.at[nf:].set(1e4),
+      "rotation": av.rotation.at[nf:].set(0.0),
+      "opacity_logit": av.opacity_logit.at[nf:].set(jnp.inf),
+    }
+  )
 
   def loss(params, verts):
     g = rig.posed_gaussians(bad.with_params(params), verts, f, screen_offset=True)
-    return (jnp.sum(g.means ** 2) + jnp.sum(g.scales) + jnp.sum(g.opacities) + jnp.sum(g.quats)
-            + jnp.sum(g.sh) + jnp.sum(g.screen_offset))
+    return (
+      jnp.sum(g.means**2)
+      + jnp.sum(g.scales)
+      + jnp.sum(g.opacities)
+      + jnp.sum(g.quats)
+      + jnp.sum(g.sh)
+      + jnp.sum(g.screen_offset)
+    )
 
   val, (ga, gv) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(bad.params(), v)
   assert np.isfinite(float(val))
@@ -180,8 +198,7 @@ def test_with_capacity_and_binding_counter():
   big = rig.with_capacity(av, 16)
   assert big.capacity == 16 and int(big.num_active) == 10
   np.testing.assert_array_equal(np.asarray(big.rotation[10:]), np.tile([1.0, 0, 0, 0], (6, 1)))
-  big = big.__class__(**{**big.__dict__, "active": big.active.at[12].set(True),
-                         "binding": big.binding.at[12].set(3)})
+  big = big.__class__(**{**big.__dict__, "active": big.active.at[12].set(True), "binding": big.binding.at[12].set(3)})
   cnt = np.asarray(rig.binding_counter(big, 10))
   assert cnt.sum() == int(big.num_active) == 11 and cnt[3] == 2
   with pytest.raises(ValueError):

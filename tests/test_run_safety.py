@@ -15,7 +15,6 @@ import threading
 import time
 
 import pytest
-
 from recon_data import make_tiny_dataset, tiny_config
 
 from gaedit_jax.cli import main as cli
@@ -24,12 +23,42 @@ from gaedit_jax.reconstruct import Trainer
 
 # one jitted step for every in-process run here: same optimizer settings (iterations included),
 # SH degree 0; shorter runs stop early with stop_after
-KW = dict(iterations=8, sh_degree=0, densify_from=2, densify_interval=3, densify_until=8, opacity_reset_interval=100,
-          checkpoint_interval=2, log_interval=1, eval_max_frames=1, position_lr_max_steps=20)
-FLAGS = ["--iterations", "8", "--sh-degree", "0", "--densify-from", "2", "--densify-interval", "3",
-         "--densify-until", "8", "--opacity-reset-interval", "100", "--checkpoint-interval", "2",
-         "--log-interval", "1", "--eval-max-frames", "1", "--position-lr-max-steps", "20", "--no-progress",
-         "--no-tensorboard"]
+KW = dict(
+  iterations=8,
+  sh_degree=0,
+  densify_from=2,
+  densify_interval=3,
+  densify_until=8,
+  opacity_reset_interval=100,
+  checkpoint_interval=2,
+  log_interval=1,
+  eval_max_frames=1,
+  position_lr_max_steps=20,
+)
+FLAGS = [
+  "--iterations",
+  "8",
+  "--sh-degree",
+  "0",
+  "--densify-from",
+  "2",
+  "--densify-interval",
+  "3",
+  "--densify-until",
+  "8",
+  "--opacity-reset-interval",
+  "100",
+  "--checkpoint-interval",
+  "2",
+  "--log-interval",
+  "1",
+  "--eval-max-frames",
+  "1",
+  "--position-lr-max-steps",
+  "20",
+  "--no-progress",
+  "--no-tensorboard",
+]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +108,7 @@ def test_non_empty_out_refused(tiny, tmp_path):
   (out / "notes.txt").write_text("mine")
   with pytest.raises(InputError, match=r"--out .* is not empty \(notes.txt\).*--resume.*--overwrite"):
     cli(["reconstruct", "--data", str(tiny), "--out", str(out)] + FLAGS)
-  with pytest.raises(InputError, match="is not empty"):   # the library path checks as well
+  with pytest.raises(InputError, match="is not empty"):  # the library path checks as well
     Trainer(tiny_config(tiny, out, **KW)).run()
   assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
@@ -108,7 +137,7 @@ def test_overwrite_moves_the_previous_run_aside(trained, tmp_path):
   assert (old / "results_val.json").read_text() == old_results
   assert (out / "notes.txt").read_text() == "mine" and (out / "my_stuff" / "a.txt").read_text() == "keep"
   assert not (old / "notes.txt").exists()
-  assert not (out / ".gaedit.lock").exists()   # released at the end
+  assert not (out / ".gaedit.lock").exists()  # released at the end
 
 
 def test_out_equal_to_or_inside_the_input_refused(tiny, trained, tmp_path):
@@ -144,7 +173,7 @@ def test_live_lock_refused_stale_lock_taken_over(tiny, tmp_path, capfd):
       cli(["reconstruct", "--data", str(tiny), "--out", str(out)] + FLAGS)
     with pytest.raises(InputError, match=rf"pid {sleeper.pid}"):
       Trainer(tiny_config(tiny, out, **KW)).run()
-    assert json.loads((out / ".gaedit.lock").read_text())["pid"] == sleeper.pid   # left alone
+    assert json.loads((out / ".gaedit.lock").read_text())["pid"] == sleeper.pid  # left alone
   finally:
     sleeper.kill()
     sleeper.wait()
@@ -178,11 +207,32 @@ def test_ctrl_c_checkpoints_the_last_completed_step_and_resume_continues(tiny, t
   out = tmp_path / "k"
   # `python -m gaedit_jax.cli reconstruct ...`, with Ctrl-C raising KeyboardInterrupt as in a terminal
   # (a test runner started in the background may pass SIGINT on as ignored)
-  start = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-           "runpy.run_module('gaedit_jax.cli', run_name='__main__')")
-  cmd = [sys.executable, "-c", start, "reconstruct", "--data", str(tiny), "--out", str(out),
-         "--iterations", "100000", "--sh-degree", "0", "--checkpoint-interval", "0", "--checkpoint-minutes", "0",
-         "--log-interval", "1", "--no-progress", "--no-tensorboard"]
+  start = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('gaedit_jax.cli', run_name='__main__')"
+  )
+  cmd = [
+    sys.executable,
+    "-c",
+    start,
+    "reconstruct",
+    "--data",
+    str(tiny),
+    "--out",
+    str(out),
+    "--iterations",
+    "100000",
+    "--sh-degree",
+    "0",
+    "--checkpoint-interval",
+    "0",
+    "--checkpoint-minutes",
+    "0",
+    "--log-interval",
+    "1",
+    "--no-progress",
+    "--no-tensorboard",
+  ]
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
   lines: list[str] = []
   th = threading.Thread(target=_reader, args=(proc, lines), daemon=True)
@@ -209,7 +259,7 @@ def test_ctrl_c_checkpoints_the_last_completed_step_and_resume_continues(tiny, t
   assert saved, "\n".join(lines[-20:])
   n = int(saved[0].split("checkpoint of iteration ")[1].split()[0])
   assert n >= logged >= 3
-  assert _steps(out) == [n]   # no periodic checkpoints: this one was written on the interrupt
+  assert _steps(out) == [n]  # no periodic checkpoints: this one was written on the interrupt
   assert not (out / ".gaedit.lock").exists()
   tr = Trainer(tiny_config(tiny, out, iterations=n + 2, resume=True, sh_degree=0, eval_max_frames=1))
   r = tr.run()
@@ -247,7 +297,7 @@ def test_interrupt_and_error_inside_the_loop(tiny, tmp_path, capfd):
   text = capfd.readouterr().out
   assert "resumed from iteration 3" in text
   assert "no checkpoint written" in text and "half-updated" in text
-  assert _steps(out) == [2, 3, 4]   # iteration 6 (densification) failed; 4 was the periodic one
+  assert _steps(out) == [2, 3, 4]  # iteration 6 (densification) failed; 4 was the periodic one
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,8 +309,8 @@ def test_resume_falls_back_past_damaged_checkpoints(trained, tmp_path, capfd):
   out = _copy(trained, tmp_path / "model")
   data = json.loads((out / "cfg.json").read_text())["data"]
   assert _steps(out) == [4, 6, 8]
-  (out / "checkpoints" / "8" / "meta" / "metadata").unlink()            # metadata gone
-  for f in (out / "checkpoints" / "6" / "state").rglob("*"):           # state files truncated
+  (out / "checkpoints" / "8" / "meta" / "metadata").unlink()  # metadata gone
+  for f in (out / "checkpoints" / "6" / "state").rglob("*"):  # state files truncated
     if f.is_file() and f.parent.name == "d":
       with open(f, "r+b") as fh:
         fh.truncate(7)
@@ -271,7 +321,7 @@ def test_resume_falls_back_past_damaged_checkpoints(trained, tmp_path, capfd):
   assert f"skipped checkpoint 6: {out / 'checkpoints' / '6' / 'state'}" in text
   assert "resumed from iteration 4" in text
   assert r["iterations"] == 8 and r["resumed_at"] == [4]
-  assert 8 in _steps(out)   # a new, readable checkpoint 8
+  assert 8 in _steps(out)  # a new, readable checkpoint 8
   assert sorted(p.name.split("-")[0] for p in (out / "checkpoints_unreadable").iterdir()) == ["6", "8"]
 
 
@@ -282,8 +332,11 @@ def test_resume_with_another_dataset_or_sh_degree_refused(tiny, trained, tmp_pat
   tj = json.loads((other / "transforms_train.json").read_text())
   tj["frames"] = tj["frames"][:-1]
   (other / "transforms_train.json").write_text(json.dumps(tj))
-  with pytest.raises(InputError, match=rf"--resume from .*checkpoints/8 with other settings: "
-                                       rf"--data {re.escape(str(other.resolve()))} \(the checkpoint's: "):
+  with pytest.raises(
+    InputError,
+    match=rf"--resume from .*checkpoints/8 with other settings: "
+    rf"--data {re.escape(str(other.resolve()))} \(the checkpoint's: ",
+  ):
     Trainer(tiny_config(other, out, resume=True, **KW)).run()
   with pytest.raises(InputError, match=r"--sh-degree 1 \(the checkpoint's: 0\)"):
     Trainer(tiny_config(tiny, out, resume=True, **dict(KW, sh_degree=1))).run()
@@ -300,7 +353,7 @@ def test_summary_after_resume_covers_the_whole_run(tiny, tmp_path):
   assert [(x["start"], x["end"]) for x in s["sessions"]] == [(0, 3), (3, 8)]
   assert s["train_seconds"] == pytest.approx(sum(x["seconds"] for x in s["sessions"]))
   assert s["train_seconds"] > s["sessions"][1]["seconds"] > 0
-  assert [d["iteration"] for d in s["densify"]] == [3, 6]   # from iteration 1, not this session only
+  assert [d["iteration"] for d in s["densify"]] == [3, 6]  # from iteration 1, not this session only
   assert r2["train_seconds"] == s["train_seconds"]
 
 

@@ -46,11 +46,13 @@ PAYLOADS = ("os.system", "builtins.exec", "builtins.eval", "subprocess.Popen", "
 
 def _evil(kind: str, marker, victim) -> Evil:
   touch = f"open({str(marker)!r}, 'w').close()"
-  return {"os.system": Evil(os.system, (f"touch '{marker}'",)),
-          "builtins.exec": Evil(builtins.exec, (touch,)),
-          "builtins.eval": Evil(builtins.eval, (touch,)),
-          "subprocess.Popen": Evil(subprocess.Popen, (["touch", str(marker)],)),
-          "os.remove": Evil(os.remove, (str(victim),))}[kind]
+  return {
+    "os.system": Evil(os.system, (f"touch '{marker}'",)),
+    "builtins.exec": Evil(builtins.exec, (touch,)),
+    "builtins.eval": Evil(builtins.eval, (touch,)),
+    "subprocess.Popen": Evil(subprocess.Popen, (["touch", str(marker)],)),
+    "os.remove": Evil(os.remove, (str(victim),)),
+  }[kind]
 
 
 @pytest.fixture
@@ -80,8 +82,7 @@ def test_safe_unpickler_refuses_what_plain_pickle_runs(kind, traps, tmp_path):
   marker.unlink(missing_ok=True)
   victim.write_text("keep me")
   with pytest.raises(InputError, match=rf"^{re.escape(str(p))}: refusing to unpickle [\w.]+: only data"):
-    safe_pickle.load_path(p, allowed={**safe_pickle.NUMPY_DATA, **safe_pickle.BUILTIN_DATA},
-                          why="only data is read")
+    safe_pickle.load_path(p, allowed={**safe_pickle.NUMPY_DATA, **safe_pickle.BUILTIN_DATA}, why="only data is read")
   assert _nothing_ran(marker, victim)
 
 
@@ -90,19 +91,24 @@ def _capture(extra=None, spatial_lr_scale=np.float64(2.75)):
   densification buffers, `optimizer.state_dict()` of an Adam over named groups, spatial_lr_scale."""
   g = torch.Generator().manual_seed(0)
   n = 7
-  params = [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in
-            ((n, 3), (n, 1, 3), (n, 15, 3), (n, 3), (n, 4), (n, 1))]
+  params = [
+    torch.nn.Parameter(torch.randn(*s, generator=g)) for s in ((n, 3), (n, 1, 3), (n, 15, 3), (n, 3), (n, 4), (n, 1))
+  ]
   names = ("xyz", "f_dc", "f_rest", "scaling", "rotation", "opacity")
-  opt = torch.optim.Adam([{"params": [p], "lr": lr, "name": nm}
-                          for p, nm, lr in zip(params, names, (1.6e-4, 2.5e-3, 1.25e-4, 5e-3, 1e-3, 0.05))],
-                         lr=0.0, eps=1e-15)
-  sum((p ** 2).sum() for p in params).backward()
+  opt = torch.optim.Adam(
+    [
+      {"params": [p], "lr": lr, "name": nm}
+      for p, nm, lr in zip(params, names, (1.6e-4, 2.5e-3, 1.25e-4, 5e-3, 1e-3, 0.05))
+    ],
+    lr=0.0,
+    eps=1e-15,
+  )
+  sum((p**2).sum() for p in params).backward()
   opt.step()
   sd = opt.state_dict()
   if extra is not None:
     sd["param_groups"][0]["name"] = extra
-  capture = (3, *params, torch.zeros(n), torch.zeros(n, 1), torch.zeros(n, 1, dtype=torch.int32), sd,
-             spatial_lr_scale)
+  capture = (3, *params, torch.zeros(n), torch.zeros(n, 1), torch.zeros(n, 1, dtype=torch.int32), sd, spatial_lr_scale)
   return (capture, 30000)
 
 
@@ -130,7 +136,7 @@ def _write_hostile(where: str, evil: Evil, tmp_path):
     p = tmp_path / "evil_masks.pkl"
     p.write_bytes(pickle.dumps({"face": np.arange(3), "nose": evil}, protocol=2))
     return lambda q: F.load_flame(model, masks_path=q), p
-  if where == "legacy_header":      # the first record (the magic number) is hostile
+  if where == "legacy_header":  # the first record (the magic number) is hostile
     p = tmp_path / "evil_header.pth"
     _write_legacy_records(p, evil, 1001, _SYS_INFO, {"a": 1}, [])
     return TP.load, p
@@ -138,7 +144,7 @@ def _write_hostile(where: str, evil: Evil, tmp_path):
     p = tmp_path / "evil_sysinfo.pth"
     _write_legacy_records(p, TP._LEGACY_MAGIC, 1001, {"little_endian": evil}, {"a": 1}, [])
     return TP.load, p
-  if where == "legacy_keys":        # the storage-key record after the object
+  if where == "legacy_keys":  # the storage-key record after the object
     p = tmp_path / "evil_keys.pth"
     _write_legacy_records(p, TP._LEGACY_MAGIC, 1001, _SYS_INFO, {"a": 1}, evil)
     return TP.load, p
@@ -153,8 +159,7 @@ def _write_hostile(where: str, evil: Evil, tmp_path):
   raise AssertionError(where)
 
 
-WHERE = ("flame", "masks", "legacy_header", "legacy_sysinfo", "legacy_keys", "zip", "chkpnt_zip",
-         "chkpnt_legacy")
+WHERE = ("flame", "masks", "legacy_header", "legacy_sysinfo", "legacy_keys", "zip", "chkpnt_zip", "chkpnt_legacy")
 
 
 @pytest.mark.parametrize("kind", PAYLOADS)
@@ -167,8 +172,15 @@ def test_hostile_files_are_refused_before_anything_runs(where, kind, traps, tmp_
   msg = str(e.value)
   assert "\n" not in msg and msg.startswith(f"{path}: refusing to unpickle "), msg
   assert msg.split(": refusing to unpickle ")[1].split(":")[0] in (
-      "posix.system", "__builtin__.exec", "builtins.exec", "__builtin__.eval", "builtins.eval",
-      "subprocess.Popen", "commands.Popen", "posix.remove"), msg
+    "posix.system",
+    "__builtin__.exec",
+    "builtins.exec",
+    "__builtin__.eval",
+    "builtins.eval",
+    "subprocess.Popen",
+    "commands.Popen",
+    "posix.remove",
+  ), msg
   assert _nothing_ran(marker, victim)
 
 
@@ -182,7 +194,7 @@ def test_build_cannot_change_an_allowed_class(tmp_path):
   the process; only data objects may receive state."""
   cls = flame_files._FLAME_ALLOWED[("chumpy.ch", "Ch")]
   text = lambda t: b"X" + struct.pack("<I", len(t)) + t.encode()
-  state = b"N}" + text("_pickled_class") + text("pwned") + b"s\x86"   # (None, {name: value})
+  state = b"N}" + text("_pickled_class") + text("pwned") + b"s\x86"  # (None, {name: value})
   p = tmp_path / "build.pkl"
   p.write_bytes(b"\x80\x02cchumpy.ch\nCh\n" + state + b"b.")
   with pytest.raises(F.FlameFileError, match=r"build\.pkl: refusing to set the state of a type"):
@@ -214,18 +226,23 @@ def test_persistent_ids_need_a_handler(tmp_path):
     F.load_flame(p)
 
 
-@pytest.mark.parametrize("case,expect", [
+@pytest.mark.parametrize(
+  "case,expect",
+  [
     ("truncated", r"not a readable FLAME pickle \(the file ends early\)"),
     ("opcode", r"not a readable FLAME pickle \(UnpicklingError: unknown opcode 0xff\)"),
     ("object_array", r"refusing numpy.dtype\('O8'\): object arrays are not read"),
     ("huge_length", r"not a readable FLAME pickle"),
-])
+  ],
+)
 def test_broken_pickles_give_one_line_naming_the_file(case, expect, tmp_path):
   good = pickle.dumps({"v_template": np.arange(30.0).reshape(10, 3)}, protocol=2)
-  raw = {"truncated": good[: len(good) // 2],
-         "opcode": b"\x80\x02\xff.",
-         "object_array": pickle.dumps({"v_template": np.array([1, "a"], object)}, protocol=2),
-         "huge_length": b"\x80\x04\x8e" + struct.pack("<Q", 1 << 60) + b"xx"}[case]
+  raw = {
+    "truncated": good[: len(good) // 2],
+    "opcode": b"\x80\x02\xff.",
+    "object_array": pickle.dumps({"v_template": np.array([1, "a"], object)}, protocol=2),
+    "huge_length": b"\x80\x04\x8e" + struct.pack("<Q", 1 << 60) + b"xx",
+  }[case]
   p = tmp_path / f"{case}.pkl"
   p.write_bytes(raw)
   with pytest.raises(F.FlameFileError) as e:
@@ -257,23 +274,35 @@ def test_python2_era_flame_pickle_loads(tmp_path, monkeypatch):
   monkeypatch.undo()
   raw = path.read_bytes().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
   path.write_bytes(raw)
-  for name in (b"copy_reg\n_reconstructor\n", b"__builtin__\nobject\n", b"numpy.core.multiarray\n_reconstruct\n",
-               b"numpy\ndtype\n", b"chumpy.ch\nCh\n", b"scipy.sparse.csc\ncsc_matrix\n"):
+  for name in (
+    b"copy_reg\n_reconstructor\n",
+    b"__builtin__\nobject\n",
+    b"numpy.core.multiarray\n_reconstruct\n",
+    b"numpy\ndtype\n",
+    b"chumpy.ch\nCh\n",
+    b"scipy.sparse.csc\ncsc_matrix\n",
+  ):
     assert name in raw, name
   assert pickle.BINSTRING in raw and b"numpy._core" not in raw
   back = F.load_flame(path)
   for f in ("v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "lbs_weights", "faces"):
-    np.testing.assert_allclose(np.asarray(getattr(back, f)), np.asarray(getattr(model, f)), atol=1e-6,
-                               err_msg=f)
+    np.testing.assert_allclose(np.asarray(getattr(back, f)), np.asarray(getattr(model, f)), atol=1e-6, err_msg=f)
   assert back.region_names and set(back.region_names) == set(model.region_names)
 
 
 def test_numpy_scalars_and_protocol_5_arrays_are_data(tmp_path):
   rec = np.zeros(2, [("a", "<f4"), ("b", "<i8")])
   rec["b"] = [3, -4]
-  obj = {"a": np.arange(4, dtype=np.int16), "s": np.float64(2.5), "c": np.complex64(1 + 2j), "b": b"xy\xff",
-         "ba": bytearray(b"\x00\xfe"), "set": {1, 2}, "f": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
-         "rec": rec}
+  obj = {
+    "a": np.arange(4, dtype=np.int16),
+    "s": np.float64(2.5),
+    "c": np.complex64(1 + 2j),
+    "b": b"xy\xff",
+    "ba": bytearray(b"\x00\xfe"),
+    "set": {1, 2},
+    "f": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+    "rec": rec,
+  }
   for proto in (2, 4, 5):
     p = tmp_path / f"p{proto}.pkl"
     p.write_bytes(pickle.dumps(obj, protocol=proto))
@@ -285,7 +314,7 @@ def test_numpy_scalars_and_protocol_5_arrays_are_data(tmp_path):
     np.testing.assert_array_equal(back["f"], obj["f"])
     assert back["rec"].dtype == rec.dtype and back["rec"]["b"].tolist() == [3, -4]
   # a numpy array is made only through _reconstruct + its state, never by calling numpy.ndarray
-  p.write_bytes(b"\x80\x02cnumpy\nndarray\nJ\x00\x00\x00\x10\x85\x85R.")   # ndarray((2**28,))
+  p.write_bytes(b"\x80\x02cnumpy\nndarray\nJ\x00\x00\x00\x10\x85\x85R.")  # ndarray((2**28,))
   with pytest.raises(InputError, match=r"p5\.pkl: not a readable pickle"):
     safe_pickle.load_path(p, allowed=safe_pickle.NUMPY_DATA)
 
@@ -397,8 +426,11 @@ BASE = np.arange(6, dtype=np.float32)
 
 def test_handmade_views_match_torch(tmp_path):
   """The hand-written layouts used below are what torch writes: torch.load reads the same values."""
-  ok = {"a": _T(_Ref("0", 6), 1, (2, 2), (1, 3)), "b": _T(_Ref("0", 6), 5, (), ()),
-        "e": _T(_Ref("0", 6), 9, (0, 4), (4, 1))}
+  ok = {
+    "a": _T(_Ref("0", 6), 1, (2, 2), (1, 3)),
+    "b": _T(_Ref("0", 6), 5, (), ()),
+    "e": _T(_Ref("0", 6), 9, (0, 4), (4, 1)),
+  }
   _write_zip(tmp_path / "ok.pth", ok, {"0": BASE.tobytes()})
   got, ref = TP.load(tmp_path / "ok.pth"), torch.load(tmp_path / "ok.pth", weights_only=True)
   for k in ok:
@@ -411,7 +443,9 @@ def test_handmade_views_match_torch(tmp_path):
   np.testing.assert_array_equal(got["v"], [2, 3, 4])
 
 
-@pytest.mark.parametrize("offset,size,stride,expect", [
+@pytest.mark.parametrize(
+  "offset,size,stride,expect",
+  [
     (0, (7,), (1,), "reaches element 6 of storage 0, which holds 6"),
     (4, (3,), (1,), "reaches element 6"),
     (0, (4,), (2,), "reaches element 6"),
@@ -420,7 +454,8 @@ def test_handmade_views_match_torch(tmp_path):
     (0, (3,), (-1,), "expected non-negative ints"),
     (-1, (2,), (1,), "expected non-negative ints"),
     (0, (2, 2), (1,), "one stride per size"),
-])
+  ],
+)
 def test_zip_tensor_view_past_its_storage_is_refused(offset, size, stride, expect, tmp_path):
   p = tmp_path / "view.pth"
   _write_zip(p, {"w": _T(_Ref("0", 6), offset, size, stride)}, {"0": BASE.tobytes()})
@@ -432,20 +467,26 @@ def test_zip_tensor_view_past_its_storage_is_refused(offset, size, stride, expec
 def test_zip_storage_shorter_than_its_numel_is_refused(tmp_path):
   p = tmp_path / "short.pth"
   _write_zip(p, {"w": _T(_Ref("0", 6), 0, (6,), (1,))}, {"0": BASE.tobytes()[:20]})
-  with pytest.raises(TP.TorchFileError, match=r"short\.pth: storage 0: entry archive/data/0 holds 20 "
-                                              r"bytes, but 6 float32 elements need 24"):
+  with pytest.raises(
+    TP.TorchFileError,
+    match=r"short\.pth: storage 0: entry archive/data/0 holds 20 "
+    r"bytes, but 6 float32 elements need 24",
+  ):
     TP.load(p)
   _write_zip(p, {"w": _T(_Ref("0", 6), 0, (6,), (1,))}, {})
   with pytest.raises(TP.TorchFileError, match=r"short\.pth: storage 0: no entry archive/data/0"):
     TP.load(p)
 
 
-@pytest.mark.parametrize("view,tensor,expect", [
+@pytest.mark.parametrize(
+  "view,tensor,expect",
+  [
     (("1", 4, 5), (0, (2,), (1,)), r"storage view \('1', 4, 5\) outside storage 0 \(6 elements\)"),
     (("1", -1, 2), (0, (2,), (1,)), "outside storage 0"),
     (("1", 2, 3), (0, (4,), (1,)), "reaches element 3 of storage 0, which holds 3"),
     (("1", 2, 3), (2, (2,), (1,)), "reaches element 3"),
-])
+  ],
+)
 def test_legacy_view_past_its_storage_is_refused(view, tensor, expect, tmp_path):
   p = tmp_path / "legacy_view.pth"
   _write_legacy(p, {"w": _T(_Ref("0", 6, view), *tensor)}, {"0": BASE})

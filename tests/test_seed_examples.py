@@ -12,15 +12,23 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 import seed_examples as SE  # experiments/ is on the path (pyproject: pytest pythonpath)
 
 GA_SUFFIX = "_v16_DS2-0.5x_lmkSTAR_teethV3_SMOOTH_offsetS_whiteBg_maskBelowLine"
 
 
 def _args(root, out, *extra):
-  return ["--nersemble-root", str(root), "--ip2p", str(root / "ip2p"), "--clip", str(root / "clip"),
-          "--out", str(out), *extra]
+  return [
+    "--nersemble-root",
+    str(root),
+    "--ip2p",
+    str(root / "ip2p"),
+    "--clip",
+    str(root / "clip"),
+    "--out",
+    str(out),
+    *extra,
+  ]
 
 
 def test_dry_run_lists_all_examples_without_data(tmp_path, capsys):
@@ -65,8 +73,21 @@ def _fake_nersemble(root: Path) -> None:
 
   seq = make_tiny_dataset(root / f"306_EMO-1{GA_SUFFIX}", num_timesteps=8)
   shutil.copytree(seq, root / f"UNION10_306_EMO1234EXP234589{GA_SUFFIX}")
-  generate(SynthConfig(out=root / f"460_FREE{GA_SUFFIX}", width=48, height=64, num_cameras=9, num_timesteps=8,
-                       rows=16, cols=24, supersample=1, contact_sheet=False, seed=1), progress=False)
+  generate(
+    SynthConfig(
+      out=root / f"460_FREE{GA_SUFFIX}",
+      width=48,
+      height=64,
+      num_cameras=9,
+      num_timesteps=8,
+      rows=16,
+      cols=24,
+      supersample=1,
+      contact_sheet=False,
+      seed=1,
+    ),
+    progress=False,
+  )
   make_tiny_ip2p(root / "ip2p")
   make_tiny_clip(root / "clip")
 
@@ -76,8 +97,24 @@ def test_end_to_end_on_a_fake_layout(tmp_path, capsys):
   root, out = tmp_path / "nersemble", tmp_path / "out"
   _fake_nersemble(root)
   # (no LPIPS weights: the LPIPS loss is tested in test_edit_loop, and its compile would add ~15 s)
-  argv = _args(root, out, "--reconstruct", "--recon-iterations", "4", "--examples", "306", "--iterations", "2",
-               "--ip2p-size", "32", "--diffusion-steps", "2", "--cross-max-frames", "4", "--quiet")
+  argv = _args(
+    root,
+    out,
+    "--reconstruct",
+    "--recon-iterations",
+    "4",
+    "--examples",
+    "306",
+    "--iterations",
+    "2",
+    "--ip2p-size",
+    "32",
+    "--diffusion-steps",
+    "2",
+    "--cross-max-frames",
+    "4",
+    "--quiet",
+  )
   with pytest.warns(UserWarning, match="LPIPS"):
     summary = SE.main(argv)
   row = summary["examples"][0]

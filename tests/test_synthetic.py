@@ -47,9 +47,23 @@ def test_flame_keys_tree_and_sizes():
   np.testing.assert_allclose(np.asarray(m.lbs_weights).sum(1), 1, atol=1e-6)
   assert (np.asarray(m.lbs_weights) >= 0).all()
   assert np.abs(np.asarray(m.posedirs)).max() > 0  # pose correctives exist
-  for name in ("face", "neck", "scalp", "boundary", "left_eyeball", "right_eyeball", "left_ear",
-               "right_ear", "forehead", "eye_region", "nose", "lips", "lips_tight", "lip_inside",
-               "mouth_interior"):
+  for name in (
+    "face",
+    "neck",
+    "scalp",
+    "boundary",
+    "left_eyeball",
+    "right_eyeball",
+    "left_ear",
+    "right_ear",
+    "forehead",
+    "eye_region",
+    "nose",
+    "lips",
+    "lips_tight",
+    "lip_inside",
+    "mouth_interior",
+  ):
     assert m.region(name).any(), name
   assert np.asarray(m.lip_ring_upper).shape == (15,) and np.asarray(m.lip_ring_lower).shape == (15,)
   # default size: a few thousand vertices, 2-6k faces with teeth
@@ -74,7 +88,7 @@ def test_surfaces_closed_and_outward():
   for name in ("left_eyeball", "right_eyeball"):
     ef = faces[m.region(name)[faces].all(1)]
     vol = np.einsum("ij,ij->i", v[ef[:, 0]], np.cross(v[ef[:, 1]], v[ef[:, 2]])).sum() / 6
-    assert 0.5 * 4 / 3 * np.pi * sh.EYE_RADIUS ** 3 < vol < 4 / 3 * np.pi * sh.EYE_RADIUS ** 3
+    assert 0.5 * 4 / 3 * np.pi * sh.EYE_RADIUS**3 < vol < 4 / 3 * np.pi * sh.EYE_RADIUS**3
 
 
 def test_bases_are_smooth_and_eyes_rigid():
@@ -165,8 +179,7 @@ def test_rasterizer_area_depth_order_culling_and_perspective():
 # ---- the dataset ---------------------------------------------------------------------------------
 
 
-TINY = dict(width=40, height=56, num_cameras=10, num_timesteps=4, n_shape=4, n_expr=10, rows=20,
-            cols=32, supersample=1)
+TINY = dict(width=40, height=56, num_cameras=10, num_timesteps=4, n_shape=4, n_expr=10, rows=20, cols=32, supersample=1)
 
 
 @pytest.fixture(scope="module")

@@ -41,15 +41,23 @@ def loaded(tiny):
 # torch pickle reader
 # ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("zip_format", [True, False])
 def test_torch_pickle_matches_torch(tmp_path, zip_format):
   torch = pytest.importorskip("torch")
   from collections import OrderedDict
 
   base = torch.randn(6, 4)
-  sd = OrderedDict(conv=torch.randn(3, 4, 2, 2), long=torch.arange(5), half=torch.randn(7).half(),
-                   bf16=torch.randn(5).bfloat16(), view=base[2:5, 1:3], transposed=base.t(),
-                   scalar=torch.tensor(3.5), param=torch.nn.Parameter(torch.ones(2)))
+  sd = OrderedDict(
+    conv=torch.randn(3, 4, 2, 2),
+    long=torch.arange(5),
+    half=torch.randn(7).half(),
+    bf16=torch.randn(5).bfloat16(),
+    view=base[2:5, 1:3],
+    transposed=base.t(),
+    scalar=torch.tensor(3.5),
+    param=torch.nn.Parameter(torch.ones(2)),
+  )
   p = tmp_path / "x.pth"
   torch.save(sd, p, _use_new_zipfile_serialization=zip_format)
   out = torch_pickle.load(p)
@@ -83,11 +91,14 @@ def test_torch_pickle_refuses_code(tmp_path):
 # conversion
 # ------------------------------------------------------------------------------------------
 
+
 def test_flax_torch_roundtrip_names_and_layouts():
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
 
-  for module, shapes in ((FlaxUNet2DConditionModel(**TINY_UNET), unet_shapes),
-                         (FlaxAutoencoderKL(**TINY_VAE), vae_shapes)):
+  for module, shapes in (
+    (FlaxUNet2DConditionModel(**TINY_UNET), unet_shapes),
+    (FlaxAutoencoderKL(**TINY_VAE), vae_shapes),
+  ):
     target = shapes(module)
     params = random_params(target, 0)
     for new_names in (False, True):
@@ -97,9 +108,14 @@ def test_flax_torch_roundtrip_names_and_layouts():
       _flat_equal(torch_to_flax(pt, target, source="x"), params)
   # PyTorch names really look like diffusers' (spot checks)
   pt = flax_to_torch(random_params(unet_shapes(FlaxUNet2DConditionModel(**TINY_UNET)), 0))
-  for k in ("time_embedding.linear_1.weight", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.weight",
-            "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj.weight", "conv_in.weight",
-            "up_blocks.1.attentions.0.proj_in.weight", "mid_block.resnets.1.norm1.weight"):
+  for k in (
+    "time_embedding.linear_1.weight",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.weight",
+    "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj.weight",
+    "conv_in.weight",
+    "up_blocks.1.attentions.0.proj_in.weight",
+    "mid_block.resnets.1.norm1.weight",
+  ):
     assert k in pt, k
   assert pt["conv_in.weight"].shape == (32, 8, 3, 3)
 
@@ -112,7 +128,7 @@ def test_conversion_errors_name_everything():
   del pt["decoder.conv_out.bias"]
   pt["encoder.conv_in.weight"] = pt["encoder.conv_in.weight"][:16]
   pt["some.extra.weight"] = np.zeros(3, np.float32)
-  pt["text_model.embeddings.position_ids"] = np.arange(3)   # known buffer: ignored
+  pt["text_model.embeddings.position_ids"] = np.arange(3)  # known buffer: ignored
   with pytest.raises(WeightsError) as e:
     torch_to_flax(pt, target, source="vae/diffusion_pytorch_model.safetensors")
   msg = str(e.value)
@@ -126,6 +142,7 @@ def test_conversion_errors_name_everything():
 # folders
 # ------------------------------------------------------------------------------------------
 
+
 def test_load_tiny_folder(tiny, loaded):
   model, params = loaded
   assert model.unet.in_channels == 8 and model.latent_channels == 4 and model.downsample == 4
@@ -133,10 +150,11 @@ def test_load_tiny_folder(tiny, loaded):
   assert model.schedule == DDIMSchedule()
   ids = model.tokenizer(["turn him into a statue"]).input_ids[0]
   vocab = model.tokenizer.vocab_size
-  assert ids[0] == vocab - 2 and ids[-1] == vocab - 1 and 7 <= len(ids) < 20   # BOS ... EOS
+  assert ids[0] == vocab - 2 and ids[-1] == vocab - 1 and 7 <= len(ids) < 20  # BOS ... EOS
   assert max(ids[1:-1]) < vocab - 2
   # the same weights as written (flax_to_torch is the inverse of the loader's conversion)
   from safetensors.numpy import load_file
+
   st = load_file(os.path.join(tiny, "unet", "diffusion_pytorch_model.safetensors"))
   np.testing.assert_array_equal(params["unet"]["conv_in"]["kernel"], st["conv_in.weight"].transpose(2, 3, 1, 0))
 
@@ -152,6 +170,7 @@ def test_convert_weights_cli_and_flax_folder(tiny, loaded, tmp_path):
   _flat_equal(params2, loaded[1])
   # diffusers' own Flax loader reads our output too
   from diffusers import FlaxUNet2DConditionModel
+
   _, p = FlaxUNet2DConditionModel.from_pretrained(out, subfolder="unet", local_files_only=True)
   _flat_equal(p, loaded[1]["unet"])
 
@@ -163,12 +182,20 @@ def test_bin_and_old_vae_names(tiny, loaded, tmp_path):
 
   d = tmp_path / "bin"
   shutil.copytree(tiny, d)
-  for comp, stem in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
-                     ("text_encoder", "model")):
+  for comp, stem in (
+    ("unet", "diffusion_pytorch_model"),
+    ("vae", "diffusion_pytorch_model"),
+    ("text_encoder", "model"),
+  ):
     st = load_file(d / comp / f"{stem}.safetensors")
-    if comp == "vae":   # diffusers < 0.14 names
-      st = {k.replace(".to_q.", ".query.").replace(".to_k.", ".key.").replace(".to_v.", ".value.")
-            .replace(".to_out.0.", ".proj_attn."): v for k, v in st.items()}
+    if comp == "vae":  # diffusers < 0.14 names
+      st = {
+        k.replace(".to_q.", ".query.")
+        .replace(".to_k.", ".key.")
+        .replace(".to_v.", ".value.")
+        .replace(".to_out.0.", ".proj_attn."): v
+        for k, v in st.items()
+      }
       assert any(".proj_attn." in k for k in st)
     os.remove(d / comp / f"{stem}.safetensors")
     name = "pytorch_model.bin" if comp == "text_encoder" else "diffusion_pytorch_model.bin"
@@ -206,8 +233,9 @@ def test_folder_errors(tiny, tmp_path):
   os.remove(d / "vae" / "diffusion_pytorch_model.safetensors")
   with pytest.raises(WeightsError, match=r"vae: no weights found; expected one of"):
     load_ip2p(d)
-  shutil.copyfile(os.path.join(tiny, "vae", "diffusion_pytorch_model.safetensors"),
-                  d / "vae" / "diffusion_pytorch_model.safetensors")
+  shutil.copyfile(
+    os.path.join(tiny, "vae", "diffusion_pytorch_model.safetensors"), d / "vae" / "diffusion_pytorch_model.safetensors"
+  )
   cfg = json.loads((d / "unet" / "config.json").read_text())
   (d / "unet" / "config.json").write_text(json.dumps(dict(cfg, in_channels=4)))
   with pytest.raises(WeightsError, match="in_channels=4; InstructPix2Pix needs 2 x latent_channels = 8"):
@@ -221,6 +249,12 @@ def test_schedule_matches_diffusers():
   pytest.importorskip("torch")
   from diffusers import DDIMScheduler
 
-  ref = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                      set_alpha_to_one=False, steps_offset=1).alphas_cumprod.numpy()
+  ref = DDIMScheduler(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+  ).alphas_cumprod.numpy()
   np.testing.assert_allclose(DDIMSchedule().alphas_cumprod(), ref, rtol=2e-6, atol=0)

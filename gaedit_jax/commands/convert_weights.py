@@ -11,6 +11,7 @@ from gaedit_jax.nets.convert import convert
 @dataclasses.dataclass
 class ConvertConfig:
   """Convert PyTorch weights to Flax once (no torch needed)."""
+
   src: str
   """InstructPix2Pix folder in the Hugging Face layout (e.g. a local copy of timbrooks/instruct-pix2pix)."""
   out: str

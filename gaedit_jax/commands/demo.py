@@ -19,7 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
+from gaedit_jax.commands.edit import main as edit
+from gaedit_jax.commands.reconstruct import main as reconstruct
+from gaedit_jax.commands.render import RenderConfigCLI, render_order
+from gaedit_jax.commands.render import main as render
+from gaedit_jax.data.dataset import AvatarDataset
+from gaedit_jax.data.synthetic import SynthConfig, generate
+from gaedit_jax.edit.loop import EditConfig
+from gaedit_jax.io.media import save_gif, side_by_side
+from gaedit_jax.metrics import psnr
 from gaedit_jax.nets.images import read_png
+from gaedit_jax.reconstruct import ReconstructConfig
 
 
 @dataclasses.dataclass
@@ -62,44 +72,67 @@ class DemoConfig:
 
 def main(cfg: DemoConfig) -> dict:
   """The whole pipeline on the built-in synthetic head (data, avatar, renders, metrics)."""
-  from gaedit_jax.commands.reconstruct import main as reconstruct
-  from gaedit_jax.commands.render import RenderConfigCLI
-  from gaedit_jax.commands.render import main as render
-  from gaedit_jax.data.synthetic import SynthConfig, generate
-  from gaedit_jax.reconstruct import ReconstructConfig
 
   t0 = time.perf_counter()
   out = Path(cfg.out).absolute()
   data, model = out / "data", out / "model"
   if cfg.regenerate or not (data / "transforms_train.json").exists():
     print(f"[1/5] writing the synthetic dataset to {data}")
-    generate(SynthConfig(out=data, width=cfg.width, height=cfg.height, num_cameras=cfg.num_cameras,
-                         num_timesteps=cfg.num_timesteps, seed=cfg.seed, overwrite=True),
-             progress=cfg.progress)
+    generate(
+      SynthConfig(
+        out=data,
+        width=cfg.width,
+        height=cfg.height,
+        num_cameras=cfg.num_cameras,
+        num_timesteps=cfg.num_timesteps,
+        seed=cfg.seed,
+        overwrite=True,
+      ),
+      progress=cfg.progress,
+    )
   else:
     print(f"[1/5] using the dataset in {data}")
   t_data = time.perf_counter() - t0
   print(f"[2/5] reconstructing ({cfg.iterations} iterations)")
   rc = ReconstructConfig(
-      data=data, out=model, iterations=cfg.iterations, batch_size=cfg.batch_size, seed=cfg.seed,
-      densify_from=cfg.densify_from, densify_interval=cfg.densify_interval, densify_until=cfg.densify_until,
-      opacity_reset_interval=10 * cfg.iterations, reset_opacity_at_densify_from=False,
-      sh_degree_interval=cfg.sh_degree_interval, checkpoint_interval=cfg.iterations, eval_interval=0,
-      log_interval=50, progress=cfg.progress, overwrite=True)   # a re-run moves the old model aside
+    data=data,
+    out=model,
+    iterations=cfg.iterations,
+    batch_size=cfg.batch_size,
+    seed=cfg.seed,
+    densify_from=cfg.densify_from,
+    densify_interval=cfg.densify_interval,
+    densify_until=cfg.densify_until,
+    opacity_reset_interval=10 * cfg.iterations,
+    reset_opacity_at_densify_from=False,
+    sh_degree_interval=cfg.sh_degree_interval,
+    checkpoint_interval=cfg.iterations,
+    eval_interval=0,
+    log_interval=50,
+    progress=cfg.progress,
+    overwrite=True,
+  )  # a re-run moves the old model aside
   res = reconstruct(rc)
   t_train = time.perf_counter() - t0 - t_data
   print("[3/5] rendering held-out motion (test split) and an orbit")
   # held-out timesteps from every camera (sorted by camera, then time) and an animated orbit
-  rend = render(RenderConfigCLI(model=model, out=out / "renders", splits=("test",), orbit=36,
-                                orbit_animate=True, orbit_degrees=120.0))
+  rend = render(
+    RenderConfigCLI(
+      model=model, out=out / "renders", splits=("test",), orbit=36, orbit_animate=True, orbit_degrees=120.0
+    )
+  )
   edit = _edit(cfg, out, model) if cfg.edit else None
   total = time.perf_counter() - t0
   summary = dict(
-      iterations=res["iterations"], num_gaussians=res["num_gaussians"],
-      val_novel_view=res.get("val"), test_self_reenactment=res.get("test"),
-      seconds=dict(data=round(t_data, 1), train=round(t_train, 1), total=round(total, 1)),
-      gif=str(out / "renders" / "test"), renders={k: v["folder"] for k, v in rend.items()},
-      edit=edit)
+    iterations=res["iterations"],
+    num_gaussians=res["num_gaussians"],
+    val_novel_view=res.get("val"),
+    test_self_reenactment=res.get("test"),
+    seconds=dict(data=round(t_data, 1), train=round(t_train, 1), total=round(total, 1)),
+    gif=str(out / "renders" / "test"),
+    renders={k: v["folder"] for k, v in rend.items()},
+    edit=edit,
+  )
   (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
   print("[5/5] metrics")
   for name, key in (("held-out camera (val, novel view)", "val"), ("held-out timesteps (test)", "test")):
@@ -111,11 +144,15 @@ def main(cfg: DemoConfig) -> dict:
       print(f"  side-by-side GIF (ground truth | render): {v['side_by_side']}")
     print(f"  {k} GIF: {v['folder']}/renders.gif")
   if edit:
-    print(f"  edit toward face paint, PSNR to the face-paint ground truth on held-out timesteps: "
-          f"{edit['psnr_before']:.2f} dB before, {edit['psnr_after']:.2f} dB after "
-          f"{cfg.edit_iterations} iterations; original | edited GIF: {edit['gif']}")
-  print(f"done in {total:.0f} s (data {t_data:.0f} s, training + eval {t_train:.0f} s); summary: "
-        f"{out / 'demo_summary.json'}")
+    print(
+      f"  edit toward face paint, PSNR to the face-paint ground truth on held-out timesteps: "
+      f"{edit['psnr_before']:.2f} dB before, {edit['psnr_after']:.2f} dB after "
+      f"{cfg.edit_iterations} iterations; original | edited GIF: {edit['gif']}"
+    )
+  print(
+    f"done in {total:.0f} s (data {t_data:.0f} s, training + eval {t_train:.0f} s); summary: "
+    f"{out / 'demo_summary.json'}"
+  )
   return summary
 
 
@@ -125,35 +162,51 @@ def _test_frames(folder: Path) -> np.ndarray:
 
 def _edit(cfg: DemoConfig, out: Path, model: Path) -> dict:
   """Step 4: face-paint edit with the synthetic editor, original | edited GIF, PSNR to the target."""
-  from gaedit_jax.commands.edit import main as edit
-  from gaedit_jax.commands.render import RenderConfigCLI, render_order
-  from gaedit_jax.commands.render import main as render
-  from gaedit_jax.data.dataset import AvatarDataset
-  from gaedit_jax.data.synthetic import SynthConfig, generate
-  from gaedit_jax.edit.loop import EditConfig
-  from gaedit_jax.io.media import save_gif, side_by_side
-  from gaedit_jax.metrics import psnr
 
   paint = out / "data_facepaint"
   if cfg.regenerate or not (paint / "transforms_train.json").exists():
     print(f"[4/5] writing the face-paint ground truth to {paint}")
-    generate(SynthConfig(out=paint, width=cfg.width, height=cfg.height, num_cameras=cfg.num_cameras,
-                         num_timesteps=cfg.num_timesteps, seed=cfg.seed, texture="facepaint",
-                         overwrite=True), progress=cfg.progress)
+    generate(
+      SynthConfig(
+        out=paint,
+        width=cfg.width,
+        height=cfg.height,
+        num_cameras=cfg.num_cameras,
+        num_timesteps=cfg.num_timesteps,
+        seed=cfg.seed,
+        texture="facepaint",
+        overwrite=True,
+      ),
+      progress=cfg.progress,
+    )
   print(f"[4/5] editing toward face paint ({cfg.edit_iterations} iterations, synthetic editor)")
   edited = out / "edited"
-  edit(EditConfig(avatar=model, out=edited, editor="synthetic", target_data=paint,
-                  iterations=cfg.edit_iterations, seed=cfg.seed, checkpoint_interval=cfg.edit_iterations,
-                  progress=cfg.progress, tensorboard=False, overwrite=True))
+  edit(
+    EditConfig(
+      avatar=model,
+      out=edited,
+      editor="synthetic",
+      target_data=paint,
+      iterations=cfg.edit_iterations,
+      seed=cfg.seed,
+      checkpoint_interval=cfg.edit_iterations,
+      progress=cfg.progress,
+      tensorboard=False,
+      overwrite=True,
+    )
+  )
   before = render(RenderConfigCLI(model=model, out=out / "renders_edit" / "original", splits=("test",)))
   after = render(RenderConfigCLI(model=edited, out=out / "renders_edit" / "edited", splits=("test",)))
   a, b = _test_frames(Path(before["test"]["folder"])), _test_frames(Path(after["test"]["folder"]))
   ds = AvatarDataset(paint, "test", cache_size=0)
   target = np.stack([ds[int(i)].image for i in render_order(ds)])
   gif = save_gif(out / "original_vs_edited.gif", [side_by_side([x, y]) for x, y in zip(a, b)])
-  return dict(psnr_before=float(np.mean([psnr(x, t) for x, t in zip(a, target)])),
-              psnr_after=float(np.mean([psnr(y, t) for y, t in zip(b, target)])), gif=str(gif),
-              folder=str(edited))
+  return dict(
+    psnr_before=float(np.mean([psnr(x, t) for x, t in zip(a, target)])),
+    psnr_after=float(np.mean([psnr(y, t) for y, t in zip(b, target)])),
+    gif=str(gif),
+    folder=str(edited),
+  )
 
 
 __all__ = ["DemoConfig", "main"]

@@ -12,11 +12,18 @@ def main(cfg: EditConfig) -> dict:
   # refuse a busy or non-empty --out (or one that is an input) before loading the editor (multi-host:
   # process 0 checks, the others learn its verdict when the run starts)
   if parallel.is_primary():
-    check_out(cfg.out, {"--avatar": cfg.avatar, "--data": cfg.data, "--target-data": cfg.target_data},
-              resume=cfg.resume, overwrite=cfg.overwrite, what="gaedit edit")
+    check_out(
+      cfg.out,
+      {"--avatar": cfg.avatar, "--data": cfg.data, "--target-data": cfg.target_data},
+      resume=cfg.resume,
+      overwrite=cfg.overwrite,
+      what="gaedit edit",
+    )
   res = EditRun(cfg).run()
-  print(f"{res['iterations']} edit iterations in {res['edit_seconds']:.1f} s; edited avatar in {cfg.out}"
-        + (f" ({res['export']})" if "export" in res else ""))
+  print(
+    f"{res['iterations']} edit iterations in {res['edit_seconds']:.1f} s; edited avatar in {cfg.out}"
+    + (f" ({res['export']})" if "export" in res else "")
+  )
   return res
 
 

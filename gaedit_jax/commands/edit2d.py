@@ -22,6 +22,7 @@ from gaedit_jax.nets import images as imops
 @dataclasses.dataclass
 class Edit2DConfig:
   """Edit one image with InstructPix2Pix (defaults: the original editor's settings)."""
+
   image: str
   """The view to edit (PNG; e.g. a render of the avatar)."""
   prompt: str
@@ -57,14 +58,23 @@ def main(cfg: Edit2DConfig) -> list[str]:
   image = imops.read_png(cfg.image)
   original = imops.read_png(cfg.original) if cfg.original else image
   if original.shape != image.shape:
-    raise InputError(f"--original {cfg.original} is {original.shape[1]}x{original.shape[0]}, "
-                     f"--image {cfg.image} is {image.shape[1]}x{image.shape[0]}: they must match")
+    raise InputError(
+      f"--original {cfg.original} is {original.shape[1]}x{original.shape[0]}, "
+      f"--image {cfg.image} is {image.shape[1]}x{image.shape[0]}: they must match"
+    )
   if cfg.t is not None and not 1 <= cfg.t <= 999:
     raise InputError(f"--t must be in [1, 999], got {cfg.t}")
   t0 = time.time()
-  ip2p = InstructPix2Pix.from_pretrained(cfg.ip2p, IP2PConfig(
-      guidance_scale=cfg.guidance_scale, image_guidance_scale=cfg.image_guidance_scale,
-      num_steps=cfg.steps, size=cfg.size, dtype=cfg.dtype))
+  ip2p = InstructPix2Pix.from_pretrained(
+    cfg.ip2p,
+    IP2PConfig(
+      guidance_scale=cfg.guidance_scale,
+      image_guidance_scale=cfg.image_guidance_scale,
+      num_steps=cfg.steps,
+      size=cfg.size,
+      dtype=cfg.dtype,
+    ),
+  )
   emb = ip2p.encode_prompt(cfg.prompt)
   n = max(1, cfg.samples)
   renders = jnp.broadcast_to(jnp.asarray(image), (n,) + image.shape)
@@ -82,6 +92,8 @@ def main(cfg: Edit2DConfig) -> list[str]:
     p = cfg.out if n == 1 else f"{stem}_{k}{ext or '.png'}"
     imops.write_png(p, out[k])
     paths.append(p)
-  print(f"edited {cfg.image} with {cfg.prompt!r} (t={ts}, s_T={cfg.guidance_scale}, s_I={cfg.image_guidance_scale}) "
-        f"in {time.time() - t0:.1f} s -> {', '.join(paths)}")
+  print(
+    f"edited {cfg.image} with {cfg.prompt!r} (t={ts}, s_T={cfg.guidance_scale}, s_I={cfg.image_guidance_scale}) "
+    f"in {time.time() - t0:.1f} s -> {', '.join(paths)}"
+  )
   return paths

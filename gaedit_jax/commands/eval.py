@@ -18,7 +18,10 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from gaedit_jax.data.validate import check_choice, check_path, config_checks
 from gaedit_jax.errors import InputError
+from gaedit_jax.eval_recon import evaluate_model
+from gaedit_jax.metrics import clip_edit_metrics
 from gaedit_jax.nets.clip import load_clip
 from gaedit_jax.nets.images import read_png
 
@@ -29,6 +32,7 @@ _IMAGE_EXT = (".png", ".jpg", ".jpeg")
 class EvalConfig:
   """Evaluate renders. Give --model for reconstruction metrics; --source, --edited and both
   captions for the CLIP editing metrics."""
+
   model: str | None = None
   """A `gaedit reconstruct` output folder: PSNR / SSIM (/ LPIPS) on its val and test splits."""
   splits: tuple[str, ...] = ("val", "test")
@@ -54,20 +58,17 @@ class EvalConfig:
   """Write the results as JSON here (default: print only)."""
 
   def __post_init__(self):
-    from gaedit_jax.data.validate import config_checks
 
     config_checks(self.validate_flags)
 
   def validate_flags(self) -> None:
     """Value checks of the flags (one-line InputError naming the flag)."""
-    from gaedit_jax.data.validate import check_choice
 
     check_choice(self, "splits", ("train", "val", "test"))
 
   def check_inputs(self) -> None:
     """Up-front checks of the given paths: the model folder, the LPIPS weights, the render folders
     and (for the CLIP metrics) the CLIP folder exist and open."""
-    from gaedit_jax.data.validate import check_path
 
     if self.model:
       check_path(self.model, "--model", kind="dir")
@@ -94,8 +95,9 @@ def paired_images(a: str, b: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
   fa, fb = list_images(a), list_images(b)
   if fa != fb:
     only_a, only_b = sorted(set(fa) - set(fb)), sorted(set(fb) - set(fa))
-    raise InputError(f"{a} and {b} must hold the same file names; only in the first: "
-                     f"{only_a[:5]}, only in the second: {only_b[:5]}")
+    raise InputError(
+      f"{a} and {b} must hold the same file names; only in the first: {only_a[:5]}, only in the second: {only_b[:5]}"
+    )
   xa = [read_png(os.path.join(a, f)) for f in fa]
   xb = [read_png(os.path.join(b, f)) for f in fb]
   shapes = {x.shape for x in xa + xb}
@@ -109,30 +111,29 @@ def clip_edit_section(cfg: EvalConfig) -> dict | None:
   if not any(wanted):
     return None
   if not all(wanted):
-    raise InputError("the CLIP editing metrics need --source, --edited, --source-caption "
-                     "and --target-caption")
-  from gaedit_jax.metrics import clip_edit_metrics
+    raise InputError("the CLIP editing metrics need --source, --edited, --source-caption and --target-caption")
 
   src, edt, names = paired_images(cfg.source, cfg.edited)
   clip = load_clip(cfg.clip)
   m = clip_edit_metrics(clip, src, edt, cfg.source_caption, cfg.target_caption, wrap=cfg.consistency_wrap)
   out = m.as_dict()
-  out.update(source=os.path.abspath(cfg.source), edited=os.path.abspath(cfg.edited), clip_path=os.path.abspath(cfg.clip))
+  out.update(
+    source=os.path.abspath(cfg.source), edited=os.path.abspath(cfg.edited), clip_path=os.path.abspath(cfg.clip)
+  )
   return out
 
 
 def recon_section(cfg: EvalConfig) -> dict | None:
   if not cfg.model:
     return None
-  from gaedit_jax.eval_recon import evaluate_model
 
   res = evaluate_model(cfg.model, tuple(cfg.splits), lpips_weights=cfg.lpips, lpips_input=cfg.lpips_input)
   return {split: r["mean"] for split, r in res.items()}
 
 
 SECTIONS: dict[str, Callable[[EvalConfig], dict | None]] = {
-    "recon": recon_section,
-    "clip_edit": clip_edit_section,
+  "recon": recon_section,
+  "clip_edit": clip_edit_section,
 }
 
 

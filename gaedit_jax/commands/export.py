@@ -37,22 +37,38 @@ class Format:
 def _write_gaussianavatars(cfg: "ExportConfig") -> list[Path]:
   af = read_avatar(cfg.model, cfg.iteration, data=cfg.data)
   if af.flame is None:
-    raise InputError(f"{af.source.path}: a GaussianAvatars checkpoint holds no FLAME parameters and no "
-                     "flame_param.npz of its iteration is beside it; pass --data DIR (the dataset's tracking)")
+    raise InputError(
+      f"{af.source.path}: a GaussianAvatars checkpoint holds no FLAME parameters and no "
+      "flame_param.npz of its iteration is beside it; pass --data DIR (the dataset's tracking)"
+    )
   data = af.cfg.get("data")
   if not data:
-    warnings.warn(f"{cfg.model}: no dataset folder recorded: cfg_args source_path is left empty (GaussianAvatars' "
-                  "render.py needs it; pass --data DIR)", stacklevel=2)
+    warnings.warn(
+      f"{cfg.model}: no dataset folder recorded: cfg_args source_path is left empty (GaussianAvatars' "
+      "render.py needs it; pass --data DIR)",
+      stacklevel=2,
+    )
     data = ""
   c = af.cfg.get("config", {})
   fm = cfg.flame_model if cfg.flame_model is not None else af.cfg.get("flame_model")
   it = af.iteration if af.iteration is not None else 0
   it_dir = write_gaussianavatars_folder(
-      cfg.out, af.avatar, af.flame, iteration=it, source_path=data, white_background=c.get("white_background", True),
-      image_scale=c.get("image_scale", 1.0), sh_degree=cfg.sh_degree, flame_model=fm, overwrite=cfg.overwrite)
+    cfg.out,
+    af.avatar,
+    af.flame,
+    iteration=it,
+    source_path=data,
+    white_background=c.get("white_background", True),
+    image_scale=c.get("image_scale", 1.0),
+    sh_degree=cfg.sh_degree,
+    flame_model=fm,
+    overwrite=cfg.overwrite,
+  )
   deg = af.avatar.sh_degree if cfg.sh_degree is None else cfg.sh_degree
-  print(f"GaussianAvatars: python render.py -m {Path(cfg.out).absolute()}  |  python local_viewer.py "
-        f"--point_path {(it_dir / 'point_cloud.ply').absolute()} --sh_degree {deg}")
+  print(
+    f"GaussianAvatars: python render.py -m {Path(cfg.out).absolute()}  |  python local_viewer.py "
+    f"--point_path {(it_dir / 'point_cloud.ply').absolute()} --sh_degree {deg}"
+  )
   return [Path(cfg.out) / "cfg_args", it_dir / "point_cloud.ply", it_dir / "flame_param.npz"]
 
 
@@ -70,9 +86,10 @@ def _write_world_ply(cfg: "ExportConfig") -> list[Path]:
 
 
 FORMATS: dict[str, Format] = {
-    "gaussianavatars": Format("GaussianAvatars output folder (local Gaussians + FLAME parameters)",
-                              _write_gaussianavatars),
-    "ply": Format("world-space 3DGS point_cloud.ply of one timestep (--timestep)", _write_world_ply),
+  "gaussianavatars": Format(
+    "GaussianAvatars output folder (local Gaussians + FLAME parameters)", _write_gaussianavatars
+  ),
+  "ply": Format("world-space 3DGS point_cloud.ply of one timestep (--timestep)", _write_world_ply),
 }
 
 FormatName = Literal[tuple(FORMATS)]  # type: ignore[valid-type]

@@ -18,8 +18,10 @@ def main(cfg: ReconstructConfig) -> dict:
   for s in ("val", "test"):
     if s in res:
       print(f"{s}: " + ", ".join(f"{k} {v:.4f}" for k, v in res[s].items()))
-  print(f"{res['iterations']} iterations in {res['train_seconds']:.1f} s, {res['num_gaussians']} Gaussians; "
-        f"model in {cfg.out}")
+  print(
+    f"{res['iterations']} iterations in {res['train_seconds']:.1f} s, {res['num_gaussians']} Gaussians; "
+    f"model in {cfg.out}"
+  )
   return res
 
 

@@ -75,8 +75,15 @@ class RenderConfigCLI:
 
   def validate_flags(self) -> None:
     """Value checks of the flags (one-line InputError naming the flag)."""
-    check_flags(self, {"iteration camera_index orbit orbit_timestep": "int >= 0",
-                       "fps gif_fps max_frames": "int >= 1", "sh_degree": "int [0, 3]", "orbit_degrees": "> 0"})
+    check_flags(
+      self,
+      {
+        "iteration camera_index orbit orbit_timestep": "int >= 0",
+        "fps gif_fps max_frames": "int >= 1",
+        "sh_degree": "int [0, 3]",
+        "orbit_degrees": "> 0",
+      },
+    )
     check_choice(self, "splits", SPLITS)
     if self.intrinsics is not None:
       check_choice(self, "intrinsics", ("file", "fov_x"))
@@ -86,8 +93,9 @@ class RenderConfigCLI:
     timesteps; the model's dataset splits to render and the --target dataset (`validate_dataset`:
     frames, images, FLAME files)."""
     if self.orbit > 0 and self.orbit_timestep >= num_timesteps:
-      raise DatasetError(f"--orbit-timestep {self.orbit_timestep} is out of range: the model has FLAME "
-                         f"timesteps 0..{num_timesteps - 1}")
+      raise DatasetError(
+        f"--orbit-timestep {self.orbit_timestep} is out of range: the model has FLAME timesteps 0..{num_timesteps - 1}"
+      )
     if self.target is None:
       if self.splits:
         validate_dataset(data, self.splits, required=(), intrinsics=intrinsics, masks=False, flag="the model's data")
@@ -106,7 +114,7 @@ def render_order(ds, camera_index: int | None = None) -> np.ndarray:
   return idx[np.lexsort((ds.timesteps[idx], ds.camera_indices[idx]))]
 
 
-_FRAME = re.compile(r"\d{5,}\.png")   # io.media.save_frames: f"{i:05d}.png"
+_FRAME = re.compile(r"\d{5,}\.png")  # io.media.save_frames: f"{i:05d}.png"
 
 
 def _remove_stale_frames(folder: Path, n: int) -> None:
@@ -144,13 +152,14 @@ def _subsample(idx: np.ndarray, n: int | None) -> np.ndarray:
 def render_dataset(avatar, model, flame: dict, ds, rc, cfg: RenderConfigCLI, folder: Path) -> dict:
   idx = _subsample(render_order(ds, cfg.camera_index), cfg.max_frames)
   if len(idx) == 0:
-    raise InputError(f"no frames in {ds.json_path}"
-                     + (f" with camera index {cfg.camera_index}" if cfg.camera_index is not None else ""))
+    raise InputError(
+      f"no frames in {ds.json_path}"
+      + (f" with camera index {cfg.camera_index}" if cfg.camera_index is not None else "")
+    )
   imgs, gts = [], []
   for s in range(0, len(idx), 8):
-    b = ds.batch(idx[s:s + 8])
-    imgs.append(render_views(avatar, model, flame, np.asarray(b.timestep), b.camera,
-                             jnp.asarray(ds.background), rc))
+    b = ds.batch(idx[s : s + 8])
+    imgs.append(render_views(avatar, model, flame, np.asarray(b.timestep), b.camera, jnp.asarray(ds.background), rc))
     gts.append(np.asarray(b.image))
   return _write_set(folder, np.concatenate(imgs), np.concatenate(gts), cfg)
 
@@ -165,20 +174,31 @@ def orbit_cameras(ref_cam, center: np.ndarray, n: int, degrees: float = 360.0):
   a0 = float(np.arctan2(d[0], d[2]))
   angs = a0 + np.deg2rad(np.linspace(-degrees / 2, degrees / 2, n, endpoint=degrees < 360.0))
   w2c = np.stack([look_at(center + np.array([r * np.sin(a), d[1], r * np.cos(a)]), center) for a in angs])
-  return make_camera(w2c, np.full(n, float(ref_cam.fx), np.float32), np.full(n, float(ref_cam.fy), np.float32),
-                     np.full(n, float(ref_cam.cx), np.float32), np.full(n, float(ref_cam.cy), np.float32),
-                     width=ref_cam.width, height=ref_cam.height)
+  return make_camera(
+    w2c,
+    np.full(n, float(ref_cam.fx), np.float32),
+    np.full(n, float(ref_cam.fy), np.float32),
+    np.full(n, float(ref_cam.cx), np.float32),
+    np.full(n, float(ref_cam.cy), np.float32),
+    width=ref_cam.width,
+    height=ref_cam.height,
+  )
 
 
 def main(cfg: RenderConfigCLI) -> dict:
   """Render a trained avatar (novel views, orbit, self- and cross-identity reenactment)."""
-  avatar, model, flame, fp, mcfg, it_dir = load_trained(cfg.model, cfg.iteration, data=cfg.data,
-                                                      flame_model=cfg.flame_model, require_data=True)
+  avatar, model, flame, fp, mcfg, it_dir = load_trained(
+    cfg.model, cfg.iteration, data=cfg.data, flame_model=cfg.flame_model, require_data=True
+  )
   c = mcfg["config"]
   intrinsics = cfg.intrinsics or c.get("intrinsics", "file")
   cfg.check_inputs(Path(mcfg["data"]), int(flame["rotation"].shape[0]), intrinsics)
-  kw = dict(image_scale=c.get("image_scale", 1.0), white_background=c.get("white_background", True),
-            cache_size=0, intrinsics=intrinsics)
+  kw = dict(
+    image_scale=c.get("image_scale", 1.0),
+    white_background=c.get("white_background", True),
+    cache_size=0,
+    intrinsics=intrinsics,
+  )
   rc = RenderConfig(sh_degree=min(cfg.sh_degree, avatar.sh_degree))
   out = Path(cfg.out or Path(cfg.model) / "renders")
   tag = it_dir.name.replace("iteration_", "ours_")
@@ -208,8 +228,10 @@ def main(cfg: RenderConfigCLI) -> dict:
       tflame = per_timestep(tf)
       results[f"{name}/{s}"] = render_dataset(avatar, model, tflame, ds, rc, cfg, out / name / s / tag)
     if not results:
-      raise InputError(f"{cfg.target} has no frames to render (transforms_{{train,val,test}}.json"
-                       + (f" with camera index {cfg.camera_index})" if cfg.camera_index is not None else ")"))
+      raise InputError(
+        f"{cfg.target} has no frames to render (transforms_{{train,val,test}}.json"
+        + (f" with camera index {cfg.camera_index})" if cfg.camera_index is not None else ")")
+      )
   if cfg.orbit > 0:
     try:  # the orbit starts at the frontal (validation) camera
       ds = AvatarDataset(mcfg["data"], "val", **kw)

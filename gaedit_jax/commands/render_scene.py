@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from gaedit_jax.camera import look_at, make_camera
+from gaedit_jax.render import Gaussians, rasterize
+
 
 def make_scene(n: int = 4000, seed: int = 0):
   """A torus knot of coloured, anisotropic Gaussians around the origin (about 0.3 m across)."""
   import jax.numpy as jnp
-
-  from gaedit_jax.render import Gaussians
 
   rng = np.random.default_rng(seed)
   t = np.sort(rng.uniform(0, 2 * np.pi, n))
@@ -47,12 +48,11 @@ class SceneConfig:
 def render_ring(cfg: SceneConfig):
   import jax.numpy as jnp
 
-  from gaedit_jax.camera import look_at, make_camera
-  from gaedit_jax.render import rasterize
-
   g = make_scene(cfg.gaussians, cfg.seed)
-  mats = [look_at([0.6 * np.sin(a), 0.25, -0.6 * np.cos(a)], [0, 0, 0])
-          for a in np.linspace(0, 2 * np.pi, cfg.views, endpoint=False)]
+  mats = [
+    look_at([0.6 * np.sin(a), 0.25, -0.6 * np.cos(a)], [0, 0, 0])
+    for a in np.linspace(0, 2 * np.pi, cfg.views, endpoint=False)
+  ]
   cams = make_camera(np.stack(mats), 1.6 * cfg.size, width=cfg.size, height=cfg.size)
   out = rasterize(g, cams, jnp.ones(3))
   return np.asarray(out.image)
@@ -67,7 +67,7 @@ def main(cfg: SceneConfig) -> None:
   h, w = imgs.shape[1:3]
   grid = np.ones((rows * h, cols * w, 3), np.float32)
   for i, im in enumerate(imgs):
-    grid[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = im
+    grid[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] = im
   cfg.out.parent.mkdir(parents=True, exist_ok=True)
   Image.fromarray((np.clip(grid, 0, 1) * 255).astype(np.uint8)).save(cfg.out)
   print(f"wrote {cfg.out} ({len(imgs)} views, {cfg.gaussians} Gaussians)")

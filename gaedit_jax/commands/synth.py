@@ -25,9 +25,11 @@ def main(cfg: SynthArgs) -> None:
   empty); head grid --rows >= 16, --cols >= 24 (even)."""
   cfg.check_grid()
   info = generate(cfg)
-  print(f"wrote {info['num_images']} images ({info['splits']}) of a {info['num_vertices']}-vertex "
-        f"{info['num_faces']}-face head to {cfg.out} in {info['seconds_total']:.1f} s "
-        f"({info['bytes'] / 1e6:.1f} MB); FLAME model: {cfg.out / FLAME_FILE}")
+  print(
+    f"wrote {info['num_images']} images ({info['splits']}) of a {info['num_vertices']}-vertex "
+    f"{info['num_faces']}-face head to {cfg.out} in {info['seconds_total']:.1f} s "
+    f"({info['bytes'] / 1e6:.1f} MB); FLAME model: {cfg.out / FLAME_FILE}"
+  )
   if info["contact_sheet"]:
     print(f"contact sheet: {Path(cfg.out) / info['contact_sheet']}")
 

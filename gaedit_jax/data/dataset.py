@@ -21,10 +21,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaedit_jax.camera import Camera, make_camera
-from gaedit_jax.data.layout import (INTRINSICS, SPLITS, DatasetError, DatasetFileNotFoundError,
-                                    FrameRecord, check_image_size, load_flame_sequence, read_flame_npz,
-                                    read_transforms, split_json_path)
+from gaedit_jax.data.layout import (
+  INTRINSICS,
+  SPLITS,
+  DatasetError,
+  DatasetFileNotFoundError,
+  FrameRecord,
+  check_image_size,
+  load_flame_sequence,
+  read_flame_npz,
+  read_transforms,
+  split_json_path,
+)
 from gaedit_jax.errors import InputError
+from gaedit_jax.flame import FlameParams
 from gaedit_jax.io.media import ImageError, read_image, read_mask
 
 
@@ -69,9 +79,18 @@ class AvatarDataset:
   RGBA); a file whose size is not the json's w x h or a uniform scale of it is an error.
   """
 
-  def __init__(self, root: str | os.PathLike, split: str = "train", *, white_background: bool = True,
-               image_scale: float = 1.0, cache_size: int = 256, load_masks: bool = False,
-               num_vertices: int | None = None, intrinsics: str = "file"):
+  def __init__(
+    self,
+    root: str | os.PathLike,
+    split: str = "train",
+    *,
+    white_background: bool = True,
+    image_scale: float = 1.0,
+    cache_size: int = 256,
+    load_masks: bool = False,
+    num_vertices: int | None = None,
+    intrinsics: str = "file",
+  ):
     self.root = Path(root)
     if split not in SPLITS + ("all",):
       raise ValueError(f"split must be one of {SPLITS + ('all',)}, got {split!r}")
@@ -102,10 +121,14 @@ class AvatarDataset:
     else:
       w, h = sizes.pop() if sizes else (0, 0)
       self.cameras = make_camera(
-          w2c, np.array([r.fx * w / r.width for r in self.records], np.float32),
-          np.array([r.fy * h / r.height for r in self.records], np.float32),
-          np.array([r.cx * w / r.width for r in self.records], np.float32),
-          np.array([r.cy * h / r.height for r in self.records], np.float32), width=w, height=h)
+        w2c,
+        np.array([r.fx * w / r.width for r in self.records], np.float32),
+        np.array([r.fy * h / r.height for r in self.records], np.float32),
+        np.array([r.cx * w / r.width for r in self.records], np.float32),
+        np.array([r.cy * h / r.height for r in self.records], np.float32),
+        width=w,
+        height=h,
+      )
 
   # ---- listing ----------------------------------------------------------------------------------
 
@@ -161,7 +184,6 @@ class AvatarDataset:
       p = self.root / "canonical_flame_param.npz"
       if not p.exists():
         return None
-      from gaedit_jax.flame import FlameParams
 
       d = read_flame_npz(p, num_vertices=self.num_vertices)
       if d["static_offset"] is None:
@@ -180,11 +202,9 @@ class AvatarDataset:
     try:
       arr = read_image(r.image_path)
     except FileNotFoundError:
-      raise DatasetFileNotFoundError(f"{r.json_path}: frames[{r.index}]: image not found: "
-                                     f"{r.image_path}") from None
+      raise DatasetFileNotFoundError(f"{r.json_path}: frames[{r.index}]: image not found: {r.image_path}") from None
     except ImageError as e:
-      raise DatasetError(f"{r.json_path}: frames[{r.index}]: cannot read image {r.image_path} "
-                         f"({e.reason})") from None
+      raise DatasetError(f"{r.json_path}: frames[{r.index}]: cannot read image {r.image_path} ({e.reason})") from None
     check_image_size(r, (arr.shape[1], arr.shape[0]))
     if arr.shape[2] == 4:  # composite over the background (GA: RGBA over bg)
       a = arr[..., 3:4].astype(np.float32) / 255.0
@@ -207,11 +227,9 @@ class AvatarDataset:
     try:
       arr = read_mask(r.mask_path)
     except FileNotFoundError:
-      raise DatasetFileNotFoundError(f"{r.json_path}: frames[{r.index}]: fg mask not found: "
-                                     f"{r.mask_path}") from None
+      raise DatasetFileNotFoundError(f"{r.json_path}: frames[{r.index}]: fg mask not found: {r.mask_path}") from None
     except ImageError as e:
-      raise DatasetError(f"{r.json_path}: frames[{r.index}]: cannot read fg mask {r.mask_path} "
-                         f"({e.reason})") from None
+      raise DatasetError(f"{r.json_path}: frames[{r.index}]: cannot read fg mask {r.mask_path} ({e.reason})") from None
     check_image_size(r, (arr.shape[1], arr.shape[0]), r.mask_path, what="fg mask")
     w, h = self._size[i]
     if (arr.shape[1], arr.shape[0]) != (w, h):
@@ -229,8 +247,15 @@ class AvatarDataset:
   def camera(self, i: int) -> Camera:
     r = self.records[i]
     w, h = self._size[i]
-    return make_camera(r.world_to_camera, r.fx * w / r.width, r.fy * h / r.height,
-                       r.cx * w / r.width, r.cy * h / r.height, width=w, height=h)
+    return make_camera(
+      r.world_to_camera,
+      r.fx * w / r.width,
+      r.fy * h / r.height,
+      r.cx * w / r.width,
+      r.cy * h / r.height,
+      width=w,
+      height=h,
+    )
 
   def __getitem__(self, i: int) -> Frame:
     if not -len(self) <= i < len(self):
@@ -239,8 +264,14 @@ class AvatarDataset:
     img = self._load_rgb(i).astype(np.float32) / 255.0
     mask = self._load_mask(i) if self.load_masks else None
     r = self.records[i]
-    return Frame(image=img, mask=None if mask is None else mask.astype(np.float32) / 255.0,
-                 camera=self.camera(i), timestep=r.timestep, camera_index=r.camera_index, record=r)
+    return Frame(
+      image=img,
+      mask=None if mask is None else mask.astype(np.float32) / 255.0,
+      camera=self.camera(i),
+      timestep=r.timestep,
+      camera_index=r.camera_index,
+      record=r,
+    )
 
   def batch(self, indices: Sequence[int]) -> Batch:
     """Frames `indices` stacked into a Batch (all frames must share one image size)."""
@@ -254,12 +285,18 @@ class AvatarDataset:
       if any(m is None for m in ms):
         raise DatasetError(f"{self.json_path}: some frames have no 'fg_mask_path'")
       masks = jnp.asarray(np.stack(ms).astype(np.float32) / 255.0)
-    return Batch(image=jnp.asarray(imgs), camera=self.cameras[idx],
-                 timestep=jnp.asarray(self.timesteps[idx]), camera_index=jnp.asarray(self.camera_indices[idx]),
-                 frame_index=jnp.asarray(idx.astype(np.int32)), mask=masks)
+    return Batch(
+      image=jnp.asarray(imgs),
+      camera=self.cameras[idx],
+      timestep=jnp.asarray(self.timesteps[idx]),
+      camera_index=jnp.asarray(self.camera_indices[idx]),
+      frame_index=jnp.asarray(idx.astype(np.int32)),
+      mask=masks,
+    )
 
-  def batches(self, batch_size: int = 1, *, seed: int = 0, shuffle: bool = True,
-              drop_last: bool = True, epochs: int | None = None) -> Iterator[Batch]:
+  def batches(
+    self, batch_size: int = 1, *, seed: int = 0, shuffle: bool = True, drop_last: bool = True, epochs: int | None = None
+  ) -> Iterator[Batch]:
     """Batches over the split, reshuffled every epoch (GaussianAvatars: shuffled single images);
     epochs=None repeats forever."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -275,7 +312,7 @@ class AvatarDataset:
       if stop == 0:
         raise DatasetError(f"batch_size {batch_size} > {n} frames with drop_last")
       for s in range(0, stop, batch_size):
-        yield self.batch(order[s:s + batch_size])
+        yield self.batch(order[s : s + batch_size])
       e += 1
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from gaedit_jax.camera import opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
 from gaedit_jax.errors import InputError
+from gaedit_jax.flame import FlameParams
 from gaedit_jax.io.media import ImageError, image_size
 
 SPLITS = ("train", "val", "test")
@@ -60,13 +61,13 @@ class FrameRecord:
   """One (timestep, camera) image of a transforms json, with resolved absolute paths."""
 
   json_path: Path
-  index: int                    # position in the json's frame list
-  timestep: int                 # timestep_index (0-based, contiguous within the folder)
+  index: int  # position in the json's frame list
+  timestep: int  # timestep_index (0-based, contiguous within the folder)
   camera_index: int
   image_path: Path
   mask_path: Path | None
   flame_param_path: Path | None
-  world_to_camera: np.ndarray   # [4,4] OpenCV world-to-camera
+  world_to_camera: np.ndarray  # [4,4] OpenCV world-to-camera
   fx: float
   fy: float
   cx: float
@@ -117,8 +118,9 @@ def _image_size(path: Path, where: str) -> tuple[int, int]:
     raise DatasetError(f"{where}: cannot read image {path} ({e.reason})") from None
 
 
-def check_image_size(record: "FrameRecord", actual: tuple[int, int], path: Path | None = None,
-                     what: str = "image") -> None:
+def check_image_size(
+  record: "FrameRecord", actual: tuple[int, int], path: Path | None = None, what: str = "image"
+) -> None:
   """The file's (w, h) must be the json's w x h or a uniform scale of it (same aspect ratio, up to
   a pixel of rounding): such a file is resampled to w x h; another aspect ratio is an error."""
   (aw, ah), (w, h) = actual, (record.width, record.height)
@@ -127,9 +129,11 @@ def check_image_size(record: "FrameRecord", actual: tuple[int, int], path: Path 
   lo, hi = max((aw - 1) / w, (ah - 1) / h), min((aw + 1) / w, (ah + 1) / h)
   if lo <= hi and hi > 0:
     return
-  raise DatasetError(f"{record.json_path}: frames[{record.index}]: {what} {path or record.image_path} is "
-                     f"{aw}x{ah} pixels but the json says w x h = {w}x{h} (another aspect ratio; only a "
-                     "uniform scale is resampled)")
+  raise DatasetError(
+    f"{record.json_path}: frames[{record.index}]: {what} {path or record.image_path} is "
+    f"{aw}x{ah} pixels but the json says w x h = {w}x{h} (another aspect ratio; only a "
+    "uniform scale is resampled)"
+  )
 
 
 def _integer(v, where: str, key: str, minimum: int | None = None) -> int:
@@ -170,20 +174,25 @@ def _transform_matrix(fr: dict, where: str) -> np.ndarray:
   if m.shape == (3, 4):
     m = np.concatenate([m, [[0, 0, 0, 1]]])
   if m.shape != (4, 4):
-    raise DatasetError(f"{where}: key 'transform_matrix' has shape {list(m.shape)}, expected [4,4] "
-                       "(finite camera-to-world, OpenGL axes)")
+    raise DatasetError(
+      f"{where}: key 'transform_matrix' has shape {list(m.shape)}, expected [4,4] (finite camera-to-world, OpenGL axes)"
+    )
   if not np.isfinite(m).all():
     bad = [f"[{i}][{j}]" for i, j in zip(*np.nonzero(~np.isfinite(m)))]
-    raise DatasetError(f"{where}: key 'transform_matrix' has non-finite entries {', '.join(bad[:4])} "
-                       "(expected a finite camera-to-world matrix)")
+    raise DatasetError(
+      f"{where}: key 'transform_matrix' has non-finite entries {', '.join(bad[:4])} "
+      "(expected a finite camera-to-world matrix)"
+    )
   if np.abs(m[3] - [0, 0, 0, 1]).max() > 1e-6:
     raise DatasetError(f"{where}: key 'transform_matrix' has last row {m[3].tolist()}, expected [0, 0, 0, 1]")
   r = m[:3, :3]
   dev = float(np.abs(r.T @ r - np.eye(3)).max())
   det = float(np.linalg.det(r))
   if dev > 1e-3 or det <= 0:
-    raise DatasetError(f"{where}: key 'transform_matrix' is not rigid: its 3x3 part is not a rotation "
-                       f"(max |R^T R - I| = {dev:.3g}, det R = {det:.3g}; expected orthonormal, det +1)")
+    raise DatasetError(
+      f"{where}: key 'transform_matrix' is not rigid: its 3x3 part is not a rotation "
+      f"(max |R^T R - I| = {dev:.3g}, det R = {det:.3g}; expected orthonormal, det +1)"
+    )
   return m
 
 
@@ -198,8 +207,9 @@ INTRINSICS = ("file", "fov_x")
 """
 
 
-def _intrinsics(fr: dict, top: dict, path: Path, where: str, w: int, h: int,
-                mode: str) -> tuple[float, float, float, float]:
+def _intrinsics(
+  fr: dict, top: dict, path: Path, where: str, w: int, h: int, mode: str
+) -> tuple[float, float, float, float]:
   def focal(key):
     v, at = _lookup(fr, top, key, path, where)
     if v is None:
@@ -279,19 +289,27 @@ def read_transforms(path: str | os.PathLike, *, intrinsics: str = "file") -> tup
     for key, v in (("fg_mask_path", mask), ("flame_param_path", fpp)):
       if v is not None and (not isinstance(v, str) or not v):
         raise DatasetError(f"{where}: key {key!r} = {v!r} is not a relative file path")
-    out.append(FrameRecord(
-        json_path=path, index=i,
+    out.append(
+      FrameRecord(
+        json_path=path,
+        index=i,
         timestep=_integer(_get(fr, "timestep_index", where), where, "timestep_index", minimum=0),
         camera_index=_integer(_get(fr, "camera_index", where), where, "camera_index", minimum=0),
         image_path=image_path,
         mask_path=None if mask is None else base / mask,
         flame_param_path=None if fpp is None else base / fpp,
         world_to_camera=opengl_c2w_to_opencv_w2c(m),
-        fx=float(fx), fy=float(fy), cx=float(cx), cy=float(cy), width=w, height=h,
+        fx=float(fx),
+        fy=float(fy),
+        cx=float(cx),
+        cy=float(cy),
+        width=w,
+        height=h,
         camera_id=None if fr.get("camera_id") is None else str(fr["camera_id"]),
         timestep_id=fr.get("timestep_id"),
         timestep_original=fr.get("timestep_index_original"),
-    ))
+      )
+    )
   return top, out
 
 
@@ -305,14 +323,21 @@ def split_json_path(root: str | os.PathLike, split: str | None) -> Path:
 
 # key -> trailing shape (None: the model's size, checked for consistency across files)
 FLAME_NPZ_KEYS = {
-    "translation": (3,), "rotation": (3,), "neck_pose": (3,), "jaw_pose": (3,), "eyes_pose": (6,),
-    "expr": (None,), "shape": (None,), "static_offset": (None, 3),
+  "translation": (3,),
+  "rotation": (3,),
+  "neck_pose": (3,),
+  "jaw_pose": (3,),
+  "eyes_pose": (6,),
+  "expr": (None,),
+  "shape": (None,),
+  "static_offset": (None, 3),
 }
 _PER_TIMESTEP = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
 
 
-def read_flame_npz(path: str | os.PathLike, *, n_shape: int | None = None, n_expr: int | None = None,
-                   num_vertices: int | None = None) -> dict[str, np.ndarray]:
+def read_flame_npz(
+  path: str | os.PathLike, *, n_shape: int | None = None, n_expr: int | None = None, num_vertices: int | None = None
+) -> dict[str, np.ndarray]:
   """One GaussianAvatars FLAME npz -> dict with per-timestep fields [k] (the leading 1 dropped),
   shape [n_shape] and static_offset [V,3] (None if absent). Sizes given are checked."""
   path = Path(path)
@@ -322,9 +347,16 @@ def read_flame_npz(path: str | os.PathLike, *, n_shape: int | None = None, n_exp
     raise DatasetFileNotFoundError(f"FLAME parameter file not found: {path}") from None
   except (ValueError, OSError, zipfile.BadZipFile) as e:
     raise DatasetError(f"{path}: not a readable npz ({e})") from None
-  expect = {"expr": (1, n_expr), "shape": (n_shape,), "static_offset": (1, num_vertices, 3),
-            "translation": (1, 3), "rotation": (1, 3), "neck_pose": (1, 3), "jaw_pose": (1, 3),
-            "eyes_pose": (1, 6)}
+  expect = {
+    "expr": (1, n_expr),
+    "shape": (n_shape,),
+    "static_offset": (1, num_vertices, 3),
+    "translation": (1, 3),
+    "rotation": (1, 3),
+    "neck_pose": (1, 3),
+    "jaw_pose": (1, 3),
+    "eyes_pose": (1, 6),
+  }
   out: dict[str, Any] = {}
   with z:
     for key, shp in expect.items():
@@ -377,15 +409,19 @@ def flame_param_paths(records: Iterable[FrameRecord]) -> dict[int, Path]:
       raise DatasetError(f"{r.json_path}: frames[{r.index}] is missing key 'flame_param_path'")
     prev = by_t.setdefault(r.timestep, r.flame_param_path)
     if prev.resolve() != r.flame_param_path.resolve():
-      raise DatasetError(f"{r.json_path}: frames[{r.index}]: timestep {r.timestep} refers to "
-                         f"{r.flame_param_path} but another frame refers to {prev}")
+      raise DatasetError(
+        f"{r.json_path}: frames[{r.index}]: timestep {r.timestep} refers to "
+        f"{r.flame_param_path} but another frame refers to {prev}"
+      )
   if not by_t:
     raise DatasetError("FLAME parameters: no frames")
   T = max(by_t) + 1
   missing = sorted(set(range(T)) - set(by_t))
   if missing:
-    raise DatasetError(f"FLAME parameters: timesteps {missing[:10]} (of 0..{T - 1}) have no "
-                       "flame_param_path in the transforms json files")
+    raise DatasetError(
+      f"FLAME parameters: timesteps {missing[:10]} (of 0..{T - 1}) have no "
+      "flame_param_path in the transforms json files"
+    )
   return dict(sorted(by_t.items()))
 
 
@@ -395,25 +431,26 @@ def load_flame_sequence(records: Iterable[FrameRecord], *, num_vertices: int | N
   of timestep 0, as GaussianAvatars does (METHOD §3)."""
   import jax.numpy as jnp
 
-  from gaedit_jax.flame import FlameParams
-
   by_t = flame_param_paths(records)
   T = len(by_t)
   first = read_flame_npz(by_t[0], num_vertices=num_vertices)
   n_shape, n_expr = first["shape"].shape[0], first["expr"].shape[0]
-  nv = num_vertices if num_vertices is not None else (
-      None if first["static_offset"] is None else first["static_offset"].shape[0])
-  seq = [first] + [read_flame_npz(by_t[t], n_shape=n_shape, n_expr=n_expr, num_vertices=nv)
-                   for t in range(1, T)]
+  nv = (
+    num_vertices
+    if num_vertices is not None
+    else (None if first["static_offset"] is None else first["static_offset"].shape[0])
+  )
+  seq = [first] + [read_flame_npz(by_t[t], n_shape=n_shape, n_expr=n_expr, num_vertices=nv) for t in range(1, T)]
   so = first["static_offset"]
   if so is None:
     if nv is None:
       raise DatasetError(f"{by_t[0]}: no key 'static_offset'; pass num_vertices to use zeros")
     so = np.zeros((nv, 3), np.float32)
   return FlameParams(
-      shape=jnp.asarray(first["shape"]),
-      static_offset=jnp.asarray(so),
-      **{k: jnp.asarray(np.stack([s[k] for s in seq])) for k in _PER_TIMESTEP})
+    shape=jnp.asarray(first["shape"]),
+    static_offset=jnp.asarray(so),
+    **{k: jnp.asarray(np.stack([s[k] for s in seq])) for k in _PER_TIMESTEP},
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -421,8 +458,9 @@ def load_flame_sequence(records: Iterable[FrameRecord], *, num_vertices: int | N
 # ------------------------------------------------------------------------------------------------
 
 
-def vhap_splits(timesteps: Sequence[int], cameras: Sequence[int], *, train_ratio: float = 0.7,
-                val_camera: int = VAL_CAMERA) -> dict[str, tuple[list[int], list[int]]]:
+def vhap_splits(
+  timesteps: Sequence[int], cameras: Sequence[int], *, train_ratio: float = 0.7, val_camera: int = VAL_CAMERA
+) -> dict[str, tuple[list[int], list[int]]]:
   """VHAP's rule (METHOD §3): the first ceil(ratio * T) timesteps are train (all cameras but the
   validation camera) and val (that camera); the rest are test (all cameras). The validation camera
   is 8 when present, else the last one; a single camera gives an empty val set.
@@ -457,8 +495,9 @@ class DatasetWriter:
     self.root = Path(root)
     if (self.root / "transforms.json").exists():
       if not overwrite:
-        raise DatasetExistsError(f"{self.root} already holds a dataset (transforms.json); pass "
-                                 "overwrite=True to replace it")
+        raise DatasetExistsError(
+          f"{self.root} already holds a dataset (transforms.json); pass overwrite=True to replace it"
+        )
       # remove what a previous dataset wrote here, so no stale frames remain (nothing else)
       import shutil
 
@@ -472,10 +511,22 @@ class DatasetWriter:
     self.frames: list[dict] = []
     self.flame_paths: dict[int, str] = {}
 
-  def add_frame(self, *, timestep: int, camera_index: int, image: np.ndarray, world_to_camera,
-                fx: float, fy: float | None = None, cx: float | None = None, cy: float | None = None,
-                mask: np.ndarray | None = None, camera_id: str | None = None,
-                timestep_id: str | None = None, timestep_original: int | None = None) -> dict:
+  def add_frame(
+    self,
+    *,
+    timestep: int,
+    camera_index: int,
+    image: np.ndarray,
+    world_to_camera,
+    fx: float,
+    fy: float | None = None,
+    cx: float | None = None,
+    cy: float | None = None,
+    mask: np.ndarray | None = None,
+    camera_id: str | None = None,
+    timestep_id: str | None = None,
+    timestep_original: int | None = None,
+  ) -> dict:
     """image [H,W,3] (float in [0,1] or uint8), composited on the background; mask [H,W]."""
     from PIL import Image
 
@@ -491,15 +542,21 @@ class DatasetWriter:
     Image.fromarray(img).save(self.root / rel)
     c2w = opencv_w2c_to_opengl_c2w(np.asarray(world_to_camera, np.float64))
     fr = {
-        "timestep_index": int(timestep),
-        "timestep_index_original": int(timestep if timestep_original is None else timestep_original),
-        "timestep_id": timestep_id if timestep_id is not None else f"frame_{timestep:05d}",
-        "camera_index": int(camera_index),
-        "camera_id": str(camera_id if camera_id is not None else f"{camera_index:02d}"),
-        "cx": float(cx), "cy": float(cy), "fl_x": float(fx), "fl_y": float(fy), "h": int(h), "w": int(w),
-        "camera_angle_x": 2 * math.atan(w / (2 * fx)), "camera_angle_y": 2 * math.atan(h / (2 * fy)),
-        "transform_matrix": np.asarray(c2w, np.float64).tolist(),
-        "file_path": rel,
+      "timestep_index": int(timestep),
+      "timestep_index_original": int(timestep if timestep_original is None else timestep_original),
+      "timestep_id": timestep_id if timestep_id is not None else f"frame_{timestep:05d}",
+      "camera_index": int(camera_index),
+      "camera_id": str(camera_id if camera_id is not None else f"{camera_index:02d}"),
+      "cx": float(cx),
+      "cy": float(cy),
+      "fl_x": float(fx),
+      "fl_y": float(fy),
+      "h": int(h),
+      "w": int(w),
+      "camera_angle_x": 2 * math.atan(w / (2 * fx)),
+      "camera_angle_y": 2 * math.atan(h / (2 * fy)),
+      "transform_matrix": np.asarray(c2w, np.float64).tolist(),
+      "file_path": rel,
     }
     if mask is not None:
       m = _to_uint8(mask)
@@ -535,19 +592,18 @@ class DatasetWriter:
         fr["flame_param_path"] = rel
     frames = sorted(self.frames, key=lambda f: (f["timestep_index"], f["camera_index"]))
     last = frames[-1]
-    shared = {k: last[k] for k in ("cx", "cy", "fl_x", "fl_y", "h", "w", "camera_angle_x",
-                                   "camera_angle_y")}
+    shared = {k: last[k] for k in ("cx", "cy", "fl_x", "fl_y", "h", "w", "camera_angle_x", "camera_angle_y")}
     ts = sorted({f["timestep_index"] for f in frames})
     cams = sorted({f["camera_index"] for f in frames})
     out = {}
     db = dict(shared, timestep_indices=ts, camera_indices=cams, frames=frames)
     out["all"] = self._write("transforms.json", db)
-    for split, (sts, scams) in vhap_splits(ts, cams, train_ratio=train_ratio,
-                                           val_camera=val_camera).items():
+    for split, (sts, scams) in vhap_splits(ts, cams, train_ratio=train_ratio, val_camera=val_camera).items():
       sset, cset = set(sts), set(scams)
       sf = [f for f in frames if f["timestep_index"] in sset and f["camera_index"] in cset]
-      out[split] = self._write(f"transforms_{split}.json",
-                               dict(shared, timestep_indices=sts, camera_indices=scams, frames=sf))
+      out[split] = self._write(
+        f"transforms_{split}.json", dict(shared, timestep_indices=sts, camera_indices=scams, frames=sf)
+      )
     return out
 
   def _write(self, name: str, db: dict) -> Path:

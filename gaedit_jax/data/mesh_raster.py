@@ -17,9 +17,20 @@ def project(verts_cam: np.ndarray, fx, fy, cx, cy) -> np.ndarray:
   return np.stack([fx * verts_cam[:, 0] / z + cx, fy * verts_cam[:, 1] / z + cy], -1)
 
 
-def rasterize(verts_cam: np.ndarray, faces: np.ndarray, fx: float, fy: float, cx: float, cy: float,
-              width: int, height: int, *, cull: np.ndarray | bool = True, near: float = 1e-3,
-              chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def rasterize(
+  verts_cam: np.ndarray,
+  faces: np.ndarray,
+  fx: float,
+  fy: float,
+  cx: float,
+  cy: float,
+  width: int,
+  height: int,
+  *,
+  cull: np.ndarray | bool = True,
+  near: float = 1e-3,
+  chunk: int = 2048,
+) -> tuple[np.ndarray, np.ndarray]:
   """Visible face per pixel and its perspective-correct barycentrics.
 
   verts_cam [V,3] camera-space vertices (OpenCV: x right, y down, z forward); faces [F,3], wound
@@ -41,15 +52,17 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, fx: float, fy: float, cx
   zs = np.where(z > near, z, 1.0)
   uv[..., 0] = fx * tri[..., 0] / zs + cx
   uv[..., 1] = fy * tri[..., 1] / zs + cy
-  area = ((uv[:, 1, 0] - uv[:, 0, 0]) * (uv[:, 2, 1] - uv[:, 0, 1])
-          - (uv[:, 2, 0] - uv[:, 0, 0]) * (uv[:, 1, 1] - uv[:, 0, 1]))
+  area = (uv[:, 1, 0] - uv[:, 0, 0]) * (uv[:, 2, 1] - uv[:, 0, 1]) - (uv[:, 2, 0] - uv[:, 0, 0]) * (
+    uv[:, 1, 1] - uv[:, 0, 1]
+  )
   ok &= np.abs(area) > 1e-12
   x0 = np.clip(np.floor(uv[..., 0].min(1) - 0.5), 0, width - 1).astype(np.int64)
   x1 = np.clip(np.ceil(uv[..., 0].max(1) - 0.5), 0, width - 1).astype(np.int64)
   y0 = np.clip(np.floor(uv[..., 1].min(1) - 0.5), 0, height - 1).astype(np.int64)
   y1 = np.clip(np.ceil(uv[..., 1].max(1) - 0.5), 0, height - 1).astype(np.int64)
-  inside_img = ((uv[..., 0].max(1) >= 0) & (uv[..., 0].min(1) <= width)
-                & (uv[..., 1].max(1) >= 0) & (uv[..., 1].min(1) <= height))
+  inside_img = (
+    (uv[..., 0].max(1) >= 0) & (uv[..., 0].min(1) <= width) & (uv[..., 1].max(1) >= 0) & (uv[..., 1].min(1) <= height)
+  )
   ok &= inside_img
   idx = np.flatnonzero(ok)
 
@@ -58,7 +71,7 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, fx: float, fy: float, cx
   fbuf = np.full(npix, -1, np.int64)
   bbuf = np.zeros((npix, 3))
   for s in range(0, idx.size, chunk):
-    fi = idx[s:s + chunk]
+    fi = idx[s : s + chunk]
     nx = x1[fi] - x0[fi] + 1
     ny = y1[fi] - y0[fi] + 1
     cnt = nx * ny
@@ -126,4 +139,4 @@ def downsample(img: np.ndarray, factor: int) -> np.ndarray:
   if factor == 1:
     return img
   h, w = img.shape[0] // factor, img.shape[1] // factor
-  return img[:h * factor, :w * factor].reshape(h, factor, w, factor, *img.shape[2:]).mean(axis=(1, 3))
+  return img[: h * factor, : w * factor].reshape(h, factor, w, factor, *img.shape[2:]).mean(axis=(1, 3))

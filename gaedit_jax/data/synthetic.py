@@ -32,12 +32,11 @@ from gaedit_jax.data import mesh_raster, textures
 from gaedit_jax.data.layout import FLAME_FILE, DatasetExistsError, DatasetWriter
 from gaedit_jax.data.validate import check_flags, config_checks
 from gaedit_jax.errors import InputError
-from gaedit_jax.flame import (FlameModel, FlameParams, add_teeth, flame_forward, region_face_mask,
-                              save_flame)
+from gaedit_jax.flame import FlameModel, FlameParams, add_teeth, flame_forward, region_face_mask, save_flame
 from gaedit_jax.flame import synthetic as sh
 
-MIN_CAMERAS = 2     # a training camera and the validation camera
-MIN_TIMESTEPS = 4   # train / val and a non-empty test split at train_ratio 0.7 (ceil(0.7 T) < T)
+MIN_CAMERAS = 2  # a training camera and the validation camera
+MIN_TIMESTEPS = 4  # train / val and a non-empty test split at train_ratio 0.7 (ceil(0.7 T) < T)
 
 
 @dataclasses.dataclass
@@ -91,24 +90,35 @@ class SynthConfig:
 
   def validate_flags(self) -> None:
     """Value checks of the flags (one-line InputError naming the flag)."""
-    check_flags(self, {"width height num_cameras num_timesteps supersample n_shape n_expr": "int >= 1",
-                       "seed": "int >= 0", "rows": "int >= 16", "cols": "int >= 24",
-                       "train_ratio": "(0, 1]", "camera_distance view_height": "> 0",
-                       "motion_scale": ">= 0"})
+    check_flags(
+      self,
+      {
+        "width height num_cameras num_timesteps supersample n_shape n_expr": "int >= 1",
+        "seed": "int >= 0",
+        "rows": "int >= 16",
+        "cols": "int >= 24",
+        "train_ratio": "(0, 1]",
+        "camera_distance view_height": "> 0",
+        "motion_scale": ">= 0",
+      },
+    )
     if self.cols % 2:
       raise InputError(f"--cols must be even (the head grid is mirror-symmetric), got {self.cols}")
 
   def check_grid(self) -> None:
     """The smallest dataset the pipeline supports (see the class docstring); errors name the flag."""
     if self.num_cameras < MIN_CAMERAS:
-      raise InputError(f"--num-cameras must be >= {MIN_CAMERAS} (a training camera and the validation "
-                       f"camera), got {self.num_cameras}")
+      raise InputError(
+        f"--num-cameras must be >= {MIN_CAMERAS} (a training camera and the validation camera), got {self.num_cameras}"
+      )
     n_train = math.ceil(self.train_ratio * self.num_timesteps)
     if self.num_timesteps < 2 or n_train >= self.num_timesteps:
-      raise InputError(f"--num-timesteps {self.num_timesteps} leaves no test timesteps at --train-ratio "
-                       f"{self.train_ratio} (the first ceil({self.train_ratio} x {self.num_timesteps}) = "
-                       f"{n_train} are train / val); use at least {MIN_TIMESTEPS} timesteps at 0.7 or a "
-                       "smaller --train-ratio")
+      raise InputError(
+        f"--num-timesteps {self.num_timesteps} leaves no test timesteps at --train-ratio "
+        f"{self.train_ratio} (the first ceil({self.train_ratio} x {self.num_timesteps}) = "
+        f"{n_train} are train / val); use at least {MIN_TIMESTEPS} timesteps at 0.7 or a "
+        "smaller --train-ratio"
+      )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,9 +139,15 @@ class RigCamera:
   height: int
 
 
-def nersemble_like_rig(num_cameras: int = 16, width: int = 128, height: int = 176, *,
-                       distance: float = 1.0, view_height: float = 0.34,
-                       target=(0.0, -0.025, 0.0)) -> list[RigCamera]:
+def nersemble_like_rig(
+  num_cameras: int = 16,
+  width: int = 128,
+  height: int = 176,
+  *,
+  distance: float = 1.0,
+  view_height: float = 0.34,
+  target=(0.0, -0.025, 0.0),
+) -> list[RigCamera]:
   """Cameras on an arc in front of the head (azimuth -72..+63 deg in 9 deg steps for 16 cameras),
   alternating higher and lower rows, all looking at the head; camera 8 (or the middle one when there
   are fewer than 9) is frontal at eye level. Focal length: the frame spans `view_height` metres
@@ -148,15 +164,24 @@ def nersemble_like_rig(num_cameras: int = 16, width: int = 128, height: int = 17
     az = np.deg2rad(k * step)
     el = 0.0 if k == 0 else np.deg2rad(14.0 if k % 2 == 0 else -8.0)
     d = distance * (1.0 + 0.03 * math.sin(1.7 * i + 0.3)) if k else distance
-    eye = np.asarray(target) + d * np.array([math.cos(el) * math.sin(az), math.sin(el),
-                                             math.cos(el) * math.cos(az)])
-    out.append(RigCamera(index=i, serial=f"2222000{i:02d}", world_to_camera=look_at(eye, target),
-                         fx=f, fy=f, cx=width / 2.0, cy=height / 2.0, width=width, height=height))
+    eye = np.asarray(target) + d * np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
+    out.append(
+      RigCamera(
+        index=i,
+        serial=f"2222000{i:02d}",
+        world_to_camera=look_at(eye, target),
+        fx=f,
+        fy=f,
+        cx=width / 2.0,
+        cy=height / 2.0,
+        width=width,
+        height=height,
+      )
+    )
   return out
 
 
-def make_motion(model: FlameModel, num_timesteps: int, seed: int = 0, *,
-                scale: float = 1.0) -> FlameParams:
+def make_motion(model: FlameModel, num_timesteps: int, seed: int = 0, *, scale: float = 1.0) -> FlameParams:
   """A smooth, varied sequence: identity (shape) from the seed; per timestep sums of sinusoids for
   expressions (named ones stronger), jaw opening up to ~0.33 rad (mouth open about half of the
   time), neck yaw/pitch/roll, eye gaze (both eyes together), small global rotation and translation."""
@@ -168,9 +193,14 @@ def make_motion(model: FlameModel, num_timesteps: int, seed: int = 0, *,
     f = rng.uniform(0.6, 1.8, (n, 2))
     ph = rng.uniform(0, 2 * np.pi, (n, 2))
     w = rng.uniform(0.5, 1.0, (n, 2))
-    return amp * scale * (w[None, :, 0] * np.sin(2 * np.pi * f[None, :, 0] * t[:, None] + ph[None, :, 0])
-                          + 0.5 * w[None, :, 1] * np.sin(2 * np.pi * f[None, :, 1] * t[:, None]
-                                                         + ph[None, :, 1]))
+    return (
+      amp
+      * scale
+      * (
+        w[None, :, 0] * np.sin(2 * np.pi * f[None, :, 0] * t[:, None] + ph[None, :, 0])
+        + 0.5 * w[None, :, 1] * np.sin(2 * np.pi * f[None, :, 1] * t[:, None] + ph[None, :, 1])
+      )
+    )
 
   n_expr = model.n_expr
   expr = wave(1.3, n_expr)
@@ -179,21 +209,62 @@ def make_motion(model: FlameModel, num_timesteps: int, seed: int = 0, *,
   jaw = np.zeros((T, 3))
   jaw[:, 0] = 0.33 * scale * np.clip(np.sin(2 * np.pi * (1.4 * t + rng.uniform())), 0, None) ** 1.5
   jaw[:, 1] = 0.03 * scale * np.sin(2 * np.pi * (0.9 * t + rng.uniform()))
-  neck = np.stack([0.10 * np.sin(2 * np.pi * (0.7 * t + rng.uniform())),
-                   0.22 * np.sin(2 * np.pi * (0.5 * t + rng.uniform())),
-                   0.05 * np.sin(2 * np.pi * (0.9 * t + rng.uniform()))], -1) * scale
-  gaze = np.stack([0.15 * np.sin(2 * np.pi * (1.1 * t + rng.uniform())),
-                   0.30 * np.sin(2 * np.pi * (0.8 * t + rng.uniform())), np.zeros(T)], -1) * scale
+  neck = (
+    np.stack(
+      [
+        0.10 * np.sin(2 * np.pi * (0.7 * t + rng.uniform())),
+        0.22 * np.sin(2 * np.pi * (0.5 * t + rng.uniform())),
+        0.05 * np.sin(2 * np.pi * (0.9 * t + rng.uniform())),
+      ],
+      -1,
+    )
+    * scale
+  )
+  gaze = (
+    np.stack(
+      [
+        0.15 * np.sin(2 * np.pi * (1.1 * t + rng.uniform())),
+        0.30 * np.sin(2 * np.pi * (0.8 * t + rng.uniform())),
+        np.zeros(T),
+      ],
+      -1,
+    )
+    * scale
+  )
   eyes = np.concatenate([gaze, gaze], -1)
-  rot = np.stack([0.04 * np.sin(2 * np.pi * (0.6 * t + rng.uniform())),
-                  0.05 * np.sin(2 * np.pi * (0.4 * t + rng.uniform())), np.zeros(T)], -1) * scale
-  trans = np.stack([0.004 * np.sin(2 * np.pi * (0.5 * t + rng.uniform())),
-                    0.003 * np.sin(2 * np.pi * (0.7 * t + rng.uniform())),
-                    0.004 * np.sin(2 * np.pi * (0.3 * t + rng.uniform()))], -1) * scale
+  rot = (
+    np.stack(
+      [
+        0.04 * np.sin(2 * np.pi * (0.6 * t + rng.uniform())),
+        0.05 * np.sin(2 * np.pi * (0.4 * t + rng.uniform())),
+        np.zeros(T),
+      ],
+      -1,
+    )
+    * scale
+  )
+  trans = (
+    np.stack(
+      [
+        0.004 * np.sin(2 * np.pi * (0.5 * t + rng.uniform())),
+        0.003 * np.sin(2 * np.pi * (0.7 * t + rng.uniform())),
+        0.004 * np.sin(2 * np.pi * (0.3 * t + rng.uniform())),
+      ],
+      -1,
+    )
+    * scale
+  )
   f32 = lambda a: jnp.asarray(a, jnp.float32)
-  return FlameParams(shape=f32(shape), expr=f32(expr), rotation=f32(rot), neck_pose=f32(neck),
-                     jaw_pose=f32(jaw), eyes_pose=f32(eyes), translation=f32(trans),
-                     static_offset=jnp.zeros((model.num_vertices, 3), jnp.float32))
+  return FlameParams(
+    shape=f32(shape),
+    expr=f32(expr),
+    rotation=f32(rot),
+    neck_pose=f32(neck),
+    jaw_pose=f32(jaw),
+    eyes_pose=f32(eyes),
+    translation=f32(trans),
+    static_offset=jnp.zeros((model.num_vertices, 3), jnp.float32),
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -216,19 +287,33 @@ class HeadRenderer:
     faces = np.asarray(model.faces, np.int64)
     part = sh.part_labels(model)
     two_sided = region_face_mask(model, "teeth") if "teeth" in model.region_names else np.zeros(len(faces), bool)
-    return HeadRenderer(faces=faces, canonical=np.asarray(model.v_template, np.float64),
-                        face_part=part[faces].max(axis=1), cull=~two_sided,
-                        info=textures.TextureInfo.from_model(model))
+    return HeadRenderer(
+      faces=faces,
+      canonical=np.asarray(model.v_template, np.float64),
+      face_part=part[faces].max(axis=1),
+      cull=~two_sided,
+      info=textures.TextureInfo.from_model(model),
+    )
 
-  def render(self, verts_world: np.ndarray, cam: RigCamera, texture: str = "skin",
-             supersample: int = 2) -> tuple[np.ndarray, np.ndarray]:
+  def render(
+    self, verts_world: np.ndarray, cam: RigCamera, texture: str = "skin", supersample: int = 2
+  ) -> tuple[np.ndarray, np.ndarray]:
     """-> (image [H,W,3] float32 on white, alpha [H,W] float32)."""
     ss = int(supersample)
     v = np.asarray(verts_world, np.float64)
     w2c = np.asarray(cam.world_to_camera, np.float64)
     vc = v @ w2c[:3, :3].T + w2c[:3, 3]
-    fid, bary = mesh_raster.rasterize(vc, self.faces, cam.fx * ss, cam.fy * ss, cam.cx * ss,
-                                      cam.cy * ss, cam.width * ss, cam.height * ss, cull=self.cull)
+    fid, bary = mesh_raster.rasterize(
+      vc,
+      self.faces,
+      cam.fx * ss,
+      cam.fy * ss,
+      cam.cx * ss,
+      cam.cy * ss,
+      cam.width * ss,
+      cam.height * ss,
+      cull=self.cull,
+    )
     cov = fid >= 0
     fcov = fid[cov]
     canon = mesh_raster.interpolate(self.canonical, self.faces, fid, bary)
@@ -242,8 +327,7 @@ class HeadRenderer:
     img = np.ones((cam.height * ss, cam.width * ss, 3))
     img[cov] = col
     alpha = cov.astype(np.float64)
-    return (mesh_raster.downsample(img, ss).astype(np.float32),
-            mesh_raster.downsample(alpha, ss).astype(np.float32))
+    return (mesh_raster.downsample(img, ss).astype(np.float32), mesh_raster.downsample(alpha, ss).astype(np.float32))
 
 
 def contact_sheet(images: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
@@ -254,7 +338,7 @@ def contact_sheet(images: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
   for i, r in enumerate(images):
     for j, im in enumerate(r):
       y, x = pad + i * (h + pad), pad + j * (w + pad)
-      sheet[y:y + h, x:x + w] = im
+      sheet[y : y + h, x : x + w] = im
   return (np.clip(sheet, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -274,13 +358,13 @@ def generate(cfg: SynthConfig, *, progress: bool = True) -> dict:
   if (out / "transforms.json").exists() and not cfg.overwrite:
     raise DatasetExistsError(f"{out} already holds a dataset; pass --overwrite to replace it")
   writer = DatasetWriter(out, overwrite=cfg.overwrite)
-  base = sh.make_synthetic_flame(0, n_shape=cfg.n_shape, n_expr=cfg.n_expr, rows=cfg.rows,
-                                 cols=cfg.cols)
+  base = sh.make_synthetic_flame(0, n_shape=cfg.n_shape, n_expr=cfg.n_expr, rows=cfg.rows, cols=cfg.cols)
   save_flame(base, out / FLAME_FILE)
   model = add_teeth(base)
   params = make_motion(model, cfg.num_timesteps, cfg.seed, scale=cfg.motion_scale)
-  rig = nersemble_like_rig(cfg.num_cameras, cfg.width, cfg.height, distance=cfg.camera_distance,
-                           view_height=cfg.view_height)
+  rig = nersemble_like_rig(
+    cfg.num_cameras, cfg.width, cfg.height, distance=cfg.camera_distance, view_height=cfg.view_height
+  )
   verts = np.asarray(jax.jit(flame_forward)(model, params))  # [T,V,3]
   renderer = HeadRenderer.for_model(model)
   T = cfg.num_timesteps
@@ -296,9 +380,19 @@ def generate(cfg: SynthConfig, *, progress: bool = True) -> dict:
         t1 = time.perf_counter()
         img, alpha = renderer.render(verts[t], cam, cfg.texture, cfg.supersample)
         t_render += time.perf_counter() - t1
-        writer.add_frame(timestep=t, camera_index=cam.index, image=img, mask=alpha,
-                         world_to_camera=cam.world_to_camera, fx=cam.fx, fy=cam.fy, cx=cam.cx,
-                         cy=cam.cy, camera_id=cam.serial, timestep_id=f"frame_{t:05d}")
+        writer.add_frame(
+          timestep=t,
+          camera_index=cam.index,
+          image=img,
+          mask=alpha,
+          world_to_camera=cam.world_to_camera,
+          fx=cam.fx,
+          fy=cam.fy,
+          cx=cam.cx,
+          cy=cam.cy,
+          camera_id=cam.serial,
+          timestep_id=f"frame_{t:05d}",
+        )
         if t in sheet:
           sheet[t].append(img)
         bar.update(1)
@@ -311,12 +405,19 @@ def generate(cfg: SynthConfig, *, progress: bool = True) -> dict:
   seconds = time.perf_counter() - t0
   size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
   info = dict(
-      config={k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
-      flame_model=FLAME_FILE, num_vertices=model.num_vertices, num_faces=model.num_faces,
-      n_shape=model.n_shape, n_expr=model.n_expr, num_images=len(it),
-      splits={k: len(json.loads(p.read_text())["frames"]) for k, p in paths.items()},
-      contact_sheet=None if sheet_path is None else str(sheet_path.name),
-      seconds_total=round(seconds, 2), seconds_rendering=round(t_render, 2), bytes=size,
-      contact_sheet_timesteps=sheet_ts)
+    config={k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
+    flame_model=FLAME_FILE,
+    num_vertices=model.num_vertices,
+    num_faces=model.num_faces,
+    n_shape=model.n_shape,
+    n_expr=model.n_expr,
+    num_images=len(it),
+    splits={k: len(json.loads(p.read_text())["frames"]) for k, p in paths.items()},
+    contact_sheet=None if sheet_path is None else str(sheet_path.name),
+    seconds_total=round(seconds, 2),
+    seconds_rendering=round(t_render, 2),
+    bytes=size,
+    contact_sheet_timesteps=sheet_ts,
+  )
   (out / "synth_info.json").write_text(json.dumps(info, indent=2))
   return info

@@ -42,8 +42,7 @@ def value_noise(p: np.ndarray, freq, seed: int = 0) -> np.ndarray:
   for dx in (0, 1):
     for dy in (0, 1):
       for dz in (0, 1):
-        w = ((f[:, 0] if dx else 1 - f[:, 0]) * (f[:, 1] if dy else 1 - f[:, 1])
-             * (f[:, 2] if dz else 1 - f[:, 2]))
+        w = (f[:, 0] if dx else 1 - f[:, 0]) * (f[:, 1] if dy else 1 - f[:, 1]) * (f[:, 2] if dz else 1 - f[:, 2])
         out = out + w * _hash3(i[:, 0] + dx, i[:, 1] + dy, i[:, 2] + dz, seed)
   return out
 
@@ -51,7 +50,7 @@ def value_noise(p: np.ndarray, freq, seed: int = 0) -> np.ndarray:
 def fbm(p, freq, octaves=3, seed=0):
   tot, amp, norm = 0.0, 1.0, 0.0
   for o in range(octaves):
-    tot = tot + amp * value_noise(p, np.asarray(freq) * 2.0 ** o, seed + o)
+    tot = tot + amp * value_noise(p, np.asarray(freq) * 2.0**o, seed + o)
     norm += amp
     amp *= 0.5
   return tot / norm
@@ -70,8 +69,8 @@ def lip_mask(p: np.ndarray) -> np.ndarray:
   """Soft mask of the lip vermilion on the canonical head."""
   x, y, z = p[:, 0], p[:, 1], p[:, 2]
   dx = np.clip(np.abs(x) / (sh.MOUTH_HALF_WIDTH * 1.03), 0, 1)
-  top = 0.0058 * (1 - dx ** 2) ** 0.5 * (1 - 0.2 * np.exp(-(x / 0.0045) ** 2))
-  bot = 0.0066 * (1 - dx ** 2) ** 0.6
+  top = 0.0058 * (1 - dx**2) ** 0.5 * (1 - 0.2 * np.exp(-((x / 0.0045) ** 2)))
+  bot = 0.0066 * (1 - dx**2) ** 0.6
   dy = y - sh.MOUTH_Y
   e = 0.0007
   m_up = sh._smoothstep(-e, 0, dy) * sh._smoothstep(top + e, top - e, dy)
@@ -109,8 +108,7 @@ class TextureInfo:
     up, lo = np.asarray(model.lip_ring_upper), np.asarray(model.lip_ring_lower)
     d = float(np.linalg.norm(v[up] - v[lo], axis=-1).mean())
     mid = (v[up] + v[lo]) / 2
-    return TextureInfo(eye_centers=eyes, teeth_y=float(mid[:, 1].mean()), mouth_z=float(mid[:, 2].max()),
-                       lip_d=d)
+    return TextureInfo(eye_centers=eyes, teeth_y=float(mid[:, 1].mean()), mouth_z=float(mid[:, 2].max()), lip_d=d)
 
 
 def albedo(p: np.ndarray, part: np.ndarray, texture: str, info: TextureInfo) -> np.ndarray:
@@ -191,8 +189,13 @@ def _facepaint(q: np.ndarray, c: np.ndarray) -> np.ndarray:
     u = sx * x - 0.03
     v = y + 0.035 + 0.5 * u
     stripes = sh._smoothstep(0.0017, 0.0009, np.abs(((v / 0.009) % 1.0 - 0.5) * 0.009))
-    zone = sh._smoothstep(0.0, 0.006, u) * sh._smoothstep(0.034, 0.026, u) \
-        * sh._smoothstep(-0.004, 0.004, -(y + 0.005)) * sh._smoothstep(-0.075, -0.06, y) * front
+    zone = (
+      sh._smoothstep(0.0, 0.006, u)
+      * sh._smoothstep(0.034, 0.026, u)
+      * sh._smoothstep(-0.004, 0.004, -(y + 0.005))
+      * sh._smoothstep(-0.075, -0.06, y)
+      * front
+    )
     c = _mix(c, [0.97, 0.97, 0.95], stripes * zone)
   # gold diamond on the forehead
   dia = sh._smoothstep(0.0125, 0.011, np.abs(x) + np.abs(y - 0.058) * 0.8) * front
@@ -204,8 +207,7 @@ def _facepaint(q: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 # Fixed world lights (the head's world frame: y up, z towards the frontal camera).
-_LIGHTS = ((np.array([0.35, 0.55, 1.0]), 0.5), (np.array([-0.8, 0.1, 0.35]), 0.18),
-           (np.array([0.0, -0.3, 1.0]), 0.08))
+_LIGHTS = ((np.array([0.35, 0.55, 1.0]), 0.5), (np.array([-0.8, 0.1, 0.35]), 0.18), (np.array([0.0, -0.3, 1.0]), 0.08))
 _AMBIENT = 0.42
 
 

@@ -23,9 +23,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from gaedit_jax.data.layout import (SPLITS, DatasetError, DatasetFileNotFoundError, FrameRecord,
-                                    check_image_size, flame_param_paths, read_flame_npz,
-                                    read_transforms, split_json_path)
+from gaedit_jax.data.layout import (
+  SPLITS,
+  DatasetError,
+  DatasetFileNotFoundError,
+  FrameRecord,
+  check_image_size,
+  flame_param_paths,
+  read_flame_npz,
+  read_transforms,
+  split_json_path,
+)
 from gaedit_jax.errors import InputError
 from gaedit_jax.io.media import ImageError, image_size
 
@@ -69,8 +77,10 @@ def check_path(path: str | os.PathLike, flag: str, *, kind: str = "any") -> Path
 # Flags
 # ------------------------------------------------------------------------------------------------
 
-_RULE = re.compile(r"(?P<int>int)?\s*(?:(?P<op>>=|>|<=|<)\s*(?P<x>[-+.\w]+)|"
-                   r"(?P<lb>[\[(])\s*(?P<a>[-+.\w]+)\s*,\s*(?P<b>[-+.\w]+)\s*(?P<rb>[\])]))?")
+_RULE = re.compile(
+  r"(?P<int>int)?\s*(?:(?P<op>>=|>|<=|<)\s*(?P<x>[-+.\w]+)|"
+  r"(?P<lb>[\[(])\s*(?P<a>[-+.\w]+)\s*,\s*(?P<b>[-+.\w]+)\s*(?P<rb>[\])]))?"
+)
 
 
 def _check_value(flag: str, v, rule: str) -> None:
@@ -110,8 +120,7 @@ def check_flags(cfg, rules: dict[str, str]) -> None:
         _check_value(flag_name(name), v, rule)
 
 
-_DEFERRED: contextvars.ContextVar[list | None] = contextvars.ContextVar("gaedit_deferred_config_checks",
-                                                                       default=None)
+_DEFERRED: contextvars.ContextVar[list | None] = contextvars.ContextVar("gaedit_deferred_config_checks", default=None)
 
 
 def config_checks(check: Callable[[], None]) -> None:
@@ -141,7 +150,7 @@ def deferred_config_checks():
 def check_choice(cfg, name: str, choices: Sequence) -> None:
   """Field `name` (a value or a tuple of values) takes values among `choices`."""
   v = getattr(cfg, name)
-  for x in (v if isinstance(v, (tuple, list)) else (v,)):
+  for x in v if isinstance(v, (tuple, list)) else (v,):
     if x not in choices:
       raise InputError(f"{flag_name(name)}: {x!r} is not one of {', '.join(map(str, choices))}")
 
@@ -166,8 +175,15 @@ def _progress(total: int, progress: bool, desc: str):
   """A tqdm bar that appears only on a terminal, when asked, and after a second (large datasets)."""
   from tqdm import tqdm
 
-  return tqdm(total=total, desc=desc, unit="file", leave=False, delay=1.0, dynamic_ncols=True,
-              disable=not progress or not sys.stderr.isatty())
+  return tqdm(
+    total=total,
+    desc=desc,
+    unit="file",
+    leave=False,
+    delay=1.0,
+    dynamic_ncols=True,
+    disable=not progress or not sys.stderr.isatty(),
+  )
 
 
 def _check_one_size(split: str, recs: list[FrameRecord]) -> tuple[int, int] | None:
@@ -176,16 +192,26 @@ def _check_one_size(split: str, recs: list[FrameRecord]) -> tuple[int, int] | No
   first = recs[0]
   for r in recs[1:]:
     if (r.width, r.height) != (first.width, first.height):
-      raise DatasetError(f"{r.json_path}: frames have different image sizes: frames[{first.index}] is "
-                         f"{first.width}x{first.height}, frames[{r.index}] is {r.width}x{r.height} "
-                         f"(one size per split is supported)")
+      raise DatasetError(
+        f"{r.json_path}: frames have different image sizes: frames[{first.index}] is "
+        f"{first.width}x{first.height}, frames[{r.index}] is {r.width}x{r.height} "
+        f"(one size per split is supported)"
+      )
   return first.width, first.height
 
 
-def validate_dataset(root: str | os.PathLike, splits: Sequence[str] = SPLITS, *,
-                     required: Sequence[str] = ("train",), intrinsics: str = "file", masks: bool = True,
-                     num_vertices: int | None = None, flame_timesteps: int | None = None,
-                     progress: bool = True, flag: str = "--data") -> DatasetSummary:
+def validate_dataset(
+  root: str | os.PathLike,
+  splits: Sequence[str] = SPLITS,
+  *,
+  required: Sequence[str] = ("train",),
+  intrinsics: str = "file",
+  masks: bool = True,
+  num_vertices: int | None = None,
+  flame_timesteps: int | None = None,
+  progress: bool = True,
+  flag: str = "--data",
+) -> DatasetSummary:
   """Checks a GaussianAvatars / VHAP dataset folder before any training step.
 
   splits: the transforms_{split}.json files to check ("all" = transforms.json); those in `required`
@@ -208,8 +234,7 @@ def validate_dataset(root: str | os.PathLike, splits: Sequence[str] = SPLITS, *,
     p = split_json_path(root, s)
     if not p.exists():
       if s in required:
-        raise DatasetFileNotFoundError(f"{root}: no {p.name} ({flag} must be a GaussianAvatars / VHAP "
-                                       "dataset folder)")
+        raise DatasetFileNotFoundError(f"{root}: no {p.name} ({flag} must be a GaussianAvatars / VHAP dataset folder)")
       continue
     records[s] = read_transforms(p, intrinsics=intrinsics)[1]
   sizes = {s: sz for s, recs in records.items() if (sz := _check_one_size(s, recs)) is not None}
@@ -263,11 +288,27 @@ def validate_dataset(root: str | os.PathLike, splits: Sequence[str] = SPLITS, *,
     for recs in records.values():
       for r in recs:
         if r.timestep >= flame_timesteps:
-          raise DatasetError(f"{r.json_path}: frames[{r.index}]: timestep_index {r.timestep}, but the "
-                             f"FLAME parameters cover timesteps 0..{flame_timesteps - 1}")
-  return DatasetSummary(root=root, frames={s: len(r) for s, r in records.items()}, num_timesteps=len(by_t),
-                        image_size=sizes, files_checked=total)
+          raise DatasetError(
+            f"{r.json_path}: frames[{r.index}]: timestep_index {r.timestep}, but the "
+            f"FLAME parameters cover timesteps 0..{flame_timesteps - 1}"
+          )
+  return DatasetSummary(
+    root=root,
+    frames={s: len(r) for s, r in records.items()},
+    num_timesteps=len(by_t),
+    image_size=sizes,
+    files_checked=total,
+  )
 
 
-__all__ = ["DatasetSummary", "InputNotFoundError", "validate_dataset", "check_path", "check_flags",
-           "check_choice", "flag_name", "config_checks", "deferred_config_checks"]
+__all__ = [
+  "DatasetSummary",
+  "InputNotFoundError",
+  "validate_dataset",
+  "check_path",
+  "check_flags",
+  "check_choice",
+  "flag_name",
+  "config_checks",
+  "deferred_config_checks",
+]

@@ -41,9 +41,9 @@ import jax.numpy as jnp
 import optax
 
 GanMode = Literal["faithful", "standard"]
-GAN_WEIGHT = 0.01      # METHOD §7: 0.01 L_D + 0.01 L_G
-DISC_LR = 1e-4         # METHOD §5.5: discriminator group of the edit Adam
-ADAM_EPS = 1e-15       # METHOD §5.5 / 2.6: the GaussianAvatars Adam (betas 0.9 / 0.999)
+GAN_WEIGHT = 0.01  # METHOD §7: 0.01 L_D + 0.01 L_G
+DISC_LR = 1e-4  # METHOD §5.5: discriminator group of the edit Adam
+ADAM_EPS = 1e-15  # METHOD §5.5 / 2.6: the GaussianAvatars Adam (betas 0.9 / 0.999)
 
 
 def torch_bias_init(fan_in: int) -> Callable:
@@ -78,20 +78,29 @@ class PatchDiscriminator(nn.Module):
     pad = ((1, 1), (1, 1))
     for i, (f, s) in enumerate(zip(self.features, self.strides)):
       cin = x.shape[-1]
-      x = nn.Conv(f, (4, 4), strides=(s, s), padding=pad, kernel_init=w_init,
-                  bias_init=torch_bias_init(cin * 16), name=f"conv{i}")(x)
+      x = nn.Conv(
+        f, (4, 4), strides=(s, s), padding=pad, kernel_init=w_init, bias_init=torch_bias_init(cin * 16), name=f"conv{i}"
+      )(x)
       if self.norm == "instance" and i > 0:
         mu = jnp.mean(x, axis=(-3, -2), keepdims=True)
         var = jnp.var(x, axis=(-3, -2), keepdims=True)
         x = (x - mu) * jax.lax.rsqrt(var + 1e-5)
       x = nn.leaky_relu(x, self.negative_slope)
     cin = x.shape[-1]
-    return nn.Conv(1, (4, 4), strides=(1, 1), padding=pad, kernel_init=w_init,
-                   bias_init=torch_bias_init(cin * 16), name=f"conv{len(self.features)}")(x)
+    return nn.Conv(
+      1,
+      (4, 4),
+      strides=(1, 1),
+      padding=pad,
+      kernel_init=w_init,
+      bias_init=torch_bias_init(cin * 16),
+      name=f"conv{len(self.features)}",
+    )(x)
 
 
-def init_discriminator(key: jax.Array, image_size: tuple[int, int] = (512, 512),
-                       module: PatchDiscriminator | None = None) -> tuple[PatchDiscriminator, Any]:
+def init_discriminator(
+  key: jax.Array, image_size: tuple[int, int] = (512, 512), module: PatchDiscriminator | None = None
+) -> tuple[PatchDiscriminator, Any]:
   """(module, params) for 6-channel inputs (the parameter shapes do not depend on image_size)."""
   module = PatchDiscriminator() if module is None else module
   h, w = image_size
@@ -111,20 +120,19 @@ def conditional_pair(edit: jax.Array, render: jax.Array) -> tuple[jax.Array, jax
   return (jnp.concatenate([e, e - e], axis=-1), jnp.concatenate([e, render - e], axis=-1))
 
 
-def _nll_real(logits, eps):   # -log D(x)
+def _nll_real(logits, eps):  # -log D(x)
   if eps > 0:
     return -jnp.log(jax.nn.sigmoid(logits) + eps)
   return -jax.nn.log_sigmoid(logits)
 
 
-def _nll_fake(logits, eps):   # -log(1 - D(x))
+def _nll_fake(logits, eps):  # -log(1 - D(x))
   if eps > 0:
     return -jnp.log(1.0 - jax.nn.sigmoid(logits) + eps)
   return -jax.nn.log_sigmoid(-logits)
 
 
-def discriminator_loss_from_logits(real_logits: jax.Array, fake_logits: jax.Array,
-                                   eps: float = 0.0) -> jax.Array:
+def discriminator_loss_from_logits(real_logits: jax.Array, fake_logits: jax.Array, eps: float = 0.0) -> jax.Array:
   """L_D = mean(-log D(real) - log(1 - D(fake))) (`thmodel.py:44-50`), unweighted."""
   return jnp.mean(_nll_real(real_logits, eps) + _nll_fake(fake_logits, eps))
 
@@ -138,15 +146,17 @@ def _logits(disc: nn.Module, params, x):
   return disc.apply({"params": params}, x)
 
 
-def generator_loss(disc: nn.Module, params, edit: jax.Array, render: jax.Array, *,
-                   weight: float = GAN_WEIGHT, eps: float = 0.0) -> jax.Array:
+def generator_loss(
+  disc: nn.Module, params, edit: jax.Array, render: jax.Array, *, weight: float = GAN_WEIGHT, eps: float = 0.0
+) -> jax.Array:
   """weight * L_G with the discriminator frozen (stop-gradient params): gradient only to `render`."""
   _, fake = conditional_pair(edit, render)
   return weight * generator_loss_from_logits(_logits(disc, jax.lax.stop_gradient(params), fake), eps)
 
 
-def discriminator_loss(disc: nn.Module, params, edit: jax.Array, render: jax.Array, *,
-                       weight: float = GAN_WEIGHT, eps: float = 0.0) -> jax.Array:
+def discriminator_loss(
+  disc: nn.Module, params, edit: jax.Array, render: jax.Array, *, weight: float = GAN_WEIGHT, eps: float = 0.0
+) -> jax.Array:
   """weight * L_D on a detached render: gradient only to `params`."""
   real, fake = conditional_pair(edit, jax.lax.stop_gradient(render))
   logits = _logits(disc, params, jnp.concatenate([real, fake], axis=0))
@@ -154,9 +164,16 @@ def discriminator_loss(disc: nn.Module, params, edit: jax.Array, render: jax.Arr
   return weight * discriminator_loss_from_logits(r, f, eps)
 
 
-def adversarial_loss(disc: nn.Module, params, edit: jax.Array, render: jax.Array, *,
-                     mode: GanMode = "faithful", weight: float = GAN_WEIGHT,
-                     eps: float = 0.0) -> tuple[jax.Array, dict]:
+def adversarial_loss(
+  disc: nn.Module,
+  params,
+  edit: jax.Array,
+  render: jax.Array,
+  *,
+  mode: GanMode = "faithful",
+  weight: float = GAN_WEIGHT,
+  eps: float = 0.0,
+) -> tuple[jax.Array, dict]:
   """The adversarial term to add to the edit loss; differentiate it jointly w.r.t. (avatar,
   discriminator params). Returns (loss, {"gan_d": L_D, "gan_g": L_G}) (unweighted parts).
 
@@ -178,13 +195,20 @@ def adversarial_loss(disc: nn.Module, params, edit: jax.Array, render: jax.Array
   return weight * (l_d + l_g), {"gan_d": l_d, "gan_g": l_g}
 
 
-def discriminator_step(disc: nn.Module, optimizer: optax.GradientTransformation, params, opt_state,
-                       edit: jax.Array, render: jax.Array, *, weight: float = GAN_WEIGHT,
-                       eps: float = 0.0):
+def discriminator_step(
+  disc: nn.Module,
+  optimizer: optax.GradientTransformation,
+  params,
+  opt_state,
+  edit: jax.Array,
+  render: jax.Array,
+  *,
+  weight: float = GAN_WEIGHT,
+  eps: float = 0.0,
+):
   """One update of the discriminator on a detached render (the D half of an alternating step).
   Returns (params, opt_state, weighted L_D before the update)."""
-  loss, g = jax.value_and_grad(lambda p: discriminator_loss(disc, p, edit, render, weight=weight,
-                                                            eps=eps))(params)
+  loss, g = jax.value_and_grad(lambda p: discriminator_loss(disc, p, edit, render, weight=weight, eps=eps))(params)
   updates, opt_state = optimizer.update(g, opt_state, params)
   return optax.apply_updates(params, updates), opt_state, loss
 
@@ -197,12 +221,25 @@ class GanConfig:
   mode: GanMode = "faithful"
   weight: float = GAN_WEIGHT
   learning_rate: float = DISC_LR
-  start_iteration: int = 0   # edit iteration (0-based) from which it is on; original: 0 (METHOD §5.3
-                             # timing quirk), intended: 5/6 of the run
-  eps: float = 0.0           # 0: stable log-sigmoid; 1e-12: the original's log(sigmoid + 1e-12)
+  start_iteration: int = 0  # edit iteration (0-based) from which it is on; original: 0 (METHOD §5.3
+  # timing quirk), intended: 5/6 of the run
+  eps: float = 0.0  # 0: stable log-sigmoid; 1e-12: the original's log(sigmoid + 1e-12)
 
 
-__all__ = ["GanMode", "GAN_WEIGHT", "DISC_LR", "PatchDiscriminator", "init_discriminator",
-           "make_discriminator_optimizer", "conditional_pair", "discriminator_loss_from_logits",
-           "generator_loss_from_logits", "generator_loss", "discriminator_loss", "adversarial_loss",
-           "discriminator_step", "GanConfig", "torch_bias_init"]
+__all__ = [
+  "GanMode",
+  "GAN_WEIGHT",
+  "DISC_LR",
+  "PatchDiscriminator",
+  "init_discriminator",
+  "make_discriminator_optimizer",
+  "conditional_pair",
+  "discriminator_loss_from_logits",
+  "generator_loss_from_logits",
+  "generator_loss",
+  "discriminator_loss",
+  "adversarial_loss",
+  "discriminator_step",
+  "GanConfig",
+  "torch_bias_init",
+]

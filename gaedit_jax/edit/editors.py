@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax.data.dataset import AvatarDataset
 
 # ------------------------------------------------------------------------------------------------
 # Protocol
@@ -68,15 +69,12 @@ class Editor(Protocol):
 
   square_size: int | None
 
-  def __call__(self, key: jax.Array, renders: jax.Array, originals: jax.Array,
-               context: EditContext) -> jax.Array:
-    ...
+  def __call__(self, key: jax.Array, renders: jax.Array, originals: jax.Array, context: EditContext) -> jax.Array: ...
 
 
 def _check_images(renders, originals):
   if renders.ndim != 4 or renders.shape[-1] != 3 or originals.shape != renders.shape:
-    raise ValueError(f"editor: renders and originals must both be [B,H,W,3]; got {renders.shape} "
-                     f"and {originals.shape}")
+    raise ValueError(f"editor: renders and originals must both be [B,H,W,3]; got {renders.shape} and {originals.shape}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -89,15 +87,15 @@ class NoiseConfig:
   """View-inconsistent perturbation of the synthetic editor (per image; sizes relative to the
   image's short side). A random strength s ~ U[min_strength, 1] * strength scales every term."""
 
-  strength: float = 1.0        # 0: exact targets
+  strength: float = 1.0  # 0: exact targets
   min_strength: float = 0.25
-  colour_gain: float = 0.06    # std of the per-channel multiplicative shift
+  colour_gain: float = 0.06  # std of the per-channel multiplicative shift
   colour_offset: float = 0.03  # std of the per-channel additive shift
   num_blobs: int = 3
   blob_amplitude: float = 0.18  # std of a blob's per-channel colour change at its centre
   blob_radius: tuple[float, float] = (0.04, 0.12)
-  warp: float = 0.012          # std of the displacement at the warp grid's nodes
-  warp_grid: int = 4           # nodes per side of the smooth displacement grid
+  warp: float = 0.012  # std of the displacement at the warp grid's nodes
+  warp_grid: int = 4  # nodes per side of the smooth displacement grid
 
 
 def _perturb(key, target, fg, cfg: NoiseConfig):
@@ -128,7 +126,7 @@ def _perturb(key, target, fg, cfg: NoiseConfig):
     r = jax.random.uniform(ks[5], (n,), minval=cfg.blob_radius[0], maxval=cfg.blob_radius[1]) * short
     col = jax.random.normal(ks[6], (n, 3)) * cfg.blob_amplitude * s
     d2 = (yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2
-    bump = jnp.exp(-0.5 * d2 / (r[:, None, None] ** 2))              # [n,H,W]
+    bump = jnp.exp(-0.5 * d2 / (r[:, None, None] ** 2))  # [n,H,W]
     delta = delta + jnp.einsum("nhw,nc->hwc", bump, col)
   return jnp.clip(warped + fgw * delta, 0.0, 1.0)
 
@@ -149,14 +147,19 @@ class SyntheticEditor:
   square_size: int | None = dataclasses.field(metadata=dict(static=True), default=None)
 
   @staticmethod
-  def from_dataset(root: str | os.PathLike, noise: NoiseConfig = NoiseConfig(), *,
-                   image_scale: float = 1.0, white_background: bool = True) -> "SyntheticEditor":
+  def from_dataset(
+    root: str | os.PathLike,
+    noise: NoiseConfig = NoiseConfig(),
+    *,
+    image_scale: float = 1.0,
+    white_background: bool = True,
+  ) -> "SyntheticEditor":
     """Loads every frame (`transforms.json`, all splits) of an edited dataset folder, e.g. one made
     by `gaedit synth OUT --texture facepaint` with the same seed and sizes as the source data."""
-    from gaedit_jax.data.dataset import AvatarDataset
 
-    ds = AvatarDataset(root, "all", white_background=white_background, image_scale=image_scale,
-                       cache_size=0, load_masks=True)
+    ds = AvatarDataset(
+      root, "all", white_background=white_background, image_scale=image_scale, cache_size=0, load_masks=True
+    )
     to_u8 = lambda a: np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
     imgs, fgs = [], []
     for i in range(len(ds)):
@@ -164,13 +167,12 @@ class SyntheticEditor:
       imgs.append(to_u8(f.image))
       if f.mask is not None:
         fgs.append(to_u8(f.mask))
-      else:   # no fg mask: estimate the foreground as "not background-coloured"
+      else:  # no fg mask: estimate the foreground as "not background-coloured"
         fgs.append(to_u8(np.clip(np.abs(f.image - ds.background).max(-1) / 0.05, 0, 1)))
     cams, ts = ds.camera_indices, ds.timesteps
     index = np.full((cams.max() + 1, ts.max() + 1), -1, np.int32)
     index[cams, ts] = np.arange(len(ds), dtype=np.int32)
-    return SyntheticEditor(jnp.asarray(np.stack(imgs)), jnp.asarray(np.stack(fgs)),
-                           jnp.asarray(index), noise)
+    return SyntheticEditor(jnp.asarray(np.stack(imgs)), jnp.asarray(np.stack(fgs)), jnp.asarray(index), noise)
 
   @property
   def image_size(self) -> tuple[int, int]:
@@ -180,8 +182,7 @@ class SyntheticEditor:
     """bool [B]: whether a target exists for each (camera_index, timestep) of the context."""
     c, t = context.camera_index, context.timestep
     ok = (c >= 0) & (c < self.index.shape[0]) & (t >= 0) & (t < self.index.shape[1])
-    return ok & (self.index[jnp.clip(c, 0, self.index.shape[0] - 1),
-                            jnp.clip(t, 0, self.index.shape[1] - 1)] >= 0)
+    return ok & (self.index[jnp.clip(c, 0, self.index.shape[0] - 1), jnp.clip(t, 0, self.index.shape[1] - 1)] >= 0)
 
   def target(self, context: EditContext) -> tuple[jax.Array, jax.Array]:
     """Noise-free (targets [B,H,W,3] float32, fg [B,H,W] float32) of the context's views. Views
@@ -191,18 +192,20 @@ class SyntheticEditor:
     row = jnp.maximum(self.index[c, t], 0)
     return (self.targets[row].astype(jnp.float32) / 255.0, self.fg[row].astype(jnp.float32) / 255.0)
 
-  def __call__(self, key: jax.Array, renders: jax.Array, originals: jax.Array,
-               context: EditContext) -> jax.Array:
+  def __call__(self, key: jax.Array, renders: jax.Array, originals: jax.Array, context: EditContext) -> jax.Array:
     _check_images(renders, originals)
     if tuple(renders.shape[1:3]) != self.image_size:
-      raise ValueError(f"SyntheticEditor: renders are {renders.shape[1:3]} but the targets are "
-                       f"{self.image_size}; load the edited dataset with the same image_scale")
+      raise ValueError(
+        f"SyntheticEditor: renders are {renders.shape[1:3]} but the targets are "
+        f"{self.image_size}; load the edited dataset with the same image_scale"
+      )
     tgt, fg = self.target(context)
     if self.noise.strength == 0:
       return tgt
     # one key per view: the call's key folded with (camera, timestep) -> inconsistent across views
     keys = jax.vmap(lambda c, t: jax.random.fold_in(jax.random.fold_in(key, c), t))(
-        context.camera_index, context.timestep)
+      context.camera_index, context.timestep
+    )
     return jax.vmap(lambda k, x, m: _perturb(k, x, m, self.noise))(keys, tgt, fg)
 
 

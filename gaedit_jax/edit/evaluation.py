@@ -28,8 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaedit_jax import parallel
 from gaedit_jax.data.dataset import AvatarDataset, Batch
 from gaedit_jax.data.layout import SPLITS, DatasetError, split_json_path
+from gaedit_jax.eval_recon import evaluate_split
 from gaedit_jax.train.run_dir import write_json
 
 HELD_OUT = ("val", "test")
@@ -72,7 +74,7 @@ class SplitUnion:
 
   @property
   def flame_params(self):
-    return self.parts[0].flame_params   # the folder's whole sequence, whichever split reads it
+    return self.parts[0].flame_params  # the folder's whole sequence, whichever split reads it
 
   def camera_extent(self) -> float:
     """The first split's (train's) extent: the edit keeps the learning-rate scale it has with
@@ -116,13 +118,20 @@ def edit_targets(editor, target_data: str | os.PathLike | None, held_out: dict, 
     if not split_json_path(target_data, s).exists():
       continue
     t = AvatarDataset(target_data, s, **kw)
-    same = (len(t) == len(ds) and np.array_equal(t.camera_indices, ds.camera_indices)
-            and np.array_equal(t.timesteps, ds.timesteps) and t.image_size == ds.image_size)
+    same = (
+      len(t) == len(ds)
+      and np.array_equal(t.camera_indices, ds.camera_indices)
+      and np.array_equal(t.timesteps, ds.timesteps)
+      and t.image_size == ds.image_size
+    )
     if same:
       out[s] = t
     else:
-      warnings.warn(f"gaedit edit: {target_data} {s} split has other frames than {ds.root}'s; the "
-                    "evaluation against the edited ground truth skips it", stacklevel=2)
+      warnings.warn(
+        f"gaedit edit: {target_data} {s} split has other frames than {ds.root}'s; the "
+        "evaluation against the edited ground truth skips it",
+        stacklevel=2,
+      )
   return out
 
 
@@ -135,8 +144,6 @@ def evaluate_edit(run, it: int) -> dict:
   """Metrics of the current avatar (`run`: an `EditRun`) on its held-out frames:
   {"iteration", "lpips", "splits": {split: {"photos": result[, "edit_targets": result]}}},
   each result as `eval_recon.evaluate_split` returns it."""
-  from gaedit_jax import parallel
-  from gaedit_jax.eval_recon import evaluate_split
 
   c = run.cfg
   st = parallel.local(run.state)
@@ -157,7 +164,6 @@ def eval_and_save(run, it: int, session, writer=None) -> dict | None:
   avatar -> OUT/point_cloud/iteration_<it> (the last one is exported by the run itself), and a
   checkpoint unless the run just wrote one for this step. Returns the metrics (None when nothing is
   held out: --no-eval)."""
-  from gaedit_jax import parallel
 
   if int(run.state.step) not in session.saved:
     session.save(run.state, run.meta())
@@ -181,5 +187,12 @@ def eval_and_save(run, it: int, session, writer=None) -> dict | None:
   return res
 
 
-__all__ = ["SplitUnion", "training_frames", "held_out_frames", "edit_targets", "eval_due", "evaluate_edit",
-           "eval_and_save"]
+__all__ = [
+  "SplitUnion",
+  "training_frames",
+  "held_out_frames",
+  "edit_targets",
+  "eval_due",
+  "evaluate_edit",
+  "eval_and_save",
+]

@@ -31,17 +31,29 @@ import numpy as np
 import optax
 
 from gaedit_jax import parallel
-from gaedit_jax.avatar import (baked_model, check_consistency, fit_flame_dims, load_model, per_timestep, pose,
-                               render_views)
+from gaedit_jax.avatar import (
+  baked_model,
+  check_consistency,
+  fit_flame_dims,
+  load_model,
+  per_timestep,
+  pose,
+  render_views,
+)
 from gaedit_jax.data.layout import DatasetError
-from gaedit_jax.data.validate import (check_choice, check_flags, check_path, config_checks,
-                                      validate_dataset)
+from gaedit_jax.data.validate import check_choice, check_flags, check_path, config_checks, validate_dataset
 from gaedit_jax.edit import discriminator as D
 from gaedit_jax.edit import wabe as W
-from gaedit_jax.edit.editors import EditContext
+from gaedit_jax.edit.editors import EditContext, IP2PEditor, NoiseConfig, SyntheticEditor
 from gaedit_jax.edit.evaluation import edit_targets, eval_and_save, eval_due, held_out_frames, training_frames
-from gaedit_jax.edit.mouth import MOUTH_LOSS_WEIGHT, mouth_face_mask, mouth_gaussians, mouth_loss, render_mouth_mask
-from gaedit_jax.edit.mouth import MouthMasks
+from gaedit_jax.edit.mouth import (
+  MOUTH_LOSS_WEIGHT,
+  MouthMasks,
+  mouth_face_mask,
+  mouth_gaussians,
+  mouth_loss,
+  render_mouth_mask,
+)
 from gaedit_jax.edit.schedule import SSIM_WEIGHT, edit_dssim, ssim_phase, ssim_phase_start
 from gaedit_jax.errors import InputError
 from gaedit_jax.io.media import save_png, side_by_side
@@ -220,36 +232,59 @@ class EditConfig:
 
   def validate_flags(self) -> None:
     """Value checks of the flags (one-line InputError naming the flag)."""
-    check_flags(self, {
+    check_flags(
+      self,
+      {
         "edit_every batch_size devices diffusion_steps wabe_k log_interval keep_checkpoints stop_after": "int >= 1",
         "iterations seed gan_start checkpoint_interval dump_interval": "int >= 0",
-        "ip2p_size": "int >= 8", "tile_size": "int [1, 16]", "position_lr": "> 0",
+        "ip2p_size": "int >= 8",
+        "tile_size": "int [1, 16]",
+        "position_lr": "> 0",
         "guidance_scale image_guidance_scale synthetic_noise lambda_l1 lambda_lpips lambda_mouth lambda_xyz "
         "threshold_xyz lambda_scale threshold_scale wabe_beta gan_weight disc_lr feature_lr opacity_lr "
-        "scaling_lr rotation_lr flame_pose_lr flame_trans_lr flame_expr_lr isect_per_gaussian": ">= 0"})
+        "scaling_lr rotation_lr flame_pose_lr flame_trans_lr flame_expr_lr isect_per_gaussian": ">= 0",
+      },
+    )
     if self.ip2p_size % 8:
       raise InputError(f"--ip2p-size must be a multiple of 8 (the VAE's downsampling), got {self.ip2p_size}")
-    for name, choices in (("editor", ("ip2p", "synthetic")), ("ip2p_dtype", ("float32", "bfloat16")),
-                          ("flame_init", ("data", "avatar")), ("wabe", ("binary", "soft", "backward", "off")),
-                          ("gan_mode", ("faithful", "standard"))):
+    for name, choices in (
+      ("editor", ("ip2p", "synthetic")),
+      ("ip2p_dtype", ("float32", "bfloat16")),
+      ("flame_init", ("data", "avatar")),
+      ("wabe", ("binary", "soft", "backward", "off")),
+      ("gan_mode", ("faithful", "standard")),
+    ):
       check_choice(self, name, choices)
     if self.intrinsics is not None:
       check_choice(self, "intrinsics", ("file", "fov_x"))
 
   def learning_rates(self) -> LearningRates:
     """METHOD §5.5: GaussianAvatars' rates, xyz constant (init = final = --position-lr)."""
-    return LearningRates(position_init=self.position_lr, position_final=self.position_lr,
-                         position_steps=max(self.iterations, 1), feature=self.feature_lr,
-                         opacity=self.opacity_lr, scaling=self.scaling_lr, rotation=self.rotation_lr,
-                         flame_pose=self.flame_pose_lr, flame_trans=self.flame_trans_lr,
-                         flame_expr=self.flame_expr_lr, finetune_flame=self.finetune_flame)
+    return LearningRates(
+      position_init=self.position_lr,
+      position_final=self.position_lr,
+      position_steps=max(self.iterations, 1),
+      feature=self.feature_lr,
+      opacity=self.opacity_lr,
+      scaling=self.scaling_lr,
+      rotation=self.rotation_lr,
+      flame_pose=self.flame_pose_lr,
+      flame_trans=self.flame_trans_lr,
+      flame_expr=self.flame_expr_lr,
+      finetune_flame=self.finetune_flame,
+    )
 
   def regularisers(self) -> Regularisers:
-    return Regularisers(lambda_xyz=self.lambda_xyz, threshold_xyz=self.threshold_xyz,
-                        lambda_scale=self.lambda_scale, threshold_scale=self.threshold_scale)
+    return Regularisers(
+      lambda_xyz=self.lambda_xyz,
+      threshold_xyz=self.threshold_xyz,
+      lambda_scale=self.lambda_scale,
+      threshold_scale=self.threshold_scale,
+    )
 
-  def check_inputs(self, data: Path, *, intrinsics: str = "file", flame_timesteps: int | None = None,
-                   progress: bool | None = None):
+  def check_inputs(
+    self, data: Path, *, intrinsics: str = "file", flame_timesteps: int | None = None, progress: bool | None = None
+  ):
     """Up-front checks (before any step): the editing sequence `data` (every split, image, mask and
     FLAME file, `validate_dataset`; its timesteps within the `flame_timesteps` FLAME parameter
     sets), the given weight folders and the synthetic editor's target dataset. Returns the
@@ -259,18 +294,28 @@ class EditConfig:
       check_path(self.lpips_weights, "--lpips-weights")
     if self.editor == "ip2p" and self.ip2p is not None:
       check_path(self.ip2p, "--ip2p", kind="dir")
-    summary = validate_dataset(data, ("train", "val", "test"), intrinsics=intrinsics, progress=progress,
-                               flame_timesteps=flame_timesteps, flag="--data" if self.data else "the avatar's data")
+    summary = validate_dataset(
+      data,
+      ("train", "val", "test"),
+      intrinsics=intrinsics,
+      progress=progress,
+      flame_timesteps=flame_timesteps,
+      flag="--data" if self.data else "the avatar's data",
+    )
     n = summary.frames["train"]
     if self.batch_size > n:
       raise DatasetError(f"--batch-size {self.batch_size} is larger than the {n} training frames of {data}")
     if self.editor == "synthetic" and self.target_data is not None:
-      target = validate_dataset(self.target_data, ("all",), required=("all",), intrinsics=intrinsics,
-                                progress=progress, flag="--target-data")
+      target = validate_dataset(
+        self.target_data, ("all",), required=("all",), intrinsics=intrinsics, progress=progress, flag="--target-data"
+      )
       if target.image_size["all"] != summary.image_size["train"]:
-        raise DatasetError("--target-data {} has {}x{} images but the editing sequence {} has {}x{} (make the "
-                           "target with `gaedit synth` with the same --width / --height)".format(
-                               self.target_data, *target.image_size["all"], data, *summary.image_size["train"]))
+        raise DatasetError(
+          "--target-data {} has {}x{} images but the editing sequence {} has {}x{} (make the "
+          "target with `gaedit synth` with the same --width / --height)".format(
+            self.target_data, *target.image_size["all"], data, *summary.image_size["train"]
+          )
+        )
     return summary
 
 
@@ -304,7 +349,7 @@ class StepSettings:
   gan_mode: str = "faithful"
   gan_weight: float = D.GAN_WEIGHT
   gan_start: int = 0
-  ssim_start: int | None = None   # first 0-based step of the SSIM phase (edit.schedule); None: off
+  ssim_start: int | None = None  # first 0-based step of the SSIM phase (edit.schedule); None: off
   lambda_ssim: float = SSIM_WEIGHT
 
 
@@ -313,9 +358,26 @@ def make_optimizer(cfg: EditConfig, extent: float) -> optax.GradientTransformati
   return opt_lib.make_optimizer(cfg.learning_rates(), extent)
 
 
-def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_edit, model, background,
-              mouth, editor, lpips_params, mouth_mask=None, *, optimizer, disc_module, disc_optimizer,
-              s: StepSettings, do_edit: bool):
+def edit_step(
+  state: EditState,
+  photo,
+  camera,
+  timestep,
+  camera_index,
+  cached_edit,
+  model,
+  background,
+  mouth,
+  editor,
+  lpips_params,
+  mouth_mask=None,
+  *,
+  optimizer,
+  disc_module,
+  disc_optimizer,
+  s: StepSettings,
+  do_edit: bool,
+):
   """One edit iteration on B views (photo [B,H,W,3], camera [B], timestep / camera_index [B]).
   Pure. `cached_edit`: the views' previous edits (used when do_edit is False, the edit-rate
   option); `mouth` bool [C]: mouth Gaussians (excluded from WABE, METHOD §6); `mouth_mask`
@@ -342,21 +404,28 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
     target = cached_edit
   sq = editor.square_size
   frame = (lambda x: to_square(x, sq)) if sq else (lambda x: x)
-  mmask = ((render_mouth_mask(jax.lax.stop_gradient(posed(params)), mouth, camera, s.render)
-            if mouth_mask is None else jnp.asarray(mouth_mask, jnp.float32))
-           if s.lambda_mouth > 0 else jnp.zeros(image.shape[:-1], jnp.float32))
+  mmask = (
+    (
+      render_mouth_mask(jax.lax.stop_gradient(posed(params)), mouth, camera, s.render)
+      if mouth_mask is None
+      else jnp.asarray(mouth_mask, jnp.float32)
+    )
+    if s.lambda_mouth > 0
+    else jnp.zeros(image.shape[:-1], jnp.float32)
+  )
   gan_on = (state.step >= s.gan_start).astype(jnp.float32)
 
   # D half of the alternating (standard) mode: update D on the detached render first
   disc, disc_opt = state.disc, state.disc_opt_state
   l_d_std = jnp.zeros(())
   if s.gan and s.gan_mode == "standard":
-    new_d, new_opt, l_d_std = D.discriminator_step(disc_module, disc_optimizer, disc, disc_opt, target,
-                                                   frame(jax.lax.stop_gradient(image)), weight=s.gan_weight)
+    new_d, new_opt, l_d_std = D.discriminator_step(
+      disc_module, disc_optimizer, disc, disc_opt, target, frame(jax.lax.stop_gradient(image)), weight=s.gan_weight
+    )
     keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(gan_on > 0, x, y), a, b)
     disc, disc_opt = keep(new_d, disc), keep(new_opt, disc_opt)
 
-  phase = ssim_phase(state.step, s.ssim_start)   # --ssim-last: D-SSIM to the edit replaces LPIPS
+  phase = ssim_phase(state.step, s.ssim_start)  # --ssim-last: D-SSIM to the edit replaces LPIPS
 
   def image_loss(img, dparams):
     x = frame(img)
@@ -388,33 +457,46 @@ def edit_step(state: EditState, photo, camera, timestep, camera_index, cached_ed
 
   def reg(g):
     r = s.reg
-    return (r.lambda_xyz * position_reg(g["xyz"], visible, r.threshold_xyz)
-            + r.lambda_scale * scale_reg(g["log_scale"], visible, r.threshold_scale))
+    return r.lambda_xyz * position_reg(g["xyz"], visible, r.threshold_xyz) + r.lambda_scale * scale_reg(
+      g["log_scale"], visible, r.threshold_scale
+    )
 
   l_reg, g_reg = jax.value_and_grad(reg)(params["gauss"])
   grads = {"gauss": jax.tree.map(jnp.add, g_params["gauss"], g_reg), "flame": g_params["flame"]}
   # WABE (METHOD §6): mask the total gradient of xyz / SH / opacity / scale before Adam
   grads["gauss"], gmask = W.mask_gradients(grads["gauss"], out, mouth, s.wabe)
-  grads["gauss"] = jax.tree.map(lambda g: jnp.where(av0.active.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0),
-                                grads["gauss"])
+  grads["gauss"] = jax.tree.map(
+    lambda g: jnp.where(av0.active.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0), grads["gauss"]
+  )
   updates, opt_state = optimizer.update(grads, state.opt_state, params)
   params = optax.apply_updates(params, updates)
   if s.gan and s.gan_mode == "faithful":
     d_up, d_opt = disc_optimizer.update(g_disc, disc_opt, disc)
     disc = jax.tree.map(lambda x, y: jnp.where(gan_on > 0, x, y), optax.apply_updates(disc, d_up), disc)
     disc_opt = jax.tree.map(lambda x, y: jnp.where(gan_on > 0, x, y), d_opt, disc_opt)
-  new = EditState(avatar=av0.with_params(params["gauss"]), flame=params["flame"], opt_state=opt_state,
-                  disc=disc, disc_opt_state=disc_opt, step=state.step + 1, key=state.key)
+  new = EditState(
+    avatar=av0.with_params(params["gauss"]),
+    flame=params["flame"],
+    opt_state=opt_state,
+    disc=disc,
+    disc_opt_state=disc_opt,
+    step=state.step + 1,
+    key=state.key,
+  )
   # an overflowing intersection buffer means an incomplete image: skip (the loop enlarges it)
   ovf = jnp.any(out.overflow)
   new = jax.tree.map(lambda a, b: jnp.where(ovf, a, b), dataclasses.replace(state, step=state.step + 1), new)
-  metrics = dict(loss=l_img + l_reg, reg=l_reg, overflow=ovf, wabe_fraction=jnp.sum(gmask * av0.active)
-                 / jnp.maximum(jnp.sum(av0.active), 1), **parts)
+  metrics = dict(
+    loss=l_img + l_reg,
+    reg=l_reg,
+    overflow=ovf,
+    wabe_fraction=jnp.sum(gmask * av0.active) / jnp.maximum(jnp.sum(av0.active), 1),
+    **parts,
+  )
   return new, metrics, dict(render=image, edit=target, mouth_mask=mmask, wabe_mask=gmask)
 
 
-def init_edit_state(seed: int, avatar: Avatar, flame: dict, optimizer, disc_module,
-                    disc_optimizer) -> EditState:
+def init_edit_state(seed: int, avatar: Avatar, flame: dict, optimizer, disc_module, disc_optimizer) -> EditState:
   """Fresh edit state: copies of the avatar and per-timestep FLAME (the step donates its state),
   new Adam moments (METHOD §5.5), a discriminator initialised from `seed`."""
   k_disc, k_run = jax.random.split(jax.random.key(seed))
@@ -422,15 +504,24 @@ def init_edit_state(seed: int, avatar: Avatar, flame: dict, optimizer, disc_modu
   fl = {k: jnp.array(v, jnp.float32, copy=True) for k, v in flame.items()}
   av = jax.tree.map(lambda x: jnp.array(x, copy=True), avatar)
   params = {"gauss": av.params(), "flame": fl}
-  return EditState(avatar=av, flame=fl, opt_state=optimizer.init(params), disc=dparams,
-                   disc_opt_state=disc_optimizer.init(dparams), step=jnp.zeros((), jnp.int32),
-                   key=jax.random.key_data(k_run))
+  return EditState(
+    avatar=av,
+    flame=fl,
+    opt_state=optimizer.init(params),
+    disc=dparams,
+    disc_opt_state=disc_optimizer.init(dparams),
+    step=jnp.zeros((), jnp.int32),
+    key=jax.random.key_data(k_run),
+  )
 
 
 def make_step(optimizer, disc_module, disc_optimizer, s: StepSettings, do_edit: bool):
-  return jax.jit(lambda st, *a: edit_step(st, *a, optimizer=optimizer, disc_module=disc_module,
-                                          disc_optimizer=disc_optimizer, s=s, do_edit=do_edit),
-                 donate_argnums=(0,))
+  return jax.jit(
+    lambda st, *a: edit_step(
+      st, *a, optimizer=optimizer, disc_module=disc_module, disc_optimizer=disc_optimizer, s=s, do_edit=do_edit
+    ),
+    donate_argnums=(0,),
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -440,22 +531,29 @@ def make_step(optimizer, disc_module, disc_optimizer, s: StepSettings, do_edit: 
 
 def build_editor(cfg: EditConfig, image_scale: float, white_background: bool):
   if cfg.editor == "synthetic":
-    from gaedit_jax.edit.editors import NoiseConfig, SyntheticEditor
-
     if cfg.target_data is None:
       raise InputError("--editor synthetic needs --target-data DIR (gaedit synth DIR --texture facepaint)")
-    return SyntheticEditor.from_dataset(cfg.target_data, NoiseConfig(strength=cfg.synthetic_noise),
-                                        image_scale=image_scale, white_background=white_background)
+    return SyntheticEditor.from_dataset(
+      cfg.target_data,
+      NoiseConfig(strength=cfg.synthetic_noise),
+      image_scale=image_scale,
+      white_background=white_background,
+    )
   if cfg.editor == "ip2p":
-    from gaedit_jax.edit.editors import IP2PEditor
     from gaedit_jax.nets.ip2p import InstructPix2Pix, IP2PConfig  # imports diffusers
 
     if cfg.ip2p is None or not cfg.prompt:
       raise InputError("--editor ip2p needs --ip2p DIR (InstructPix2Pix weights) and --prompt TEXT")
-    ic = IP2PConfig(guidance_scale=cfg.guidance_scale, image_guidance_scale=cfg.image_guidance_scale,
-                    num_steps=cfg.diffusion_steps, size=cfg.ip2p_size, dtype=cfg.ip2p_dtype)
-    return IP2PEditor.create(InstructPix2Pix.from_pretrained(cfg.ip2p, ic), cfg.prompt,
-                             negative_prompt=cfg.negative_prompt)
+    ic = IP2PConfig(
+      guidance_scale=cfg.guidance_scale,
+      image_guidance_scale=cfg.image_guidance_scale,
+      num_steps=cfg.diffusion_steps,
+      size=cfg.ip2p_size,
+      dtype=cfg.ip2p_dtype,
+    )
+    return IP2PEditor.create(
+      InstructPix2Pix.from_pretrained(cfg.ip2p, ic), cfg.prompt, negative_prompt=cfg.negative_prompt
+    )
   raise InputError(f"unknown editor {cfg.editor!r}")
 
 
@@ -464,9 +562,10 @@ class EditRun:
 
   def __init__(self, cfg: EditConfig, editor=None):
     self.cfg = cfg
-    self.out = Path(cfg.out).absolute()   # created, locked and checked by run()
-    avatar, model, flame, fp, acfg, it_dir = load_trained(cfg.avatar, data=cfg.data, flame_model=cfg.flame_model,
-                                                            require_data=True)
+    self.out = Path(cfg.out).absolute()  # created, locked and checked by run()
+    avatar, model, flame, fp, acfg, it_dir = load_trained(
+      cfg.avatar, data=cfg.data, flame_model=cfg.flame_model, require_data=True
+    )
     c = acfg["config"]
     self.avatar_cfg = acfg
     self.image_scale = float(c.get("image_scale", 1.0))
@@ -475,31 +574,39 @@ class EditRun:
     self.intrinsics = cfg.intrinsics or c.get("intrinsics", "file")
     self.flame_model = Path(acfg["flame_model"])
     dkw = dict(image_scale=self.image_scale, white_background=self.white_background, intrinsics=self.intrinsics)
-    self.train_ds = training_frames(self.data, cfg.eval, cache_size=4096, **dkw)   # --eval / --no-eval
-    if cfg.flame_init == "data":   # METHOD §5.2: FLAME from the editing sequence's tracking
+    self.train_ds = training_frames(self.data, cfg.eval, cache_size=4096, **dkw)  # --eval / --no-eval
+    if cfg.flame_init == "data":  # METHOD §5.2: FLAME from the editing sequence's tracking
       full = load_model(self.data, self.flame_model)
       fp = fit_flame_dims(full, self.train_ds.flame_params)
       check_consistency(self.train_ds, full, fp)
       model = baked_model(full, fp)
       flame = {k: jnp.asarray(v, jnp.float32) for k, v in per_timestep(fp).items()}
     self.flame0, self.model = fp, model
-    cfg.check_inputs(self.data, intrinsics=self.intrinsics, flame_timesteps=int(flame["rotation"].shape[0]),
-                     progress=cfg.progress and parallel.is_primary())   # bad input fails here, not at step N
+    cfg.check_inputs(
+      self.data,
+      intrinsics=self.intrinsics,
+      flame_timesteps=int(flame["rotation"].shape[0]),
+      progress=cfg.progress and parallel.is_primary(),
+    )  # bad input fails here, not at step N
     self.extent = self.train_ds.camera_extent()
     self.background = jnp.asarray(self.train_ds.background)
     self.sh_degree = avatar.sh_degree
     self.editor = editor if editor is not None else build_editor(cfg, self.image_scale, self.white_background)
-    if hasattr(self.editor, "covers"):   # synthetic editor: every training view needs a target
+    if hasattr(self.editor, "covers"):  # synthetic editor: every training view needs a target
       ctx = EditContext.make(self.train_ds.camera_indices, self.train_ds.timesteps)
       missing = ~np.asarray(self.editor.covers(ctx))
       if missing.any():
-        raise InputError(f"{cfg.target_data} has no edited image for {int(missing.sum())} training "
-                         f"views of {self.data} (make it with `gaedit synth` with the same seed and sizes)")
+        raise InputError(
+          f"{cfg.target_data} has no edited image for {int(missing.sum())} training "
+          f"views of {self.data} (make it with `gaedit synth` with the same seed and sizes)"
+        )
     self.lpips_params = None
     lam_lpips = cfg.lambda_lpips
     if lam_lpips > 0:
       if cfg.lpips_weights is None:
-        warnings.warn("gaedit edit: no --lpips-weights: the LPIPS term (weight 10, METHOD §5.3) is skipped", stacklevel=2)
+        warnings.warn(
+          "gaedit edit: no --lpips-weights: the LPIPS term (weight 10, METHOD §5.3) is skipped", stacklevel=2
+        )
         lam_lpips = 0.0
       else:
         self.lpips_params = load_lpips(cfg.lpips_weights)
@@ -509,14 +616,22 @@ class EditRun:
     self.isect = cfg.isect_per_gaussian
     self.mesh = parallel.view_mesh(cfg.devices, cfg.batch_size, what="gaedit edit")
     self.settings = StepSettings(
-        render=self.render_config(), wabe=cfg.wabe, lambda_l1=cfg.lambda_l1, lambda_lpips=lam_lpips,
-        lpips_input=cfg.lpips_input,
-        lambda_mouth=cfg.lambda_mouth, reg=cfg.regularisers(), gan=cfg.gan,
-        gan_mode=cfg.gan_mode, gan_weight=cfg.gan_weight, gan_start=cfg.gan_start)
-    self.settings = dataclasses.replace(self.settings, ssim_start=ssim_phase_start(cfg.iterations, cfg.ssim_last),
-                                        lambda_ssim=cfg.lambda_ssim)
-    self.mouth = mouth_gaussians(avatar.binding, mouth_face_mask(self.model, source=self.flame_model),
-                                 avatar.active)
+      render=self.render_config(),
+      wabe=cfg.wabe,
+      lambda_l1=cfg.lambda_l1,
+      lambda_lpips=lam_lpips,
+      lpips_input=cfg.lpips_input,
+      lambda_mouth=cfg.lambda_mouth,
+      reg=cfg.regularisers(),
+      gan=cfg.gan,
+      gan_mode=cfg.gan_mode,
+      gan_weight=cfg.gan_weight,
+      gan_start=cfg.gan_start,
+    )
+    self.settings = dataclasses.replace(
+      self.settings, ssim_start=ssim_phase_start(cfg.iterations, cfg.ssim_last), lambda_ssim=cfg.lambda_ssim
+    )
+    self.mouth = mouth_gaussians(avatar.binding, mouth_face_mask(self.model, source=self.flame_model), avatar.active)
     # checked here, before the first step: every training frame has its mask
     self.mouth_masks = MouthMasks(cfg.mouth_masks, self.train_ds) if cfg.mouth_masks is not None else None
     self.eval_ds = held_out_frames(self.data, cfg.eval, cache_size=0, **dkw)
@@ -525,17 +640,25 @@ class EditRun:
     # data parallel over views: the state, the model and the editor's weights on every device
     self.model_local = self.model
     self.model, self.background, self.mouth, self.editor, self.lpips_params, self.state = parallel.replicate(
-        (self.model, self.background, self.mouth, self.editor, self.lpips_params, self.state), self.mesh)
+      (self.model, self.background, self.mouth, self.editor, self.lpips_params, self.state), self.mesh
+    )
     self.cache: dict[int, jax.Array] = {}
     self.history: list[dict] = []
 
   def render_config(self) -> RenderConfig:
-    return W.render_config(self.cfg.wabe, RenderConfig(sh_degree=self.sh_degree, wabe_k=self.cfg.wabe_k,
-                                                       wabe_beta=self.cfg.wabe_beta,
-                                                       isect_per_gaussian=self.isect, mesh=self.mesh,
-                                                       tile_size=self.cfg.tile_size,
-                                                       wabe_visibility=self.cfg.wabe_visibility,
-                                                       alpha_clamp_grad=self.cfg.alpha_clamp_grad))
+    return W.render_config(
+      self.cfg.wabe,
+      RenderConfig(
+        sh_degree=self.sh_degree,
+        wabe_k=self.cfg.wabe_k,
+        wabe_beta=self.cfg.wabe_beta,
+        isect_per_gaussian=self.isect,
+        mesh=self.mesh,
+        tile_size=self.cfg.tile_size,
+        wabe_visibility=self.cfg.wabe_visibility,
+        alpha_clamp_grad=self.cfg.alpha_clamp_grad,
+      ),
+    )
 
   def init_state(self, avatar: Avatar, flame: dict) -> EditState:
     return init_edit_state(self.cfg.seed, avatar, flame, self.optimizer, self.disc_module, self.disc_optimizer)
@@ -545,9 +668,10 @@ class EditRun:
     # final), so the schedule length (--iterations) stays out of the key.
     c = self.cfg
     rates = dataclasses.replace(c.learning_rates(), position_steps=1)
-    return cached_step(("edit", rates, c.disc_lr, self.extent, self.settings, do_edit),
-                       lambda: make_step(self.optimizer, self.disc_module, self.disc_optimizer, self.settings,
-                                         do_edit))
+    return cached_step(
+      ("edit", rates, c.disc_lr, self.extent, self.settings, do_edit),
+      lambda: make_step(self.optimizer, self.disc_module, self.disc_optimizer, self.settings, do_edit),
+    )
 
   def edit_shape(self, b: int) -> tuple[int, ...]:
     sq = self.editor.square_size
@@ -562,8 +686,7 @@ class EditRun:
 
   # -- checkpoints / export ---------------------------------------------------------------------
   def meta(self) -> dict:
-    return dict(isect_per_gaussian=self.isect, config=jsonable(dataclasses.asdict(self.cfg)),
-                history=self.history)
+    return dict(isect_per_gaussian=self.isect, config=jsonable(dataclasses.asdict(self.cfg)), history=self.history)
 
   def inputs(self) -> dict:
     """The input folders --out must stay clear of (flag -> folder)."""
@@ -572,10 +695,16 @@ class EditRun:
   def resume_identity(self) -> dict:
     """What a checkpoint must share with this edit to be resumed (flag -> value)."""
     c = self.cfg
-    ply = latest_iteration(c.avatar) / "point_cloud.ply"   # the avatar the edit starts from
-    return {"--avatar": file_id(c.avatar, str(ply.relative_to(c.avatar))), "--data": file_id(self.data, "transforms_train.json"),
-            "--editor": c.editor, "--prompt": c.prompt, "--flame-init": c.flame_init, "--seed": c.seed,
-            "--target-data": None if c.target_data is None else file_id(c.target_data, "transforms_train.json")}
+    ply = latest_iteration(c.avatar) / "point_cloud.ply"  # the avatar the edit starts from
+    return {
+      "--avatar": file_id(c.avatar, str(ply.relative_to(c.avatar))),
+      "--data": file_id(self.data, "transforms_train.json"),
+      "--editor": c.editor,
+      "--prompt": c.prompt,
+      "--flame-init": c.flame_init,
+      "--seed": c.seed,
+      "--target-data": None if c.target_data is None else file_id(c.target_data, "transforms_train.json"),
+    }
 
   def export(self, it: int) -> Path:
     """Reconstruction model-folder format (METHOD §2.9), as `Trainer.export` writes it."""
@@ -587,35 +716,62 @@ class EditRun:
 
   def write_cfg(self) -> None:
     config = dict(self.avatar_cfg.get("config", {}))
-    config.update(image_scale=self.image_scale, white_background=self.white_background, intrinsics=self.intrinsics,
-                  sh_degree=self.sh_degree, edit=jsonable(dataclasses.asdict(self.cfg)))
-    write_json(self.out / "cfg.json", dict(
-        config=config, data=str(self.data), flame_model=str(self.flame_model.absolute()),
-        extent=self.extent, edited_from=str(Path(self.cfg.avatar).absolute())))
+    config.update(
+      image_scale=self.image_scale,
+      white_background=self.white_background,
+      intrinsics=self.intrinsics,
+      sh_degree=self.sh_degree,
+      edit=jsonable(dataclasses.asdict(self.cfg)),
+    )
+    write_json(
+      self.out / "cfg.json",
+      dict(
+        config=config,
+        data=str(self.data),
+        flame_model=str(self.flame_model.absolute()),
+        extent=self.extent,
+        edited_from=str(Path(self.cfg.avatar).absolute()),
+      ),
+    )
 
   def dump(self, it: int, imgs: dict, b) -> None:
     """OUT/edits/iteration_<it>.png: render | 2D edit | current avatar (the same view, after the step)."""
     h, w = self.train_ds.image_size
     e = parallel.first_view(imgs["edit"])[None]
     e = from_square(e, h, w) if self.editor.square_size else e
-    st = parallel.local(self.state)   # this process's copy (multi-host safe)
-    cur = render_views(st.avatar, self.model_local, st.flame, np.asarray(b.timestep[:1]), b.camera[:1],
-                       parallel.local(self.background),
-                       dataclasses.replace(self.settings.render, wabe_k=0, wabe_backward=False, mesh=None))
+    st = parallel.local(self.state)  # this process's copy (multi-host safe)
+    cur = render_views(
+      st.avatar,
+      self.model_local,
+      st.flame,
+      np.asarray(b.timestep[:1]),
+      b.camera[:1],
+      parallel.local(self.background),
+      dataclasses.replace(self.settings.render, wabe_k=0, wabe_backward=False, mesh=None),
+    )
     row = [np.clip(parallel.first_view(imgs["render"]), 0, 1), np.clip(np.asarray(e[0]), 0, 1), cur[0]]
     save_png(self.out / "edits" / f"iteration_{it:05d}.png", side_by_side(row))
 
   # -- the loop ---------------------------------------------------------------------------------
   def run(self) -> dict:
     c = self.cfg
-    with Session(self.out, what="gaedit edit", inputs=self.inputs(), resume=c.resume, overwrite=c.overwrite,
-                 keep=c.keep_checkpoints, every=c.checkpoint_interval, minutes=c.checkpoint_minutes,
-                 log_interval=c.log_interval, identity=self.resume_identity()) as ses:
+    with Session(
+      self.out,
+      what="gaedit edit",
+      inputs=self.inputs(),
+      resume=c.resume,
+      overwrite=c.overwrite,
+      keep=c.keep_checkpoints,
+      every=c.checkpoint_interval,
+      minutes=c.checkpoint_minutes,
+      log_interval=c.log_interval,
+      identity=self.resume_identity(),
+    ) as ses:
       return self._run(ses)
 
   def _run(self, ses: Session) -> dict:
     c = self.cfg
-    primary = ses.primary   # multi-host: process 0 writes logs, dumps, exports, summaries
+    primary = ses.primary  # multi-host: process 0 writes logs, dumps, exports, summaries
     got = ses.restore(lambda meta: self.state)
     if got is not None:
       state, meta = got
@@ -631,7 +787,7 @@ class EditRun:
     n = len(self.train_ds)
     zero_edit = parallel.shard_views(jnp.zeros(self.edit_shape(c.batch_size), jnp.float32), self.mesh)
     pending: list = []
-    with ses.guard(lambda: self.state, self.meta):   # a failure checkpoints the last completed step
+    with ses.guard(lambda: self.state, self.meta):  # a failure checkpoints the last completed step
       for it in range(start + 1, end + 1):
         idx = frame_order(n, c.batch_size, c.seed, it)
         b = self.train_ds.batch(idx)
@@ -639,10 +795,18 @@ class EditRun:
         do_edit = c.edit_every <= 1 or (it - 1) % c.edit_every == 0 or keyi not in self.cache
         cached = zero_edit if do_edit else self.cache[keyi]
         views = parallel.shard_views((b.image, b.camera, b.timestep, b.camera_index), self.mesh)
-        self.state, m, imgs = self.step_fn(do_edit)(self.state, *views, cached, self.model, self.background,
-                                                    self.mouth, self.editor, self.lpips_params,
-                                                    self.mouth_batch(idx))
-        ses.done(it)   # no densification while editing: the step's result is complete
+        self.state, m, imgs = self.step_fn(do_edit)(
+          self.state,
+          *views,
+          cached,
+          self.model,
+          self.background,
+          self.mouth,
+          self.editor,
+          self.lpips_params,
+          self.mouth_batch(idx),
+        )
+        ses.done(it)  # no densification while editing: the step's result is complete
         if c.edit_every > 1 and do_edit:
           self.cache[keyi] = imgs["edit"]
         pending.append((it, m))
@@ -656,11 +820,15 @@ class EditRun:
         if eval_due(it, c.eval_every, c.iterations):
           eval_and_save(self, it, ses, writer)
     ses.wait()
-    summary = ses.summary(int(self.state.step))   # the whole edit, every session since iteration 1
+    summary = ses.summary(int(self.state.step))  # the whole edit, every session since iteration 1
     if bar is not None:
       bar.close()
-    result: dict = dict(iterations=summary["iterations"], edit_seconds=summary["seconds"],
-                        sessions=summary["sessions"], resumed_at=summary["resumed_at"])
+    result: dict = dict(
+      iterations=summary["iterations"],
+      edit_seconds=summary["seconds"],
+      sessions=summary["sessions"],
+      resumed_at=summary["resumed_at"],
+    )
     if int(self.state.step) >= c.iterations and primary:
       result["export"] = str(self.export(c.iterations))
     if primary:
@@ -668,14 +836,32 @@ class EditRun:
     return result
 
   def _flush(self, pending, writer, bar) -> None:
-    overflowed = flush_metrics(pending, writer, bar, self.history, tag="edit", scalars=None,
-                               postfix=lambda m: dict(loss=f"{m['loss']:.4f}", l1=f"{m['l1']:.4f}"))
+    overflowed = flush_metrics(
+      pending,
+      writer,
+      bar,
+      self.history,
+      tag="edit",
+      scalars=None,
+      postfix=lambda m: dict(loss=f"{m['loss']:.4f}", l1=f"{m['l1']:.4f}"),
+    )
     for it in overflowed:
       self.isect = grow_isect(self.isect)
       self.settings = dataclasses.replace(self.settings, render=self.render_config())
-      print(f"warning: rasterizer intersection buffer overflow at edit iteration {it}; the step was "
-            f"skipped; isect_per_gaussian -> {self.isect}")
+      print(
+        f"warning: rasterizer intersection buffer overflow at edit iteration {it}; the step was "
+        f"skipped; isect_per_gaussian -> {self.isect}"
+      )
 
 
-__all__ = ["EditConfig", "EditState", "StepSettings", "edit_step", "init_edit_state", "make_step", "make_optimizer",
-           "build_editor", "EditRun"]
+__all__ = [
+  "EditConfig",
+  "EditState",
+  "StepSettings",
+  "edit_step",
+  "init_edit_state",
+  "make_step",
+  "make_optimizer",
+  "build_editor",
+  "EditRun",
+]

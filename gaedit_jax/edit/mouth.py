@@ -35,12 +35,13 @@ from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import Gaussians, RenderConfig
 
 MOUTH_REGIONS = ("teeth", "lips_tight", "lip_inside")  # GAE:train.py:81-100 (METHOD §6)
-MOUTH_LOSS_WEIGHT = 1000.0                               # METHOD §5.3: 1000 L1 + 1000 D-SSIM
-_SH_C0 = 0.28209479177387814                             # colour = C0 * sh_dc + 0.5 (3DGS)
+MOUTH_LOSS_WEIGHT = 1000.0  # METHOD §5.3: 1000 L1 + 1000 D-SSIM
+_SH_C0 = 0.28209479177387814  # colour = C0 * sh_dc + 0.5 (3DGS)
 
 
-def mouth_face_mask(model: FlameModel, regions: Iterable[str] = MOUTH_REGIONS, *,
-                    source: str | os.PathLike | None = None) -> np.ndarray:
+def mouth_face_mask(
+  model: FlameModel, regions: Iterable[str] = MOUTH_REGIONS, *, source: str | os.PathLike | None = None
+) -> np.ndarray:
   """bool [F] (numpy): faces of the union of the mouth regions (a face is in a region iff all its
   vertices are; `flame.region_face_mask`). Needs a model with teeth (`flame.add_teeth`); on the
   FLAME topology lips_tight / lip_inside are built in (`flame.complete_flame_regions`), other
@@ -59,8 +60,14 @@ def mouth_gaussians(binding: jax.Array, face_mask, active: jax.Array | None = No
   return m if active is None else m & active
 
 
-def render_mouth_mask(gaussians: Gaussians, mouth: jax.Array, camera, config: RenderConfig = RenderConfig(),
-                      *, threshold: float | None = 0.5) -> jax.Array:
+def render_mouth_mask(
+  gaussians: Gaussians,
+  mouth: jax.Array,
+  camera,
+  config: RenderConfig = RenderConfig(),
+  *,
+  threshold: float | None = 0.5,
+) -> jax.Array:
   """Mouth mask [...,H,W] of posed Gaussians in the camera's views (no gradient flows).
 
   gaussians: world-space Gaussians (`rig.to_world`), shared or per view; mouth: bool [N]
@@ -69,7 +76,7 @@ def render_mouth_mask(gaussians: Gaussians, mouth: jax.Array, camera, config: Re
   else `coverage > threshold` as float32."""
   g = jax.tree_util.tree_map(jax.lax.stop_gradient, gaussians)
   n = g.means.shape[-2]
-  colour = jnp.asarray(mouth, jnp.float32)                                  # [N]
+  colour = jnp.asarray(mouth, jnp.float32)  # [N]
   dc = jnp.broadcast_to(((colour - 0.5) / _SH_C0)[:, None, None], (n, 1, 3))  # SH DC giving colour
   g = dataclasses.replace(g, sh=dc, screen_offset=None)
   cfg = dataclasses.replace(config, sh_degree=0, wabe_k=0, wabe_backward=False)
@@ -78,8 +85,9 @@ def render_mouth_mask(gaussians: Gaussians, mouth: jax.Array, camera, config: Re
   return cover if threshold is None else (cover > threshold).astype(jnp.float32)
 
 
-def mouth_loss(render: jax.Array, photo: jax.Array, mask: jax.Array,
-               weight: float = MOUTH_LOSS_WEIGHT) -> tuple[jax.Array, dict]:
+def mouth_loss(
+  render: jax.Array, photo: jax.Array, mask: jax.Array, weight: float = MOUTH_LOSS_WEIGHT
+) -> tuple[jax.Array, dict]:
   """METHOD §5.3: weight * (mean|I M - G M| + (1 - SSIM(I M, G M))) against the original photo G.
 
   render, photo [...,H,W,3] in [0,1]; mask [...,H,W]. As the original, the L1 mean and the SSIM map
@@ -119,8 +127,9 @@ def _mask_values(arr: np.ndarray, where: str) -> np.ndarray:
   in [0, 1]; leading / trailing singleton axes are dropped, two axes (H, W) must remain."""
   a = np.squeeze(np.asarray(arr))
   if a.ndim != 2:
-    raise InputError(f"{where}: expected one mask of shape [H, W] (optionally with singleton axes), "
-                     f"got shape {tuple(np.shape(arr))}")
+    raise InputError(
+      f"{where}: expected one mask of shape [H, W] (optionally with singleton axes), got shape {tuple(np.shape(arr))}"
+    )
   if a.dtype == np.bool_:
     return a.astype(np.float32)
   if np.issubdtype(a.dtype, np.integer):
@@ -135,7 +144,7 @@ def _resample(mask: np.ndarray, h: int, w: int) -> np.ndarray:
   """Area average down, bilinear up (the dataset's photo resampling, `data.dataset._resize`)."""
   from PIL import Image
 
-  im = Image.fromarray(np.ascontiguousarray(mask, np.float32))   # mode "F"
+  im = Image.fromarray(np.ascontiguousarray(mask, np.float32))  # mode "F"
   down = w < mask.shape[1]
   return np.asarray(im.resize((w, h), Image.Resampling.BOX if down else Image.Resampling.BILINEAR), np.float32)
 
@@ -163,7 +172,7 @@ class MouthMasks:
   def __init__(self, source: str | os.PathLike, dataset, *, cache_size: int = 512):
     self.source = Path(source)
     self.records = list(dataset.records)
-    self.size = tuple(dataset.image_size)          # (H, W) of the run
+    self.size = tuple(dataset.image_size)  # (H, W) of the run
     self.cache_size = int(cache_size)
     self._cache: collections.OrderedDict = collections.OrderedDict()
     self._arrays: dict = {}
@@ -174,7 +183,7 @@ class MouthMasks:
       self._read_dict()
     else:
       raise InputError(f"--mouth-masks {self.source}: no such folder or file")
-    for i in range(len(self.records)):   # every frame, before the first step
+    for i in range(len(self.records)):  # every frame, before the first step
       self._read(i, check_only=True)
 
   # -- folder layout ----------------------------------------------------------------------------
@@ -182,8 +191,10 @@ class MouthMasks:
     seqs = sorted({_sequence_name(r.image_path) for r in self.records})
     per_seq = all((self.source / s).is_dir() for s in seqs)
     if len(seqs) > 1 and not per_seq:
-      raise InputError(f"--mouth-masks {self.source}: the frames come from {len(seqs)} sequence folders "
-                       f"({', '.join(seqs[:3])}...); put each one's masks in {self.source}/<sequence folder>/")
+      raise InputError(
+        f"--mouth-masks {self.source}: the frames come from {len(seqs)} sequence folders "
+        f"({', '.join(seqs[:3])}...); put each one's masks in {self.source}/<sequence folder>/"
+      )
     listing: dict[Path, dict] = {}
     files = []
     for r in self.records:
@@ -196,9 +207,11 @@ class MouthMasks:
       stem = Path(r.image_path).stem
       p = listing[d].get(_frame_key(stem))
       if p is None:
-        raise InputError(f"--mouth-masks {self.source}: no mouth mask for frame {r.image_path.name} "
-                         f"(timestep {r.timestep}, camera {r.camera_index}) of {r.json_path}: expected "
-                         f"{d / (stem + MASK_SUFFIXES[0])} (or {' / '.join(MASK_SUFFIXES[1:])})")
+        raise InputError(
+          f"--mouth-masks {self.source}: no mouth mask for frame {r.image_path.name} "
+          f"(timestep {r.timestep}, camera {r.camera_index}) of {r.json_path}: expected "
+          f"{d / (stem + MASK_SUFFIXES[0])} (or {' / '.join(MASK_SUFFIXES[1:])})"
+        )
       files.append(p)
     return files
 
@@ -208,12 +221,15 @@ class MouthMasks:
     if isinstance(obj, np.ndarray):
       obj = {"": obj}
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, np.ndarray) for v in obj.values()):
-      raise InputError(f"--mouth-masks {self.source}: expected {{sequence id: mask tensor [T, cameras, H, W]}} "
-                       "(the original's <ID>_<SEQ>_mouth_mask.pth)")
+      raise InputError(
+        f"--mouth-masks {self.source}: expected {{sequence id: mask tensor [T, cameras, H, W]}} "
+        "(the original's <ID>_<SEQ>_mouth_mask.pth)"
+      )
     for k, v in obj.items():
       if v.ndim != 4:
-        raise InputError(f"--mouth-masks {self.source}: entry {k!r} has shape {v.shape}, expected "
-                         "[timesteps, cameras, H, W]")
+        raise InputError(
+          f"--mouth-masks {self.source}: entry {k!r} has shape {v.shape}, expected [timesteps, cameras, H, W]"
+        )
     self._arrays = {str(k): v for k, v in obj.items()}
 
   def _dict_entry(self, r):
@@ -225,12 +241,16 @@ class MouthMasks:
     elif len(self._arrays) == 1:
       arr = next(iter(self._arrays.values()))
     else:
-      raise InputError(f"--mouth-masks {self.source}: no entry {seq_id!r} for the sequence folder {name} "
-                       f"(entries: {sorted(self._arrays)})")
+      raise InputError(
+        f"--mouth-masks {self.source}: no entry {seq_id!r} for the sequence folder {name} "
+        f"(entries: {sorted(self._arrays)})"
+      )
     key = _frame_key(Path(r.image_path).stem)
     if not isinstance(key, tuple) or key[0] >= arr.shape[0] or key[1] >= arr.shape[1]:
-      raise InputError(f"--mouth-masks {self.source}: no mouth mask for frame {r.image_path.name} of "
-                       f"{r.json_path}: expected index [timestep, camera] = {key} within {arr.shape[:2]}")
+      raise InputError(
+        f"--mouth-masks {self.source}: no mouth mask for frame {r.image_path.name} of "
+        f"{r.json_path}: expected index [timestep, camera] = {key} within {arr.shape[:2]}"
+      )
     return arr[key[0], key[1]], f"{self.source}[{seq_id!r}][{key[0]}, {key[1]}]"
 
   # -- reading ----------------------------------------------------------------------------------
@@ -247,7 +267,7 @@ class MouthMasks:
 
         try:
           with Image.open(p) as im:
-            if check_only:                        # the header is enough to check the size
+            if check_only:  # the header is enough to check the size
               shape = (im.size[1], im.size[0])
               raw = None
             else:
@@ -264,8 +284,10 @@ class MouthMasks:
     full = (r.height, r.width)
     hw = tuple(shape[-2:]) if len(shape) >= 2 else tuple(shape)
     if hw not in ((h, w), full):
-      raise InputError(f"--mouth-masks {where}: mask of frame {r.image_path.name} is {hw[::-1]} (W x H); "
-                       f"expected the photo's {full[1]}x{full[0]} or the run's {w}x{h}")
+      raise InputError(
+        f"--mouth-masks {where}: mask of frame {r.image_path.name} is {hw[::-1]} (W x H); "
+        f"expected the photo's {full[1]}x{full[0]} or the run's {w}x{h}"
+      )
     if raw is None:
       return None
     m = _mask_values(raw, where)
@@ -294,5 +316,13 @@ class MouthMasks:
     return np.stack([self[int(i)] for i in np.asarray(indices).reshape(-1)])
 
 
-__all__ = ["MOUTH_REGIONS", "MOUTH_LOSS_WEIGHT", "MASK_SUFFIXES", "MouthMasks", "mouth_face_mask",
-           "mouth_gaussians", "render_mouth_mask", "mouth_loss"]
+__all__ = [
+  "MOUTH_REGIONS",
+  "MOUTH_LOSS_WEIGHT",
+  "MASK_SUFFIXES",
+  "MouthMasks",
+  "mouth_face_mask",
+  "mouth_gaussians",
+  "render_mouth_mask",
+  "mouth_loss",
+]

@@ -106,5 +106,12 @@ def mask_gradients(grads, render: RenderOutput, mouth: jax.Array, mode: WabeMode
   return apply_gradient_mask(grads, mask), mask
 
 
-__all__ = ["WabeMode", "MODES", "MASKED_FIELDS", "render_config", "gradient_mask",
-           "apply_gradient_mask", "mask_gradients"]
+__all__ = [
+  "WabeMode",
+  "MODES",
+  "MASKED_FIELDS",
+  "render_config",
+  "gradient_mask",
+  "apply_gradient_mask",
+  "mask_gradients",
+]

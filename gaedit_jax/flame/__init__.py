@@ -19,21 +19,61 @@ modules of the package import one another directly, never this file.
 from __future__ import annotations
 
 from gaedit_jax.flame.files import load_flame, save_flame
-from gaedit_jax.flame.model import (FLAME_PARENTS, JOINT_NAMES, NUM_JOINTS, FlameFileError, FlameModel,
-                                    FlameParams, all_region_face_masks, axis_angle_to_matrix,
-                                    bake_identity, flame_forward, forward, region_face_mask,
-                                    region_vertex_mask, with_regions)
-from gaedit_jax.flame.regions import (FLAME_LIP_RING_LOWER, FLAME_LIP_RING_UPPER, FLAME_NUM_VERTICES,
-                                      NUM_TEETH_FACES, NUM_TEETH_VERTICES, complete_flame_regions,
-                                      is_flame_topology, require_regions)
+from gaedit_jax.flame.model import (
+  FLAME_PARENTS,
+  JOINT_NAMES,
+  NUM_JOINTS,
+  FlameFileError,
+  FlameModel,
+  FlameParams,
+  all_region_face_masks,
+  axis_angle_to_matrix,
+  bake_identity,
+  flame_forward,
+  forward,
+  region_face_mask,
+  region_vertex_mask,
+  with_regions,
+)
+from gaedit_jax.flame.regions import (
+  FLAME_LIP_RING_LOWER,
+  FLAME_LIP_RING_UPPER,
+  FLAME_NUM_VERTICES,
+  NUM_TEETH_FACES,
+  NUM_TEETH_VERTICES,
+  complete_flame_regions,
+  is_flame_topology,
+  require_regions,
+)
 from gaedit_jax.flame.synthetic import make_synthetic_flame
 from gaedit_jax.flame.teeth import add_teeth, teeth_faces
 
 __all__ = [
-    "FlameModel", "FlameParams", "FlameFileError", "flame_forward", "axis_angle_to_matrix",
-    "add_teeth", "teeth_faces", "region_vertex_mask", "region_face_mask", "all_region_face_masks",
-    "with_regions", "complete_flame_regions", "is_flame_topology", "require_regions", "forward",
-    "bake_identity", "load_flame", "save_flame", "make_synthetic_flame", "NUM_JOINTS",
-    "FLAME_PARENTS", "JOINT_NAMES", "FLAME_LIP_RING_UPPER", "FLAME_LIP_RING_LOWER",
-    "FLAME_NUM_VERTICES", "NUM_TEETH_VERTICES", "NUM_TEETH_FACES",
+  "FlameModel",
+  "FlameParams",
+  "FlameFileError",
+  "flame_forward",
+  "axis_angle_to_matrix",
+  "add_teeth",
+  "teeth_faces",
+  "region_vertex_mask",
+  "region_face_mask",
+  "all_region_face_masks",
+  "with_regions",
+  "complete_flame_regions",
+  "is_flame_topology",
+  "require_regions",
+  "forward",
+  "bake_identity",
+  "load_flame",
+  "save_flame",
+  "make_synthetic_flame",
+  "NUM_JOINTS",
+  "FLAME_PARENTS",
+  "JOINT_NAMES",
+  "FLAME_LIP_RING_UPPER",
+  "FLAME_LIP_RING_LOWER",
+  "FLAME_NUM_VERTICES",
+  "NUM_TEETH_VERTICES",
+  "NUM_TEETH_FACES",
 ]

@@ -45,13 +45,20 @@ def _standin(base: type, module: str, name: str) -> type:
 # What a FLAME model or masks pickle may name: numpy arrays and scalars, python-2 era builtins,
 # terminal chumpy arrays and scipy sparse matrices (as inert stand-ins; neither package is imported).
 _FLAME_STANDINS = {
-    **{(m, "Ch"): _standin(_ChumpyStandIn, m, "Ch") for m in ("chumpy.ch", "chumpy")},
-    **{(m, n): _standin(_SparseStandIn, m, n)
-       for fmt in ("csc", "csr", "coo") for n in (f"{fmt}_matrix", f"{fmt}_array")
-       for m in ("scipy.sparse", f"scipy.sparse.{fmt}", f"scipy.sparse._{fmt}")},
+  **{(m, "Ch"): _standin(_ChumpyStandIn, m, "Ch") for m in ("chumpy.ch", "chumpy")},
+  **{
+    (m, n): _standin(_SparseStandIn, m, n)
+    for fmt in ("csc", "csr", "coo")
+    for n in (f"{fmt}_matrix", f"{fmt}_array")
+    for m in ("scipy.sparse", f"scipy.sparse.{fmt}", f"scipy.sparse._{fmt}")
+  },
 }
-_FLAME_ALLOWED = {**safe_pickle.NUMPY_DATA, **safe_pickle.BUILTIN_DATA, **_FLAME_STANDINS,
-                  **safe_pickle.reconstructor_entries(_FLAME_STANDINS.values())}
+_FLAME_ALLOWED = {
+  **safe_pickle.NUMPY_DATA,
+  **safe_pickle.BUILTIN_DATA,
+  **_FLAME_STANDINS,
+  **safe_pickle.reconstructor_entries(_FLAME_STANDINS.values()),
+}
 _FLAME_WHY = "only FLAME arrays are read (numpy arrays, chumpy Ch values, scipy sparse matrices)"
 
 
@@ -60,8 +67,10 @@ def _to_numpy(obj: Any, where: str) -> Any:
   if isinstance(obj, _ChumpyStandIn):
     st = getattr(obj, "_state", None)
     if not isinstance(st, dict) or "x" not in st:
-      raise FlameFileError(f"{where}: a {obj._pickled_class} object without a stored value 'x' "
-                           "(only terminal chumpy arrays can be read without chumpy)")
+      raise FlameFileError(
+        f"{where}: a {obj._pickled_class} object without a stored value 'x' "
+        "(only terminal chumpy arrays can be read without chumpy)"
+      )
     return _numeric(st["x"], where)
   if isinstance(obj, _SparseStandIn):
     st = getattr(obj, "_state", {})
@@ -72,13 +81,14 @@ def _to_numpy(obj: Any, where: str) -> Any:
     kind = obj._pickled_class.rsplit(".", 1)[-1][:3]
     try:
       shape = tuple(int(s) for s in st.get("_shape", st.get("shape", ())))
-      f = {k: _numeric(st[k], f"{where}.{k}") for k in
-           (("data", "row", "col") if kind == "coo" else ("data", "indices", "indptr"))}
+      f = {
+        k: _numeric(st[k], f"{where}.{k}")
+        for k in (("data", "row", "col") if kind == "coo" else ("data", "indices", "indptr"))
+      }
       if kind == "coo":
         m = sp.coo_matrix((f["data"], (f["row"], f["col"])), shape=shape)
       else:
-        m = (sp.csc_matrix if kind == "csc" else sp.csr_matrix)((f["data"], f["indices"], f["indptr"]),
-                                                                shape=shape)
+        m = (sp.csc_matrix if kind == "csc" else sp.csr_matrix)((f["data"], f["indices"], f["indptr"]), shape=shape)
     except KeyError as e:
       raise FlameFileError(f"{where}: sparse matrix without field {e}") from None
     except (TypeError, ValueError) as e:
@@ -101,8 +111,9 @@ def _numeric(value: Any, where: str) -> np.ndarray:
 def _read_pickle(path: Path) -> Any:
   """A FLAME model or masks pickle (python-2 era files included), read as data only."""
   try:
-    return safe_pickle.load_path(path, allowed=_FLAME_ALLOWED, why=_FLAME_WHY, error=FlameFileError,
-                                 encoding="latin1", what="FLAME pickle")
+    return safe_pickle.load_path(
+      path, allowed=_FLAME_ALLOWED, why=_FLAME_WHY, error=FlameFileError, encoding="latin1", what="FLAME pickle"
+    )
   except FileNotFoundError:
     raise FileNotFoundError(f"FLAME file not found: {path}") from None
 
@@ -142,17 +153,24 @@ def _read_masks(path: Path, nv: int) -> tuple[dict[str, np.ndarray], dict[str, n
 
 
 def _default_masks_path(path: Path) -> Path | None:
-  for cand in (path.with_name(path.stem + "_masks.pkl"), path.with_name("FLAME_masks.pkl"),
-               path.parent / "FLAME_masks" / "FLAME_masks.pkl"):
+  for cand in (
+    path.with_name(path.stem + "_masks.pkl"),
+    path.with_name("FLAME_masks.pkl"),
+    path.parent / "FLAME_masks" / "FLAME_masks.pkl",
+  ):
     if cand.exists():
       return cand
   return None
 
 
-def load_flame(path: str | os.PathLike, *,
-               masks_path: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
-               n_shape: int | None = None, n_expr: int | None = None,
-               dtype=jnp.float32) -> FlameModel:
+def load_flame(
+  path: str | os.PathLike,
+  *,
+  masks_path: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
+  n_shape: int | None = None,
+  n_expr: int | None = None,
+  dtype=jnp.float32,
+) -> FlameModel:
   """Reads a FLAME model: the official pickle (FLAME 2020/2023; chumpy objects and scipy-sparse
   J_regressor read without chumpy) or our `.npz` (`save_flame`).
 
@@ -192,8 +210,10 @@ def _load_pickle(path: Path, masks_path, dtype) -> FlameModel:
     d[k] = _to_numpy(v, f"{path}:{k}")
   for key in ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table"):
     if key not in d:
-      raise FlameFileError(f"{path}: missing key {key!r} (official FLAME layout: v_template, f, "
-                           "shapedirs, posedirs, J_regressor, weights, kintree_table)")
+      raise FlameFileError(
+        f"{path}: missing key {key!r} (official FLAME layout: v_template, f, "
+        "shapedirs, posedirs, J_regressor, weights, kintree_table)"
+      )
   vt = _expect(path, "v_template", d["v_template"], (None, 3))
   nv = vt.shape[0]
   faces = _expect(path, "f", d["f"], (None, 3)).astype(np.int64)
@@ -223,23 +243,22 @@ def _load_pickle(path: Path, masks_path, dtype) -> FlameModel:
   up = ordered.get("lip_outside_ring_upper")
   lo = ordered.get("lip_outside_ring_lower")
   model = FlameModel(
-      v_template=jnp.asarray(vt, dtype),
-      shapedirs=jnp.asarray(sd[:, :, :n_sh], dtype),
-      exprdirs=jnp.asarray(sd[:, :, n_sh:], dtype),
-      posedirs=jnp.asarray(pd.reshape(-1, pd.shape[-1]).T, dtype),  # [V*3,P] -> [P,V*3]
-      j_regressor=jnp.asarray(jr, dtype),
-      lbs_weights=jnp.asarray(w, dtype),
-      faces=jnp.asarray(faces, jnp.int32),
-      region_masks=jnp.zeros((0, nv), bool),
-      lip_ring_upper=None if up is None else jnp.asarray(up, jnp.int32),
-      lip_ring_lower=None if lo is None else jnp.asarray(lo, jnp.int32),
-      parents=parents,
+    v_template=jnp.asarray(vt, dtype),
+    shapedirs=jnp.asarray(sd[:, :, :n_sh], dtype),
+    exprdirs=jnp.asarray(sd[:, :, n_sh:], dtype),
+    posedirs=jnp.asarray(pd.reshape(-1, pd.shape[-1]).T, dtype),  # [V*3,P] -> [P,V*3]
+    j_regressor=jnp.asarray(jr, dtype),
+    lbs_weights=jnp.asarray(w, dtype),
+    faces=jnp.asarray(faces, jnp.int32),
+    region_masks=jnp.zeros((0, nv), bool),
+    lip_ring_upper=None if up is None else jnp.asarray(up, jnp.int32),
+    lip_ring_lower=None if lo is None else jnp.asarray(lo, jnp.int32),
+    parents=parents,
   )
   return with_regions(model, regions)
 
 
-_NPZ_KEYS = ("v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "lbs_weights",
-             "faces", "parents")
+_NPZ_KEYS = ("v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "lbs_weights", "faces", "parents")
 
 
 def _load_npz(path: Path, dtype) -> FlameModel:
@@ -263,17 +282,23 @@ def _load_npz(path: Path, dtype) -> FlameModel:
   w = _expect(path, "lbs_weights", z["lbs_weights"], (nv, nj))
   faces = _expect(path, "faces", z["faces"], (None, 3))
   names = tuple(str(n) for n in z["region_names"]) if "region_names" in z else ()
-  rm = (_expect(path, "region_masks", z["region_masks"], (len(names), nv)) if names
-        else np.zeros((0, nv), bool))
+  rm = _expect(path, "region_masks", z["region_masks"], (len(names), nv)) if names else np.zeros((0, nv), bool)
   ring = lambda k: jnp.asarray(z[k], jnp.int32) if k in z else None
   return FlameModel(
-      v_template=jnp.asarray(vt, dtype), shapedirs=jnp.asarray(sd, dtype),
-      exprdirs=jnp.asarray(ed, dtype), posedirs=jnp.asarray(pd, dtype),
-      j_regressor=jnp.asarray(jr, dtype), lbs_weights=jnp.asarray(w, dtype),
-      faces=jnp.asarray(faces, jnp.int32), region_masks=jnp.asarray(rm, bool),
-      lip_ring_upper=ring("lip_ring_upper"), lip_ring_lower=ring("lip_ring_lower"),
-      parents=parents, region_names=names,
-      has_teeth=bool(z["has_teeth"]) if "has_teeth" in z else False)
+    v_template=jnp.asarray(vt, dtype),
+    shapedirs=jnp.asarray(sd, dtype),
+    exprdirs=jnp.asarray(ed, dtype),
+    posedirs=jnp.asarray(pd, dtype),
+    j_regressor=jnp.asarray(jr, dtype),
+    lbs_weights=jnp.asarray(w, dtype),
+    faces=jnp.asarray(faces, jnp.int32),
+    region_masks=jnp.asarray(rm, bool),
+    lip_ring_upper=ring("lip_ring_upper"),
+    lip_ring_lower=ring("lip_ring_lower"),
+    parents=parents,
+    region_names=names,
+    has_teeth=bool(z["has_teeth"]) if "has_teeth" in z else False,
+  )
 
 
 class _PickleWriter(pickle._Pickler):  # pure-python pickler: lets us emit python-2 era globals
@@ -308,15 +333,19 @@ class _SparseOut:
 
   def __init__(self, dense):
     m = sp.csc_matrix(np.asarray(dense))
-    self.state = {"_shape": tuple(int(s) for s in m.shape), "data": m.data, "indices": m.indices,
-                  "indptr": m.indptr, "maxprint": 50}
+    self.state = {
+      "_shape": tuple(int(s) for s in m.shape),
+      "data": m.data,
+      "indices": m.indices,
+      "indptr": m.indptr,
+      "maxprint": 50,
+    }
 
   def __reduce_ex__(self, protocol):
     return (copyreg._reconstructor, (type(self), object, None), self.state)
 
 
-def save_flame(model: FlameModel, path: str | os.PathLike, *,
-               masks_path: str | os.PathLike | None = None) -> Path:
+def save_flame(model: FlameModel, path: str | os.PathLike, *, masks_path: str | os.PathLike | None = None) -> Path:
   """Writes `model`. `.npz`: our layout (everything, teeth included). Otherwise the official FLAME
   pickle layout (protocol 2; v_template/shapedirs/weights as chumpy `Ch` objects, J_regressor as a
   scipy-sparse csc matrix, posedirs [V,3,36], kintree_table, f, J, bs_style, bs_type) plus an extra
@@ -330,16 +359,26 @@ def save_flame(model: FlameModel, path: str | os.PathLike, *,
     extra = {}
     if model.lip_ring_upper is not None:
       extra = dict(lip_ring_upper=np_(model.lip_ring_upper), lip_ring_lower=np_(model.lip_ring_lower))
-    np.savez(path, v_template=np_(model.v_template), shapedirs=np_(model.shapedirs),
-             exprdirs=np_(model.exprdirs), posedirs=np_(model.posedirs),
-             j_regressor=np_(model.j_regressor), lbs_weights=np_(model.lbs_weights),
-             faces=np_(model.faces), parents=np.asarray(model.parents, np.int64),
-             region_names=np.asarray(model.region_names, dtype=str),
-             region_masks=np_(model.region_masks), has_teeth=np.asarray(model.has_teeth), **extra)
+    np.savez(
+      path,
+      v_template=np_(model.v_template),
+      shapedirs=np_(model.shapedirs),
+      exprdirs=np_(model.exprdirs),
+      posedirs=np_(model.posedirs),
+      j_regressor=np_(model.j_regressor),
+      lbs_weights=np_(model.lbs_weights),
+      faces=np_(model.faces),
+      parents=np.asarray(model.parents, np.int64),
+      region_names=np.asarray(model.region_names, dtype=str),
+      region_masks=np_(model.region_masks),
+      has_teeth=np.asarray(model.has_teeth),
+      **extra,
+    )
     return path
   if model.has_teeth:
-    raise ValueError("save_flame: the official layout stores FLAME without teeth; save the model "
-                     "before add_teeth, or use a .npz path")
+    raise ValueError(
+      "save_flame: the official layout stores FLAME without teeth; save the model before add_teeth, or use a .npz path"
+    )
   nv = model.num_vertices
   npose = model.posedirs.shape[0]
   posedirs = np_(model.posedirs).T.reshape(nv, 3, npose)
@@ -348,17 +387,17 @@ def save_flame(model: FlameModel, path: str | os.PathLike, *,
   kintree[0] = [p if p >= 0 else 4294967295 for p in model.parents]
   kintree[1] = np.arange(model.num_joints)
   data = {
-      "v_template": _ChumpyOut(np_(model.v_template).astype(np.float64)),
-      "f": np_(model.faces).astype(np.uint32),
-      "shapedirs": _ChumpyOut(shapedirs.astype(np.float64)),
-      "posedirs": posedirs.astype(np.float64),
-      "J_regressor": _SparseOut(np_(model.j_regressor).astype(np.float64)),
-      "weights": _ChumpyOut(np_(model.lbs_weights).astype(np.float64)),
-      "kintree_table": kintree,
-      "J": (np_(model.j_regressor) @ np_(model.v_template)).astype(np.float64),
-      "bs_style": "lbs",
-      "bs_type": "lrotmin",
-      "num_shape_components": int(model.n_shape),
+    "v_template": _ChumpyOut(np_(model.v_template).astype(np.float64)),
+    "f": np_(model.faces).astype(np.uint32),
+    "shapedirs": _ChumpyOut(shapedirs.astype(np.float64)),
+    "posedirs": posedirs.astype(np.float64),
+    "J_regressor": _SparseOut(np_(model.j_regressor).astype(np.float64)),
+    "weights": _ChumpyOut(np_(model.lbs_weights).astype(np.float64)),
+    "kintree_table": kintree,
+    "J": (np_(model.j_regressor) @ np_(model.v_template)).astype(np.float64),
+    "bs_style": "lbs",
+    "bs_type": "lrotmin",
+    "num_shape_components": int(model.n_shape),
   }
   buf = io.BytesIO()
   _PickleWriter(buf, protocol=2).dump(data)

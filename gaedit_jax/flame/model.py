@@ -118,9 +118,16 @@ class FlameParams:
     """Zero parameters (the template). With num_timesteps, per-timestep fields get a leading [T]."""
     lead = () if num_timesteps is None else (int(num_timesteps),)
     z = lambda *s: jnp.zeros(s, dtype)
-    return FlameParams(shape=z(model.n_shape), expr=z(*lead, model.n_expr), rotation=z(*lead, 3),
-                       neck_pose=z(*lead, 3), jaw_pose=z(*lead, 3), eyes_pose=z(*lead, 6),
-                       translation=z(*lead, 3), static_offset=z(model.num_vertices, 3))
+    return FlameParams(
+      shape=z(model.n_shape),
+      expr=z(*lead, model.n_expr),
+      rotation=z(*lead, 3),
+      neck_pose=z(*lead, 3),
+      jaw_pose=z(*lead, 3),
+      eyes_pose=z(*lead, 6),
+      translation=z(*lead, 3),
+      static_offset=z(model.num_vertices, 3),
+    )
 
   @property
   def num_timesteps(self) -> int | None:
@@ -133,8 +140,9 @@ class FlameParams:
     return dataclasses.replace(self, **{k: jnp.asarray(getattr(self, k))[t] for k in self.PER_TIMESTEP})
 
 
-_PARAM_TRAILING = dict(shape=1, expr=1, rotation=1, neck_pose=1, jaw_pose=1, eyes_pose=1,
-                       translation=1, static_offset=2)
+_PARAM_TRAILING = dict(
+  shape=1, expr=1, rotation=1, neck_pose=1, jaw_pose=1, eyes_pose=1, translation=1, static_offset=2
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,8 +174,12 @@ def axis_angle_to_matrix(rvec: jax.Array) -> jax.Array:
 
 def _forward_single(model: FlameModel, p: FlameParams, return_joints: bool):
   v = model.v_template
-  v_shaped = (v + jnp.einsum("vck,k->vc", model.shapedirs, p.shape)
-              + jnp.einsum("vck,k->vc", model.exprdirs, p.expr) + p.static_offset)
+  v_shaped = (
+    v
+    + jnp.einsum("vck,k->vc", model.shapedirs, p.shape)
+    + jnp.einsum("vck,k->vc", model.exprdirs, p.expr)
+    + p.static_offset
+  )
   joints = model.j_regressor @ v_shaped  # [J,3]
   pose = jnp.concatenate([p.rotation, p.neck_pose, p.jaw_pose, p.eyes_pose]).reshape(-1, 3)
   rot = axis_angle_to_matrix(pose)  # [J,3,3]
@@ -204,8 +216,7 @@ def flame_forward(model: FlameModel, params: FlameParams, *, return_joints: bool
   [...,k], subject fields shape [...,n_shape] and static_offset [...,V,3]); unbatched fields are
   shared. METHOD §2.1: v = LBS(v_template + B_shape + B_expr + static_offset + B_pose) + translation.
   """
-  leads = {k: jnp.shape(getattr(params, k))[:jnp.ndim(getattr(params, k)) - n]
-           for k, n in _PARAM_TRAILING.items()}
+  leads = {k: jnp.shape(getattr(params, k))[: jnp.ndim(getattr(params, k)) - n] for k, n in _PARAM_TRAILING.items()}
   batch = np.broadcast_shapes(*leads.values())
   if not batch:
     return _forward_single(model, params, return_joints)
@@ -217,11 +228,10 @@ def flame_forward(model: FlameModel, params: FlameParams, *, return_joints: bool
     if leads[k] == ():
       flat[k], axes[k] = x, None
     else:
-      x = jnp.broadcast_to(x, batch + x.shape[len(leads[k]):])
-      flat[k], axes[k] = x.reshape((nb,) + x.shape[len(batch):]), 0
+      x = jnp.broadcast_to(x, batch + x.shape[len(leads[k]) :])
+      flat[k], axes[k] = x.reshape((nb,) + x.shape[len(batch) :]), 0
   fp = FlameParams(**flat)
-  out = jax.vmap(lambda q: _forward_single(model, q, return_joints),
-                 in_axes=(FlameParams(**axes),))(fp)
+  out = jax.vmap(lambda q: _forward_single(model, q, return_joints), in_axes=(FlameParams(**axes),))(fp)
   return jax.tree.map(lambda y: y.reshape(batch + y.shape[1:]), out)
 
 
@@ -271,8 +281,7 @@ def all_region_face_masks(model: FlameModel) -> dict[str, np.ndarray]:
 def with_regions(model: FlameModel, regions: dict[str, np.ndarray]) -> FlameModel:
   """The model with its vertex regions replaced by `regions` (name -> bool [V])."""
   names = tuple(regions)
-  masks = (np.stack([np.asarray(regions[n], bool) for n in names]) if names
-           else np.zeros((0, model.num_vertices), bool))
+  masks = np.stack([np.asarray(regions[n], bool) for n in names]) if names else np.zeros((0, model.num_vertices), bool)
   return dataclasses.replace(model, region_masks=jnp.asarray(masks), region_names=names)
 
 

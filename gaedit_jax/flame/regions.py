@@ -34,6 +34,8 @@ from gaedit_jax.flame.model import FlameFileError, FlameModel, _regions_dict, wi
 FLAME_NUM_VERTICES = 5023
 FLAME_NUM_FACES = 9976
 
+# Index lists of the FLAME topology, kept as rows of numbers (the formatter leaves them).
+# fmt: off
 # The 14 regions of the official FLAME_masks.pkl.
 OFFICIAL_REGIONS = ("eye_region", "neck", "left_eyeball", "right_eyeball", "right_ear",
                     "right_eye_region", "forehead", "lips", "nose", "scalp", "boundary", "face",
@@ -486,6 +488,7 @@ TEETH_RIGHT_HALF = (
 DERIVED_REGIONS = ("hair", "ears", "eyeballs", "irises", "left_eye", "right_eye", "eyelids",
                    "lip_inside_ring", "sclerae", "skin")
 
+# fmt: on
 # The 15-vertex outer lip contours of the original FLAME topology (5023 vertices), upper and lower,
 # in corresponding order; GaussianAvatars builds its teeth from them (METHOD §2.1).
 FLAME_LIP_RING_UPPER = FIXED_REGIONS["lip_outside_ring_upper"]
@@ -543,21 +546,28 @@ def complete_flame_regions(model: FlameModel) -> FlameModel:
   derive("left_eye", ("left_eye_region", "left_eyeball"), union)
   derive("right_eye", ("right_eye_region", "right_eyeball"), union)
   derive("eyelids", ("left_eyelid", "right_eyelid"), union)
-  derive("lip_inside_ring", ("lip_inside_ring_upper", "lip_inside_ring_lower"),
-         lambda u, l: u | l | mask(LIP_INSIDE_RING_EXTRA))
+  derive(
+    "lip_inside_ring",
+    ("lip_inside_ring_upper", "lip_inside_ring_lower"),
+    lambda u, l: u | l | mask(LIP_INSIDE_RING_EXTRA),
+  )
   derive("sclerae", ("eyeballs", "irises"), lambda e, i: e & ~i)
   flame_verts = np.arange(nv) < FLAME_NUM_VERTICES  # GA builds skin before the teeth exist
   derive("skin", ("eyeballs", "hair", "lips_tight", "boundary"), lambda *ms: flame_verts & ~union(*ms))
 
   out = model
   if model.lip_ring_upper is None or model.lip_ring_lower is None:
-    out = dataclasses.replace(out, lip_ring_upper=jnp.asarray(FLAME_LIP_RING_UPPER, jnp.int32),
-                              lip_ring_lower=jnp.asarray(FLAME_LIP_RING_LOWER, jnp.int32))
+    out = dataclasses.replace(
+      out,
+      lip_ring_upper=jnp.asarray(FLAME_LIP_RING_UPPER, jnp.int32),
+      lip_ring_lower=jnp.asarray(FLAME_LIP_RING_LOWER, jnp.int32),
+    )
   return with_regions(out, regions) if set(regions) != before else out
 
 
-def require_regions(model: FlameModel, names: Iterable[str], what: str,
-                    source: str | os.PathLike | None = None) -> None:
+def require_regions(
+  model: FlameModel, names: Iterable[str], what: str, source: str | os.PathLike | None = None
+) -> None:
   """Raises FlameFileError (one line) when the model lacks any of the named vertex regions: the
   regions GaussianAvatars defines itself are built in for the FLAME topology only, so a model of
   another topology has to bring them in its masks file."""
@@ -568,14 +578,29 @@ def require_regions(model: FlameModel, names: Iterable[str], what: str,
   if missing == ["teeth"] and not model.has_teeth:
     raise FlameFileError(f"{where}: {what} needs the teeth region; add the teeth first (flame.add_teeth)")
   raise FlameFileError(
-      f"{where}: {what} needs the vertex regions {missing}, which the model lacks; they are built in "
-      f"only for the 5023-vertex FLAME topology and this model has "
-      f"{model.num_vertices - (NUM_TEETH_VERTICES if model.has_teeth else 0)} vertices, so add these "
-      "keys (region name -> vertex ids) to its masks file (<model stem>_masks.pkl or FLAME_masks.pkl "
-      "next to the model)")
+    f"{where}: {what} needs the vertex regions {missing}, which the model lacks; they are built in "
+    f"only for the 5023-vertex FLAME topology and this model has "
+    f"{model.num_vertices - (NUM_TEETH_VERTICES if model.has_teeth else 0)} vertices, so add these "
+    "keys (region name -> vertex ids) to its masks file (<model stem>_masks.pkl or FLAME_masks.pkl "
+    "next to the model)"
+  )
 
 
-__all__ = ["FLAME_NUM_VERTICES", "FLAME_NUM_FACES", "OFFICIAL_REGIONS", "ORDERED_REGIONS",
-           "FIXED_REGIONS", "LIP_INSIDE_RING_EXTRA", "TEETH_LEFT_HALF", "TEETH_RIGHT_HALF",
-           "DERIVED_REGIONS", "FLAME_LIP_RING_UPPER", "FLAME_LIP_RING_LOWER", "NUM_TEETH_VERTICES",
-           "NUM_TEETH_FACES", "is_flame_topology", "complete_flame_regions", "require_regions"]
+__all__ = [
+  "FLAME_NUM_VERTICES",
+  "FLAME_NUM_FACES",
+  "OFFICIAL_REGIONS",
+  "ORDERED_REGIONS",
+  "FIXED_REGIONS",
+  "LIP_INSIDE_RING_EXTRA",
+  "TEETH_LEFT_HALF",
+  "TEETH_RIGHT_HALF",
+  "DERIVED_REGIONS",
+  "FLAME_LIP_RING_UPPER",
+  "FLAME_LIP_RING_LOWER",
+  "NUM_TEETH_VERTICES",
+  "NUM_TEETH_FACES",
+  "is_flame_topology",
+  "complete_flame_regions",
+  "require_regions",
+]

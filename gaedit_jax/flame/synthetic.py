@@ -35,34 +35,34 @@ from gaedit_jax.flame.model import FLAME_PARENTS, FlameModel, with_regions
 # ------------------------------------------------------------------------------------------------
 
 RAY_CENTER = np.array([0.0, -0.01, 0.0])
-MOUTH_Y = -0.044             # height of the lip line
-MOUTH_HALF_WIDTH = 0.024     # mouth corners at x = +-0.024
+MOUTH_Y = -0.044  # height of the lip line
+MOUTH_HALF_WIDTH = 0.024  # mouth corners at x = +-0.024
 EYE_X, EYE_Y = 0.031, 0.022  # eye centres (x, y); z is placed relative to the surface
 EYE_RADIUS = 0.0125
 EYE_SOCKET = 0.0138
-EYE_DEPTH = 0.0058           # eyeball centre behind the (socket-free) surface
+EYE_DEPTH = 0.0058  # eyeball centre behind the (socket-free) surface
 NECK_CENTER_Z = -0.015
 NECK_RADIUS = 0.052
-Y_BOTTOM = -0.2              # lowest point of the neck
+Y_BOTTOM = -0.2  # lowest point of the neck
 JAW_HINGE = np.array([0.0, -0.012, -0.004])
 
 # (centre, radii) of the ellipsoids of the implicit head, joined by smooth unions (blend radius).
 _ELLIPSOIDS = [  # name, centre, radii, blend
-    ("cranium", (0.0, 0.03, -0.015), (0.074, 0.088, 0.097), None),
-    ("face", (0.0, -0.018, 0.022), (0.063, 0.074, 0.07), 0.02),
-    ("jaw", (0.0, -0.062, 0.032), (0.05, 0.04, 0.05), 0.02),
-    ("chin", (0.0, -0.083, 0.058), (0.022, 0.017, 0.018), 0.012),
-    ("brow", (0.0, 0.037, 0.072), (0.052, 0.012, 0.018), 0.012),
-    ("cheek_l", (0.043, -0.004, 0.062), (0.022, 0.02, 0.02), 0.012),
-    ("cheek_r", (-0.043, -0.004, 0.062), (0.022, 0.02, 0.02), 0.012),
-    ("nose_bridge", (0.0, 0.004, 0.084), (0.009, 0.028, 0.014), 0.008),
-    ("nose_tip", (0.0, -0.017, 0.097), (0.012, 0.011, 0.011), 0.006),
-    ("nostril_l", (0.011, -0.021, 0.088), (0.008, 0.006, 0.008), 0.004),
-    ("nostril_r", (-0.011, -0.021, 0.088), (0.008, 0.006, 0.008), 0.004),
-    ("lip_upper", (0.0, -0.039, 0.084), (0.026, 0.0075, 0.011), 0.006),
-    ("lip_lower", (0.0, -0.0495, 0.082), (0.023, 0.0075, 0.011), 0.006),
-    ("ear_l", (0.077, 0.0, -0.008), (0.011, 0.029, 0.019), 0.006),
-    ("ear_r", (-0.077, 0.0, -0.008), (0.011, 0.029, 0.019), 0.006),
+  ("cranium", (0.0, 0.03, -0.015), (0.074, 0.088, 0.097), None),
+  ("face", (0.0, -0.018, 0.022), (0.063, 0.074, 0.07), 0.02),
+  ("jaw", (0.0, -0.062, 0.032), (0.05, 0.04, 0.05), 0.02),
+  ("chin", (0.0, -0.083, 0.058), (0.022, 0.017, 0.018), 0.012),
+  ("brow", (0.0, 0.037, 0.072), (0.052, 0.012, 0.018), 0.012),
+  ("cheek_l", (0.043, -0.004, 0.062), (0.022, 0.02, 0.02), 0.012),
+  ("cheek_r", (-0.043, -0.004, 0.062), (0.022, 0.02, 0.02), 0.012),
+  ("nose_bridge", (0.0, 0.004, 0.084), (0.009, 0.028, 0.014), 0.008),
+  ("nose_tip", (0.0, -0.017, 0.097), (0.012, 0.011, 0.011), 0.006),
+  ("nostril_l", (0.011, -0.021, 0.088), (0.008, 0.006, 0.008), 0.004),
+  ("nostril_r", (-0.011, -0.021, 0.088), (0.008, 0.006, 0.008), 0.004),
+  ("lip_upper", (0.0, -0.039, 0.084), (0.026, 0.0075, 0.011), 0.006),
+  ("lip_lower", (0.0, -0.0495, 0.082), (0.023, 0.0075, 0.011), 0.006),
+  ("ear_l", (0.077, 0.0, -0.008), (0.011, 0.029, 0.019), 0.006),
+  ("ear_r", (-0.077, 0.0, -0.008), (0.011, 0.029, 0.019), 0.006),
 ]
 
 
@@ -147,17 +147,17 @@ class _Build:
 
   verts: np.ndarray
   faces: np.ndarray
-  part: np.ndarray          # per vertex: 0 skin, 1 mouth interior, 2 left eyeball, 3 right eyeball
-  side: np.ndarray          # -1 above the lip line / upper mouth, +1 below / lower mouth, 0 else
-  grid: np.ndarray          # [R,C] vertex ids of the grid rings (upper copies at the slit)
-  slit_lower: dict          # column -> lower copy vertex id
+  part: np.ndarray  # per vertex: 0 skin, 1 mouth interior, 2 left eyeball, 3 right eyeball
+  side: np.ndarray  # -1 above the lip line / upper mouth, +1 below / lower mouth, 0 else
+  grid: np.ndarray  # [R,C] vertex ids of the grid rings (upper copies at the slit)
+  slit_lower: dict  # column -> lower copy vertex id
   mouth_row: int
-  mouth_cols: np.ndarray    # the 15 columns of the lip rings (corner to corner)
-  bag_rings: list           # list of [L] vertex id loops (ring 0 = slit loop)
+  mouth_cols: np.ndarray  # the 15 columns of the lip rings (corner to corner)
+  bag_rings: list  # list of [L] vertex id loops (ring 0 = slit loop)
   bag_cap: int
-  eye_centers: np.ndarray   # [2,3] (left = +x, right = -x)
-  eye_ids: list             # two arrays of eyeball vertex ids
-  lip_d: float              # mean distance between the outer lip rings
+  eye_centers: np.ndarray  # [2,3] (left = +x, right = -x)
+  eye_ids: list  # two arrays of eyeball vertex ids
+  lip_d: float  # mean distance between the outer lip rings
 
 
 def _build_geometry(rows: int, cols: int, eye_res: tuple[int, int]) -> _Build:
@@ -168,8 +168,7 @@ def _build_geometry(rows: int, cols: int, eye_res: tuple[int, int]) -> _Build:
   # Eye centres: a fixed depth behind the socket-free surface.
   eye_centers = []
   for sx in (1.0, -1.0):
-    p = _raycast(np.array([[0.0, 0.0, 1.0]]), _head_sdf,
-                 center=np.array([sx * EYE_X, EYE_Y, 0.0]))[0]
+    p = _raycast(np.array([[0.0, 0.0, 1.0]]), _head_sdf, center=np.array([sx * EYE_X, EYE_Y, 0.0]))[0]
     eye_centers.append(p - np.array([0.0, 0.0, EYE_DEPTH]))
   eye_centers = np.array(eye_centers)
   sdf = lambda q: _head_sdf(q, eye_centers)
@@ -191,9 +190,13 @@ def _build_geometry(rows: int, cols: int, eye_res: tuple[int, int]) -> _Build:
   n_dn = n_rest - n_up
   sp_up = _grow(dph, n_up + 1, phi_m - 3 * dph)  # spacings from the mouth up to the top pole
   sp_dn = _grow(dph, n_dn + 1, np.pi - phi_m - 3 * dph)
-  phi = np.concatenate([((phi_m - 3 * dph) - np.cumsum(sp_up)[:n_up])[::-1],
-                        phi_m + dph * np.arange(-3, 4),
-                        phi_m + 3 * dph + np.cumsum(sp_dn)[:n_dn]])
+  phi = np.concatenate(
+    [
+      ((phi_m - 3 * dph) - np.cumsum(sp_up)[:n_up])[::-1],
+      phi_m + dph * np.arange(-3, 4),
+      phi_m + 3 * dph + np.cumsum(sp_dn)[:n_dn],
+    ]
+  )
   assert phi.shape == (rows,), (phi.shape, rows)
   mouth_row = n_up + 3
 
@@ -208,7 +211,7 @@ def _build_geometry(rows: int, cols: int, eye_res: tuple[int, int]) -> _Build:
   nv = R * C + 2
   side = np.zeros(nv, np.int8)
   side[grid[:mouth_row].reshape(-1)] = -1
-  side[grid[mouth_row + 1:].reshape(-1)] = 1
+  side[grid[mouth_row + 1 :].reshape(-1)] = 1
   side[top], side[bottom] = -1, 1
   mouth_cols = np.arange(-7, 8) % C
   slit_cols = np.arange(-6, 7) % C
@@ -239,22 +242,25 @@ def _build_geometry(rows: int, cols: int, eye_res: tuple[int, int]) -> _Build:
   up_ring = pos[grid[mouth_row - 2, mouth_cols]]
   lo_ring = pos[grid[mouth_row + 2, mouth_cols]]
   lip_d = float(np.linalg.norm(up_ring - lo_ring, axis=-1).mean())
-  loop = ([grid[mouth_row, mouth_cols[0]]] + [grid[mouth_row, j] for j in slit_cols]
-          + [grid[mouth_row, mouth_cols[-1]]] + [slit_lower[int(j)] for j in slit_cols[::-1]])
+  loop = (
+    [grid[mouth_row, mouth_cols[0]]]
+    + [grid[mouth_row, j] for j in slit_cols]
+    + [grid[mouth_row, mouth_cols[-1]]]
+    + [slit_lower[int(j)] for j in slit_cols[::-1]]
+  )
   loop = np.asarray(loop)
   loop_side = np.concatenate([[0], -np.ones(len(slit_cols)), [0], np.ones(len(slit_cols))])
   vall = np.concatenate(verts)
   p0 = vall[loop]
   u = np.clip(p0[:, 0] / MOUTH_HALF_WIDTH, -1, 1)
-  lens = np.sqrt(np.clip(1 - u ** 2, 0, 1))
+  lens = np.sqrt(np.clip(1 - u**2, 0, 1))
   y_line = p0[:, 1].mean()
   # (depth behind the lips, half height, width factor), in units of lip_d
   ring_spec = [(0.35, 0.25, 1.0), (0.9, 1.0, 1.05), (1.8, 2.3, 1.12), (3.0, 2.3, 1.1), (3.8, 1.2, 0.8)]
   bag_rings = [loop]
   new_pts = []
   for depth, hh, wf in ring_spec:
-    ring = np.stack([p0[:, 0] * wf, y_line - loop_side * hh * lip_d * lens,
-                     p0[:, 2] - depth * lip_d], -1)
+    ring = np.stack([p0[:, 0] * wf, y_line - loop_side * hh * lip_d * lens, p0[:, 2] - depth * lip_d], -1)
     ids = nv + np.arange(len(loop))
     nv += len(loop)
     new_pts.append(ring)
@@ -316,9 +322,21 @@ def _build_geometry(rows: int, cols: int, eye_res: tuple[int, int]) -> _Build:
     part = np.concatenate([part, np.full(len(pts), 2 + e, np.int8)])
     side = np.concatenate([side, np.zeros(len(pts), np.int8)])
   faces = np.concatenate([grid_faces, bag_faces] + eye_faces).astype(np.int64)
-  return _Build(verts=verts, faces=faces, part=part, side=side, grid=grid, slit_lower=slit_lower,
-                mouth_row=mouth_row, mouth_cols=mouth_cols, bag_rings=bag_rings, bag_cap=cap,
-                eye_centers=eye_centers, eye_ids=eye_ids, lip_d=lip_d)
+  return _Build(
+    verts=verts,
+    faces=faces,
+    part=part,
+    side=side,
+    grid=grid,
+    slit_lower=slit_lower,
+    mouth_row=mouth_row,
+    mouth_cols=mouth_cols,
+    bag_rings=bag_rings,
+    bag_cap=cap,
+    eye_centers=eye_centers,
+    eye_ids=eye_ids,
+    lip_d=lip_d,
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -329,13 +347,16 @@ def _build_geometry(rows: int, cols: int, eye_res: tuple[int, int]) -> _Build:
 def _mouth_taper(x):
   """1 in the middle of the mouth, 0 at and beyond the corners (smooth)."""
   u = np.clip(np.abs(x) / MOUTH_HALF_WIDTH, 0, 1)
-  return (1 - u ** 2) ** 2
+  return (1 - u**2) ** 2
 
 
 def _mouth_zone(p):
   """Smooth weight of the lip area at the front (where the upper/lower split matters)."""
-  return (_smoothstep(0.035, 0.06, p[:, 2]) * np.exp(-((p[:, 1] - MOUTH_Y) / 0.02) ** 2)
-          * _smoothstep(1.6, 1.0, np.abs(p[:, 0]) / MOUTH_HALF_WIDTH))
+  return (
+    _smoothstep(0.035, 0.06, p[:, 2])
+    * np.exp(-(((p[:, 1] - MOUTH_Y) / 0.02) ** 2))
+    * _smoothstep(1.6, 1.0, np.abs(p[:, 0]) / MOUTH_HALF_WIDTH)
+  )
 
 
 def hair_amount(p: np.ndarray) -> np.ndarray:
@@ -344,8 +365,9 @@ def hair_amount(p: np.ndarray) -> np.ndarray:
   x, y, z = p[..., 0], p[..., 1], p[..., 2]
   ang = np.abs(np.arctan2(x, z + 0.01))  # 0 front, pi back
   front_line = 0.064 + 0.006 * np.cos(3 * ang)
-  line = np.where(ang < 1.25, front_line - 0.025 * _smoothstep(0.6, 1.25, ang),
-                  0.036 - 0.115 * _smoothstep(1.25, 2.3, ang))
+  line = np.where(
+    ang < 1.25, front_line - 0.025 * _smoothstep(0.6, 1.25, ang), 0.036 - 0.115 * _smoothstep(1.25, 2.3, ang)
+  )
   # keep the ears free
   ear = np.exp(-(((np.abs(x) - 0.075) / 0.02) ** 2 + ((y - 0.0) / 0.032) ** 2 + ((z + 0.008) / 0.03) ** 2))
   return _smoothstep(-0.004, 0.004, y - line) * (1 - _smoothstep(0.3, 0.6, ear))
@@ -497,15 +519,15 @@ def _shape_basis(b: _Build, n: int, rng) -> np.ndarray:
   q = p - c
   g = lambda c0, r: np.exp(-np.sum((p - np.asarray(c0)) ** 2, -1) / (2 * r * r))[:, None]
   named = [
-      np.stack([q[:, 0], 0 * q[:, 0], 0 * q[:, 0]], -1),                        # width
-      np.stack([0 * q[:, 1], q[:, 1], 0 * q[:, 1]], -1),                        # height
-      np.stack([0 * q[:, 2], 0 * q[:, 2], q[:, 2]], -1),                        # depth
-      g((0, -0.01, 0.09), 0.02) * (p - np.array([0, -0.01, 0.06])),               # nose size
-      g((0, -0.07, 0.04), 0.035) * np.stack([q[:, 0], 0 * q[:, 0], 0 * q[:, 0]], -1),  # jaw width
-      g((0, -0.085, 0.06), 0.025) * np.array([0, -0.3, 1.0]),                    # chin forward
-      g((0, 0.02, 0.07), 0.03) * np.stack([np.sign(q[:, 0]) * np.minimum(np.abs(q[:, 0]), 0.04),
-                                            0 * q[:, 0], 0 * q[:, 0]], -1),      # eye spacing
-      g((0, 0.06, 0.06), 0.035) * np.array([0, 0.2, 1.0]),                       # forehead
+    np.stack([q[:, 0], 0 * q[:, 0], 0 * q[:, 0]], -1),  # width
+    np.stack([0 * q[:, 1], q[:, 1], 0 * q[:, 1]], -1),  # height
+    np.stack([0 * q[:, 2], 0 * q[:, 2], q[:, 2]], -1),  # depth
+    g((0, -0.01, 0.09), 0.02) * (p - np.array([0, -0.01, 0.06])),  # nose size
+    g((0, -0.07, 0.04), 0.035) * np.stack([q[:, 0], 0 * q[:, 0], 0 * q[:, 0]], -1),  # jaw width
+    g((0, -0.085, 0.06), 0.025) * np.array([0, -0.3, 1.0]),  # chin forward
+    g((0, 0.02, 0.07), 0.03)
+    * np.stack([np.sign(q[:, 0]) * np.minimum(np.abs(q[:, 0]), 0.04), 0 * q[:, 0], 0 * q[:, 0]], -1),  # eye spacing
+    g((0, 0.06, 0.06), 0.035) * np.array([0, 0.2, 1.0]),  # forehead
   ]
   named = [_normalize_field(f, 0.008) for f in named]
   basis = named[:n]
@@ -564,9 +586,16 @@ def _pose_correctives(b: _Build, rng) -> np.ndarray:
   return pd.reshape(36, nv * 3)
 
 
-def make_synthetic_flame(seed: int = 0, *, n_shape: int = 20, n_expr: int = 20,
-                         rows: int = 40, cols: int = 56, eye_res: tuple[int, int] = (8, 12),
-                         dtype=jnp.float32) -> FlameModel:
+def make_synthetic_flame(
+  seed: int = 0,
+  *,
+  n_shape: int = 20,
+  n_expr: int = 20,
+  rows: int = 40,
+  cols: int = 56,
+  eye_res: tuple[int, int] = (8, 12),
+  dtype=jnp.float32,
+) -> FlameModel:
   """The built-in procedural head as a FlameModel without teeth (call `flame.add_teeth`).
 
   rows x cols: the latitude/longitude grid of the head (defaults: ~2.6k vertices and ~5.2k faces,
@@ -580,17 +609,17 @@ def make_synthetic_flame(seed: int = 0, *, n_shape: int = 20, n_expr: int = 20,
   for name, row in (("lip_outside_ring_upper", b.mouth_row - 2), ("lip_outside_ring_lower", b.mouth_row + 2)):
     regions[name] = np.isin(np.arange(len(b.verts)), b.grid[row, b.mouth_cols])
   model = FlameModel(
-      v_template=jnp.asarray(b.verts, dtype),
-      shapedirs=jnp.asarray(_shape_basis(b, n_shape, rng), dtype),
-      exprdirs=jnp.asarray(_expression_basis(b, n_expr, rng), dtype),
-      posedirs=jnp.asarray(_pose_correctives(b, rng), dtype),
-      j_regressor=jnp.asarray(_j_regressor(b), dtype),
-      lbs_weights=jnp.asarray(_skinning(b), dtype),
-      faces=jnp.asarray(b.faces, jnp.int32),
-      region_masks=jnp.zeros((0, len(b.verts)), bool),
-      lip_ring_upper=jnp.asarray(b.grid[b.mouth_row - 2, b.mouth_cols], jnp.int32),
-      lip_ring_lower=jnp.asarray(b.grid[b.mouth_row + 2, b.mouth_cols], jnp.int32),
-      parents=FLAME_PARENTS,
+    v_template=jnp.asarray(b.verts, dtype),
+    shapedirs=jnp.asarray(_shape_basis(b, n_shape, rng), dtype),
+    exprdirs=jnp.asarray(_expression_basis(b, n_expr, rng), dtype),
+    posedirs=jnp.asarray(_pose_correctives(b, rng), dtype),
+    j_regressor=jnp.asarray(_j_regressor(b), dtype),
+    lbs_weights=jnp.asarray(_skinning(b), dtype),
+    faces=jnp.asarray(b.faces, jnp.int32),
+    region_masks=jnp.zeros((0, len(b.verts)), bool),
+    lip_ring_upper=jnp.asarray(b.grid[b.mouth_row - 2, b.mouth_cols], jnp.int32),
+    lip_ring_lower=jnp.asarray(b.grid[b.mouth_row + 2, b.mouth_cols], jnp.int32),
+    parents=FLAME_PARENTS,
   )
   return with_regions(model, regions)
 

@@ -9,8 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaedit_jax.flame.model import NUM_JOINTS, FlameFileError, FlameModel, _regions_dict, with_regions
-from gaedit_jax.flame.regions import (NUM_TEETH_VERTICES, TEETH_LEFT_HALF, TEETH_RIGHT_HALF,
-                                      complete_flame_regions, is_flame_topology)
+from gaedit_jax.flame.regions import (
+  NUM_TEETH_VERTICES,
+  TEETH_LEFT_HALF,
+  TEETH_RIGHT_HALF,
+  complete_flame_regions,
+  is_flame_topology,
+)
 
 
 def _teeth_strip(a0: int, b0: int, first: str, reverse: bool) -> list[list[int]]:
@@ -39,10 +44,8 @@ def teeth_faces(fix_face_133: bool = True) -> np.ndarray:
   bottom strips), 84-167 lower (front, back, top). GA issue #50: face 133 is [101,116,115]; before
   the fix (GA < 9b841cb, possibly the editor's shipped flame_model) it was [101,116,114].
   """
-  upper = (_teeth_strip(0, 30, "X", False) + _teeth_strip(60, 75, "X", True)
-           + _teeth_strip(75, 30, "Y", True))
-  lower = (_teeth_strip(45, 15, "Y", False) + _teeth_strip(90, 105, "X", False)
-           + _teeth_strip(105, 45, "Y", False))
+  upper = _teeth_strip(0, 30, "X", False) + _teeth_strip(60, 75, "X", True) + _teeth_strip(75, 30, "Y", True)
+  lower = _teeth_strip(45, 15, "Y", False) + _teeth_strip(90, 105, "X", False) + _teeth_strip(105, 45, "Y", False)
   f = np.asarray(upper + lower, np.int32)
   if not fix_face_133:
     f[133] = [101, 116, 114]
@@ -63,9 +66,11 @@ def add_teeth(model: FlameModel, *, fix_face_133: bool = True) -> FlameModel:
   flame_topology = is_flame_topology(model)
   model = complete_flame_regions(model)
   if model.lip_ring_upper is None or model.lip_ring_lower is None:
-    raise FlameFileError("add_teeth: the model has no lip rings (masks keys lip_outside_ring_upper / "
-                         "lip_outside_ring_lower, 15 ordered vertex ids each) and is not the 5023-vertex "
-                         f"FLAME topology (it has {model.num_vertices} vertices)")
+    raise FlameFileError(
+      "add_teeth: the model has no lip rings (masks keys lip_outside_ring_upper / "
+      "lip_outside_ring_lower, 15 ordered vertex ids each) and is not the 5023-vertex "
+      f"FLAME topology (it has {model.num_vertices} vertices)"
+    )
   up, lo = np.asarray(model.lip_ring_upper), np.asarray(model.lip_ring_lower)
   if up.shape != (15,) or lo.shape != (15,):
     raise ValueError(f"add_teeth: lip rings must have 15 vertices each, got {up.shape} and {lo.shape}")
@@ -83,8 +88,16 @@ def add_teeth(model: FlameModel, *, fix_face_133: bool = True) -> FlameModel:
   lower_edge = mid - 0.1 * ey - 0.4 * ez  # lower teeth slightly behind the upper ones
   lower_root = lower_edge - 2.0 * ey
   thick = 1.0 * ez
-  rows = [upper_root, lower_root, upper_edge, lower_edge, upper_root - thick, upper_edge - thick,
-          lower_root - thick, lower_edge - thick]
+  rows = [
+    upper_root,
+    lower_root,
+    upper_edge,
+    lower_edge,
+    upper_root - thick,
+    upper_edge - thick,
+    lower_root - thick,
+    lower_edge - thick,
+  ]
   v_teeth = np.concatenate(rows, axis=0)  # [120,3]
 
   nv = model.num_vertices
@@ -99,15 +112,15 @@ def add_teeth(model: FlameModel, *, fix_face_133: bool = True) -> FlameModel:
   npose = model.posedirs.shape[0]
   pd = np.asarray(model.posedirs).reshape(npose, nv, 3)
   pd = np.concatenate([pd, np.zeros((npose, NUM_TEETH_VERTICES, 3), pd.dtype)], axis=1)
-  jr = np.concatenate([np.asarray(model.j_regressor),
-                       np.zeros((model.num_joints, NUM_TEETH_VERTICES), model.j_regressor.dtype)], 1)
+  jr = np.concatenate(
+    [np.asarray(model.j_regressor), np.zeros((model.num_joints, NUM_TEETH_VERTICES), model.j_regressor.dtype)], 1
+  )
   w_teeth = np.zeros((NUM_TEETH_VERTICES, model.num_joints), model.lbs_weights.dtype)
   w_teeth[upper_ids, 1] = 1.0  # move with the neck (the skull)
   w_teeth[lower_ids, 2] = 1.0  # move with the jaw
   faces = np.concatenate([np.asarray(model.faces), teeth_faces(fix_face_133) + nv]).astype(np.int32)
 
-  regions = {k: np.concatenate([v, np.zeros(NUM_TEETH_VERTICES, bool)])
-             for k, v in _regions_dict(model).items()}
+  regions = {k: np.concatenate([v, np.zeros(NUM_TEETH_VERTICES, bool)]) for k, v in _regions_dict(model).items()}
   new = lambda ids: np.concatenate([np.zeros(nv, bool), np.isin(np.arange(NUM_TEETH_VERTICES), ids)])
   regions["teeth_upper"] = new(upper_ids)
   regions["teeth_lower"] = new(lower_ids)
@@ -118,16 +131,16 @@ def add_teeth(model: FlameModel, *, fix_face_133: bool = True) -> FlameModel:
         regions[name] = regions[name] | new(np.asarray(ids))
 
   out = dataclasses.replace(
-      model,
-      v_template=jnp.asarray(np.concatenate([vt, v_teeth]), dt),
-      shapedirs=jnp.asarray(np.concatenate([sd, sd_teeth]), model.shapedirs.dtype),
-      exprdirs=jnp.concatenate([model.exprdirs, jnp.asarray(ed_teeth)]),
-      posedirs=jnp.asarray(pd.reshape(npose, -1)),
-      j_regressor=jnp.asarray(jr),
-      lbs_weights=jnp.concatenate([model.lbs_weights, jnp.asarray(w_teeth)]),
-      faces=jnp.asarray(faces),
-      lip_ring_upper=jnp.asarray(up, jnp.int32),
-      lip_ring_lower=jnp.asarray(lo, jnp.int32),
-      has_teeth=True,
+    model,
+    v_template=jnp.asarray(np.concatenate([vt, v_teeth]), dt),
+    shapedirs=jnp.asarray(np.concatenate([sd, sd_teeth]), model.shapedirs.dtype),
+    exprdirs=jnp.concatenate([model.exprdirs, jnp.asarray(ed_teeth)]),
+    posedirs=jnp.asarray(pd.reshape(npose, -1)),
+    j_regressor=jnp.asarray(jr),
+    lbs_weights=jnp.concatenate([model.lbs_weights, jnp.asarray(w_teeth)]),
+    faces=jnp.asarray(faces),
+    lip_ring_upper=jnp.asarray(up, jnp.int32),
+    lip_ring_lower=jnp.asarray(lo, jnp.int32),
+    has_teeth=True,
   )
   return with_regions(out, regions)

@@ -44,13 +44,16 @@ class CheckpointManager:
     self.dir = Path(directory).absolute()
     self.dir.mkdir(parents=True, exist_ok=True)
     self._mgr = ocp.CheckpointManager(
-        self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True),
-        item_names=("state", "meta"))
+      self.dir,
+      options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True),
+      item_names=("state", "meta"),
+    )
 
   def save(self, step: int, state: Any, meta: dict) -> None:
     state = jax.tree.map(lambda x: None if np.size(x) == 0 else x, state)  # orbax refuses empty arrays
-    self._mgr.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                      meta=ocp.args.JsonSave(meta)), force=True)
+    self._mgr.save(
+      int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
+    )
 
   def wait(self) -> None:
     self._mgr.wait_until_finished()
@@ -75,16 +78,16 @@ class CheckpointManager:
   def restore(self, step: int, template: Any) -> Any:
     """Restores the state pytree; `template` gives its structure, shapes and dtypes."""
     abstract = jax.tree.map(lambda x: None if np.size(x) == 0 else ocp.utils.to_shape_dtype_struct(x), template)
-    got = self._mgr.restore(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))["state"]
+    got = self._mgr.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     leaves, treedef = jax.tree_util.tree_flatten(template)
     back = jax.tree_util.tree_flatten(got, is_leaf=lambda x: x is None)[0]
     if len(back) != len(leaves):
       raise ValueError(f"{self.dir}/{step}: checkpoint structure does not match the template")
     return jax.tree_util.tree_unflatten(treedef, [t if np.size(t) == 0 else r for t, r in zip(leaves, back)])
 
-  def restore_newest(self, template_fn: Callable[[dict], Any],
-                     check: Callable[[int, dict], None] | None = None) -> Restored | None:
+  def restore_newest(
+    self, template_fn: Callable[[dict], Any], check: Callable[[int, dict], None] | None = None
+  ) -> Restored | None:
     """The newest checkpoint that reads back, trying older ones past damaged files.
 
     template_fn(meta) gives the state's structure; check(step, meta) may raise (an InputError when
@@ -114,8 +117,9 @@ class CheckpointManager:
         continue
       return Restored(step, state, meta, skipped)
     if skipped:
-      raise InputError(f"{self.dir}: no readable checkpoint to resume from: "
-                       + "; ".join(f"{s}: {why}" for s, why in skipped))
+      raise InputError(
+        f"{self.dir}: no readable checkpoint to resume from: " + "; ".join(f"{s}: {why}" for s, why in skipped)
+      )
     return None
 
   def set_aside(self, step: int, dest: str | os.PathLike) -> Path:

@@ -152,8 +152,9 @@ def save_png(path: str | os.PathLike, img) -> Path:
 
 def side_by_side(images: Sequence, pad: int = 2, value: float = 1.0) -> np.ndarray:
   """Concatenates [H,W,3] images horizontally with a white gap."""
-  ims = [np.asarray(i, np.float32) if np.asarray(i).dtype != np.uint8 else np.asarray(i, np.float32) / 255.0
-         for i in images]
+  ims = [
+    np.asarray(i, np.float32) if np.asarray(i).dtype != np.uint8 else np.asarray(i, np.float32) / 255.0 for i in images
+  ]
   h = max(i.shape[0] for i in ims)
   gap = np.full((h, pad, 3), value, np.float32)
   row = []
@@ -181,8 +182,9 @@ def save_mp4(path: str | os.PathLike, frames: Sequence, fps: int = 25) -> Path:
   fr = _even([to_uint8(f) for f in frames])
   with warnings.catch_warnings():  # ffmpeg runs as a subprocess (fork+exec): JAX's fork warning is moot
     warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
-    with imageio.get_writer(path, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1,
-                            ffmpeg_log_level="error") as w:
+    with imageio.get_writer(
+      path, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error"
+    ) as w:
       for f in fr:
         w.append_data(f)
   return path
@@ -202,5 +204,15 @@ def save_frames(folder: str | os.PathLike, frames: Sequence) -> list[Path]:
   return [save_png(Path(folder) / f"{i:05d}.png", f) for i, f in enumerate(frames)]
 
 
-__all__ = ["ImageError", "image_size", "read_image", "read_mask", "to_uint8", "save_png", "side_by_side",
-           "save_mp4", "save_gif", "save_frames"]
+__all__ = [
+  "ImageError",
+  "image_size",
+  "read_image",
+  "read_mask",
+  "to_uint8",
+  "save_png",
+  "side_by_side",
+  "save_mp4",
+  "save_gif",
+  "save_frames",
+]

@@ -51,9 +51,22 @@ LAYOUT_GA_CHECKPOINT = "gaussianavatars-checkpoint"
 # GaussianAvatars' ModelParams (arguments/__init__.py) with their defaults, in declaration order:
 # GA's render.py builds its dataset arguments from exactly these keys of cfg_args.
 GA_MODEL_PARAMS: dict[str, Any] = dict(
-    sh_degree=3, source_path="", target_path="", model_path="", images="images", resolution=-1,
-    white_background=False, data_device="cuda", eval=False, bind_to_mesh=False,
-    disable_flame_static_offset=False, not_finetune_flame_params=False, select_camera_id=-1)
+  sh_degree=3,
+  source_path="",
+  target_path="",
+  model_path="",
+  images="images",
+  resolution=-1,
+  white_background=False,
+  data_device="cuda",
+  eval=False,
+  bind_to_mesh=False,
+  disable_flame_static_offset=False,
+  not_finetune_flame_params=False,
+  select_camera_id=-1,
+)
+from gaedit_jax.data.dataset import AvatarDataset
+
 # Our extra cfg_args key (GA's scripts ignore keys they do not know): the FLAME model file.
 GA_FLAME_KEY = "gaedit_flame_model"
 # GaussianAvatars' FlameHead: FLAME 2023 with 300 shape / 100 expression components, + teeth.
@@ -91,8 +104,10 @@ def parse_cfg_args(text: str, where: str = "cfg_args") -> dict[str, Any]:
     try:
       out[kw.arg] = ast.literal_eval(kw.value)
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
-      raise InputError(f"{where}: field {kw.arg!r} is not a literal value ({type(kw.value).__name__}); "
-                       "only strings, numbers, booleans, None, lists and tuples are read") from None
+      raise InputError(
+        f"{where}: field {kw.arg!r} is not a literal value ({type(kw.value).__name__}); "
+        "only strings, numbers, booleans, None, lists and tuples are read"
+      ) from None
   return out
 
 
@@ -193,8 +208,10 @@ def find_model(path: str | os.PathLike, iteration: int | None = None) -> ModelSo
     return ModelSource(LAYOUT_GA, p, _pick(p, its, iteration, "point_cloud/iteration_{}"), ga_cfg(p))
   if ckpts:
     return ModelSource(LAYOUT_GA_CHECKPOINT, p, _pick(p, ckpts, iteration, "chkpnt{}.pth"), ga_cfg(p))
-  raise InputError(f"{p}: not an avatar folder: expected cfg.json + point_cloud/iteration_N/ (gaedit), "
-                   "cfg_args + point_cloud/iteration_N/ (GaussianAvatars) or chkpnt<N>.pth")
+  raise InputError(
+    f"{p}: not an avatar folder: expected cfg.json + point_cloud/iteration_N/ (gaedit), "
+    "cfg_args + point_cloud/iteration_N/ (GaussianAvatars) or chkpnt<N>.pth"
+  )
 
 
 def _pick(root: Path, found: dict[int, Path], iteration: int | None, pattern: str) -> Path:
@@ -203,8 +220,7 @@ def _pick(root: Path, found: dict[int, Path], iteration: int | None, pattern: st
   if iteration is None:
     return found[max(found)]
   if iteration not in found:
-    raise InputError(f"{root}: no {pattern.format(iteration)} for --iteration {iteration} "
-                     f"(found: {sorted(found)})")
+    raise InputError(f"{root}: no {pattern.format(iteration)} for --iteration {iteration} (found: {sorted(found)})")
   return found[iteration]
 
 
@@ -248,8 +264,9 @@ def _flame_npz(path: Path) -> FlameParams:
   """flame_param.npz (both layouts). GA's dynamic_offset [T,V,3] is zero (GA never optimises it);
   a non-zero one cannot be rendered here and is refused."""
   if not path.is_file():
-    raise InputError(f"{path}: missing (the FLAME parameters saved next to point_cloud.ply of an avatar "
-                     "bound to FLAME)")
+    raise InputError(
+      f"{path}: missing (the FLAME parameters saved next to point_cloud.ply of an avatar bound to FLAME)"
+    )
   try:
     with np.load(path, allow_pickle=False) as z:
       d = z["dynamic_offset"] if "dynamic_offset" in z.files else None
@@ -297,27 +314,37 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
   tuples of GA (14 fields), of GA before binding_counter (13) and of GaussianAvatar-Editor (16)."""
   path = Path(path)
   obj = torch_pickle.load(path)
-  if not (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], tuple)
-          and isinstance(obj[1], (int, np.integer))):
+  if not (
+    isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], tuple) and isinstance(obj[1], (int, np.integer))
+  ):
     raise InputError(f"{path}: expected (capture_tuple, iteration) as GaussianAvatars' train.py saves it")
   cap, it = obj
   n = len(cap)
   if n == 12:
-    raise InputError(f"{path}: a 3D Gaussian Splatting checkpoint (12 fields, no binding); "
-                     "expected GaussianAvatars' (Gaussians bound to FLAME triangles)")
+    raise InputError(
+      f"{path}: a 3D Gaussian Splatting checkpoint (12 fields, no binding); "
+      "expected GaussianAvatars' (Gaussians bound to FLAME triangles)"
+    )
   if n not in (13, 14, 16):
-    raise InputError(f"{path}: capture tuple of {n} fields; expected 13, 14 (GaussianAvatars) or 16 "
-                     "(GaussianAvatar-Editor)")
+    raise InputError(
+      f"{path}: capture tuple of {n} fields; expected 13, 14 (GaussianAvatars) or 16 (GaussianAvatar-Editor)"
+    )
   names = ["active_sh_degree", "xyz", "features_dc", "features_rest", "scaling", "rotation", "opacity", "binding"]
-  names += (["binding_counter"] if n != 13 else []) + ["max_radii2D", "xyz_gradient_accum", "denom", "optimizer",
-                                                       "spatial_lr_scale"]
+  names += (["binding_counter"] if n != 13 else []) + [
+    "max_radii2D",
+    "xyz_gradient_accum",
+    "denom",
+    "optimizer",
+    "spatial_lr_scale",
+  ]
   d = dict(zip(names, cap))
   d["iteration"] = int(it)
   if n == 13:
     d["binding_counter"] = None
   n_g = None
-  expect = dict(xyz=(3,), features_dc=(1, 3), features_rest=(None, 3), scaling=(3,), rotation=(4,), opacity=(1,),
-                binding=())
+  expect = dict(
+    xyz=(3,), features_dc=(1, 3), features_rest=(None, 3), scaling=(3,), rotation=(4,), opacity=(1,), binding=()
+  )
   for k, tail in expect.items():
     a = d[k]
     if not isinstance(a, np.ndarray):
@@ -325,10 +352,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if k == "opacity" and a.ndim == 1:
       a = d[k] = a[:, None]
     want = "[" + ",".join(["N"] + ["*" if t is None else str(t) for t in tail]) + "]"
-    if a.ndim != 1 + len(tail) or (n_g is not None and a.shape[0] != n_g) or \
-        any(t is not None and t != s for t, s in zip(tail, a.shape[1:])):
-      raise InputError(f"{path}: capture field {k!r} has shape {list(a.shape)}, expected {want}"
-                       + (f" with N = {n_g}" if n_g is not None else ""))
+    if (
+      a.ndim != 1 + len(tail)
+      or (n_g is not None and a.shape[0] != n_g)
+      or any(t is not None and t != s for t, s in zip(tail, a.shape[1:]))
+    ):
+      raise InputError(
+        f"{path}: capture field {k!r} has shape {list(a.shape)}, expected {want}"
+        + (f" with N = {n_g}" if n_g is not None else "")
+      )
     n_g = a.shape[0]
     if k != "binding" and (a.dtype.kind != "f" or not np.isfinite(a).all()):
       raise InputError(f"{path}: capture field {k!r} must hold finite floats (dtype {a.dtype})")
@@ -343,19 +375,30 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def _checkpoint_avatar(d: dict) -> Avatar:
   n = d["xyz"].shape[0]
   f32 = lambda a: jnp.asarray(np.asarray(a, np.float32))
-  return Avatar(xyz=f32(d["xyz"]), log_scale=f32(d["scaling"]), rotation=f32(d["rotation"]),
-                opacity_logit=f32(d["opacity"][:, 0]), sh_dc=f32(d["features_dc"]), sh_rest=f32(d["features_rest"]),
-                binding=jnp.asarray(d["binding"].astype(np.int32)), active=jnp.ones(n, bool))
+  return Avatar(
+    xyz=f32(d["xyz"]),
+    log_scale=f32(d["scaling"]),
+    rotation=f32(d["rotation"]),
+    opacity_logit=f32(d["opacity"][:, 0]),
+    sh_dc=f32(d["features_dc"]),
+    sh_rest=f32(d["features_rest"]),
+    binding=jnp.asarray(d["binding"].astype(np.int32)),
+    active=jnp.ones(n, bool),
+  )
 
 
 def _dataset_flame(data: Path, num_vertices: int | None) -> FlameParams:
-  from gaedit_jax.data.dataset import AvatarDataset
 
   return AvatarDataset(data, "train", cache_size=0, num_vertices=num_vertices).flame_params
 
 
-def read_avatar(path: str | os.PathLike, iteration: int | None = None, *, data: str | os.PathLike | None = None,
-                num_vertices: int | None = None) -> AvatarFolder:
+def read_avatar(
+  path: str | os.PathLike,
+  iteration: int | None = None,
+  *,
+  data: str | os.PathLike | None = None,
+  num_vertices: int | None = None,
+) -> AvatarFolder:
   """Reads an avatar of any accepted layout (module docstring). data: the dataset folder,
   overriding the recorded one (cfg.json data / cfg_args source_path); for a checkpoint without a
   flame_param.npz of its iteration the FLAME parameters are the dataset's tracking (num_vertices:
@@ -369,15 +412,21 @@ def read_avatar(path: str | os.PathLike, iteration: int | None = None, *, data: 
     if data is not None:
       cfg["data"] = str(data)
     cfg.update(layout=src.layout, source=str(src.root))
-    return AvatarFolder(_ply(src.path / "point_cloud.ply"), _flame_npz(src.path / "flame_param.npz"), cfg,
-                        src.path, _it(src.path), src)
+    return AvatarFolder(
+      _ply(src.path / "point_cloud.ply"), _flame_npz(src.path / "flame_param.npz"), cfg, src.path, _it(src.path), src
+    )
 
   args = _recorded_cfg(src)
   config = _ga_config(args, src.cfg_file or src.path)
   recorded = args.get("source_path") or None
-  cfg = dict(config=config, data=str(data) if data is not None else recorded, flame_model=args.get(GA_FLAME_KEY),
-             layout=src.layout, source=str(src.path if src.layout == LAYOUT_GA_CHECKPOINT else src.root),
-             gaussianavatars=args)
+  cfg = dict(
+    config=config,
+    data=str(data) if data is not None else recorded,
+    flame_model=args.get(GA_FLAME_KEY),
+    layout=src.layout,
+    source=str(src.path if src.layout == LAYOUT_GA_CHECKPOINT else src.root),
+    gaussianavatars=args,
+  )
   if src.layout == LAYOUT_GA:
     avatar = _ply(src.path / "point_cloud.ply")
     config["sh_degree"] = avatar.sh_degree
@@ -386,8 +435,11 @@ def read_avatar(path: str | os.PathLike, iteration: int | None = None, *, data: 
   ck = read_checkpoint(src.path)
   it = ck["iteration"]
   avatar = _checkpoint_avatar(ck)
-  config.update(sh_degree=avatar.sh_degree, active_sh_degree=int(ck["active_sh_degree"]),
-                spatial_lr_scale=float(ck["spatial_lr_scale"]))
+  config.update(
+    sh_degree=avatar.sh_degree,
+    active_sh_degree=int(ck["active_sh_degree"]),
+    spatial_lr_scale=float(ck["spatial_lr_scale"]),
+  )
   it_dir = src.root / "point_cloud" / f"iteration_{it}"
   npz = it_dir / "flame_param.npz"
   if npz.is_file():
@@ -422,30 +474,39 @@ class TrainedAvatar(NamedTuple):
   """What `load_trained` returns (unpacks as the 6-tuple the stages use)."""
 
   avatar: Avatar
-  model: FlameModel        # FLAME (+ teeth) with the subject's shape and static offset baked in
-  flame: dict              # per-timestep FLAME fields [T,...]
-  flame0: FlameParams      # all FLAME parameters (shape, static_offset, per-timestep [T,...])
-  cfg: dict                # config, data, flame_model, layout, source
+  model: FlameModel  # FLAME (+ teeth) with the subject's shape and static offset baked in
+  flame: dict  # per-timestep FLAME fields [T,...]
+  flame0: FlameParams  # all FLAME parameters (shape, static_offset, per-timestep [T,...])
+  cfg: dict  # config, data, flame_model, layout, source
   it_dir: Path
 
 
 def _fit_dims(model: FlameModel, fp: FlameParams, where: str) -> FlameParams:
   ns, ne = fp.shape.shape[-1], fp.expr.shape[-1]
   if fp.static_offset.shape[-2] != model.num_vertices:
-    raise InputError(f"{where}: static_offset has {fp.static_offset.shape[-2]} vertices but the FLAME model has "
-                     f"{model.num_vertices} (with teeth); pass the right {_FLAME_FLAG}")
+    raise InputError(
+      f"{where}: static_offset has {fp.static_offset.shape[-2]} vertices but the FLAME model has "
+      f"{model.num_vertices} (with teeth); pass the right {_FLAME_FLAG}"
+    )
   if ns > model.n_shape or ne > model.n_expr:
-    raise InputError(f"{where}: FLAME parameters have {ns} shape / {ne} expression components, the FLAME model only "
-                     f"{model.n_shape} / {model.n_expr}; pass the right {_FLAME_FLAG}")
+    raise InputError(
+      f"{where}: FLAME parameters have {ns} shape / {ne} expression components, the FLAME model only "
+      f"{model.n_shape} / {model.n_expr}; pass the right {_FLAME_FLAG}"
+    )
   if ns == model.n_shape and ne == model.n_expr:
     return fp
   pad = lambda x, n: jnp.pad(jnp.asarray(x), [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
   return dataclasses.replace(fp, shape=pad(fp.shape, model.n_shape), expr=pad(fp.expr, model.n_expr))
 
 
-def load_trained(model_dir: str | os.PathLike, iteration: int | None = None, *,
-                 data: str | os.PathLike | None = None, flame_model: str | os.PathLike | None = None,
-                 require_data: bool = False) -> TrainedAvatar:
+def load_trained(
+  model_dir: str | os.PathLike,
+  iteration: int | None = None,
+  *,
+  data: str | os.PathLike | None = None,
+  flame_model: str | os.PathLike | None = None,
+  require_data: bool = False,
+) -> TrainedAvatar:
   """Loads an avatar of any accepted layout with its FLAME model, ready to pose and render:
   (avatar, baked FLAME model, per-timestep FLAME dict, FlameParams, cfg dict, iteration folder).
 
@@ -457,8 +518,13 @@ def load_trained(model_dir: str | os.PathLike, iteration: int | None = None, *,
   if fm is None:
     rec = _recorded_cfg(pre).get(GA_FLAME_KEY if pre.layout != LAYOUT_GAEDIT else "flame_model")
     if rec is None:
-      what = "a GaussianAvatars checkpoint" if pre.layout == LAYOUT_GA_CHECKPOINT else \
-          "a GaussianAvatars folder" if pre.layout == LAYOUT_GA else "this model folder"
+      what = (
+        "a GaussianAvatars checkpoint"
+        if pre.layout == LAYOUT_GA_CHECKPOINT
+        else "a GaussianAvatars folder"
+        if pre.layout == LAYOUT_GA
+        else "this model folder"
+      )
       raise InputError(f"{pre.path}: {what} does not record its FLAME model; pass {_FLAME_FLAG}")
     fm = Path(rec)
     if not fm.is_file():
@@ -478,14 +544,19 @@ def load_trained(model_dir: str | os.PathLike, iteration: int | None = None, *,
     else:
       why = None
     if why is not None:
-      need = " (a GaussianAvatars checkpoint holds no FLAME parameters: they come from the dataset's tracking)" \
-          if af.flame is None else ""
+      need = (
+        " (a GaussianAvatars checkpoint holds no FLAME parameters: they come from the dataset's tracking)"
+        if af.flame is None
+        else ""
+      )
       raise InputError(f"{af.source.path}: {why}; pass --data DIR{need}")
   nf = int(full.num_faces)
   b = np.asarray(af.avatar.binding)[np.asarray(af.avatar.active)]
   if b.size and int(b.max()) >= nf:
-    raise InputError(f"{af.source.path}: binding refers to face {int(b.max())} but the FLAME model has {nf} faces "
-                     f"(with teeth); pass the right {_FLAME_FLAG}")
+    raise InputError(
+      f"{af.source.path}: binding refers to face {int(b.max())} but the FLAME model has {nf} faces "
+      f"(with teeth); pass the right {_FLAME_FLAG}"
+    )
   fp = _fit_dims(full, af.flame, str(af.source.path))
   return TrainedAvatar(af.avatar, baked_model(full, fp), per_timestep(fp), fp, cfg, af.it_dir)
 
@@ -495,8 +566,9 @@ def load_trained(model_dir: str | os.PathLike, iteration: int | None = None, *,
 # ------------------------------------------------------------------------------------------------
 
 
-def write_iteration(it_dir: str | os.PathLike, avatar: Avatar, flame: FlameParams, *,
-                    sh_degree: int | None = None) -> Path:
+def write_iteration(
+  it_dir: str | os.PathLike, avatar: Avatar, flame: FlameParams, *, sh_degree: int | None = None
+) -> Path:
   """point_cloud.ply + flame_param.npz of one iteration (the same files in both layouts)."""
   it_dir = Path(it_dir)
   it_dir.mkdir(parents=True, exist_ok=True)
@@ -505,36 +577,75 @@ def write_iteration(it_dir: str | os.PathLike, avatar: Avatar, flame: FlameParam
   return it_dir
 
 
-def write_model_folder(out: str | os.PathLike, avatar: Avatar, flame: FlameParams, *, iteration: int,
-                       data: str | os.PathLike, flame_model: str | os.PathLike, config: dict | None = None,
-                       sh_degree: int | None = None, **extra) -> Path:
+def write_model_folder(
+  out: str | os.PathLike,
+  avatar: Avatar,
+  flame: FlameParams,
+  *,
+  iteration: int,
+  data: str | os.PathLike,
+  flame_model: str | os.PathLike,
+  config: dict | None = None,
+  sh_degree: int | None = None,
+  **extra,
+) -> Path:
   """Our model folder: cfg.json (config, data, flame_model, extra keys) + point_cloud/iteration_N."""
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   it_dir = write_iteration(out / "point_cloud" / f"iteration_{int(iteration)}", avatar, flame, sh_degree=sh_degree)
-  (out / "cfg.json").write_text(json.dumps(dict(config=dict(config or {}), data=str(Path(data).absolute()),
-                                                flame_model=str(Path(flame_model).absolute()), **extra), indent=2))
+  (out / "cfg.json").write_text(
+    json.dumps(
+      dict(
+        config=dict(config or {}),
+        data=str(Path(data).absolute()),
+        flame_model=str(Path(flame_model).absolute()),
+        **extra,
+      ),
+      indent=2,
+    )
+  )
   return it_dir
 
 
-def gaussianavatars_cfg_args(*, source_path: str | os.PathLike, model_path: str | os.PathLike, sh_degree: int,
-                             white_background: bool, image_scale: float = 1.0,
-                             flame_model: str | os.PathLike | None = None) -> dict[str, Any]:
+def gaussianavatars_cfg_args(
+  *,
+  source_path: str | os.PathLike,
+  model_path: str | os.PathLike,
+  sh_degree: int,
+  white_background: bool,
+  image_scale: float = 1.0,
+  flame_model: str | os.PathLike | None = None,
+) -> dict[str, Any]:
   """cfg_args fields for GaussianAvatars' render.py: every ModelParams key (render.py reads them
   all), bind_to_mesh and eval on (train/val/test splits), plus our FLAME model key."""
   a = dict(GA_MODEL_PARAMS)
-  a.update(sh_degree=int(sh_degree), source_path=str(Path(source_path).absolute()),
-           model_path=str(Path(model_path).absolute()), resolution=_image_scale_to_resolution(image_scale),
-           white_background=bool(white_background), eval=True, bind_to_mesh=True)
+  a.update(
+    sh_degree=int(sh_degree),
+    source_path=str(Path(source_path).absolute()),
+    model_path=str(Path(model_path).absolute()),
+    resolution=_image_scale_to_resolution(image_scale),
+    white_background=bool(white_background),
+    eval=True,
+    bind_to_mesh=True,
+  )
   if flame_model is not None:
     a[GA_FLAME_KEY] = str(Path(flame_model).absolute())
   return a
 
 
-def write_gaussianavatars_folder(out: str | os.PathLike, avatar: Avatar, flame: FlameParams, *, iteration: int,
-                                 source_path: str | os.PathLike, white_background: bool, image_scale: float = 1.0,
-                                 sh_degree: int | None = None, flame_model: str | os.PathLike | None = None,
-                                 overwrite: bool = False) -> Path:
+def write_gaussianavatars_folder(
+  out: str | os.PathLike,
+  avatar: Avatar,
+  flame: FlameParams,
+  *,
+  iteration: int,
+  source_path: str | os.PathLike,
+  white_background: bool,
+  image_scale: float = 1.0,
+  sh_degree: int | None = None,
+  flame_model: str | os.PathLike | None = None,
+  overwrite: bool = False,
+) -> Path:
   """A GaussianAvatars output folder: cfg_args + point_cloud/iteration_N/{point_cloud.ply,
   flame_param.npz}. GA's render.py (`-m OUT`, reads the dataset at source_path) and local_viewer.py
   (`--point_path OUT/point_cloud/iteration_N/point_cloud.ply --sh_degree D`) open it; their FLAME
@@ -546,16 +657,40 @@ def write_gaussianavatars_folder(out: str | os.PathLike, avatar: Avatar, flame: 
   deg = avatar.sh_degree if sh_degree is None else int(sh_degree)
   ns, ne, nv = flame.shape.shape[-1], flame.expr.shape[-1], flame.static_offset.shape[-2]
   if (ns, ne, nv) != tuple(GA_FLAME_DIMS.values()):
-    warnings.warn(f"{out}: the FLAME parameters have {ns} shape / {ne} expression components and {nv} vertices; "
-                  "GaussianAvatars' scripts need FLAME 2023 with teeth (300 / 100 / 5143)", stacklevel=2)
+    warnings.warn(
+      f"{out}: the FLAME parameters have {ns} shape / {ne} expression components and {nv} vertices; "
+      "GaussianAvatars' scripts need FLAME 2023 with teeth (300 / 100 / 5143)",
+      stacklevel=2,
+    )
   write_iteration(it_dir, avatar, flame, sh_degree=deg)
-  args = gaussianavatars_cfg_args(source_path=source_path, model_path=out, sh_degree=deg,
-                                  white_background=white_background, image_scale=image_scale, flame_model=flame_model)
+  args = gaussianavatars_cfg_args(
+    source_path=source_path,
+    model_path=out,
+    sh_degree=deg,
+    white_background=white_background,
+    image_scale=image_scale,
+    flame_model=flame_model,
+  )
   (out / "cfg_args").write_text(format_cfg_args(args))
   return it_dir
 
 
-__all__ = ["AvatarFolder", "GA_MODEL_PARAMS", "ModelSource", "TrainedAvatar", "find_model", "format_cfg_args",
-           "gaussianavatars_cfg_args", "latest_iteration", "load_flame_model", "load_trained", "parse_cfg_args",
-           "read_avatar", "read_cfg_args", "read_checkpoint", "write_gaussianavatars_folder", "write_iteration",
-           "write_model_folder"]
+__all__ = [
+  "AvatarFolder",
+  "GA_MODEL_PARAMS",
+  "ModelSource",
+  "TrainedAvatar",
+  "find_model",
+  "format_cfg_args",
+  "gaussianavatars_cfg_args",
+  "latest_iteration",
+  "load_flame_model",
+  "load_trained",
+  "parse_cfg_args",
+  "read_avatar",
+  "read_cfg_args",
+  "read_checkpoint",
+  "write_gaussianavatars_folder",
+  "write_iteration",
+  "write_model_folder",
+]

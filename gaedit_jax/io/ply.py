@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaedit_jax.errors import InputError
-from gaedit_jax.rig import Avatar, FaceFrames, quat_multiply
+from gaedit_jax.flame import FlameParams
+from gaedit_jax.rig import Avatar, FaceFrames, quat_multiply, with_capacity
 
 
 def _write_ply(path: Path, cols: dict[str, np.ndarray]) -> None:
@@ -39,9 +40,24 @@ def _write_ply(path: Path, cols: dict[str, np.ndarray]) -> None:
   os.replace(tmp, path)
 
 
-_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "<i2", "int16": "<i2",
-              "ushort": "<u2", "uint16": "<u2", "int": "<i4", "int32": "<i4", "uint": "<u4",
-              "uint32": "<u4", "float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8"}
+_PLY_TYPES = {
+  "char": "i1",
+  "int8": "i1",
+  "uchar": "u1",
+  "uint8": "u1",
+  "short": "<i2",
+  "int16": "<i2",
+  "ushort": "<u2",
+  "uint16": "<u2",
+  "int": "<i4",
+  "int32": "<i4",
+  "uint": "<u4",
+  "uint32": "<u4",
+  "float": "<f4",
+  "float32": "<f4",
+  "double": "<f8",
+  "float64": "<f8",
+}
 _MAX_HEADER = 1 << 20
 NONFINITE_MODES = ("error", "drop")
 
@@ -75,20 +91,24 @@ def _read_header(f, path) -> tuple[int, list[tuple[str, str]]]:
     if w[0] == "format":
       fmt = w[1] if len(w) > 1 else ""
       if fmt != "binary_little_endian":
-        raise InputError(f"{path}: ply format {fmt!r} is not supported (only binary_little_endian; "
-                         "re-export the file as binary little-endian)")
+        raise InputError(
+          f"{path}: ply format {fmt!r} is not supported (only binary_little_endian; "
+          "re-export the file as binary little-endian)"
+        )
     elif w[0] == "element":
       if len(w) != 3 or not w[2].isdigit():
-        raise InputError(f"{path}: bad header line {line.decode('ascii').strip()!r} "
-                         "(expected 'element <name> <count>')")
+        raise InputError(
+          f"{path}: bad header line {line.decode('ascii').strip()!r} (expected 'element <name> <count>')"
+        )
       element = w[1]
       if element == "vertex":
         if n is not None:
           raise InputError(f"{path}: two 'element vertex' lines")
         n = int(w[2])
       elif int(w[2]) != 0:
-        raise InputError(f"{path}: element {element!r} ({w[2]} entries) is not supported "
-                         "(only one 'vertex' element of Gaussians)")
+        raise InputError(
+          f"{path}: element {element!r} ({w[2]} entries) is not supported (only one 'vertex' element of Gaussians)"
+        )
     elif w[0] == "property":
       if element is None:
         raise InputError(f"{path}: property line before any element line")
@@ -98,14 +118,16 @@ def _read_header(f, path) -> tuple[int, list[tuple[str, str]]]:
           raise InputError(f"{path}: property {name!r} is a list, which is not supported")
         continue
       if len(w) != 3:
-        raise InputError(f"{path}: bad header line {line.decode('ascii').strip()!r} "
-                         "(expected 'property <type> <name>')")
+        raise InputError(
+          f"{path}: bad header line {line.decode('ascii').strip()!r} (expected 'property <type> <name>')"
+        )
       if element != "vertex":
         continue  # a property of an empty element (checked above)
       typ, name = w[1], w[2]
       if typ not in _PLY_TYPES:
-        raise InputError(f"{path}: property {name!r} has unknown type {typ!r} (expected one of "
-                         f"{', '.join(sorted(_PLY_TYPES))})")
+        raise InputError(
+          f"{path}: property {name!r} has unknown type {typ!r} (expected one of {', '.join(sorted(_PLY_TYPES))})"
+        )
       if any(name == p for p, _ in props):
         raise InputError(f"{path}: property {name!r} appears twice")
       props.append((name, _PLY_TYPES[typ]))
@@ -136,12 +158,16 @@ def read_ply(path: str | os.PathLike, *, nonfinite: str = "error") -> dict[str, 
     if have < need:
       k, rem = divmod(have, dt.itemsize)
       cut = next(name for name, _ in props if dt.fields[name][1] + dt.fields[name][0].itemsize > rem)
-      raise InputError(f"{path}: truncated: the header says {n} vertices ({need} bytes) but the data "
-                       f"ends after {have} bytes, in vertex {k}, property {cut!r}")
+      raise InputError(
+        f"{path}: truncated: the header says {n} vertices ({need} bytes) but the data "
+        f"ends after {have} bytes, in vertex {k}, property {cut!r}"
+      )
     if have > need:
-      raise InputError(f"{path}: the header says {n} vertices but {have} bytes of data hold "
-                       f"{have / dt.itemsize:g} vertices of {dt.itemsize} bytes; the vertex count "
-                       "disagrees with the data size")
+      raise InputError(
+        f"{path}: the header says {n} vertices but {have} bytes of data hold "
+        f"{have / dt.itemsize:g} vertices of {dt.itemsize} bytes; the vertex count "
+        "disagrees with the data size"
+      )
     data = f.read(need)
   if len(data) != need:
     raise InputError(f"{path}: truncated while reading ({len(data)} of {need} bytes)")
@@ -158,18 +184,20 @@ def read_ply(path: str | os.PathLike, *, nonfinite: str = "error") -> dict[str, 
   if counts:
     what = ", ".join(f"{k!r} ({c})" for k, c in counts.items())
     if nonfinite == "error":
-      raise InputError(f"{path}: non-finite values (NaN or inf) in property {what}, in {int(bad.sum())} "
-                       f"of {n} vertices (pass nonfinite='drop' to drop those vertices)")
-    warnings.warn(f"{path}: dropped {int(bad.sum())} of {n} vertices with non-finite values in "
-                  f"property {what}", stacklevel=2)
+      raise InputError(
+        f"{path}: non-finite values (NaN or inf) in property {what}, in {int(bad.sum())} "
+        f"of {n} vertices (pass nonfinite='drop' to drop those vertices)"
+      )
+    warnings.warn(
+      f"{path}: dropped {int(bad.sum())} of {n} vertices with non-finite values in property {what}", stacklevel=2
+    )
     cols = {k: v[~bad] for k, v in cols.items()}
   return cols
 
 
 def _gauss_cols(xyz, log_scale, rot, opacity_logit, sh_dc, sh_rest) -> dict[str, np.ndarray]:
   n = xyz.shape[0]
-  cols = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
-          "nx": np.zeros(n), "ny": np.zeros(n), "nz": np.zeros(n)}
+  cols = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "nx": np.zeros(n), "ny": np.zeros(n), "nz": np.zeros(n)}
   for c in range(3):
     cols[f"f_dc_{c}"] = sh_dc[:, 0, c]
   rest = np.transpose(sh_rest, (0, 2, 1)).reshape(n, -1)  # [N, 3*(K-1)] channel-major (3DGS)
@@ -184,8 +212,10 @@ def _gauss_cols(xyz, log_scale, rot, opacity_logit, sh_dc, sh_rest) -> dict[str,
 
 
 def _np_avatar(avatar: Avatar, sh_degree: int | None):
-  a = {k: np.asarray(getattr(avatar, k)) for k in ("xyz", "log_scale", "rotation", "opacity_logit",
-                                                   "sh_dc", "sh_rest", "binding", "active")}
+  a = {
+    k: np.asarray(getattr(avatar, k))
+    for k in ("xyz", "log_scale", "rotation", "opacity_logit", "sh_dc", "sh_rest", "binding", "active")
+  }
   m = a.pop("active").astype(bool)
   a = {k: v[m] for k, v in a.items()}
   if sh_degree is not None:
@@ -204,12 +234,28 @@ def save_avatar_ply(path: str | os.PathLike, avatar: Avatar, *, sh_degree: int |
   return Path(path)
 
 
-_AVATAR_PROPS = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1",
-                 "scale_2", "rot_0", "rot_1", "rot_2", "rot_3", "binding_0")
+_AVATAR_PROPS = (
+  "x",
+  "y",
+  "z",
+  "f_dc_0",
+  "f_dc_1",
+  "f_dc_2",
+  "opacity",
+  "scale_0",
+  "scale_1",
+  "scale_2",
+  "rot_0",
+  "rot_1",
+  "rot_2",
+  "rot_3",
+  "binding_0",
+)
 
 
-def load_avatar_ply(path: str | os.PathLike, *, capacity: int | None = None,
-                    num_faces: int | None = None, nonfinite: str = "error") -> Avatar:
+def load_avatar_ply(
+  path: str | os.PathLike, *, capacity: int | None = None, num_faces: int | None = None, nonfinite: str = "error"
+) -> Avatar:
   """Reads a GaussianAvatars point_cloud.ply into an Avatar (all slots active unless capacity
   is larger than the number of Gaussians).
 
@@ -220,44 +266,60 @@ def load_avatar_ply(path: str | os.PathLike, *, capacity: int | None = None,
   d = read_ply(path, nonfinite=nonfinite)
   missing = [k for k in _AVATAR_PROPS if k not in d]
   if missing:
-    raise InputError(f"{path}: missing property {missing[0]!r}"
-                     + (f" (and {', '.join(map(repr, missing[1:]))})" if missing[1:] else "")
-                     + " (not a GaussianAvatars point_cloud.ply?)")
+    raise InputError(
+      f"{path}: missing property {missing[0]!r}"
+      + (f" (and {', '.join(map(repr, missing[1:]))})" if missing[1:] else "")
+      + " (not a GaussianAvatars point_cloud.ply?)"
+    )
   n = d["x"].shape[0]
   nrest = len([k for k in d if k.startswith("f_rest_")])
   gap = next((i for i in range(nrest) if f"f_rest_{i}" not in d), None)
   if gap is not None:
-    raise InputError(f"{path}: missing property 'f_rest_{gap}' ({nrest} f_rest properties must be "
-                     f"f_rest_0..f_rest_{nrest - 1})")
+    raise InputError(
+      f"{path}: missing property 'f_rest_{gap}' ({nrest} f_rest properties must be f_rest_0..f_rest_{nrest - 1})"
+    )
   if nrest % 3:
     raise InputError(f"{path}: {nrest} f_rest properties is not a multiple of 3")
   b = np.asarray(d["binding_0"], np.float64)
-  limit = num_faces if num_faces is not None else 2 ** 31
+  limit = num_faces if num_faces is not None else 2**31
   wrong = np.flatnonzero((b != np.rint(b)) | (b < 0) | (b >= limit))
   if wrong.size:
     i = int(wrong[0])
     rng = f"[0, {num_faces})" if num_faces is not None else "[0, number of faces)"
-    raise InputError(f"{path}: property 'binding_0' holds {b[i]:g} at Gaussian {i} ({wrong.size} such): "
-                     f"face ids must be integers in {rng}")
+    raise InputError(
+      f"{path}: property 'binding_0' holds {b[i]:g} at Gaussian {i} ({wrong.size} such): "
+      f"face ids must be integers in {rng}"
+    )
   k = nrest // 3
-  rest = np.stack([d[f"f_rest_{i}"] for i in range(nrest)], 1).reshape(n, 3, k).transpose(0, 2, 1) if k else \
-      np.zeros((n, 0, 3), np.float32)
-  av = Avatar(xyz=np.stack([d["x"], d["y"], d["z"]], 1),
-              log_scale=np.stack([d[f"scale_{i}"] for i in range(3)], 1),
-              rotation=np.stack([d[f"rot_{i}"] for i in range(4)], 1),
-              opacity_logit=d["opacity"], sh_dc=np.stack([d[f"f_dc_{i}"] for i in range(3)], 1)[:, None, :],
-              sh_rest=rest, binding=b.astype(np.int32), active=np.ones(n, bool))
-  av = Avatar(**{f: jnp.asarray(np.asarray(getattr(av, f), np.float32 if f not in ("binding", "active")
-                                           else getattr(av, f).dtype)) for f in av.__dataclass_fields__})
+  rest = (
+    np.stack([d[f"f_rest_{i}"] for i in range(nrest)], 1).reshape(n, 3, k).transpose(0, 2, 1)
+    if k
+    else np.zeros((n, 0, 3), np.float32)
+  )
+  av = Avatar(
+    xyz=np.stack([d["x"], d["y"], d["z"]], 1),
+    log_scale=np.stack([d[f"scale_{i}"] for i in range(3)], 1),
+    rotation=np.stack([d[f"rot_{i}"] for i in range(4)], 1),
+    opacity_logit=d["opacity"],
+    sh_dc=np.stack([d[f"f_dc_{i}"] for i in range(3)], 1)[:, None, :],
+    sh_rest=rest,
+    binding=b.astype(np.int32),
+    active=np.ones(n, bool),
+  )
+  av = Avatar(
+    **{
+      f: jnp.asarray(np.asarray(getattr(av, f), np.float32 if f not in ("binding", "active") else getattr(av, f).dtype))
+      for f in av.__dataclass_fields__
+    }
+  )
   if capacity is not None and capacity > n:
-    from gaedit_jax.rig import with_capacity
-
     av = with_capacity(av, capacity)
   return av
 
 
-def save_world_ply(path: str | os.PathLike, avatar: Avatar, frames: FaceFrames, *,
-                   sh_degree: int | None = None) -> Path:
+def save_world_ply(
+  path: str | os.PathLike, avatar: Avatar, frames: FaceFrames, *, sh_degree: int | None = None
+) -> Path:
   """World-space 3DGS ply (standard INRIA layout, no binding) for one posed mesh (frames
   unbatched: center [F,3], rotation [F,3,3], quat [F,4], scale [F]). Rotating the SH with the
   face frame is not done (as GA's viewer): view-dependent colour is in the local frame."""
@@ -293,7 +355,6 @@ def save_flame_npz(path: str | os.PathLike, flame0, per_timestep: dict) -> Path:
 
 def load_flame_npz(path: str | os.PathLike):
   """Reads flame_param.npz -> FlameParams ([T,...] per-timestep fields, shape [n], static_offset [V,3])."""
-  from gaedit_jax.flame import FlameParams
 
   try:
     with np.load(path, allow_pickle=False) as z:  # data only: object arrays are refused
@@ -306,9 +367,11 @@ def load_flame_npz(path: str | os.PathLike):
   if missing:
     raise InputError(f"{path}: missing keys {missing}")
   so = d["static_offset"]
-  return FlameParams(shape=jnp.asarray(d["shape"].reshape(-1)), static_offset=jnp.asarray(so.reshape(so.shape[-2:])),
-                     **{k: jnp.asarray(d[k]) for k in FlameParams.PER_TIMESTEP})
+  return FlameParams(
+    shape=jnp.asarray(d["shape"].reshape(-1)),
+    static_offset=jnp.asarray(so.reshape(so.shape[-2:])),
+    **{k: jnp.asarray(d[k]) for k in FlameParams.PER_TIMESTEP},
+  )
 
 
-__all__ = ["save_avatar_ply", "load_avatar_ply", "save_world_ply", "read_ply", "save_flame_npz",
-           "load_flame_npz"]
+__all__ = ["save_avatar_ply", "load_avatar_ply", "save_world_ply", "read_ply", "save_flame_npz", "load_flame_npz"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from gaedit_jax import parallel
+
 
 class PlainProgress:
   """The bar's interface (set_postfix, update, n, close) printing one line per update, for logs and
@@ -36,7 +38,6 @@ class PlainProgress:
 def open_progress(out: Path, *, tensorboard: bool, progress: bool, total: int, initial: int, desc: str):
   """(writer or None, bar or None). The writer logs to OUT/tb (skipped without tensorboardX); the
   bar is tqdm's, or a PlainProgress without `progress`."""
-  from gaedit_jax import parallel
 
   if not parallel.is_primary():
     return None, None

@@ -23,9 +23,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from gaedit_jax.nets import flax_patches, images as imops
-from gaedit_jax.nets.hf_weights import (TRANSFORMERS_STEMS, WeightsError, check_flax_tree, find_weights,
-                                        load_tokenizer, read_json, read_tensors, torch_to_flax)
+from gaedit_jax.nets import flax_patches
+from gaedit_jax.nets import images as imops
+from gaedit_jax.nets.hf_weights import (
+  TRANSFORMERS_STEMS,
+  WeightsError,
+  check_flax_tree,
+  find_weights,
+  load_tokenizer,
+  read_json,
+  read_tensors,
+  torch_to_flax,
+)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -38,13 +47,14 @@ def _l2n(x):
 @dataclasses.dataclass(frozen=True, eq=False)
 class ClipModel:
   """A loaded CLIP model: `encode_images` / `encode_texts` give unit-norm embeddings."""
-  module: Any           # transformers FlaxCLIPModule
+
+  module: Any  # transformers FlaxCLIPModule
   params: Any
   tokenizer: Any
   image_size: int
   mean: tuple
   std: tuple
-  variant: str          # recorded with every metric result, e.g. "clip-vit-large-patch14"
+  variant: str  # recorded with every metric result, e.g. "clip-vit-large-patch14"
   source: str
   _image_fn: Callable = dataclasses.field(repr=False, default=None)
   _text_fn: Callable = dataclasses.field(repr=False, default=None)
@@ -60,14 +70,15 @@ class ClipModel:
 
       def f(m, pix):
         return m.visual_projection(m.vision_model(pixel_values=pix, deterministic=True)[1])
+
       return _l2n(module.apply({"params": params}, x, method=f))
 
     def text_fn(params, ids):
       def f(m, ids):
         pos = jnp.broadcast_to(jnp.arange(ids.shape[-1]), ids.shape)
-        out = m.text_model(input_ids=ids, attention_mask=jnp.ones_like(ids), position_ids=pos,
-                           deterministic=True)
+        out = m.text_model(input_ids=ids, attention_mask=jnp.ones_like(ids), position_ids=pos, deterministic=True)
         return m.text_projection(out[1])
+
       return _l2n(module.apply({"params": params}, ids, method=f))
 
     object.__setattr__(self, "_image_fn", jax.jit(image_fn))
@@ -82,14 +93,15 @@ class ClipModel:
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"encode_images: expected [B,H,W,3] images, got {images.shape}")
-    outs = [self._image_fn(self.params, images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    outs = [self._image_fn(self.params, images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return jnp.concatenate(outs, 0)
 
   def encode_texts(self, texts: list[str]) -> jax.Array:
     """Strings -> [N,D] unit-norm text embeddings (77-token context, truncated like clip.tokenize)."""
     n_ctx = self.module.config.text_config.max_position_embeddings
-    ids = self.tokenizer(list(texts), padding="max_length", max_length=n_ctx, truncation=True,
-                         return_tensors="np").input_ids
+    ids = self.tokenizer(
+      list(texts), padding="max_length", max_length=n_ctx, truncation=True, return_tensors="np"
+    ).input_ids
     return self._text_fn(self.params, jnp.asarray(ids, jnp.int32))
 
 
@@ -98,8 +110,9 @@ def clip_shapes(module) -> Any:
   ids = jnp.zeros((1, 8), jnp.int32)
   s = module.config.vision_config.image_size
   pix = jnp.zeros((1, s, s, 3), jnp.float32)
-  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, pix, jnp.ones_like(ids),
-                                            jnp.arange(8)[None])["params"])
+  return jax.eval_shape(
+    lambda: module.init(jax.random.PRNGKey(0), ids, pix, jnp.ones_like(ids), jnp.arange(8)[None])["params"]
+  )
 
 
 def load_clip(path: str | os.PathLike, variant: str | None = None) -> ClipModel:
@@ -110,8 +123,10 @@ def load_clip(path: str | os.PathLike, variant: str | None = None) -> ClipModel:
   flax_patches.silence_library_logs()
   path = os.fspath(path)
   if not os.path.isdir(path):
-    raise WeightsError(f"{path}: not a folder (expected a CLIP model in the Hugging Face layout, "
-                       "e.g. a local copy of openai/clip-vit-large-patch14)")
+    raise WeightsError(
+      f"{path}: not a folder (expected a CLIP model in the Hugging Face layout, "
+      "e.g. a local copy of openai/clip-vit-large-patch14)"
+    )
   cfg_path = os.path.join(path, "config.json")
   cfg_json = read_json(cfg_path)
   if "vision_config" not in cfg_json or "text_config" not in cfg_json:
@@ -132,9 +147,16 @@ def load_clip(path: str | os.PathLike, variant: str | None = None) -> ClipModel:
     j = read_json(pp)
     mean, std = tuple(j.get("image_mean", mean)), tuple(j.get("image_std", std))
   name = variant or cfg_json.get("_name_or_path") or os.path.basename(os.path.normpath(path))
-  return ClipModel(module=module, params=params, tokenizer=load_tokenizer(path),
-                   image_size=int(cfg.vision_config.image_size), mean=mean, std=std,
-                   variant=os.path.basename(os.path.normpath(str(name))), source=path)
+  return ClipModel(
+    module=module,
+    params=params,
+    tokenizer=load_tokenizer(path),
+    image_size=int(cfg.vision_config.image_size),
+    mean=mean,
+    std=std,
+    variant=os.path.basename(os.path.normpath(str(name))),
+    source=path,
+  )
 
 
 def save_flax(model: ClipModel, out: str | os.PathLike) -> None:
@@ -142,8 +164,15 @@ def save_flax(model: ClipModel, out: str | os.PathLike) -> None:
   out = os.fspath(out)
   os.makedirs(out, exist_ok=True)
   src = model.source
-  for f in ("config.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
-            "preprocessor_config.json", "tokenizer.json"):
+  for f in (
+    "config.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+  ):
     if os.path.isfile(os.path.join(src, f)):
       shutil.copyfile(os.path.join(src, f), os.path.join(out, f))
   tree = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), model.params)

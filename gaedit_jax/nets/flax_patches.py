@@ -46,9 +46,14 @@ def attention_implementation(name: str):
 def _cudnn_ok(q: jax.Array, k: jax.Array, head_dim: int) -> bool:
   # cuDNN flash attention: GPU, half precision, head dim <= 128 and a multiple of 8. Self-attention
   # only: the 77-token cross-attention is cheap and its odd length is best left to XLA.
-  return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
-          and head_dim <= 128 and head_dim % 8 == 0 and q.shape[1] == k.shape[1]
-          and q.shape[1] % 64 == 0)
+  return (
+    jax.default_backend() == "gpu"
+    and q.dtype in (jnp.bfloat16, jnp.float16)
+    and head_dim <= 128
+    and head_dim % 8 == 0
+    and q.shape[1] == k.shape[1]
+    and q.shape[1] % 64 == 0
+  )
 
 
 def apply() -> None:
@@ -60,7 +65,7 @@ def apply() -> None:
   from diffusers.models import attention_flax as af
 
   proxy = types.SimpleNamespace(**{k: getattr(linen, k) for k in dir(linen) if not k.startswith("__")})
-  proxy.gelu = lambda x: jax.nn.gelu(x, approximate=False)            # torch GEGLU: exact GELU
+  proxy.gelu = lambda x: jax.nn.gelu(x, approximate=False)  # torch GEGLU: exact GELU
   proxy.GroupNorm = lambda *a, **kw: linen.GroupNorm(*a, **{**kw, "epsilon": 1e-6})  # torch eps
   af.nn = proxy
 
@@ -74,7 +79,7 @@ def apply() -> None:
       k = self.key(hidden_states)
       v = self.value(hidden_states)
       b, n, _ = q.shape
-      split = lambda x: x.reshape(b, x.shape[1], self.heads, self.dim_head)   # [B, N, heads, d]
+      split = lambda x: x.reshape(b, x.shape[1], self.heads, self.dim_head)  # [B, N, heads, d]
       q, k, v = split(q), split(k), split(v)
       impl = "cudnn" if _cudnn_ok(q, k, self.dim_head) else "xla"
       out = jax.nn.dot_product_attention(q, k, v, scale=self.scale, implementation=impl)
@@ -82,7 +87,7 @@ def apply() -> None:
       return self.dropout_layer(out, deterministic=deterministic)
 
   FlaxAttention.__module__ = __name__
-  af.FlaxAttention = FlaxAttention   # FlaxBasicTransformerBlock.setup looks it up at call time
+  af.FlaxAttention = FlaxAttention  # FlaxBasicTransformerBlock.setup looks it up at call time
   _APPLIED = True
 
 
@@ -93,6 +98,7 @@ def silence_library_logs() -> None:
   diffusers.utils.logging.set_verbosity_error()
   try:
     import transformers
+
     transformers.utils.logging.set_verbosity_error()
   except ImportError:  # pragma: no cover  (not needed by the UNet/VAE path)
     pass

@@ -51,11 +51,20 @@ def _raise_if_misfit(source, missing, unexpected, mismatched) -> None:
 # file discovery
 # --------------------------------------------------------------------------------------------
 
-DIFFUSERS_STEMS = ("diffusion_flax_model.msgpack", "diffusion_pytorch_model.safetensors",
-                    "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin",
-                    "diffusion_pytorch_model.fp16.bin")
-TRANSFORMERS_STEMS = ("flax_model.msgpack", "model.safetensors", "model.fp16.safetensors",
-                       "pytorch_model.bin", "pytorch_model.fp16.bin")
+DIFFUSERS_STEMS = (
+  "diffusion_flax_model.msgpack",
+  "diffusion_pytorch_model.safetensors",
+  "diffusion_pytorch_model.fp16.safetensors",
+  "diffusion_pytorch_model.bin",
+  "diffusion_pytorch_model.fp16.bin",
+)
+TRANSFORMERS_STEMS = (
+  "flax_model.msgpack",
+  "model.safetensors",
+  "model.fp16.safetensors",
+  "pytorch_model.bin",
+  "pytorch_model.fp16.bin",
+)
 
 
 def find_weights(folder: str, stems: Iterable[str]) -> list[str]:
@@ -72,8 +81,7 @@ def find_weights(folder: str, stems: Iterable[str]) -> list[str]:
       if missing:
         raise WeightsError(f"{index}: shards missing: {missing}")
       return [os.path.join(folder, s) for s in shards]
-  raise WeightsError(f"{folder}: no weights found; expected one of {list(stems)} "
-                     "(or a sharded *.index.json of them)")
+  raise WeightsError(f"{folder}: no weights found; expected one of {list(stems)} (or a sharded *.index.json of them)")
 
 
 def read_json(path: str) -> dict:
@@ -95,11 +103,12 @@ def read_tensors(paths: list[str]) -> dict[str, np.ndarray] | dict:
   for p in paths:
     if p.endswith(".safetensors"):
       from safetensors import safe_open
+
       try:
         with safe_open(p, framework="numpy") as f:
           for k in f.keys():
             out[k] = f.get_tensor(k)
-      except (TypeError, ValueError):       # bf16 is not a numpy dtype: read through jax
+      except (TypeError, ValueError):  # bf16 is not a numpy dtype: read through jax
         with safe_open(p, framework="flax") as f:
           for k in f.keys():
             out[k] = np.asarray(f.get_tensor(k))
@@ -120,8 +129,7 @@ _LITERAL = ("linear_1", "linear_2")
 # PyTorch-only buffers that have no Flax counterpart
 _IGNORED = re.compile(r"(^|\.)(position_ids|num_batches_tracked)$")
 # VAE attention: new PyTorch names -> Flax (= old PyTorch) names
-_VAE_ATTN = ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."),
-             (".to_out.0.", ".proj_attn."))
+_VAE_ATTN = ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn."))
 
 
 def _canon(name: str) -> str:
@@ -132,8 +140,7 @@ def _flax_leaf_to_pt(leaf: str) -> str:
   return {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)
 
 
-def torch_to_flax(state: dict[str, np.ndarray], target: Any, *, source: str,
-                  dtype=np.float32) -> dict:
+def torch_to_flax(state: dict[str, np.ndarray], target: Any, *, source: str, dtype=np.float32) -> dict:
   """Map a PyTorch state dict onto the Flax tree `target` (arrays or ShapeDtypeStructs).
 
   Raises WeightsError listing every missing, unexpected or mis-shaped tensor of `source`.
@@ -163,9 +170,9 @@ def torch_to_flax(state: dict[str, np.ndarray], target: Any, *, source: str,
     want = tuple(flat_target[fk].shape)
     a = np.asarray(arr)
     if fk[-1] == "kernel":
-      if a.ndim == 4 and len(want) == 2 and a.shape[2:] == (1, 1):   # 1x1 conv stored for a Dense
+      if a.ndim == 4 and len(want) == 2 and a.shape[2:] == (1, 1):  # 1x1 conv stored for a Dense
         a = a[:, :, 0, 0]
-      a = a.transpose(2, 3, 1, 0) if a.ndim == 4 else a.T            # OIHW -> HWIO; [out,in] -> [in,out]
+      a = a.transpose(2, 3, 1, 0) if a.ndim == 4 else a.T  # OIHW -> HWIO; [out,in] -> [in,out]
     if tuple(a.shape) != want:
       mismatched.append(f"{pk}: file has {tuple(np.shape(arr))}, the model expects {want} (as {'/'.join(fk)})")
       continue
@@ -194,7 +201,7 @@ def flax_to_torch(params: Any, *, vae_attention: bool = False) -> dict[str, np.n
     a = np.asarray(v, np.float32)
     if fk[-1] == "kernel":
       a = a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T
-    out[name] = a.copy(order="C")   # (np.ascontiguousarray would make 0-d arrays 1-d)
+    out[name] = a.copy(order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
   return out
 
 
@@ -203,8 +210,11 @@ def check_flax_tree(tree: Any, target: Any, *, source: str, dtype=np.float32) ->
   flat, flat_t = flatten_dict(tree), flatten_dict(target)
   missing = ["/".join(k) for k in flat_t if k not in flat]
   unexpected = ["/".join(k) for k in flat if k not in flat_t]
-  mismatched = [f"{'/'.join(k)}: file has {tuple(np.shape(flat[k]))}, the model expects {tuple(flat_t[k].shape)}"
-                for k in flat_t if k in flat and tuple(np.shape(flat[k])) != tuple(flat_t[k].shape)]
+  mismatched = [
+    f"{'/'.join(k)}: file has {tuple(np.shape(flat[k]))}, the model expects {tuple(flat_t[k].shape)}"
+    for k in flat_t
+    if k in flat and tuple(np.shape(flat[k])) != tuple(flat_t[k].shape)
+  ]
   _raise_if_misfit(source, missing, unexpected, mismatched)
   return unflatten_dict({k: np.asarray(v, dtype) for k, v in flat.items()})
 

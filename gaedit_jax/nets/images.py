@@ -26,8 +26,7 @@ from gaedit_jax.io.media import read_image
 
 
 @functools.lru_cache(maxsize=64)
-def interp_matrix(in_size: int, out_size: int, mode: str = "bilinear",
-                  align_corners: bool = False) -> np.ndarray:
+def interp_matrix(in_size: int, out_size: int, mode: str = "bilinear", align_corners: bool = False) -> np.ndarray:
   """[out_size, in_size] float64 weights of PyTorch's 1-D interpolation."""
   # Source coordinates in float32 arithmetic, as PyTorch computes them for float32 images.
   f32 = np.float32
@@ -54,7 +53,7 @@ def interp_matrix(in_size: int, out_size: int, mode: str = "bilinear",
     def near(x):  # |x| <= 1
       return ((a + 2) * x - (a + 3)) * x * x + 1
 
-    def far(x):   # 1 < |x| < 2
+    def far(x):  # 1 < |x| < 2
       return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
 
     coeffs = (far(t + 1), near(t), near(1 - t), far(2 - t))
@@ -66,16 +65,16 @@ def interp_matrix(in_size: int, out_size: int, mode: str = "bilinear",
   return w
 
 
-def resize(images: jax.Array, height: int, width: int, mode: str = "bilinear",
-           align_corners: bool = False) -> jax.Array:
+def resize(
+  images: jax.Array, height: int, width: int, mode: str = "bilinear", align_corners: bool = False
+) -> jax.Array:
   """Resize `[..., H, W, C]` to `[..., height, width, C]` exactly as torch's F.interpolate."""
   h, w = images.shape[-3], images.shape[-2]
   if (h, w) == (height, width) and (mode == "bilinear" or not align_corners):
-    return images   # every mode above is the identity at equal size
+    return images  # every mode above is the identity at equal size
   wy = jnp.asarray(interp_matrix(h, height, mode, align_corners), jnp.float32)
   wx = jnp.asarray(interp_matrix(w, width, mode, align_corners), jnp.float32)
-  out = jnp.einsum("oh,...hwc,pw->...opc", wy, images.astype(jnp.float32), wx,
-                   precision=jax.lax.Precision.HIGHEST)
+  out = jnp.einsum("oh,...hwc,pw->...opc", wy, images.astype(jnp.float32), wx, precision=jax.lax.Precision.HIGHEST)
   return out.astype(images.dtype)
 
 
@@ -106,7 +105,7 @@ def from_square(images: jax.Array, height: int, width: int) -> jax.Array:
   m = max(height, width)
   sq = resize(images, m, m, "bilinear", align_corners=True)
   (t, _), (l, _) = square_padding(height, width)
-  return sq[..., t:t + height, l:l + width, :]
+  return sq[..., t : t + height, l : l + width, :]
 
 
 def read_png(path: str | os.PathLike) -> np.ndarray:

@@ -49,9 +49,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from gaedit_jax.nets import flax_patches, images as imops
-from gaedit_jax.nets.hf_weights import (DIFFUSERS_STEMS, TRANSFORMERS_STEMS, WeightsError, load_component,
-                                        load_tokenizer, read_json)
+from gaedit_jax.nets import flax_patches
+from gaedit_jax.nets import images as imops
+from gaedit_jax.nets.hf_weights import (
+  DIFFUSERS_STEMS,
+  TRANSFORMERS_STEMS,
+  WeightsError,
+  load_component,
+  load_tokenizer,
+  read_json,
+)
 
 flax_patches.apply()
 
@@ -62,12 +69,24 @@ flax_patches.apply()
 
 # PyTorch UNet config values that the Flax UNet cannot represent (it would silently ignore them).
 _UNET_UNSUPPORTED = {
-    "class_embed_type": None, "resnet_time_scale_shift": "default", "time_embedding_type": "positional",
-    "conv_in_kernel": 3, "conv_out_kernel": 3, "act_fn": "silu", "norm_num_groups": 32,
-    "center_input_sample": False, "encoder_hid_dim": None, "time_cond_proj_dim": None,
-    "num_class_embeds": None, "mid_block_only_cross_attention": None,
-    "cross_attention_norm": None, "attention_type": "default", "reverse_transformer_layers_per_block": None,
-    "dual_cross_attention": False, "class_embeddings_concat": False, "timestep_post_act": None,
+  "class_embed_type": None,
+  "resnet_time_scale_shift": "default",
+  "time_embedding_type": "positional",
+  "conv_in_kernel": 3,
+  "conv_out_kernel": 3,
+  "act_fn": "silu",
+  "norm_num_groups": 32,
+  "center_input_sample": False,
+  "encoder_hid_dim": None,
+  "time_cond_proj_dim": None,
+  "num_class_embeds": None,
+  "mid_block_only_cross_attention": None,
+  "cross_attention_norm": None,
+  "attention_type": "default",
+  "reverse_transformer_layers_per_block": None,
+  "dual_cross_attention": False,
+  "class_embeddings_concat": False,
+  "timestep_post_act": None,
 }
 
 
@@ -87,8 +106,13 @@ def _unet_from_config(cfg: dict, source: str):
 def _vae_from_config(cfg: dict, source: str):
   from diffusers import FlaxAutoencoderKL
 
-  for k, default in (("act_fn", "silu"), ("use_quant_conv", True), ("use_post_quant_conv", True),
-                     ("mid_block_add_attention", True), ("force_upcast", None)):
+  for k, default in (
+    ("act_fn", "silu"),
+    ("use_quant_conv", True),
+    ("use_post_quant_conv", True),
+    ("mid_block_add_attention", True),
+    ("force_upcast", None),
+  ):
     if k in cfg and default is not None and cfg[k] != default:
       raise WeightsError(f"{source}: {k}={cfg[k]!r} is not supported by the Flax VAE (needs {default!r})")
   keep = {f.name for f in dataclasses.fields(FlaxAutoencoderKL)} - {"parent", "name", "dtype"}
@@ -106,19 +130,22 @@ def vae_shapes(vae) -> Any:
 
 def clip_text_shapes(module) -> Any:
   ids = jnp.zeros((1, 8), jnp.int32)
-  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids),
-                                            jnp.arange(8)[None])["params"])
+  return jax.eval_shape(
+    lambda: module.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids), jnp.arange(8)[None])["params"]
+  )
 
 
 # --------------------------------------------------------------------------------------------
 # the InstructPix2Pix model set
 # --------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class DDIMSchedule:
   """The DDIM scheduler of the original (METHOD §5.4): Stable Diffusion v1.5's config
   (1000 training steps, scaled-linear betas 0.00085 -> 0.012, steps_offset 1, set_alpha_to_one
   False) as `DDIMScheduler`; clip_sample False (our reading of SD v1.5's scheduler_config.json)."""
+
   num_train_timesteps: int = 1000
   beta_start: float = 0.00085
   beta_end: float = 0.012
@@ -131,7 +158,7 @@ class DDIMSchedule:
     """float32 table [num_train_timesteps], computed as diffusers' PyTorch scheduler does."""
     t = self.num_train_timesteps
     if self.beta_schedule == "scaled_linear":
-      betas = np.linspace(self.beta_start ** 0.5, self.beta_end ** 0.5, t, dtype=np.float32) ** 2
+      betas = np.linspace(self.beta_start**0.5, self.beta_end**0.5, t, dtype=np.float32) ** 2
     elif self.beta_schedule == "linear":
       betas = np.linspace(self.beta_start, self.beta_end, t, dtype=np.float32)
     else:
@@ -148,19 +175,23 @@ class DDIMSchedule:
     c = read_json(p)
     if c.get("trained_betas"):
       raise WeightsError(f"{p}: trained_betas are not supported")
-    return cls(num_train_timesteps=int(c.get("num_train_timesteps", 1000)),
-               beta_start=float(c.get("beta_start", 0.00085)), beta_end=float(c.get("beta_end", 0.012)),
-               beta_schedule=c.get("beta_schedule", "scaled_linear"))
+    return cls(
+      num_train_timesteps=int(c.get("num_train_timesteps", 1000)),
+      beta_start=float(c.get("beta_start", 0.00085)),
+      beta_end=float(c.get("beta_end", 0.012)),
+      beta_schedule=c.get("beta_schedule", "scaled_linear"),
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class IP2PModel:
   """The static half of an InstructPix2Pix model set (modules, tokenizer, schedule); parameters
   travel separately as a pytree {"unet", "vae", "text_encoder"} (see `load_ip2p`)."""
-  unet: Any            # diffusers.FlaxUNet2DConditionModel (8 input channels)
-  vae: Any             # diffusers.FlaxAutoencoderKL
-  text_encoder: Any    # transformers FlaxCLIPTextModule
-  tokenizer: Any       # transformers.CLIPTokenizer
+
+  unet: Any  # diffusers.FlaxUNet2DConditionModel (8 input channels)
+  vae: Any  # diffusers.FlaxAutoencoderKL
+  text_encoder: Any  # transformers FlaxCLIPTextModule
+  tokenizer: Any  # transformers.CLIPTokenizer
   schedule: DDIMSchedule
   source: str
 
@@ -191,8 +222,10 @@ def load_ip2p(path: str | os.PathLike) -> tuple[IP2PModel, dict]:
     raise WeightsError(f"{path}: not a folder (expected the Hugging Face layout of timbrooks/instruct-pix2pix)")
   missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer") if not os.path.isdir(os.path.join(path, c))]
   if missing:
-    raise WeightsError(f"{path}: missing component folder(s) {missing}; expected unet/, vae/, text_encoder/, "
-                       "tokenizer/ (+ scheduler/) as in timbrooks/instruct-pix2pix")
+    raise WeightsError(
+      f"{path}: missing component folder(s) {missing}; expected unet/, vae/, text_encoder/, "
+      "tokenizer/ (+ scheduler/) as in timbrooks/instruct-pix2pix"
+    )
   ucfg_path = os.path.join(path, "unet", "config.json")
   ucfg = read_json(ucfg_path)
   unet = _unet_from_config(ucfg, ucfg_path)
@@ -202,20 +235,31 @@ def load_ip2p(path: str | os.PathLike) -> tuple[IP2PModel, dict]:
   tcfg = CLIPTextConfig.from_dict(read_json(tcfg_path))
   text = FlaxCLIPTextModule(config=tcfg)
   if unet.in_channels != 2 * vae.latent_channels:
-    raise WeightsError(f"{ucfg_path}: in_channels={unet.in_channels}; InstructPix2Pix needs "
-                       f"2 x latent_channels = {2 * vae.latent_channels} (noisy latent + image latent). "
-                       "Is this a plain Stable Diffusion folder?")
+    raise WeightsError(
+      f"{ucfg_path}: in_channels={unet.in_channels}; InstructPix2Pix needs "
+      f"2 x latent_channels = {2 * vae.latent_channels} (noisy latent + image latent). "
+      "Is this a plain Stable Diffusion folder?"
+    )
   if unet.cross_attention_dim != tcfg.hidden_size:
-    raise WeightsError(f"{ucfg_path}: cross_attention_dim={unet.cross_attention_dim} does not match the text "
-                       f"encoder's hidden_size={tcfg.hidden_size} ({tcfg_path})")
+    raise WeightsError(
+      f"{ucfg_path}: cross_attention_dim={unet.cross_attention_dim} does not match the text "
+      f"encoder's hidden_size={tcfg.hidden_size} ({tcfg_path})"
+    )
   params = {
-      "unet": load_component(os.path.join(path, "unet"), DIFFUSERS_STEMS, unet_shapes(unet), name="unet"),
-      "vae": load_component(os.path.join(path, "vae"), DIFFUSERS_STEMS, vae_shapes(vae), name="vae"),
-      "text_encoder": load_component(os.path.join(path, "text_encoder"), TRANSFORMERS_STEMS,
-                                     clip_text_shapes(text), name="text_encoder"),
+    "unet": load_component(os.path.join(path, "unet"), DIFFUSERS_STEMS, unet_shapes(unet), name="unet"),
+    "vae": load_component(os.path.join(path, "vae"), DIFFUSERS_STEMS, vae_shapes(vae), name="vae"),
+    "text_encoder": load_component(
+      os.path.join(path, "text_encoder"), TRANSFORMERS_STEMS, clip_text_shapes(text), name="text_encoder"
+    ),
   }
-  model = IP2PModel(unet=unet, vae=vae, text_encoder=text, tokenizer=load_tokenizer(os.path.join(path, "tokenizer")),
-                    schedule=DDIMSchedule.from_folder(path), source=path)
+  model = IP2PModel(
+    unet=unet,
+    vae=vae,
+    text_encoder=text,
+    tokenizer=load_tokenizer(os.path.join(path, "tokenizer")),
+    schedule=DDIMSchedule.from_folder(path),
+    source=path,
+  )
   return model, params
 
 
@@ -225,8 +269,11 @@ def save_flax(model: IP2PModel, params: dict, out: str | os.PathLike) -> None:
   The result loads with `load_ip2p` (fast path) and with diffusers' / transformers' own Flax
   `from_pretrained`."""
   out, src = os.fspath(out), model.source
-  for comp, fname in (("unet", "diffusion_flax_model.msgpack"), ("vae", "diffusion_flax_model.msgpack"),
-                      ("text_encoder", "flax_model.msgpack")):
+  for comp, fname in (
+    ("unet", "diffusion_flax_model.msgpack"),
+    ("vae", "diffusion_flax_model.msgpack"),
+    ("text_encoder", "flax_model.msgpack"),
+  ):
     os.makedirs(os.path.join(out, comp), exist_ok=True)
     shutil.copyfile(os.path.join(src, comp, "config.json"), os.path.join(out, comp, "config.json"))
     tree = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params[comp])
@@ -243,9 +290,11 @@ def save_flax(model: IP2PModel, params: dict, out: str | os.PathLike) -> None:
 # the edit call
 # --------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class IP2PConfig:
   """InstructPix2Pix settings; defaults are the original editor's (METHOD §5.4)."""
+
   guidance_scale: float = 7.5
   """Text guidance s_T."""
   image_guidance_scale: float = 1.5
@@ -295,8 +344,11 @@ class InstructPix2Pix:
     self.vae = model.vae.clone(dtype=dt)
     self.text_encoder = model.text_encoder
     cast = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a, dt), tree)
-    self.params = {"unet": cast(params["unet"]), "vae": cast(params["vae"]),
-                   "text_encoder": jax.tree_util.tree_map(jnp.asarray, params["text_encoder"])}
+    self.params = {
+      "unet": cast(params["unet"]),
+      "vae": cast(params["vae"]),
+      "text_encoder": jax.tree_util.tree_map(jnp.asarray, params["text_encoder"]),
+    }
     sched = model.schedule
     self._alphas = sched.alphas_cumprod()
     self._final_alpha = np.float32(1.0) if sched.set_alpha_to_one else self._alphas[0]
@@ -316,13 +368,15 @@ class InstructPix2Pix:
   # ------------------------------------------------------------------------------------------
   def tokenize(self, texts: list[str]) -> np.ndarray:
     tok = self.model.tokenizer
-    return np.asarray(tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                          return_tensors="np").input_ids, np.int32)
+    return np.asarray(
+      tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="np").input_ids,
+      np.int32,
+    )
 
   def _text_hidden(self, params, ids):
     pos = jnp.broadcast_to(jnp.arange(ids.shape[-1]), ids.shape)
     out = self.text_encoder.apply({"params": params}, ids, jnp.ones_like(ids), pos, deterministic=True)
-    return out[0]   # last_hidden_state (after the final layer norm), as the SD pipelines use
+    return out[0]  # last_hidden_state (after the final layer norm), as the SD pipelines use
 
   def encode_prompt(self, prompt: str, negative_prompt: str = "") -> jax.Array:
     """[3, 77, D] float32 embeddings in the original's order [prompt, negative, negative]."""
@@ -345,11 +399,12 @@ class InstructPix2Pix:
 
   def _decode(self, params, latents):
     z = (latents / self.model.scaling_factor).astype(self.vae.dtype).transpose(0, 2, 3, 1)
-    img = self.vae.apply({"params": params}, z, method=self.vae.decode).sample     # NCHW
+    img = self.vae.apply({"params": params}, z, method=self.vae.decode).sample  # NCHW
     return jnp.clip(img.astype(jnp.float32) / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
 
-  def _edit_with_noise(self, params, renders_sq, originals_sq, prompt_embeds, t, posterior_eps, noise,
-                       guidance_scale, image_guidance_scale):
+  def _edit_with_noise(
+    self, params, renders_sq, originals_sq, prompt_embeds, t, posterior_eps, noise, guidance_scale, image_guidance_scale
+  ):
     """The edit on square images with explicit randomness (parity tests):
     t [B] int, posterior_eps and noise [B, 4, S/8, S/8] (NCHW, as torch draws them)."""
     b = renders_sq.shape[0]
@@ -357,22 +412,22 @@ class InstructPix2Pix:
     sf = self.model.scaling_factor
     alphas = jnp.asarray(self._alphas)
     final_alpha = jnp.float32(self._final_alpha)
-    t = jnp.clip(jnp.asarray(t, jnp.int32), n, alphas.shape[0] - 1)   # num_train_timesteps >= steps
+    t = jnp.clip(jnp.asarray(t, jnp.int32), n, alphas.shape[0] - 1)  # num_train_timesteps >= steps
     mean, std = self._encode(params["vae"], renders_sq)
-    z0 = (mean + std * posterior_eps) * sf                               # posterior.sample() * 0.18215
-    cond, _ = self._encode(params["vae"], originals_sq)                  # posterior.mode(), unscaled
+    z0 = (mean + std * posterior_eps) * sf  # posterior.sample() * 0.18215
+    cond, _ = self._encode(params["vae"], originals_sq)  # posterior.mode(), unscaled
     cond3 = jnp.concatenate([cond, cond, jnp.zeros_like(cond)], axis=0)
     emb = jnp.repeat(prompt_embeds.astype(self.unet.dtype), b, axis=0)  # [text]*B, [""]*B, [""]*B
     bc = lambda v: v[:, None, None, None]
     a_t0 = alphas[t]
-    z = bc(jnp.sqrt(a_t0)) * z0 + bc(jnp.sqrt(1.0 - a_t0)) * noise      # add_noise at t itself
-    step = t // n                                                        # (T := t) // num_steps
+    z = bc(jnp.sqrt(a_t0)) * z0 + bc(jnp.sqrt(1.0 - a_t0)) * noise  # add_noise at t itself
+    step = t // n  # (T := t) // num_steps
     gs = jnp.asarray(guidance_scale, jnp.float32)
     igs = jnp.asarray(image_guidance_scale, jnp.float32)
     unet_params = params["unet"]
 
     def body(i, z):
-      tau = step * (n - 1 - i) + 1                                       # "leading" + steps_offset 1
+      tau = step * (n - 1 - i) + 1  # "leading" + steps_offset 1
       x = jnp.concatenate([jnp.concatenate([z, z, z], axis=0), cond3], axis=1).astype(self.unet.dtype)
       eps = self.unet.apply({"params": unet_params}, x, jnp.tile(tau, 3), encoder_hidden_states=emb).sample
       e_text, e_img, e_unc = jnp.split(eps.astype(jnp.float32), 3, axis=0)
@@ -383,14 +438,25 @@ class InstructPix2Pix:
       x0 = (z - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
       if self.model.schedule.clip_sample:
         x0 = jnp.clip(x0, -1.0, 1.0)
-      return jnp.sqrt(a_prev) * x0 + jnp.sqrt(1.0 - a_prev) * eps      # DDIM, eta = 0
+      return jnp.sqrt(a_prev) * x0 + jnp.sqrt(1.0 - a_prev) * eps  # DDIM, eta = 0
 
     with flax_patches.attention_implementation(self.config.attention):
       z = jax.lax.fori_loop(0, n, body, z)
     return self._decode(params["vae"], z)
 
-  def _edit(self, params, renders, originals, prompt_embeds, key, t=None, guidance_scale=None,
-            image_guidance_scale=None, *, output="square"):
+  def _edit(
+    self,
+    params,
+    renders,
+    originals,
+    prompt_embeds,
+    key,
+    t=None,
+    guidance_scale=None,
+    image_guidance_scale=None,
+    *,
+    output="square",
+  ):
     renders = jnp.asarray(renders)
     if renders.ndim != 4 or renders.shape[-1] != 3 or originals.shape != renders.shape:
       raise ValueError(f"renders and originals must both be [B, H, W, 3]; got {renders.shape} and {originals.shape}")
@@ -406,22 +472,40 @@ class InstructPix2Pix:
     r_sq = imops.to_square(renders.astype(jnp.float32), c.size, c.pad_value)
     o_sq = imops.to_square(originals.astype(jnp.float32), c.size, c.pad_value)
     out = self._edit_with_noise(
-        params, r_sq, o_sq, prompt_embeds, t, jax.random.normal(k_post, lat), jax.random.normal(k_noise, lat),
-        c.guidance_scale if guidance_scale is None else guidance_scale,
-        c.image_guidance_scale if image_guidance_scale is None else image_guidance_scale)
+      params,
+      r_sq,
+      o_sq,
+      prompt_embeds,
+      t,
+      jax.random.normal(k_post, lat),
+      jax.random.normal(k_noise, lat),
+      c.guidance_scale if guidance_scale is None else guidance_scale,
+      c.image_guidance_scale if image_guidance_scale is None else image_guidance_scale,
+    )
     if output == "input":
       return imops.from_square(out, h, w)
     if output != "square":
       raise ValueError(f"output must be 'square' or 'input', got {output!r}")
     return out
 
-  def edit(self, renders, originals, prompt_embeds, key, *, t=None, guidance_scale=None,
-           image_guidance_scale=None, output: str = "square") -> jax.Array:
+  def edit(
+    self,
+    renders,
+    originals,
+    prompt_embeds,
+    key,
+    *,
+    t=None,
+    guidance_scale=None,
+    image_guidance_scale=None,
+    output: str = "square",
+  ) -> jax.Array:
     """Edit a batch: renders, originals [B,H,W,3] in [0,1] -> [B,S,S,3] (or [B,H,W,3] with
     output="input"). `t`: optional int timesteps [B] (else drawn from `key`); guidance scales
     default to the config's. Nothing here recompiles for new t, scales or keys."""
-    return self.edit_fn(self.params, renders, originals, prompt_embeds, key, t, guidance_scale,
-                        image_guidance_scale, output=output)
+    return self.edit_fn(
+      self.params, renders, originals, prompt_embeds, key, t, guidance_scale, image_guidance_scale, output=output
+    )
 
   def __call__(self, renders, originals, prompt_embeds, key, **kw):
     return self.edit(renders, originals, prompt_embeds, key, **kw)

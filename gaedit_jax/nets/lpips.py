@@ -41,15 +41,14 @@ from gaedit_jax.nets.hf_weights import WeightsError, read_tensors
 # torchvision vgg16 `features` indices of the 13 convolutions, and the pools after conv 2, 4, 7, 10
 VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 VGG16_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
-_TAPS = (1, 3, 6, 9, 12)          # conv index (0-based among the 13) whose ReLU output is tapped
+_TAPS = (1, 3, 6, 9, 12)  # conv index (0-based among the 13) whose ReLU output is tapped
 LPIPS_CHANNELS = (64, 128, 256, 512, 512)
 _SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
 _SCALE = np.array([0.458, 0.448, 0.450], np.float32)
 
 
 def _conv(x, w, b):
-  y = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
   return jax.nn.relu(y + b)
 
 
@@ -109,8 +108,8 @@ def lpips_images(params: dict, x: jax.Array, y: jax.Array, lpips_input: str = "u
 # weights
 # -------------------------------------------------------------------------------------------
 
-def params_from_torch(vgg_state: dict[str, np.ndarray], lin_state: dict[str, np.ndarray], *,
-                      source: str = "") -> dict:
+
+def params_from_torch(vgg_state: dict[str, np.ndarray], lin_state: dict[str, np.ndarray], *, source: str = "") -> dict:
   """Build the parameter tree from torchvision-VGG16 and LPIPS-head state dicts (numpy)."""
   feats, missing = [], []
   for i, idx in enumerate(VGG16_CONV_INDICES):
@@ -125,8 +124,11 @@ def params_from_torch(vgg_state: dict[str, np.ndarray], lin_state: dict[str, np.
     feats.append({"kernel": w.transpose(2, 3, 1, 0), "bias": np.asarray(vgg_state[bk], np.float32)})
   lins = []
   for k, c in enumerate(LPIPS_CHANNELS):
-    cands = [v for name, v in lin_state.items()
-             if re.fullmatch(rf"(lin|lins\.|lin\.){k}\.model\.1\.weight|lin{k}\.weight", name)]
+    cands = [
+      v
+      for name, v in lin_state.items()
+      if re.fullmatch(rf"(lin|lins\.|lin\.){k}\.model\.1\.weight|lin{k}\.weight", name)
+    ]
     if not cands:
       missing.append(f"lin{k}.model.1.weight")
       continue

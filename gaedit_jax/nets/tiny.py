@@ -22,18 +22,50 @@ from gaedit_jax.nets.hf_weights import flax_to_torch
 from gaedit_jax.nets.ip2p import clip_text_shapes, unet_shapes, vae_shapes
 from gaedit_jax.nets.lpips import LPIPS_CHANNELS, VGG16_CHANNELS
 
-TINY_UNET = dict(sample_size=16, in_channels=8, out_channels=4,
-                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                 block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8,
-                 cross_attention_dim=32)
+TINY_UNET = dict(
+  sample_size=16,
+  in_channels=8,
+  out_channels=4,
+  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+  block_out_channels=(32, 64),
+  layers_per_block=1,
+  attention_head_dim=8,
+  cross_attention_dim=32,
+)
 # 4x downsampling: a 64x64 image has 4x16x16 latents. (The Flax UNet hard-codes GroupNorm(32):
 # channel counts must be multiples of 32.)
-TINY_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 32, 64),
-                layers_per_block=1, latent_channels=4, norm_num_groups=32, sample_size=64)
-TINY_WORDS = ("turn", "him", "into", "a", "statue", "make", "it", "clown", "photo", "photograph",
-              "of", "man", "the", "elf", "bearded", "old", "face", "paint")
+TINY_VAE = dict(
+  in_channels=3,
+  out_channels=3,
+  down_block_types=("DownEncoderBlock2D",) * 3,
+  up_block_types=("UpDecoderBlock2D",) * 3,
+  block_out_channels=(32, 32, 64),
+  layers_per_block=1,
+  latent_channels=4,
+  norm_num_groups=32,
+  sample_size=64,
+)
+TINY_WORDS = (
+  "turn",
+  "him",
+  "into",
+  "a",
+  "statue",
+  "make",
+  "it",
+  "clown",
+  "photo",
+  "photograph",
+  "of",
+  "man",
+  "the",
+  "elf",
+  "bearded",
+  "old",
+  "face",
+  "paint",
+)
 
 
 def random_params(shapes: Any, seed: int) -> dict:
@@ -52,7 +84,7 @@ def random_params(shapes: Any, seed: int) -> dict:
       v = 0.05 * rng.standard_normal(shape)
     elif leaf == "logit_scale":
       v = np.full(shape, np.log(1 / 0.07))
-    else:                                   # embeddings, class embedding
+    else:  # embeddings, class embedding
       v = 0.5 * rng.standard_normal(shape)
     out[k] = v.astype(np.float32)
   return unflatten_dict(out)
@@ -93,16 +125,26 @@ def write_tiny_tokenizer(folder: str, words: Iterable[str] = TINY_WORDS) -> int:
 def _tiny_text_config(vocab_size: int, **extra):
   from transformers import CLIPTextConfig
 
-  return CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                        num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-                        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-                        pad_token_id=vocab_size - 1, **extra)
+  return CLIPTextConfig(
+    vocab_size=vocab_size,
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    projection_dim=32,
+    bos_token_id=vocab_size - 2,
+    eos_token_id=vocab_size - 1,
+    pad_token_id=vocab_size - 1,
+    **extra,
+  )
 
 
 def _save_tensors(folder: str, stem: str, tensors: dict[str, np.ndarray], fmt: str) -> None:
   os.makedirs(folder, exist_ok=True)
   if fmt == "safetensors":
     from safetensors.numpy import save_file
+
     save_file(tensors, os.path.join(folder, stem + ".safetensors"))
   else:
     raise ValueError(f"unknown format {fmt!r}")
@@ -127,8 +169,8 @@ def make_tiny_ip2p(path: str | os.PathLike, *, seed: int = 0, fmt: str = "safete
   vae = FlaxAutoencoderKL(**TINY_VAE)
   text = FlaxCLIPTextModule(config=tcfg)
   comps = {
-      "unet": (random_params(unet_shapes(unet), seed), dict(TINY_UNET, _class_name="UNet2DConditionModel")),
-      "vae": (random_params(vae_shapes(vae), seed + 1), dict(TINY_VAE, _class_name="AutoencoderKL")),
+    "unet": (random_params(unet_shapes(unet), seed), dict(TINY_UNET, _class_name="UNet2DConditionModel")),
+    "vae": (random_params(vae_shapes(vae), seed + 1), dict(TINY_VAE, _class_name="AutoencoderKL")),
   }
   for comp, (params, cfg) in comps.items():
     d = os.path.join(path, comp)
@@ -152,15 +194,38 @@ def make_tiny_ip2p(path: str | os.PathLike, *, seed: int = 0, fmt: str = "safete
     _save_tensors(d, "model", flax_to_torch(tparams), fmt)
   os.makedirs(os.path.join(path, "scheduler"), exist_ok=True)
   with open(os.path.join(path, "scheduler", "scheduler_config.json"), "w") as f:
-    json.dump({"_class_name": "DDIMScheduler", "_diffusers_version": "0.39.0", "num_train_timesteps": 1000,
-               "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-               "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}, f, indent=2)
+    json.dump(
+      {
+        "_class_name": "DDIMScheduler",
+        "_diffusers_version": "0.39.0",
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+      },
+      f,
+      indent=2,
+    )
   with open(os.path.join(path, "model_index.json"), "w") as f:
-    json.dump({"_class_name": "StableDiffusionInstructPix2PixPipeline", "_diffusers_version": "0.39.0",
-               "feature_extractor": [None, None], "requires_safety_checker": False,
-               "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
-               "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-               "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}, f, indent=2)
+    json.dump(
+      {
+        "_class_name": "StableDiffusionInstructPix2PixPipeline",
+        "_diffusers_version": "0.39.0",
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+      },
+      f,
+      indent=2,
+    )
   return path
 
 
@@ -175,19 +240,34 @@ def make_tiny_clip(path: str | os.PathLike, *, seed: int = 0, image_size: int = 
   os.makedirs(path, exist_ok=True)
   vocab = write_tiny_tokenizer(path)
   tcfg = _tiny_text_config(vocab)
-  vcfg = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                          image_size=image_size, patch_size=8, projection_dim=32)
-  cfg = CLIPConfig(text_config=tcfg.to_dict(), vision_config=vcfg.to_dict(), projection_dim=32,
-                   architectures=["CLIPModel"])
+  vcfg = CLIPVisionConfig(
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=image_size,
+    patch_size=8,
+    projection_dim=32,
+  )
+  cfg = CLIPConfig(
+    text_config=tcfg.to_dict(), vision_config=vcfg.to_dict(), projection_dim=32, architectures=["CLIPModel"]
+  )
   module = FlaxCLIPModule(config=cfg)
   params = random_params(clip_shapes(module), seed)
   cfg.to_json_file(os.path.join(path, "config.json"))
   _save_tensors(path, "model", flax_to_torch(params), "safetensors")
   with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
-    json.dump({"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": image_size},
-               "crop_size": {"height": image_size, "width": image_size},
-               "image_mean": [0.48145466, 0.4578275, 0.40821073],
-               "image_std": [0.26862954, 0.26130258, 0.27577711]}, f, indent=2)
+    json.dump(
+      {
+        "image_processor_type": "CLIPImageProcessor",
+        "size": {"shortest_edge": image_size},
+        "crop_size": {"height": image_size, "width": image_size},
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+      },
+      f,
+      indent=2,
+    )
   return path
 
 

@@ -41,17 +41,17 @@ _LEGACY_PROTOCOL = 1001
 
 # torch storage class name -> numpy dtype
 _STORAGE_DTYPES = {
-    "DoubleStorage": np.float64,
-    "FloatStorage": np.float32,
-    "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-    "UntypedStorage": np.uint8,
+  "DoubleStorage": np.float64,
+  "FloatStorage": np.float32,
+  "HalfStorage": np.float16,
+  "BFloat16Storage": ml_dtypes.bfloat16,
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "BoolStorage": np.bool_,
+  "UntypedStorage": np.uint8,
 }
 
 
@@ -84,7 +84,7 @@ class _View(_StorageRef):
   def array(self):
     if self.root.array is None:
       return None
-    return self.root.array[self.view_offset:self.view_offset + self.numel]
+    return self.root.array[self.view_offset : self.view_offset + self.numel]
 
   @array.setter
   def array(self, value):
@@ -109,14 +109,13 @@ class _LazyTensor:
     if 0 in self.size:
       return np.empty(self.size, base.dtype)
     if base.shape[0] < self.storage.numel:
-      raise Refusal(f"storage {self.storage.key} holds {base.shape[0]} elements, "
-                    f"{self.storage.numel} expected")
+      raise Refusal(f"storage {self.storage.key} holds {base.shape[0]} elements, {self.storage.numel} expected")
     if not self.size:
       return base[self.offset].copy()
     item = base.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
-        base[self.offset:], shape=self.size, strides=tuple(s * item for s in self.stride),
-        writeable=False)
+      base[self.offset :], shape=self.size, strides=tuple(s * item for s in self.stride), writeable=False
+    )
     return np.ascontiguousarray(view)
 
 
@@ -130,15 +129,24 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
     size = tuple(size)
   if isinstance(stride, list):
     stride = tuple(stride)
-  if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)
-          and all(_is_index(s) for s in size + stride) and _is_index(storage_offset)):
-    raise Refusal(f"tensor view of storage {storage.key} with offset {storage_offset!r}, size "
-                  f"{size!r}, stride {stride!r}: expected non-negative ints, one stride per size")
+  if not (
+    isinstance(size, tuple)
+    and isinstance(stride, tuple)
+    and len(size) == len(stride)
+    and all(_is_index(s) for s in size + stride)
+    and _is_index(storage_offset)
+  ):
+    raise Refusal(
+      f"tensor view of storage {storage.key} with offset {storage_offset!r}, size "
+      f"{size!r}, stride {stride!r}: expected non-negative ints, one stride per size"
+    )
   if 0 not in size:
     last = storage_offset + sum((n - 1) * st for n, st in zip(size, stride))
     if last >= storage.numel:
-      raise Refusal(f"tensor view (offset {storage_offset}, size {list(size)}, stride {list(stride)}) "
-                    f"reaches element {last} of storage {storage.key}, which holds {storage.numel}")
+      raise Refusal(
+        f"tensor view (offset {storage_offset}, size {list(size)}, stride {list(stride)}) "
+        f"reaches element {last} of storage {storage.key}, which holds {storage.numel}"
+      )
   return _LazyTensor(storage, storage_offset, size, stride)
 
 
@@ -151,16 +159,17 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
 # What a checkpoint may name: tensors, storages, parameters, numpy arrays and scalars (e.g. a
 # GaussianAvatars checkpoint's spatial_lr_scale), OrderedDict and plain python data.
 _ALLOWED = {
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    **{("torch", n): _StorageType(n) for n in _STORAGE_DTYPES},
-    **safe_pickle.NUMPY_DATA,
-    **safe_pickle.BUILTIN_DATA,
+  ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+  ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+  ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+  ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+  **{("torch", n): _StorageType(n) for n in _STORAGE_DTYPES},
+  **safe_pickle.NUMPY_DATA,
+  **safe_pickle.BUILTIN_DATA,
 }
-_WHY = ("only state dicts of tensors are read (load it once with torch and save "
-        "`model.state_dict()` or a safetensors file)")
+_WHY = (
+  "only state dicts of tensors are read (load it once with torch and save `model.state_dict()` or a safetensors file)"
+)
 
 
 class _Storages:
@@ -190,12 +199,18 @@ class _Storages:
         ref.array = self._read_zip(ref)
     elif ref.dtype != stype.dtype or ref.numel != numel:
       raise self._err(f"storage {key} is named as {ref.numel} {ref.dtype} and as {numel} {stype.dtype}")
-    if len(pid) == 6 and pid[5] is not None:     # legacy view of a storage
+    if len(pid) == 6 and pid[5] is not None:  # legacy view of a storage
       view = pid[5]
-      if not (isinstance(view, tuple) and len(view) == 3 and _is_index(view[1]) and _is_index(view[2])
-              and view[1] + view[2] <= numel):
-        raise self._err(f"storage view {safe_pickle._one_line(repr(view), 80)} outside storage {key} "
-                        f"({numel} elements)")
+      if not (
+        isinstance(view, tuple)
+        and len(view) == 3
+        and _is_index(view[1])
+        and _is_index(view[2])
+        and view[1] + view[2] <= numel
+      ):
+        raise self._err(
+          f"storage view {safe_pickle._one_line(repr(view), 80)} outside storage {key} ({numel} elements)"
+        )
       return _View(ref, view[1], view[2])
     return ref
 
@@ -207,8 +222,10 @@ class _Storages:
     except KeyError:
       raise self._err(f"storage {ref.key}: no entry {name} in the archive") from None
     if info.file_size < need:
-      raise self._err(f"storage {ref.key}: entry {name} holds {info.file_size} bytes, but "
-                      f"{ref.numel} {ref.dtype} elements need {need}")
+      raise self._err(
+        f"storage {ref.key}: entry {name} holds {info.file_size} bytes, but "
+        f"{ref.numel} {ref.dtype} elements need {need}"
+      )
     try:
       with self.archive.open(info) as g:
         raw = g.read(need)
@@ -222,17 +239,27 @@ class _Storages:
 def _unpickle(f, path: str, storages: _Storages | None = None) -> Any:
   """One pickle record of a checkpoint through the allow-listed unpickler. Records without a
   storage handler (the legacy header and key list) may name no global at all."""
-  return safe_pickle.load(f, source=path, allowed=_ALLOWED if storages is not None else {},
-                          why=_WHY, error=TorchFileError, persistent_load=storages,
-                          encoding="utf-8", what="PyTorch checkpoint")
+  return safe_pickle.load(
+    f,
+    source=path,
+    allowed=_ALLOWED if storages is not None else {},
+    why=_WHY,
+    error=TorchFileError,
+    persistent_load=storages,
+    encoding="utf-8",
+    what="PyTorch checkpoint",
+  )
 
 
 def _materialise(obj: Any) -> Any:
   if isinstance(obj, _LazyTensor):
     return obj.materialise()
   if isinstance(obj, dict):
-    return type(obj)((k, _materialise(v)) for k, v in obj.items()) if isinstance(obj, OrderedDict) \
-        else {k: _materialise(v) for k, v in obj.items()}
+    return (
+      type(obj)((k, _materialise(v)) for k, v in obj.items())
+      if isinstance(obj, OrderedDict)
+      else {k: _materialise(v) for k, v in obj.items()}
+    )
   if isinstance(obj, (list, tuple)):
     return type(obj)(_materialise(v) for v in obj)
   if isinstance(obj, (set, frozenset)) and any(isinstance(v, _LazyTensor) for v in obj):
@@ -281,8 +308,10 @@ def _load_zip(archive: zipfile.ZipFile, path: str) -> Any:
 def _load_legacy(f, path: str) -> Any:
   head = f.read(512)
   if len(head) >= 262 and head[257:262] == b"ustar":
-    raise TorchFileError(f"{path}: the pre-2018 tar checkpoint layout is not supported; re-save it "
-                         "once with torch (torch.save(torch.load(p), q))")
+    raise TorchFileError(
+      f"{path}: the pre-2018 tar checkpoint layout is not supported; re-save it "
+      "once with torch (torch.save(torch.load(p), q))"
+    )
   f.seek(0, os.SEEK_END)
   size = f.tell()
   f.seek(0)
@@ -292,7 +321,7 @@ def _load_legacy(f, path: str) -> Any:
   version = _unpickle(f, path)
   if version != _LEGACY_PROTOCOL:
     raise TorchFileError(f"{path}: legacy protocol version {version!r}, expected {_LEGACY_PROTOCOL}")
-  info = _unpickle(f, path)                # system info (endianness, type sizes)
+  info = _unpickle(f, path)  # system info (endianness, type sizes)
   if isinstance(info, dict) and info.get("little_endian") is False:
     raise TorchFileError(f"{path}: big-endian checkpoints are not supported")
   storages = _Storages(path)
@@ -312,8 +341,7 @@ def _load_legacy(f, path: str) -> Any:
       raise TorchFileError(f"{path}: storage {key} holds {numel} elements, the pickle says {ref.numel}")
     need = numel * ref.dtype.itemsize
     if need > size - f.tell():
-      raise TorchFileError(f"{path}: truncated file (storage {key} needs {need} bytes, "
-                           f"{size - f.tell()} left)")
+      raise TorchFileError(f"{path}: truncated file (storage {key} needs {need} bytes, {size - f.tell()} left)")
     raw = f.read(need)
     if len(raw) != need:
       raise TorchFileError(f"{path}: truncated file (storage {key})")

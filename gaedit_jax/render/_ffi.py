@@ -23,10 +23,11 @@ _LIBS = {"cpu": "libgaedit_cpu.so", "cuda": "libgaedit_cuda.so"}
 _SYMBOLS = {FWD_TARGET: "GaeditRasterizeFwd", BWD_TARGET: "GaeditRasterizeBwd"}
 
 REBUILD_HINT = (
-    "Rebuild it against the installed jaxlib from the repository root:\n"
-    "    pip install --no-build-isolation -e .\n"
-    "or, without pip:\n"
-    "    cmake -S ffi -B build/native && cmake --build build/native && cmake --install build/native")
+  "Rebuild it against the installed jaxlib from the repository root:\n"
+  "    pip install --no-build-isolation -e .\n"
+  "or, without pip:\n"
+  "    cmake -S ffi -B build/native && cmake --build build/native && cmake --install build/native"
+)
 
 
 class NativeLibraryError(RuntimeError):
@@ -62,15 +63,17 @@ def _load(kind: str) -> ctypes.CDLL:
   if path is None:
     searched = "\n".join(f"    {d}" for d in _search_dirs())
     raise NativeLibraryError(
-        f"gaedit_jax: the {kind.upper()} rasterizer library {_LIBS[kind]} was not found in:\n"
-        f"{searched}\nIt is compiled when the package is installed. {REBUILD_HINT}")
+      f"gaedit_jax: the {kind.upper()} rasterizer library {_LIBS[kind]} was not found in:\n"
+      f"{searched}\nIt is compiled when the package is installed. {REBUILD_HINT}"
+    )
   lib = ctypes.cdll.LoadLibrary(str(path))
   info = _parse_info(lib)
   if info.get("jaxlib") != jaxlib.__version__:
     raise NativeLibraryError(
-        f"gaedit_jax: {path} was built for jaxlib {info.get('jaxlib')} (XLA FFI API "
-        f"{info.get('ffi_api')}), but jaxlib {jaxlib.__version__} is installed (python "
-        f"{sys.executable}). {REBUILD_HINT}")
+      f"gaedit_jax: {path} was built for jaxlib {info.get('jaxlib')} (XLA FFI API "
+      f"{info.get('ffi_api')}), but jaxlib {jaxlib.__version__} is installed (python "
+      f"{sys.executable}). {REBUILD_HINT}"
+    )
   return lib
 
 
@@ -120,8 +123,7 @@ def ensure_registered() -> tuple[str, ...]:
     global _CUDA_LIB
     _CUDA_LIB = lib
     for target, sym in _SYMBOLS.items():
-      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, sym + "Cuda")),
-                                  platform="CUDA")
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, sym + "Cuda")), platform="CUDA")
     platforms.append("cuda")
   return tuple(platforms)
 

@@ -38,8 +38,9 @@ def _broadcast_batch(named: Named) -> tuple[int, ...]:
     raise InputError(f"rasterize: the leading (batch) dims do not broadcast: {detail}") from None
 
 
-def prepare_inputs(gaussians: Gaussians, camera: Camera, background, config: RenderConfig
-                   ) -> tuple[Named, tuple[int, ...]]:
+def prepare_inputs(
+  gaussians: Gaussians, camera: Camera, background, config: RenderConfig
+) -> tuple[Named, tuple[int, ...]]:
   """Validates and casts the arguments; returns (named operands with core ranks, batch shape).
 
   Every static setting is checked here, before any kernel sees it: the config's own fields (again,
@@ -55,30 +56,43 @@ def prepare_inputs(gaussians: Gaussians, camera: Camera, background, config: Ren
     raise InputError(f"rasterize: sh must be [..., N, K, 3] with N = {n}, got {g.sh.shape}")
   k = g.sh.shape[-2]
   if (config.sh_degree + 1) ** 2 > k:
-    raise InputError(f"rasterize: RenderConfig.sh_degree = {config.sh_degree} needs "
-                     f"(d+1)^2 = {(config.sh_degree + 1) ** 2} SH coefficients per channel, but sh "
-                     f"has K = {k}: lower sh_degree or pass more coefficients")
+    raise InputError(
+      f"rasterize: RenderConfig.sh_degree = {config.sh_degree} needs "
+      f"(d+1)^2 = {(config.sh_degree + 1) ** 2} SH coefficients per channel, but sh "
+      f"has K = {k}: lower sh_degree or pass more coefficients"
+    )
   for name in ("width", "height"):
     side = getattr(camera, name)
     if not _is_int(side) or not 1 <= side <= MAX_IMAGE_SIDE:
-      raise InputError(f"rasterize: camera.{name} = {side!r}: expected an integer in "
-                       f"[1, {MAX_IMAGE_SIDE}] (pixels)")
+      raise InputError(f"rasterize: camera.{name} = {side!r}: expected an integer in [1, {MAX_IMAGE_SIDE}] (pixels)")
   offset = g.screen_offset if g.screen_offset is not None else jnp.zeros((n, 2), jnp.float32)
   f = lambda x: jnp.asarray(x, jnp.float32)
   named = {
-      "means": (f(g.means), 2), "quats": (f(g.quats), 2), "scales": (f(g.scales), 2),
-      "opacities": (f(g.opacities), 1), "sh": (f(g.sh), 3), "screen_offset": (f(offset), 2),
-      "world_to_camera": (f(camera.world_to_camera), 2), "intrinsics": (camera.intrinsics, 1),
-      "background": (f(background), 1),
+    "means": (f(g.means), 2),
+    "quats": (f(g.quats), 2),
+    "scales": (f(g.scales), 2),
+    "opacities": (f(g.opacities), 1),
+    "sh": (f(g.sh), 3),
+    "screen_offset": (f(offset), 2),
+    "world_to_camera": (f(camera.world_to_camera), 2),
+    "intrinsics": (camera.intrinsics, 1),
+    "background": (f(background), 1),
   }
   for name, (x, core) in named.items():
     if x.ndim < core:
       raise InputError(f"rasterize: {name} has rank {x.ndim}, expected at least {core}")
-  expected_core = {"quats": (n, 4), "scales": (n, 3), "opacities": (n,), "screen_offset": (n, 2),
-                   "world_to_camera": (4, 4), "intrinsics": (4,), "background": (3,)}
+  expected_core = {
+    "quats": (n, 4),
+    "scales": (n, 3),
+    "opacities": (n,),
+    "screen_offset": (n, 2),
+    "world_to_camera": (4, 4),
+    "intrinsics": (4,),
+    "background": (3,),
+  }
   for name, shape in expected_core.items():
     x, core = named[name]
-    if tuple(x.shape[x.ndim - core:]) != shape:
+    if tuple(x.shape[x.ndim - core :]) != shape:
       raise InputError(f"rasterize: {name} must be [..., {', '.join(map(str, shape))}], got {x.shape}")
   return named, _broadcast_batch(named)
 
@@ -91,5 +105,7 @@ def aligned(named: Named, batch: tuple[int, ...]) -> list[jax.Array]:
 def flat_views(named: Named, batch: tuple[int, ...]) -> list[jax.Array]:
   """The operands broadcast to the batch and flattened to one leading dim of views."""
   v = math.prod(batch)
-  return [jnp.broadcast_to(x, batch + x.shape[x.ndim - core:]).reshape((v,) + x.shape[x.ndim - core:])
-          for x, core in named.values()]
+  return [
+    jnp.broadcast_to(x, batch + x.shape[x.ndim - core :]).reshape((v,) + x.shape[x.ndim - core :])
+    for x, core in named.values()
+  ]

@@ -40,20 +40,32 @@ class _Static:
   wabe_beta: float
   wabe_backward: bool
   capacity: int  # intersections per view (pooled over the batch)
-  wabe_tile: bool = False         # RenderConfig.wabe_visibility == "tile"
+  wabe_tile: bool = False  # RenderConfig.wabe_visibility == "tile"
   alpha_clamp_zero: bool = False  # RenderConfig.alpha_clamp_grad == "zero"
 
   def fwd_attrs(self):
-    return dict(width=np.int64(self.width), height=np.int64(self.height),
-                tile_size=np.int64(self.tile_size), sh_degree=np.int64(self.sh_degree),
-                near_plane=np.float32(self.near_plane), wabe_k=np.int64(self.wabe_k),
-                wabe_tile=bool(self.wabe_tile), wabe_beta=np.float32(self.wabe_beta))
+    return dict(
+      width=np.int64(self.width),
+      height=np.int64(self.height),
+      tile_size=np.int64(self.tile_size),
+      sh_degree=np.int64(self.sh_degree),
+      near_plane=np.float32(self.near_plane),
+      wabe_k=np.int64(self.wabe_k),
+      wabe_tile=bool(self.wabe_tile),
+      wabe_beta=np.float32(self.wabe_beta),
+    )
 
   def bwd_attrs(self):
-    return dict(width=np.int64(self.width), height=np.int64(self.height),
-                tile_size=np.int64(self.tile_size), sh_degree=np.int64(self.sh_degree),
-                near_plane=np.float32(self.near_plane), wabe_backward=bool(self.wabe_backward),
-                alpha_clamp_zero=bool(self.alpha_clamp_zero), wabe_beta=np.float32(self.wabe_beta))
+    return dict(
+      width=np.int64(self.width),
+      height=np.int64(self.height),
+      tile_size=np.int64(self.tile_size),
+      sh_degree=np.int64(self.sh_degree),
+      near_plane=np.float32(self.near_plane),
+      wabe_backward=bool(self.wabe_backward),
+      alpha_clamp_zero=bool(self.alpha_clamp_zero),
+      wabe_beta=np.float32(self.wabe_beta),
+    )
 
   @property
   def num_tiles(self) -> int:
@@ -63,30 +75,31 @@ class _Static:
 
 def _fwd_call(st: _Static, means, quats, scales, opac, sh, offset, viewmat, intr, bg):
   batch = means.shape[:-2]  # aligned operands: the full batch shape is the broadcast of all
-  batch = jnp.broadcast_shapes(*(x.shape[:len(batch)] for x in
-                                 (means, quats, scales, opac, sh, offset, viewmat, intr, bg)))
+  batch = jnp.broadcast_shapes(
+    *(x.shape[: len(batch)] for x in (means, quats, scales, opac, sh, offset, viewmat, intr, bg))
+  )
   n = means.shape[-2]
   v = math.prod(batch)
   h, w = st.height, st.width
   f32, i32 = jnp.float32, jnp.int32
   sds = jax.ShapeDtypeStruct
   out_types = (
-      sds(batch + (h, w, 3), f32),        # image
-      sds(batch + (h, w), f32),           # alpha
-      sds(batch + (h, w), f32),           # depth
-      sds(batch + (n,), i32),             # radii
-      sds(batch + (n,), i32),             # wabe_count
-      sds(batch + (n,), f32),             # wabe_weight
-      sds(batch, i32),                    # overflow
-      sds(batch + (n, 2), f32),           # means2d
-      sds(batch + (n, 4), f32),           # conic + opacity
-      sds(batch + (n, 3), f32),           # colours
-      sds(batch + (n,), f32),             # depths
-      sds(batch + (h, w), f32),           # final transmittance
-      sds(batch + (h, w), i32),           # last contributor (+1)
-      sds(batch + (st.capacity,), i32),   # sorted intersections (pooled over views)
-      sds(batch + (st.num_tiles, 2), i32),  # tile ranges
-      sds((_ffi.cuda_fwd_workspace_bytes(v * n, v * st.capacity, v * st.num_tiles),), jnp.uint8),
+    sds(batch + (h, w, 3), f32),  # image
+    sds(batch + (h, w), f32),  # alpha
+    sds(batch + (h, w), f32),  # depth
+    sds(batch + (n,), i32),  # radii
+    sds(batch + (n,), i32),  # wabe_count
+    sds(batch + (n,), f32),  # wabe_weight
+    sds(batch, i32),  # overflow
+    sds(batch + (n, 2), f32),  # means2d
+    sds(batch + (n, 4), f32),  # conic + opacity
+    sds(batch + (n, 3), f32),  # colours
+    sds(batch + (n,), f32),  # depths
+    sds(batch + (h, w), f32),  # final transmittance
+    sds(batch + (h, w), i32),  # last contributor (+1)
+    sds(batch + (st.capacity,), i32),  # sorted intersections (pooled over views)
+    sds(batch + (st.num_tiles, 2), i32),  # tile ranges
+    sds((_ffi.cuda_fwd_workspace_bytes(v * n, v * st.capacity, v * st.num_tiles),), jnp.uint8),
   )
   call = jax.ffi.ffi_call(_ffi.FWD_TARGET, out_types, vmap_method="expand_dims")
   return call(means, quats, scales, opac, sh, offset, viewmat, intr, bg, **st.fwd_attrs())[:-1]
@@ -110,8 +123,9 @@ def _rasterize_bwd(st, res, cts):
   batch = d_image.shape[:-3]
   n = inputs[0].shape[-2]
   grad_types = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in inputs[:6]) + (
-      jax.ShapeDtypeStruct(inputs[8].shape, jnp.float32),
-      jax.ShapeDtypeStruct((_ffi.cuda_bwd_workspace_bytes(math.prod(batch), n),), jnp.uint8))
+    jax.ShapeDtypeStruct(inputs[8].shape, jnp.float32),
+    jax.ShapeDtypeStruct((_ffi.cuda_bwd_workspace_bytes(math.prod(batch), n),), jnp.uint8),
+  )
   call = jax.ffi.ffi_call(_ffi.BWD_TARGET, grad_types, vmap_method="expand_dims")
   g = call(*inputs, *residuals, d_image, d_alpha, d_depth, **st.bwd_attrs())[:-1]
   viewmat, intr = inputs[6], inputs[7]
@@ -121,8 +135,7 @@ def _rasterize_bwd(st, res, cts):
 _rasterize_op.defvjp(_rasterize_fwd, _rasterize_bwd)
 
 
-def rasterize(gaussians: Gaussians, camera: Camera, background, config: RenderConfig = RenderConfig()
-              ) -> RenderOutput:
+def rasterize(gaussians: Gaussians, camera: Camera, background, config: RenderConfig = RenderConfig()) -> RenderOutput:
   """Renders Gaussians into the camera's views (see the module docstring for batching).
 
   Args:
@@ -139,17 +152,27 @@ def rasterize(gaussians: Gaussians, camera: Camera, background, config: RenderCo
   named, batch = _inputs.prepare_inputs(gaussians, camera, background, config)
   ops = _inputs.aligned(named, batch)
   n = gaussians.means.shape[-2]
-  st = _Static(width=int(camera.width), height=int(camera.height), tile_size=int(config.tile_size),
-               sh_degree=int(config.sh_degree), near_plane=float(config.near_plane),
-               wabe_k=int(config.wabe_k), wabe_beta=float(config.wabe_beta),
-               wabe_backward=bool(config.wabe_backward), capacity=config.capacity(n),
-               wabe_tile=config.wabe_visibility == "tile",
-               alpha_clamp_zero=config.alpha_clamp_grad == "zero")
+  st = _Static(
+    width=int(camera.width),
+    height=int(camera.height),
+    tile_size=int(config.tile_size),
+    sh_degree=int(config.sh_degree),
+    near_plane=float(config.near_plane),
+    wabe_k=int(config.wabe_k),
+    wabe_beta=float(config.wabe_beta),
+    wabe_backward=bool(config.wabe_backward),
+    capacity=config.capacity(n),
+    wabe_tile=config.wabe_visibility == "tile",
+    alpha_clamp_zero=config.alpha_clamp_grad == "zero",
+  )
   if st.capacity * max(1, math.prod(batch)) >= 2**31:
-    raise InputError(f"rasterize: the intersection buffer would hold {st.capacity} x "
-                     f"{max(1, math.prod(batch))} views >= 2^31 entries: lower "
-                     "RenderConfig.max_intersections / isect_per_gaussian or render fewer views per call")
+    raise InputError(
+      f"rasterize: the intersection buffer would hold {st.capacity} x "
+      f"{max(1, math.prod(batch))} views >= 2^31 entries: lower "
+      "RenderConfig.max_intersections / isect_per_gaussian or render fewer views per call"
+    )
   outs = parallel.over_views(functools.partial(_rasterize_op, st), config.mesh, ops, batch)
   image, alpha, depth, radii, wcount, wweight, overflow = outs
-  return RenderOutput(image=image, alpha=alpha, depth=depth, radii=radii, wabe_mask=wcount > 0,
-                      wabe_weight=wweight, overflow=overflow > 0)
+  return RenderOutput(
+    image=image, alpha=alpha, depth=depth, radii=radii, wabe_mask=wcount > 0, wabe_weight=wweight, overflow=overflow > 0
+  )

@@ -23,10 +23,16 @@ ALPHA_MAX, ALPHA_MIN, T_MIN, EPS2D, FOV_PAD = 0.99, 1.0 / 255.0, 1e-4, 0.3, 0.3
 
 _SH_C0 = 0.28209479177387814
 _SH_C1 = 0.4886025119029199
-_SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
-          0.5462742152960396)
-_SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-          -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+_SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+_SH_C3 = (
+  -0.5900435899266435,
+  2.890611442640554,
+  -0.4570457994644658,
+  0.3731763325901154,
+  -0.4570457994644658,
+  1.445305721320277,
+  -0.5900435899266435,
+)
 
 
 def sh_basis(degree: int, d: jax.Array) -> jax.Array:
@@ -37,34 +43,51 @@ def sh_basis(degree: int, d: jax.Array) -> jax.Array:
     out += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
   if degree >= 2:
     xx, yy, zz = x * x, y * y, z * z
-    out += [_SH_C2[0] * x * y, _SH_C2[1] * y * z, _SH_C2[2] * (2 * zz - xx - yy),
-            _SH_C2[3] * x * z, _SH_C2[4] * (xx - yy)]
+    out += [
+      _SH_C2[0] * x * y,
+      _SH_C2[1] * y * z,
+      _SH_C2[2] * (2 * zz - xx - yy),
+      _SH_C2[3] * x * z,
+      _SH_C2[4] * (xx - yy),
+    ]
   if degree >= 3:
-    out += [_SH_C3[0] * y * (3 * xx - yy), _SH_C3[1] * x * y * z, _SH_C3[2] * y * (4 * zz - xx - yy),
-            _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy), _SH_C3[4] * x * (4 * zz - xx - yy),
-            _SH_C3[5] * z * (xx - yy), _SH_C3[6] * x * (xx - 3 * yy)]
+    out += [
+      _SH_C3[0] * y * (3 * xx - yy),
+      _SH_C3[1] * x * y * z,
+      _SH_C3[2] * y * (4 * zz - xx - yy),
+      _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
+      _SH_C3[4] * x * (4 * zz - xx - yy),
+      _SH_C3[5] * z * (xx - yy),
+      _SH_C3[6] * x * (xx - 3 * yy),
+    ]
   return jnp.stack(out, -1)
 
 
 def quat_to_rotmat(q: jax.Array) -> jax.Array:
   """Unit quaternions wxyz [...,4] -> rotation matrices [...,3,3]."""
   w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-  return jnp.stack([
+  return jnp.stack(
+    [
       jnp.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
       jnp.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
       jnp.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-  ], -2)
+    ],
+    -2,
+  )
 
 
-def project(means, quats, scales, opac, sh, offset, w2c, intr, *, width, height, tile_size,
-            near_plane, sh_degree):
+def project(means, quats, scales, opac, sh, offset, w2c, intr, *, width, height, tile_size, near_plane, sh_degree):
   """Per-Gaussian projection of one view: (u, v, conic, z, radius, rect, colour, valid)."""
   fx, fy, cx, cy = intr[0], intr[1], intr[2], intr[3]
   rot, t = w2c[:3, :3], w2c[:3, 3]
   pc = means @ rot.T + t
   z = pc[:, 2]
-  finite = (jnp.all(jnp.isfinite(means), -1) & jnp.all(jnp.isfinite(scales), -1)
-            & jnp.isfinite(opac) & jnp.all(jnp.isfinite(offset), -1))
+  finite = (
+    jnp.all(jnp.isfinite(means), -1)
+    & jnp.all(jnp.isfinite(scales), -1)
+    & jnp.isfinite(opac)
+    & jnp.all(jnp.isfinite(offset), -1)
+  )
   qfin = jnp.all(jnp.isfinite(quats), -1)  # (the kernels see it as a non-finite |q|^2)
   n2 = jnp.sum(jnp.where(qfin[:, None], quats, 1.0) ** 2, -1)
   valid = finite & qfin & (z > near_plane) & (n2 > 1e-24) & jnp.isfinite(n2)
@@ -78,8 +101,9 @@ def project(means, quats, scales, opac, sh, offset, w2c, intr, *, width, height,
   tx = zs * jnp.clip(pcs[:, 0] / zs, -limxn, limxp)
   ty = zs * jnp.clip(pcs[:, 1] / zs, -limyn, limyp)
   zero = jnp.zeros_like(zs)
-  jac = jnp.stack([jnp.stack([fx / zs, zero, -fx * tx / zs**2], -1),
-                   jnp.stack([zero, fy / zs, -fy * ty / zs**2], -1)], -2)  # [N,2,3]
+  jac = jnp.stack(
+    [jnp.stack([fx / zs, zero, -fx * tx / zs**2], -1), jnp.stack([zero, fy / zs, -fy * ty / zs**2], -1)], -2
+  )  # [N,2,3]
   tm = jac @ rot @ quat_to_rotmat(qn) * sc[:, None, :]  # T M, [N,2,3]
   a = jnp.sum(tm[:, 0] ** 2, -1) + EPS2D
   b = jnp.sum(tm[:, 0] * tm[:, 1], -1)
@@ -116,23 +140,44 @@ def project(means, quats, scales, opac, sh, offset, w2c, intr, *, width, height,
   # finite stand-ins where not drawn: `where` passes no cotangent to the other branch, while
   # 0 * NaN in a later product would
   safe = lambda x, fill: jnp.where(valid.reshape(valid.shape + (1,) * (x.ndim - 1)), x, fill)
-  return dict(u=safe(u, -1e6), v=safe(v, -1e6), conic=safe(conic, 1.0), z=zs,
-              radius=jnp.where(valid, radius, 0).astype(jnp.int32), rect=rect, rgb=rgb, valid=valid,
-              opac=safe(opac, 0.0))
+  return dict(
+    u=safe(u, -1e6),
+    v=safe(v, -1e6),
+    conic=safe(conic, 1.0),
+    z=zs,
+    radius=jnp.where(valid, radius, 0).astype(jnp.int32),
+    rect=rect,
+    rgb=rgb,
+    valid=valid,
+    opac=safe(opac, 0.0),
+  )
 
 
-def render_view(means, quats, scales, opac, sh, offset, w2c, intr, bg, *, width, height,
-                config: RenderConfig):
+def render_view(means, quats, scales, opac, sh, offset, w2c, intr, bg, *, width, height, config: RenderConfig):
   """One view, dense. Returns (image, alpha, depth, radii, wabe_mask, wabe_weight)."""
   # full float32 products: on GPUs XLA would otherwise use TF32 for matmuls and einsums
   with jax.default_matmul_precision("highest"):
-    return _render_view(means, quats, scales, opac, sh, offset, w2c, intr, bg, width=width,
-                        height=height, config=config)
+    return _render_view(
+      means, quats, scales, opac, sh, offset, w2c, intr, bg, width=width, height=height, config=config
+    )
 
 
 def _render_view(means, quats, scales, opac, sh, offset, w2c, intr, bg, *, width, height, config):
-  p = project(means, quats, scales, opac, sh, offset, w2c, intr, width=width, height=height,
-              tile_size=config.tile_size, near_plane=config.near_plane, sh_degree=config.sh_degree)
+  p = project(
+    means,
+    quats,
+    scales,
+    opac,
+    sh,
+    offset,
+    w2c,
+    intr,
+    width=width,
+    height=height,
+    tile_size=config.tile_size,
+    near_plane=config.near_plane,
+    sh_degree=config.sh_degree,
+  )
   n = means.shape[0]
   order = jnp.argsort(jnp.where(p["valid"], jax.lax.stop_gradient(p["z"]), jnp.inf), stable=True)
   g = {k: v[order] for k, v in p.items()}
@@ -193,8 +238,14 @@ def _render_view(means, quats, scales, opac, sh, offset, w2c, intr, bg, *, width
   cnt, tot = cnt[inv], tot[inv]
   wabe_weight = jnp.where(cnt > 0, tot / jnp.maximum(cnt, 1), 0.0)
   shape = (height, width)
-  return (image.reshape(shape + (3,)), alpha_img.reshape(shape), depth.reshape(shape), p["radius"],
-          cnt > 0, wabe_weight)
+  return (
+    image.reshape(shape + (3,)),
+    alpha_img.reshape(shape),
+    depth.reshape(shape),
+    p["radius"],
+    cnt > 0,
+    wabe_weight,
+  )
 
 
 def _normalised_slots(slot, w, k):
@@ -207,8 +258,9 @@ def _normalised_slots(slot, w, k):
   return slot.astype(jnp.float32), jnp.where(slot, nrm, 0.0)
 
 
-def rasterize_reference(gaussians: Gaussians, camera: Camera, background,
-                        config: RenderConfig = RenderConfig()) -> RenderOutput:
+def rasterize_reference(
+  gaussians: Gaussians, camera: Camera, background, config: RenderConfig = RenderConfig()
+) -> RenderOutput:
   """Same contract as `rasterize` (batching by broadcasting); overflow is always False."""
   named, batch = _inputs.prepare_inputs(gaussians, camera, background, config)
   flat = _inputs.flat_views(named, batch)
@@ -216,5 +268,12 @@ def rasterize_reference(gaussians: Gaussians, camera: Camera, background,
   outs = jax.vmap(fn)(*flat)
   outs = [o.reshape(batch + o.shape[1:]) for o in outs]
   image, alpha, depth, radii, mask, weight = outs
-  return RenderOutput(image=image, alpha=alpha, depth=depth, radii=radii, wabe_mask=mask,
-                      wabe_weight=weight, overflow=jnp.zeros(batch, bool))
+  return RenderOutput(
+    image=image,
+    alpha=alpha,
+    depth=depth,
+    radii=radii,
+    wabe_mask=mask,
+    wabe_weight=weight,
+    overflow=jnp.zeros(batch, bool),
+  )

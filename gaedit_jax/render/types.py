@@ -39,9 +39,9 @@ class Gaussians:
 
 
 # Limits of the static settings, the same as the native kernels' (gaedit/gs_math.h).
-MAX_TILE_SIZE = 16        # a CUDA compositing block holds at most 16 x 16 pixels
-MAX_WABE_K = 32           # WABE slots per pixel (or per tile) the kernels keep
-MAX_IMAGE_SIDE = 16384    # image width and height, pixels
+MAX_TILE_SIZE = 16  # a CUDA compositing block holds at most 16 x 16 pixels
+MAX_WABE_K = 32  # WABE slots per pixel (or per tile) the kernels keep
+MAX_IMAGE_SIDE = 16384  # image width and height, pixels
 
 
 def _is_int(x) -> bool:
@@ -76,13 +76,13 @@ class RenderConfig:
     averaged per Gaussian over its (pixel, slot) occurrences (`RenderOutput.wabe_weight`).
   """
 
-  sh_degree: int = 3             # active SH degree (<= the degree stored in `sh`)
-  tile_size: int = 16            # 1..16 (16: the original's 16x16 tiles)
-  near_plane: float = 0.2        # cull Gaussians with view-space z <= near_plane (3DGS: 0.2)
-  wabe_k: int = 10               # WABE: K slots, 1..32 (0: no WABE outputs, faster:
-                                 # reconstruction does not need them)
-  wabe_beta: float = 6.0         # WABE: w_k = exp(-beta (1 - T_k)) alpha_k, beta >= 0
-  wabe_backward: bool = False    # scale every pixel-Gaussian gradient term by exp(-beta (1 - T_k))
+  sh_degree: int = 3  # active SH degree (<= the degree stored in `sh`)
+  tile_size: int = 16  # 1..16 (16: the original's 16x16 tiles)
+  near_plane: float = 0.2  # cull Gaussians with view-space z <= near_plane (3DGS: 0.2)
+  wabe_k: int = 10  # WABE: K slots, 1..32 (0: no WABE outputs, faster:
+  # reconstruction does not need them)
+  wabe_beta: float = 6.0  # WABE: w_k = exp(-beta (1 - T_k)) alpha_k, beta >= 0
+  wabe_backward: bool = False  # scale every pixel-Gaussian gradient term by exp(-beta (1 - T_k))
   wabe_visibility: Literal["pixel", "tile"] = "pixel"
   alpha_clamp_grad: Literal["pass", "zero"] = "pass"
   # capacity of the tile-intersection list, per view. None: isect_per_gaussian * N + 4096.
@@ -98,11 +98,15 @@ class RenderConfig:
   def __post_init__(self):
     def bad(name, expected):
       raise InputError(f"RenderConfig.{name} = {getattr(self, name)!r}: expected {expected}")
+
     if not _is_int(self.sh_degree) or not 0 <= self.sh_degree <= 3:
       bad("sh_degree", "an integer in [0, 3]")
     if not _is_int(self.tile_size) or not 1 <= self.tile_size <= MAX_TILE_SIZE:
-      bad("tile_size", f"an integer in [1, {MAX_TILE_SIZE}] (the CUDA kernel's tiles hold at most "
-          f"{MAX_TILE_SIZE}x{MAX_TILE_SIZE} pixels)")
+      bad(
+        "tile_size",
+        f"an integer in [1, {MAX_TILE_SIZE}] (the CUDA kernel's tiles hold at most "
+        f"{MAX_TILE_SIZE}x{MAX_TILE_SIZE} pixels)",
+      )
     if not _is_real(self.near_plane) or not (math.isfinite(self.near_plane) and self.near_plane > 0):
       bad("near_plane", "a finite number > 0 (view-space depth, scene units)")
     if not _is_int(self.wabe_k) or not 0 <= self.wabe_k <= MAX_WABE_K:
@@ -115,13 +119,14 @@ class RenderConfig:
       bad("wabe_visibility", '"pixel" or "tile"')
     if self.alpha_clamp_grad not in ("pass", "zero"):
       bad("alpha_clamp_grad", '"pass" or "zero"')
-    if self.max_intersections is not None and (not _is_int(self.max_intersections)
-                                               or not 1 <= self.max_intersections < 2**31):
+    if self.max_intersections is not None and (
+      not _is_int(self.max_intersections) or not 1 <= self.max_intersections < 2**31
+    ):
       bad("max_intersections", "None or an integer in [1, 2^31)")
-    if not _is_real(self.isect_per_gaussian) or not (math.isfinite(self.isect_per_gaussian)
-                                                     and self.isect_per_gaussian >= 0):
-      bad("isect_per_gaussian", "a finite number >= 0 (intersections per Gaussian and view, on top of "
-          "a fixed 4096)")
+    if not _is_real(self.isect_per_gaussian) or not (
+      math.isfinite(self.isect_per_gaussian) and self.isect_per_gaussian >= 0
+    ):
+      bad("isect_per_gaussian", "a finite number >= 0 (intersections per Gaussian and view, on top of a fixed 4096)")
     if self.backend not in ("auto", "reference"):
       bad("backend", '"auto" or "reference"')
 

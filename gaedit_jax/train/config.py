@@ -22,14 +22,14 @@ class LearningRates:
   position_init: float = 5e-3
   position_final: float = 5e-5
   position_steps: int = 600_000
-  feature: float = 2.5e-3          # SH DC; SH rest: feature / 20
+  feature: float = 2.5e-3  # SH DC; SH rest: feature / 20
   opacity: float = 0.05
   scaling: float = 0.017
   rotation: float = 1e-3
-  flame_pose: float = 1e-5         # rotation / neck / jaw / eyes
+  flame_pose: float = 1e-5  # rotation / neck / jaw / eyes
   flame_trans: float = 1e-6
   flame_expr: float = 1e-3
-  finetune_flame: bool = True      # False: the FLAME parameters stay as tracked
+  finetune_flame: bool = True  # False: the FLAME parameters stay as tracked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +47,8 @@ class Regularisers:
 class RasterSettings:
   """Rasterizer settings a run starts from (render.types.RenderConfig holds the rest)."""
 
-  isect_per_gaussian: float = 16.0                  # intersection buffer per Gaussian; grows on overflow
-  tile_size: int = 16                               # the original 3DGS kernel's
+  isect_per_gaussian: float = 16.0  # intersection buffer per Gaussian; grows on overflow
+  tile_size: int = 16  # the original 3DGS kernel's
   alpha_clamp_grad: Literal["pass", "zero"] = "pass"  # backward through min(0.99, o G): as the original
 
 
@@ -62,5 +62,4 @@ def grow_isect(isect_per_gaussian: float) -> float:
   return max(isect_per_gaussian * 2, 4.0)
 
 
-__all__ = ["LearningRates", "Regularisers", "RasterSettings", "GA_RATES", "GA_REGULARISERS", "RASTER",
-           "grow_isect"]
+__all__ = ["LearningRates", "Regularisers", "RasterSettings", "GA_RATES", "GA_REGULARISERS", "RASTER", "grow_isect"]

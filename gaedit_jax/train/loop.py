@@ -28,11 +28,19 @@ def frame_order(n: int, batch: int, seed: int, it: int) -> np.ndarray:
   per_epoch = max(n // batch, 1)
   e, k = divmod(it - 1, per_epoch)
   perm = np.random.default_rng([seed, e]).permutation(n)
-  return perm[k * batch:(k + 1) * batch]
+  return perm[k * batch : (k + 1) * batch]
 
 
-def flush_metrics(pending: Sequence[tuple[int, dict]], writer, bar, history: list, *, tag: str,
-                  scalars: Sequence[str] | None, postfix: Callable[[dict], dict]) -> list[int]:
+def flush_metrics(
+  pending: Sequence[tuple[int, dict]],
+  writer,
+  bar,
+  history: list,
+  *,
+  tag: str,
+  scalars: Sequence[str] | None,
+  postfix: Callable[[dict], dict],
+) -> list[int]:
   """One host read of the metrics of the steps since the last flush (`pending`: (iteration,
   metrics) pairs, device arrays): TensorBoard scalars `tag/<name>` of every step (`scalars`, or
   all but the overflow flag when None), the last step's metrics appended to `history` (as floats),
@@ -46,7 +54,7 @@ def flush_metrics(pending: Sequence[tuple[int, dict]], writer, bar, history: lis
     if bool(m["overflow"]):
       overflowed.append(it)
     if writer is not None:
-      for k in (scalars if scalars is not None else [k for k in m if k != "overflow"]):
+      for k in scalars if scalars is not None else [k for k in m if k != "overflow"]:
         writer.add_scalar(f"{tag}/{k}", float(m[k]), it)
   last = {k: float(v) for k, v in ms[-1].items()}
   history.append(dict(iteration=pending[-1][0], **last))

@@ -16,8 +16,9 @@ from gaedit_jax.train.config import LearningRates
 def param_labels(params: dict) -> dict:
   """The group of every leaf: lr_<field> for the Gaussians, flame_{expr,trans,pose} for FLAME."""
   g = {k: "lr_" + k for k in params["gauss"]}
-  f = {k: ("flame_expr" if k == "expr" else "flame_trans" if k == "translation" else "flame_pose")
-       for k in params["flame"]}
+  f = {
+    k: ("flame_expr" if k == "expr" else "flame_trans" if k == "translation" else "flame_pose") for k in params["flame"]
+  }
   return {"gauss": g, "flame": f}
 
 
@@ -39,7 +40,8 @@ def make_optimizer(rates: LearningRates, extent: float) -> optax.GradientTransfo
   FLAME groups are frozen (zero updates) unless rates.finetune_flame."""
   adam = lambda lr: optax.adam(lr, eps=1e-15)
   fl = (lambda lr: adam(lr)) if rates.finetune_flame else (lambda lr: optax.set_to_zero())
-  return optax.multi_transform({
+  return optax.multi_transform(
+    {
       "lr_xyz": adam(position_lr(rates, extent)),
       "lr_sh_dc": adam(rates.feature),
       "lr_sh_rest": adam(rates.feature / 20.0),
@@ -49,7 +51,9 @@ def make_optimizer(rates: LearningRates, extent: float) -> optax.GradientTransfo
       "flame_pose": fl(rates.flame_pose),
       "flame_trans": fl(rates.flame_trans),
       "flame_expr": fl(rates.flame_expr),
-  }, param_labels)
+    },
+    param_labels,
+  )
 
 
 __all__ = ["param_labels", "position_lr", "make_optimizer"]

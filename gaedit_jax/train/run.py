@@ -33,6 +33,7 @@ import numpy as np
 
 from gaedit_jax import parallel
 from gaedit_jax.errors import InputError
+from gaedit_jax.io.checkpoint import CheckpointManager
 from gaedit_jax.io.progress import open_progress
 from gaedit_jax.train import run_dir
 
@@ -88,8 +89,20 @@ def identity_differences(now: dict, then: dict) -> tuple[list[str], list[str]]:
 class Session:
   """The bookkeeping of one session of a run in OUT (see the module docstring)."""
 
-  def __init__(self, out: str | os.PathLike, *, what: str, inputs: dict[str, Any], resume: bool,
-               overwrite: bool, keep: int, every: int, minutes: float, log_interval: int, identity: dict):
+  def __init__(
+    self,
+    out: str | os.PathLike,
+    *,
+    what: str,
+    inputs: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+    keep: int,
+    every: int,
+    minutes: float,
+    log_interval: int,
+    identity: dict,
+  ):
     self.out = Path(out).absolute()
     self.what, self.inputs, self.resume, self.overwrite = what, inputs, resume, overwrite
     self.keep, self.every, self.minutes = keep, every, minutes
@@ -98,7 +111,7 @@ class Session:
     self.primary = parallel.is_primary()
     self.multi = jax.process_count() > 1
     self.lock: run_dir.RunLock | None = None
-    self.ckpt = None   # io.checkpoint.CheckpointManager
+    self.ckpt = None  # io.checkpoint.CheckpointManager
     self.writer = self.bar = None
     self.start = self.completed = 0
     self.sessions: list[dict] = []
@@ -110,8 +123,7 @@ class Session:
   def __enter__(self) -> "Session":
     try:
       if self.primary:
-        self.lock = run_dir.prepare(self.out, self.inputs, resume=self.resume, overwrite=self.overwrite,
-                                    what=self.what)
+        self.lock = run_dir.prepare(self.out, self.inputs, resume=self.resume, overwrite=self.overwrite, what=self.what)
       else:
         run_dir.check_separate(self.out, self.inputs, self.what)
     except BaseException:
@@ -119,7 +131,6 @@ class Session:
       raise
     # orbax is imported here, not at the top: it adds half a second to `gaedit render` / `gaedit eval`,
     # which import the stages but never write checkpoints
-    from gaedit_jax.io.checkpoint import CheckpointManager
 
     try:
       self._agree(True)
@@ -163,20 +174,25 @@ class Session:
     def check(step: int, meta: dict) -> None:
       then = meta.get("identity")
       if not isinstance(then, dict):
-        return   # a checkpoint of an older version: nothing to compare
+        return  # a checkpoint of an older version: nothing to compare
       bad, notes = identity_differences(self.identity, then)
       if bad:
-        raise InputError(f"{self.what}: --resume from {self.ckpt.dir / str(step)} with other settings: "
-                         + "; ".join(bad) + "; keep the checkpoint's settings, or start a new run "
-                         "(--overwrite, or another --out)")
+        raise InputError(
+          f"{self.what}: --resume from {self.ckpt.dir / str(step)} with other settings: "
+          + "; ".join(bad)
+          + "; keep the checkpoint's settings, or start a new run "
+          "(--overwrite, or another --out)"
+        )
       for n in notes:
         print(f"note: {n}", flush=True)
 
     got = self.ckpt.restore_newest(template_fn, check)
     if got is None:
       if (self.out / "point_cloud").exists():
-        raise InputError(f"{self.what}: --resume: {self.ckpt.dir} holds no checkpoint, but {self.out} holds "
-                         f"a previous run's results (point_cloud/); use --overwrite to start a new run")
+        raise InputError(
+          f"{self.what}: --resume: {self.ckpt.dir} holds no checkpoint, but {self.out} holds "
+          f"a previous run's results (point_cloud/); use --overwrite to start a new run"
+        )
       print(f"note: --resume: no checkpoint in {self.ckpt.dir}; starting from iteration 0", flush=True)
       return None
     for step, why in got.skipped:
@@ -198,8 +214,9 @@ class Session:
   # -- the session --------------------------------------------------------------------------------
   def begin(self, *, total: int, desc: str, tensorboard: bool, progress: bool):
     """Opens the progress display and TensorBoard, starts the session clock. Returns (writer, bar)."""
-    self.writer, self.bar = open_progress(self.out, tensorboard=tensorboard, progress=progress, total=total,
-                                          initial=self.start, desc=desc)
+    self.writer, self.bar = open_progress(
+      self.out, tensorboard=tensorboard, progress=progress, total=total, initial=self.start, desc=desc
+    )
     self._t0 = time.perf_counter()
     self._last_save = time.monotonic()
     return self.writer, self.bar
@@ -221,8 +238,12 @@ class Session:
   def summary(self, step: int) -> dict:
     """iterations (from 1), seconds summed over the sessions, the sessions and the resume points."""
     r = self.run_record(step)
-    return dict(iterations=int(step), seconds=r["seconds"], sessions=r["sessions"],
-                resumed_at=[s["start"] for s in r["sessions"] if s["start"] > 0])
+    return dict(
+      iterations=int(step),
+      seconds=r["seconds"],
+      sessions=r["sessions"],
+      resumed_at=[s["start"] for s in r["sessions"] if s["start"] > 0],
+    )
 
   def done(self, it: int) -> None:
     """The state now holds the complete result of iteration `it` (safe to checkpoint on a failure)."""
@@ -262,8 +283,10 @@ class Session:
     checkpoint the last completed iteration when the state is that (see `done`), then re-raise."""
     old = None
     if threading.current_thread() is threading.main_thread():
+
       def _term(signum, frame):
         raise KeyboardInterrupt("SIGTERM")
+
       old = signal.signal(signal.SIGTERM, _term)
     try:
       yield
@@ -287,16 +310,20 @@ class Session:
     try:
       st = state_fn()
       if any(isinstance(x, jax.Array) and x.is_deleted() for x in jax.tree.leaves(st)):
-        say(f"no checkpoint written: the failure came inside the step after iteration {self.completed}, which "
-            f"had consumed its state; {have}")
+        say(
+          f"no checkpoint written: the failure came inside the step after iteration {self.completed}, which "
+          f"had consumed its state; {have}"
+        )
         return
       step = int(st.step)
     except Exception as e2:  # noqa: BLE001 - the device may be what failed
       say(f"no checkpoint written: the state cannot be read ({' '.join(str(e2).split())[:160]}); {have}")
       return
     if step != self.completed:
-      say(f"no checkpoint written: the failure came during the between-step work of iteration {step} "
-          f"(densification / opacity reset), which may have left the state half-updated; {have}")
+      say(
+        f"no checkpoint written: the failure came during the between-step work of iteration {step} "
+        f"(densification / opacity reset), which may have left the state half-updated; {have}"
+      )
       return
     if step in self.saved:
       say(f"{have}, the last completed step; continue with --resume")
@@ -307,8 +334,10 @@ class Session:
     except BaseException as e2:  # noqa: BLE001 - keep the original error
       say(f"writing a checkpoint of iteration {step} failed ({type(e2).__name__}: {e2}); {have}")
       return
-    say(f"saved a checkpoint of iteration {step} (the last completed step) in {self.ckpt.dir / str(step)}; "
-        f"continue with --resume")
+    say(
+      f"saved a checkpoint of iteration {step} (the last completed step) in {self.ckpt.dir / str(step)}; "
+      f"continue with --resume"
+    )
 
 
 __all__ = ["Session", "file_id", "identity_differences"]

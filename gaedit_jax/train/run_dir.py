@@ -23,8 +23,18 @@ from pathlib import Path
 from gaedit_jax.errors import InputError
 
 LOCK_NAME = ".gaedit.lock"
-RUN_ENTRIES = ("checkpoints", "checkpoints_unreadable", "point_cloud", "cfg.json", "train_summary.json",
-               "edit_summary.json", "tb", "eval", "edits", "renders")
+RUN_ENTRIES = (
+  "checkpoints",
+  "checkpoints_unreadable",
+  "point_cloud",
+  "cfg.json",
+  "train_summary.json",
+  "edit_summary.json",
+  "tb",
+  "eval",
+  "edits",
+  "renders",
+)
 """Names in OUT that a run (or `gaedit render` / `gaedit eval` with their default outputs) writes."""
 RUN_PATTERNS = ("results_*.json",)
 
@@ -94,8 +104,7 @@ def _contents(out: Path) -> list[str]:
 
 def _check_flags(out: Path, resume: bool, overwrite: bool, what: str) -> None:
   if resume and overwrite:
-    raise InputError(f"{what}: --resume continues the run in {out} and --overwrite starts a new one; "
-                     f"give one of them")
+    raise InputError(f"{what}: --resume continues the run in {out} and --overwrite starts a new one; give one of them")
   if out.exists() and not out.is_dir():
     raise InputError(f"{what}: --out {out} is a file, not a folder")
 
@@ -104,13 +113,16 @@ def _check_empty(out: Path, what: str) -> None:
   names = _contents(out)
   if names:
     shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-    raise InputError(f"{what}: --out {out} is not empty ({shown}); add --resume to continue its run, "
-                     f"--overwrite to start a new one (the previous run's files are moved to "
-                     f"{out.name}.old-<time>/), or choose another folder")
+    raise InputError(
+      f"{what}: --out {out} is not empty ({shown}); add --resume to continue its run, "
+      f"--overwrite to start a new one (the previous run's files are moved to "
+      f"{out.name}.old-<time>/), or choose another folder"
+    )
 
 
-def check_out(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], *, resume: bool,
-              overwrite: bool, what: str) -> None:
+def check_out(
+  out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], *, resume: bool, overwrite: bool, what: str
+) -> None:
   """Read-only checks of --out before a run loads anything (the run repeats them under its lock):
   flags, separation from the inputs, a live lock, a non-empty folder without --resume/--overwrite."""
   out = Path(out)
@@ -134,7 +146,7 @@ def _proc_stat(pid: int) -> list[str] | None:
     s = Path(f"/proc/{pid}/stat").read_text()
   except OSError:
     return None
-  return s[s.rindex(")") + 2:].split()
+  return s[s.rindex(")") + 2 :].split()
 
 
 def _alive(lock: dict) -> bool:
@@ -148,7 +160,7 @@ def _alive(lock: dict) -> bool:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
-  except PermissionError:   # another user's process
+  except PermissionError:  # another user's process
     pass
   st = _proc_stat(pid)
   if st is None:
@@ -174,14 +186,16 @@ def read_lock(path: Path) -> dict | None:
         return d
     except json.JSONDecodeError:
       pass
-    time.sleep(0.2)   # a lock being written this instant
+    time.sleep(0.2)  # a lock being written this instant
   return {"unreadable": "not a gaedit lock file"}
 
 
 def _in_use(out: Path, lock: dict, what: str) -> str:
-  return (f"{what}: --out {out} is in use by {lock.get('command', 'another run')} (pid {lock.get('pid')} on "
-          f"host {lock.get('host')}, started {lock.get('started')}); wait for it to finish or choose another "
-          f"folder (lock: {Path(out) / LOCK_NAME})")
+  return (
+    f"{what}: --out {out} is in use by {lock.get('command', 'another run')} (pid {lock.get('pid')} on "
+    f"host {lock.get('host')}, started {lock.get('started')}); wait for it to finish or choose another "
+    f"folder (lock: {Path(out) / LOCK_NAME})"
+  )
 
 
 class RunLock:
@@ -194,19 +208,24 @@ class RunLock:
   def acquire(cls, out: Path, what: str) -> "RunLock":
     path = Path(out) / LOCK_NAME
     st = _proc_stat(os.getpid())
-    info = dict(pid=os.getpid(), host=socket.gethostname(), command=what,
-                started=datetime.datetime.now().isoformat(timespec="seconds"),
-                proc_start=st[19] if st else None)
+    info = dict(
+      pid=os.getpid(),
+      host=socket.gethostname(),
+      command=what,
+      started=datetime.datetime.now().isoformat(timespec="seconds"),
+      proc_start=st[19] if st else None,
+    )
     for attempt in range(5):
       try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
         old = read_lock(path)
         if old is None:
-          continue   # released meanwhile
+          continue  # released meanwhile
         if "unreadable" in old:
-          raise InputError(f"{what}: {path}: unreadable lock file ({old['unreadable']}); if no run uses "
-                           f"{out}, delete it") from None
+          raise InputError(
+            f"{what}: {path}: unreadable lock file ({old['unreadable']}); if no run uses {out}, delete it"
+          ) from None
         if old.get("host") != info["host"] or _alive(old):
           raise InputError(_in_use(out, old, what)) from None
         cls._take_over(path, old)
@@ -219,14 +238,17 @@ class RunLock:
   @staticmethod
   def _take_over(path: Path, old: dict) -> None:
     """Moves a stale lock away; if another process replaced it meanwhile, puts that one back."""
-    print(f"note: {path}: taking over the lock of pid {old.get('pid')} (started {old.get('started')}), "
-          f"which is no longer running", flush=True)
+    print(
+      f"note: {path}: taking over the lock of pid {old.get('pid')} (started {old.get('started')}), "
+      f"which is no longer running",
+      flush=True,
+    )
     stale = path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
     try:
       os.rename(path, stale)
     except FileNotFoundError:
       return
-    if read_lock(stale) != old:   # a fresh lock of a concurrent run: restore it (no clobbering)
+    if read_lock(stale) != old:  # a fresh lock of a concurrent run: restore it (no clobbering)
       try:
         os.link(stale, path)
       except OSError:
@@ -259,8 +281,9 @@ def move_aside(out: Path, entries: list[Path]) -> Path:
   return dest
 
 
-def prepare(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], *, resume: bool,
-            overwrite: bool, what: str) -> RunLock:
+def prepare(
+  out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], *, resume: bool, overwrite: bool, what: str
+) -> RunLock:
   """Checks OUT, creates it, takes its lock and, with --overwrite, moves the previous run's files
   aside. Returns the held lock (release it when the run ends)."""
   out = Path(out).absolute()
@@ -268,7 +291,7 @@ def prepare(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None],
   check_separate(out, inputs, what)
   out.mkdir(parents=True, exist_ok=True)
   lock = RunLock.acquire(out, what)
-  try:   # under the lock: no other run changes OUT from here on
+  try:  # under the lock: no other run changes OUT from here on
     if not resume and not overwrite:
       _check_empty(out, what)
     if overwrite:
@@ -278,13 +301,27 @@ def prepare(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None],
           dest = move_aside(out, old)
         except OSError as e:
           raise InputError(f"{what}: --overwrite: cannot move the previous run's files out of {out} ({e})") from e
-        print(f"note: --overwrite: moved the previous run's files ({', '.join(p.name for p in old)}) "
-              f"from {out} to {dest}", flush=True)
+        print(
+          f"note: --overwrite: moved the previous run's files ({', '.join(p.name for p in old)}) from {out} to {dest}",
+          flush=True,
+        )
   except BaseException:
     lock.release()
     raise
   return lock
 
 
-__all__ = ["LOCK_NAME", "RUN_ENTRIES", "RUN_PATTERNS", "atomic_write_text", "write_json", "check_separate",
-           "check_out", "run_entries", "read_lock", "RunLock", "move_aside", "prepare"]
+__all__ = [
+  "LOCK_NAME",
+  "RUN_ENTRIES",
+  "RUN_PATTERNS",
+  "atomic_write_text",
+  "write_json",
+  "check_separate",
+  "check_out",
+  "run_entries",
+  "read_lock",
+  "RunLock",
+  "move_aside",
+  "prepare",
+]

@@ -20,14 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from raster_scenes import random_gaussians, ring_cameras
 from recon_data import make_tiny_dataset, tiny_config
 
 from gaedit_jax import parallel
 from gaedit_jax.render import RenderConfig, rasterize
 
-pytestmark = pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count=4)")
+pytestmark = pytest.mark.skipif(
+  jax.device_count() < 4, reason="needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count=4)"
+)
 
 
 def _rel(a, b):
@@ -45,7 +46,7 @@ def test_rasterize_sharded_matches_one_device(per_view):
 
   def loss(g, cfg):
     o = rasterize(g, cam, bg, cfg)
-    return jnp.sum(o.image ** 2) + jnp.sum(o.alpha * o.depth), o
+    return jnp.sum(o.image**2) + jnp.sum(o.alpha * o.depth), o
 
   f = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
   (l0, o0), g0 = f(g, RenderConfig())
@@ -57,14 +58,14 @@ def test_rasterize_sharded_matches_one_device(per_view):
   np.testing.assert_array_equal(o1.wabe_mask, o0.wabe_mask)
   assert abs(float(l1) - float(l0)) <= 1e-6 * abs(float(l0))
   for k in ("means", "quats", "scales", "opacities", "sh"):
-    assert _rel(getattr(g0, k), getattr(g1, k)) < 1e-5, k   # shared: summed over devices
+    assert _rel(getattr(g0, k), getattr(g1, k)) < 1e-5, k  # shared: summed over devices
 
 
 def test_view_mesh_rules():
   assert parallel.view_mesh(1, 4) is None
   assert parallel.view_mesh(2, 4).size == 2
   with pytest.warns(UserWarning, match="using 3"):
-    assert parallel.view_mesh(None, 6).size == 3       # default: the most devices that divide
+    assert parallel.view_mesh(None, 6).size == 3  # default: the most devices that divide
   with pytest.raises(ValueError, match="cannot be split evenly"):
     parallel.view_mesh(4, 6)
   with pytest.raises(ValueError, match="available"):
@@ -74,8 +75,9 @@ def test_view_mesh_rules():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   root = tmp_path_factory.mktemp("shard")
-  return dict(root=root, data=make_tiny_dataset(root / "data"),
-              paint=make_tiny_dataset(root / "facepaint", texture="facepaint"))
+  return dict(
+    root=root, data=make_tiny_dataset(root / "data"), paint=make_tiny_dataset(root / "facepaint", texture="facepaint")
+  )
 
 
 def test_train_step_gradients_match(tiny, tmp_path):
@@ -130,9 +132,21 @@ def test_edit_run_matches(tiny, tmp_path):
   Trainer(tiny_config(tiny["data"], model, iterations=6, checkpoint_interval=6, position_lr_max_steps=6)).run()
   hist = {}
   for d in (1, 4):
-    cfg = EditConfig(avatar=model, out=tmp_path / f"edit{d}", editor="synthetic", target_data=tiny["paint"],
-                     iterations=4, batch_size=4, devices=d, checkpoint_interval=4, dump_interval=0,
-                     progress=False, tensorboard=False, lambda_lpips=0.0, log_interval=1)
+    cfg = EditConfig(
+      avatar=model,
+      out=tmp_path / f"edit{d}",
+      editor="synthetic",
+      target_data=tiny["paint"],
+      iterations=4,
+      batch_size=4,
+      devices=d,
+      checkpoint_interval=4,
+      dump_interval=0,
+      progress=False,
+      tensorboard=False,
+      lambda_lpips=0.0,
+      log_interval=1,
+    )
     run = EditRun(cfg)
     assert (run.mesh is None) == (d == 1)
     run.run()
