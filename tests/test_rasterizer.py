@@ -28,11 +28,12 @@ def _ref_cfg(cfg: RenderConfig) -> RenderConfig:
   return dataclasses.replace(cfg, backend="reference")
 
 
-def _oracle():
-  """The reference runs on the CPU whatever the test's device: the oracle must not take XLA GPU's
-  approximate exp / rsqrt (a Gaussian at the 1/255 acceptance threshold can flip between devices).
-  The tests' arrays are uncommitted, so the computation follows this default device."""
-  return jax.default_device(jax.devices("cpu")[0])
+def _cpu(tree):
+  """The reference runs on the CPU whatever the test's device, as the CUDA tests always compared: the
+  oracle must not take XLA GPU's approximate exp (a Gaussian at the 1/255 acceptance threshold can
+  flip between devices). Arrays committed to the CPU put the computation there."""
+  cpu = jax.devices("cpu")[0]
+  return jax.tree.map(lambda a: jax.device_put(a, cpu), tree)
 
 
 def _assert_outputs_match(out, ref, atol=1e-4):
@@ -60,8 +61,7 @@ def test_forward_matches_reference(n, views, width, height, sh_degree, per_view,
   bg = jnp.asarray(np.random.default_rng(n).uniform(size=(views, 3)), jnp.float32)
   cfg = RenderConfig(sh_degree=sh_degree)
   out = rasterize(g, cams, bg, cfg)
-  with _oracle():
-    ref = rasterize(g, cams, bg, _ref_cfg(cfg))
+  ref = rasterize(*_cpu((g, cams, bg)), _ref_cfg(cfg))
   assert out.image.shape == (views, height, width, 3) and out.radii.shape == (views, n)
   assert int(jnp.sum(out.radii > 0)) > n // 2  # the scene is really drawn
   assert int(jnp.sum(out.wabe_mask)) > 10
@@ -98,8 +98,7 @@ def test_gradients_match_reference(wabe_backward, per_view, device):
   bg = jnp.array([0.2, 0.5, 0.9])
   cfg = RenderConfig(wabe_backward=wabe_backward)
   gn = jax.grad(_loss_fn(cams, cfg), argnums=(0, 1))(g, bg)
-  with _oracle():
-    gr = jax.grad(_loss_fn(cams, _ref_cfg(cfg)), argnums=(0, 1))(g, bg)
+  gr = jax.grad(_loss_fn(_cpu(cams), _ref_cfg(cfg)), argnums=(0, 1))(*_cpu((g, bg)))
   for name in ("means", "quats", "scales", "opacities", "sh", "screen_offset"):
     a, b = getattr(gn[0], name), getattr(gr[0], name)
     assert a.shape == b.shape
@@ -261,8 +260,7 @@ def test_degenerate_inputs_are_finite_and_not_drawn(device):
     assert bool(jnp.all(jnp.isfinite(leaf)))
   for i in (0, 1, 3, 4):  # not drawn, or drawn with zero opacity: no gradient
     assert float(jnp.abs(grads.means[i]).sum() + jnp.abs(grads.sh[i]).sum()) == 0.0
-  with _oracle():
-    ref = rasterize(g, cam, bg, REF)
+  ref = rasterize(*_cpu((g, cam, bg)), REF)
   np.testing.assert_allclose(out.image, ref.image, atol=1e-4)
 
 
@@ -325,9 +323,8 @@ def test_nonfinite_sh_native_matches_reference(device):
   cams = ring_cameras(2, width=40, height=36, focal=40)
   bg = jnp.array([0.2, 0.5, 0.9])
   cfg = RenderConfig()
-  with _oracle():
-    ref = rasterize(g, cams, bg, _ref_cfg(cfg))
-    gr = jax.grad(_loss_fn(cams, _ref_cfg(cfg)))(g, bg)
+  ref = rasterize(*_cpu((g, cams, bg)), _ref_cfg(cfg))
+  gr = jax.grad(_loss_fn(_cpu(cams), _ref_cfg(cfg)))(*_cpu((g, bg)))
   _assert_outputs_match(rasterize(g, cams, bg, cfg), ref)
   gn = jax.grad(_loss_fn(cams, cfg))(g, bg)
   for name in ("means", "quats", "scales", "opacities", "sh"):
@@ -358,15 +355,14 @@ def test_tile_lists_are_exact(device):
   tight = RenderConfig(max_intersections=square * 2 // 3)  # measured: 60% of the squares
   out = rasterize(g, cam, bg, tight)
   assert not np.any(out.overflow)
-  with _oracle():
-    ref_out = rasterize(g, cam, bg, REF)
+  ref_out = rasterize(*_cpu((g, cam, bg)), REF)
   _assert_outputs_match(out, ref_out)
   assert np.all(rasterize(g, cam, bg, RenderConfig(max_intersections=square // 2)).overflow)
   w = jax.random.uniform(jax.random.PRNGKey(3), out.image.shape)
   loss = lambda cfg: lambda gg: jnp.sum(rasterize(gg, cam, bg, cfg).image * w)
   ours = jax.grad(loss(tight))(g)
-  with _oracle():
-    ref = jax.grad(loss(REF))(g)
+  cam_cpu, bg_cpu, w_cpu = _cpu((cam, bg, w))
+  ref = jax.grad(lambda gg: jnp.sum(rasterize(gg, cam_cpu, bg_cpu, REF).image * w_cpu))(_cpu(g))
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
     np.testing.assert_allclose(a, b, atol=1e-4 * float(jnp.abs(b).max()) + 1e-7)
 
@@ -534,8 +530,7 @@ def test_alpha_clamp_gradient_modes_match_reference(device):
   for mode in ("pass", "zero"):
     cfg = RenderConfig(alpha_clamp_grad=mode)
     gn = jax.grad(_loss_fn(cams, cfg), argnums=(0, 1))(g, bg)
-    with _oracle():
-      gr = jax.grad(_loss_fn(cams, _ref_cfg(cfg)), argnums=(0, 1))(g, bg)
+    gr = jax.grad(_loss_fn(_cpu(cams), _ref_cfg(cfg)), argnums=(0, 1))(*_cpu((g, bg)))
     for name in ("means", "quats", "scales", "opacities", "sh", "screen_offset"):
       a, b = getattr(gn[0], name), getattr(gr[0], name)
       assert _rel(a, b) < 1e-3, (mode, name, _rel(a, b))
@@ -577,8 +572,7 @@ def test_wabe_tile_matches_reference(tile, k, views, device):
   bg = jnp.array([0.1, 0.2, 0.3])
   cfg = RenderConfig(tile_size=tile, wabe_k=k, wabe_visibility="tile")
   out = rasterize(g, cams, bg, cfg)
-  with _oracle():
-    ref = rasterize(g, cams, bg, _ref_cfg(cfg))
+  ref = rasterize(*_cpu((g, cams, bg)), _ref_cfg(cfg))
   _assert_outputs_match(out, ref)
   pix = rasterize(g, cams, bg, dataclasses.replace(cfg, wabe_visibility="pixel"))
   np.testing.assert_array_equal(out.image, pix.image)  # only the WABE outputs differ
