@@ -57,7 +57,7 @@ from gaedit_jax.edit.mouth import (
 from gaedit_jax.edit.schedule import SSIM_WEIGHT, edit_dssim, ssim_phase, ssim_phase_start
 from gaedit_jax.errors import InputError
 from gaedit_jax.io.media import save_png, side_by_side
-from gaedit_jax.io.model_folder import latest_iteration, load_trained
+from gaedit_jax.io.model_folder import find_model, load_trained
 from gaedit_jax.io.ply import save_avatar_ply, save_flame_npz
 from gaedit_jax.losses import position_reg, scale_reg
 from gaedit_jax.nets.images import from_square, to_square
@@ -695,9 +695,10 @@ class EditRun:
   def resume_identity(self) -> dict:
     """What a checkpoint must share with this edit to be resumed (flag -> value)."""
     c = self.cfg
-    ply = latest_iteration(c.avatar) / "point_cloud.ply"  # the avatar the edit starts from
+    src = find_model(c.avatar)  # the avatar the edit starts from: a checkpoint file or an iteration folder
+    start = src.path if src.path.is_file() else src.path / "point_cloud.ply"
     return {
-      "--avatar": file_id(c.avatar, str(ply.relative_to(c.avatar))),
+      "--avatar": file_id(start),
       "--data": file_id(self.data, "transforms_train.json"),
       "--editor": c.editor,
       "--prompt": c.prompt,
