@@ -416,8 +416,7 @@ def save_grid(a, res: dict, variants: list[str], gt: np.ndarray) -> Path:
   """OUT/grid.png: ground truth | before edit | variants (first seed), labelled."""
   from PIL import Image, ImageDraw
 
-  from gaedit_jax.io.media import save_png, side_by_side, to_uint8
-  from gaedit_jax.nets.images import read_png
+  from gaedit_jax.io.media import read_png, save_png, side_by_side, to_uint8
 
   tiles = [("ground truth", gt), ("before edit", read_png(a.out / "before_grid_frame.png"))]
   s0 = str(a.seeds[0])

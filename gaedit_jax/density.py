@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gaedit_jax.rig import Avatar, quat_to_matrix, with_capacity
+from gaedit_jax.quaternion import quat_to_matrix
+from gaedit_jax.rig import Avatar, with_capacity
 
 
 @jax.tree_util.register_dataclass

@@ -485,7 +485,7 @@ def test_edit_read_png_reads_16_bit_by_value(tmp_path):
   image used to read as white)."""
   from PIL import Image
 
-  from gaedit_jax.nets.images import read_png
+  from gaedit_jax.io.media import read_png
 
   v = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000
   Image.fromarray(v).save(tmp_path / "g16.png")

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gaedit_jax.io.media import read_png, save_png
 from gaedit_jax.nets import images as imops
 from gaedit_jax.nets.ip2p import InstructPix2Pix, IP2PConfig, load_ip2p
 from gaedit_jax.nets.tiny import make_tiny_ip2p
@@ -174,7 +175,7 @@ def test_edit2d_command(tiny, tmp_path):
 
   rng = np.random.default_rng(3)
   img = tmp_path / "view.png"
-  imops.write_png(img, rng.random((48, 36, 3)))
+  save_png(img, rng.random((48, 36, 3)))
   out = tmp_path / "edit.png"
   cli.main(
     [
@@ -197,6 +198,6 @@ def test_edit2d_command(tiny, tmp_path):
       "5",
     ]
   )
-  assert imops.read_png(out).shape == (48, 36, 3)  # edited at 64x64, written back at the input size
+  assert read_png(out).shape == (48, 36, 3)  # edited at 64x64, written back at the input size
   with pytest.raises(FileNotFoundError, match="missing.png"):
     cli.main(["edit2d", "--image", str(tmp_path / "missing.png"), "--prompt", "x", "--ip2p", tiny])

@@ -12,7 +12,7 @@ import pytest
 
 from gaedit_jax import metrics
 from gaedit_jax.errors import InputError
-from gaedit_jax.nets import images as imops
+from gaedit_jax.io.media import save_png
 from gaedit_jax.nets.clip import load_clip
 from gaedit_jax.nets.tiny import make_tiny_clip
 
@@ -122,7 +122,7 @@ def test_clip_edit_metrics_and_eval_command(tiny_clip, tmp_path):
     assert -1.0 <= v <= 1.0
   for folder, imgs in (("src", src), ("edt", edt)):
     for i, im in enumerate(imgs):
-      imops.write_png(tmp_path / folder / f"{i:05d}.png", im)
+      save_png(tmp_path / folder / f"{i:05d}.png", im)
   from gaedit_jax import cli
 
   out = tmp_path / "metrics.json"

@@ -57,7 +57,7 @@ def test_world_ply_matches_to_world(tmp_path):
   kf = jax.random.split(jax.random.key(3), 3)
   rot = jnp.asarray(np.linalg.qr(np.random.default_rng(0).normal(size=(6, 3, 3)))[0])
   rot = rot * jnp.sign(jnp.linalg.det(rot))[:, None, None]
-  from gaedit_jax.rig import matrix_to_quat
+  from gaedit_jax.quaternion import matrix_to_quat
 
   frames = FaceFrames(
     center=jax.random.normal(kf[0], (6, 3)),

@@ -9,7 +9,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from gaedit_jax import flame as F
-from gaedit_jax import rig
+from gaedit_jax import quaternion, rig
 from gaedit_jax.flame import synthetic as sh
 from gaedit_jax.render.types import Gaussians
 
@@ -42,7 +42,7 @@ def test_frames_are_proper_rotations_with_normal_and_edge_axes():
   # k = mean of the first edge length and the height of the triangle over it (2 area / |e1|)
   k = 0.5 * (np.linalg.norm(e1, axis=1) + np.linalg.norm(n, axis=1) / np.linalg.norm(e1, axis=1))
   np.testing.assert_allclose(np.asarray(fr.scale), k, rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(rig.quat_to_matrix(fr.quat)), R, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(quaternion.quat_to_matrix(fr.quat)), R, atol=1e-5)
 
 
 def test_frames_on_the_posed_head_and_batched():
@@ -64,13 +64,13 @@ def test_matrix_quat_round_trip_including_half_turns():
   rots = Rotation.random(50, random_state=1).as_matrix()
   half = Rotation.from_rotvec(np.pi * np.eye(3)).as_matrix()
   mats = np.concatenate([rots, half, [np.eye(3)]])
-  q = np.asarray(rig.matrix_to_quat(jnp.asarray(mats, jnp.float32)))
+  q = np.asarray(quaternion.matrix_to_quat(jnp.asarray(mats, jnp.float32)))
   np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(rig.quat_to_matrix(jnp.asarray(q))), mats, atol=2e-6)
+  np.testing.assert_allclose(np.asarray(quaternion.quat_to_matrix(jnp.asarray(q))), mats, atol=2e-6)
   ref = Rotation.from_matrix(mats).as_quat()[:, [3, 0, 1, 2]]  # xyzw -> wxyz
   same = np.minimum(np.abs(q - ref).max(1), np.abs(q + ref).max(1))
   assert same.max() < 1e-5
-  g = jax.jit(jax.grad(lambda m: rig.matrix_to_quat(m).sum()))(jnp.asarray(mats, jnp.float32))
+  g = jax.jit(jax.grad(lambda m: quaternion.matrix_to_quat(m).sum()))(jnp.asarray(mats, jnp.float32))
   assert np.isfinite(np.asarray(g)).all()
   del rng
 
@@ -81,7 +81,7 @@ def test_hamilton_product_order():
   qa = jnp.asarray(a.as_quat()[:, [3, 0, 1, 2]], jnp.float32)
   qb = jnp.asarray(b.as_quat()[:, [3, 0, 1, 2]], jnp.float32)
   np.testing.assert_allclose(
-    np.asarray(rig.quat_to_matrix(rig.quat_multiply(qa, qb))), (a * b).as_matrix(), atol=2e-6
+    np.asarray(quaternion.quat_to_matrix(quaternion.quat_multiply(qa, qb))), (a * b).as_matrix(), atol=2e-6
   )  # R(a (x) b) = R_a R_b
 
 
@@ -132,7 +132,7 @@ def test_local_to_world_position_scale_rotation():
   R, k, T = np.asarray(fr.rotation), np.asarray(fr.scale), np.asarray(fr.center)
   np.testing.assert_allclose(np.asarray(g.means), k[:, None] * np.einsum("fab,fb->fa", R, xyz) + T, atol=1e-5)
   np.testing.assert_allclose(np.asarray(g.scales), k[:, None] * np.exp(ls), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(rig.quat_to_matrix(g.quats)), R @ ql.as_matrix(), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(quaternion.quat_to_matrix(g.quats)), R @ ql.as_matrix(), atol=1e-5)
   # scale follows k: a mesh twice as large gives twice the world scale and offsets
   g2 = rig.to_world(av, rig.triangle_frames(2 * v, f))
   np.testing.assert_allclose(np.asarray(g2.scales), 2 * np.asarray(g.scales), rtol=1e-5)

@@ -26,9 +26,8 @@ from gaedit_jax.commands.render import main as render
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.synthetic import SynthConfig, generate
 from gaedit_jax.edit.loop import EditConfig
-from gaedit_jax.io.media import save_gif, side_by_side
+from gaedit_jax.io.media import read_png, save_gif, side_by_side
 from gaedit_jax.metrics import psnr
-from gaedit_jax.nets.images import read_png
 from gaedit_jax.reconstruct import ReconstructConfig
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaedit_jax.errors import InputError
-from gaedit_jax.nets import images as imops
+from gaedit_jax.io.media import read_png, save_png
 
 
 @dataclasses.dataclass
@@ -55,8 +55,8 @@ class Edit2DConfig:
 def main(cfg: Edit2DConfig) -> list[str]:
   from gaedit_jax.nets.ip2p import InstructPix2Pix, IP2PConfig  # imports diffusers
 
-  image = imops.read_png(cfg.image)
-  original = imops.read_png(cfg.original) if cfg.original else image
+  image = read_png(cfg.image)
+  original = read_png(cfg.original) if cfg.original else image
   if original.shape != image.shape:
     raise InputError(
       f"--original {cfg.original} is {original.shape[1]}x{original.shape[0]}, "
@@ -90,7 +90,7 @@ def main(cfg: Edit2DConfig) -> list[str]:
   stem, ext = os.path.splitext(cfg.out)
   for k in range(n):
     p = cfg.out if n == 1 else f"{stem}_{k}{ext or '.png'}"
-    imops.write_png(p, out[k])
+    save_png(p, out[k])
     paths.append(p)
   print(
     f"edited {cfg.image} with {cfg.prompt!r} (t={ts}, s_T={cfg.guidance_scale}, s_I={cfg.image_guidance_scale}) "

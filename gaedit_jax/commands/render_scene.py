@@ -9,6 +9,7 @@ import numpy as np
 
 from gaedit_jax.camera import look_at, make_camera
 from gaedit_jax.render import Gaussians, rasterize
+from gaedit_jax.render.types import rgb_to_sh_dc
 
 
 def make_scene(n: int = 4000, seed: int = 0):
@@ -24,7 +25,7 @@ def make_scene(n: int = 4000, seed: int = 0):
   hue = t / (2 * np.pi)
   rgb = 0.5 + 0.5 * np.stack([np.cos(2 * np.pi * (hue + k / 3)) for k in range(3)], 1)
   sh = np.zeros((n, 16, 3))
-  sh[:, 0] = (rgb - 0.5) / 0.28209479177387814
+  sh[:, 0] = rgb_to_sh_dc(rgb)
   sh[:, 1:4] = rng.normal(0, 0.05, (n, 3, 3))
   scales = np.stack([np.full(n, 0.012), np.full(n, 0.004), np.full(n, 0.004)], 1)
   scales = scales * np.exp(rng.normal(0, 0.2, (n, 3)))

@@ -32,7 +32,7 @@ import numpy as np
 from gaedit_jax.camera import opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
 from gaedit_jax.errors import InputError
 from gaedit_jax.flame import FlameParams
-from gaedit_jax.io.media import ImageError, image_size
+from gaedit_jax.io.media import ImageError, image_size, to_uint8
 
 SPLITS = ("train", "val", "test")
 VAL_CAMERA = 8  # NeRSemble's frontal camera is the novel-view (validation) camera (METHOD §3)
@@ -477,13 +477,6 @@ def vhap_splits(
   return {"train": (ts[:nt], train_c), "val": (ts[:nt], val_c), "test": (ts[nt:], cams)}
 
 
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-  img = np.asarray(img)
-  if img.dtype == np.uint8:
-    return img
-  return np.clip(np.rint(np.asarray(img, np.float64) * 255.0), 0, 255).astype(np.uint8)
-
-
 class DatasetWriter:
   """Writes a dataset in the GaussianAvatars/VHAP layout.
 
@@ -530,7 +523,7 @@ class DatasetWriter:
     """image [H,W,3] (float in [0,1] or uint8), composited on the background; mask [H,W]."""
     from PIL import Image
 
-    img = _to_uint8(image)
+    img = to_uint8(image)
     if img.ndim != 3 or img.shape[2] not in (3, 4):
       raise ValueError(f"add_frame: image must be [H,W,3|4], got {list(img.shape)}")
     h, w = img.shape[:2]
@@ -559,7 +552,7 @@ class DatasetWriter:
       "file_path": rel,
     }
     if mask is not None:
-      m = _to_uint8(mask)
+      m = to_uint8(mask)
       if m.shape != (h, w):
         raise ValueError(f"add_frame: mask must be [{h},{w}], got {list(m.shape)}")
       mrel = f"fg_masks/{timestep:05d}_{camera_index:02d}.png"

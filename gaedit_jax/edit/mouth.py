@@ -32,11 +32,10 @@ from gaedit_jax.flame import FlameModel, region_face_mask, require_regions
 from gaedit_jax.metrics import ssim
 from gaedit_jax.nets import torch_pickle
 from gaedit_jax.render import rasterize
-from gaedit_jax.render.types import Gaussians, RenderConfig
+from gaedit_jax.render.types import Gaussians, RenderConfig, rgb_to_sh_dc
 
 MOUTH_REGIONS = ("teeth", "lips_tight", "lip_inside")  # GAE:train.py:81-100 (METHOD §6)
 MOUTH_LOSS_WEIGHT = 1000.0  # METHOD §5.3: 1000 L1 + 1000 D-SSIM
-_SH_C0 = 0.28209479177387814  # colour = C0 * sh_dc + 0.5 (3DGS)
 
 
 def mouth_face_mask(
@@ -77,7 +76,7 @@ def render_mouth_mask(
   g = jax.tree_util.tree_map(jax.lax.stop_gradient, gaussians)
   n = g.means.shape[-2]
   colour = jnp.asarray(mouth, jnp.float32)  # [N]
-  dc = jnp.broadcast_to(((colour - 0.5) / _SH_C0)[:, None, None], (n, 1, 3))  # SH DC giving colour
+  dc = jnp.broadcast_to(rgb_to_sh_dc(colour)[:, None, None], (n, 1, 3))  # SH DC giving colour
   g = dataclasses.replace(g, sh=dc, screen_offset=None)
   cfg = dataclasses.replace(config, sh_degree=0, wabe_k=0, wabe_backward=False)
   out = rasterize(g, camera, jnp.zeros(3, jnp.float32), cfg)

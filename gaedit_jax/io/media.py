@@ -135,10 +135,20 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 def to_uint8(img) -> np.ndarray:
+  """[0, 1] floats -> uint8 with the original's rounding, uint8(clamp(x * 255 + 0.5)); uint8 unchanged."""
   a = np.asarray(img)
   if a.dtype == np.uint8:
     return a
-  return np.clip(np.rint(a.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+  return np.clip(a.astype(np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+  """An RGB image as float32 [H, W, 3] in [0, 1], read by value (`read_image`); RGBA is composited
+  on white (GaussianAvatars)."""
+  x = read_image(path).astype(np.float32) / 255.0
+  if x.shape[-1] == 4:
+    return x[..., :3] * x[..., 3:] + (1.0 - x[..., 3:])
+  return x
 
 
 def save_png(path: str | os.PathLike, img) -> Path:
@@ -210,6 +220,7 @@ __all__ = [
   "read_image",
   "read_mask",
   "to_uint8",
+  "read_png",
   "save_png",
   "side_by_side",
   "save_mp4",

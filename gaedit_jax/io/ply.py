@@ -20,7 +20,8 @@ import numpy as np
 
 from gaedit_jax.errors import InputError
 from gaedit_jax.flame import FlameParams
-from gaedit_jax.rig import Avatar, FaceFrames, quat_multiply, with_capacity
+from gaedit_jax.quaternion import quat_multiply
+from gaedit_jax.rig import Avatar, FaceFrames, with_capacity
 
 
 def _write_ply(path: Path, cols: dict[str, np.ndarray]) -> None:

@@ -16,13 +16,10 @@ Images are channels-last `[..., H, W, C]` floats.
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from gaedit_jax.io.media import read_image
 
 
 @functools.lru_cache(maxsize=64)
@@ -106,24 +103,3 @@ def from_square(images: jax.Array, height: int, width: int) -> jax.Array:
   sq = resize(images, m, m, "bilinear", align_corners=True)
   (t, _), (l, _) = square_padding(height, width)
   return sq[..., t : t + height, l : l + width, :]
-
-
-def read_png(path: str | os.PathLike) -> np.ndarray:
-  """An RGB image as float32 [H, W, 3] in [0, 1], read by value (16-bit, palette, gray: see
-  io.media.read_image); RGBA is composited on white (GaussianAvatars)."""
-  x = read_image(path).astype(np.float32) / 255.0
-  if x.shape[-1] == 4:
-    return x[..., :3] * x[..., 3:] + (1.0 - x[..., 3:])
-  return x
-
-
-def write_png(path: str | os.PathLike, image) -> None:
-  """Write [H, W, 3] in [0, 1] as 8-bit PNG with the original's rounding: uint8(clamp(x*255+0.5))."""
-  from PIL import Image
-
-  x = np.asarray(image, np.float32)
-  if x.ndim != 3 or x.shape[-1] != 3:
-    raise ValueError(f"{os.fspath(path)}: expected an image [H, W, 3], got shape {x.shape}")
-  q = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(q).save(path)

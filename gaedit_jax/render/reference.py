@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 
 from gaedit_jax.camera import Camera
+from gaedit_jax.quaternion import quat_to_matrix
 from gaedit_jax.render import _inputs
-from gaedit_jax.render.types import Gaussians, RenderConfig, RenderOutput
+from gaedit_jax.render.types import SH_C0, Gaussians, RenderConfig, RenderOutput
 
 ALPHA_MAX, ALPHA_MIN, T_MIN, EPS2D, FOV_PAD = 0.99, 1.0 / 255.0, 1e-4, 0.3, 0.3
 
-_SH_C0 = 0.28209479177387814
 _SH_C1 = 0.4886025119029199
 _SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
 _SH_C3 = (
@@ -38,7 +38,7 @@ _SH_C3 = (
 def sh_basis(degree: int, d: jax.Array) -> jax.Array:
   """Real SH basis (3DGS sign convention) of unit directions d [...,3] -> [..., (degree+1)^2]."""
   x, y, z = d[..., 0], d[..., 1], d[..., 2]
-  out = [jnp.full_like(x, _SH_C0)]
+  out = [jnp.full_like(x, SH_C0)]
   if degree >= 1:
     out += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
   if degree >= 2:
@@ -61,19 +61,6 @@ def sh_basis(degree: int, d: jax.Array) -> jax.Array:
       _SH_C3[6] * x * (xx - 3 * yy),
     ]
   return jnp.stack(out, -1)
-
-
-def quat_to_rotmat(q: jax.Array) -> jax.Array:
-  """Unit quaternions wxyz [...,4] -> rotation matrices [...,3,3]."""
-  w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-  return jnp.stack(
-    [
-      jnp.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-      jnp.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-      jnp.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-    ],
-    -2,
-  )
 
 
 def project(means, quats, scales, opac, sh, offset, w2c, intr, *, width, height, tile_size, near_plane, sh_degree):
@@ -104,7 +91,7 @@ def project(means, quats, scales, opac, sh, offset, w2c, intr, *, width, height,
   jac = jnp.stack(
     [jnp.stack([fx / zs, zero, -fx * tx / zs**2], -1), jnp.stack([zero, fy / zs, -fy * ty / zs**2], -1)], -2
   )  # [N,2,3]
-  tm = jac @ rot @ quat_to_rotmat(qn) * sc[:, None, :]  # T M, [N,2,3]
+  tm = jac @ rot @ quat_to_matrix(qn) * sc[:, None, :]  # T M, [N,2,3]
   a = jnp.sum(tm[:, 0] ** 2, -1) + EPS2D
   b = jnp.sum(tm[:, 0] * tm[:, 1], -1)
   c = jnp.sum(tm[:, 1] ** 2, -1) + EPS2D

@@ -12,6 +12,14 @@ import numpy as np
 
 from gaedit_jax.errors import InputError
 
+# Degree-0 spherical harmonic: colour = SH_C0 * sh[0] + 0.5 (the 3DGS convention, METHOD §2.4).
+SH_C0 = 0.28209479177387814
+
+
+def rgb_to_sh_dc(rgb):
+  """The degree-0 SH coefficient whose colour is `rgb` (numpy or jax arrays alike)."""
+  return (rgb - 0.5) / SH_C0
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
