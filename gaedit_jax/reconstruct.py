@@ -47,7 +47,16 @@ from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar, init_avatar
 from gaedit_jax.train import optimizer as opt_lib
-from gaedit_jax.train.config import GA_RATES, GA_REGULARISERS, RASTER, LearningRates, Regularisers, grow_isect
+from gaedit_jax.train.config import (
+  GA_RATES,
+  GA_REGULARISERS,
+  RASTER,
+  LearningRates,
+  Regularisers,
+  grow_isect,
+  rates_from_flags,
+  regularisers_from_flags,
+)
 from gaedit_jax.train.loop import cached_step, flush_metrics, frame_order, jsonable
 from gaedit_jax.train.run import Session, file_id
 from gaedit_jax.train.run_dir import write_json
@@ -221,27 +230,15 @@ class ReconstructConfig:
   def learning_rates(self) -> LearningRates:
     """The optimizer's rates: the position schedule runs over --position-lr-max-steps (default: the
     whole run)."""
-    return LearningRates(
+    return rates_from_flags(
+      self,
       position_init=self.position_lr_init,
       position_final=self.position_lr_final,
       position_steps=self.position_lr_max_steps or self.iterations,
-      feature=self.feature_lr,
-      opacity=self.opacity_lr,
-      scaling=self.scaling_lr,
-      rotation=self.rotation_lr,
-      flame_pose=self.flame_pose_lr,
-      flame_trans=self.flame_trans_lr,
-      flame_expr=self.flame_expr_lr,
-      finetune_flame=self.finetune_flame,
     )
 
   def regularisers(self) -> Regularisers:
-    return Regularisers(
-      lambda_xyz=self.lambda_xyz,
-      threshold_xyz=self.threshold_xyz,
-      lambda_scale=self.lambda_scale,
-      threshold_scale=self.threshold_scale,
-    )
+    return regularisers_from_flags(self)
 
   def check_inputs(self, *, progress: bool | None = None):
     """Up-front checks of the run's input files (before any step): the dataset (every split, image,

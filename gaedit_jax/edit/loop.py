@@ -66,7 +66,16 @@ from gaedit_jax.render import rasterize
 from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar
 from gaedit_jax.train import optimizer as opt_lib
-from gaedit_jax.train.config import GA_RATES, GA_REGULARISERS, RASTER, LearningRates, Regularisers, grow_isect
+from gaedit_jax.train.config import (
+  GA_RATES,
+  GA_REGULARISERS,
+  RASTER,
+  LearningRates,
+  Regularisers,
+  grow_isect,
+  rates_from_flags,
+  regularisers_from_flags,
+)
 from gaedit_jax.train.loop import cached_step, flush_metrics, frame_order, jsonable
 from gaedit_jax.train.run import Session, file_id
 from gaedit_jax.train.run_dir import write_json
@@ -260,27 +269,12 @@ class EditConfig:
 
   def learning_rates(self) -> LearningRates:
     """METHOD §5.5: GaussianAvatars' rates, xyz constant (init = final = --position-lr)."""
-    return LearningRates(
-      position_init=self.position_lr,
-      position_final=self.position_lr,
-      position_steps=max(self.iterations, 1),
-      feature=self.feature_lr,
-      opacity=self.opacity_lr,
-      scaling=self.scaling_lr,
-      rotation=self.rotation_lr,
-      flame_pose=self.flame_pose_lr,
-      flame_trans=self.flame_trans_lr,
-      flame_expr=self.flame_expr_lr,
-      finetune_flame=self.finetune_flame,
+    return rates_from_flags(
+      self, position_init=self.position_lr, position_final=self.position_lr, position_steps=max(self.iterations, 1)
     )
 
   def regularisers(self) -> Regularisers:
-    return Regularisers(
-      lambda_xyz=self.lambda_xyz,
-      threshold_xyz=self.threshold_xyz,
-      lambda_scale=self.lambda_scale,
-      threshold_scale=self.threshold_scale,
-    )
+    return regularisers_from_flags(self)
 
   def check_inputs(
     self, data: Path, *, intrinsics: str = "file", flame_timesteps: int | None = None, progress: bool | None = None

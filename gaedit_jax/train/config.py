@@ -43,6 +43,24 @@ class Regularisers:
   threshold_scale: float = 0.6
 
 
+def rates_from_flags(cfg, *, position_init: float, position_final: float, position_steps: int) -> LearningRates:
+  """LearningRates from a stage's flat flags (`--feature-lr`, ..., `--finetune-flame`); the position
+  schedule is the stage's own."""
+  names = ("feature", "opacity", "scaling", "rotation", "flame_pose", "flame_trans", "flame_expr")
+  return LearningRates(
+    position_init=position_init,
+    position_final=position_final,
+    position_steps=position_steps,
+    finetune_flame=cfg.finetune_flame,
+    **{n: getattr(cfg, n + "_lr") for n in names},
+  )
+
+
+def regularisers_from_flags(cfg) -> Regularisers:
+  """Regularisers from a stage's flat flags of the same names (`--lambda-xyz`, ...)."""
+  return Regularisers(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(Regularisers)})
+
+
 @dataclasses.dataclass(frozen=True)
 class RasterSettings:
   """Rasterizer settings a run starts from (render.types.RenderConfig holds the rest)."""
