@@ -216,7 +216,7 @@ class MouthMasks:
 
   # -- the original's dict file -----------------------------------------------------------------
   def _read_dict(self) -> None:
-    obj = torch_pickle.load(self.source)
+    obj = torch_pickle.load(self.source)  # safe: the allow-listed reader
     if isinstance(obj, np.ndarray):
       obj = {"": obj}
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, np.ndarray) for v in obj.values()):
@@ -275,7 +275,7 @@ class MouthMasks:
         except OSError as e:
           raise InputError(f"--mouth-masks {p}: cannot read the image ({e})") from None
       else:
-        raw = torch_pickle.load(p)
+        raw = torch_pickle.load(p)  # safe: the allow-listed reader
         if not isinstance(raw, np.ndarray):
           raise InputError(f"--mouth-masks {p}: expected one mask tensor [H, W], found {type(raw).__name__}")
         shape = np.squeeze(raw).shape

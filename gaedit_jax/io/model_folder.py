@@ -313,7 +313,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
   optimizer}: numpy arrays (read without torch; nothing in the file is executed). Accepts the capture
   tuples of GA (14 fields), of GA before binding_counter (13) and of GaussianAvatar-Editor (16)."""
   path = Path(path)
-  obj = torch_pickle.load(path)
+  obj = torch_pickle.load(path)  # safe: the allow-listed reader
   if not (
     isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], tuple) and isinstance(obj[1], (int, np.integer))
   ):

@@ -7,7 +7,7 @@ diffusers / transformers `*.bin` files (the zip layout of torch >= 1.6); Gaussia
 dict, floats) reads too. Only data is understood (nested dicts / lists / tuples of tensors,
 parameters, numpy arrays and scalars, numbers, strings): every pickle record, the legacy header
 records included, goes through the allow-listed `gaedit_jax.safe_pickle.SafeUnpickler`, so a
-malicious file cannot run code (the idea of `torch.load(weights_only=True)`). Every tensor view is
+malicious file cannot run code (the idea of torch's `weights_only=True` loading). Every tensor view is
 checked against its storage, and every storage against the bytes the file holds for it.
 
 Layouts (torch/serialization.py):
@@ -239,7 +239,7 @@ class _Storages:
 def _unpickle(f, path: str, storages: _Storages | None = None) -> Any:
   """One pickle record of a checkpoint through the allow-listed unpickler. Records without a
   storage handler (the legacy header and key list) may name no global at all."""
-  return safe_pickle.load(
+  return safe_pickle.load(  # safe: the allow-listed unpickler
     f,
     source=path,
     allowed=_ALLOWED if storages is not None else {},
@@ -310,7 +310,7 @@ def _load_legacy(f, path: str) -> Any:
   if len(head) >= 262 and head[257:262] == b"ustar":
     raise TorchFileError(
       f"{path}: the pre-2018 tar checkpoint layout is not supported; re-save it "
-      "once with torch (torch.save(torch.load(p), q))"
+      "once with torch (torch.save(torch.load(p), q))"  # safe: message text
     )
   f.seek(0, os.SEEK_END)
   size = f.tell()
