@@ -602,17 +602,8 @@ class Trainer:
       raise InputError(
         f"--eval-max-frames {c.eval_max_frames}: evaluate at least one frame per split (leave it unset for all frames)"
       )
-    with Session(
-      self.out,
-      what="gaedit reconstruct",
-      inputs={"--data": c.data},
-      resume=c.resume,
-      overwrite=c.overwrite,
-      keep=c.keep_checkpoints,
-      every=c.checkpoint_interval,
-      minutes=c.checkpoint_minutes,
-      log_interval=c.log_interval,
-      identity=self.resume_identity(),
+    with Session.from_flags(
+      c, what="gaedit reconstruct", inputs={"--data": c.data}, identity=self.resume_identity()
     ) as ses:
       return self._run(ses)
 

@@ -750,18 +750,7 @@ class EditRun:
   # -- the loop ---------------------------------------------------------------------------------
   def run(self) -> dict:
     c = self.cfg
-    with Session(
-      self.out,
-      what="gaedit edit",
-      inputs=self.inputs(),
-      resume=c.resume,
-      overwrite=c.overwrite,
-      keep=c.keep_checkpoints,
-      every=c.checkpoint_interval,
-      minutes=c.checkpoint_minutes,
-      log_interval=c.log_interval,
-      identity=self.resume_identity(),
-    ) as ses:
+    with Session.from_flags(c, what="gaedit edit", inputs=self.inputs(), identity=self.resume_identity()) as ses:
       return self._run(ses)
 
   def _run(self, ses: Session) -> dict:

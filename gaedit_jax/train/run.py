@@ -120,6 +120,23 @@ class Session:
     self._last_save = time.monotonic()
 
   # -- the folder ---------------------------------------------------------------------------------
+  @classmethod
+  def from_flags(cls, cfg, *, what: str, inputs: dict[str, Any], identity: dict) -> "Session":
+    """The session of a stage run from its run flags, named alike in both stages (--out, --resume,
+    --overwrite, --keep-checkpoints, --checkpoint-interval, --checkpoint-minutes, --log-interval)."""
+    return cls(
+      cfg.out,
+      what=what,
+      inputs=inputs,
+      resume=cfg.resume,
+      overwrite=cfg.overwrite,
+      keep=cfg.keep_checkpoints,
+      every=cfg.checkpoint_interval,
+      minutes=cfg.checkpoint_minutes,
+      log_interval=cfg.log_interval,
+      identity=identity,
+    )
+
   def __enter__(self) -> "Session":
     try:
       if self.primary:
