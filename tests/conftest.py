@@ -24,9 +24,18 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 def device(request):
-  """The device a test runs on: every array it makes and every computation (the native kernel and
-  the reference alike) is placed there. "cpu" always; "gpu" (marked `gpu`) where a CUDA device is
-  present, skipped elsewhere."""
+  """The device a test runs on: every array it makes and every kernel call is placed there (the
+  rasterizer tests compute their reference oracle on the CPU). "cpu" always; "gpu" (marked `gpu`)
+  where a CUDA device is present, skipped elsewhere."""
   dev = jax.devices(request.param)[0]
   with jax.default_device(dev):
     yield dev
+
+
+@pytest.fixture(scope="session")
+def edit_setup(tmp_path_factory):
+  """One tiny reconstructed avatar and its datasets (recon_data.make_edit_setup), shared read-only by
+  the edit tests."""
+  from recon_data import make_edit_setup
+
+  return make_edit_setup(tmp_path_factory.mktemp("edit"))

@@ -52,3 +52,36 @@ def tiny_config(data: Path, out: Path, **kw):
   )
   base.update(kw)
   return ReconstructConfig(**base)
+
+
+def make_edit_setup(root: Path) -> dict:
+  """What the edit tests start from: a tiny reconstructed synthetic avatar (6 iterations) with its
+  skin dataset and the face-paint dataset of the synthetic editor."""
+  from gaedit_jax.reconstruct import Trainer
+
+  data = make_tiny_dataset(root / "data")
+  paint = make_tiny_dataset(root / "facepaint", texture="facepaint")
+  model = root / "model"
+  Trainer(tiny_config(data, model, iterations=6, checkpoint_interval=6, position_lr_max_steps=6)).run()
+  return dict(root=root, data=data, paint=paint, model=model)
+
+
+def tiny_edit_config(setup: dict, out: Path, **kw):
+  """An EditConfig of a few iterations with the synthetic editor on `make_edit_setup`'s avatar (no
+  LPIPS weights: the CLI test checks the warning)."""
+  from gaedit_jax.edit.loop import EditConfig
+
+  base = dict(
+    avatar=setup["model"],
+    out=out,
+    editor="synthetic",
+    target_data=setup["paint"],
+    iterations=3,
+    checkpoint_interval=2,
+    dump_interval=0,
+    progress=False,
+    tensorboard=False,
+    lambda_lpips=0.0,
+  )
+  base.update(kw)
+  return EditConfig(**base)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from recon_data import make_tiny_dataset, tiny_config
+from recon_data import tiny_edit_config
 
 from gaedit_jax.cli import main as cli
 from gaedit_jax.edit import wabe as W
@@ -21,32 +21,12 @@ FAST = ["--no-progress", "--no-tensorboard"]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  from gaedit_jax.reconstruct import Trainer
-
-  root = tmp_path_factory.mktemp("edit")
-  data = make_tiny_dataset(root / "data")
-  paint = make_tiny_dataset(root / "facepaint", texture="facepaint")
-  model = root / "model"
-  Trainer(tiny_config(data, model, iterations=6, checkpoint_interval=6, position_lr_max_steps=6)).run()
-  return dict(root=root, data=data, paint=paint, model=model)
+def setup(edit_setup):
+  return edit_setup
 
 
 def _cfg(setup, out, **kw):
-  base = dict(
-    avatar=setup["model"],
-    out=out,
-    editor="synthetic",
-    target_data=setup["paint"],
-    iterations=3,
-    checkpoint_interval=2,
-    dump_interval=0,
-    progress=False,
-    tensorboard=False,
-    lambda_lpips=0.0,
-  )  # no LPIPS weights here (the CLI test checks the warning)
-  base.update(kw)
-  return EditConfig(**base)
+  return tiny_edit_config(setup, out, **{**kw})
 
 
 def test_synthetic_edit_cli_outputs_and_render(setup, tmp_path):
