@@ -158,7 +158,7 @@ def write_dataset(
 ) -> Path:
   """A tiny multi-view dataset of the head (same motion for every texture), as `gaedit synth` writes."""
   from gaedit_jax.data.layout import DatasetWriter
-  from gaedit_jax.data.synthetic import HeadRenderer, make_motion, nersemble_like_rig
+  from gaedit_jax.data.synthetic import HeadRenderer, make_motion, nersemble_like_rig, write_frame
 
   small = dataclasses.replace(
     model_teeth, shapedirs=model_teeth.shapedirs[..., :n_motion], exprdirs=model_teeth.exprdirs[..., :n_motion]
@@ -171,20 +171,7 @@ def write_dataset(
   for t in range(num_timesteps):
     writer.add_flame_param(t, params.at(t))
     for cam in rig:
-      img, alpha = renderer.render(verts[t], cam, texture, 1)
-      writer.add_frame(
-        timestep=t,
-        camera_index=cam.index,
-        image=img,
-        mask=alpha,
-        world_to_camera=cam.world_to_camera,
-        fx=cam.fx,
-        fy=cam.fy,
-        cx=cam.cx,
-        cy=cam.cy,
-        camera_id=cam.serial,
-        timestep_id=f"frame_{t:05d}",
-      )
+      write_frame(writer, renderer, verts[t], t, cam, texture, 1)
   writer.add_canonical(params)
   writer.finish(train_ratio=0.7)
   return out

@@ -69,6 +69,23 @@ class DemoConfig:
   """Edit iterations (the paper: 1000 with InstructPix2Pix on a GPU)."""
 
 
+def _synth(cfg: DemoConfig, folder: Path, texture: str) -> None:
+  """The demo's synthetic dataset with one texture (same motion, cameras and seed for both)."""
+  generate(
+    SynthConfig(
+      out=folder,
+      width=cfg.width,
+      height=cfg.height,
+      num_cameras=cfg.num_cameras,
+      num_timesteps=cfg.num_timesteps,
+      seed=cfg.seed,
+      texture=texture,
+      overwrite=True,
+    ),
+    progress=cfg.progress,
+  )
+
+
 def main(cfg: DemoConfig) -> dict:
   """The whole pipeline on the built-in synthetic head (data, avatar, renders, metrics)."""
 
@@ -77,18 +94,7 @@ def main(cfg: DemoConfig) -> dict:
   data, model = out / "data", out / "model"
   if cfg.regenerate or not (data / "transforms_train.json").exists():
     print(f"[1/5] writing the synthetic dataset to {data}")
-    generate(
-      SynthConfig(
-        out=data,
-        width=cfg.width,
-        height=cfg.height,
-        num_cameras=cfg.num_cameras,
-        num_timesteps=cfg.num_timesteps,
-        seed=cfg.seed,
-        overwrite=True,
-      ),
-      progress=cfg.progress,
-    )
+    _synth(cfg, data, "skin")
   else:
     print(f"[1/5] using the dataset in {data}")
   t_data = time.perf_counter() - t0
@@ -165,19 +171,7 @@ def _edit(cfg: DemoConfig, out: Path, model: Path) -> dict:
   paint = out / "data_facepaint"
   if cfg.regenerate or not (paint / "transforms_train.json").exists():
     print(f"[4/5] writing the face-paint ground truth to {paint}")
-    generate(
-      SynthConfig(
-        out=paint,
-        width=cfg.width,
-        height=cfg.height,
-        num_cameras=cfg.num_cameras,
-        num_timesteps=cfg.num_timesteps,
-        seed=cfg.seed,
-        texture="facepaint",
-        overwrite=True,
-      ),
-      progress=cfg.progress,
-    )
+    _synth(cfg, paint, "facepaint")
   print(f"[4/5] editing toward face paint ({cfg.edit_iterations} iterations, synthetic editor)")
   edited = out / "edited"
   edit(

@@ -347,6 +347,28 @@ def contact_sheet(images: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 
 
+def write_frame(
+  writer, renderer: "HeadRenderer", verts: np.ndarray, t: int, cam, texture: str, supersample: int
+) -> np.ndarray:
+  """Renders the head posed as `verts` (timestep t) from `cam` and adds the image, its mask and the
+  camera to the dataset `writer`; returns the image."""
+  img, alpha = renderer.render(verts, cam, texture, supersample)
+  writer.add_frame(
+    timestep=t,
+    camera_index=cam.index,
+    image=img,
+    mask=alpha,
+    world_to_camera=cam.world_to_camera,
+    fx=cam.fx,
+    fy=cam.fy,
+    cx=cam.cx,
+    cy=cam.cy,
+    camera_id=cam.serial,
+    timestep_id=f"frame_{t:05d}",
+  )
+  return img
+
+
 def generate(cfg: SynthConfig, *, progress: bool = True) -> dict:
   """Writes the dataset; returns a summary dict (also saved as OUT/synth_info.json)."""
   from PIL import Image
@@ -378,21 +400,8 @@ def generate(cfg: SynthConfig, *, progress: bool = True) -> dict:
       writer.add_flame_param(t, params.at(t))
       for cam in rig:
         t1 = time.perf_counter()
-        img, alpha = renderer.render(verts[t], cam, cfg.texture, cfg.supersample)
+        img = write_frame(writer, renderer, verts[t], t, cam, cfg.texture, cfg.supersample)
         t_render += time.perf_counter() - t1
-        writer.add_frame(
-          timestep=t,
-          camera_index=cam.index,
-          image=img,
-          mask=alpha,
-          world_to_camera=cam.world_to_camera,
-          fx=cam.fx,
-          fy=cam.fy,
-          cx=cam.cx,
-          cy=cam.cy,
-          camera_id=cam.serial,
-          timestep_id=f"frame_{t:05d}",
-        )
         if t in sheet:
           sheet[t].append(img)
         bar.update(1)
