@@ -25,6 +25,7 @@ from gaedit_jax.flame.model import (
   NUM_JOINTS,
   FlameFileError,
   FlameModel,
+  FlameMotion,
   FlameParams,
   all_region_face_masks,
   axis_angle_to_matrix,
@@ -50,6 +51,7 @@ from gaedit_jax.flame.teeth import add_teeth, teeth_faces
 
 __all__ = [
   "FlameModel",
+  "FlameMotion",
   "FlameParams",
   "FlameFileError",
   "flame_forward",

@@ -139,6 +139,57 @@ class FlameParams:
     subject fields are shared."""
     return dataclasses.replace(self, **{k: jnp.asarray(getattr(self, k))[t] for k in self.PER_TIMESTEP})
 
+  @property
+  def motion(self) -> "FlameMotion":
+    """The per-timestep fields as a FlameMotion (what training states carry and optimise)."""
+    return FlameMotion(**{k: getattr(self, k) for k in self.PER_TIMESTEP})
+
+  def with_motion(self, motion: "FlameMotion") -> "FlameParams":
+    """These subject fields with the per-timestep fields of `motion`."""
+    return dataclasses.replace(self, **{k: getattr(motion, k) for k in self.PER_TIMESTEP})
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FlameMotion:
+  """The per-timestep FLAME state of a sequence: expr [T,n_expr], rotation / neck_pose / jaw_pose
+  [T,3] (axis-angle), eyes_pose [T,6], translation [T,3]. Training states carry and optimise it; a
+  motion file (io.motion) reads into it; posing (avatar.pose) indexes it by timestep."""
+
+  expr: jax.Array
+  rotation: jax.Array
+  neck_pose: jax.Array
+  jaw_pose: jax.Array
+  eyes_pose: jax.Array
+  translation: jax.Array
+
+  FIELDS = FlameParams.PER_TIMESTEP
+
+  @staticmethod
+  def zeros(num_timesteps: int, n_expr: int, dtype=jnp.float32) -> "FlameMotion":
+    """The neutral motion (template pose, zero expression) of num_timesteps timesteps."""
+    z = lambda n: jnp.zeros((int(num_timesteps), n), dtype)
+    return FlameMotion(expr=z(n_expr), rotation=z(3), neck_pose=z(3), jaw_pose=z(3), eyes_pose=z(6), translation=z(3))
+
+  @property
+  def num_timesteps(self) -> int:
+    return int(self.rotation.shape[0])
+
+  @property
+  def n_expr(self) -> int:
+    return int(self.expr.shape[-1])
+
+  def at(self, t) -> "FlameMotion":
+    """Timestep(s) t (an int or an int array) of the sequence."""
+    return jax.tree.map(lambda x: jnp.asarray(x)[t], self)
+
+  def astype(self, dtype) -> "FlameMotion":
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype), self)
+
+  def items(self):
+    """(field, array) pairs in FIELDS order (files and checkpoints name them so)."""
+    return ((k, getattr(self, k)) for k in self.FIELDS)
+
 
 _PARAM_TRAILING = dict(
   shape=1, expr=1, rotation=1, neck_pose=1, jaw_pose=1, eyes_pose=1, translation=1, static_offset=2
