@@ -49,6 +49,8 @@ import sys
 import time
 from pathlib import Path
 
+from gaedit_jax.flags import build
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
@@ -174,7 +176,8 @@ def reconstruct_avatar(a, fresh_data: bool) -> dict:
       return dict(reused=True)
   d, n = DemoConfig(), a.recon_iterations
   f = n / d.iterations  # the demo's schedule is tuned for 1500 iterations: keep its proportions
-  rc = ReconstructConfig(
+  rc = build(
+    ReconstructConfig,
     data=a.out / "data",
     out=model,
     iterations=n,
@@ -505,9 +508,9 @@ def write_results(a, res: dict, variants: list[str]) -> None:
 
 
 def main(argv=None) -> dict:
+  from gaedit_jax.avatar import load_trained
   from gaedit_jax.edit.loop import EditConfig, EditRun, build_editor
   from gaedit_jax.io.media import save_png
-  from gaedit_jax.io.model_folder import load_trained
 
   a = parse_args(argv)
   a.out.mkdir(parents=True, exist_ok=True)
@@ -576,7 +579,8 @@ def main(argv=None) -> dict:
         print(f"[{LABELS[v]}, seed {seed}] reused from results.json")
         continue
       run_dir = a.out / "runs" / v / f"seed{seed}"
-      cfg = EditConfig(
+      cfg = build(
+        EditConfig,
         avatar=a.out / "model",
         out=run_dir,
         editor="synthetic",

@@ -26,6 +26,7 @@ from gaedit_jax.commands.render import main as render
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.synthetic import SynthConfig, generate
 from gaedit_jax.edit.loop import EditConfig
+from gaedit_jax.flags import build
 from gaedit_jax.io.media import read_png, save_gif, side_by_side
 from gaedit_jax.metrics import psnr
 from gaedit_jax.reconstruct import ReconstructConfig
@@ -99,7 +100,8 @@ def main(cfg: DemoConfig) -> dict:
     print(f"[1/5] using the dataset in {data}")
   t_data = time.perf_counter() - t0
   print(f"[2/5] reconstructing ({cfg.iterations} iterations)")
-  rc = ReconstructConfig(
+  rc = build(
+    ReconstructConfig,
     data=data,
     out=model,
     iterations=cfg.iterations,
@@ -175,7 +177,8 @@ def _edit(cfg: DemoConfig, out: Path, model: Path) -> dict:
   print(f"[4/5] editing toward face paint ({cfg.edit_iterations} iterations, synthetic editor)")
   edited = out / "edited"
   edit(
-    EditConfig(
+    build(
+      EditConfig,
       avatar=model,
       out=edited,
       editor="synthetic",

@@ -15,8 +15,8 @@ def main(cfg: EditConfig) -> dict:
     check_out(
       cfg.out,
       {"--avatar": cfg.avatar, "--data": cfg.data, "--target-data": cfg.target_data},
-      resume=cfg.resume,
-      overwrite=cfg.overwrite,
+      resume=cfg.run.resume,
+      overwrite=cfg.run.overwrite,
       what="gaedit edit",
     )
   res = EditRun(cfg).run()

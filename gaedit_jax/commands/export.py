@@ -20,9 +20,9 @@ from typing import Annotated, Callable, Literal
 import jax.numpy as jnp
 import tyro
 
-from gaedit_jax.avatar import pose_frames
+from gaedit_jax.avatar import load_trained, pose_frames
 from gaedit_jax.errors import InputError
-from gaedit_jax.io.model_folder import load_trained, read_avatar, write_gaussianavatars_folder
+from gaedit_jax.io.model_folder import read_avatar, write_gaussianavatars_folder
 from gaedit_jax.io.ply import save_world_ply
 
 
@@ -75,7 +75,7 @@ def _write_gaussianavatars(cfg: "ExportConfig") -> list[Path]:
 def _write_world_ply(cfg: "ExportConfig") -> list[Path]:
   avatar, model, flame, _, _, _ = load_trained(cfg.model, cfg.iteration, data=cfg.data, flame_model=cfg.flame_model)
   t = int(cfg.timestep)
-  nt = int(flame["rotation"].shape[0])
+  nt = flame.num_timesteps
   if not 0 <= t < nt:
     raise InputError(f"--timestep {t}: the avatar has FLAME parameters for timesteps 0..{nt - 1}")
   out = Path(cfg.out) / f"world_timestep_{t:05d}.ply"

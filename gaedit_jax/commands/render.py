@@ -20,14 +20,14 @@ from typing import Literal
 import jax.numpy as jnp
 import numpy as np
 
-from gaedit_jax.avatar import fit_flame_dims, load_model, per_timestep, pose_vertices, render_views
+from gaedit_jax.avatar import fit_flame_dims, load_model, load_trained, pose_vertices, render_views
 from gaedit_jax.camera import look_at, make_camera
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.layout import SPLITS, DatasetError, DatasetFileNotFoundError
-from gaedit_jax.data.validate import check_choice, check_flags, config_checks, validate_dataset
+from gaedit_jax.data.validate import validate_dataset
 from gaedit_jax.errors import InputError
+from gaedit_jax.flags import check_choice, check_flags, config_checks
 from gaedit_jax.io.media import save_frames, save_gif, save_mp4, side_by_side
-from gaedit_jax.io.model_folder import load_trained
 from gaedit_jax.render.types import RenderConfig
 
 
@@ -192,7 +192,7 @@ def main(cfg: RenderConfigCLI) -> dict:
   )
   c = mcfg["config"]
   intrinsics = cfg.intrinsics or c.get("intrinsics", "file")
-  cfg.check_inputs(Path(mcfg["data"]), int(flame["rotation"].shape[0]), intrinsics)
+  cfg.check_inputs(Path(mcfg["data"]), flame.num_timesteps, intrinsics)
   kw = dict(
     image_scale=c.get("image_scale", 1.0),
     white_background=c.get("white_background", True),
@@ -225,8 +225,7 @@ def main(cfg: RenderConfigCLI) -> dict:
         print(f"skipping {cfg.target} {s}: no frames with camera index {cfg.camera_index}")
         continue
       tf = fit_flame_dims(full, ds.flame_params)
-      tflame = per_timestep(tf)
-      results[f"{name}/{s}"] = render_dataset(avatar, model, tflame, ds, rc, cfg, out / name / s / tag)
+      results[f"{name}/{s}"] = render_dataset(avatar, model, tf.motion, ds, rc, cfg, out / name / s / tag)
     if not results:
       raise InputError(
         f"{cfg.target} has no frames to render (transforms_{{train,val,test}}.json"
@@ -242,7 +241,7 @@ def main(cfg: RenderConfigCLI) -> dict:
     verts = np.asarray(pose_vertices(model, flame, jnp.asarray(t)))
     center = verts.mean(0)
     cams = orbit_cameras(ref, center, cfg.orbit, cfg.orbit_degrees)
-    nt = int(flame["rotation"].shape[0])
+    nt = flame.num_timesteps
     ts = (np.arange(cfg.orbit) % nt) if cfg.orbit_animate else np.full(cfg.orbit, t)
     imgs = render_views(avatar, model, flame, ts, cams, jnp.asarray(ds.background), rc)
     results["orbit"] = _write_set(out / "orbit" / tag, imgs, None, cfg)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaedit_jax.errors import InputError
-from gaedit_jax.flame import FlameParams
+from gaedit_jax.flame import FlameMotion, FlameParams
 from gaedit_jax.quaternion import quat_multiply
 from gaedit_jax.rig import Avatar, FaceFrames, with_capacity
 
@@ -337,11 +337,11 @@ def save_world_ply(
   return Path(path)
 
 
-def save_flame_npz(path: str | os.PathLike, flame0, per_timestep: dict) -> Path:
-  """flame_param.npz (METHOD §2.9): shape, static_offset[1,V,3] from flame0 (FlameParams), the
-  fine-tuned per-timestep fields [T,...], dynamic_offset zeros [T,V,3]."""
+def save_flame_npz(path: str | os.PathLike, flame0: FlameParams, motion: FlameMotion) -> Path:
+  """flame_param.npz (METHOD §2.9): shape, static_offset[1,V,3] from flame0, the fine-tuned
+  per-timestep fields [T,...] of `motion`, dynamic_offset zeros [T,V,3]."""
   f = lambda x: np.asarray(x, np.float32)
-  d = {k: f(v) for k, v in per_timestep.items()}
+  d = {k: f(v) for k, v in motion.items()}
   t = d["rotation"].shape[0]
   so = f(flame0.static_offset)
   d["shape"] = f(flame0.shape)
