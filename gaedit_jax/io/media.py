@@ -304,7 +304,8 @@ def _write_gif(path: Path, frames: list[np.ndarray], fps: float) -> None:
   from PIL import Image
 
   ims = [Image.fromarray(f) for f in frames]
-  ims[0].save(path, format="GIF", save_all=True, append_images=ims[1:], duration=int(round(1000 / fps)), loop=0)
+  duration = 10 * max(1, int(round(100 / fps)))  # GIF frame delays are whole 1/100 s
+  ims[0].save(path, format="GIF", save_all=True, append_images=ims[1:], duration=duration, loop=0)
 
 
 def save_mp4(path: str | os.PathLike, frames: Sequence, fps: float = 25) -> Path:
