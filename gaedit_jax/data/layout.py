@@ -354,7 +354,8 @@ def open_npz(path: str | os.PathLike, what: str = "FLAME parameter file"):
 
 def npz_float_array(z, path: str | os.PathLike, key: str, expected: str) -> np.ndarray:
   """Array `key` of the open npz `z` as float32, checked: stored as numbers (not a pickled object
-  array, not strings) and finite. `expected` describes the wanted shape for the messages."""
+  array, not strings). `expected` describes the wanted shape for the messages. Check the shape,
+  then `check_finite`."""
   try:
     a = z[key]
   except ValueError:  # an object array: numpy refuses to unpickle it (allow_pickle=False)
@@ -363,10 +364,12 @@ def npz_float_array(z, path: str | os.PathLike, key: str, expected: str) -> np.n
     raise DatasetError(f"{path}: key {key!r} cannot be read ({e})") from None
   if a.dtype.kind not in "fiub":
     raise DatasetError(f"{path}: key {key!r} has dtype {a.dtype}, expected a numeric array {expected}")
-  a = np.asarray(a, np.float32)
+  return np.asarray(a, np.float32)
+
+
+def check_finite(a: np.ndarray, path: str | os.PathLike, key: str) -> None:
   if not np.isfinite(a).all():
     raise DatasetError(f"{path}: key {key!r} has non-finite values (expected finite numbers)")
-  return a
 
 
 def read_flame_npz(
@@ -410,6 +413,7 @@ def read_flame_npz(
         a2 = a[None]  # tolerate a missing leading 1
       if a2.ndim != len(shp) or any(s is not None and s != t for s, t in zip(shp, a2.shape)):
         raise DatasetError(f"{path}: key {key!r} has shape {list(a.shape)}, expected {_fmt(shp)}")
+      check_finite(a2, path, key)
       out[key] = a2[0] if key != "shape" else a2
   return out
 

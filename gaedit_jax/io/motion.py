@@ -28,6 +28,7 @@ import numpy as np
 
 from gaedit_jax.data.layout import (
   DatasetError,
+  check_finite,
   DatasetFileNotFoundError,
   npz_float_array,
   open_npz,
@@ -117,6 +118,7 @@ def _read_sequence_npz(path: Path) -> tuple[dict[str, np.ndarray], float | None]
         raise DatasetError(f"{path}: key {key!r} has shape {list(a.shape)}, expected {_fmt(shp)}")
       if a.shape[0] == 0:
         raise DatasetError(f"{path}: key {key!r} has no timesteps (shape {list(a.shape)}), expected at least one")
+      check_finite(a, path, key)
       if first is None:
         first = (key, a.shape[0])
       elif a.shape[0] != first[1]:
@@ -127,7 +129,7 @@ def _read_sequence_npz(path: Path) -> tuple[dict[str, np.ndarray], float | None]
     fps = None
     if FPS_KEY in z.files:
       f = npz_float_array(z, path, FPS_KEY, "[] (frames per second)")
-      if f.size != 1 or not f.reshape(-1)[0] > 0:
+      if f.size != 1 or not f.reshape(-1)[0] > 0 or not np.isfinite(f).all():
         raise DatasetError(f"{path}: key 'fps' = {f.tolist()}, expected one positive number (frames per second)")
       fps = float(f.reshape(-1)[0])
   return out, fps
