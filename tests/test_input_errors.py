@@ -78,7 +78,7 @@ def _configs():
     ("edit", dict(guidance_scale=float("inf")), r"^--guidance-scale must be a finite number >= 0"),
     ("edit", dict(batch_size=0), r"^--batch-size must be an integer >= 1"),
     ("render", dict(orbit_timestep=-1), r"^--orbit-timestep must be an integer >= 0"),
-    ("render", dict(fps=0), r"^--fps must be an integer >= 1"),
+    ("render", dict(fps=0), r"^--fps must be a finite number > 0"),
     ("render", dict(splits=("val", "novel")), r"^--splits: 'novel' is not one of train, val, test$"),
     ("eval", dict(splits=("tset",)), r"^--splits: 'tset' is not one of train, val, test$"),
     ("synth", dict(supersample=0), r"^--supersample must be an integer >= 1"),  # was: ZeroDivisionError
@@ -260,7 +260,7 @@ def test_in_process_handling_and_unknown_subcommand(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     cli(["render", "--model", str(tmp_path), "--fps", "0"], handle_errors=True)
   assert e.value.code == 2
-  assert capsys.readouterr().err == "gaedit render: error: --fps must be an integer >= 1, got 0\n"
+  assert capsys.readouterr().err == "gaedit render: error: --fps must be a finite number > 0, got 0.0\n"
   with pytest.raises(SystemExit) as e:
     cli(["reconstrct"], handle_errors=True)
   assert e.value.code == 2 and capsys.readouterr().err.startswith("gaedit: error: unknown subcommand 'reconstrct'")
