@@ -101,23 +101,26 @@ def parse_timesteps(spec: str | None, num: int, flag: str = "--timesteps") -> li
   if spec is None or spec.strip() == "all":
     return list(range(num))
   text = spec.strip()
+  form = f"{flag} {spec!r}: expected 'all', 'a:b[:step]' or a comma list of integers"
   try:
-    if ":" in text:
-      parts = text.split(":")
-      if len(parts) > 3:
-        raise ValueError
-      a, b, *c = [int(p) if p.strip() else None for p in parts]
-      step = c[0] if c else None
-      if step is not None and step <= 0:
-        raise InputError(f"{flag} {spec!r}: the step must be >= 1")
-      for v in (a, b):
-        if v is not None and not 0 <= v <= num:
-          raise InputError(f"{flag} {spec!r}: {v} is outside the avatar's timesteps 0..{num - 1}")
-      ts = list(range(num))[slice(a, b, step)]
-    else:
-      ts = [int(p) for p in text.split(",")]
+    parts = [int(p) if p.strip() else None for p in text.split(":" if ":" in text else ",")]
   except ValueError:
-    raise InputError(f"{flag} {spec!r}: expected 'all', 'a:b[:step]' or a comma list of integers") from None
+    raise InputError(form) from None
+  if ":" in text:
+    if len(parts) > 3:
+      raise InputError(form)
+    a, b, *c = parts
+    step = c[0] if c else None
+    if step is not None and step <= 0:
+      raise InputError(f"{flag} {spec!r}: the step must be >= 1")
+    for v in (a, b):
+      if v is not None and not 0 <= v <= num:
+        raise InputError(f"{flag} {spec!r}: {v} is outside the avatar's timesteps 0..{num - 1}")
+    ts = list(range(num))[slice(a, b, step)]
+  else:
+    if None in parts:
+      raise InputError(form)
+    ts = parts
   bad = [t for t in ts if not 0 <= t < num]
   if bad:
     raise InputError(f"{flag}: timestep {bad[0]} is outside the avatar's timesteps 0..{num - 1}")
