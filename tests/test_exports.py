@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from recon_data import make_tiny_dataset
 
-from gaedit_jax.avatar import fit_flame_dims, pose
+from gaedit_jax.avatar import fit_flame_dims, pose, pose_frames
 from gaedit_jax.cli import main as cli
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.synthetic import FLAME_FILE
 from gaedit_jax.errors import InputError
-from gaedit_jax.io.cloud import SH_C0, GaussianCloud, convert_axes
+from gaedit_jax.io.cloud import SH_C0, GaussianCloud, convert_axes, world_cloud
 from gaedit_jax.io.model_folder import load_flame_model, load_trained, write_model_folder
 from gaedit_jax.io.ply import read_cloud_ply
 from gaedit_jax.io.splat import read_splat, read_spz, read_spz_header, save_splat, save_spz
@@ -57,7 +57,8 @@ def model(tmp_path_factory):
     active=jnp.arange(cap) < nf + 40,
   )
   out = root / "ours"
-  write_model_folder(out, avatar, fp, iteration=ITER, data=data, flame_model=flame_path, config=dict(sh_degree=SH_DEGREE))
+  cfg = dict(sh_degree=SH_DEGREE)
+  write_model_folder(out, avatar, fp, iteration=ITER, data=data, flame_model=flame_path, config=cfg)
   return dict(root=root, data=data, model=out)
 
 
@@ -99,7 +100,8 @@ def same_sign(q: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def test_ply_sequence_files_manifest_and_values(model, tmp_path):
   out = tmp_path / "seq"
-  cli(["export", str(model["model"]), "--format", "ply-sequence", "--timesteps", "1:4:2", "--fps", "30", "--out", str(out)])
+  seq = ["export", str(model["model"]), "--format", "ply-sequence"]
+  cli(seq + ["--timesteps", "1:4:2", "--fps", "30", "--out", str(out)])
   files = sorted(p.name for p in out.glob("*.ply"))
   assert files == ["frame_00001.ply", "frame_00003.ply"]
   # SuperSplat's sequence loader: one prefix, a trailing frame number, .ply
@@ -120,15 +122,42 @@ def test_ply_sequence_files_manifest_and_values(model, tmp_path):
   # timesteps differ (the sequence moves), and a comma list + the default (all) work
   a, b = read_cloud_ply(out / files[0]), read_cloud_ply(out / files[1])
   assert np.abs(a.xyz - b.xyz).max() > 1e-4
-  cli(["export", str(model["model"]), "--format", "ply-sequence", "--timesteps", "2,0", "--out", str(tmp_path / "l")])
+  cli(seq + ["--timesteps", "2,0", "--out", str(tmp_path / "l")])
   assert json.loads((tmp_path / "l" / "manifest.json").read_text())["timesteps"] == [2, 0]
-  cli(["export", str(model["model"]), "--format", "ply-sequence", "--out", str(tmp_path / "all")])
+  cli(seq + ["--out", str(tmp_path / "all")])
   assert len(list((tmp_path / "all").glob("frame_*.ply"))) == 4
 
 
+def test_ply_sequence_from_a_motion_file(model, tmp_path):
+  tr = load_trained(model["model"])
+  k = jax.random.split(jax.random.key(5), 2)
+  mot = dict(
+    expr=0.5 * np.asarray(jax.random.normal(k[0], (3, tr.model.n_expr)), np.float32),
+    rotation=np.zeros((3, 3), np.float32),
+    neck_pose=np.zeros((3, 3), np.float32),
+    jaw_pose=np.array([[0.0, 0, 0], [0.2, 0, 0], [0.4, 0, 0]], np.float32),
+    eyes_pose=np.zeros((3, 6), np.float32),
+    translation=0.01 * np.asarray(jax.random.normal(k[1], (3, 3)), np.float32),
+  )
+  np.savez(tmp_path / "motion.npz", fps=np.float32(30), **mot)
+  out = tmp_path / "seq"
+  args = ["export", str(model["model"]), "--format", "ply-sequence", "--motion", str(tmp_path / "motion.npz")]
+  cli(args + ["--out", str(out)])
+  man = json.loads((out / "manifest.json").read_text())
+  assert man["timesteps"] == [0, 1, 2] and man["fps"] == 30.0 and man["motion"] == str(tmp_path / "motion.npz")
+  act = np.asarray(tr.avatar.active)
+  for t in range(3):
+    g = pose(tr.avatar, tr.model, {f: jnp.asarray(v) for f, v in mot.items()}, jnp.asarray(t))
+    c = read_cloud_ply(out / f"frame_{t:05d}.ply")
+    np.testing.assert_allclose(c.xyz, np.asarray(g.means)[act], atol=1e-6)
+  with pytest.raises(InputError, match="--timesteps.*--motion's timesteps 0..2"):
+    cli(args + ["--timesteps", "3", "--out", str(tmp_path / "x")])
+
+
 def test_ply_axes_rdf_is_rub_turned_about_x(model, tmp_path):
-  cli(["export", str(model["model"]), "--format", "ply", "--timestep", "2", "--out", str(tmp_path / "a")])
-  cli(["export", str(model["model"]), "--format", "ply", "--timestep", "2", "--axes", "rdf", "--out", str(tmp_path / "b")])
+  ply = ["export", str(model["model"]), "--format", "ply", "--timestep", "2"]
+  cli(ply + ["--out", str(tmp_path / "a")])
+  cli(ply + ["--axes", "rdf", "--out", str(tmp_path / "b")])
   a = read_cloud_ply(tmp_path / "a" / "world_timestep_00002.ply")
   b = read_cloud_ply(tmp_path / "b" / "world_timestep_00002.ply")
   np.testing.assert_array_equal(b.xyz, a.xyz * np.float32([1, -1, -1]))
@@ -196,9 +225,6 @@ def test_spz_roundtrip_within_quantisation(model, tmp_path):
   check_spz(c, r, match(c.xyz, r["xyz"], POS_STEP), (5, 4))  # the library's default SH bits
   # full 8-bit SH, and version 2 (x, y, z of the w >= 0 quaternion in 8 bits each)
   tr = load_trained(model["model"])
-  from gaedit_jax.avatar import pose_frames
-  from gaedit_jax.io.cloud import world_cloud
-
   cloud = world_cloud(tr.avatar, pose_frames(tr.model, tr.flame, jnp.asarray(1)))
   save_spz(tmp_path / "8bit.spz", cloud, sh1_bits=8, sh_rest_bits=8)
   c8 = read_spz(tmp_path / "8bit.spz")
@@ -276,7 +302,8 @@ def test_spz_axes_known_point(model, tmp_path):
 
 def test_bad_input_is_one_line(model, tmp_path):
   m = str(model["model"])
-  for spec, what in (("0:9", "outside"), ("7", "outside"), ("1:x", "expected"), ("3:1", "no timestep"), ("0:4:0", "step")):
+  bad = (("0:9", "outside"), ("7", "outside"), ("1:x", "expected"), ("3:1", "no timestep"), ("0:4:0", "step"))
+  for spec, what in bad:
     with pytest.raises(InputError, match=f"--timesteps.*{what}"):
       cli(["export", m, "--format", "ply-sequence", "--timesteps", spec, "--out", str(tmp_path / "s")])
   assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())

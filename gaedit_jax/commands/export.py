@@ -15,6 +15,9 @@ chkpnt<N>.pth). Formats (FORMATS, a name -> writer table; add a format by adding
 * `splat`: antimatter15's 32-byte-per-Gaussian .splat of one timestep (io/splat.py).
 * `spz`: Niantic's compressed .spz (version 3, gzip) of one timestep (io/splat.py).
 
+The world-space formats pose the avatar with its own FLAME sequence, or with --motion FILE's
+(io/motion.py), all in `_posed`.
+
 Axes and units of the world-space formats: metres; our world is the dataset's FLAME frame (y up,
 the face looking along +z: RUB); --axes rdf turns ply / ply-sequence / splat 180 degrees about x
 (y down), the convention of COLMAP-born scenes that SuperSplat and antimatter15's viewer assume, so
@@ -39,6 +42,7 @@ from gaedit_jax.avatar import pose_frames
 from gaedit_jax.errors import InputError
 from gaedit_jax.io.cloud import GaussianCloud, atomic_write_bytes, convert_axes, world_cloud
 from gaedit_jax.io.model_folder import load_trained, read_avatar, write_gaussianavatars_folder
+from gaedit_jax.io.motion import motion_fps, read_motion_file
 from gaedit_jax.io.ply import save_cloud_ply
 from gaedit_jax.io.splat import save_splat, save_spz
 
@@ -94,7 +98,7 @@ def _write_gaussianavatars(cfg: "ExportConfig") -> list[Path]:
 # ------------------------------------------------------------------------------------------------
 
 
-def parse_timesteps(spec: str | None, num: int, flag: str = "--timesteps") -> list[int]:
+def parse_timesteps(spec: str | None, num: int, flag: str = "--timesteps", source: str = "the avatar's") -> list[int]:
   """Timesteps 0..num-1 chosen by spec: None or "all" (every one), "a:b[:step]" (as a Python slice:
   b excluded, either end may be left out), or a comma list "0,5,9". InputError (naming the flag)
   when a timestep is out of range, the spec is malformed or it selects nothing."""
@@ -115,7 +119,7 @@ def parse_timesteps(spec: str | None, num: int, flag: str = "--timesteps") -> li
       raise InputError(f"{flag} {spec!r}: the step must be >= 1")
     for v in (a, b):
       if v is not None and not 0 <= v <= num:
-        raise InputError(f"{flag} {spec!r}: {v} is outside the avatar's timesteps 0..{num - 1}")
+        raise InputError(f"{flag} {spec!r}: {v} is outside {source} timesteps 0..{num - 1}")
     ts = list(range(num))[slice(a, b, step)]
   else:
     if None in parts:
@@ -123,9 +127,9 @@ def parse_timesteps(spec: str | None, num: int, flag: str = "--timesteps") -> li
     ts = parts
   bad = [t for t in ts if not 0 <= t < num]
   if bad:
-    raise InputError(f"{flag}: timestep {bad[0]} is outside the avatar's timesteps 0..{num - 1}")
+    raise InputError(f"{flag}: timestep {bad[0]} is outside {source} timesteps 0..{num - 1}")
   if not ts:
-    raise InputError(f"{flag} {spec!r}: selects no timestep (the avatar has 0..{num - 1})")
+    raise InputError(f"{flag} {spec!r}: selects no timestep ({source} are 0..{num - 1})")
   return ts
 
 
@@ -139,16 +143,21 @@ _pose_frames_jit = jax.jit(pose_frames)
 
 
 def _posed(cfg: "ExportConfig"):
-  """(avatar, number of timesteps, timestep -> GaussianCloud in --axes): the one place that poses
-  the avatar with its FLAME state for the world-space formats."""
+  """(avatar, number of timesteps, timestep -> GaussianCloud in --axes, motion file or None): the one
+  place that poses the avatar with a FLAME sequence (its own, or --motion's) for the world-space
+  formats."""
   tr = load_trained(cfg.model, cfg.iteration, data=cfg.data, flame_model=cfg.flame_model)
   avatar, model, flame = tr.avatar, tr.model, tr.flame
+  seq = None
+  if cfg.motion is not None:
+    seq = read_motion_file(cfg.motion, int(model.n_expr))
+    flame = dict(seq.motion.items())
 
   def cloud_at(t: int) -> GaussianCloud:
     frames = _pose_frames_jit(model, flame, jnp.asarray(t, jnp.int32))
     return convert_axes(world_cloud(avatar, frames, sh_degree=cfg.sh_degree), "rub", cfg.axes)
 
-  return avatar, _num_timesteps(flame), cloud_at
+  return avatar, _num_timesteps(flame), cloud_at, seq
 
 
 def _check_out(cfg: "ExportConfig", paths: list[Path]) -> None:
@@ -169,10 +178,11 @@ def _check_out(cfg: "ExportConfig", paths: list[Path]) -> None:
 
 
 def _one_timestep(cfg: "ExportConfig", suffix: str, write: Callable[[Path, GaussianCloud], object]) -> list[Path]:
-  _, nt, cloud_at = _posed(cfg)
+  _, nt, cloud_at, seq = _posed(cfg)
   t = int(cfg.timestep)
   if not 0 <= t < nt:
-    raise InputError(f"--timestep {t}: the avatar has FLAME parameters for timesteps 0..{nt - 1}")
+    src = f"--motion {cfg.motion} has" if seq is not None else "the avatar has FLAME parameters for"
+    raise InputError(f"--timestep {t}: {src} timesteps 0..{nt - 1}")
   out = Path(cfg.out) / f"world_timestep_{t:05d}{suffix}"
   _check_out(cfg, [out])
   write(out, cloud_at(t))
@@ -197,13 +207,14 @@ def _write_spz(cfg: "ExportConfig") -> list[Path]:
 
 
 SEQUENCE_MANIFEST = "manifest.json"
+DEFAULT_FPS = 25.0  # as `gaedit render --fps`
 
 
 def _write_ply_sequence(cfg: "ExportConfig") -> list[Path]:
-  if not cfg.fps > 0:
+  if cfg.fps is not None and not cfg.fps > 0:
     raise InputError(f"--fps {cfg.fps}: expected a number > 0")
-  avatar, nt, cloud_at = _posed(cfg)
-  ts = parse_timesteps(cfg.timesteps, nt)
+  avatar, nt, cloud_at, seq = _posed(cfg)
+  ts = parse_timesteps(cfg.timesteps, nt, source="--motion's" if seq is not None else "the avatar's")
   out = Path(cfg.out)
   files = [out / f"frame_{t:05d}.ply" for t in ts]
   manifest = out / SEQUENCE_MANIFEST
@@ -215,13 +226,14 @@ def _write_ply_sequence(cfg: "ExportConfig") -> list[Path]:
     format="ply-sequence",
     files=[p.name for p in files],
     timesteps=ts,
-    fps=cfg.fps,
+    fps=cfg.fps if cfg.fps is not None else motion_fps(seq, DEFAULT_FPS),
     axes=cfg.axes,
     axes_meaning=AXES_HELP[cfg.axes],
     units="metres",
     sh_degree=int(deg),
     num_gaussians=int(np.asarray(avatar.active).sum()),
     model=str(Path(cfg.model).absolute()),
+    motion=None if seq is None else str(Path(cfg.motion).absolute()),
   )
   atomic_write_bytes(manifest, [(json.dumps(info, indent=2) + "\n").encode()])
   return files + [manifest]
@@ -269,8 +281,12 @@ class ExportConfig:
   timesteps: str | None = None
   """ply-sequence: the timesteps, 'a:b[:step]' (b excluded, as a Python slice) or a comma list '0,4,9'
   (default: all)."""
-  fps: float = 25.0
-  """ply-sequence: frame rate recorded in manifest.json."""
+  fps: float | None = None
+  """ply-sequence: frame rate recorded in manifest.json (default: the --motion file's, else 25)."""
+  motion: Path | None = None
+  """ply, ply-sequence, splat, spz: pose the avatar with this FLAME sequence instead of its own (a
+  GaussianAvatars / VHAP flame_param.npz, a sequence npz or a VHAP flame_param/ folder; io/motion.py);
+  --timestep(s) then index its frames."""
   axes: Literal["rub", "rdf"] = "rub"
   """ply, ply-sequence, splat: axis convention written. rub: our world (the dataset's FLAME frame, y up,
   +z out of the face, x to the viewer's right); rdf: turned 180 deg about x (y down), as COLMAP-born

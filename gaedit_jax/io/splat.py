@@ -180,7 +180,13 @@ def _unpack_first_three(r: np.ndarray) -> np.ndarray:
 
 
 def spz_payload(
-  cloud: GaussianCloud, *, version: int = 3, sh1_bits: int = 5, sh_rest_bits: int = 4, antialiased: bool = False, path=""
+  cloud: GaussianCloud,
+  *,
+  version: int = 3,
+  sh1_bits: int = 5,
+  sh_rest_bits: int = 4,
+  antialiased: bool = False,
+  path: str | os.PathLike = "",
 ) -> bytes:
   """The uncompressed spz stream (header + attributes) of a cloud already in RUB axes."""
   if version not in SPZ_VERSIONS:
@@ -281,7 +287,9 @@ def _read_spz(path, header_only: bool = False):
   except zlib.error as e:
     raise InputError(f"{path}: damaged gzip stream ({e})") from None
   if len(body) < need:
-    raise InputError(f"{path}: truncated: the header says {n} points ({need} bytes of data), the stream holds {len(body)}")
+    raise InputError(
+      f"{path}: truncated: the header says {n} points ({need} bytes of data), the stream holds {len(body)}"
+    )
   return hdr, body
 
 
