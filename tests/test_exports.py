@@ -315,6 +315,8 @@ def test_bad_input_is_one_line(model, tmp_path):
     cli(["export", m, "--format", "spz", "--out", str(afile)])
   with pytest.raises(InputError, match="--out .*cannot create"):
     cli(["export", m, "--format", "ply-sequence", "--out", str(afile / "sub")])
+  with pytest.raises(InputError, match="--axes: applies to the world-space formats"):
+    cli(["export", m, "--format", "gaussianavatars", "--axes", "rdf", "--out", str(tmp_path / "ga")])
   with pytest.raises(InputError, match="--axes rdf"):
     cli(["export", m, "--format", "spz", "--axes", "rdf", "--out", str(tmp_path / "z")])
   cli(["export", m, "--format", "splat", "--out", str(tmp_path / "o")])

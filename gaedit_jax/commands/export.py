@@ -306,6 +306,10 @@ class ExportConfig:
 def export(cfg: ExportConfig) -> list[Path]:
   if cfg.format not in FORMATS:
     raise InputError(f"--format {cfg.format!r}: expected one of {', '.join(FORMATS)}")
+  if cfg.format == "gaussianavatars":
+    for flag, given in (("--motion", cfg.motion is not None), ("--axes", cfg.axes != "rub")):
+      if given:
+        raise InputError(f"{flag}: applies to the world-space formats, not to --format gaussianavatars")
   return FORMATS[cfg.format].write(cfg)
 
 
