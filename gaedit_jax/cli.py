@@ -27,7 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
   "reconstruct": ("gaedit_jax.commands.reconstruct", "train a GaussianAvatars avatar from a dataset"),
   "render": ("gaedit_jax.commands.render", "novel views / self- / cross-identity reenactment"),
   "eval": ("gaedit_jax.commands.eval", "PSNR / SSIM / LPIPS / CLIP metrics"),
-  "export": ("gaedit_jax.commands.export", "write an avatar as a GaussianAvatars folder or a world ply"),
+  "export": (
+    "gaedit_jax.commands.export",
+    "write an avatar as a GaussianAvatars folder, world-space ply(s), .splat or .spz",
+  ),
   "edit": ("gaedit_jax.commands.edit", "text-driven 4D edit of an avatar"),
   "edit2d": ("gaedit_jax.commands.edit2d", "try an InstructPix2Pix edit on one image"),
   "convert-weights": ("gaedit_jax.commands.convert_weights", "convert PyTorch weights to Flax once"),

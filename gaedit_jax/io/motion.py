@@ -28,8 +28,8 @@ import numpy as np
 
 from gaedit_jax.data.layout import (
   DatasetError,
-  check_finite,
   DatasetFileNotFoundError,
+  check_finite,
   npz_float_array,
   open_npz,
   read_flame_npz,
