@@ -190,8 +190,10 @@ def urls(host: str, port: int) -> list[str]:
   local = host in ("127.0.0.1", "localhost", "::1")
   shown = "localhost" if local or host in ("0.0.0.0", "::") else host
   lines = [f"viewer: http://{shown}:{port}"]
-  fqdn = socket.getfqdn()
-  lines.append(f"from another machine: ssh -N -L {port}:localhost:{port} {fqdn}  then open http://localhost:{port}")
+  remote = "localhost" if local else ("localhost" if host in ("0.0.0.0", "::") else host)
+  lines.append(
+    f"from another machine: ssh -N -L {port}:{remote}:{port} USER@{socket.gethostname()}  then open http://localhost:{port}"
+  )
   return lines
 
 

@@ -82,9 +82,11 @@ class Controls:
         self._sliders[("expr", i)] = gui.add_slider(f"expr {i}", -r, r, 0.01, self._seq_value("expr", i, 0))
       self.reset = gui.add_button("reset to sequence")
     with gui.add_folder("Camera"):
-      self.camera = gui.add_dropdown("camera", tuple(presets), presets[0], disabled=len(presets) <= 1)
+      self.camera = gui.add_dropdown("camera", tuple(presets), initial_value=presets[0], disabled=len(presets) <= 1)
     with gui.add_folder("View"):
-      self.show = gui.add_dropdown("show", SHOW_MODES if compare else SHOW_MODES[:1], "side by side" if compare else "original", disabled=not compare)
+      self.show = gui.add_dropdown(
+        "show", SHOW_MODES if compare else SHOW_MODES[:1], initial_value="side by side" if compare else "original", disabled=not compare
+      )
       self.wireframe = gui.add_checkbox("FLAME wireframe", False)
       self.sh = gui.add_slider("SH degree", 0, max(sh_degree, 1), 1, sh_degree, disabled=sh_degree == 0)
       self.max_size = gui.add_slider("max image size", 64, 2048, 32, int(max_size))

@@ -114,6 +114,29 @@ def fit_camera(cam: Camera, max_size: int) -> Camera:
   return make_camera(cam.world_to_camera, cam.fx * sx, cam.fy * sy, cam.cx * sx, cam.cy * sy, width=w, height=h)
 
 
+def letterbox(img: np.ndarray, aspect: float, background) -> np.ndarray:
+  """Pads an image [H,W,3] uint8 left/right (or top/bottom) with the background to the canvas
+  aspect width/height, centred: a dataset camera's exact image shown in a browser of another shape
+  (the browser's vertical field of view is the camera's, so the height spans the canvas)."""
+  h, w = img.shape[:2]
+  bg = to_uint8(np.asarray(background, np.float32))
+  tw = int(round(h * aspect))
+  if tw > w:
+    left = (tw - w) // 2
+    out = np.empty((h, tw, 3), np.uint8)
+    out[:] = bg
+    out[:, left : left + w] = img
+    return out
+  th = int(round(w / aspect))
+  if th > h:
+    top = (th - h) // 2
+    out = np.empty((th, w, 3), np.uint8)
+    out[:] = bg
+    out[top : top + h] = img
+    return out
+  return img
+
+
 def same_pose(a: ViserPose, wxyz, position, tol: float = 1e-4) -> bool:
   """Whether a browser camera (wxyz, position) is still at pose `a` (the user has not moved)."""
   q = np.asarray(wxyz, np.float64)
@@ -231,6 +254,7 @@ __all__ = [
   "compose",
   "fit_camera",
   "frame_motion",
+  "letterbox",
   "matrix_to_quat",
   "mesh_vertices",
   "motion_value",

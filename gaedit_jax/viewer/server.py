@@ -31,6 +31,7 @@ from gaedit_jax.viewer.scene import (
   compose,
   fit_camera,
   frame_motion,
+  letterbox,
   matrix_to_quat,
   posing_flame,
   render_frame,
@@ -221,19 +222,25 @@ class Viewer:
       if view is not None:
         view.request()
 
-  def client_camera(self, client: viser.ClientHandle, max_size: int) -> Camera:
-    """The camera to render for a browser: its chosen dataset camera (exact intrinsics) while the
-    user has not moved away from it, else the browser's own camera."""
+  def client_camera(self, client: viser.ClientHandle, max_size: int) -> tuple[Camera, bool]:
+    """The camera to render for a browser and whether it is a dataset camera: the chosen preset
+    (its exact intrinsics) while the user has not moved away from it, else the browser's own."""
     cam = client.camera
     with self._lock:
       name = self._client_preset.get(client.client_id)
     if name is not None:
       p = self.presets[name]
       if same_pose(p.pose, cam.wxyz, cam.position, tol=1e-3):
-        return fit_camera(p.camera, max_size)
+        return fit_camera(p.camera, max_size), True
       with self._lock:
         self._client_preset.pop(client.client_id, None)
-    return viser_camera(cam.wxyz, cam.position, cam.fov, cam.aspect, max_size)
+    return viser_camera(cam.wxyz, cam.position, cam.fov, cam.aspect, max_size), False
+
+  def render_client(self, client: viser.ClientHandle, settings: ViewSettings) -> np.ndarray:
+    """What a browser shows: its camera's image, a dataset camera's letterboxed to the canvas."""
+    cam, preset = self.client_camera(client, settings.max_size)
+    img = self.render(settings, cam)
+    return letterbox(img, client.camera.aspect, self.background) if preset else img
 
   # -- rendering --------------------------------------------------------------------------------
 
@@ -304,7 +311,7 @@ class Viewer:
       if not clients:
         raise RuntimeError("no browser is connected: nothing to capture")
       client = clients[0]
-    return self.client_camera(client, max_size)
+    return self.client_camera(client, max_size)[0]
 
   def screenshot(self, client: viser.ClientHandle | None = None) -> Path:
     """Saves the browser's current view (settings of the panel) as a PNG under OUT/screenshots."""
@@ -361,7 +368,7 @@ class _ClientView:
     while self.slot.take() is not None:
       try:
         s = self.viewer.controls.settings()
-        img = self.viewer.render(s, self.viewer.client_camera(self.client, s.max_size))
+        img = self.viewer.render_client(self.client, s)
         self.client.scene.set_background_image(img, format="jpeg", jpeg_quality=s.jpeg_quality)
         self.frames += 1
       except Exception as e:  # keep serving: show the error in the panel, render the next request
