@@ -72,6 +72,10 @@ class LatestRequest:
       self._closed = True
       self._cv.notify_all()
 
+  @property
+  def closed(self) -> bool:
+    return self._closed
+
 
 def check_port(host: str, port: int) -> None:
   """InputError when `port` cannot be listened on at `host` (in use, or not an address of ours);
@@ -369,6 +373,8 @@ class _ClientView:
       try:
         s = self.viewer.controls.settings()
         img = self.viewer.render_client(self.client, s)
+        if self.slot.closed:  # the browser left while we rendered
+          return
         self.client.scene.set_background_image(img, format="jpeg", jpeg_quality=s.jpeg_quality)
         self.frames += 1
       except Exception as e:  # keep serving: show the error in the panel, render the next request
