@@ -8,6 +8,7 @@ import math
 import socket
 import time
 
+import imageio.v2 as imageio
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from gaedit_jax.commands.view import ViewConfig, dataset_cameras, start
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.layout import FLAME_FILE
 from gaedit_jax.errors import InputError
-from gaedit_jax.io.media import to_uint8
+from gaedit_jax.io.media import read_png, to_uint8
 from gaedit_jax.io.model_folder import load_trained, write_model_folder
 from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.viewer.demo import synthetic_avatar
@@ -249,5 +250,14 @@ def test_viewer_in_chromium(setup, tmp_path):
       near = changed[int(r) - k : int(r) + k, int(u) - k : int(u) + k]
       assert near.mean() > 0.2, (near.mean(), u, r)
       assert changed[: int(r) - 3 * k].sum() < 0.1 * changed.sum()  # the forehead and eyes stay
+
+      # capture: a PNG of the current view and an mp4 of the sequence (4 timesteps), wireframe on
+      viewer.controls.wireframe.value = True
+      png = viewer.screenshot(client)
+      mp4 = viewer.record(client)
+      assert read_png(png).shape[:2] == (64, 48)  # dataset camera 8, exact
+      with imageio.get_reader(mp4) as rd:
+        assert sum(1 for _ in rd) == 4
+      assert view.last_error is None
   finally:
     viewer.close()

@@ -77,9 +77,10 @@ class Controls:
       for label, field, i in POSE_COMPONENTS:
         r = _RANGES[field]
         self._sliders[(field, i)] = gui.add_slider(label, -r, r, 0.01, self._seq_value(field, i, 0))
-      for i in range(min(n_expr_sliders, motion.n_expr)):
-        r = _RANGES["expr"]
-        self._sliders[("expr", i)] = gui.add_slider(f"expr {i}", -r, r, 0.01, self._seq_value("expr", i, 0))
+      with gui.add_folder("expression", expand_by_default=False):
+        for i in range(min(n_expr_sliders, motion.n_expr)):
+          r = _RANGES["expr"]
+          self._sliders[("expr", i)] = gui.add_slider(f"expr {i}", -r, r, 0.01, self._seq_value("expr", i, 0))
       self.reset = gui.add_button("reset to sequence")
     with gui.add_folder("Camera"):
       self.camera = gui.add_dropdown("camera", tuple(presets), initial_value=presets[0], disabled=len(presets) <= 1)
