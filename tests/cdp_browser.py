@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+import warnings
 
 import numpy as np
 from websockets.sync.client import connect
@@ -35,23 +36,9 @@ class Browser:
     if exe is None:
       raise RuntimeError("chromium is not installed")
     self._profile = tempfile.mkdtemp(prefix="gaedit-chromium-")
-    self.proc = subprocess.Popen(
-      [
-        exe,
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--enable-unsafe-swiftshader",
-        "--use-angle=swiftshader",
-        "--no-first-run",
-        "--remote-debugging-port=0",
-        f"--user-data-dir={self._profile}",
-        f"--window-size={width},{height}",
-        url,
-      ],
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL,
-    )
+    with warnings.catch_warnings():  # fork+exec of the browser: JAX's fork warning is moot
+      warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+      self.proc = self._launch(exe, url, width, height)
     port_file = os.path.join(self._profile, "DevToolsActivePort")
     end = time.time() + timeout
     while not os.path.exists(port_file) or not open(port_file).read().strip():
@@ -72,6 +59,22 @@ class Browser:
     self.ws = connect(ws_url, max_size=None, open_timeout=timeout)
     self._ids = itertools.count(1)
     self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+
+  def _launch(self, exe: str, url: str, width: int, height: int) -> subprocess.Popen:
+    args = [
+      exe,
+      "--headless=new",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--enable-unsafe-swiftshader",
+      "--use-angle=swiftshader",
+      "--no-first-run",
+      "--remote-debugging-port=0",
+      f"--user-data-dir={self._profile}",
+      f"--window-size={width},{height}",
+      url,
+    ]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
   def call(self, method: str, timeout: float = 30.0, **params) -> dict:
     i = next(self._ids)

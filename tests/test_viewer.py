@@ -203,6 +203,7 @@ _JAW_SLIDER_RECT = """(() => {
 })()"""
 
 
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # ffmpeg reading the mp4 back
 @pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)")
 def test_viewer_in_chromium(setup, tmp_path):
   """The page shows the avatar (drawn pixels in the middle of the view); clicking the right end of
