@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
   "reconstruct": ("gaedit_jax.commands.reconstruct", "train a GaussianAvatars avatar from a dataset"),
   "render": ("gaedit_jax.commands.render", "novel views / self- / cross-identity reenactment"),
   "eval": ("gaedit_jax.commands.eval", "PSNR / SSIM / LPIPS / CLIP metrics"),
+  "view": ("gaedit_jax.commands.view", "interactive web viewer of an avatar (viser; local or over SSH)"),
   "export": (
     "gaedit_jax.commands.export",
     "write an avatar as a GaussianAvatars folder, world-space ply(s), .splat or .spz",
