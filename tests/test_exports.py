@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from recon_data import make_tiny_dataset
 
-from gaedit_jax.avatar import fit_flame_dims, pose, pose_frames
+from gaedit_jax.avatar import fit_flame_dims, load_flame_model, load_trained, pose, pose_frames
 from gaedit_jax.cli import main as cli
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.synthetic import FLAME_FILE
 from gaedit_jax.errors import InputError
 from gaedit_jax.io.cloud import SH_C0, GaussianCloud, convert_axes, world_cloud
-from gaedit_jax.io.model_folder import load_flame_model, load_trained, write_model_folder
+from gaedit_jax.io.model_folder import write_model_folder
 from gaedit_jax.io.ply import read_cloud_ply
 from gaedit_jax.io.splat import read_splat, read_spz, read_spz_header, save_splat, save_spz
 from gaedit_jax.quaternion import quat_to_matrix

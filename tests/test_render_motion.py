@@ -13,13 +13,12 @@ import pytest
 from PIL import Image
 from recon_data import make_tiny_dataset
 
-from gaedit_jax.avatar import pose_vertices
+from gaedit_jax.avatar import load_trained, pose_vertices
 from gaedit_jax.cli import main as cli
 from gaedit_jax.commands.render import RenderConfigCLI
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.errors import InputError
 from gaedit_jax.io.media import read_image, write_video
-from gaedit_jax.io.model_folder import load_trained
 from gaedit_jax.io.ply import load_avatar_ply, save_avatar_ply
 
 TINY = [
