@@ -38,9 +38,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from gaedit_jax.data.validate import check_flags as _check_numbers
 from gaedit_jax.edit.editors import FramesEditor
 from gaedit_jax.errors import InputError
 from gaedit_jax.io.media import read_image, save_png
+from gaedit_jax.train.run import file_id
 
 MANIFEST = "manifest.json"
 FORMAT = "gaedit-frames"
@@ -412,6 +414,14 @@ class CommandEditor:
       return changed
     return self._apply(self._execute(job)) or changed
 
+  def abort(self) -> None:
+    """Stops waiting for a background call (a failed run): its result is dropped."""
+    if self._pool is not None:
+      if self._pending is not None:
+        self._pending.cancel()
+        self._pending = None
+      self._pool.shutdown(wait=False)
+
   def close(self) -> None:
     """Waits for a background call (its edits are applied, so a checkpoint sees them) and stops the thread."""
     if self._pending is not None:
@@ -427,7 +437,73 @@ class CommandEditor:
     return dict(calls=self.calls, failures=self.failures, edited_frames=int(self.valid.sum()))
 
 
+# ------------------------------------------------------------------------------------------------
+# Hooks of the edit loop (EditConfig's "editors and regions" flags)
+# ------------------------------------------------------------------------------------------------
+
+
+def check_flags(cfg) -> None:
+  """Value checks of the editors-and-regions flags of an EditConfig (one-line InputError)."""
+  _check_numbers(
+    cfg,
+    {
+      "edit_command_batch": "int >= 1",
+      "region_ring": "int >= 0",
+      "edit_command_timeout": "> 0",
+      "lambda_keep region_feather": ">= 0",
+    },
+  )
+  if cfg.editor == "frames" and cfg.edited is None:
+    raise InputError("--editor frames needs --edited DIR (edited frames of gaedit export-frames)")
+  if cfg.editor != "frames" and (cfg.edited is not None or cfg.frames_manifest is not None):
+    raise InputError("--edited / --frames-manifest are read only with --editor frames")
+  if cfg.editor == "command":
+    if not cfg.edit_command:
+      raise InputError("--editor command needs --edit-command 'PROGRAM ... {input} {output}'")
+    check_template(cfg.edit_command, cfg.edit_command_shell)
+  elif cfg.edit_command:
+    raise InputError("--edit-command is run only with --editor command")
+  if cfg.region is not None and not [n for n in cfg.region.split(",") if n.strip()]:
+    raise InputError(f"--region: expected region names separated by commas, got {cfg.region!r}")
+
+
+def build_editor(cfg, dataset, out: Path):
+  """(editor pytree, CommandEditor or None) of --editor frames / command on the training frames."""
+  if cfg.editor == "frames":
+    ed, rep = load_frames_editor(cfg.edited, dataset, manifest=cfg.frames_manifest)
+    print(
+      f"--editor frames: {rep['edited']} edited training views from {cfg.edited} ({rep['missing']} "
+      f"frames of the manifest without a file: not edited)"
+    )
+    return ed, None
+  ce = CommandEditor(
+    cfg.edit_command,
+    dataset,
+    Path(out) / "edit_command",
+    every=cfg.edit_every,
+    batch=cfg.edit_command_batch,
+    timeout=cfg.edit_command_timeout,
+    strict=cfg.strict,
+    asynchronous=cfg.edit_async,
+    shell=cfg.edit_command_shell,
+    seed=cfg.seed,
+  )
+  return ce.editor(), ce
+
+
+def resume_identity(cfg) -> dict:
+  """What a checkpoint must share with the run, of the editors-and-regions flags."""
+  ed = None
+  if cfg.edited is not None:
+    man = Path(cfg.frames_manifest or Path(cfg.edited) / MANIFEST)
+    ed = file_id(man)
+  return {"--edited": ed, "--edit-command": cfg.edit_command, "--region": cfg.region}
+
+
 __all__ = [
+  "check_flags",
+  "build_editor",
+  "resume_identity",
   "MANIFEST",
   "EditCommandError",
   "frame_file",

@@ -253,6 +253,26 @@ def keep_parts(
   return KeepParts(orig, m * view.reshape(b + (1, 1)), view)
 
 
+def keep_setup(cfg, settings, editor, model: FlameModel, avatar, flame):
+  """(settings with their KeepSettings, KeepInputs or None) of an edit run: active with --region or
+  an editor that edits only some views (`editor.edited`). cfg: the EditConfig (region,
+  region_ring, region_feather, lambda_keep); avatar, flame: the edit's start (kept, not donated)."""
+  ks = KeepSettings(
+    lambda_keep=float(cfg.lambda_keep),
+    region=cfg.region is not None,
+    feather=float(cfg.region_feather),
+    views=hasattr(editor, "edited"),
+  )
+  if not ks.active:
+    return settings, None
+  sel = None
+  if ks.region:
+    names = resolve_regions(model, cfg.region)
+    sel = RegionSelection.make(model, names, avatar.binding, avatar.active, cfg.region_ring)
+  copy = lambda t: jax.tree.map(lambda x: jnp.array(x, copy=True), t)
+  return dataclasses.replace(settings, keep=ks), KeepInputs(copy(avatar), copy(flame), sel)
+
+
 def mask_region_gradient(grads: dict, region: RegionSelection) -> dict:
   """Zeroes the gradient of every field of the Gaussians outside the region (weight 0)."""
   on = region.weight > 0
@@ -283,6 +303,7 @@ __all__ = [
   "KeepInputs",
   "KeepParts",
   "keep_parts",
+  "keep_setup",
   "mask_region_gradient",
   "restrict_update",
 ]
