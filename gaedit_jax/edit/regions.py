@@ -4,7 +4,8 @@ Two restrictions share one mechanism, a per-pixel edit weight w in [0, 1] of eac
 
 * region (`--region face,lips`): w is the region's rendered mask (the avatar rendered with colour 1
   for the Gaussians bound to the region's faces and 0 elsewhere, `mouth.render_mouth_mask`, occlusion
-  honoured), thresholded at 0.5 and feathered by `--region-feather` px in image space;
+  honoured; a pixel is in where the region gives more than half of the avatar's coverage,
+  `region_image_mask`), feathered by `--region-feather` px in image space;
 * edited views (`--editor frames` / `command`): w = 0 on every pixel of a view without an edited
   image (`editor.edited(context)`).
 
@@ -166,6 +167,17 @@ def feather(mask: jax.Array, px: float) -> jax.Array:
   return jnp.maximum(mask, blur(blur(mask, -1), -2))
 
 
+def region_image_mask(gaussians, core: jax.Array, camera, render_cfg: RenderConfig) -> jax.Array:
+  """Binary mask [...,H,W] of the pixels whose colour comes mostly from the region's Gaussians: the
+  region's coverage (`mouth.render_mouth_mask`, soft) over the whole avatar's (the same render with
+  every Gaussian coloured 1) above 1/2, where the avatar covers at least 1% of the pixel (so a
+  half-transparent avatar still has a region)."""
+  g = jax.lax.stop_gradient(gaussians)
+  region = render_mouth_mask(g, core, camera, render_cfg, threshold=None)
+  total = render_mouth_mask(g, jnp.ones_like(core), camera, render_cfg, threshold=None)
+  return ((region > 0.5 * total) & (total > 0.01)).astype(jnp.float32)
+
+
 # ------------------------------------------------------------------------------------------------
 # The step's side: inputs, settings, weights, losses, restricted update
 # ------------------------------------------------------------------------------------------------
@@ -246,8 +258,7 @@ def keep_parts(
   b = orig.shape[:-3]
   view = editor.edited(context).astype(jnp.float32).reshape(b) if s.views else jnp.ones(b, jnp.float32)
   if s.region:
-    m = render_mouth_mask(jax.lax.stop_gradient(posed_now), inputs.region.core, camera, render_cfg, threshold=0.5)
-    m = feather(m, s.feather)
+    m = feather(region_image_mask(posed_now, inputs.region.core, camera, render_cfg), s.feather)
   else:
     m = jnp.ones(orig.shape[:-1], jnp.float32)
   return KeepParts(orig, m * view.reshape(b + (1, 1)), view)
@@ -299,6 +310,7 @@ __all__ = [
   "face_weights",
   "RegionSelection",
   "feather",
+  "region_image_mask",
   "KeepSettings",
   "KeepInputs",
   "KeepParts",
