@@ -715,7 +715,6 @@ def main(argv=None) -> dict:
       cfg = EditConfig(
         avatar=a.out / "model",
         out=run_dir,
-        editor="synthetic",
         synthetic_noise=a.noise,
         iterations=a.edit_iterations,
         seed=seed,
@@ -729,7 +728,7 @@ def main(argv=None) -> dict:
         gan_weight=a.gan_weight,
         overwrite=True,
         eval_every=0,
-        **{"target_data": a.out / "data_facepaint", **kw},
+        **{"editor": "synthetic", "target_data": a.out / "data_facepaint", **kw},
       )
       if editor is None:
         editor = build_editor(cfg, scale, white)
