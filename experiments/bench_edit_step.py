@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from gaedit_jax.flags import build as build_config
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # bench_ip2p, bench_train_step (builders reused)
 sys.path.insert(0, os.path.dirname(HERE))
@@ -92,7 +94,7 @@ def build_edit(n: int, width: int, height: int, isect: float, lpips_on: bool):
 
   tstate, _, model, cams, img, ts = build(n, width, height, views=9)
   front = lambda x: x[8:9]  # camera 8: the frontal view
-  cfg = EditConfig(avatar=Path("."), out=Path("."), seed=0)
+  cfg = build_config(EditConfig, avatar=Path("."), out=Path("."), seed=0)
   run = SimpleNamespace(
     cfg=cfg,
     optimizer=make_optimizer(cfg, 1.0),

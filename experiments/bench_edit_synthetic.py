@@ -64,6 +64,8 @@ import sys
 import time
 from pathlib import Path
 
+from gaedit_jax.flags import build
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
@@ -203,7 +205,8 @@ def reconstruct_avatar(a, fresh_data: bool) -> dict:
       return dict(reused=True)
   d, n = DemoConfig(), a.recon_iterations
   f = n / d.iterations  # the demo's schedule is tuned for 1500 iterations: keep its proportions
-  rc = ReconstructConfig(
+  rc = build(
+    ReconstructConfig,
     data=a.out / "data",
     out=model,
     iterations=n,
@@ -630,9 +633,9 @@ def write_results(a, res: dict, variants: list[str]) -> None:
 
 
 def main(argv=None) -> dict:
+  from gaedit_jax.avatar import load_trained
   from gaedit_jax.edit.loop import EditConfig, EditRun, build_editor
   from gaedit_jax.io.media import save_png
-  from gaedit_jax.io.model_folder import load_trained
 
   a = parse_args(argv)
   a.out.mkdir(parents=True, exist_ok=True)
@@ -712,7 +715,8 @@ def main(argv=None) -> dict:
       elif kw.get("editor") == "command":
         kw.update(edit_command=command_template(a, seed), edit_every=a.command_every,
                   edit_command_batch=a.command_batch, target_data=None)
-      cfg = EditConfig(
+      cfg = build(
+        EditConfig,
         avatar=a.out / "model",
         out=run_dir,
         synthetic_noise=a.noise,

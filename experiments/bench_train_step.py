@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gaedit_jax.avatar import baked_model, per_timestep
+from gaedit_jax.avatar import baked_model
 from gaedit_jax.camera import make_camera
 from gaedit_jax.data.synthetic import nersemble_like_rig
 from gaedit_jax.density import DensityStats
+from gaedit_jax.flags import build as build_config
 from gaedit_jax.flame import FlameParams, add_teeth, make_synthetic_flame
 from gaedit_jax.reconstruct import ReconstructConfig, StepConfig, TrainState, make_optimizer, make_step
 from gaedit_jax.render.types import RenderConfig
@@ -46,9 +47,9 @@ def build(n: int, width: int, height: int, views: int, seed: int = 0):
     binding=jnp.asarray(np.arange(n) % f, jnp.int32),
     active=jnp.ones(n, bool),
   )
-  cfg = ReconstructConfig(data=".", out=".", iterations=600_000)
+  cfg = build_config(ReconstructConfig, data=".", out=".", iterations=600_000)
   opt = make_optimizer(cfg, 1.0)
-  fl = per_timestep(flame)
+  fl = flame.motion
   state = TrainState(
     avatar=av,
     flame=fl,

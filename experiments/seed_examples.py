@@ -41,6 +41,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from gaedit_jax.flags import build
+
 
 @dataclasses.dataclass(frozen=True)
 class Example:
@@ -261,7 +263,8 @@ def build_plan(a: argparse.Namespace, examples: list[Example]) -> tuple[list[Ste
 
           if root.is_dir() and union.is_dir() and not (union / FLAME_FILE).is_file():
             missing.append(f"--flame-model (FLAME 2023 pkl; {union / FLAME_FILE} does not exist)")
-        rc = ReconstructConfig(
+        rc = build(
+          ReconstructConfig,
           data=union,
           out=av,
           flame_model=Path(a.flame_model) if a.flame_model else None,
@@ -299,7 +302,8 @@ def build_plan(a: argparse.Namespace, examples: list[Example]) -> tuple[list[Ste
     sk = (ex.subject, ex.sequence)
     if sk not in sources:
       src = out / "sources" / f"{ex.subject}_{ex.sequence}"
-      ec = EditConfig(
+      ec = build(
+        EditConfig,
         out=src / "model",
         iterations=0,
         prompt=ex.prompt,
@@ -318,7 +322,7 @@ def build_plan(a: argparse.Namespace, examples: list[Example]) -> tuple[list[Ste
       sources[sk] = renders(src / "model", src / "renders", 0, f"render source {ex.subject} {ex.sequence}")
     # 3. the edit, 4. its renders
     exo = out / ex.key
-    ec = EditConfig(out=exo / "edited", prompt=ex.prompt, iterations=a.iterations, resume=True, **common)
+    ec = build(EditConfig, out=exo / "edited", prompt=ex.prompt, iterations=a.iterations, resume=True, **common)
     add(f"edit {ex.key}: {ex.prompt!r}", "edit", ec, edit, exo / "edited" / ".seed_done")
     edited = renders(exo / "edited", exo / "renders", a.iterations, f"render edit {ex.key}")
     # 5. CLIP metrics per set

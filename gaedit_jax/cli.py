@@ -27,13 +27,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
   "reconstruct": ("gaedit_jax.commands.reconstruct", "train a GaussianAvatars avatar from a dataset"),
   "render": ("gaedit_jax.commands.render", "novel views / self- / cross-identity reenactment"),
   "eval": ("gaedit_jax.commands.eval", "PSNR / SSIM / LPIPS / CLIP metrics"),
-  "export": ("gaedit_jax.commands.export", "write an avatar as a GaussianAvatars folder or a world ply"),
+  "view": ("gaedit_jax.commands.view", "interactive web viewer of an avatar (viser; local or over SSH)"),
+  "export": (
+    "gaedit_jax.commands.export",
+    "write an avatar as a GaussianAvatars folder, world-space ply(s), .splat or .spz",
+  ),
   "edit": ("gaedit_jax.commands.edit", "text-driven 4D edit of an avatar"),
   "export-frames": ("gaedit_jax.commands.export_frames", "write renders + manifest for any 2D editor (--editor frames)"),
   "edit2d": ("gaedit_jax.commands.edit2d", "try an InstructPix2Pix edit on one image"),
   "convert-weights": ("gaedit_jax.commands.convert_weights", "convert PyTorch weights to Flax once"),
 }
-from gaedit_jax.data.validate import deferred_config_checks
+from gaedit_jax.flags import deferred_config_checks
 from gaedit_jax.parallel import init_distributed
 
 EXIT_USER_ERROR = 2  # as argparse / tyro for bad arguments
@@ -101,7 +105,14 @@ def run(name: str, rest: list[str]):
   if not dataclasses.is_dataclass(config):
     raise TypeError(f"{fn.__module__}.main must take one dataclass config, not {config!r}")
   with deferred_config_checks():  # InputError from a config: our one line, not tyro's box
-    cfg = tyro.cli(config, args=rest, prog=f"gaedit {name}", description=(fn.__doc__ or SUBCOMMANDS[name][1]))
+    # nested setting groups (train.config) keep flat flags: --feature-lr, not --lr.feature-lr
+    cfg = tyro.cli(
+      config,
+      args=rest,
+      prog=f"gaedit {name}",
+      description=(fn.__doc__ or SUBCOMMANDS[name][1]),
+      config=(tyro.conf.OmitArgPrefixes,),
+    )
   return fn(cfg)
 
 

@@ -4,7 +4,7 @@ split (self-reenactment). Renders use the avatar's own (fine-tuned) FLAME parame
 timestep.
 
 `gaedit eval` can call `evaluate_model(model_dir, splits, lpips_weights, out)` (reads the model
-folder with io.model_folder.load_trained: ours or GaussianAvatars'), which writes results_<split>.json.
+folder with avatar.load_trained: ours or GaussianAvatars'), which writes results_<split>.json.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gaedit_jax.avatar import render_views
+from gaedit_jax.avatar import load_trained, render_views
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.errors import InputError
 from gaedit_jax.io.media import save_png, side_by_side
-from gaedit_jax.io.model_folder import latest_iteration, load_trained  # noqa: F401  (moved; re-exported)
 from gaedit_jax.metrics import psnr, ssim
 from gaedit_jax.nets.lpips import load_lpips, lpips_images
 from gaedit_jax.render.types import RenderConfig
@@ -148,4 +147,4 @@ def evaluate_model(
   return res
 
 
-__all__ = ["evaluate_split", "evaluate_model", "load_trained", "latest_iteration"]
+__all__ = ["evaluate_split", "evaluate_model"]

@@ -35,11 +35,12 @@ from gaedit_jax.avatar import (
 )
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.layout import DatasetError
-from gaedit_jax.data.validate import check_choice, check_flags, check_path, config_checks, validate_dataset
+from gaedit_jax.data.validate import validate_dataset
 from gaedit_jax.density import DensifyConfig, DensityStats, densify_and_prune, map_slot_leaves, reset_opacity
 from gaedit_jax.errors import InputError
 from gaedit_jax.eval_recon import evaluate_split
-from gaedit_jax.flame import FlameModel, FlameParams
+from gaedit_jax.flags import check_choice, check_flags, check_path, config_checks
+from gaedit_jax.flame import FlameModel, FlameMotion, FlameParams
 from gaedit_jax.io.ply import save_avatar_ply, save_flame_npz, save_world_ply
 from gaedit_jax.losses import photometric, position_reg, psnr, scale_reg
 from gaedit_jax.nets.lpips import load_lpips
@@ -48,20 +49,20 @@ from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar, init_avatar
 from gaedit_jax.train import optimizer as opt_lib
 from gaedit_jax.train.config import (
+  GA_POSITION,
   GA_RATES,
   GA_REGULARISERS,
   RASTER,
   LearningRates,
+  PositionSchedule,
+  RasterSettings,
   Regularisers,
+  RunSettings,
   grow_isect,
-  rates_from_flags,
-  regularisers_from_flags,
 )
 from gaedit_jax.train.loop import cached_step, flush_metrics, frame_order, jsonable
 from gaedit_jax.train.run import Session, file_id
 from gaedit_jax.train.run_dir import write_json
-
-PER_TIMESTEP = FlameParams.PER_TIMESTEP  # expr, rotation, neck_pose, jaw_pose, eyes_pose, translation
 
 
 @dataclasses.dataclass
@@ -93,39 +94,19 @@ class ReconstructConfig:
   """Camera intrinsics: "file" reads fl_x, fl_y, cx, cy; "fov_x" is GaussianAvatars' camera (fx = fy
   from camera_angle_x, principal point at the image centre; gaedit_jax.data.layout.INTRINSICS)."""
   # --- learning rates (METHOD §2.6) ---
-  position_lr_init: float = GA_RATES.position_init
+  position_lr_init: float = GA_POSITION.init
   """Local xyz learning rate at the start (times the camera extent)."""
-  position_lr_final: float = GA_RATES.position_final
+  position_lr_final: float = GA_POSITION.final
   """Local xyz learning rate at the end of the schedule (times the camera extent)."""
   position_lr_max_steps: int | None = None
   """Length of the log-linear position schedule (default: iterations)."""
-  feature_lr: float = GA_RATES.feature
-  """SH DC learning rate (SH rest: feature_lr / 20)."""
-  opacity_lr: float = GA_RATES.opacity
-  """Opacity (logit) learning rate."""
-  scaling_lr: float = GA_RATES.scaling
-  """Local log-scale learning rate."""
-  rotation_lr: float = GA_RATES.rotation
-  """Local rotation (quaternion) learning rate."""
-  flame_pose_lr: float = GA_RATES.flame_pose
-  """FLAME rotation / neck / jaw / eyes learning rate (per-timestep tensors)."""
-  flame_trans_lr: float = GA_RATES.flame_trans
-  """FLAME translation learning rate."""
-  flame_expr_lr: float = GA_RATES.flame_expr
-  """FLAME expression learning rate."""
-  finetune_flame: bool = GA_RATES.finetune_flame
-  """Fine-tune the per-timestep FLAME pose, translation and expression."""
+  lr: LearningRates = GA_RATES
+  """Per-group learning rates (METHOD §2.6)."""
   # --- losses (METHOD §2.5) ---
   lambda_dssim: float = 0.2
   """Weight of D-SSIM in the photometric loss (L1 gets 1 - lambda)."""
-  lambda_xyz: float = GA_REGULARISERS.lambda_xyz
-  """Weight of the position regulariser relu(||mu_local|| - threshold_xyz)."""
-  threshold_xyz: float = GA_REGULARISERS.threshold_xyz
-  """Threshold of the position regulariser (local units)."""
-  lambda_scale: float = GA_REGULARISERS.lambda_scale
-  """Weight of the scale regulariser ||relu(exp(s_local) - threshold_scale)||."""
-  threshold_scale: float = GA_REGULARISERS.threshold_scale
-  """Threshold of the scale regulariser (local units)."""
+  reg: Regularisers = GA_REGULARISERS
+  """Position / scale regularisers of the visible Gaussians (METHOD §2.5)."""
   # --- SH ---
   sh_degree: int = 3
   """Maximum SH degree."""
@@ -158,31 +139,15 @@ class ReconstructConfig:
   """Split children at parent xyz + offset (GA HEAD); False: offset only (the editor's GA copy)."""
   capacity: int | None = None
   """Initial slot capacity (default 2x the face count; doubles when full)."""
-  isect_per_gaussian: float = RASTER.isect_per_gaussian
-  """Rasterizer intersection-buffer size per Gaussian (grows on overflow)."""
-  tile_size: int = RASTER.tile_size
-  """Rasterizer tile size: 16 as the original 3DGS kernel; 8 is faster on GPUs (README benchmarks)."""
-  alpha_clamp_grad: Literal["pass", "zero"] = RASTER.alpha_clamp_grad
-  """Backward through alpha = min(0.99, o G): pass the gradient through the clamp (the original
-  kernel) or zero it where the clamp is active."""
+  raster: RasterSettings = RASTER
+  """Rasterizer settings."""
   # --- bookkeeping ---
-  checkpoint_interval: int = 60_000
-  """Also save a checkpoint every this many iterations (0: off); see --checkpoint-minutes."""
-  keep_checkpoints: int = 3
-  """Keep the last N checkpoints."""
-  resume: bool = False
-  """Continue the run in OUT from its newest readable checkpoint (the data and shape-relevant
-  settings must match the checkpoint's; --iterations may change)."""
+  run: RunSettings = RunSettings()
+  """Checkpoints, --resume / --overwrite, logging."""
   eval_interval: int = 60_000
   """Validation images + metrics every this many iterations (0: only at the end)."""
   save_interval: int = 0
   """Also export point_cloud/iteration_<it> every this many iterations (0: only at the end)."""
-  log_interval: int = 50
-  """Progress-bar / TensorBoard update interval (one host read of recent step metrics)."""
-  progress: bool = True
-  """Show a progress bar (loss, PSNR, Gaussian count)."""
-  tensorboard: bool = True
-  """Write TensorBoard scalars to OUT/tb."""
   lpips_weights: Path | None = None
   """LPIPS-VGG weights (folder, see gaedit_jax.nets.lpips.load_lpips): evaluation adds LPIPS."""
   lpips_input: Literal["unit", "signed"] = "unit"
@@ -192,16 +157,6 @@ class ReconstructConfig:
   """Evaluate at most this many frames per split (evenly spaced; None = all)."""
   world_ply_timestep: int | None = 0
   """Also export a world-space 3DGS ply (generic viewers) posed at this timestep (None: skip)."""
-  stop_after: int | None = None
-  """Stop (after checkpointing) once this iteration is reached: for tests of --resume."""
-  overwrite: bool = False
-  """Start a new run in a non-empty OUT: the previous run's files (checkpoints/, point_cloud/,
-  cfg.json, results_*.json, train_summary.json, tb/, eval/, renders/, ...) are moved to
-  OUT.old-<time>/ (nothing is deleted; other files stay). Without it (or --resume) a non-empty OUT
-  is refused."""
-  checkpoint_minutes: float = 10.0
-  """Save a checkpoint every this many minutes of wall-clock time (0: off), besides the end, the
-  iteration interval, and an interruption (Ctrl-C, an error) after a completed step."""
 
   def __post_init__(self):
     config_checks(self.validate_flags)
@@ -211,34 +166,23 @@ class ReconstructConfig:
     check_flags(
       self,
       {
-        "iterations batch_size sh_degree_interval densify_interval opacity_reset_interval log_interval "
-        "keep_checkpoints devices position_lr_max_steps eval_max_frames stop_after capacity": "int >= 1",
-        "seed densify_from densify_until checkpoint_interval eval_interval save_interval "
-        "world_ply_timestep": "int >= 0",
+        "iterations batch_size sh_degree_interval densify_interval opacity_reset_interval "
+        "devices position_lr_max_steps eval_max_frames capacity": "int >= 1",
+        "seed densify_from densify_until eval_interval save_interval world_ply_timestep": "int >= 0",
         "sh_degree": "int [0, 3]",
-        "tile_size": "int [1, 16]",
         "image_scale position_lr_init position_lr_final max_screen_size": "> 0",
-        "image_cache_gb feature_lr opacity_lr scaling_lr rotation_lr flame_pose_lr flame_trans_lr "
-        "flame_expr_lr lambda_xyz threshold_xyz lambda_scale threshold_scale densify_grad_threshold "
-        "percent_dense isect_per_gaussian": ">= 0",
+        "image_cache_gb densify_grad_threshold percent_dense": ">= 0",
         "lambda_dssim": "[0, 1]",
         "min_opacity": "[0, 1)",
       },
     )
     check_choice(self, "intrinsics", ("file", "fov_x"))
 
-  def learning_rates(self) -> LearningRates:
-    """The optimizer's rates: the position schedule runs over --position-lr-max-steps (default: the
-    whole run)."""
-    return rates_from_flags(
-      self,
-      position_init=self.position_lr_init,
-      position_final=self.position_lr_final,
-      position_steps=self.position_lr_max_steps or self.iterations,
+  def position_schedule(self) -> PositionSchedule:
+    """The xyz rate's schedule runs over --position-lr-max-steps (default: the whole run)."""
+    return PositionSchedule(
+      self.position_lr_init, self.position_lr_final, self.position_lr_max_steps or self.iterations
     )
-
-  def regularisers(self) -> Regularisers:
-    return regularisers_from_flags(self)
 
   def check_inputs(self, *, progress: bool | None = None):
     """Up-front checks of the run's input files (before any step): the dataset (every split, image,
@@ -248,7 +192,7 @@ class ReconstructConfig:
       self.data,
       ("train", "val", "test"),
       intrinsics=self.intrinsics,
-      progress=self.progress if progress is None else progress,
+      progress=self.run.progress if progress is None else progress,
     )
     check_path(resolve_flame_path(self.data, self.flame_model), "--flame-model", kind="file")
     if self.lpips_weights is not None:
@@ -276,20 +220,20 @@ class TrainState:
   static_offset are baked into the model), optimizer state, density statistics, step, PRNG key."""
 
   avatar: Avatar
-  flame: dict[str, jax.Array]
+  flame: FlameMotion
   opt_state: Any
   stats: DensityStats
   step: jax.Array
   key: jax.Array
 
   def params(self) -> dict:
-    return {"gauss": self.avatar.params(), "flame": dict(self.flame)}
+    return {"gauss": self.avatar.params(), "flame": self.flame}
 
 
 def make_optimizer(cfg: ReconstructConfig, extent: float) -> optax.GradientTransformation:
   """One Adam (eps 1e-15) per parameter group, each with its own learning rate (METHOD §2.6;
   train.optimizer)."""
-  return opt_lib.make_optimizer(cfg.learning_rates(), extent)
+  return opt_lib.make_optimizer(cfg.lr, cfg.position_schedule(), extent)
 
 
 def init_state(
@@ -299,7 +243,7 @@ def init_state(
   k_init, k_run = jax.random.split(key)
   f = model.num_faces
   avatar = init_avatar(k_init, f, capacity=capacity or 2 * f, sh_degree=sh_degree)
-  fl = {k: jnp.array(getattr(flame, k), jnp.float32, copy=True) for k in PER_TIMESTEP}  # the step donates it
+  fl = jax.tree.map(lambda v: jnp.array(v, jnp.float32, copy=True), flame.motion)  # the step donates it
   params = {"gauss": avatar.params(), "flame": fl}
   return TrainState(
     avatar=avatar,
@@ -414,7 +358,7 @@ class Trainer:
 
   def __init__(self, cfg: ReconstructConfig):
     self.cfg = cfg
-    cfg.check_inputs(progress=cfg.progress and parallel.is_primary())  # bad input fails here, not at step N
+    cfg.check_inputs(progress=cfg.run.progress and parallel.is_primary())  # bad input fails here, not at step N
     self.out = Path(cfg.out).absolute()  # created, locked and checked by run()
     kw = dict(white_background=cfg.white_background, image_scale=cfg.image_scale, intrinsics=cfg.intrinsics)
     self.train_ds = AvatarDataset(cfg.data, "train", cache_size=0, **kw)
@@ -434,7 +378,7 @@ class Trainer:
     self.extent = self.train_ds.camera_extent()
     self.background = jnp.asarray(self.train_ds.background)
     self.optimizer = make_optimizer(cfg, self.extent)
-    self.isect = cfg.isect_per_gaussian
+    self.isect = cfg.raster.isect_per_gaussian
     self.mesh = parallel.view_mesh(cfg.devices, cfg.batch_size, what="gaedit reconstruct")
     self.model_local = self.model
     self.model = parallel.replicate(self.model, self.mesh)
@@ -457,14 +401,16 @@ class Trainer:
       sh_degree=sh_degree,
       isect_per_gaussian=self.isect,
       mesh=self.mesh,
-      tile_size=self.cfg.tile_size,
-      alpha_clamp_grad=self.cfg.alpha_clamp_grad,
+      tile_size=self.cfg.raster.tile_size,
+      alpha_clamp_grad=self.cfg.raster.alpha_clamp_grad,
     )
 
   def step_fn(self, sh_degree: int):
     c = self.cfg
-    sc = StepConfig(render=self.render_config(sh_degree), lambda_dssim=c.lambda_dssim, reg=c.regularisers())
-    return cached_step(("reconstruct", c.learning_rates(), self.extent, sc), lambda: make_step(self.optimizer, sc))
+    sc = StepConfig(render=self.render_config(sh_degree), lambda_dssim=c.lambda_dssim, reg=c.reg)
+    return cached_step(
+      ("reconstruct", c.lr, c.position_schedule(), self.extent, sc), lambda: make_step(self.optimizer, sc)
+    )
 
   # -- densification -----------------------------------------------------------------------------
   def _densify(self, it: int, densify: bool, reset: bool) -> None:
@@ -622,8 +568,10 @@ class Trainer:
           extent=self.extent,
         ),
       )
-    writer, bar = ses.begin(total=c.iterations, desc="reconstruct", tensorboard=c.tensorboard, progress=c.progress)
-    end = c.iterations if c.stop_after is None else min(c.iterations, c.stop_after)
+    writer, bar = ses.begin(
+      total=c.iterations, desc="reconstruct", tensorboard=c.run.tensorboard, progress=c.run.progress
+    )
+    end = c.iterations if c.run.stop_after is None else min(c.iterations, c.run.stop_after)
     n = len(self.train_ds)
     pending: list[tuple[int, dict]] = []
     with ses.guard(lambda: self.state, self.meta):  # a failure checkpoints the last completed step
@@ -637,7 +585,7 @@ class Trainer:
         dens, reset = self.densify_now(it)
         if not (dens or reset):
           ses.done(it)
-        if dens or reset or it % c.log_interval == 0 or it == end:
+        if dens or reset or it % c.run.log_interval == 0 or it == end:
           self._flush(pending, writer, bar)  # one host read of the recent metrics (not in the step)
           pending = []
         if dens or reset:

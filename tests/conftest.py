@@ -33,6 +33,15 @@ def device(request):
 
 
 @pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+  """The tiny synthetic dataset (recon_data.make_tiny_dataset: 48x64, 9 cameras, 4 timesteps), shared
+  read-only by the reconstruction tests; a test that changes files works on its own copy."""
+  from recon_data import make_tiny_dataset
+
+  return make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
+
+
+@pytest.fixture(scope="session")
 def edit_setup(tmp_path_factory):
   """One tiny reconstructed avatar and its datasets (recon_data.make_edit_setup), shared read-only by
   the edit tests."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gaedit_jax.flags import build
+
 
 def make_tiny_dataset(out: Path, *, num_timesteps: int = 4, texture: str = "skin") -> Path:
   from gaedit_jax.data.synthetic import SynthConfig, generate
@@ -51,7 +53,7 @@ def tiny_config(data: Path, out: Path, **kw):
     eval_max_frames=3,
   )
   base.update(kw)
-  return ReconstructConfig(**base)
+  return build(ReconstructConfig, **base)
 
 
 def make_edit_setup(root: Path) -> dict:
@@ -84,4 +86,25 @@ def tiny_edit_config(setup: dict, out: Path, **kw):
     lambda_lpips=0.0,
   )
   base.update(kw)
-  return EditConfig(**base)
+  return build(EditConfig, **base)
+
+
+def edit_cli_args(setup: dict, out: Path, *extra: str) -> list[str]:
+  """`gaedit edit` arguments of a 3-iteration synthetic edit of `make_edit_setup`'s avatar, no
+  progress bar or TensorBoard, then `extra`."""
+  return [
+    "edit",
+    "--avatar",
+    str(setup["model"]),
+    "--out",
+    str(out),
+    "--editor",
+    "synthetic",
+    "--target-data",
+    str(setup["paint"]),
+    "--iterations",
+    "3",
+    "--no-progress",
+    "--no-tensorboard",
+    *extra,
+  ]

@@ -5,15 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from recon_data import make_tiny_dataset, tiny_config
+from recon_data import tiny_config
 
+from gaedit_jax.flame import FlameMotion
 from gaedit_jax.io.checkpoint import CheckpointManager
 from gaedit_jax.reconstruct import Trainer
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  return make_tiny_dataset(tmp_path_factory.mktemp("ckpt") / "data")
 
 
 def test_roundtrip_and_keep(tmp_path):
@@ -99,4 +95,26 @@ def test_restore_newest_falls_back_past_damaged_checkpoints(tmp_path):
   _damage_state(tmp_path / "ck" / "1")
   with pytest.raises(InputError, match=r"no readable checkpoint to resume from: 2: .*; 1: "):
     m.restore_newest(lambda meta: template)
+  m.close()
+
+
+def test_checkpoint_with_dict_flame_state_restores_into_flame_motion(tiny, tmp_path):
+  """Checkpoints written while the per-timestep FLAME state was a {field: array} dict (before
+  FlameMotion) restore into today's typed state, Adam moments included."""
+  tr = Trainer(tiny_config(tiny, tmp_path / "run", iterations=3, eval_max_frames=1))
+  tr.run()
+  st = tr.state
+  as_dict = lambda t: jax.tree.map(
+    lambda x: dict(x.items()) if isinstance(x, FlameMotion) else x, t, is_leaf=lambda x: isinstance(x, FlameMotion)
+  )
+  old = as_dict(st)
+  assert isinstance(old.flame, dict) and jax.tree.structure(old) != jax.tree.structure(st)
+  m = CheckpointManager(tmp_path / "ck")
+  m.save(3, old, {"step": 3})
+  m.wait()
+  back = m.restore(3, st)
+  assert isinstance(back.flame, FlameMotion)
+  assert jax.tree.structure(back) == jax.tree.structure(st)
+  for a, b in zip(_leaves(back), _leaves(st)):
+    np.testing.assert_array_equal(a, b)
   m.close()

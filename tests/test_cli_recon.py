@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-from recon_data import make_tiny_dataset
 
 from gaedit_jax.cli import main as cli
 from gaedit_jax.data.layout import DatasetError
@@ -34,11 +33,6 @@ TINY = [
   "3",
   "--no-progress",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  return make_tiny_dataset(tmp_path_factory.mktemp("cli") / "data")
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +114,8 @@ def test_render_again_replaces_stale_frames(model, tmp_path):
 
 
 def test_eval_recon_and_world_export(model, tmp_path):
-  from gaedit_jax.eval_recon import evaluate_model, load_trained
+  from gaedit_jax.avatar import load_trained
+  from gaedit_jax.eval_recon import evaluate_model
   from gaedit_jax.nets.lpips import save_lpips
   from gaedit_jax.nets.tiny import random_lpips_params
 
@@ -130,7 +125,7 @@ def test_eval_recon_and_world_export(model, tmp_path):
   assert res["val"]["num_frames"] == 2 and (tmp_path / "results_val.json").exists()
   assert set(res["val"]["mean"]) == {"psnr", "ssim", "lpips"} and res["val"]["mean"]["lpips"] >= 0
   avatar, m, flame, fp, cfg, it_dir = load_trained(model)
-  assert int(avatar.num_active) > 0 and flame["expr"].shape[0] == 4
+  assert int(avatar.num_active) > 0 and flame.expr.shape[0] == 4
 
 
 def test_gaedit_eval_command(model, tmp_path):

@@ -11,13 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from recon_data import tiny_edit_config
+from recon_data import edit_cli_args, tiny_edit_config
 
 from gaedit_jax.cli import main as cli
 from gaedit_jax.edit import wabe as W
 from gaedit_jax.edit.loop import EditConfig, EditRun
-
-FAST = ["--no-progress", "--no-tensorboard"]
+from gaedit_jax.flags import build
 
 
 @pytest.fixture(scope="module")
@@ -32,26 +31,7 @@ def _cfg(setup, out, **kw):
 def test_synthetic_edit_cli_outputs_and_render(setup, tmp_path):
   out = tmp_path / "edited"
   with pytest.warns(UserWarning, match="LPIPS"):
-    cli(
-      [
-        "edit",
-        "--avatar",
-        str(setup["model"]),
-        "--out",
-        str(out),
-        "--editor",
-        "synthetic",
-        "--target-data",
-        str(setup["paint"]),
-        "--iterations",
-        "3",
-        "--dump-interval",
-        "2",
-        "--checkpoint-interval",
-        "2",
-      ]
-      + FAST
-    )
+    cli(edit_cli_args(setup, out, "--dump-interval", "2", "--checkpoint-interval", "2"))
   assert (out / "point_cloud" / "iteration_3" / "point_cloud.ply").exists()
   assert (out / "point_cloud" / "iteration_3" / "flame_param.npz").exists()
   assert sorted(p.name for p in (out / "edits").glob("*.png")) == ["iteration_00002.png", "iteration_00003.png"]
@@ -93,23 +73,10 @@ def test_wabe_mask_zeroes_exactly_the_masked_gaussians_updates(setup, tmp_path):
     tile = 8 if mode == "binary" else 16  # the exactness holds at either tile size
     run = EditRun(_cfg(setup, tmp_path / mode, wabe=mode, gan=False, tile_size=tile))
     assert run.render_config().tile_size == tile
-    b = run.train_ds.batch(np.array([0]))
     before = _params(run.state.avatar)
     active = np.asarray(run.state.avatar.active)
     mouth = np.asarray(run.mouth)
-    state, m, imgs = run.step_fn(True)(
-      run.state,
-      b.image,
-      b.camera,
-      b.timestep,
-      b.camera_index,
-      jnp.zeros(run.edit_shape(1)),
-      run.model,
-      run.background,
-      run.mouth,
-      run.editor,
-      run.lpips_params,
-    )
+    state, m, imgs = run.step(run.state, np.array([0]))
     after = _params(state.avatar)
     mask = np.asarray(imgs["wabe_mask"])
     changed = np.zeros(active.shape, bool)
@@ -163,7 +130,8 @@ def test_tiny_ip2p_loop_lpips_standard_gan_and_edit_rate(setup, tmp_path):
   tiny = make_tiny_ip2p(str(tmp_path / "ip2p"), seed=0)
   (tmp_path / "lp").mkdir()
   save_lpips(random_lpips_params(0), tmp_path / "lp" / "lpips_vgg.safetensors")
-  cfg = EditConfig(
+  cfg = build(
+    EditConfig,
     avatar=setup["model"],
     out=tmp_path / "o",
     editor="ip2p",
@@ -189,20 +157,7 @@ def test_tiny_ip2p_loop_lpips_standard_gan_and_edit_rate(setup, tmp_path):
   for k in ("loss", "l1", "lpips", "gan_d", "gan_g"):
     assert np.isfinite(h[k]), k
   # edit-rate option: a step without a new edit trains toward the cached one
-  b = run.train_ds.batch(np.array([1]))
   cached = jnp.full(run.edit_shape(1), 0.5, jnp.float32)
-  st, m, imgs = run.step_fn(False)(
-    run.state,
-    b.image,
-    b.camera,
-    b.timestep,
-    b.camera_index,
-    cached,
-    run.model,
-    run.background,
-    run.mouth,
-    run.editor,
-    run.lpips_params,
-  )
+  st, m, imgs = run.step(run.state, np.array([1]), do_edit=False, cached=cached)
   np.testing.assert_array_equal(np.asarray(imgs["edit"]), np.asarray(cached))
   assert int(st.step) == 3 and np.isfinite(float(m["loss"]))

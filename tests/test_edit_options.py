@@ -14,14 +14,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from recon_data import tiny_edit_config
+from recon_data import edit_cli_args, tiny_edit_config
 
 from gaedit_jax.cli import main as cli
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.edit.loop import EditConfig, EditRun
 from gaedit_jax.errors import InputError
-
-FAST = ["--no-progress", "--no-tensorboard"]
 
 
 @pytest.fixture(scope="module")
@@ -105,21 +103,7 @@ def test_mouth_masks_from_a_folder_drive_the_mouth_term(setup, tmp_path):
   run = EditRun(_cfg(setup, tmp_path / "o", mouth_masks=masks, gan=False))
   idx = np.array([4])
   b = run.train_ds.batch(idx)
-  mask = run.mouth_batch(idx)
-  st, m, imgs = run.step_fn(True)(
-    _copy(run.state),
-    b.image,
-    b.camera,
-    b.timestep,
-    b.camera_index,
-    jnp.zeros(run.edit_shape(1)),
-    run.model,
-    run.background,
-    run.mouth,
-    run.editor,
-    run.lpips_params,
-    mask,
-  )
+  st, m, imgs = run.step(_copy(run.state), idx)
   r = ds.records[4]
   want = _block_mask(*ds.image_size, r.timestep, r.camera_index)[None] / 255.0
   np.testing.assert_array_equal(np.asarray(imgs["mouth_mask"]), want)
@@ -177,24 +161,10 @@ def test_ssim_term_is_off_before_the_last_fraction_and_on_in_it(setup, tmp_path)
     _cfg(setup, tmp_path / "s", iterations=10, ssim_last=0.1, gan=False, lambda_mouth=0.0, synthetic_noise=0.0)
   )
   assert run.settings.ssim_start == 8
-  b = run.train_ds.batch(np.array([2]))
-  step = run.step_fn(True)
 
   def at(k):
     st = dataclasses.replace(_copy(run.state), step=jnp.asarray(k, jnp.int32))
-    new, m, _ = step(
-      st,
-      b.image,
-      b.camera,
-      b.timestep,
-      b.camera_index,
-      jnp.zeros(run.edit_shape(1)),
-      run.model,
-      run.background,
-      run.mouth,
-      run.editor,
-      run.lpips_params,
-    )
+    new, m, _ = run.step(st, np.array([2]))
     return {k: float(v) for k, v in m.items()}, {k: np.asarray(v) for k, v in new.avatar.params().items()}
 
   (m0, p0), (m7, p7), (m8, p8) = at(0), at(7), at(8)
@@ -217,18 +187,9 @@ def test_ssim_term_is_off_before_the_last_fraction_and_on_in_it(setup, tmp_path)
 def test_eval_every_writes_metrics_ply_and_checkpoint(setup, tmp_path):
   out = tmp_path / "e"
   cli(
-    [
-      "edit",
-      "--avatar",
-      str(setup["model"]),
-      "--out",
-      str(out),
-      "--editor",
-      "synthetic",
-      "--target-data",
-      str(setup["paint"]),
-      "--iterations",
-      "3",
+    edit_cli_args(
+      setup,
+      out,
       "--eval-every",
       "2",
       "--eval-max-frames",
@@ -239,8 +200,7 @@ def test_eval_every_writes_metrics_ply_and_checkpoint(setup, tmp_path):
       "0",
       "--lambda-lpips",
       "0",
-    ]
-    + FAST
+    )
   )
   assert sorted(p.name for p in (out / "eval").iterdir()) == ["iteration_2.json", "iteration_3.json"]
   for it in (2, 3):

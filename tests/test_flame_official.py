@@ -18,6 +18,7 @@ from flame_official_data import make_flame_like_head, write_dataset, write_offic
 from gaedit_jax import flame as F
 from gaedit_jax.edit.mouth import mouth_face_mask
 from gaedit_jax.errors import InputError
+from gaedit_jax.flags import build
 from gaedit_jax.flame import synthetic as sh
 from gaedit_jax.flame.model import _regions_dict
 from gaedit_jax.flame.regions import (
@@ -141,7 +142,8 @@ def test_official_files_reconstruct_edit_and_render(official, tmp_path):
   save_lpips(lp, tmp_path / "lp" / "lpips_vgg.safetensors")
   out = tmp_path / "edited"
   run = EditRun(
-    EditConfig(
+    build(
+      EditConfig,
       avatar=avatar,
       out=out,
       editor="synthetic",
@@ -162,21 +164,8 @@ def test_official_files_reconstruct_edit_and_render(official, tmp_path):
   )
   assert 168 <= mouth.sum() < 0.2 * mouth.size
   # one step on a copy of the state: the LPIPS term is LPIPS of the [0, 1] images fed unchanged
-  b = run.train_ds.batch(np.array([0]))
   state = jax.tree.map(lambda x: jnp.array(x, copy=True), run.state)
-  _, m, imgs = run.step_fn(True)(
-    state,
-    b.image,
-    b.camera,
-    b.timestep,
-    b.camera_index,
-    jnp.zeros(run.edit_shape(1)),
-    run.model,
-    run.background,
-    run.mouth,
-    run.editor,
-    run.lpips_params,
-  )
+  _, m, imgs = run.step(state, np.array([0]))
   unit = float(jnp.mean(lpips_images(lp, imgs["render"], imgs["edit"], "unit")))
   signed = float(jnp.mean(lpips_images(lp, imgs["render"], imgs["edit"], "signed")))
   np.testing.assert_allclose(float(m["lpips"]), unit, rtol=1e-4)

@@ -13,19 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from recon_data import make_tiny_dataset, tiny_config
+from recon_data import tiny_config
 
 from gaedit_jax.cli import main as cli
 from gaedit_jax.data.layout import DatasetError, DatasetFileNotFoundError
-from gaedit_jax.data.validate import InputNotFoundError, validate_dataset
+from gaedit_jax.data.validate import validate_dataset
 from gaedit_jax.errors import InputError
+from gaedit_jax.flags import InputNotFoundError, build
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  return make_tiny_dataset(tmp_path_factory.mktemp("inputs") / "data")
 
 
 @pytest.fixture
@@ -50,8 +46,8 @@ def _configs():
   from gaedit_jax.reconstruct import ReconstructConfig
 
   return dict(
-    recon=lambda **kw: ReconstructConfig(data=Path("d"), out=Path("o"), **kw),
-    edit=lambda **kw: EditConfig(avatar=Path("a"), out=Path("o"), **kw),
+    recon=lambda **kw: build(ReconstructConfig, data=Path("d"), out=Path("o"), **kw),
+    edit=lambda **kw: build(EditConfig, avatar=Path("a"), out=Path("o"), **kw),
     render=lambda **kw: RenderConfigCLI(model=Path("m"), **kw),
     eval=lambda **kw: EvalConfig(**kw),
     synth=lambda **kw: SynthConfig(out=Path("s"), **kw),
@@ -82,7 +78,7 @@ def _configs():
     ("edit", dict(guidance_scale=float("inf")), r"^--guidance-scale must be a finite number >= 0"),
     ("edit", dict(batch_size=0), r"^--batch-size must be an integer >= 1"),
     ("render", dict(orbit_timestep=-1), r"^--orbit-timestep must be an integer >= 0"),
-    ("render", dict(fps=0), r"^--fps must be an integer >= 1"),
+    ("render", dict(fps=0), r"^--fps must be a finite number > 0"),
     ("render", dict(splits=("val", "novel")), r"^--splits: 'novel' is not one of train, val, test$"),
     ("eval", dict(splits=("tset",)), r"^--splits: 'tset' is not one of train, val, test$"),
     ("synth", dict(supersample=0), r"^--supersample must be an integer >= 1"),  # was: ZeroDivisionError
@@ -110,7 +106,7 @@ def test_flags_that_depend_on_the_data(data, tmp_path):
   # LPIPS weights are needed only at the first evaluation: checked before training anyway
   with pytest.raises(InputNotFoundError, match=r"--lpips-weights .*nope: no such file or folder"):
     tiny_config(data, tmp_path / "o", lpips_weights=tmp_path / "nope").check_inputs()
-  ecfg = EditConfig(avatar=tmp_path, out=tmp_path / "e", lpips_weights=tmp_path / "nope")
+  ecfg = build(EditConfig, avatar=tmp_path, out=tmp_path / "e", lpips_weights=tmp_path / "nope")
   with pytest.raises(InputNotFoundError, match=r"--lpips-weights"):
     ecfg.check_inputs(data)
   # an avatar with fewer FLAME timesteps than the editing sequence (--flame-init avatar)
@@ -119,7 +115,7 @@ def test_flags_that_depend_on_the_data(data, tmp_path):
     match=r"frames\[\d+\]: timestep_index 3, but the FLAME parameters cover "
     r"timesteps 0\.\.2",
   ):
-    EditConfig(avatar=tmp_path, out=tmp_path / "e", lambda_lpips=0.0).check_inputs(data, flame_timesteps=3)
+    build(EditConfig, avatar=tmp_path, out=tmp_path / "e", lambda_lpips=0.0).check_inputs(data, flame_timesteps=3)
 
 
 # ---- the whole dataset before the first step ------------------------------------------------------
@@ -264,7 +260,7 @@ def test_in_process_handling_and_unknown_subcommand(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     cli(["render", "--model", str(tmp_path), "--fps", "0"], handle_errors=True)
   assert e.value.code == 2
-  assert capsys.readouterr().err == "gaedit render: error: --fps must be an integer >= 1, got 0\n"
+  assert capsys.readouterr().err == "gaedit render: error: --fps must be a finite number > 0, got 0.0\n"
   with pytest.raises(SystemExit) as e:
     cli(["reconstrct"], handle_errors=True)
   assert e.value.code == 2 and capsys.readouterr().err.startswith("gaedit: error: unknown subcommand 'reconstrct'")

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from gaedit_jax.flags import build
 from gaedit_jax.nets import lpips as L
 from gaedit_jax.nets import torch_pickle
 from gaedit_jax.nets.hf_weights import WeightsError
@@ -177,7 +178,7 @@ def test_lpips_input_option_defaults_to_the_original():
   from gaedit_jax.edit.loop import EditConfig, StepSettings
   from gaedit_jax.reconstruct import ReconstructConfig
 
-  assert EditConfig(avatar=Path("a"), out=Path("o")).lpips_input == "unit"
+  assert build(EditConfig, avatar=Path("a"), out=Path("o")).lpips_input == "unit"
   assert StepSettings(render=None).lpips_input == "unit"
   assert EvalConfig().lpips_input == "unit"
-  assert ReconstructConfig(data=Path("."), out=Path(".")).lpips_input == "unit"
+  assert build(ReconstructConfig, data=Path("."), out=Path(".")).lpips_input == "unit"

@@ -15,15 +15,14 @@ import numpy as np
 import pytest
 from recon_data import make_tiny_dataset
 
-from gaedit_jax.avatar import fit_flame_dims, pose_vertices, render_views
+from gaedit_jax.avatar import fit_flame_dims, load_flame_model, load_trained, pose_vertices, render_views
 from gaedit_jax.cli import main as cli
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.synthetic import FLAME_FILE
 from gaedit_jax.errors import InputError
+from gaedit_jax.flame import FlameMotion
 from gaedit_jax.io.model_folder import (
   GA_MODEL_PARAMS,
-  load_flame_model,
-  load_trained,
   parse_cfg_args,
   read_avatar,
   write_model_folder,
@@ -325,16 +324,16 @@ def test_ga_folder_and_checkpoint_render_like_ours(setup):
     assert tr.cfg["data"] == str(s["data"]) and tr.cfg["config"]["white_background"] is True
     assert tr.it_dir.name == f"iteration_{ITER}"
     _same_avatar(tr.avatar, ours.avatar)
-    for key in tr.flame:
-      assert np.array_equal(np.asarray(tr.flame[key]), np.asarray(ours.flame[key])), key
+    for key in FlameMotion.FIELDS:
+      assert np.array_equal(np.asarray(getattr(tr.flame, key)), np.asarray(getattr(ours.flame, key))), key
     np.testing.assert_array_equal(_render(tr, s["data"]), img)
   # a checkpoint alone (here GaussianAvatar-Editor's 16-field capture): FLAME from the dataset's tracking
   tr = load_trained(s["lone"], data=s["data"], flame_model=s["flame"])
   assert tr.cfg["layout"] == "gaussianavatars-checkpoint" and tr.cfg["config"]["spatial_lr_scale"] == 1.7
   _same_avatar(tr.avatar, ours.avatar)
-  for key in tr.flame:
-    assert np.array_equal(np.asarray(tr.flame[key]), np.asarray(getattr(s["tracking"], key))), key
-  ref = load_trained(s["ours"])._replace(flame={k: getattr(s["tracking"], k) for k in tr.flame})
+  for key in FlameMotion.FIELDS:
+    assert np.array_equal(np.asarray(getattr(tr.flame, key)), np.asarray(getattr(s["tracking"], key))), key
+  ref = load_trained(s["ours"])._replace(flame=s["tracking"].motion)
   np.testing.assert_array_equal(_render(tr, s["data"]), _render(ref, s["data"]))
 
 

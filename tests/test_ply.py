@@ -91,7 +91,7 @@ def test_flame_npz_roundtrip(tmp_path):
     translation=jnp.zeros((T, 3)),
     static_offset=jnp.ones((V, 3)),
   )
-  per = {k: getattr(f0, k) + 0.5 for k in FlameParams.PER_TIMESTEP}
+  per = jax.tree.map(lambda v: v + 0.5, f0.motion)
   p = save_flame_npz(tmp_path / "flame_param.npz", f0, per)
   with np.load(p) as z:
     assert z["static_offset"].shape == (1, V, 3) and z["dynamic_offset"].shape == (T, V, 3)

@@ -4,18 +4,13 @@ import json
 
 import jax
 import numpy as np
-import pytest
-from recon_data import make_tiny_dataset, tiny_config
+from recon_data import tiny_config
 
+from gaedit_jax.flags import build
 from gaedit_jax.reconstruct import Trainer
 from gaedit_jax.rig import binding_counter
 from gaedit_jax.train.loop import frame_order
 from gaedit_jax.train.optimizer import position_lr
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  return make_tiny_dataset(tmp_path_factory.mktemp("recon") / "data")
 
 
 def test_step_lowers_loss_on_fixed_batch(tiny, tmp_path):
@@ -33,7 +28,7 @@ def test_step_lowers_loss_on_fixed_batch(tiny, tmp_path):
   # densification statistics were accumulated for visible Gaussians
   assert float(tr.state.stats.denom.max()) > 0 and float(tr.state.stats.accum.max()) > 0
   # only the two batch timesteps' FLAME parameters moved (expr lr 1e-3)
-  d = np.abs(np.asarray(tr.state.flame["expr"]) - np.asarray(tr.flame0.expr)).sum(-1)
+  d = np.abs(np.asarray(tr.state.flame.expr) - np.asarray(tr.flame0.expr)).sum(-1)
   moved = set(np.flatnonzero(d > 0).tolist())
   assert moved and moved <= set(np.asarray(b.timestep).tolist())
 
@@ -43,8 +38,8 @@ def test_schedule_and_data_order():
 
   from gaedit_jax.reconstruct import ReconstructConfig
 
-  cfg = ReconstructConfig(data=Path("."), out=Path("."), iterations=100)
-  f = position_lr(cfg.learning_rates(), 2.0)
+  cfg = build(ReconstructConfig, data=Path("."), out=Path("."), iterations=100)
+  f = position_lr(cfg.position_schedule(), 2.0)
   np.testing.assert_allclose(float(f(0)), 5e-3 * 2, rtol=1e-5)
   np.testing.assert_allclose(float(f(100)), 5e-5 * 2, rtol=1e-5)
   np.testing.assert_allclose(float(f(50)), np.sqrt(5e-3 * 5e-5) * 2, rtol=1e-4)  # log-linear

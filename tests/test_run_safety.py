@@ -15,7 +15,7 @@ import threading
 import time
 
 import pytest
-from recon_data import make_tiny_dataset, tiny_config
+from recon_data import tiny_config
 
 from gaedit_jax.cli import main as cli
 from gaedit_jax.errors import InputError
@@ -59,11 +59,6 @@ FLAGS = [
   "--no-progress",
   "--no-tensorboard",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  return make_tiny_dataset(tmp_path_factory.mktemp("safety") / "data")
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +109,7 @@ def test_non_empty_out_refused(tiny, tmp_path):
 
 
 def test_overwrite_moves_the_previous_run_aside(trained, tmp_path):
-  from gaedit_jax.eval_recon import latest_iteration
+  from gaedit_jax.io.model_folder import latest_iteration
 
   out = _copy(trained, tmp_path / "model")
   (out / "notes.txt").write_text("mine")

@@ -26,9 +26,13 @@ from gaedit_jax.commands.render import main as render
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.synthetic import SynthConfig, generate
 from gaedit_jax.edit.loop import EditConfig
-from gaedit_jax.io.media import read_png, save_gif, side_by_side
+from gaedit_jax.flags import build
+from gaedit_jax.io.media import read_png, side_by_side, write_video
 from gaedit_jax.metrics import psnr
 from gaedit_jax.reconstruct import ReconstructConfig
+
+GIF_FPS = 10  # the demo's short synthetic sequences play at 10 fps
+GIF_MIN_HEIGHT = 256  # GIFs upscaled (Lanczos) to at least this height; renders and metrics keep the render size
 
 
 @dataclasses.dataclass
@@ -99,7 +103,8 @@ def main(cfg: DemoConfig) -> dict:
     print(f"[1/5] using the dataset in {data}")
   t_data = time.perf_counter() - t0
   print(f"[2/5] reconstructing ({cfg.iterations} iterations)")
-  rc = ReconstructConfig(
+  rc = build(
+    ReconstructConfig,
     data=data,
     out=model,
     iterations=cfg.iterations,
@@ -123,7 +128,14 @@ def main(cfg: DemoConfig) -> dict:
   # held-out timesteps from every camera (sorted by camera, then time) and an animated orbit
   rend = render(
     RenderConfigCLI(
-      model=model, out=out / "renders", splits=("test",), orbit=36, orbit_animate=True, orbit_degrees=120.0
+      model=model,
+      out=out / "renders",
+      splits=("test",),
+      orbit=36,
+      orbit_animate=True,
+      orbit_degrees=120.0,
+      gif_fps=GIF_FPS,
+      gif_min_height=GIF_MIN_HEIGHT,
     )
   )
   edit = _edit(cfg, out, model) if cfg.edit else None
@@ -175,7 +187,8 @@ def _edit(cfg: DemoConfig, out: Path, model: Path) -> dict:
   print(f"[4/5] editing toward face paint ({cfg.edit_iterations} iterations, synthetic editor)")
   edited = out / "edited"
   edit(
-    EditConfig(
+    build(
+      EditConfig,
       avatar=model,
       out=edited,
       editor="synthetic",
@@ -188,12 +201,14 @@ def _edit(cfg: DemoConfig, out: Path, model: Path) -> dict:
       overwrite=True,
     )
   )
-  before = render(RenderConfigCLI(model=model, out=out / "renders_edit" / "original", splits=("test",)))
-  after = render(RenderConfigCLI(model=edited, out=out / "renders_edit" / "edited", splits=("test",)))
+  gif = dict(gif_fps=GIF_FPS, gif_min_height=GIF_MIN_HEIGHT)
+  before = render(RenderConfigCLI(model=model, out=out / "renders_edit" / "original", splits=("test",), **gif))
+  after = render(RenderConfigCLI(model=edited, out=out / "renders_edit" / "edited", splits=("test",), **gif))
   a, b = _test_frames(Path(before["test"]["folder"])), _test_frames(Path(after["test"]["folder"]))
   ds = AvatarDataset(paint, "test", cache_size=0)
   target = np.stack([ds[int(i)].image for i in render_order(ds)])
-  gif = save_gif(out / "original_vs_edited.gif", [side_by_side([x, y]) for x, y in zip(a, b)])
+  frames = [side_by_side([x, y], labels=("original", "edited")) for x, y in zip(a, b)]
+  gif = write_video(out / "original_vs_edited.gif", frames, GIF_FPS, min_height=GIF_MIN_HEIGHT)
   return dict(
     psnr_before=float(np.mean([psnr(x, t) for x, t in zip(a, target)])),
     psnr_after=float(np.mean([psnr(y, t) for y, t in zip(b, target)])),

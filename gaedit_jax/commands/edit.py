@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from gaedit_jax import parallel
 from gaedit_jax.edit.loop import EditConfig, EditRun
+from gaedit_jax.avatar import load_trained
 from gaedit_jax.edit.regions import format_regions
-from gaedit_jax.io.model_folder import load_trained
+
 from gaedit_jax.train.run_dir import check_out
 
 
@@ -21,8 +22,8 @@ def main(cfg: EditConfig) -> dict:
     check_out(
       cfg.out,
       {"--avatar": cfg.avatar, "--data": cfg.data, "--target-data": cfg.target_data, "--edited": cfg.edited},
-      resume=cfg.resume,
-      overwrite=cfg.overwrite,
+      resume=cfg.run.resume,
+      overwrite=cfg.run.overwrite,
       what="gaedit edit",
     )
   res = EditRun(cfg).run()

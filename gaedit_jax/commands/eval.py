@@ -18,9 +18,9 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from gaedit_jax.data.validate import check_choice, check_path, config_checks
 from gaedit_jax.errors import InputError
 from gaedit_jax.eval_recon import evaluate_model
+from gaedit_jax.flags import check_choice, check_path, config_checks
 from gaedit_jax.io.media import read_png
 from gaedit_jax.metrics import clip_edit_metrics
 from gaedit_jax.nets.clip import load_clip

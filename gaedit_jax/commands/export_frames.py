@@ -18,12 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import tyro
 
-from gaedit_jax.avatar import baked_model, check_consistency, fit_flame_dims, load_model, per_timestep, render_views
+from gaedit_jax.avatar import baked_model, check_consistency, fit_flame_dims, load_model, load_trained, render_views
 from gaedit_jax.edit.evaluation import training_frames
 from gaedit_jax.edit.external import frame_entries, write_manifest
 from gaedit_jax.errors import InputError
 from gaedit_jax.io.media import save_png
-from gaedit_jax.io.model_folder import load_trained
+
 from gaedit_jax.render.types import RenderConfig
 
 
@@ -70,7 +70,7 @@ def export_frames(cfg: ExportFramesConfig) -> dict:
     fp = fit_flame_dims(full, ds.flame_params)
     check_consistency(ds, full, fp)
     model = baked_model(full, fp)
-    flame = {k: jnp.asarray(v, jnp.float32) for k, v in per_timestep(fp).items()}
+    flame = fp.motion.astype(jnp.float32)
   sel = np.ones(len(ds), bool)
   for flag, want, have in (("--cameras", cfg.cameras, ds.camera_indices), ("--timesteps", cfg.timesteps, ds.timesteps)):
     if want is not None:

@@ -12,7 +12,9 @@ def main(cfg: ReconstructConfig) -> dict:
   # refuse a busy or non-empty --out before loading anything (the run checks again under its lock;
   # multi-host: process 0 checks, the others learn its verdict when the run starts)
   if parallel.is_primary():
-    check_out(cfg.out, {"--data": cfg.data}, resume=cfg.resume, overwrite=cfg.overwrite, what="gaedit reconstruct")
+    check_out(
+      cfg.out, {"--data": cfg.data}, resume=cfg.run.resume, overwrite=cfg.run.overwrite, what="gaedit reconstruct"
+    )
   trainer = Trainer(cfg)
   res = trainer.run()
   for s in ("val", "test"):

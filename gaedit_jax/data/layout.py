@@ -335,18 +335,56 @@ FLAME_NPZ_KEYS = {
 _PER_TIMESTEP = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
 
 
-def read_flame_npz(
-  path: str | os.PathLike, *, n_shape: int | None = None, n_expr: int | None = None, num_vertices: int | None = None
-) -> dict[str, np.ndarray]:
-  """One GaussianAvatars FLAME npz -> dict with per-timestep fields [k] (the leading 1 dropped),
-  shape [n_shape] and static_offset [V,3] (None if absent). Sizes given are checked."""
+def open_npz(path: str | os.PathLike, what: str = "FLAME parameter file"):
+  """An npz archive opened without pickle support (files are data, never code): DatasetFileNotFoundError
+  when missing, DatasetError when it is not an npz archive (a pickle, a bare .npy, garbage)."""
   path = Path(path)
   try:
     z = np.load(path, allow_pickle=False)
   except FileNotFoundError:
-    raise DatasetFileNotFoundError(f"FLAME parameter file not found: {path}") from None
-  except (ValueError, OSError, zipfile.BadZipFile) as e:
+    raise DatasetFileNotFoundError(f"{what} not found: {path}") from None
+  except IsADirectoryError:
+    raise DatasetError(f"{path}: is a folder, expected an npz file") from None
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
     raise DatasetError(f"{path}: not a readable npz ({e})") from None
+  if not isinstance(z, np.lib.npyio.NpzFile):
+    raise DatasetError(f"{path}: not a readable npz (a single .npy array, expected an npz archive of named arrays)")
+  return z
+
+
+def npz_float_array(z, path: str | os.PathLike, key: str, expected: str) -> np.ndarray:
+  """Array `key` of the open npz `z` as float32, checked: stored as numbers (not a pickled object
+  array, not strings). `expected` describes the wanted shape for the messages. Check the shape,
+  then `check_finite`."""
+  try:
+    a = z[key]
+  except ValueError:  # an object array: numpy refuses to unpickle it (allow_pickle=False)
+    raise DatasetError(f"{path}: key {key!r} holds pickled objects, expected a numeric array {expected}") from None
+  except (OSError, EOFError, zipfile.BadZipFile) as e:
+    raise DatasetError(f"{path}: key {key!r} cannot be read ({e})") from None
+  if a.dtype.kind not in "fiub":
+    raise DatasetError(f"{path}: key {key!r} has dtype {a.dtype}, expected a numeric array {expected}")
+  return np.asarray(a, np.float32)
+
+
+def check_finite(a: np.ndarray, path: str | os.PathLike, key: str) -> None:
+  if not np.isfinite(a).all():
+    raise DatasetError(f"{path}: key {key!r} has non-finite values (expected finite numbers)")
+
+
+def read_flame_npz(
+  path: str | os.PathLike,
+  *,
+  n_shape: int | None = None,
+  n_expr: int | None = None,
+  num_vertices: int | None = None,
+  subject: bool = True,
+) -> dict[str, np.ndarray]:
+  """One GaussianAvatars FLAME npz -> dict with per-timestep fields [k] (the leading 1 dropped),
+  shape [n_shape] and static_offset [V,3] (None if absent). Sizes given are checked.
+  subject=False reads only the per-timestep fields (a motion frame: shape is not required)."""
+  path = Path(path)
+  z = open_npz(path)
   expect = {
     "expr": (1, n_expr),
     "shape": (n_shape,),
@@ -357,6 +395,8 @@ def read_flame_npz(
     "jaw_pose": (1, 3),
     "eyes_pose": (1, 6),
   }
+  if not subject:
+    del expect["shape"], expect["static_offset"]
   out: dict[str, Any] = {}
   with z:
     for key, shp in expect.items():
@@ -365,7 +405,7 @@ def read_flame_npz(
           out[key] = None
           continue
         raise DatasetError(f"{path}: missing key {key!r} (expected shape {_fmt(shp)})")
-      a = np.asarray(z[key], np.float32)
+      a = npz_float_array(z, path, key, _fmt(shp))
       a2 = a
       if key == "shape" and a.ndim == 2 and a.shape[0] == 1:
         a2 = a[0]  # tolerate [1,n]
@@ -373,8 +413,7 @@ def read_flame_npz(
         a2 = a[None]  # tolerate a missing leading 1
       if a2.ndim != len(shp) or any(s is not None and s != t for s, t in zip(shp, a2.shape)):
         raise DatasetError(f"{path}: key {key!r} has shape {list(a.shape)}, expected {_fmt(shp)}")
-      if not np.isfinite(a2).all():
-        raise DatasetError(f"{path}: key {key!r} has non-finite values")
+      check_finite(a2, path, key)
       out[key] = a2[0] if key != "shape" else a2
   return out
 

@@ -30,8 +30,8 @@ from tqdm import tqdm
 from gaedit_jax.camera import look_at
 from gaedit_jax.data import mesh_raster, textures
 from gaedit_jax.data.layout import FLAME_FILE, DatasetExistsError, DatasetWriter
-from gaedit_jax.data.validate import check_flags, config_checks
 from gaedit_jax.errors import InputError
+from gaedit_jax.flags import check_flags, config_checks
 from gaedit_jax.flame import FlameModel, FlameParams, add_teeth, flame_forward, region_face_mask, save_flame
 from gaedit_jax.flame import synthetic as sh
 

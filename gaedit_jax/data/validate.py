@@ -4,24 +4,17 @@
 `layout.read_transforms`), the header of every image and mask it refers to (exists, decodable
 header, the json's size or a uniform scale of it) and every FLAME npz (finite, expected shapes),
 before the first training step, so a bad file deep in a sequence fails in seconds with a message
-naming it, not hours into a run. `check_path` checks an input file / folder exists and opens;
-`check_flags` checks numeric settings of a config dataclass and names the offending flag.
+naming it, not hours into a run (flags and other input paths: gaedit_jax.flags).
 All raise `InputError` subclasses whose message is one line.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
-import math
 import os
-import re
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
-
-import numpy as np
+from typing import Sequence
 
 from gaedit_jax.data.layout import (
   SPLITS,
@@ -34,126 +27,7 @@ from gaedit_jax.data.layout import (
   read_transforms,
   split_json_path,
 )
-from gaedit_jax.errors import InputError
 from gaedit_jax.io.media import ImageError, image_size
-
-
-class InputNotFoundError(InputError, FileNotFoundError):
-  """A path given on the command line (or in a config) does not exist."""
-
-
-def flag_name(field: str) -> str:
-  """The command-line flag of a config field: learning_rate -> --learning-rate."""
-  return "--" + field.replace("_", "-")
-
-
-# ------------------------------------------------------------------------------------------------
-# Paths
-# ------------------------------------------------------------------------------------------------
-
-
-def check_path(path: str | os.PathLike, flag: str, *, kind: str = "any") -> Path:
-  """`path` (given as `flag`) exists, is a file / folder as `kind` ("file", "dir", "any") says, and
-  opens for reading (a file: its first byte; a folder: its listing). Returns it as a Path."""
-  p = Path(path)
-  if not p.exists():
-    raise InputNotFoundError(f"{flag} {p}: no such file or folder")
-  if kind == "file" and not p.is_file():
-    raise InputError(f"{flag} {p}: expected a file, got a folder")
-  if kind == "dir" and not p.is_dir():
-    raise InputError(f"{flag} {p}: expected a folder, got a file")
-  try:
-    if p.is_dir():
-      os.listdir(p)
-    else:
-      with open(p, "rb") as f:
-        f.read(1)
-  except OSError as e:
-    raise InputError(f"{flag} {p}: cannot be read ({e.strerror or e})") from None
-  return p
-
-
-# ------------------------------------------------------------------------------------------------
-# Flags
-# ------------------------------------------------------------------------------------------------
-
-_RULE = re.compile(
-  r"(?P<int>int)?\s*(?:(?P<op>>=|>|<=|<)\s*(?P<x>[-+.\w]+)|"
-  r"(?P<lb>[\[(])\s*(?P<a>[-+.\w]+)\s*,\s*(?P<b>[-+.\w]+)\s*(?P<rb>[\])]))?"
-)
-
-
-def _check_value(flag: str, v, rule: str) -> None:
-  m = _RULE.fullmatch(rule.strip())
-  if m is None:
-    raise ValueError(f"check_flags: bad rule {rule!r}")
-  want_int = m["int"] is not None
-  if m["op"]:
-    x = float(m["x"])
-    ok = lambda y: {">=": y >= x, ">": y > x, "<=": y <= x, "<": y < x}[m["op"]]
-    span = f"{m['op']} {m['x']}"
-  elif m["lb"]:
-    a, b = float(m["a"]), float(m["b"])
-    ok = lambda y: (y >= a if m["lb"] == "[" else y > a) and (y <= b if m["rb"] == "]" else y < b)
-    span = f"in {m['lb']}{m['a']}, {m['b']}{m['rb']}"
-  else:
-    ok, span = (lambda y: True), ""
-  what = "an integer" if want_int else "a finite number"
-  if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-    good = False
-  elif want_int:
-    good = float(v) == int(v) and ok(int(v))
-  else:
-    good = math.isfinite(float(v)) and ok(float(v))
-  if not good:
-    raise InputError(f"{flag} must be {what}{' ' + span if span else ''}, got {v!r}")
-
-
-def check_flags(cfg, rules: dict[str, str]) -> None:
-  """Checks numeric fields of a config: rules map space-separated field names to a rule, "int"
-  (optional) then ">= x", "> x", "<= x", "< x" or an interval "[a, b]", "(a, b]", ... ; floats
-  must be finite. None (an unset optional flag) passes. The error names the flag (--field-name)."""
-  for names, rule in rules.items():
-    for name in names.split():
-      v = getattr(cfg, name)
-      if v is not None:
-        _check_value(flag_name(name), v, rule)
-
-
-_DEFERRED: contextvars.ContextVar[list | None] = contextvars.ContextVar("gaedit_deferred_config_checks", default=None)
-
-
-def config_checks(check: Callable[[], None]) -> None:
-  """Runs a config's checks (call it from `__post_init__`), or records them inside
-  `deferred_config_checks()`."""
-  pending = _DEFERRED.get()
-  if pending is None:
-    check()
-  else:
-    pending.append(check)
-
-
-@contextlib.contextmanager
-def deferred_config_checks():
-  """Config checks inside the block run when it exits: the command line builds configs inside the
-  argument parser, which would otherwise catch an InputError (a ValueError) and print its own box."""
-  pending: list = []
-  token = _DEFERRED.set(pending)
-  try:
-    yield pending
-  finally:
-    _DEFERRED.reset(token)
-  for check in pending:
-    check()
-
-
-def check_choice(cfg, name: str, choices: Sequence) -> None:
-  """Field `name` (a value or a tuple of values) takes values among `choices`."""
-  v = getattr(cfg, name)
-  for x in v if isinstance(v, (tuple, list)) else (v,):
-    if x not in choices:
-      raise InputError(f"{flag_name(name)}: {x!r} is not one of {', '.join(map(str, choices))}")
-
 
 # ------------------------------------------------------------------------------------------------
 # Datasets
@@ -301,14 +175,4 @@ def validate_dataset(
   )
 
 
-__all__ = [
-  "DatasetSummary",
-  "InputNotFoundError",
-  "validate_dataset",
-  "check_path",
-  "check_flags",
-  "check_choice",
-  "flag_name",
-  "config_checks",
-  "deferred_config_checks",
-]
+__all__ = ["DatasetSummary", "validate_dataset"]

@@ -36,12 +36,12 @@ from gaedit_jax.avatar import (
   check_consistency,
   fit_flame_dims,
   load_model,
-  per_timestep,
+  load_trained,
   pose,
   render_views,
 )
 from gaedit_jax.data.layout import DatasetError
-from gaedit_jax.data.validate import check_choice, check_flags, check_path, config_checks, validate_dataset
+from gaedit_jax.data.validate import validate_dataset
 from gaedit_jax.edit import discriminator as D
 from gaedit_jax.edit import external as X
 from gaedit_jax.edit import regions as R
@@ -58,8 +58,10 @@ from gaedit_jax.edit.mouth import (
 )
 from gaedit_jax.edit.schedule import SSIM_WEIGHT, edit_dssim, ssim_phase, ssim_phase_start
 from gaedit_jax.errors import InputError
+from gaedit_jax.flags import check_choice, check_flags, check_path, config_checks
+from gaedit_jax.flame import FlameMotion
 from gaedit_jax.io.media import save_png, side_by_side
-from gaedit_jax.io.model_folder import find_model, load_trained
+from gaedit_jax.io.model_folder import find_model
 from gaedit_jax.io.ply import save_avatar_ply, save_flame_npz
 from gaedit_jax.losses import position_reg, scale_reg
 from gaedit_jax.nets.images import from_square, to_square
@@ -69,14 +71,16 @@ from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar
 from gaedit_jax.train import optimizer as opt_lib
 from gaedit_jax.train.config import (
+  GA_POSITION,
   GA_RATES,
   GA_REGULARISERS,
   RASTER,
   LearningRates,
+  PositionSchedule,
+  RasterSettings,
   Regularisers,
+  RunSettings,
   grow_isect,
-  rates_from_flags,
-  regularisers_from_flags,
 )
 from gaedit_jax.train.loop import cached_step, flush_metrics, frame_order, jsonable
 from gaedit_jax.train.run import Session, file_id
@@ -150,12 +154,8 @@ class EditConfig:
   range LPIPS was trained for ("signed")."""
   lambda_mouth: float = MOUTH_LOSS_WEIGHT
   """Mouth preservation: weight of L1 and of D-SSIM to the photo inside the mouth mask (0: off)."""
-  lambda_xyz: float = GA_REGULARISERS.lambda_xyz
-  """Position regulariser (METHOD §2.5)."""
-  threshold_xyz: float = GA_REGULARISERS.threshold_xyz
-  lambda_scale: float = GA_REGULARISERS.lambda_scale
-  """Scale regulariser (METHOD §2.5)."""
-  threshold_scale: float = GA_REGULARISERS.threshold_scale
+  reg: Regularisers = GA_REGULARISERS
+  """Position / scale regularisers of the visible Gaussians (METHOD §2.5)."""
   # --- WABE (METHOD §6) ---
   wabe: Literal["binary", "soft", "backward", "off"] = "binary"
   """Gradient mask: binary (--use_grad_mask), soft weights, the backward-weighted rasterizer, or off."""
@@ -175,43 +175,20 @@ class EditConfig:
   disc_lr: float = D.DISC_LR
   """Discriminator learning rate (METHOD §5.5)."""
   # --- learning rates (METHOD §5.5: GA's, xyz at its final value) ---
-  position_lr: float = GA_RATES.position_final
+  position_lr: float = GA_POSITION.final
   """Local xyz learning rate (times the camera extent), constant."""
-  feature_lr: float = GA_RATES.feature
-  """SH DC (SH rest: / 20)."""
-  opacity_lr: float = GA_RATES.opacity
-  scaling_lr: float = GA_RATES.scaling
-  rotation_lr: float = GA_RATES.rotation
-  flame_pose_lr: float = GA_RATES.flame_pose
-  flame_trans_lr: float = GA_RATES.flame_trans
-  flame_expr_lr: float = GA_RATES.flame_expr
-  finetune_flame: bool = GA_RATES.finetune_flame
-  """Fine-tune FLAME pose / translation / expression while editing (the original does)."""
-  isect_per_gaussian: float = RASTER.isect_per_gaussian
-  """Rasterizer intersection-buffer size per Gaussian (grows on overflow)."""
-  tile_size: int = RASTER.tile_size
-  """Rasterizer tile size: 16 as the original 3DGS kernel; 8 is faster on GPUs (README benchmarks)."""
+  lr: LearningRates = GA_RATES
+  """Per-group learning rates (METHOD §2.6, 5.5; the original fine-tunes FLAME while editing)."""
+  raster: RasterSettings = RASTER
+  """Rasterizer settings."""
   wabe_visibility: Literal["pixel", "tile"] = "pixel"
   """WABE visible set: each pixel's first K contributors (the paper) or each tile's first K (the
   density of the released per-tile buffer, deterministic); METHOD 4."""
-  alpha_clamp_grad: Literal["pass", "zero"] = RASTER.alpha_clamp_grad
-  """Backward through alpha = min(0.99, o G): pass the gradient through the clamp (the original
-  kernel) or zero it where the clamp is active."""
   # --- bookkeeping ---
-  checkpoint_interval: int = 500
-  """Checkpoint every N iterations (0: off) and at the end (original: 500); see --checkpoint-minutes."""
-  keep_checkpoints: int = 2
-  resume: bool = False
-  """Continue the edit in OUT from its newest readable checkpoint (the avatar, data, editor and
-  prompt must match the checkpoint's; --iterations may change)."""
+  run: RunSettings = RunSettings(checkpoint_interval=500, keep_checkpoints=2, log_interval=10)
+  """Checkpoints, --resume / --overwrite, logging (checkpoints every 500 iterations, as the original)."""
   dump_interval: int = 50
   """Side-by-side image (render | 2D edit | current avatar) every N iterations (0: never)."""
-  log_interval: int = 10
-  """Progress-bar / TensorBoard update interval."""
-  progress: bool = True
-  tensorboard: bool = True
-  stop_after: int | None = None
-  """Stop (after checkpointing) at this iteration: for tests of --resume."""
   # --- further options of the original's edit script (GAE:train.py) ---
   mouth_masks: Path | None = None
   """Mouth-preservation masks from files instead of rendering them: a folder with one mask per
@@ -232,13 +209,6 @@ class EditConfig:
   0: off)."""
   eval_max_frames: int | None = None
   """Evaluate at most this many frames per split (evenly spaced; None = all, as the original)."""
-  overwrite: bool = False
-  """Start a new edit in a non-empty OUT: the previous run's files (checkpoints/, point_cloud/,
-  cfg.json, edit_summary.json, edits/, tb/, renders/, ...) are moved to OUT.old-<time>/ (nothing is
-  deleted; other files stay). Without it (or --resume) a non-empty OUT is refused."""
-  checkpoint_minutes: float = 10.0
-  """Checkpoint every this many minutes of wall-clock time (0: off), besides the end, the iteration
-  interval, and an interruption (Ctrl-C, an error) after a completed step."""
   # --- editors and regions ---
   edited: Path | None = None
   """--editor frames: folder of edited frames (the PNGs of `gaedit export-frames`, same names; a
@@ -282,14 +252,12 @@ class EditConfig:
     check_flags(
       self,
       {
-        "edit_every batch_size devices diffusion_steps wabe_k log_interval keep_checkpoints stop_after": "int >= 1",
-        "iterations seed gan_start checkpoint_interval dump_interval": "int >= 0",
+        "edit_every batch_size devices diffusion_steps wabe_k": "int >= 1",
+        "iterations seed gan_start dump_interval": "int >= 0",
         "ip2p_size": "int >= 8",
-        "tile_size": "int [1, 16]",
         "position_lr": "> 0",
-        "guidance_scale image_guidance_scale synthetic_noise lambda_l1 lambda_lpips lambda_mouth lambda_xyz "
-        "threshold_xyz lambda_scale threshold_scale wabe_beta gan_weight disc_lr feature_lr opacity_lr "
-        "scaling_lr rotation_lr flame_pose_lr flame_trans_lr flame_expr_lr isect_per_gaussian": ">= 0",
+        "guidance_scale image_guidance_scale synthetic_noise lambda_l1 lambda_lpips lambda_mouth wabe_beta "
+        "gan_weight disc_lr": ">= 0",
       },
     )
     if self.ip2p_size % 8:
@@ -306,14 +274,9 @@ class EditConfig:
       check_choice(self, "intrinsics", ("file", "fov_x"))
     X.check_flags(self)
 
-  def learning_rates(self) -> LearningRates:
-    """METHOD §5.5: GaussianAvatars' rates, xyz constant (init = final = --position-lr)."""
-    return rates_from_flags(
-      self, position_init=self.position_lr, position_final=self.position_lr, position_steps=max(self.iterations, 1)
-    )
-
-  def regularisers(self) -> Regularisers:
-    return regularisers_from_flags(self)
+  def position_schedule(self) -> PositionSchedule:
+    """METHOD §5.5: the xyz rate constant (init = final = --position-lr)."""
+    return PositionSchedule(self.position_lr, self.position_lr, 1)
 
   def check_inputs(
     self, data: Path, *, intrinsics: str = "file", flame_timesteps: int | None = None, progress: bool | None = None
@@ -322,7 +285,7 @@ class EditConfig:
     FLAME file, `validate_dataset`; its timesteps within the `flame_timesteps` FLAME parameter
     sets), the given weight folders and the synthetic editor's target dataset. Returns the
     DatasetSummary of `data`."""
-    progress = self.progress if progress is None else progress
+    progress = self.run.progress if progress is None else progress
     if self.lpips_weights is not None and self.lambda_lpips > 0:
       check_path(self.lpips_weights, "--lpips-weights")
     if self.editor == "ip2p" and self.ip2p is not None:
@@ -359,7 +322,7 @@ class EditState:
   Adam state, step (iterations done), PRNG key data."""
 
   avatar: Avatar
-  flame: dict[str, jax.Array]
+  flame: FlameMotion
   opt_state: Any
   disc: Any
   disc_opt_state: Any
@@ -389,7 +352,7 @@ class StepSettings:
 
 def make_optimizer(cfg: EditConfig, extent: float) -> optax.GradientTransformation:
   """METHOD §5.5: GaussianAvatars' per-group Adam (eps 1e-15), xyz constant at its final rate."""
-  return opt_lib.make_optimizer(cfg.learning_rates(), extent)
+  return opt_lib.make_optimizer(cfg.lr, cfg.position_schedule(), extent)
 
 
 def edit_step(
@@ -430,7 +393,7 @@ def edit_step(
     out = rasterize(posed(p), camera, background, s.render)
     return out.image, out
 
-  params = {"gauss": av0.params(), "flame": dict(state.flame)}
+  params = {"gauss": av0.params(), "flame": state.flame}
   image, vjp_fn, out = jax.vjp(render_fn, params, has_aux=True)
   # 2D edit of the detached render, conditioned on the photo (METHOD §5.3 / 5.4)
   ctx = EditContext(camera_index.astype(jnp.int32), timestep.astype(jnp.int32), state.step)
@@ -546,12 +509,12 @@ def edit_step(
   return new, metrics, dict(render=image, edit=target, mouth_mask=mmask, wabe_mask=gmask)
 
 
-def init_edit_state(seed: int, avatar: Avatar, flame: dict, optimizer, disc_module, disc_optimizer) -> EditState:
+def init_edit_state(seed: int, avatar: Avatar, flame: FlameMotion, optimizer, disc_module, disc_optimizer) -> EditState:
   """Fresh edit state: copies of the avatar and per-timestep FLAME (the step donates its state),
   new Adam moments (METHOD §5.5), a discriminator initialised from `seed`."""
   k_disc, k_run = jax.random.split(jax.random.key(seed))
   _, dparams = D.init_discriminator(k_disc, (64, 64), disc_module)
-  fl = {k: jnp.array(v, jnp.float32, copy=True) for k, v in flame.items()}
+  fl = jax.tree.map(lambda v: jnp.array(v, jnp.float32, copy=True), flame)
   av = jax.tree.map(lambda x: jnp.array(x, copy=True), avatar)
   params = {"gauss": av.params(), "flame": fl}
   return EditState(
@@ -630,13 +593,13 @@ class EditRun:
       fp = fit_flame_dims(full, self.train_ds.flame_params)
       check_consistency(self.train_ds, full, fp)
       model = baked_model(full, fp)
-      flame = {k: jnp.asarray(v, jnp.float32) for k, v in per_timestep(fp).items()}
+      flame = fp.motion.astype(jnp.float32)
     self.flame0, self.model = fp, model
     cfg.check_inputs(
       self.data,
       intrinsics=self.intrinsics,
-      flame_timesteps=int(flame["rotation"].shape[0]),
-      progress=cfg.progress and parallel.is_primary(),
+      flame_timesteps=flame.num_timesteps,
+      progress=cfg.run.progress and parallel.is_primary(),
     )  # bad input fails here, not at step N
     self.extent = self.train_ds.camera_extent()
     self.background = jnp.asarray(self.train_ds.background)
@@ -666,7 +629,7 @@ class EditRun:
     self.optimizer = make_optimizer(cfg, self.extent)
     self.disc_module = D.PatchDiscriminator()
     self.disc_optimizer = D.make_discriminator_optimizer(cfg.disc_lr)
-    self.isect = cfg.isect_per_gaussian
+    self.isect = cfg.raster.isect_per_gaussian
     self.mesh = parallel.view_mesh(cfg.devices, cfg.batch_size, what="gaedit edit")
     self.settings = StepSettings(
       render=self.render_config(),
@@ -675,7 +638,7 @@ class EditRun:
       lambda_lpips=lam_lpips,
       lpips_input=cfg.lpips_input,
       lambda_mouth=cfg.lambda_mouth,
-      reg=cfg.regularisers(),
+      reg=cfg.reg,
       gan=cfg.gan,
       gan_mode=cfg.gan_mode,
       gan_weight=cfg.gan_weight,
@@ -710,24 +673,34 @@ class EditRun:
         wabe_beta=self.cfg.wabe_beta,
         isect_per_gaussian=self.isect,
         mesh=self.mesh,
-        tile_size=self.cfg.tile_size,
+        tile_size=self.cfg.raster.tile_size,
         wabe_visibility=self.cfg.wabe_visibility,
-        alpha_clamp_grad=self.cfg.alpha_clamp_grad,
+        alpha_clamp_grad=self.cfg.raster.alpha_clamp_grad,
       ),
     )
 
-  def init_state(self, avatar: Avatar, flame: dict) -> EditState:
+  def init_state(self, avatar: Avatar, flame: FlameMotion) -> EditState:
     return init_edit_state(self.cfg.seed, avatar, flame, self.optimizer, self.disc_module, self.disc_optimizer)
 
   def step_fn(self, do_edit: bool):
-    # The editor is an argument of the step, not part of it. The xyz rate is constant (init =
-    # final), so the schedule length (--iterations) stays out of the key.
+    # The editor is an argument of the step, not part of it.
     c = self.cfg
-    rates = dataclasses.replace(c.learning_rates(), position_steps=1)
     return cached_step(
-      ("edit", rates, c.disc_lr, self.extent, self.settings, do_edit),
+      ("edit", c.lr, c.position_schedule(), c.disc_lr, self.extent, self.settings, do_edit),
       lambda: make_step(self.optimizer, self.disc_module, self.disc_optimizer, self.settings, do_edit),
     )
+
+  def step(self, state: EditState, idx, *, do_edit: bool = True, cached=None):
+    """One edit step on training views `idx` from `state`: (new state, metrics, images). The loop's
+    step; `cached` (the views' previous 2D edits) is used when not do_edit."""
+    b = self.train_ds.batch(idx)
+    views = parallel.shard_views((b.image, b.camera, b.timestep, b.camera_index), self.mesh)
+    if cached is None:
+      cached = parallel.shard_views(jnp.zeros(self.edit_shape(len(idx)), jnp.float32), self.mesh)
+    return self.step_fn(do_edit)(
+      state, *views, cached, self.model, self.background, self.mouth, self.editor, self.lpips_params,
+      self.mouth_batch(idx), self.keep_inputs,
+    )  # fmt: skip
 
   def edit_shape(self, b: int) -> tuple[int, ...]:
     sq = self.editor.square_size
@@ -845,15 +818,14 @@ class EditRun:
     start = int(self.state.step)
     if primary:
       self.write_cfg()
-    writer, bar = ses.begin(total=c.iterations, desc="edit", tensorboard=c.tensorboard, progress=c.progress)
-    end = c.iterations if c.stop_after is None else min(c.iterations, c.stop_after)
+    writer, bar = ses.begin(total=c.iterations, desc="edit", tensorboard=c.run.tensorboard, progress=c.run.progress)
+    end = c.iterations if c.run.stop_after is None else min(c.iterations, c.run.stop_after)
     n = len(self.train_ds)
     zero_edit = parallel.shard_views(jnp.zeros(self.edit_shape(c.batch_size), jnp.float32), self.mesh)
     pending: list = []
     with ses.guard(lambda: self.state, self.meta):  # a failure checkpoints the last completed step
       for it in range(start + 1, end + 1):
         idx = frame_order(n, c.batch_size, c.seed, it)
-        b = self.train_ds.batch(idx)
         keyi = tuple(int(i) for i in idx)
         do_edit = c.edit_every <= 1 or (it - 1) % c.edit_every == 0 or keyi not in self.cache
         if hasattr(self.editor, "edited"):  # frames / command: a table lookup, refreshed on the host
@@ -861,24 +833,12 @@ class EditRun:
           if self.external is not None and self.external.update(it, self.render_frames):
             self.editor = parallel.replicate(self.external.editor(), self.mesh)
         cached = zero_edit if do_edit else self.cache[keyi]
-        views = parallel.shard_views((b.image, b.camera, b.timestep, b.camera_index), self.mesh)
-        self.state, m, imgs = self.step_fn(do_edit)(
-          self.state,
-          *views,
-          cached,
-          self.model,
-          self.background,
-          self.mouth,
-          self.editor,
-          self.lpips_params,
-          self.mouth_batch(idx),
-          self.keep_inputs,
-        )
+        self.state, m, imgs = self.step(self.state, idx, do_edit=do_edit, cached=cached)
         ses.done(it)  # no densification while editing: the step's result is complete
         if c.edit_every > 1 and do_edit:
           self.cache[keyi] = imgs["edit"]
         pending.append((it, m))
-        if it % c.log_interval == 0 or it == end:
+        if it % c.run.log_interval == 0 or it == end:
           self._flush(pending, writer, bar)
           pending = []
         if c.dump_interval and (it % c.dump_interval == 0 or it == end) and primary:

@@ -1,5 +1,6 @@
 """Reading images (any PNG / JPEG mode as uint8, image headers without decoding) and writing images
-and videos: PNG frames, mp4 (imageio-ffmpeg, yuv420p as GA's render.py) and GIF."""
+and videos: PNG frames; mp4 (imageio-ffmpeg, yuv420p as GA's render.py) and GIF (Pillow) through one
+writer, `write_video`; composing frames (`side_by_side` with captions, `tile`)."""
 
 from __future__ import annotations
 
@@ -160,11 +161,15 @@ def save_png(path: str | os.PathLike, img) -> Path:
   return path
 
 
-def side_by_side(images: Sequence, pad: int = 2, value: float = 1.0) -> np.ndarray:
-  """Concatenates [H,W,3] images horizontally with a white gap."""
-  ims = [
-    np.asarray(i, np.float32) if np.asarray(i).dtype != np.uint8 else np.asarray(i, np.float32) / 255.0 for i in images
-  ]
+def _float_image(i) -> np.ndarray:
+  a = np.asarray(i)
+  return a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
+
+
+def side_by_side(images: Sequence, pad: int = 2, value: float = 1.0, labels: Sequence[str] | None = None) -> np.ndarray:
+  """Concatenates [H,W,3] images horizontally with a white gap. With `labels`, a caption strip
+  (`caption_strip`) is added above, one label centred over each image; the images keep every pixel."""
+  ims = [_float_image(i) for i in images]
   h = max(i.shape[0] for i in ims)
   gap = np.full((h, pad, 3), value, np.float32)
   row = []
@@ -172,7 +177,62 @@ def side_by_side(images: Sequence, pad: int = 2, value: float = 1.0) -> np.ndarr
     if i.shape[0] < h:
       i = np.concatenate([i, np.full((h - i.shape[0],) + i.shape[1:], value, np.float32)], 0)
     row += ([gap] if k else []) + [i]
-  return np.concatenate(row, 1)
+  out = np.concatenate(row, 1)
+  if labels is None:
+    return out
+  if len(labels) != len(ims):
+    raise ValueError(f"side_by_side: {len(labels)} labels for {len(ims)} images")
+  spans, x = [], 0
+  for i in ims:
+    spans.append((x, x + i.shape[1]))
+    x += i.shape[1] + pad
+  return np.concatenate([caption_strip(out.shape[1], spans, labels, value), out], 0)
+
+
+def caption_height(width: int) -> int:
+  """Height of a caption strip for an image row `width` pixels wide (readable, not dominant)."""
+  return int(min(48, max(14, width // 24)))
+
+
+def caption_strip(
+  width: int, spans: Sequence[tuple[int, int]], labels: Sequence[str], value: float = 1.0
+) -> np.ndarray:
+  """A [h,width,3] strip (background `value`) with each label drawn in Pillow's default font,
+  centred over its column span (x0, x1) and clipped to it."""
+  from PIL import Image, ImageDraw, ImageFont
+
+  h = caption_height(width)
+  bg = int(round(value * 255))
+  fg = 0 if bg > 127 else 255
+  strip = Image.new("RGB", (width, h), (bg, bg, bg))
+  try:
+    font = ImageFont.load_default(size=max(8, h - 4))
+  except TypeError:  # Pillow < 10.1: the fixed-size bitmap font only
+    font = ImageFont.load_default()
+  for (x0, x1), text in zip(spans, labels):
+    cell = Image.new("RGB", (max(1, x1 - x0), h), (bg, bg, bg))
+    d = ImageDraw.Draw(cell)
+    l, t, r, b = d.textbbox((0, 0), text, font=font)
+    d.text(((cell.width - (r - l)) / 2 - l, (h - (b - t)) / 2 - t), text, fill=(fg, fg, fg), font=font)
+    strip.paste(cell, (x0, 0))
+  return np.asarray(strip, np.float32) / 255.0
+
+
+def tile(images: Sequence, cols: int | None = None, pad: int = 2, value: float = 1.0) -> np.ndarray:
+  """Tiles [H,W,3] images of one size into a grid (row-major, `cols` columns, default
+  ceil(sqrt(n))) with `pad`-pixel gaps; empty cells take the background `value`."""
+  ims = [_float_image(i) for i in images]
+  n = len(ims)
+  cols = int(cols or int(np.ceil(np.sqrt(n))))
+  rows = -(-n // cols)
+  h, w = ims[0].shape[:2]
+  if any(i.shape[:2] != (h, w) for i in ims):
+    raise ValueError("tile: the images differ in size")
+  out = np.full((rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad, 3), value, np.float32)
+  for k, i in enumerate(ims):
+    r, c = divmod(k, cols)
+    out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = i
+  return out
 
 
 def _even(frames: list[np.ndarray]) -> list[np.ndarray]:
@@ -184,30 +244,76 @@ def _even(frames: list[np.ndarray]) -> list[np.ndarray]:
   return [np.pad(f, ((0, ph), (0, pw), (0, 0)), constant_values=255) for f in frames]
 
 
-def save_mp4(path: str | os.PathLike, frames: Sequence, fps: int = 25) -> Path:
+def upscale_to_height(frames: list[np.ndarray], min_height: int) -> list[np.ndarray]:
+  """uint8 frames shorter than min_height resized (Lanczos, aspect ratio kept) to that height."""
+  from PIL import Image
+
+  h, w = frames[0].shape[:2]
+  if not min_height or h >= min_height:
+    return frames
+  size = (int(round(w * min_height / h)), int(min_height))
+  return [np.asarray(Image.fromarray(f).resize(size, Image.Resampling.LANCZOS)) for f in frames]
+
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+def write_video(path: str | os.PathLike, frames: Sequence, fps: float = 25, *, min_height: int = 0) -> Path:
+  """The one video writer: `path` ending in .mp4 (libx264, yuv420p as GA's render.py, through
+  imageio-ffmpeg; odd sizes padded by a white row / column) or .gif (Pillow, looping; a GIF stores
+  frame durations in 1/100 s, so fps is rounded to that). Frames [H,W,3] in [0,1] or uint8.
+  min_height: frames shorter than this are upscaled (Lanczos) first. Written to a temporary file
+  in the same folder and moved into place, so a reader never sees half a video."""
+  path = Path(path)
+  suffix = path.suffix.lower()
+  if suffix not in VIDEO_SUFFIXES:
+    raise InputError(f"{path}: unknown video type {path.suffix!r}, expected one of {', '.join(VIDEO_SUFFIXES)}")
+  if not fps > 0:
+    raise InputError(f"{path}: fps = {fps}, expected > 0")
+  fr = [to_uint8(f) for f in frames]
+  if not fr:
+    raise ValueError(f"write_video: no frames for {path}")
+  fr = upscale_to_height(fr, min_height)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{suffix}")  # the suffix tells ffmpeg the container
+  try:
+    if suffix == ".mp4":
+      _write_mp4(tmp, fr, fps)
+    else:
+      _write_gif(tmp, fr, fps)
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+  return path
+
+
+def _write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:
   import imageio.v2 as imageio
 
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fr = _even([to_uint8(f) for f in frames])
   with warnings.catch_warnings():  # ffmpeg runs as a subprocess (fork+exec): JAX's fork warning is moot
     warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
     with imageio.get_writer(
       path, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error"
     ) as w:
-      for f in fr:
+      for f in _even(frames):
         w.append_data(f)
-  return path
 
 
-def save_gif(path: str | os.PathLike, frames: Sequence, fps: int = 10) -> Path:
+def _write_gif(path: Path, frames: list[np.ndarray], fps: float) -> None:
   from PIL import Image
 
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  ims = [Image.fromarray(to_uint8(f)) for f in frames]
-  ims[0].save(path, save_all=True, append_images=ims[1:], duration=int(round(1000 / fps)), loop=0)
-  return path
+  ims = [Image.fromarray(f) for f in frames]
+  duration = 10 * max(1, int(round(100 / fps)))  # GIF frame delays are whole 1/100 s
+  ims[0].save(path, format="GIF", save_all=True, append_images=ims[1:], duration=duration, loop=0)
+
+
+def save_mp4(path: str | os.PathLike, frames: Sequence, fps: float = 25) -> Path:
+  return write_video(path, frames, fps)
+
+
+def save_gif(path: str | os.PathLike, frames: Sequence, fps: float = 10, *, min_height: int = 0) -> Path:
+  return write_video(path, frames, fps, min_height=min_height)
 
 
 def save_frames(folder: str | os.PathLike, frames: Sequence) -> list[Path]:
@@ -223,6 +329,10 @@ __all__ = [
   "read_png",
   "save_png",
   "side_by_side",
+  "caption_strip",
+  "tile",
+  "write_video",
+  "upscale_to_height",
   "save_mp4",
   "save_gif",
   "save_frames",

@@ -1,6 +1,6 @@
 """Trained avatars in and out, in one place: our model folders and GaussianAvatars'.
 
-Accepted inputs (`load_trained`, `read_avatar`):
+Accepted inputs (`read_avatar`; `avatar.load_trained` adds the FLAME model):
 
 * ours (`gaedit reconstruct` / `gaedit edit`): `cfg.json` + `point_cloud/iteration_N/{point_cloud.ply,
   flame_param.npz}`;
@@ -32,14 +32,13 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from gaedit_jax.avatar import baked_model, load_flame_model, per_timestep
 from gaedit_jax.errors import InputError
-from gaedit_jax.flame import FlameModel, FlameParams
+from gaedit_jax.flame import FlameParams
 from gaedit_jax.io.ply import load_avatar_ply, load_flame_npz, save_avatar_ply, save_flame_npz
 from gaedit_jax.nets import torch_pickle
 from gaedit_jax.rig import Avatar
@@ -65,7 +64,6 @@ GA_MODEL_PARAMS: dict[str, Any] = dict(
   not_finetune_flame_params=False,
   select_camera_id=-1,
 )
-from gaedit_jax.data.dataset import AvatarDataset
 
 # Our extra cfg_args key (GA's scripts ignore keys they do not know): the FLAME model file.
 GA_FLAME_KEY = "gaedit_flame_model"
@@ -73,7 +71,7 @@ GA_FLAME_KEY = "gaedit_flame_model"
 GA_FLAME_DIMS = dict(n_shape=300, n_expr=100, num_vertices=5143)
 
 _MAX_CFG_ARGS = 1 << 20
-_FLAME_FLAG = "--flame-model PATH (the FLAME pickle the avatar was trained with; GaussianAvatars: flame2023.pkl)"
+FLAME_FLAG = "--flame-model PATH (the FLAME pickle the avatar was trained with; GaussianAvatars: flame2023.pkl)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,6 +135,12 @@ def read_cfg_args(path: str | os.PathLike) -> dict[str, Any]:
 
 _IT_RE = re.compile(r"iteration_(\d+)$")
 _CKPT_RE = re.compile(r"chkpnt(\d+)\.pth$")
+
+
+def recorded_flame_model(src: ModelSource) -> str | None:
+  """The FLAME model file a folder records: ours in cfg.json, GaussianAvatars' only in our extra
+  cfg_args key (GaussianAvatars itself records none)."""
+  return _recorded_cfg(src).get(GA_FLAME_KEY if src.layout != LAYOUT_GAEDIT else "flame_model")
 
 
 def _iterations(model_dir: Path) -> dict[int, Path]:
@@ -387,22 +391,16 @@ def _checkpoint_avatar(d: dict) -> Avatar:
   )
 
 
-def _dataset_flame(data: Path, num_vertices: int | None) -> FlameParams:
-
-  return AvatarDataset(data, "train", cache_size=0, num_vertices=num_vertices).flame_params
-
-
 def read_avatar(
   path: str | os.PathLike,
   iteration: int | None = None,
   *,
   data: str | os.PathLike | None = None,
-  num_vertices: int | None = None,
 ) -> AvatarFolder:
   """Reads an avatar of any accepted layout (module docstring). data: the dataset folder,
-  overriding the recorded one (cfg.json data / cfg_args source_path); for a checkpoint without a
-  flame_param.npz of its iteration the FLAME parameters are the dataset's tracking (num_vertices:
-  the FLAME model's, used when the tracking has no static_offset)."""
+  overriding the recorded one (cfg.json data / cfg_args source_path). A checkpoint without a
+  flame_param.npz of its iteration has `flame` None: its FLAME parameters are the dataset's
+  tracking, which `avatar.load_trained` reads."""
   src = find_model(path, iteration)
   data = None if data is None else Path(data).absolute()
   if src.layout == LAYOUT_GAEDIT:
@@ -442,12 +440,9 @@ def read_avatar(
   )
   it_dir = src.root / "point_cloud" / f"iteration_{it}"
   npz = it_dir / "flame_param.npz"
+  flame = None  # a checkpoint alone: the FLAME parameters are the dataset's tracking (avatar.load_trained)
   if npz.is_file():
     flame, cfg["flame_source"] = _flame_npz(npz), str(npz)
-  elif cfg["data"] is not None and Path(cfg["data"]).is_dir():
-    flame, cfg["flame_source"] = _dataset_flame(Path(cfg["data"]), num_vertices), str(cfg["data"])
-  else:
-    flame = None
   return AvatarFolder(avatar, flame, cfg, it_dir, it, src)
 
 
@@ -470,97 +465,6 @@ def _it(it_dir: Path) -> int | None:
 # ------------------------------------------------------------------------------------------------
 
 
-class TrainedAvatar(NamedTuple):
-  """What `load_trained` returns (unpacks as the 6-tuple the stages use)."""
-
-  avatar: Avatar
-  model: FlameModel  # FLAME (+ teeth) with the subject's shape and static offset baked in
-  flame: dict  # per-timestep FLAME fields [T,...]
-  flame0: FlameParams  # all FLAME parameters (shape, static_offset, per-timestep [T,...])
-  cfg: dict  # config, data, flame_model, layout, source
-  it_dir: Path
-
-
-def _fit_dims(model: FlameModel, fp: FlameParams, where: str) -> FlameParams:
-  ns, ne = fp.shape.shape[-1], fp.expr.shape[-1]
-  if fp.static_offset.shape[-2] != model.num_vertices:
-    raise InputError(
-      f"{where}: static_offset has {fp.static_offset.shape[-2]} vertices but the FLAME model has "
-      f"{model.num_vertices} (with teeth); pass the right {_FLAME_FLAG}"
-    )
-  if ns > model.n_shape or ne > model.n_expr:
-    raise InputError(
-      f"{where}: FLAME parameters have {ns} shape / {ne} expression components, the FLAME model only "
-      f"{model.n_shape} / {model.n_expr}; pass the right {_FLAME_FLAG}"
-    )
-  if ns == model.n_shape and ne == model.n_expr:
-    return fp
-  pad = lambda x, n: jnp.pad(jnp.asarray(x), [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
-  return dataclasses.replace(fp, shape=pad(fp.shape, model.n_shape), expr=pad(fp.expr, model.n_expr))
-
-
-def load_trained(
-  model_dir: str | os.PathLike,
-  iteration: int | None = None,
-  *,
-  data: str | os.PathLike | None = None,
-  flame_model: str | os.PathLike | None = None,
-  require_data: bool = False,
-) -> TrainedAvatar:
-  """Loads an avatar of any accepted layout with its FLAME model, ready to pose and render:
-  (avatar, baked FLAME model, per-timestep FLAME dict, FlameParams, cfg dict, iteration folder).
-
-  data / flame_model override what the folder records (cfg.json, cfg_args); GaussianAvatars
-  records no FLAME model, so a GA folder or checkpoint needs flame_model. require_data: the dataset
-  folder must exist (rendering, editing). Missing pieces raise InputError naming the flag."""
-  fm = None if flame_model is None else Path(flame_model)
-  pre = find_model(model_dir, iteration)
-  if fm is None:
-    rec = _recorded_cfg(pre).get(GA_FLAME_KEY if pre.layout != LAYOUT_GAEDIT else "flame_model")
-    if rec is None:
-      what = (
-        "a GaussianAvatars checkpoint"
-        if pre.layout == LAYOUT_GA_CHECKPOINT
-        else "a GaussianAvatars folder"
-        if pre.layout == LAYOUT_GA
-        else "this model folder"
-      )
-      raise InputError(f"{pre.path}: {what} does not record its FLAME model; pass {_FLAME_FLAG}")
-    fm = Path(rec)
-    if not fm.is_file():
-      raise InputError(f"{pre.cfg_file}: the recorded FLAME model {fm} does not exist; pass {_FLAME_FLAG}")
-  elif not fm.is_file():
-    raise InputError(f"--flame-model {fm}: no such file")
-  full = load_flame_model(fm)
-  af = read_avatar(model_dir, iteration, data=data, num_vertices=full.num_vertices)
-  cfg = af.cfg
-  cfg["flame_model"] = str(fm.absolute())
-  if require_data or af.flame is None:
-    d = cfg.get("data")
-    if d is None:
-      why = "no dataset folder is recorded (no cfg_args)"
-    elif not Path(d).is_dir():
-      why = f"the dataset folder {d} does not exist"
-    else:
-      why = None
-    if why is not None:
-      need = (
-        " (a GaussianAvatars checkpoint holds no FLAME parameters: they come from the dataset's tracking)"
-        if af.flame is None
-        else ""
-      )
-      raise InputError(f"{af.source.path}: {why}; pass --data DIR{need}")
-  nf = int(full.num_faces)
-  b = np.asarray(af.avatar.binding)[np.asarray(af.avatar.active)]
-  if b.size and int(b.max()) >= nf:
-    raise InputError(
-      f"{af.source.path}: binding refers to face {int(b.max())} but the FLAME model has {nf} faces "
-      f"(with teeth); pass the right {_FLAME_FLAG}"
-    )
-  fp = _fit_dims(full, af.flame, str(af.source.path))
-  return TrainedAvatar(af.avatar, baked_model(full, fp), per_timestep(fp), fp, cfg, af.it_dir)
-
-
 # ------------------------------------------------------------------------------------------------
 # Writing
 # ------------------------------------------------------------------------------------------------
@@ -573,7 +477,7 @@ def write_iteration(
   it_dir = Path(it_dir)
   it_dir.mkdir(parents=True, exist_ok=True)
   save_avatar_ply(it_dir / "point_cloud.ply", avatar, sh_degree=sh_degree)
-  save_flame_npz(it_dir / "flame_param.npz", flame, {k: getattr(flame, k) for k in FlameParams.PER_TIMESTEP})
+  save_flame_npz(it_dir / "flame_param.npz", flame, flame.motion)
   return it_dir
 
 
@@ -679,13 +583,12 @@ __all__ = [
   "AvatarFolder",
   "GA_MODEL_PARAMS",
   "ModelSource",
-  "TrainedAvatar",
+  "FLAME_FLAG",
   "find_model",
+  "recorded_flame_model",
   "format_cfg_args",
   "gaussianavatars_cfg_args",
   "latest_iteration",
-  "load_flame_model",
-  "load_trained",
   "parse_cfg_args",
   "read_avatar",
   "read_cfg_args",

@@ -5,7 +5,8 @@
   (logit), scale_0..2 (local log), rot_0..3 (wxyz, unnormalised), binding_0 (face id as float32).
   Only active slots are written.
 * `save_world_ply`: the same layout without binding, baked to world space for one posed mesh, so
-  generic 3DGS viewers (SuperSplat, ...) open it.
+  generic 3DGS viewers (SuperSplat, ...) open it; `save_cloud_ply` / `read_cloud_ply`: any
+  world-space GaussianCloud (io/cloud.py) in that layout.
 * `save_flame_npz` / `load_flame_npz`: the fine-tuned FLAME parameters (GA layout).
 """
 
@@ -19,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaedit_jax.errors import InputError
-from gaedit_jax.flame import FlameParams
-from gaedit_jax.quaternion import quat_multiply
+from gaedit_jax.flame import FlameMotion, FlameParams
+from gaedit_jax.io.cloud import GaussianCloud, convert_axes, world_cloud
 from gaedit_jax.rig import Avatar, FaceFrames, with_capacity
 
 
@@ -318,30 +319,57 @@ def load_avatar_ply(
   return av
 
 
-def save_world_ply(
-  path: str | os.PathLike, avatar: Avatar, frames: FaceFrames, *, sh_degree: int | None = None
-) -> Path:
-  """World-space 3DGS ply (standard INRIA layout, no binding) for one posed mesh (frames
-  unbatched: center [F,3], rotation [F,3,3], quat [F,4], scale [F]). Rotating the SH with the
-  face frame is not done (as GA's viewer): view-dependent colour is in the local frame."""
-  a = _np_avatar(avatar, sh_degree)
-  b = a["binding"]
-  rot = np.asarray(frames.rotation)[b]
-  k = np.asarray(frames.scale)[b][:, None]
-  xyz = k * np.einsum("nab,nb->na", rot, a["xyz"]) + np.asarray(frames.center)[b]
-  log_s = a["log_scale"] + np.log(k)
-  qf = np.asarray(frames.quat)[b]
-  ql = a["rotation"] / np.maximum(np.linalg.norm(a["rotation"], axis=-1, keepdims=True), 1e-12)
-  q = np.asarray(quat_multiply(jnp.asarray(qf), jnp.asarray(ql)))
-  _write_ply(Path(path), _gauss_cols(xyz, log_s, q, a["opacity_logit"], a["sh_dc"], a["sh_rest"]))
+def save_cloud_ply(path: str | os.PathLike, cloud: GaussianCloud) -> Path:
+  """A GaussianCloud as a standard 3DGS point_cloud.ply (INRIA layout, no binding)."""
+  _write_ply(
+    Path(path),
+    _gauss_cols(cloud.xyz, cloud.log_scale, cloud.quat, cloud.opacity_logit, cloud.sh_dc[:, None, :], cloud.sh_rest),
+  )
   return Path(path)
 
 
-def save_flame_npz(path: str | os.PathLike, flame0, per_timestep: dict) -> Path:
-  """flame_param.npz (METHOD §2.9): shape, static_offset[1,V,3] from flame0 (FlameParams), the
-  fine-tuned per-timestep fields [T,...], dynamic_offset zeros [T,V,3]."""
+def read_cloud_ply(path: str | os.PathLike) -> GaussianCloud:
+  """Reads a 3DGS ply (INRIA layout; a binding column, if any, is ignored) into a GaussianCloud
+  (quaternions normalised). Missing properties are an InputError naming the file."""
+  d = read_ply(path)
+  missing = [k for k in _AVATAR_PROPS if k != "binding_0" and k not in d]
+  if missing:
+    raise InputError(f"{path}: missing property {missing[0]!r} (not a 3D Gaussian splatting ply?)")
+  n = d["x"].shape[0]
+  nrest = len([k for k in d if k.startswith("f_rest_")])
+  if nrest % 3 or any(f"f_rest_{i}" not in d for i in range(nrest)):
+    raise InputError(f"{path}: the f_rest properties must be f_rest_0..f_rest_<3k-1>, found {nrest}")
+  k = nrest // 3
+  rest = (
+    np.stack([d[f"f_rest_{i}"] for i in range(nrest)], 1).reshape(n, 3, k).transpose(0, 2, 1)
+    if k
+    else np.zeros((n, 0, 3))
+  )
+  q = np.stack([d[f"rot_{i}"] for i in range(4)], 1)
+  return GaussianCloud(
+    xyz=np.stack([d["x"], d["y"], d["z"]], 1),
+    log_scale=np.stack([d[f"scale_{i}"] for i in range(3)], 1),
+    quat=q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12),
+    opacity_logit=d["opacity"],
+    sh_dc=np.stack([d[f"f_dc_{i}"] for i in range(3)], 1),
+    sh_rest=rest,
+  )
+
+
+def save_world_ply(
+  path: str | os.PathLike, avatar: Avatar, frames: FaceFrames, *, sh_degree: int | None = None, axes: str = "rub"
+) -> Path:
+  """World-space 3DGS ply (standard INRIA layout, no binding) for one posed mesh (frames
+  unbatched: center [F,3], rotation [F,3,3], quat [F,4], scale [F]); io.cloud.world_cloud. axes:
+  "rub" our world as is, "rdf" turned for y-down viewers (io.cloud.convert_axes)."""
+  return save_cloud_ply(path, convert_axes(world_cloud(avatar, frames, sh_degree=sh_degree), "rub", axes))
+
+
+def save_flame_npz(path: str | os.PathLike, flame0: FlameParams, motion: FlameMotion) -> Path:
+  """flame_param.npz (METHOD §2.9): shape, static_offset[1,V,3] from flame0, the fine-tuned
+  per-timestep fields [T,...] of `motion`, dynamic_offset zeros [T,V,3]."""
   f = lambda x: np.asarray(x, np.float32)
-  d = {k: f(v) for k, v in per_timestep.items()}
+  d = {k: f(v) for k, v in motion.items()}
   t = d["rotation"].shape[0]
   so = f(flame0.static_offset)
   d["shape"] = f(flame0.shape)
@@ -375,4 +403,13 @@ def load_flame_npz(path: str | os.PathLike):
   )
 
 
-__all__ = ["save_avatar_ply", "load_avatar_ply", "save_world_ply", "read_ply", "save_flame_npz", "load_flame_npz"]
+__all__ = [
+  "save_avatar_ply",
+  "load_avatar_ply",
+  "save_world_ply",
+  "save_cloud_ply",
+  "read_cloud_ply",
+  "read_ply",
+  "save_flame_npz",
+  "load_flame_npz",
+]

@@ -128,12 +128,12 @@ class Session:
       cfg.out,
       what=what,
       inputs=inputs,
-      resume=cfg.resume,
-      overwrite=cfg.overwrite,
-      keep=cfg.keep_checkpoints,
-      every=cfg.checkpoint_interval,
-      minutes=cfg.checkpoint_minutes,
-      log_interval=cfg.log_interval,
+      resume=cfg.run.resume,
+      overwrite=cfg.run.overwrite,
+      keep=cfg.run.keep_checkpoints,
+      every=cfg.run.checkpoint_interval,
+      minutes=cfg.run.checkpoint_minutes,
+      log_interval=cfg.run.log_interval,
       identity=identity,
     )
 
