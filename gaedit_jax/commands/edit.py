@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from gaedit_jax import parallel
-from gaedit_jax.edit.loop import EditConfig, EditRun
 from gaedit_jax.avatar import load_trained
+from gaedit_jax.edit.loop import EditConfig, EditRun
 from gaedit_jax.edit.regions import format_regions
-
 from gaedit_jax.train.run_dir import check_out
 
 
