@@ -842,7 +842,7 @@ class EditRun:
           self._flush(pending, writer, bar)
           pending = []
         if c.dump_interval and (it % c.dump_interval == 0 or it == end) and primary:
-          self.dump(it, imgs, b)
+          self.dump(it, imgs, self.train_ds.batch(idx))
         if ses.due(it, end):
           ses.save(self.state, self.meta())
         if eval_due(it, c.eval_every, c.iterations):
