@@ -35,6 +35,21 @@ plain; "yes" when delta > max(std plain, std variant).
       --seeds 0 1 --variants plain wabe                            # CPU smoke test
   python experiments/bench_edit_synthetic.py --variants plain wabe gan both wabe_tile both_tile --jobs 3
                                                                    # 6 variants in 3 processes, one GPU
+
+Editors and regions (--editors: variants both, frames_k1..frames_k16, region_face, command):
+* frames_k<K>: `--editor frames` with K pre-edited training frames (evenly spaced), each the
+  face-paint ground truth passed once through the noisy synthetic editor (seed 0), vs the per-step
+  loop (both: a fresh noisy edit of the sampled view every iteration); WABE + GAN as in both;
+* region_face: both with `--region face` (the synthetic editor's targets are face paint everywhere;
+  only the face region is edited);
+* command: both with `--editor command` running experiments/synthetic_edit_command.py (the same
+  synthetic editor as a separate program, every --command-every iterations on --command-batch views).
+Every run also gets, on the test split, PSNR inside the face region (the unedited avatar's rendered
+region mask) to the face-paint ground truth and PSNR outside it to the unedited avatar's render
+(OUT/editors.md).
+
+  python experiments/bench_edit_synthetic.py --editors --quick --recon-iterations 60 \
+      --edit-iterations 8 --seeds 0                                # CPU smoke test
 """
 
 from __future__ import annotations
@@ -56,6 +71,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import numpy as np
 
+EDITOR_KS = (1, 2, 4, 8, 16)
 VARIANTS = {
   "plain": dict(wabe="off", gan=False),
   "wabe": dict(wabe="binary", gan=False),
@@ -67,7 +83,12 @@ VARIANTS = {
   # WABE's visible set per tile (the released kernel's mask density, deterministic)
   "wabe_tile": dict(wabe="binary", gan=False, wabe_visibility="tile"),
   "both_tile": dict(wabe="binary", gan=True, wabe_visibility="tile"),
+  # editors and regions (--editors); the frames / command variants get their folders in main
+  **{f"frames_k{k}": dict(wabe="binary", gan=True, editor="frames") for k in EDITOR_KS},
+  "region_face": dict(wabe="binary", gan=True, region="face"),
+  "command": dict(wabe="binary", gan=True, editor="command"),
 }
+EDITOR_VARIANTS = ["both", *(f"frames_k{k}" for k in EDITOR_KS), "region_face", "command"]
 LABELS = {
   "plain": "plain loop",
   "wabe": "+WABE",
@@ -77,6 +98,9 @@ LABELS = {
   "both_std": "+both (standard)",
   "wabe_tile": "+WABE per tile",
   "both_tile": "+both, WABE per tile",
+  **{f"frames_k{k}": f"frames editor, k={k}" for k in EDITOR_KS},
+  "region_face": "+both, --region face",
+  "command": "+both, command editor",
   "before": "before edit",
 }
 # table columns: (metric key, header, decimals)
@@ -108,6 +132,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--noise", type=float, default=1.0, help="strength of the synthetic editor's noise")
   p.add_argument("--lpips-weights", type=Path, default=None, help="LPIPS-VGG weights (else no LPIPS term)")
   p.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (smoke test)")
+  p.add_argument("--editors", action="store_true", help="the editors / regions variants (see the docstring)")
+  p.add_argument("--command-every", type=int, default=10, help="command editor: --edit-every")
+  p.add_argument("--command-batch", type=int, default=8, help="command editor: --edit-command-batch")
   p.add_argument("--reuse", action="store_true", help="reuse the data, the avatar and finished runs in --out")
   p.add_argument("--progress", action="store_true", help="progress bars")
   p.add_argument(
@@ -118,6 +145,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     "several); the edit times are then measured under contention",
   )
   a = p.parse_args(argv)
+  if a.editors and "--variants" not in (argv if argv is not None else sys.argv):
+    a.variants = list(EDITOR_VARIANTS)
   sizes = QUICK_SIZES if a.quick else DEMO_SIZES
   for k, v in sizes.items():
     if getattr(a, k) is None:
@@ -292,6 +321,102 @@ class Evaluator:
         m[f"{name}/ssim"] = float(q[k].mean()) if k.any() else float("nan")
       m[f"{s}/flicker"] = flicker(img, gt, ds.camera_indices, ds.timesteps)
     return m, grid
+
+
+# ------------------------------------------------------------------------------------------------
+# Editors and regions
+# ------------------------------------------------------------------------------------------------
+
+
+def prepare_frames(a, k: int, editor, image_scale: float, white_background: bool) -> Path:
+  """OUT/frames_k<k>: k training frames (evenly spaced) of the face paint, each through the noisy
+  synthetic editor once (key 0), with the frames manifest `--editor frames` reads."""
+  import jax.numpy as jnp
+
+  from gaedit_jax.edit.editors import EditContext
+  from gaedit_jax.edit.evaluation import training_frames
+  from gaedit_jax.edit.external import frame_entries, write_manifest
+  from gaedit_jax.io.media import save_png
+
+  d = a.out / f"frames_k{k}"
+  ds = training_frames(a.out / "data", True, image_scale=image_scale, white_background=white_background, cache_size=0)
+  idx = np.unique(np.linspace(0, len(ds) - 1, min(k, len(ds))).round().astype(int))
+  b = ds.batch(idx)
+  ctx = EditContext.from_batch(b)
+  imgs = np.asarray(editor(jax.random.key(0), jnp.asarray(b.image), jnp.asarray(b.image), ctx))
+  entries = frame_entries(ds, idx)
+  for e, img in zip(entries, imgs):
+    save_png(d / e["file"], img)
+  write_manifest(d, entries, data=str(a.out / "data"))
+  return d
+
+
+def command_template(a, seed: int) -> str:
+  script = Path(__file__).with_name("synthetic_edit_command.py")
+  return (
+    f"{sys.executable} {script} --target-data {a.out / 'data_facepaint'} --noise {a.noise} --seed {seed} "
+    "--iteration {iteration} {input} {output}"
+  )
+
+
+class RegionEval:
+  """PSNR inside the face region (rendered from the unedited avatar) to the face-paint ground truth,
+  and outside it to the unedited avatar's render, on the test split."""
+
+  def __init__(self, ev, avatar, model, flame, region: str = "face"):
+    import jax.numpy as jnp
+
+    from gaedit_jax.avatar import pose, render_views
+    from gaedit_jax.edit import regions as R
+    from gaedit_jax.render.types import RenderConfig
+
+    ds = ev.splits["test"]["ds"]
+    self.gt = ev.splits["test"]["paint"]
+    self.rc = RenderConfig(sh_degree=avatar.sh_degree, wabe_k=0)
+    self.ds, self.bg = ds, jnp.asarray(ev.background)
+    sel = R.RegionSelection.make(model, R.resolve_regions(model, region), avatar.binding, avatar.active, 0)
+    masks = []
+    for i in range(len(ds)):
+      b = ds.batch([i])
+      g = pose(avatar, model, flame, jnp.asarray(b.timestep))
+      masks.append(np.asarray(R.region_image_mask(g, sel.core, b.camera, self.rc))[0])
+    self.mask = np.stack(masks)[..., None] > 0.5  # [N,H,W,1]
+    self.before = render_views(avatar, model, flame, ds.timesteps, ds.cameras, self.bg, self.rc)
+
+  def __call__(self, avatar, model, flame) -> dict:
+    from gaedit_jax.avatar import render_views
+
+    img = render_views(avatar, model, flame, self.ds.timesteps, self.ds.cameras, self.bg, self.rc)
+    m = np.broadcast_to(self.mask, img.shape)
+
+    def psnr(x, y, sel):
+      mse = float(np.mean((x[sel] - y[sel]) ** 2)) if sel.any() else float("nan")
+      return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+    return {"region/psnr_in_vs_gt": psnr(img, self.gt, m), "region/psnr_out_vs_unedited": psnr(img, self.before, ~m)}
+
+
+EDITOR_COLUMNS = [
+  ("test/psnr", "test PSNR", 2),
+  ("test/ssim", "test SSIM", 4),
+  ("region/psnr_in_vs_gt", "face region PSNR vs GT", 2),
+  ("region/psnr_out_vs_unedited", "outside PSNR vs unedited", 2),
+  ("edit_seconds", "edit s", 1),
+]
+
+
+def editor_table(res: dict, variants: list[str]) -> str:
+  agg = res["aggregate"]
+  lines = ["| variant | seeds | " + " | ".join(h for _, h, _ in EDITOR_COLUMNS) + " |", "|" + "---|" * (len(EDITOR_COLUMNS) + 2)]
+  for v in variants:
+    if v not in agg:
+      continue
+    cells = []
+    for k, _, d in EDITOR_COLUMNS:
+      st = agg[v].get(k, dict(mean=float("nan"), std=float("nan")))
+      cells.append(f"{st['mean']:.{d}f} ± {st['std']:.{d}f}")
+    lines.append(f"| {LABELS[v]} | {agg[v]['test/psnr']['n']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -573,18 +698,27 @@ def main(argv=None) -> dict:
     write_results(a, res, a.variants)
   editor = None  # the synthetic editor (all face-paint images) is loaded once and shared by all runs
   compiled: set[str] = set()  # variants whose jitted edit step this process has compiled
+  scale, white = float(c.get("image_scale", 1.0)), bool(c.get("white_background", True))
+  region_ev = RegionEval(ev, avatar, model, flame) if a.editors else None
   for v in a.variants:
     for seed in a.seeds:
       if str(seed) in res["runs"].get(v, {}):
         print(f"[{LABELS[v]}, seed {seed}] reused from results.json")
         continue
       run_dir = a.out / "runs" / v / f"seed{seed}"
+      kw = dict(VARIANTS[v])
+      if kw.get("editor") in ("frames", "command") and editor is None:
+        editor = build_editor(EditConfig(avatar=a.out / "model", out=run_dir, editor="synthetic",
+                                         target_data=a.out / "data_facepaint", synthetic_noise=a.noise), scale, white)
+      if kw.get("editor") == "frames":
+        kw.update(edited=prepare_frames(a, int(v.split("_k")[1]), editor, scale, white), target_data=None)
+      elif kw.get("editor") == "command":
+        kw.update(edit_command=command_template(a, seed), edit_every=a.command_every,
+                  edit_command_batch=a.command_batch, target_data=None)
       cfg = build(
         EditConfig,
         avatar=a.out / "model",
         out=run_dir,
-        editor="synthetic",
-        target_data=a.out / "data_facepaint",
         synthetic_noise=a.noise,
         iterations=a.edit_iterations,
         seed=seed,
@@ -598,14 +732,16 @@ def main(argv=None) -> dict:
         gan_weight=a.gan_weight,
         overwrite=True,
         eval_every=0,
-        **VARIANTS[v],
+        **{"editor": "synthetic", "target_data": a.out / "data_facepaint", **kw},
       )
       if editor is None:
-        editor = build_editor(cfg, float(c.get("image_scale", 1.0)), bool(c.get("white_background", True)))
-      er = EditRun(cfg, editor=editor)
+        editor = build_editor(cfg, scale, white)
+      er = EditRun(cfg, editor=editor if cfg.editor == "synthetic" else None)
       out = er.run()  # edit_seconds includes the compilation of the variant's step (first seed)
       t1 = time.perf_counter()
       m, frame = ev(er.state.avatar, er.model, er.state.flame)
+      if region_ev is not None:
+        m.update(region_ev(er.state.avatar, er.model, er.state.flame))
       if cfg.gan:
         share = gan_gradient_share(er)
         m.update({f"gan_grad/{k}": v for k, v in share.items()})
@@ -642,6 +778,14 @@ def main(argv=None) -> dict:
   print(md + "\n")
   claim = print_claim(res["claim_check"])
   (a.out / "table.md").write_text(md + "\n\n" + claim + "\n")
+  if a.editors:
+    res["aggregate"] = aggregate(res["runs"], a.variants, a.seeds)
+    for v, runs in res["runs"].items():  # edit time as a column
+      if v in res["aggregate"]:
+        res["aggregate"][v]["edit_seconds"] = _stats([r["edit_seconds"] for r in runs.values()])
+    emd = editor_table(res, a.variants)
+    print("\nEditors and regions (test split; region PSNRs: face region of the unedited avatar)\n\n" + emd + "\n")
+    (a.out / "editors.md").write_text(emd + "\n")
   print(
     f"\nresults: {a.out / 'results.json'}, table: {a.out / 'table.md'}, grid: {grid}; "
     f"total {time.perf_counter() - t_start:.0f} s"

@@ -22,6 +22,10 @@ Implementations:
   offset, a few local colour blobs, and a small smooth warp; deterministic given the key, different
   for every view.
 * `IP2PEditor`: wraps `gaedit_jax.nets.ip2p.InstructPix2Pix` (one prompt embedding per run).
+* `FramesEditor`: a table of edited images of some training views, made outside the loop (by any 2D
+  editor from `gaedit export-frames`, `--editor frames`, or by an external command during the run,
+  `--editor command`, edit.external); views without an edit are reported by `edited(context)`
+  and the loop keeps them close to the unedited avatar (edit.regions).
 """
 
 from __future__ import annotations
@@ -242,4 +246,52 @@ class IP2PEditor:
     return self.model.edit_fn(self.params, renders, originals, self.prompt_embeds, key, output=self.output)
 
 
-__all__ = ["EditContext", "Editor", "NoiseConfig", "SyntheticEditor", "IP2PEditor"]
+# ------------------------------------------------------------------------------------------------
+# Edited frames (from files or an external command)
+# ------------------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FramesEditor:
+  """Edited images of some views: images [K,H,W,3] uint8, valid [K] bool (row holds an edit),
+  index [C,T] int32 (row of (camera_index, timestep), -1: none). Calls return the row's edit, or the
+  render itself for a view without one (`edited` says which; the loop gives those views no edit
+  loss). Deterministic: the key is not used."""
+
+  images: jax.Array
+  valid: jax.Array
+  index: jax.Array
+  square_size: int | None = dataclasses.field(metadata=dict(static=True), default=None)
+
+  @staticmethod
+  def from_arrays(images, valid, camera_index, timestep, shape: tuple[int, int] | None = None) -> "FramesEditor":
+    """Rows `images` [K,H,W,3] uint8 of the views (camera_index [K], timestep [K]); the index table
+    covers at least `shape` = (cameras, timesteps)."""
+    ci, ts = np.asarray(camera_index, np.int64), np.asarray(timestep, np.int64)
+    c = max(int(ci.max(initial=-1)) + 1, shape[0] if shape else 0)
+    t = max(int(ts.max(initial=-1)) + 1, shape[1] if shape else 0)
+    index = np.full((max(c, 1), max(t, 1)), -1, np.int32)
+    index[ci, ts] = np.arange(len(ci), dtype=np.int32)
+    return FramesEditor(jnp.asarray(images, jnp.uint8), jnp.asarray(valid, bool), jnp.asarray(index))
+
+  def rows(self, context: EditContext) -> jax.Array:
+    c, t = context.camera_index, context.timestep
+    ok = (c >= 0) & (c < self.index.shape[0]) & (t >= 0) & (t < self.index.shape[1])
+    r = self.index[jnp.clip(c, 0, self.index.shape[0] - 1), jnp.clip(t, 0, self.index.shape[1] - 1)]
+    return jnp.where(ok, r, -1)
+
+  def edited(self, context: EditContext) -> jax.Array:
+    """bool [B]: whether each view of the context has an edited image."""
+    r = self.rows(context)
+    return (r >= 0) & self.valid[jnp.maximum(r, 0)]
+
+  def __call__(self, key: jax.Array, renders: jax.Array, originals: jax.Array, context: EditContext) -> jax.Array:
+    _check_images(renders, originals)
+    if tuple(renders.shape[1:3]) != tuple(self.images.shape[1:3]):
+      raise ValueError(f"FramesEditor: renders are {renders.shape[1:3]} but the edits are {self.images.shape[1:3]}")
+    img = self.images[jnp.maximum(self.rows(context), 0)].astype(jnp.float32) / 255.0
+    return jnp.where(self.edited(context)[:, None, None, None], img, renders)
+
+
+__all__ = ["EditContext", "Editor", "NoiseConfig", "SyntheticEditor", "IP2PEditor", "FramesEditor"]

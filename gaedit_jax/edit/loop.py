@@ -43,6 +43,8 @@ from gaedit_jax.avatar import (
 from gaedit_jax.data.layout import DatasetError
 from gaedit_jax.data.validate import validate_dataset
 from gaedit_jax.edit import discriminator as D
+from gaedit_jax.edit import external as X
+from gaedit_jax.edit import regions as R
 from gaedit_jax.edit import wabe as W
 from gaedit_jax.edit.editors import EditContext, IP2PEditor, NoiseConfig, SyntheticEditor
 from gaedit_jax.edit.evaluation import edit_targets, eval_and_save, eval_due, held_out_frames, training_frames
@@ -101,8 +103,10 @@ class EditConfig:
   intrinsics: Literal["file", "fov_x"] | None = None
   """Camera intrinsics of the editing sequence ("file" or GaussianAvatars' "fov_x", see `gaedit
   reconstruct --intrinsics`). Default: the avatar's."""
-  editor: Literal["ip2p", "synthetic"] = "ip2p"
-  """2D editor: InstructPix2Pix (--ip2p, --prompt) or the synthetic-target editor (--target-data)."""
+  editor: Literal["ip2p", "synthetic", "frames", "command"] = "ip2p"
+  """2D editor: InstructPix2Pix (--ip2p, --prompt), the synthetic-target editor (--target-data),
+  frames edited by any tool (--edited, from `gaedit export-frames`) or an external program run
+  during the edit (--edit-command)."""
   ip2p: Path | None = None
   """InstructPix2Pix weights folder (Hugging Face layout of timbrooks/instruct-pix2pix)."""
   prompt: str = ""
@@ -205,6 +209,40 @@ class EditConfig:
   0: off)."""
   eval_max_frames: int | None = None
   """Evaluate at most this many frames per split (evenly spaced; None = all, as the original)."""
+  # --- editors and regions ---
+  edited: Path | None = None
+  """--editor frames: folder of edited frames (the PNGs of `gaedit export-frames`, same names; a
+  missing file = that view is not edited) with its manifest.json."""
+  frames_manifest: Path | None = None
+  """--editor frames: the manifest, when it is not in --edited."""
+  edit_command: str | None = None
+  """--editor command: the program, e.g. "python my_edit.py {input} {output} --photos {photos}"
+  (placeholders {input} {output} {photos} {manifest} {iteration}); run every --edit-every iterations
+  on --edit-command-batch current renders; it writes {output}/<same file name>."""
+  edit_command_batch: int = 8
+  """--editor command: views rendered and edited per call."""
+  edit_command_timeout: float = 600.0
+  """--editor command: seconds before a call counts as failed."""
+  edit_command_shell: bool = False
+  """--editor command: run the template through /bin/sh (pipes, redirections); paths are quoted."""
+  edit_async: bool = False
+  """--editor command: run the next call in a background thread while training on the last edits."""
+  strict: bool = False
+  """--editor command: a failing call stops the run (exit status 2) instead of keeping the last good edits."""
+  lambda_keep: float = 10.0
+  """Keep term: weight of L1 to the unedited avatar's render where the edit does not apply (outside
+  --region, views without an edited frame); unused when the edit covers everything (the default)."""
+  region: str | None = None
+  """Edit only FLAME regions, e.g. "face" or "lips,nose" (face, hair, scalp, lips, eyes, nose,
+  ears, neck, teeth, or any region name of the model; see --list-regions): only Gaussians bound to
+  their faces change; the edit losses apply inside the region's rendered mask, the keep term outside."""
+  region_feather: float = 2.0
+  """Soft border of the region's image mask (pixels)."""
+  region_ring: int = 1
+  """Soft border in the mesh: one-ring bands of faces around the region whose Gaussians also move
+  (with update weight 1 - d / (N + 1) on band d)."""
+  list_regions: bool = False
+  """Print the regions --region accepts on the avatar's FLAME model and exit."""
 
   def __post_init__(self):
     config_checks(self.validate_flags)
@@ -225,7 +263,7 @@ class EditConfig:
     if self.ip2p_size % 8:
       raise InputError(f"--ip2p-size must be a multiple of 8 (the VAE's downsampling), got {self.ip2p_size}")
     for name, choices in (
-      ("editor", ("ip2p", "synthetic")),
+      ("editor", ("ip2p", "synthetic", "frames", "command")),
       ("ip2p_dtype", ("float32", "bfloat16")),
       ("flame_init", ("data", "avatar")),
       ("wabe", ("binary", "soft", "backward", "off")),
@@ -234,6 +272,7 @@ class EditConfig:
       check_choice(self, name, choices)
     if self.intrinsics is not None:
       check_choice(self, "intrinsics", ("file", "fov_x"))
+    X.check_flags(self)
 
   def position_schedule(self) -> PositionSchedule:
     """METHOD §5.5: the xyz rate constant (init = final = --position-lr)."""
@@ -308,6 +347,7 @@ class StepSettings:
   gan_start: int = 0
   ssim_start: int | None = None  # first 0-based step of the SSIM phase (edit.schedule); None: off
   lambda_ssim: float = SSIM_WEIGHT
+  keep: R.KeepSettings = R.KeepSettings()  # regions / partially edited views (edit.regions)
 
 
 def make_optimizer(cfg: EditConfig, extent: float) -> optax.GradientTransformation:
@@ -328,6 +368,7 @@ def edit_step(
   editor,
   lpips_params,
   mouth_mask=None,
+  keep_inputs=None,
   *,
   optimizer,
   disc_module,
@@ -338,7 +379,8 @@ def edit_step(
   """One edit iteration on B views (photo [B,H,W,3], camera [B], timestep / camera_index [B]).
   Pure. `cached_edit`: the views' previous edits (used when do_edit is False, the edit-rate
   option); `mouth` bool [C]: mouth Gaussians (excluded from WABE, METHOD §6); `mouth_mask`
-  [B,H,W]: the views' mouth masks read from files (None: rendered). Returns
+  [B,H,W]: the views' mouth masks read from files (None: rendered); `keep_inputs`: the unedited
+  avatar and the region (edit.regions.KeepInputs; None when the edit covers everything). Returns
   (new state, metrics, images: render / edit / mouth mask of the step)."""
   key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
   k_edit, _ = jax.random.split(key)
@@ -361,6 +403,10 @@ def edit_step(
     target = cached_edit
   sq = editor.square_size
   frame = (lambda x: to_square(x, sq)) if sq else (lambda x: x)
+  kp = None  # where the edit applies (--region, partially edited frames) and the keep term
+  if s.keep.active:
+    kp = R.keep_parts(keep_inputs, s.keep, editor, ctx, posed(params), lambda a, f: pose(a, model, f, timestep), camera, background, s.render)
+    target = jax.lax.stop_gradient(kp.composite(target, frame))
   mmask = (
     (
       render_mouth_mask(jax.lax.stop_gradient(posed(params)), mouth, camera, s.render)
@@ -386,10 +432,14 @@ def edit_step(
 
   def image_loss(img, dparams):
     x = frame(img)
-    parts = {"l1": jnp.mean(jnp.abs(x - target))}
+    parts = {"l1": jnp.mean(jnp.abs(x - target)) if kp is None else kp.edit_l1(x, target, frame)}
     loss = s.lambda_l1 * parts["l1"]
+    if kp is not None:
+      lk, kparts = kp.keep_loss(img, s.keep.lambda_keep)
+      loss, parts = loss + lk, {**parts, **kparts}
     if s.lambda_lpips > 0:
-      parts["lpips"] = jnp.mean(lpips_images(lpips_params, x, target, s.lpips_input))
+      lp = lpips_images(lpips_params, x, target, s.lpips_input)
+      parts["lpips"] = jnp.mean(lp) if kp is None else kp.view_mean(lp)
       loss = loss + (1.0 - phase) * s.lambda_lpips * parts["lpips"]
     if s.ssim_start is not None:
       parts["edit_dssim"], parts["ssim_phase"] = edit_dssim(x, target), phase
@@ -403,7 +453,7 @@ def edit_step(
       else:
         lg = D.generator_loss(disc_module, dparams, target, x, weight=s.gan_weight)
         gp = {"gan_g": lg / s.gan_weight, "gan_d": l_d_std / s.gan_weight}
-      loss, parts = loss + gan_on * lg, {**parts, **gp}
+      loss, parts = loss + gan_on * (lg if kp is None else kp.gan_scale * lg), {**parts, **gp}
     return loss, parts
 
   (l_img, parts), (g_img, g_disc) = jax.value_and_grad(image_loss, argnums=(0, 1), has_aux=True)(image, disc)
@@ -425,8 +475,14 @@ def edit_step(
   grads["gauss"] = jax.tree.map(
     lambda g: jnp.where(av0.active.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0), grads["gauss"]
   )
+  region = None if keep_inputs is None else keep_inputs.region
+  if region is not None:  # --region: Gaussians outside get no gradient and no update (bit-identical)
+    grads["gauss"] = R.mask_region_gradient(grads["gauss"], region)
   updates, opt_state = optimizer.update(grads, state.opt_state, params)
+  old_gauss = params["gauss"]
   params = optax.apply_updates(params, updates)
+  if region is not None:
+    params["gauss"] = R.restrict_update(old_gauss, params["gauss"], region)
   if s.gan and s.gan_mode == "faithful":
     d_up, d_opt = disc_optimizer.update(g_disc, disc_opt, disc)
     disc = jax.tree.map(lambda x, y: jnp.where(gan_on > 0, x, y), optax.apply_updates(disc, d_up), disc)
@@ -548,6 +604,9 @@ class EditRun:
     self.extent = self.train_ds.camera_extent()
     self.background = jnp.asarray(self.train_ds.background)
     self.sh_degree = avatar.sh_degree
+    self.external = None  # --editor command: the host side (edit.external.CommandEditor)
+    if editor is None and cfg.editor in ("frames", "command"):
+      editor, self.external = X.build_editor(cfg, self.train_ds, self.out)
     self.editor = editor if editor is not None else build_editor(cfg, self.image_scale, self.white_background)
     if hasattr(self.editor, "covers"):  # synthetic editor: every training view needs a target
       ctx = EditContext.make(self.train_ds.camera_indices, self.train_ds.timesteps)
@@ -594,11 +653,14 @@ class EditRun:
     self.eval_ds = held_out_frames(self.data, cfg.eval, cache_size=0, **dkw)
     self.eval_targets = edit_targets(self.editor, cfg.target_data, self.eval_ds, cache_size=0, **dkw)
     self.state = self.init_state(avatar, flame)
+    # --region / partially edited frames: the keep term's inputs (edit.regions)
+    self.settings, self.keep_inputs = R.keep_setup(cfg, self.settings, self.editor, self.model, avatar, flame)
     # data parallel over views: the state, the model and the editor's weights on every device
     self.model_local = self.model
     self.model, self.background, self.mouth, self.editor, self.lpips_params, self.state = parallel.replicate(
       (self.model, self.background, self.mouth, self.editor, self.lpips_params, self.state), self.mesh
     )
+    self.keep_inputs = parallel.replicate(self.keep_inputs, self.mesh)
     self.cache: dict[int, jax.Array] = {}
     self.history: list[dict] = []
 
@@ -637,7 +699,7 @@ class EditRun:
       cached = parallel.shard_views(jnp.zeros(self.edit_shape(len(idx)), jnp.float32), self.mesh)
     return self.step_fn(do_edit)(
       state, *views, cached, self.model, self.background, self.mouth, self.editor, self.lpips_params,
-      self.mouth_batch(idx),
+      self.mouth_batch(idx), self.keep_inputs,
     )  # fmt: skip
 
   def edit_shape(self, b: int) -> tuple[int, ...]:
@@ -651,13 +713,25 @@ class EditRun:
       return None
     return parallel.shard_views(jnp.asarray(self.mouth_masks.batch(idx)), self.mesh)
 
+  def render_frames(self, idx) -> np.ndarray:
+    """Current renders [n,H,W,3] of training frames `idx` (--editor command's input)."""
+    b = self.train_ds.batch(idx)
+    st = parallel.local(self.state)
+    rc = dataclasses.replace(self.settings.render, wabe_k=0, wabe_backward=False, mesh=None)
+    return render_views(st.avatar, self.model_local, st.flame, np.asarray(b.timestep), b.camera, parallel.local(self.background), rc)
+
   # -- checkpoints / export ---------------------------------------------------------------------
   def meta(self) -> dict:
     return dict(isect_per_gaussian=self.isect, config=jsonable(dataclasses.asdict(self.cfg)), history=self.history)
 
   def inputs(self) -> dict:
     """The input folders --out must stay clear of (flag -> folder)."""
-    return {"--avatar": self.cfg.avatar, "--data": self.data, "--target-data": self.cfg.target_data}
+    return {
+      "--avatar": self.cfg.avatar,
+      "--data": self.data,
+      "--target-data": self.cfg.target_data,
+      "--edited": self.cfg.edited,
+    }
 
   def resume_identity(self) -> dict:
     """What a checkpoint must share with this edit to be resumed (flag -> value)."""
@@ -672,6 +746,7 @@ class EditRun:
       "--flame-init": c.flame_init,
       "--seed": c.seed,
       "--target-data": None if c.target_data is None else file_id(c.target_data, "transforms_train.json"),
+      **X.resume_identity(c),
     }
 
   def export(self, it: int) -> Path:
@@ -724,7 +799,11 @@ class EditRun:
   def run(self) -> dict:
     c = self.cfg
     with Session.from_flags(c, what="gaedit edit", inputs=self.inputs(), identity=self.resume_identity()) as ses:
-      return self._run(ses)
+      try:
+        return self._run(ses)
+      finally:
+        if self.external is not None:
+          self.external.abort()  # a failed run: do not wait for a background command
 
   def _run(self, ses: Session) -> dict:
     c = self.cfg
@@ -749,6 +828,10 @@ class EditRun:
         idx = frame_order(n, c.batch_size, c.seed, it)
         keyi = tuple(int(i) for i in idx)
         do_edit = c.edit_every <= 1 or (it - 1) % c.edit_every == 0 or keyi not in self.cache
+        if hasattr(self.editor, "edited"):  # frames / command: a table lookup, refreshed on the host
+          do_edit = True
+          if self.external is not None and self.external.update(it, self.render_frames):
+            self.editor = parallel.replicate(self.external.editor(), self.mesh)
         cached = zero_edit if do_edit else self.cache[keyi]
         self.state, m, imgs = self.step(self.state, idx, do_edit=do_edit, cached=cached)
         ses.done(it)  # no densification while editing: the step's result is complete
@@ -759,12 +842,14 @@ class EditRun:
           self._flush(pending, writer, bar)
           pending = []
         if c.dump_interval and (it % c.dump_interval == 0 or it == end) and primary:
-          self.dump(it, imgs, b)
+          self.dump(it, imgs, self.train_ds.batch(idx))
         if ses.due(it, end):
           ses.save(self.state, self.meta())
         if eval_due(it, c.eval_every, c.iterations):
           eval_and_save(self, it, ses, writer)
     ses.wait()
+    if self.external is not None:
+      self.external.close()
     summary = ses.summary(int(self.state.step))  # the whole edit, every session since iteration 1
     if bar is not None:
       bar.close()
@@ -774,6 +859,8 @@ class EditRun:
       sessions=summary["sessions"],
       resumed_at=summary["resumed_at"],
     )
+    if self.external is not None:
+      result["edit_command"] = self.external.summary()
     if int(self.state.step) >= c.iterations and primary:
       result["export"] = str(self.export(c.iterations))
     if primary:
