@@ -407,7 +407,10 @@ EDITOR_COLUMNS = [
 
 def editor_table(res: dict, variants: list[str]) -> str:
   agg = res["aggregate"]
-  lines = ["| variant | seeds | " + " | ".join(h for _, h, _ in EDITOR_COLUMNS) + " |", "|" + "---|" * (len(EDITOR_COLUMNS) + 2)]
+  lines = [
+    "| variant | seeds | " + " | ".join(h for _, h, _ in EDITOR_COLUMNS) + " |",
+    "|" + "---|" * (len(EDITOR_COLUMNS) + 2),
+  ]
   for v in variants:
     if v not in agg:
       continue
@@ -708,13 +711,26 @@ def main(argv=None) -> dict:
       run_dir = a.out / "runs" / v / f"seed{seed}"
       kw = dict(VARIANTS[v])
       if kw.get("editor") in ("frames", "command") and editor is None:
-        editor = build_editor(EditConfig(avatar=a.out / "model", out=run_dir, editor="synthetic",
-                                         target_data=a.out / "data_facepaint", synthetic_noise=a.noise), scale, white)
+        editor = build_editor(
+          EditConfig(
+            avatar=a.out / "model",
+            out=run_dir,
+            editor="synthetic",
+            target_data=a.out / "data_facepaint",
+            synthetic_noise=a.noise,
+          ),
+          scale,
+          white,
+        )
       if kw.get("editor") == "frames":
         kw.update(edited=prepare_frames(a, int(v.split("_k")[1]), editor, scale, white), target_data=None)
       elif kw.get("editor") == "command":
-        kw.update(edit_command=command_template(a, seed), edit_every=a.command_every,
-                  edit_command_batch=a.command_batch, target_data=None)
+        kw.update(
+          edit_command=command_template(a, seed),
+          edit_every=a.command_every,
+          edit_command_batch=a.command_batch,
+          target_data=None,
+        )
       cfg = build(
         EditConfig,
         avatar=a.out / "model",

@@ -47,7 +47,7 @@ def bench(n: int | None, width: int, height: int, frames: int, warmup: int, qual
     t1 = time.perf_counter()
     jpeg = _encode_image_binary(img, "jpeg", jpeg_quality=quality)[1]
     t2 = time.perf_counter()
-    png = _encode_image_binary(img, "png", jpeg_quality=None)[1]
+    _encode_image_binary(img, "png", jpeg_quality=None)[1]
     t3 = time.perf_counter()
     if k >= warmup:
       t_render.append(t1 - t0)

@@ -32,7 +32,9 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("input", type=Path)
   p.add_argument("output", type=Path)
-  p.add_argument("--target-data", type=Path, required=True, help="the face-paint dataset (gaedit synth --texture facepaint)")
+  p.add_argument(
+    "--target-data", type=Path, required=True, help="the face-paint dataset (gaedit synth --texture facepaint)"
+  )
   p.add_argument("--noise", type=float, default=1.0, help="strength of the synthetic editor's noise (0: exact targets)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--iteration", type=int, default=0, help="folded into the noise key ({iteration})")

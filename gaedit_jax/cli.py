@@ -33,7 +33,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "write an avatar as a GaussianAvatars folder, world-space ply(s), .splat or .spz",
   ),
   "edit": ("gaedit_jax.commands.edit", "text-driven 4D edit of an avatar"),
-  "export-frames": ("gaedit_jax.commands.export_frames", "write renders + manifest for any 2D editor (--editor frames)"),
+  "export-frames": (
+    "gaedit_jax.commands.export_frames",
+    "write renders + manifest for any 2D editor (--editor frames)",
+  ),
   "edit2d": ("gaedit_jax.commands.edit2d", "try an InstructPix2Pix edit on one image"),
   "convert-weights": ("gaedit_jax.commands.convert_weights", "convert PyTorch weights to Flax once"),
 }

@@ -154,7 +154,9 @@ def test_failing_command_keeps_last_good_edits(setup, tmp_path, capsys):
   tool = tmp_path / "tool.py"
   tool.write_text(FLAKY_TOOL)
   cmd = f"{sys.executable} {tool} {{input}} {{output}} {tmp_path / 'count'}"
-  cfg = _command_cfg(setup, tmp_path / "out", cmd, iterations=4, edit_every=1, edit_command_batch=2, edit_command_timeout=2.0)
+  cfg = _command_cfg(
+    setup, tmp_path / "out", cmd, iterations=4, edit_every=1, edit_command_batch=2, edit_command_timeout=2.0
+  )
   er = EditRun(cfg)
   res = er.run()
   fails = res["edit_command"]["failures"]

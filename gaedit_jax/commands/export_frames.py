@@ -76,7 +76,9 @@ def export_frames(cfg: ExportFramesConfig) -> dict:
     if want is not None:
       unknown = sorted(set(want) - set(have.tolist()))
       if unknown:
-        raise InputError(f"{flag} {unknown}: not among the training views of {data} (have {sorted(set(have.tolist()))})")
+        raise InputError(
+          f"{flag} {unknown}: not among the training views of {data} (have {sorted(set(have.tolist()))})"
+        )
       sel &= np.isin(have, want)
   idx = np.flatnonzero(sel)
   out = Path(cfg.out)

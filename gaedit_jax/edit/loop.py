@@ -405,7 +405,17 @@ def edit_step(
   frame = (lambda x: to_square(x, sq)) if sq else (lambda x: x)
   kp = None  # where the edit applies (--region, partially edited frames) and the keep term
   if s.keep.active:
-    kp = R.keep_parts(keep_inputs, s.keep, editor, ctx, posed(params), lambda a, f: pose(a, model, f, timestep), camera, background, s.render)
+    kp = R.keep_parts(
+      keep_inputs,
+      s.keep,
+      editor,
+      ctx,
+      posed(params),
+      lambda a, f: pose(a, model, f, timestep),
+      camera,
+      background,
+      s.render,
+    )
     target = jax.lax.stop_gradient(kp.composite(target, frame))
   mmask = (
     (
@@ -718,7 +728,9 @@ class EditRun:
     b = self.train_ds.batch(idx)
     st = parallel.local(self.state)
     rc = dataclasses.replace(self.settings.render, wabe_k=0, wabe_backward=False, mesh=None)
-    return render_views(st.avatar, self.model_local, st.flame, np.asarray(b.timestep), b.camera, parallel.local(self.background), rc)
+    return render_views(
+      st.avatar, self.model_local, st.flame, np.asarray(b.timestep), b.camera, parallel.local(self.background), rc
+    )
 
   # -- checkpoints / export ---------------------------------------------------------------------
   def meta(self) -> dict:
