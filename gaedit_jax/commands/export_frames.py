@@ -23,7 +23,6 @@ from gaedit_jax.edit.evaluation import training_frames
 from gaedit_jax.edit.external import frame_entries, write_manifest
 from gaedit_jax.errors import InputError
 from gaedit_jax.io.media import save_png
-
 from gaedit_jax.render.types import RenderConfig
 
 

@@ -38,9 +38,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from gaedit_jax.flags import check_flags as _check_numbers
 from gaedit_jax.edit.editors import FramesEditor
 from gaedit_jax.errors import InputError
+from gaedit_jax.flags import check_flags as _check_numbers
 from gaedit_jax.io.media import read_image, save_png
 from gaedit_jax.train.run import file_id
 
