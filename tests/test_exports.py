@@ -20,6 +20,7 @@ from gaedit_jax.cli import main as cli
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.data.synthetic import FLAME_FILE
 from gaedit_jax.errors import InputError
+from gaedit_jax.flame import FlameMotion
 from gaedit_jax.io.cloud import SH_C0, GaussianCloud, convert_axes, world_cloud
 from gaedit_jax.io.model_folder import write_model_folder
 from gaedit_jax.io.ply import read_cloud_ply
@@ -148,7 +149,7 @@ def test_ply_sequence_from_a_motion_file(model, tmp_path):
   assert man["timesteps"] == [0, 1, 2] and man["fps"] == 30.0 and man["motion"] == str(tmp_path / "motion.npz")
   act = np.asarray(tr.avatar.active)
   for t in range(3):
-    g = pose(tr.avatar, tr.model, {f: jnp.asarray(v) for f, v in mot.items()}, jnp.asarray(t))
+    g = pose(tr.avatar, tr.model, FlameMotion(**{f: jnp.asarray(v) for f, v in mot.items()}), jnp.asarray(t))
     c = read_cloud_ply(out / f"frame_{t:05d}.ply")
     np.testing.assert_allclose(c.xyz, np.asarray(g.means)[act], atol=1e-6)
   with pytest.raises(InputError, match="--timesteps.*--motion's timesteps 0..2"):

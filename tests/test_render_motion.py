@@ -18,6 +18,7 @@ from gaedit_jax.cli import main as cli
 from gaedit_jax.commands.render import RenderConfigCLI
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.errors import InputError
+from gaedit_jax.flame import FlameMotion
 from gaedit_jax.io.media import read_image, write_video
 from gaedit_jax.io.ply import load_avatar_ply, save_avatar_ply
 
@@ -120,8 +121,7 @@ def test_motion_file_drives_the_mouth(model, tiny, tmp_path):
   assert diff.sum() > 50  # opening the jaw changes the image ...
   # ... at the mouth and below it (the chin drops), not above: the region from the top of the
   # vertices that the jaw moves, as the frontal val camera sees them, down to the image's bottom
-  keys = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
-  flame = {k: jnp.asarray(np.load(m)[k]) for k in keys}
+  flame = FlameMotion(**{k: jnp.asarray(np.load(m)[k]) for k in FlameMotion.FIELDS})
   v0 = np.asarray(pose_vertices(tr.model, flame, jnp.asarray(0)))
   v1 = np.asarray(pose_vertices(tr.model, flame, jnp.asarray(1)))
   moved = np.linalg.norm(v1 - v0, axis=-1) > 1e-3 * np.ptp(v0, axis=0).max()
