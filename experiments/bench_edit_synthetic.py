@@ -603,6 +603,8 @@ def run_jobs(a, res: dict) -> None:
       str(a.noise),
     ]
     argv += [x for k2 in DEMO_SIZES for x in ("--" + k2.replace("_", "-"), str(getattr(a, k2)))]
+    if a.editors:
+      argv += ["--editors", "--command-every", str(a.command_every), "--command-batch", str(a.command_batch)]
     if a.lpips_weights:
       argv += ["--lpips-weights", str(a.lpips_weights)]
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
