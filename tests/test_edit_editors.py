@@ -25,7 +25,7 @@ from gaedit_jax.edit.external import EditCommandError, load_frames_editor, read_
 from gaedit_jax.edit.loop import EditRun
 from gaedit_jax.errors import InputError
 from gaedit_jax.io.media import read_image, save_png
-from gaedit_jax.train.loop import frame_order
+from gaedit_jax.train.loop import frame_order, mixed_frame_order
 
 ROOT = Path(__file__).parents[1]
 
@@ -102,14 +102,35 @@ def test_frames_editor_end_to_end_unedited_views_keep(setup, exported, tmp_path)
   for f in man["frames"][::2]:
     shutil.copy(paint.records[f["frame_index"]].image_path, d / f["file"])
     edited.add(f["frame_index"])
-  cfg = tiny_edit_config(setup, tmp_path / "out", editor="frames", target_data=None, edited=d, iterations=4, gan=False)
-  er = EditRun(cfg)
-  res = er.run()
-  assert res["iterations"] == 4
-  for h in er.history:
-    i = int(frame_order(len(ds), 1, cfg.seed, h["iteration"])[0])
-    assert (h["l1"] > 0) == (i in edited), (h, i)
-    assert h["keep_l1"] >= 0 and (h["edit_area"] == 0) == (i not in edited)
+  for share in (0.0, 1.0):
+    cfg = tiny_edit_config(
+      setup, tmp_path / f"out{share}", editor="frames", target_data=None, edited=d, iterations=4, gan=False,
+      edited_share=share,
+    )  # fmt: skip
+    er = EditRun(cfg)
+    assert er.edited_frames().tolist() == sorted(edited)
+    res = er.run()
+    assert res["iterations"] == 4
+    for h in er.history:
+      i = int(mixed_frame_order(len(ds), 1, cfg.seed, h["iteration"], er.edited_frames(), share)[0])
+      assert (h["l1"] > 0) == (i in edited), (h, i)
+      assert h["keep_l1"] >= 0 and (h["edit_area"] == 0) == (i not in edited)
+      if share == 1.0:
+        assert i in edited  # --edited-share 1: every step trains on an edited view
+
+
+def test_mixed_frame_order_favours_the_edited_views():
+  fav = np.array([3, 17, 40])
+  its = range(1, 2001)
+  picks = [int(mixed_frame_order(100, 1, 0, it, fav, 0.5)[0]) for it in its]
+  share = np.mean([p in fav for p in picks])
+  assert 0.45 < share < 0.56  # half the steps on the 3 edited of 100 views (+ the uniform 3%)
+  assert {p for p in picks if p in fav} == set(fav.tolist())
+  assert picks == [int(mixed_frame_order(100, 1, 0, it, fav, 0.5)[0]) for it in its]  # resumable
+  plain = [int(frame_order(100, 1, 0, it)[0]) for it in range(1, 51)]
+  assert plain == [int(mixed_frame_order(100, 1, 0, it, fav, 0.0)[0]) for it in range(1, 51)]
+  assert plain == [int(mixed_frame_order(100, 1, 0, it, None, 0.5)[0]) for it in range(1, 51)]
+  assert mixed_frame_order(100, 4, 0, 1, fav, 1.0).shape == (4,)  # fewer favoured than the batch
 
 
 def _command_cfg(setup, out, command, **kw):

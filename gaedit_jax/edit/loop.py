@@ -82,7 +82,7 @@ from gaedit_jax.train.config import (
   RunSettings,
   grow_isect,
 )
-from gaedit_jax.train.loop import cached_step, flush_metrics, frame_order, jsonable
+from gaedit_jax.train.loop import cached_step, flush_metrics, frame_order, jsonable, mixed_frame_order
 from gaedit_jax.train.run import Session, file_id
 from gaedit_jax.train.run_dir import write_json
 
@@ -229,6 +229,11 @@ class EditConfig:
   """--editor command: run the next call in a background thread while training on the last edits."""
   strict: bool = False
   """--editor command: a failing call stops the run (exit status 2) instead of keeping the last good edits."""
+  edited_share: float = 0.5
+  """--editor frames / command: share of iterations that train on a view with an edited image (the
+  others draw from all training views, held to the original by the keep term); 0: all views alike.
+  With a few edited frames among hundreds of views, uniform sampling would visit each edit a few
+  times in a whole run."""
   lambda_keep: float = 10.0
   """Keep term: weight of L1 to the unedited avatar's render where the edit does not apply (outside
   --region, views without an edited frame); unused when the edit covers everything (the default)."""
@@ -256,6 +261,7 @@ class EditConfig:
         "iterations seed gan_start dump_interval": "int >= 0",
         "ip2p_size": "int >= 8",
         "position_lr": "> 0",
+        "edited_share": "[0, 1]",
         "guidance_scale image_guidance_scale synthetic_noise lambda_l1 lambda_lpips lambda_mouth wabe_beta "
         "gan_weight disc_lr": ">= 0",
       },
@@ -723,6 +729,13 @@ class EditRun:
       return None
     return parallel.shard_views(jnp.asarray(self.mouth_masks.batch(idx)), self.mesh)
 
+  def edited_frames(self) -> np.ndarray | None:
+    """Training frames that have an edited image (--editor frames / command), else None."""
+    if not hasattr(self.editor, "edited"):
+      return None
+    ds = self.train_ds
+    return np.flatnonzero(np.asarray(self.editor.edited(EditContext.make(ds.camera_indices, ds.timesteps))))
+
   def render_frames(self, idx) -> np.ndarray:
     """Current renders [n,H,W,3] of training frames `idx` (--editor command's input)."""
     b = self.train_ds.batch(idx)
@@ -835,15 +848,17 @@ class EditRun:
     n = len(self.train_ds)
     zero_edit = parallel.shard_views(jnp.zeros(self.edit_shape(c.batch_size), jnp.float32), self.mesh)
     pending: list = []
+    favoured = self.edited_frames()  # read once; again when the command editor brings new edits
     with ses.guard(lambda: self.state, self.meta):  # a failure checkpoints the last completed step
       for it in range(start + 1, end + 1):
-        idx = frame_order(n, c.batch_size, c.seed, it)
+        idx = mixed_frame_order(n, c.batch_size, c.seed, it, favoured, c.edited_share)
         keyi = tuple(int(i) for i in idx)
         do_edit = c.edit_every <= 1 or (it - 1) % c.edit_every == 0 or keyi not in self.cache
         if hasattr(self.editor, "edited"):  # frames / command: a table lookup, refreshed on the host
           do_edit = True
           if self.external is not None and self.external.update(it, self.render_frames):
             self.editor = parallel.replicate(self.external.editor(), self.mesh)
+            favoured = self.edited_frames()
         cached = zero_edit if do_edit else self.cache[keyi]
         self.state, m, imgs = self.step(self.state, idx, do_edit=do_edit, cached=cached)
         ses.done(it)  # no densification while editing: the step's result is complete

@@ -31,6 +31,17 @@ def frame_order(n: int, batch: int, seed: int, it: int) -> np.ndarray:
   return perm[k * batch : (k + 1) * batch]
 
 
+def mixed_frame_order(n: int, batch: int, seed: int, it: int, favoured: np.ndarray | None, share: float) -> np.ndarray:
+  """Frame indices of iteration `it`: with probability `share` (a pure function of (seed, it)) drawn
+  from the `favoured` frames (e.g. the views that have an edited image), else `frame_order` over
+  all n; plain `frame_order` when fewer than `batch` frames are favoured."""
+  if favoured is None or share <= 0 or len(favoured) < batch:
+    return frame_order(n, batch, seed, it)
+  if np.random.default_rng([seed, it, 1]).random() < share:
+    return np.asarray(favoured)[frame_order(len(favoured), batch, seed, it)]
+  return frame_order(n, batch, seed, it)
+
+
 def flush_metrics(
   pending: Sequence[tuple[int, dict]],
   writer,
