@@ -19,7 +19,9 @@ Workloads, each timed on 1, 2, 4, 8 devices (those of --devices that exist):
 Time per step: median of --reps calls after --warmup (each synchronised: jax.block_until_ready).
 Losses: the first --check-steps steps on N devices against the one-device run of the same batch;
 max relative difference per row, flagged ("!") above --rtol (sums over devices run in another
-order: ~1e-7 in float32; the bf16 IP2P on GPU may pick other convolution algorithms per batch size).
+order: ~1e-7 in float32). The edit rows use --edit-rtol: in bf16 the IP2P's convolutions may run
+another algorithm (another summation order) for another per-device batch, differences of the order
+of bf16's rounding (2^-8) then pass through 20 DDIM steps; in float32 it is --rtol.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def cases(a, devices: list[int]) -> list[Case]:
   return out
 
 
-def summarise(rows: list[dict], rtol: float) -> None:
+def summarise(rows: list[dict], rtol: dict[str, float]) -> None:
   """Adds speedup, efficiency, views/s and the loss check to every row (in place)."""
   by = {(r["workload"], r["gaussians"], r["views"], r["devices"]): r for r in rows}
   for r in rows:
@@ -182,19 +184,20 @@ def summarise(rows: list[dict], rtol: float) -> None:
       k = min(len(r["losses"]), len(ref["losses"]))
       a, b = np.asarray(r["losses"][:k]), np.asarray(ref["losses"][:k])
       r["loss_rel_diff"] = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30))) if k else float("nan")
-    r["loss_ok"] = r["loss_rel_diff"] is None or r["loss_rel_diff"] <= rtol
+    r["loss_ok"] = r["loss_rel_diff"] is None or r["loss_rel_diff"] <= rtol[r["workload"]]
 
 
-def table(header: str, rows: list[dict], rtol: float) -> str:
+def table(header: str, rows: list[dict], rtol: dict[str, float]) -> str:
   lines = [
     header,
     "",
     "| workload | devices | views per step | ms per step | speedup | efficiency | edited views/s "
-    f"| loss rel. diff vs 1 device (first steps; ! > {rtol:g}) | first call s |",
+    f"| loss rel. diff vs 1 device (first steps; ! > {rtol['train']:g} train, {rtol['edit']:g} edit) | first call s |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
-    dev = f"1 (batch {r['views']})" if r["workload"] == "edit" and r["devices"] == 1 and r["views"] > 1 else r["devices"]
+    batch_ref = r["workload"] == "edit" and r["devices"] == 1 and r["views"] > 1
+    dev = f"1 (batch {r['views']})" if batch_ref else r["devices"]
     vps = f"{r['views_per_s']:.2f}" if r["workload"] == "edit" else ""
     d = r["loss_rel_diff"]
     chk = "reference" if d is None else f"{d:.1e}" + ("" if r["loss_ok"] else " !")
@@ -209,9 +212,10 @@ def table(header: str, rows: list[dict], rtol: float) -> str:
 
 def parse(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--smoke", action="store_true", help="CPU smoke test: " + " ".join(f"{k}={v}" for k, v in SMOKE.items()))
+  smoke = " ".join(f"{k}={v}" for k, v in SMOKE.items())
+  ap.add_argument("--smoke", action="store_true", help=f"CPU smoke test: {smoke}, devices 1 4 (explicit flags win)")
   ap.add_argument(
-    "--devices", type=int, nargs="+", default=None, help="device counts, those that exist (default 1 2 4 8; --smoke 1 4)"
+    "--devices", type=int, nargs="+", default=None, help="device counts, those that exist (default 1 2 4 8)"
   )
   ap.add_argument("--workloads", nargs="+", default=["train", "edit"], choices=("train", "edit"))
   ap.add_argument("--size", default="550x802", help="image WIDTHxHEIGHT")
@@ -230,13 +234,16 @@ def parse(argv=None):
   ap.add_argument("--warmup", type=int, default=2, help="untimed steps after the first (compiling) one")
   ap.add_argument("--check-steps", type=int, default=3, help="steps whose losses are compared")
   ap.add_argument("--rtol", type=float, default=1e-5, help="flag rows whose losses differ more (relative)")
+  ap.add_argument("--edit-rtol", type=float, default=None, help="the same for the edit (default: --rtol; bf16 1e-2)")
   ap.add_argument("--profile", type=Path, default=None, help="jax.profiler trace of the largest device count here")
   ap.add_argument("--profile-steps", type=int, default=3)
-  ap.add_argument("--out", type=Path, default=Path(HERE) / "results" / "scaling", help="table.md + results.json")
+  ap.add_argument("--out", type=Path, default=None, help="table.md + results.json (default results/scaling[_cpu_smoke])")
   a = ap.parse_args(argv)
   if a.smoke:  # the smoke sizes, unless given explicitly
     ap.set_defaults(**SMOKE)
     a = ap.parse_args(argv)
+  if a.out is None:
+    a.out = Path(HERE) / "results" / ("scaling_cpu_smoke" if a.smoke else "scaling")
   if a.devices is None:
     a.devices = [1, 4] if a.smoke else [1, 2, 4, 8]
   a.width, a.height = (int(x) for x in a.size.lower().split("x"))
@@ -279,13 +286,17 @@ def main(argv=None) -> list[dict]:
     r = dict(dataclasses.asdict(c), name=c.name, **measure(call, a, prof))
     del call  # free this row's state before the next
     rows.append(r)
-    log(f"{c.name}, {c.devices} device(s), {c.views} views: {r['ms']:.2f} ms (first {r['first_s']:.1f} s), losses {r['losses']}")
-  summarise(rows, a.rtol)
-  md = table(header, rows, a.rtol)
+    log(
+      f"{c.name}, {c.devices} device(s), {c.views} views: {r['ms']:.2f} ms (first {r['first_s']:.1f} s), "
+      f"losses {r['losses']}"
+    )
+  rtol = dict(train=a.rtol, edit=a.edit_rtol or (a.rtol if a.dtype == "float32" else 1e-2))
+  summarise(rows, rtol)
+  md = table(header, rows, rtol)
   print("\n" + md, flush=True)
   bad = [f"{r['name']} on {r['devices']}" for r in rows if not r["loss_ok"]]
   if bad:
-    print(f"losses differ from one device by more than {a.rtol:g} (relative): {', '.join(bad)}")
+    print(f"losses differ from one device by more than the tolerance {rtol}: {', '.join(bad)}")
   a.out.mkdir(parents=True, exist_ok=True)
   (a.out / "table.md").write_text(md)
   args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
