@@ -237,7 +237,9 @@ def parse(argv=None):
   ap.add_argument("--edit-rtol", type=float, default=None, help="the same for the edit (default: --rtol; bf16 1e-2)")
   ap.add_argument("--profile", type=Path, default=None, help="jax.profiler trace of the largest device count here")
   ap.add_argument("--profile-steps", type=int, default=3)
-  ap.add_argument("--out", type=Path, default=None, help="table.md + results.json (default results/scaling[_cpu_smoke])")
+  ap.add_argument(
+    "--out", type=Path, default=None, help="table.md, results.json (default results/scaling; --smoke: scaling_cpu_smoke)"
+  )
   a = ap.parse_args(argv)
   if a.smoke:  # the smoke sizes, unless given explicitly
     ap.set_defaults(**SMOKE)
