@@ -16,6 +16,9 @@ Workloads, each timed on 1, 2, 4, 8 devices (those of --devices that exist):
   so speedup = edited views per second relative to one device with one view. For every N > 1 the
   same N views also run on one device ("1 (batch N)" rows): the losses' reference, and the gain
   of batching alone.
+Writes table.md and results.json to --out (default experiments/results/scaling; --smoke:
+experiments/results/scaling_cpu_smoke). --profile DIR: a jax.profiler trace of a few steps of each
+workload on the largest device count (TensorBoard / Perfetto: all-reduces, host gaps).
 Time per step: median of --reps calls after --warmup (each synchronised: jax.block_until_ready).
 Losses: the first --check-steps steps on N devices against the one-device run of the same batch;
 max relative difference per row, flagged ("!") above --rtol (sums over devices run in another
@@ -237,9 +240,7 @@ def parse(argv=None):
   ap.add_argument("--edit-rtol", type=float, default=None, help="the same for the edit (default: --rtol; bf16 1e-2)")
   ap.add_argument("--profile", type=Path, default=None, help="jax.profiler trace of the largest device count here")
   ap.add_argument("--profile-steps", type=int, default=3)
-  ap.add_argument(
-    "--out", type=Path, default=None, help="table.md, results.json (default results/scaling; --smoke: scaling_cpu_smoke)"
-  )
+  ap.add_argument("--out", type=Path, default=None, help="table.md, results.json here (default results/scaling)")
   a = ap.parse_args(argv)
   if a.smoke:  # the smoke sizes, unless given explicitly
     ap.set_defaults(**SMOKE)
