@@ -1,7 +1,7 @@
 """Multi-GPU scaling on one host: data parallelism over views (gaedit_jax.parallel).
 
   python experiments/bench_scaling.py --devices 1 2                 # GPU: full sizes (README)
-  XLA_FLAGS=--xla_force_host_platform_device_count=4 python experiments/bench_scaling.py --smoke
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python experiments/bench_scaling.py --smoke   # CPU, ~2-3 min
 
 Workloads, each timed on 1, 2, 4, 8 devices (those of --devices that exist):
 - train: the GaussianAvatars step (reconstruct.make_step) exactly as `gaedit reconstruct
