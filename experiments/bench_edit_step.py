@@ -59,31 +59,21 @@ def timed(fn, reps: int, warmup: int) -> tuple[float, float]:
 def build_editor(tiny: bool, size: int, steps: int, dtype: str, attention: str):
   """IP2PEditor around InstructPix2Pix with random weights (full SD 1.5 or the tiny test
   architecture) and a random prompt embedding (there is no text encoder)."""
-  from bench_ip2p import SD15_UNET, SD15_VAE, _random_params
-  from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
+  from bench_ip2p import SD15_UNET, SD15_VAE, random_ip2p
 
   from gaedit_jax.edit.editors import IP2PEditor
-  from gaedit_jax.nets import flax_patches
-  from gaedit_jax.nets.ip2p import DDIMSchedule, InstructPix2Pix, IP2PConfig, IP2PModel, unet_shapes, vae_shapes
   from gaedit_jax.nets.tiny import TINY_UNET, TINY_VAE
 
-  flax_patches.silence_library_logs()
   unet_cfg, vae_cfg = (TINY_UNET, TINY_VAE) if tiny else (SD15_UNET, SD15_VAE)
-  dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-  unet, vae = FlaxUNet2DConditionModel(**unet_cfg), FlaxAutoencoderKL(**vae_cfg)
-  params = {
-    "unet": _random_params(unet_shapes(unet), 0, dt),
-    "vae": _random_params(vae_shapes(vae), 1, dt),
-    "text_encoder": {},
-  }
-  model = IP2PModel(unet=unet, vae=vae, text_encoder=None, tokenizer=None, schedule=DDIMSchedule(), source="random")
-  ip = InstructPix2Pix(model, params, IP2PConfig(size=size, num_steps=steps, dtype=dtype, attention=attention))
+  ip = random_ip2p(unet_cfg, vae_cfg, size, dtype, attention, steps)
   emb = jax.random.normal(jax.random.key(7), (3, 77, unet_cfg["cross_attention_dim"]), jnp.float32)
   return IP2PEditor(ip.params, emb, ip, "square")
 
 
-def build_edit(n: int, width: int, height: int, isect: float, lpips_on: bool):
-  """The edit state and static pieces as `EditRun` makes them, on bench_train_step's avatar."""
+def build_edit(n: int, width: int, height: int, isect: float, lpips_on: bool, views: int = 1, mesh=None):
+  """The edit state and static pieces as `EditRun` makes them, on bench_train_step's avatar, for
+  a batch of `views` views (cameras 8, 9, ... of the rig: the frontal one first); `mesh`: the
+  view mesh the rasterizer splits its views over (gaedit_jax.parallel; None: one device)."""
   from bench_train_step import build
 
   from gaedit_jax.edit import discriminator as D
@@ -92,8 +82,9 @@ def build_edit(n: int, width: int, height: int, isect: float, lpips_on: bool):
   from gaedit_jax.edit.mouth import mouth_face_mask, mouth_gaussians
   from gaedit_jax.render.types import RenderConfig
 
-  tstate, _, model, cams, img, ts = build(n, width, height, views=9)
-  front = lambda x: x[8:9]  # camera 8: the frontal view
+  tstate, _, model, cams, img, ts = build(n, width, height, views=16)
+  sel = np.array([(8 + i) % 16 for i in range(views)])  # camera 8: the frontal view
+  front = lambda x: x[sel]
   cfg = build_config(EditConfig, avatar=Path("."), out=Path("."), seed=0)
   run = SimpleNamespace(
     cfg=cfg,
@@ -103,7 +94,7 @@ def build_edit(n: int, width: int, height: int, isect: float, lpips_on: bool):
   )
   state = init_edit_state(cfg.seed, tstate.avatar, tstate.flame, run.optimizer, run.disc_module, run.disc_optimizer)
   settings = StepSettings(
-    render=W.render_config("binary", RenderConfig(sh_degree=3, isect_per_gaussian=isect)),
+    render=W.render_config("binary", RenderConfig(sh_degree=3, isect_per_gaussian=isect, mesh=mesh)),
     wabe="binary",
     lambda_lpips=10.0 if lpips_on else 0.0,
     gan=True,
@@ -119,7 +110,7 @@ def build_edit(n: int, width: int, height: int, isect: float, lpips_on: bool):
     camera=jax.tree.map(front, cams),
     photo=front(img),
     timestep=front(ts),
-    camera_index=jnp.array([8], jnp.int32),
+    camera_index=jnp.asarray(sel, jnp.int32),
     background=jnp.ones(3, jnp.float32),
   )
 

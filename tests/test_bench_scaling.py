@@ -1,0 +1,47 @@
+"""experiments/bench_scaling.py --smoke on 4 CPU devices, in a fresh process (JAX fixes its device
+count when it starts): the table has its rows, and the losses on 4 devices equal one device's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow  # ~70 s on 2 free cores: compiling 5 steps
+def test_scaling_smoke_on_4_cpu_devices(tmp_path):
+  root = Path(__file__).parent.parent
+  flags = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"  # compile faster
+  env = dict(
+    os.environ,
+    XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip(),
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+  )
+  cmd = [sys.executable, str(root / "experiments" / "bench_scaling.py"), "--smoke", "--views", "4"]
+  cmd += ["--devices", "1", "4", "8", "--reps", "1", "--out", str(tmp_path)]
+  r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+  tail = (r.stdout + r.stderr)[-6000:]
+  assert r.returncode == 0, tail
+  rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+  got = [(x["workload"], x["views"], x["devices"]) for x in rows]
+  # 8 devices do not exist: dropped; the edit runs one view per device, and its batch on one device
+  assert got == [
+    ("train", 4, 1),
+    ("train", 4, 4),
+    ("edit", 1, 1),
+    ("edit", 4, 1),
+    ("edit", 4, 4),
+  ], got
+  for x in rows:
+    assert len(x["losses"]) == 2 and all(v > 0 for v in x["losses"]), x
+    assert not x["overflow"], x
+    if x["devices"] > 1:
+      assert x["loss_rel_diff"] < 1e-5 and x["loss_ok"], x
+  md = (tmp_path / "table.md").read_text()
+  assert md.count("\n| train N=2k B=4 |") == 2 and md.count("\n| edit N=2k (B = views) |") == 3, md
+  assert "| 1 (batch 4) | 4 |" in md, md
