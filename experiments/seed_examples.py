@@ -41,7 +41,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from gaedit_jax.flags import build
+from gaedit_jax.flags import as_flags, build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,24 +143,7 @@ def find_avatar(avatars: Path, subject: str) -> Path | None:
 
 def as_command(sub: str, cfg: Any) -> str:
   """The `gaedit SUB ...` command line equivalent to a config dataclass (non-default fields)."""
-  args: list[str] = []
-  for f in dataclasses.fields(cfg):
-    v = getattr(cfg, f.name)
-    default = (
-      f.default
-      if f.default is not dataclasses.MISSING
-      else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-    )
-    if v == default:
-      continue
-    flag = "--" + f.name.replace("_", "-")
-    if isinstance(v, bool):
-      args.append(flag if v else "--no-" + f.name.replace("_", "-"))
-    elif isinstance(v, (tuple, list)):
-      args += [flag, *map(str, v)]
-    else:
-      args += [flag, str(v)]
-  return f"gaedit {sub} {shlex.join(args)}"
+  return f"gaedit {sub} {shlex.join(as_flags(cfg))}"
 
 
 @dataclasses.dataclass

@@ -93,13 +93,21 @@ def _debug_env() -> bool:
   return os.environ.get("GAEDIT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def parse_config(config: type, args: list[str], *, prog: str | None = None, description: str | None = None):
+  """The config dataclass `config` from command-line `args`, as every subcommand parses them: nested
+  setting groups (train.config) keep flat flags (--feature-lr, not --lr.feature-lr); value checks
+  run after parsing, so an InputError is our one line, not tyro's box."""
+  import tyro
+
+  with deferred_config_checks():
+    return tyro.cli(config, args=args, prog=prog, description=description, config=(tyro.conf.OmitArgPrefixes,))
+
+
 def run(name: str, rest: list[str]):
   """Parses `rest` for subcommand `name` and runs it; errors propagate (see `main`)."""
   import dataclasses
   import inspect
   import typing
-
-  import tyro
 
   init_distributed()  # multi-host runs (README: several hosts); a no-op otherwise
   fn = _load(name)
@@ -107,15 +115,7 @@ def run(name: str, rest: list[str]):
   config = typing.get_type_hints(fn)[param]
   if not dataclasses.is_dataclass(config):
     raise TypeError(f"{fn.__module__}.main must take one dataclass config, not {config!r}")
-  with deferred_config_checks():  # InputError from a config: our one line, not tyro's box
-    # nested setting groups (train.config) keep flat flags: --feature-lr, not --lr.feature-lr
-    cfg = tyro.cli(
-      config,
-      args=rest,
-      prog=f"gaedit {name}",
-      description=(fn.__doc__ or SUBCOMMANDS[name][1]),
-      config=(tyro.conf.OmitArgPrefixes,),
-    )
+  cfg = parse_config(config, rest, prog=f"gaedit {name}", description=(fn.__doc__ or SUBCOMMANDS[name][1]))
   return fn(cfg)
 
 

@@ -200,6 +200,47 @@ def with_flags(cfg, **flags: Any):
   return dataclasses.replace(cfg, **_route(type(cfg), flags, current))
 
 
+def flag_args(**settings: Any) -> list[str]:
+  """Command-line arguments of flat settings: x_y=v -> --x-y v; True -> --x, False -> --no-x; a
+  tuple or list -> --x v1 v2 ..."""
+  out: list[str] = []
+  for name, v in settings.items():
+    flag = flag_name(name)
+    if isinstance(v, bool):
+      out.append(flag if v else "--no-" + flag[2:])
+    elif isinstance(v, (tuple, list)):
+      out += [flag, *map(str, v)]
+    else:
+      out += [flag, str(v)]
+  return out
+
+
+def changed_settings(cfg, base=None) -> dict[str, Any]:
+  """The flat settings of config `cfg` that differ from the defaults (`base`, an instance of the same
+  class; else the class's field defaults), groups recursed against the defaults their parent gives
+  them, in field order: what `as_flags` writes."""
+  out: dict[str, Any] = {}
+  groups = _groups(type(cfg))
+  for f in dataclasses.fields(cfg):
+    v = getattr(cfg, f.name)
+    if base is not None:
+      default = getattr(base, f.name)
+    elif f.default_factory is not dataclasses.MISSING:
+      default = f.default_factory()
+    else:
+      default = f.default
+    if f.name in groups:
+      out.update(changed_settings(v, None if default is dataclasses.MISSING else default))
+    elif v != default:
+      out[f.name] = v
+  return out
+
+
+def as_flags(cfg) -> list[str]:
+  """The command-line arguments that parse back to config `cfg` (its non-default settings)."""
+  return flag_args(**changed_settings(cfg))
+
+
 __all__ = [
   "InputNotFoundError",
   "flag_name",
@@ -209,6 +250,9 @@ __all__ = [
   "config_checks",
   "deferred_config_checks",
   "flat_names",
+  "flag_args",
+  "changed_settings",
+  "as_flags",
   "build",
   "with_flags",
 ]

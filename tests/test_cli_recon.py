@@ -12,27 +12,20 @@ import pytest
 
 from gaedit_jax.cli import main as cli
 from gaedit_jax.data.layout import DatasetError
+from gaedit_jax.flags import flag_args
 from gaedit_jax.flame import make_synthetic_flame, save_flame
 
-TINY = [
-  "--iterations",
-  "8",
-  "--position-lr-max-steps",
-  "20",
-  "--densify-from",
-  "3",
-  "--densify-interval",
-  "3",
-  "--sh-degree",
-  "0",
-  "--checkpoint-interval",
-  "4",
-  "--eval-interval",
-  "0",
-  "--eval-max-frames",
-  "3",
-  "--no-progress",
-]
+TINY = flag_args(
+  iterations=8,
+  position_lr_max_steps=20,
+  densify_from=3,
+  densify_interval=3,
+  sh_degree=0,
+  checkpoint_interval=4,
+  eval_interval=0,
+  eval_max_frames=3,
+  progress=False,
+)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from PIL import Image
 from recon_data import edit_cli_args, tiny_edit_config
 
 from gaedit_jax.cli import main as cli
+from gaedit_jax.cli import parse_config
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.edit.loop import EditConfig, EditRun
 from gaedit_jax.errors import InputError
@@ -221,10 +222,8 @@ def test_eval_every_writes_metrics_ply_and_checkpoint(setup, tmp_path):
 
 
 def test_no_eval_trains_on_all_splits(setup, tmp_path):
-  import tyro
-
-  assert tyro.cli(EditConfig, args=["--avatar", "a", "--out", "o"]).eval
-  assert not tyro.cli(EditConfig, args=["--avatar", "a", "--out", "o", "--no-eval"]).eval
+  assert parse_config(EditConfig, ["--avatar", "a", "--out", "o"]).eval
+  assert not parse_config(EditConfig, ["--avatar", "a", "--out", "o", "--no-eval"]).eval
   held = EditRun(_cfg(setup, tmp_path / "held"))
   assert len(held.train_ds) == len(AvatarDataset(setup["data"], "train")) == 24
   assert set(held.eval_ds) == {"val", "test"}

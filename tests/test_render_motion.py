@@ -11,42 +11,29 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
-from recon_data import make_tiny_dataset
 
 from gaedit_jax.avatar import load_trained, pose_vertices
 from gaedit_jax.cli import main as cli
 from gaedit_jax.commands.render import RenderConfigCLI
 from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.errors import InputError
+from gaedit_jax.flags import flag_args
 from gaedit_jax.flame import FlameMotion
 from gaedit_jax.io.media import read_image, write_video
 from gaedit_jax.io.ply import load_avatar_ply, save_avatar_ply
 
-TINY = [
-  "--iterations",
-  "8",
-  "--position-lr-max-steps",
-  "20",
-  "--densify-from",
-  "3",
-  "--densify-interval",
-  "3",
-  "--sh-degree",
-  "0",
-  "--checkpoint-interval",
-  "8",
-  "--eval-interval",
-  "0",
-  "--eval-max-frames",
-  "1",
-  "--no-progress",
-]
+TINY = flag_args(
+  iterations=8,
+  position_lr_max_steps=20,
+  densify_from=3,
+  densify_interval=3,
+  sh_degree=0,
+  checkpoint_interval=8,
+  eval_interval=0,
+  eval_max_frames=1,
+  progress=False,
+)
 W, H = 48, 64  # recon_data's tiny images
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  return make_tiny_dataset(tmp_path_factory.mktemp("rm") / "data")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from recon_data import tiny_config
 
 from gaedit_jax.cli import main as cli
 from gaedit_jax.errors import InputError
+from gaedit_jax.flags import flag_args
 from gaedit_jax.reconstruct import Trainer
 
 # one jitted step for every in-process run here: same optimizer settings (iterations included),
@@ -35,30 +36,7 @@ KW = dict(
   eval_max_frames=1,
   position_lr_max_steps=20,
 )
-FLAGS = [
-  "--iterations",
-  "8",
-  "--sh-degree",
-  "0",
-  "--densify-from",
-  "2",
-  "--densify-interval",
-  "3",
-  "--densify-until",
-  "8",
-  "--opacity-reset-interval",
-  "100",
-  "--checkpoint-interval",
-  "2",
-  "--log-interval",
-  "1",
-  "--eval-max-frames",
-  "1",
-  "--position-lr-max-steps",
-  "20",
-  "--no-progress",
-  "--no-tensorboard",
-]
+FLAGS = flag_args(**KW, progress=False, tensorboard=False)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import seed_examples as SE  # experiments/ is on the path (pyproject: pytest pythonpath)
 
+from gaedit_jax.cli import parse_config
+
 GA_SUFFIX = "_v16_DS2-0.5x_lmkSTAR_teethV3_SMOOTH_offsetS_whiteBg_maskBelowLine"
 
 
@@ -52,15 +54,13 @@ def test_missing_data_is_a_clear_error(tmp_path):
 
 def test_printed_commands_parse_back_to_the_configs(tmp_path):
   """What --dry-run prints is what runs: each command parses (tyro, as `gaedit`) to the step's config."""
-  import tyro
-
   a = SE.parse_args(_args(tmp_path, tmp_path / "o", "--reconstruct", "--lpips-weights", "lp", "--examples", "304"))
   steps, _, _ = SE.build_plan(a, SE.select(a.examples))
   assert [s.sub for s in steps][:2] == ["reconstruct", "edit"]
   for s in steps:
     argv = shlex.split(s.command)
     assert argv[:2] == ["gaedit", s.sub]
-    assert tyro.cli(type(s.config), args=argv[2:]) == s.config, s.command
+    assert parse_config(type(s.config), argv[2:]) == s.config, s.command
 
 
 def _fake_nersemble(root: Path) -> None:
