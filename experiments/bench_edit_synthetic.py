@@ -85,10 +85,12 @@ VARIANTS = {
   "both_tile": dict(wabe="binary", gan=True, wabe_visibility="tile"),
   # editors and regions (--editors); the frames / command variants get their folders in main
   **{f"frames_k{k}": dict(wabe="binary", gan=True, editor="frames") for k in EDITOR_KS},
+  # the same with uniform view sampling (--edited-share 0): the edited frames are rarely visited
+  **{f"frames_k{k}_uniform": dict(wabe="binary", gan=True, editor="frames", edited_share=0.0) for k in EDITOR_KS},
   "region_face": dict(wabe="binary", gan=True, region="face"),
   "command": dict(wabe="binary", gan=True, editor="command"),
 }
-EDITOR_VARIANTS = ["both", *(f"frames_k{k}" for k in EDITOR_KS), "region_face", "command"]
+EDITOR_VARIANTS = ["both", *(f"frames_k{k}" for k in EDITOR_KS), "frames_k16_uniform", "region_face", "command"]
 LABELS = {
   "plain": "plain loop",
   "wabe": "+WABE",
@@ -99,6 +101,7 @@ LABELS = {
   "wabe_tile": "+WABE per tile",
   "both_tile": "+both, WABE per tile",
   **{f"frames_k{k}": f"frames editor, k={k}" for k in EDITOR_KS},
+  **{f"frames_k{k}_uniform": f"frames editor, k={k}, --edited-share 0" for k in EDITOR_KS},
   "region_face": "+both, --region face",
   "command": "+both, command editor",
   "before": "before edit",
@@ -725,7 +728,8 @@ def main(argv=None) -> dict:
           white,
         )
       if kw.get("editor") == "frames":
-        kw.update(edited=prepare_frames(a, int(v.split("_k")[1]), editor, scale, white), target_data=None)
+        k = int(v.split("_k")[1].split("_")[0])
+        kw.update(edited=prepare_frames(a, k, editor, scale, white), target_data=None)
       elif kw.get("editor") == "command":
         kw.update(
           edit_command=command_template(a, seed),

@@ -1,4 +1,4 @@
-"""Where an edit applies: FLAME-region edits (`gaedit edit --region`) and the keep term.
+"""Where an edit applies (METHOD §11): FLAME-region edits (`gaedit edit --region`) and the keep term.
 
 Two restrictions share one mechanism, a per-pixel edit weight w in [0, 1] of each view:
 
