@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -109,6 +110,7 @@ class AvatarDataset:
     self.load_masks = load_masks
     self.num_vertices = num_vertices
     self._cache: collections.OrderedDict = collections.OrderedDict()
+    self._lock = threading.RLock()  # the loops' prefetch thread and the main thread share the cache
     self.cache_size = int(cache_size)
     self._flame = None
     self._canonical = None
@@ -137,11 +139,15 @@ class AvatarDataset:
 
   @property
   def timesteps(self) -> np.ndarray:
-    return np.array([r.timestep for r in self.records], np.int32)
+    if getattr(self, "_timesteps", None) is None or len(self._timesteps) != len(self.records):
+      self._timesteps = np.array([r.timestep for r in self.records], np.int32)
+    return self._timesteps.copy()
 
   @property
   def camera_indices(self) -> np.ndarray:
-    return np.array([r.camera_index for r in self.records], np.int32)
+    if getattr(self, "_camera_indices", None) is None or len(self._camera_indices) != len(self.records):
+      self._camera_indices = np.array([r.camera_index for r in self.records], np.int32)
+    return self._camera_indices.copy()
 
   @property
   def image_size(self) -> tuple[int, int]:
@@ -194,6 +200,10 @@ class AvatarDataset:
   # ---- images -----------------------------------------------------------------------------------
 
   def _load_rgb(self, i: int) -> np.ndarray:
+    with self._lock:
+      return self._load_rgb_locked(i)
+
+  def _load_rgb_locked(self, i: int) -> np.ndarray:
     r = self.records[i]
     key = ("rgb", i)
     if key in self._cache:
@@ -217,6 +227,10 @@ class AvatarDataset:
     return arr
 
   def _load_mask(self, i: int) -> np.ndarray | None:
+    with self._lock:
+      return self._load_mask_locked(i)
+
+  def _load_mask_locked(self, i: int) -> np.ndarray | None:
     r = self.records[i]
     if r.mask_path is None:
       return None
