@@ -101,7 +101,7 @@ class CompileCounter:
   """Counts XLA compilations in this process (jax.monitoring's backend-compile events; a load from
   the persistent compilation cache counts as a compilation and as a cache hit). `snapshot()` and
   `since(snap)` give what happened in between: count, seconds, cache hits and the compiled
-  functions' names. One process-wide listener, registered on first use."""
+  functions' (name, seconds). One process-wide listener, registered on first use."""
 
   _lock = threading.Lock()
   _events: list[tuple[str, float]] = []
@@ -134,7 +134,7 @@ class CompileCounter:
   @classmethod
   def since(cls, snap: tuple[int, int]) -> dict:
     ev = cls._events[snap[0] :]
-    return dict(count=len(ev), seconds=float(sum(s for _, s in ev)), cache_hits=cls._hits - snap[1], names=[n for n, _ in ev])
+    return dict(count=len(ev), seconds=float(sum(s for _, s in ev)), cache_hits=cls._hits - snap[1], events=list(ev))
 
 
 def flush_metrics(
