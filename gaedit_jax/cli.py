@@ -86,15 +86,19 @@ def compile_cache_dir(environ=None) -> str | None:
   return os.path.join(base, "gaedit", "jax")
 
 
-def enable_compile_cache(folder: str | None) -> None:
+def enable_compile_cache(folder: str | None, environ=None) -> None:
   """Points JAX's persistent compilation cache at `folder` (None: leaves it off). Must run before
-  the first compilation. Programs that compile in under a second are not stored (JAX's default,
-  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS)."""
+  the first compilation. Every program is stored, also the small ones JAX skips by default (under a
+  second; a short run compiles a couple of hundred of them: densification, data, evaluation);
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS still sets that threshold."""
   if folder is None:
     return
   import jax
 
+  env = os.environ if environ is None else environ
   jax.config.update("jax_compilation_cache_dir", folder)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in env:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _load(name: str):

@@ -343,9 +343,11 @@ def train_step(
 
 def make_step(optimizer, cfg: StepConfig):
   """The jitted step for one static config (one per SH degree / capacity)."""
-  return jax.jit(
-    lambda s, img, cam, t, m, bg: train_step(s, img, cam, t, m, bg, optimizer=optimizer, cfg=cfg), donate_argnums=(0,)
-  )
+
+  def reconstruct_step(s, img, cam, t, m, bg):  # named: compilation logs and counts show it
+    return train_step(s, img, cam, t, m, bg, optimizer=optimizer, cfg=cfg)
+
+  return jax.jit(reconstruct_step, donate_argnums=(0,))
 
 
 # ------------------------------------------------------------------------------------------------

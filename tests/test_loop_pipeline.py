@@ -129,8 +129,8 @@ print("COMPILES " + json.dumps(CompileCounter.since(snap)))
 def _gaedit(tmp_path: Path, env_extra: dict, *args: str) -> dict:
   env = dict(os.environ)
   env.pop("GAEDIT_COMPILE_CACHE", None)
-  # every compilation is stored (JAX stores only those over 1 s by default); never the real home cache
-  env.update(PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(tmp_path / "xdg"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)  # gaedit stores every program by default
+  env.update(PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(tmp_path / "xdg"))  # never the real home cache
   env.update(env_extra)
   out = subprocess.run(
     [sys.executable, "-c", _SCRIPT, *args], env=env, capture_output=True, text=True, timeout=300, check=True
