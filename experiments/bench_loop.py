@@ -11,8 +11,8 @@ Writes a synthetic dataset (gaedit_jax.data.synthetic) once, then for each --pre
   compiles       XLA compilations during the run (train.loop.CompileCounter; SH-degree rises,
                  capacity growth, the evaluation's renders, small eager ops) and their seconds;
   data / metrics / densify / eval s
-                 time in the loop's thread spent making batches (only when made in the loop,
-                 --prefetch 0), in the metric flushes (the one host read per log interval, which
+                 time spent making batches (with --prefetch > 0 in the prefetch thread, beside
+                 the step), in the metric flushes (the one host read per log interval, which
                  waits for the queued steps), in densification and in the final evaluation.
 Prints a table and writes experiments/results/loop/<tag>.json.
 
@@ -206,8 +206,12 @@ def main():
       sc.update(rows=a.rows, cols=a.cols or a.rows)
     generate(build(SynthConfig, **sc), progress=False)
   dev = jax.devices()[0]
-  print(f"device: {dev.device_kind} ({jax.default_backend()}), {a.width}x{a.height}, B={a.batch_size}, {a.iterations} it")
-  print("| prefetch | loop ms/it | step ms | ratio | compiles (s) | data s | metrics s | densify s | eval s | total s |")
+  print(
+    f"device: {dev.device_kind} ({jax.default_backend()}), {a.width}x{a.height}, B={a.batch_size}, {a.iterations} it"
+  )
+  print(
+    "| prefetch | loop ms/it | step ms | ratio | compiles (s) | data s | metrics s | densify s | eval s | total s |"
+  )
   print("|---|---|---|---|---|---|---|---|---|---|")
   rows = []
   for p in a.prefetch:
