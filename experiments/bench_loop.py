@@ -14,7 +14,9 @@ Writes a synthetic dataset (gaedit_jax.data.synthetic) once, then for each --pre
                  time spent making batches (with --prefetch > 0 in the prefetch thread, beside
                  the step), in the metric flushes (the one host read per log interval, which
                  waits for the queued steps), in densification and in the final evaluation.
-Prints a table and writes experiments/results/loop/<tag>.json.
+Each --prefetch value runs in a fresh process (its own compilations, as a real run). Prints a table
+and writes experiments/results/loop/<tag>.json. --compile-cache DIR: with JAX's persistent
+compilation cache (as the `gaedit` command); a second invocation shows the cache hits.
 
   python experiments/bench_loop.py                                    # GPU: 128x176, 4000 it
   python experiments/bench_loop.py --iterations 120 --width 64 --height 88 --rows 16 --cols 24 \\
@@ -26,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -167,6 +171,7 @@ def run_once(data: Path, out: Path, a, prefetch: int) -> dict:
     ratio=loop_ms / step_ms,
     compiles=comp["count"],
     compile_s=comp["seconds"],
+    compile_cache_hits=comp["cache_hits"],
     compiles_by_name=dict(sorted(names.items(), key=lambda kv: -kv[1][1])),  # name: (count, seconds)
     data_s=acc.get("data", 0.0),
     metrics_s=acc.get("metrics", 0.0),
@@ -196,7 +201,21 @@ def main():
   ap.add_argument("--prefetch", type=int, nargs="+", default=[0, 2])
   ap.add_argument("--data", type=Path, default=None, help="existing dataset (default: write one in a temp folder)")
   ap.add_argument("--tag", default=None)
+  ap.add_argument(
+    "--compile-cache",
+    type=Path,
+    default=None,
+    help="JAX persistent compilation cache folder (as the gaedit command uses; run twice to see the hits)",
+  )
+  ap.add_argument("--child-json", type=Path, default=None, help=argparse.SUPPRESS)  # one run, in a subprocess
   a = ap.parse_args()
+  if a.compile_cache is not None:
+    jax.config.update("jax_compilation_cache_dir", str(a.compile_cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  if a.child_json is not None:
+    r = run_once(a.data, a.child_json.parent / f"model_p{a.prefetch[0]}", a, a.prefetch[0])
+    a.child_json.write_text(json.dumps(r))
+    return
   tmp = Path(tempfile.mkdtemp(prefix="bench_loop_"))
   data = a.data
   if data is None:
@@ -210,16 +229,30 @@ def main():
     f"device: {dev.device_kind} ({jax.default_backend()}), {a.width}x{a.height}, B={a.batch_size}, {a.iterations} it"
   )
   print(
-    "| prefetch | loop ms/it | step ms | ratio | compiles (s) | data s | metrics s | densify s | eval s | total s |"
+    "| prefetch | loop ms/it | step ms | ratio | compiles (s) | cache hits | data s | metrics s | densify s | eval s "
+    "| total s |"
   )
-  print("|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   rows = []
   for p in a.prefetch:
-    r = run_once(data, tmp / f"model_p{p}", a, p)
+    # each setting in a fresh process, so each pays its own compilations (as a real run does)
+    child = tmp / f"run_p{p}.json"
+    argv = list(sys.argv[1:])
+    if "--prefetch" in argv:
+      i = argv.index("--prefetch")
+      j = i + 1
+      while j < len(argv) and not argv[j].startswith("--"):
+        j += 1
+      del argv[i:j]
+    subprocess.run(
+      [sys.executable, __file__, *argv, "--prefetch", str(p), "--data", str(data), "--child-json", str(child)],
+      check=True,
+    )
+    r = json.loads(child.read_text())
     rows.append(r)
     print(
       f"| {p} | {r['loop_ms_per_it']:.2f} | {r['step_ms']:.2f} | {r['ratio']:.2f} | {r['compiles']} "
-      f"({r['compile_s']:.1f}) | {r['data_s']:.2f} | {r['metrics_s']:.2f} | {r['densify_s']:.2f} | "
+      f"({r['compile_s']:.1f}) | {r['compile_cache_hits']} | {r['data_s']:.2f} | {r['metrics_s']:.2f} | {r['densify_s']:.2f} | "
       f"{r['eval_s']:.2f} | {r['total_s']:.1f} |",
       flush=True,
     )
