@@ -298,14 +298,19 @@ class AvatarDataset:
       ms = [self._load_mask(int(i)) for i in idx]
       if any(m is None for m in ms):
         raise DatasetError(f"{self.json_path}: some frames have no 'fg_mask_path'")
-      masks = jnp.asarray(np.stack(ms).astype(np.float32) / 255.0)
-    return Batch(
-      image=jnp.asarray(imgs),
-      camera=self.cameras[idx],
-      timestep=jnp.asarray(self.timesteps[idx]),
-      camera_index=jnp.asarray(self.camera_indices[idx]),
-      frame_index=jnp.asarray(idx.astype(np.int32)),
-      mask=masks,
+      masks = np.stack(ms).astype(np.float32) / 255.0
+    if getattr(self, "_cameras_host", None) is None:  # host copies: indexing them dispatches nothing
+      self._cameras_host = jax.tree.map(np.asarray, self.cameras)
+    # assembled on the host, then one transfer of the whole batch (the loops call this once a step)
+    return jax.device_put(
+      Batch(
+        image=imgs,
+        camera=jax.tree.map(lambda a: a[idx], self._cameras_host),
+        timestep=self.timesteps[idx],
+        camera_index=self.camera_indices[idx],
+        frame_index=idx.astype(np.int32),
+        mask=masks,
+      )
     )
 
   def batches(
