@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from recon_data import tiny_config, tiny_edit_config
@@ -37,13 +38,16 @@ def _assert_same(a, b) -> None:
 
 
 def _reference_loop(tr: Trainer, iterations: int):
-  """The loop as it was before the input pipeline: each batch read, stacked and copied in the loop
-  right before its step; densification / opacity resets between steps as `Trainer.densify_now`."""
+  """The loop as it was before the input pipeline: each batch read, stacked and copied field by field
+  in the loop right before its step (images as `dataset[i]`, cameras gathered on the device);
+  densification / opacity resets between steps as `Trainer.densify_now`."""
   c = tr.cfg
-  n = len(tr.train_ds)
+  ds = tr.train_ds
   for it in range(1, iterations + 1):
-    b = tr.train_ds.batch(frame_order(n, c.batch_size, c.seed, it))
-    tr.state, m = tr.step_fn(tr.sh_degree_at(it))(tr.state, b.image, b.camera, b.timestep, tr.model, tr.background)
+    idx = frame_order(len(ds), c.batch_size, c.seed, it)
+    img = jnp.asarray(np.stack([ds[int(i)].image for i in idx]))
+    cam, ts = ds.cameras[idx], jnp.asarray(ds.timesteps[idx])
+    tr.state, m = tr.step_fn(tr.sh_degree_at(it))(tr.state, img, cam, ts, tr.model, tr.background)
     assert not bool(m["overflow"])
     dens, reset = tr.densify_now(it)
     if dens or reset:
