@@ -9,6 +9,12 @@ Errors a user can fix (a bad flag, file or folder: `gaedit_jax.errors.InputError
 unreadable path) are printed as one line `gaedit STAGE: error: MESSAGE` on stderr with exit status
 2; tyro's own argument errors also exit with 2. Ctrl-C prints `gaedit STAGE: interrupted` and exits
 with 130. `gaedit --debug STAGE ...` (or GAEDIT_DEBUG=1) shows the traceback instead.
+
+Compiled XLA programs are kept in JAX's persistent compilation cache, so a second run with the same
+shapes and settings loads its steps instead of compiling them: the folder is GAEDIT_COMPILE_CACHE
+when that is a path, else $XDG_CACHE_HOME/gaedit/jax (default ~/.cache/gaedit/jax).
+`gaedit --no-compile-cache STAGE ...` or GAEDIT_COMPILE_CACHE=0 turns it off. (Only the command
+line: `main(argv)` called from Python leaves JAX's settings as the caller has them.)
 """
 
 from __future__ import annotations
@@ -50,11 +56,49 @@ USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Perm
 
 
 def _usage() -> str:
-  lines = ["usage: gaedit [--debug] SUBCOMMAND [--help] [options]", "", "subcommands:"]
+  lines = ["usage: gaedit [--debug] [--no-compile-cache] SUBCOMMAND [--help] [options]", "", "subcommands:"]
   for name, (_, doc) in SUBCOMMANDS.items():
     lines.append(f"  {name:<16} {doc}")
-  lines += ["", "  --debug          show the traceback of an error (also: GAEDIT_DEBUG=1)"]
+  lines += [
+    "",
+    "  --debug          show the traceback of an error (also: GAEDIT_DEBUG=1)",
+    "  --no-compile-cache",
+    "                   do not keep compiled programs in JAX's persistent compilation cache",
+    "                   (also: GAEDIT_COMPILE_CACHE=0; GAEDIT_COMPILE_CACHE=DIR picks the folder,",
+    "                   default $XDG_CACHE_HOME/gaedit/jax or ~/.cache/gaedit/jax)",
+  ]
   return "\n".join(lines)
+
+
+_OFF = ("0", "false", "no", "off")
+
+
+def compile_cache_dir(environ=None) -> str | None:
+  """The persistent compilation cache's folder: GAEDIT_COMPILE_CACHE when it is a path, else
+  $XDG_CACHE_HOME/gaedit/jax (~/.cache/gaedit/jax); None when GAEDIT_COMPILE_CACHE is 0 / off."""
+  env = os.environ if environ is None else environ
+  v = env.get("GAEDIT_COMPILE_CACHE", "").strip()
+  if v.lower() in _OFF:
+    return None
+  if v and v.lower() not in ("1", "true", "yes", "on"):
+    return os.path.expanduser(v)
+  base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "gaedit", "jax")
+
+
+def enable_compile_cache(folder: str | None, environ=None) -> None:
+  """Points JAX's persistent compilation cache at `folder` (None: leaves it off). Must run before
+  the first compilation. Every program is stored, also the small ones JAX skips by default (under a
+  second; a short run compiles a couple of hundred of them: densification, data, evaluation);
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS still sets that threshold."""
+  if folder is None:
+    return
+  import jax
+
+  env = os.environ if environ is None else environ
+  jax.config.update("jax_compilation_cache_dir", folder)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in env:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _load(name: str):
@@ -130,8 +174,12 @@ def main(argv: list[str] | None = None, *, handle_errors: bool | None = None):
     handle_errors = from_command_line
   argv = list(sys.argv[1:] if argv is None else argv)
   debug = _debug_env()
-  while argv and argv[0] == "--debug":
-    debug = True
+  compile_cache = True
+  while argv and argv[0] in ("--debug", "--no-compile-cache"):
+    if argv[0] == "--debug":
+      debug = True
+    else:
+      compile_cache = False
     argv = argv[1:]
   if not argv or argv[0] in ("-h", "--help"):
     print(_usage())
@@ -143,6 +191,8 @@ def main(argv: list[str] | None = None, *, handle_errors: bool | None = None):
       file=sys.stderr,
     )
     raise SystemExit(EXIT_USER_ERROR)
+  if compile_cache and from_command_line:  # the `gaedit` command; a call from Python keeps its own JAX settings
+    enable_compile_cache(compile_cache_dir())
   if not handle_errors or debug:
     result = run(name, rest)
     return None if from_command_line else result

@@ -60,7 +60,7 @@ from gaedit_jax.train.config import (
   RunSettings,
   grow_isect,
 )
-from gaedit_jax.train.loop import cached_step, flush_metrics, frame_order, jsonable
+from gaedit_jax.train.loop import CompileCounter, Prefetcher, cached_step, flush_metrics, frame_order, jsonable
 from gaedit_jax.train.run import Session, file_id
 from gaedit_jax.train.run_dir import write_json
 
@@ -343,9 +343,11 @@ def train_step(
 
 def make_step(optimizer, cfg: StepConfig):
   """The jitted step for one static config (one per SH degree / capacity)."""
-  return jax.jit(
-    lambda s, img, cam, t, m, bg: train_step(s, img, cam, t, m, bg, optimizer=optimizer, cfg=cfg), donate_argnums=(0,)
-  )
+
+  def reconstruct_step(s, img, cam, t, m, bg):  # named: compilation logs and counts show it
+    return train_step(s, img, cam, t, m, bg, optimizer=optimizer, cfg=cfg)
+
+  return jax.jit(reconstruct_step, donate_argnums=(0,))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -574,12 +576,16 @@ class Trainer:
     end = c.iterations if c.run.stop_after is None else min(c.iterations, c.run.stop_after)
     n = len(self.train_ds)
     pending: list[tuple[int, dict]] = []
-    with ses.guard(lambda: self.state, self.meta):  # a failure checkpoints the last completed step
+    compiles = CompileCounter.snapshot()
+
+    def make_batch(it: int):  # in the prefetch thread: a pure function of `it`
+      b = self.train_ds.batch(frame_order(n, c.batch_size, c.seed, it))
+      return parallel.shard_views((b.image, b.camera, b.timestep), self.mesh)
+
+    with ses.guard(lambda: self.state, self.meta), Prefetcher(make_batch, start + 1, end, c.run.prefetch) as batches:
       for it in range(start + 1, end + 1):
-        idx = frame_order(n, c.batch_size, c.seed, it)
-        b = self.train_ds.batch(idx)
+        img, cam, ts = batches.get(it)
         step = self.step_fn(self.sh_degree_at(it))
-        img, cam, ts = parallel.shard_views((b.image, b.camera, b.timestep), self.mesh)
         self.state, m = step(self.state, img, cam, ts, self.model, self.background)
         pending.append((it, m))
         dens, reset = self.densify_now(it)
@@ -604,6 +610,7 @@ class Trainer:
     summary = ses.summary(int(self.state.step))  # the whole run, every session since iteration 1
     if bar is not None:
       bar.close()
+    comp = CompileCounter.since(compiles)
     result: dict = dict(
       iterations=summary["iterations"],
       train_seconds=summary["seconds"],
@@ -611,6 +618,7 @@ class Trainer:
       densify=self.densify_log,
       sessions=summary["sessions"],
       resumed_at=summary["resumed_at"],
+      compilations=dict(count=comp["count"], seconds=round(comp["seconds"], 2), cache_hits=comp["cache_hits"]),
     )
     if int(self.state.step) >= c.iterations and primary:
       it = c.iterations

@@ -138,7 +138,7 @@ def main(cfg: DemoConfig) -> dict:
       gif_min_height=GIF_MIN_HEIGHT,
     )
   )
-  edit = _edit(cfg, out, model) if cfg.edit else None
+  edit = _edit(cfg, out, model, Path(rend["test"]["folder"])) if cfg.edit else None
   total = time.perf_counter() - t0
   summary = dict(
     iterations=res["iterations"],
@@ -177,8 +177,10 @@ def _test_frames(folder: Path) -> np.ndarray:
   return np.stack([read_png(f) for f in sorted((folder / "renders").glob("*.png"))])
 
 
-def _edit(cfg: DemoConfig, out: Path, model: Path) -> dict:
-  """Step 4: face-paint edit with the synthetic editor, original | edited GIF, PSNR to the target."""
+def _edit(cfg: DemoConfig, out: Path, model: Path, original: Path) -> dict:
+  """Step 4: face-paint edit with the synthetic editor, original | edited GIF, PSNR to the target.
+  `original`: step 3's renders of the unedited avatar on the test split (the same frames, not
+  rendered twice)."""
 
   paint = out / "data_facepaint"
   if cfg.regenerate or not (paint / "transforms_train.json").exists():
@@ -196,15 +198,15 @@ def _edit(cfg: DemoConfig, out: Path, model: Path) -> dict:
       iterations=cfg.edit_iterations,
       seed=cfg.seed,
       checkpoint_interval=cfg.edit_iterations,
+      eval_every=0,  # the demo measures the edit itself, below, on the rendered test frames
       progress=cfg.progress,
       tensorboard=False,
       overwrite=True,
     )
   )
   gif = dict(gif_fps=GIF_FPS, gif_min_height=GIF_MIN_HEIGHT)
-  before = render(RenderConfigCLI(model=model, out=out / "renders_edit" / "original", splits=("test",), **gif))
   after = render(RenderConfigCLI(model=edited, out=out / "renders_edit" / "edited", splits=("test",), **gif))
-  a, b = _test_frames(Path(before["test"]["folder"])), _test_frames(Path(after["test"]["folder"]))
+  a, b = _test_frames(original), _test_frames(Path(after["test"]["folder"]))
   ds = AvatarDataset(paint, "test", cache_size=0)
   target = np.stack([ds[int(i)].image for i in render_order(ds)])
   frames = [side_by_side([x, y], labels=("original", "edited")) for x, y in zip(a, b)]

@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -109,6 +110,7 @@ class AvatarDataset:
     self.load_masks = load_masks
     self.num_vertices = num_vertices
     self._cache: collections.OrderedDict = collections.OrderedDict()
+    self._lock = threading.RLock()  # the loops' prefetch thread and the main thread share the cache
     self.cache_size = int(cache_size)
     self._flame = None
     self._canonical = None
@@ -137,11 +139,15 @@ class AvatarDataset:
 
   @property
   def timesteps(self) -> np.ndarray:
-    return np.array([r.timestep for r in self.records], np.int32)
+    if getattr(self, "_timesteps", None) is None or len(self._timesteps) != len(self.records):
+      self._timesteps = np.array([r.timestep for r in self.records], np.int32)
+    return self._timesteps.copy()
 
   @property
   def camera_indices(self) -> np.ndarray:
-    return np.array([r.camera_index for r in self.records], np.int32)
+    if getattr(self, "_camera_indices", None) is None or len(self._camera_indices) != len(self.records):
+      self._camera_indices = np.array([r.camera_index for r in self.records], np.int32)
+    return self._camera_indices.copy()
 
   @property
   def image_size(self) -> tuple[int, int]:
@@ -194,6 +200,10 @@ class AvatarDataset:
   # ---- images -----------------------------------------------------------------------------------
 
   def _load_rgb(self, i: int) -> np.ndarray:
+    with self._lock:
+      return self._load_rgb_locked(i)
+
+  def _load_rgb_locked(self, i: int) -> np.ndarray:
     r = self.records[i]
     key = ("rgb", i)
     if key in self._cache:
@@ -217,6 +227,10 @@ class AvatarDataset:
     return arr
 
   def _load_mask(self, i: int) -> np.ndarray | None:
+    with self._lock:
+      return self._load_mask_locked(i)
+
+  def _load_mask_locked(self, i: int) -> np.ndarray | None:
     r = self.records[i]
     if r.mask_path is None:
       return None
@@ -284,14 +298,19 @@ class AvatarDataset:
       ms = [self._load_mask(int(i)) for i in idx]
       if any(m is None for m in ms):
         raise DatasetError(f"{self.json_path}: some frames have no 'fg_mask_path'")
-      masks = jnp.asarray(np.stack(ms).astype(np.float32) / 255.0)
-    return Batch(
-      image=jnp.asarray(imgs),
-      camera=self.cameras[idx],
-      timestep=jnp.asarray(self.timesteps[idx]),
-      camera_index=jnp.asarray(self.camera_indices[idx]),
-      frame_index=jnp.asarray(idx.astype(np.int32)),
-      mask=masks,
+      masks = np.stack(ms).astype(np.float32) / 255.0
+    if getattr(self, "_cameras_host", None) is None:  # host copies: indexing them dispatches nothing
+      self._cameras_host = jax.tree.map(np.asarray, self.cameras)
+    # assembled on the host, then one transfer of the whole batch (the loops call this once a step)
+    return jax.device_put(
+      Batch(
+        image=imgs,
+        camera=jax.tree.map(lambda a: a[idx], self._cameras_host),
+        timestep=self.timesteps[idx],
+        camera_index=self.camera_indices[idx],
+        frame_index=idx.astype(np.int32),
+        mask=masks,
+      )
     )
 
   def batches(

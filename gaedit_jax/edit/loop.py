@@ -82,7 +82,7 @@ from gaedit_jax.train.config import (
   RunSettings,
   grow_isect,
 )
-from gaedit_jax.train.loop import cached_step, flush_metrics, frame_order, jsonable, mixed_frame_order
+from gaedit_jax.train.loop import Prefetcher, cached_step, flush_metrics, jsonable, mixed_frame_order
 from gaedit_jax.train.run import Session, file_id
 from gaedit_jax.train.run_dir import write_json
 
@@ -706,16 +706,23 @@ class EditRun:
       lambda: make_step(self.optimizer, self.disc_module, self.disc_optimizer, self.settings, do_edit),
     )
 
-  def step(self, state: EditState, idx, *, do_edit: bool = True, cached=None):
-    """One edit step on training views `idx` from `state`: (new state, metrics, images). The loop's
-    step; `cached` (the views' previous 2D edits) is used when not do_edit."""
+  def views(self, idx) -> tuple:
+    """The step's inputs of training views `idx` on the devices: (image, camera, timestep,
+    camera_index, mouth masks or None), split over the mesh (the loop's prefetch thread makes them)."""
     b = self.train_ds.batch(idx)
     views = parallel.shard_views((b.image, b.camera, b.timestep, b.camera_index), self.mesh)
+    return (*views, self.mouth_batch(idx))
+
+  def step(self, state: EditState, idx, *, do_edit: bool = True, cached=None, views=None):
+    """One edit step on training views `idx` from `state`: (new state, metrics, images). The loop's
+    step; `cached` (the views' previous 2D edits) is used when not do_edit; `views`: `self.views(idx)`
+    when already made."""
+    *v, mouth = self.views(idx) if views is None else views
     if cached is None:
       cached = parallel.shard_views(jnp.zeros(self.edit_shape(len(idx)), jnp.float32), self.mesh)
     return self.step_fn(do_edit)(
-      state, *views, cached, self.model, self.background, self.mouth, self.editor, self.lpips_params,
-      self.mouth_batch(idx), self.keep_inputs,
+      state, *v, cached, self.model, self.background, self.mouth, self.editor, self.lpips_params,
+      mouth, self.keep_inputs,
     )  # fmt: skip
 
   def edit_shape(self, b: int) -> tuple[int, ...]:
@@ -849,9 +856,19 @@ class EditRun:
     zero_edit = parallel.shard_views(jnp.zeros(self.edit_shape(c.batch_size), jnp.float32), self.mesh)
     pending: list = []
     favoured = self.edited_frames()  # read once; again when the command editor brings new edits
-    with ses.guard(lambda: self.state, self.meta):  # a failure checkpoints the last completed step
+
+    def make_views(it: int):  # in the prefetch thread: a pure function of `it`
+      idx = mixed_frame_order(n, c.batch_size, c.seed, it, favoured, c.edited_share)
+      return idx, self.views(idx)
+
+    # the command editor changes `favoured` between steps: its batches are made in the loop
+    depth = 0 if self.external is not None else c.run.prefetch
+    with (
+      ses.guard(lambda: self.state, self.meta),  # a failure checkpoints the last completed step
+      Prefetcher(make_views, start + 1, end, depth) as batches,
+    ):
       for it in range(start + 1, end + 1):
-        idx = mixed_frame_order(n, c.batch_size, c.seed, it, favoured, c.edited_share)
+        idx, views = batches.get(it)
         keyi = tuple(int(i) for i in idx)
         do_edit = c.edit_every <= 1 or (it - 1) % c.edit_every == 0 or keyi not in self.cache
         if hasattr(self.editor, "edited"):  # frames / command: a table lookup, refreshed on the host
@@ -860,7 +877,7 @@ class EditRun:
             self.editor = parallel.replicate(self.external.editor(), self.mesh)
             favoured = self.edited_frames()
         cached = zero_edit if do_edit else self.cache[keyi]
-        self.state, m, imgs = self.step(self.state, idx, do_edit=do_edit, cached=cached)
+        self.state, m, imgs = self.step(self.state, idx, do_edit=do_edit, cached=cached, views=views)
         ses.done(it)  # no densification while editing: the step's result is complete
         if c.edit_every > 1 and do_edit:
           self.cache[keyi] = imgs["edit"]

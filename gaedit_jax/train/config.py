@@ -118,6 +118,9 @@ class RunSettings:
   """Write TensorBoard scalars to OUT/tb."""
   stop_after: int | None = None
   """Stop (after checkpointing) at this iteration, as an interruption would: for tests of --resume."""
+  prefetch: int = 2
+  """Batches prepared ahead of the step in a background thread (read, resized, copied to the
+  device) while the device runs the current step; 0: prepared in the loop. Never changes results."""
 
   def __post_init__(self):
     config_checks(self.validate_flags)
@@ -128,6 +131,7 @@ class RunSettings:
       {
         "checkpoint_interval": "int >= 0",
         "keep_checkpoints log_interval stop_after": "int >= 1",
+        "prefetch": "int >= 0",
         "checkpoint_minutes": ">= 0",
       },
     )

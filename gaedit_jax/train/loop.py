@@ -1,12 +1,16 @@
-"""Pieces of the training loop both stages share: the data order, the cache of jitted steps, the
-one host read of the recent steps' metrics, and JSON-ready configs."""
+"""Pieces of the training loop both stages share: the data order, the input pipeline that prepares
+the next batches while the device runs the current step, the cache of jitted steps, the count of
+compilations, the one host read of the recent steps' metrics, and JSON-ready configs."""
 
 from __future__ import annotations
 
+import queue
+import threading
 from pathlib import Path
-from typing import Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import jax
+import jax.monitoring
 import numpy as np
 
 # Jitted steps are shared by runs with the same settings (no recompiles in a process that trains
@@ -40,6 +44,108 @@ def mixed_frame_order(n: int, batch: int, seed: int, it: int, favoured: np.ndarr
   if np.random.default_rng([seed, it, 1]).random() < share:
     return np.asarray(favoured)[frame_order(len(favoured), batch, seed, it)]
   return frame_order(n, batch, seed, it)
+
+
+class Prefetcher:
+  """The batches of iterations `start..end` (`make(it)`: indices, decoded images, device arrays,
+  sharded over the mesh) prepared in a background thread, at most `depth` ahead of the step that
+  uses them, so reading, resizing and the host-to-device copy overlap the device's work on the
+  current step. `depth` 0 makes each batch in the calling thread when asked (no thread).
+
+  `make` must be a pure function of `it` (the data order is `frame_order`), so a batch is the same
+  whether it was prefetched or not: prefetching never changes results. `get(it)` must be called with
+  consecutive iterations from `start`; an exception in `make` is re-raised by the `get` of that
+  iteration. Use as a context manager (or call `close`) so the thread stops with the loop."""
+
+  def __init__(self, make: Callable[[int], Any], start: int, end: int, depth: int = 2):
+    self.make, self.next, self.end, self.depth = make, start, end, max(int(depth), 0)
+    self._q: queue.Queue = queue.Queue(maxsize=max(self.depth, 1))
+    self._stop = threading.Event()
+    self._thread = None
+    if self.depth and start <= end:
+      self._thread = threading.Thread(target=self._work, args=(start,), name="gaedit-prefetch", daemon=True)
+      self._thread.start()
+
+  def _work(self, it: int) -> None:
+    while it <= self.end and not self._stop.is_set():
+      try:
+        item = (it, self.make(it), None)
+      except BaseException as e:  # noqa: BLE001 - handed to the loop's thread
+        item = (it, None, e)
+      while not self._stop.is_set():
+        try:
+          self._q.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if item[2] is not None:
+        return
+      it += 1
+
+  def get(self, it: int):
+    """The batch of iteration `it` (the next one in order)."""
+    if it != self.next:
+      raise ValueError(f"Prefetcher.get({it}): the next iteration is {self.next}")
+    self.next = it + 1
+    if self._thread is None:
+      return self.make(it)
+    got, batch, err = self._q.get()
+    if err is not None:
+      raise err
+    assert got == it, (got, it)
+    return batch
+
+  def close(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+      self._thread = None
+
+  def __enter__(self) -> "Prefetcher":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+class CompileCounter:
+  """Counts XLA compilations in this process (jax.monitoring's backend-compile events; a load from
+  the persistent compilation cache counts as a compilation and as a cache hit). `snapshot()` and
+  `since(snap)` give what happened in between: count, seconds, cache hits and the compiled
+  functions' (name, seconds). One process-wide listener, registered on first use."""
+
+  _lock = threading.Lock()
+  _events: list[tuple[str, float]] = []
+  _hits = 0
+  _registered = False
+
+  @classmethod
+  def _register(cls) -> None:
+    with cls._lock:
+      if cls._registered:
+        return
+      cls._registered = True
+
+    def on_duration(event: str, secs: float, **kw) -> None:
+      if event == "/jax/core/compile/backend_compile_duration":
+        cls._events.append((str(kw.get("fun_name", "?")), float(secs)))
+
+    def on_event(event: str, **kw) -> None:
+      if event == "/jax/compilation_cache/cache_hits":
+        cls._hits += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)
+
+  @classmethod
+  def snapshot(cls) -> tuple[int, int]:
+    cls._register()
+    return len(cls._events), cls._hits
+
+  @classmethod
+  def since(cls, snap: tuple[int, int]) -> dict:
+    ev = cls._events[snap[0] :]
+    return dict(count=len(ev), seconds=float(sum(s for _, s in ev)), cache_hits=cls._hits - snap[1], events=list(ev))
 
 
 def flush_metrics(
@@ -88,4 +194,12 @@ def jsonable(x):
   return x
 
 
-__all__ = ["cached_step", "frame_order", "flush_metrics", "jsonable"]
+__all__ = [
+  "CompileCounter",
+  "Prefetcher",
+  "cached_step",
+  "frame_order",
+  "mixed_frame_order",
+  "flush_metrics",
+  "jsonable",
+]

@@ -1,0 +1,168 @@
+"""The training loops' input pipeline (batches prepared ahead of the step in a thread) gives the same
+parameters, bit for bit, as making each batch in the loop; the persistent compilation cache of the
+`gaedit` command is reused by a second process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from recon_data import tiny_config, tiny_edit_config
+
+from gaedit_jax.cli import compile_cache_dir
+from gaedit_jax.edit.loop import EditRun
+from gaedit_jax.reconstruct import Trainer
+from gaedit_jax.train.loop import Prefetcher, frame_order
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _leaves(state) -> list[np.ndarray]:
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+def _assert_same(a, b) -> None:
+  la, lb = _leaves(a), _leaves(b)
+  assert len(la) == len(lb)
+  for i, (x, y) in enumerate(zip(la, lb)):
+    assert x.shape == y.shape and x.dtype == y.dtype, i
+    np.testing.assert_array_equal(x, y, err_msg=f"leaf {i}")
+
+
+def _reference_loop(tr: Trainer, iterations: int):
+  """The loop as it was before the input pipeline: each batch read, stacked and copied field by field
+  in the loop right before its step (images as `dataset[i]`, cameras gathered on the device);
+  densification / opacity resets between steps as `Trainer.densify_now`."""
+  c = tr.cfg
+  ds = tr.train_ds
+  for it in range(1, iterations + 1):
+    idx = frame_order(len(ds), c.batch_size, c.seed, it)
+    img = jnp.asarray(np.stack([ds[int(i)].image for i in idx]))
+    cam, ts = ds.cameras[idx], jnp.asarray(ds.timesteps[idx])
+    tr.state, m = tr.step_fn(tr.sh_degree_at(it))(tr.state, img, cam, ts, tr.model, tr.background)
+    assert not bool(m["overflow"])
+    dens, reset = tr.densify_now(it)
+    if dens or reset:
+      tr._densify(it, dens, reset)
+  return tr.state
+
+
+def test_reconstruct_prefetch_is_bit_identical(tiny, tmp_path):
+  # 20 iterations: two SH degrees, densifications at 5, 10, 15 (capacity changes) and an opacity reset
+  kw = dict(iterations=20, densify_grad_threshold=1e-5, checkpoint_interval=0, eval_max_frames=1)
+  ref = _reference_loop(Trainer(tiny_config(tiny, tmp_path / "ref", **kw)), 20)
+  for p in (2, 0):
+    tr = Trainer(tiny_config(tiny, tmp_path / f"p{p}", prefetch=p, **kw))
+    res = tr.run()
+    assert res["iterations"] == 20 and res["densify"]
+    assert set(res["compilations"]) == {"count", "seconds", "cache_hits"}
+    _assert_same(ref, tr.state)
+
+
+def test_edit_prefetch_is_bit_identical(edit_setup, tmp_path):
+  runs = []
+  for p in (0, 2):
+    r = EditRun(tiny_edit_config(edit_setup, tmp_path / f"e{p}", prefetch=p, iterations=4, checkpoint_interval=0))
+    r.run()
+    runs.append(r.state)
+  _assert_same(runs[0], runs[1])
+
+
+def test_prefetcher_order_bound_errors_and_stop():
+  made: list[int] = []
+  ahead = threading.Event()
+
+  def make(it):
+    made.append(it)
+    if it == 3:
+      ahead.set()
+    if it == 5:
+      raise ValueError("bad frame 5")
+    return it * 10
+
+  with Prefetcher(make, 1, 9, depth=2) as p:
+    assert ahead.wait(10)  # it prepares ahead without being asked, at most depth + 1 batches
+    assert made == [1, 2, 3]  # (2 queued, the 3rd waits for room) until the loop takes one
+    assert [p.get(i) for i in (1, 2, 3, 4)] == [10, 20, 30, 40]
+    with pytest.raises(ValueError, match="bad frame 5"):
+      p.get(5)  # an error goes to an error to the iteration that needed the batch
+    thread = p._thread
+  assert thread is not None and not thread.is_alive()
+  assert made == [1, 2, 3, 4, 5]  # stopped at the error
+
+  with Prefetcher(lambda it: it, 3, 4, depth=0) as p:  # no thread: made when asked
+    assert p._thread is None and p.get(3) == 3
+    with pytest.raises(ValueError, match="next iteration is 4"):
+      p.get(6)
+
+  q = Prefetcher(lambda it: np.zeros(3) + it, 1, 10_000, depth=1)  # closing a full queue stops it
+  assert q.get(1)[0] == 1
+  q.close()
+  assert q._thread is None
+
+
+def test_compile_cache_folder_from_environment(tmp_path):
+  assert compile_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == str(tmp_path / "gaedit" / "jax")
+  assert compile_cache_dir({"GAEDIT_COMPILE_CACHE": str(tmp_path / "cc")}) == str(tmp_path / "cc")
+  assert compile_cache_dir({"GAEDIT_COMPILE_CACHE": "1", "XDG_CACHE_HOME": "/x"}) == "/x/gaedit/jax"
+  for off in ("0", "off", "false", "no"):
+    assert compile_cache_dir({"GAEDIT_COMPILE_CACHE": off, "XDG_CACHE_HOME": "/x"}) is None
+  home = compile_cache_dir({})
+  assert home is not None and home.endswith(os.path.join(".cache", "gaedit", "jax"))
+
+
+_SCRIPT = """
+import json, sys
+from gaedit_jax.train.loop import CompileCounter
+snap = CompileCounter.snapshot()
+from gaedit_jax import cli
+sys.argv = ["gaedit", *sys.argv[1:]]
+cli.main()
+print("COMPILES " + json.dumps(CompileCounter.since(snap)))
+"""
+
+
+def _gaedit(tmp_path: Path, env_extra: dict, *args: str) -> dict:
+  env = dict(os.environ)
+  env.pop("GAEDIT_COMPILE_CACHE", None)
+  env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)  # gaedit stores every program by default
+  env.update(PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(tmp_path / "xdg"))  # never the real home cache
+  env.update(env_extra)
+  out = subprocess.run(
+    [sys.executable, "-c", _SCRIPT, *args], env=env, capture_output=True, text=True, timeout=300, check=True
+  ).stdout
+  line = [x for x in out.splitlines() if x.startswith("COMPILES ")][-1]
+  return json.loads(line[len("COMPILES ") :])
+
+
+def _files(d: Path) -> set[str]:
+  return {str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and not p.name.endswith("-atime")}
+
+
+def test_compile_cache_reused_by_a_second_process(tmp_path):
+  cc = tmp_path / "cc"
+  scene = lambda i: ("render-scene", "--out", str(tmp_path / f"s{i}.png"), "--size", "48", "--views", "2")  # noqa: E731
+  first = _gaedit(tmp_path, {"GAEDIT_COMPILE_CACHE": str(cc)}, *scene(1))
+  entries = _files(cc)
+  assert first["count"] >= 1 and first["cache_hits"] == 0 and entries
+  second = _gaedit(tmp_path, {"GAEDIT_COMPILE_CACHE": str(cc)}, *scene(2))
+  assert second["cache_hits"] >= 1 and second["cache_hits"] == second["count"]  # every program loaded
+  assert _files(cc) == entries  # nothing new compiled
+  assert (tmp_path / "s1.png").read_bytes() == (tmp_path / "s2.png").read_bytes()
+  assert not (tmp_path / "xdg").exists()  # GAEDIT_COMPILE_CACHE=DIR replaced the default folder
+
+  # off: the flag, or GAEDIT_COMPILE_CACHE=0 (the default folder under XDG_CACHE_HOME stays empty)
+  off1 = _gaedit(tmp_path, {}, "--no-compile-cache", *scene(3))
+  off2 = _gaedit(tmp_path, {"GAEDIT_COMPILE_CACHE": "0"}, *scene(4))
+  assert off1["cache_hits"] == off2["cache_hits"] == 0 and off1["count"] >= 1
+  assert not (tmp_path / "xdg").exists()
+  on = _gaedit(tmp_path, {}, *scene(5))  # the default: XDG_CACHE_HOME/gaedit/jax
+  assert on["cache_hits"] == 0 and _files(tmp_path / "xdg" / "gaedit" / "jax")
