@@ -73,15 +73,28 @@ def _usage() -> str:
 _OFF = ("0", "false", "no", "off")
 
 
-def compile_cache_dir(environ=None) -> str | None:
+def _gpu_jax() -> bool:
+  """Whether a GPU build of jaxlib is installed (its plugin module), without starting a backend
+  (multi-host runs must initialise jax.distributed first)."""
+  import importlib.util
+
+  return any(importlib.util.find_spec(m) is not None for m in ("jax_cuda13_plugin", "jax_cuda12_plugin"))
+
+
+def compile_cache_dir(environ=None, *, gpu: bool | None = None) -> str | None:
   """The persistent compilation cache's folder: GAEDIT_COMPILE_CACHE when it is a path, else
-  $XDG_CACHE_HOME/gaedit/jax (~/.cache/gaedit/jax); None when GAEDIT_COMPILE_CACHE is 0 / off."""
+  $XDG_CACHE_HOME/gaedit/jax (~/.cache/gaedit/jax); None when GAEDIT_COMPILE_CACHE is 0 / off. By
+  default only with a GPU build of JAX: on the CPU backend, writing executables that call our FFI
+  kernels to the cache crashed the process (segfault in XLA's serialisation, jax 0.10.2), so there it
+  is used only when GAEDIT_COMPILE_CACHE names a folder or is 1."""
   env = os.environ if environ is None else environ
   v = env.get("GAEDIT_COMPILE_CACHE", "").strip()
   if v.lower() in _OFF:
     return None
   if v and v.lower() not in ("1", "true", "yes", "on"):
     return os.path.expanduser(v)
+  if not v and not (_gpu_jax() if gpu is None else gpu):
+    return None
   base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   return os.path.join(base, "gaedit", "jax")
 

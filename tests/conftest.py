@@ -2,8 +2,14 @@
 scripts of experiments/ are importable by name: pyproject.toml's [tool.pytest.ini_options]
 `pythonpath` puts both folders on the import path."""
 
+import os
+
 import jax
 import pytest
+
+# `gaedit` processes started by tests never use the user's persistent compilation cache (the tests
+# of the cache set their own folder)
+os.environ.setdefault("GAEDIT_COMPILE_CACHE", "0")
 
 
 def _has_gpu() -> bool:

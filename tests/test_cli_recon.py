@@ -133,7 +133,9 @@ def test_installed_command_returns_no_result(model, tmp_path, monkeypatch):
   """The console script runs `sys.exit(main())`: the stage's result (a dict) must not become the exit
   status (it printed the dict and exited 1 after a successful run)."""
   out = tmp_path / "eval.json"
-  monkeypatch.setattr(sys, "argv", ["gaedit", "eval", "--model", str(model), "--splits", "val", "--out", str(out)])
+  # --no-compile-cache: the command would point this test process's JAX at the persistent cache
+  argv = ["gaedit", "--no-compile-cache", "eval", "--model", str(model), "--splits", "val", "--out", str(out)]
+  monkeypatch.setattr(sys, "argv", argv)
   with pytest.raises(SystemExit) as e:
     sys.exit(cli())
   assert e.value.code is None and out.exists()

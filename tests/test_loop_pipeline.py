@@ -110,13 +110,17 @@ def test_prefetcher_order_bound_errors_and_stop():
 
 
 def test_compile_cache_folder_from_environment(tmp_path):
-  assert compile_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == str(tmp_path / "gaedit" / "jax")
+  assert compile_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}, gpu=True) == str(tmp_path / "gaedit" / "jax")
   assert compile_cache_dir({"GAEDIT_COMPILE_CACHE": str(tmp_path / "cc")}) == str(tmp_path / "cc")
   assert compile_cache_dir({"GAEDIT_COMPILE_CACHE": "1", "XDG_CACHE_HOME": "/x"}) == "/x/gaedit/jax"
   for off in ("0", "off", "false", "no"):
     assert compile_cache_dir({"GAEDIT_COMPILE_CACHE": off, "XDG_CACHE_HOME": "/x"}) is None
-  home = compile_cache_dir({})
+  home = compile_cache_dir({}, gpu=True)
   assert home is not None and home.endswith(os.path.join(".cache", "gaedit", "jax"))
+  assert compile_cache_dir({}, gpu=False) is None  # CPU-only JAX: off unless asked for
+  assert compile_cache_dir({"GAEDIT_COMPILE_CACHE": "1", "XDG_CACHE_HOME": str(tmp_path)}, gpu=False) == str(
+    tmp_path / "gaedit" / "jax"
+  )
 
 
 _SCRIPT = """
@@ -160,9 +164,9 @@ def test_compile_cache_reused_by_a_second_process(tmp_path):
   assert not (tmp_path / "xdg").exists()  # GAEDIT_COMPILE_CACHE=DIR replaced the default folder
 
   # off: the flag, or GAEDIT_COMPILE_CACHE=0 (the default folder under XDG_CACHE_HOME stays empty)
-  off1 = _gaedit(tmp_path, {}, "--no-compile-cache", *scene(3))
+  off1 = _gaedit(tmp_path, {"GAEDIT_COMPILE_CACHE": "1"}, "--no-compile-cache", *scene(3))  # the flag wins
   off2 = _gaedit(tmp_path, {"GAEDIT_COMPILE_CACHE": "0"}, *scene(4))
   assert off1["cache_hits"] == off2["cache_hits"] == 0 and off1["count"] >= 1
   assert not (tmp_path / "xdg").exists()
-  on = _gaedit(tmp_path, {}, *scene(5))  # the default: XDG_CACHE_HOME/gaedit/jax
+  on = _gaedit(tmp_path, {"GAEDIT_COMPILE_CACHE": "1"}, *scene(5))  # the default folder, XDG_CACHE_HOME/gaedit/jax
   assert on["cache_hits"] == 0 and _files(tmp_path / "xdg" / "gaedit" / "jax")
