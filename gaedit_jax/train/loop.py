@@ -55,10 +55,15 @@ class Prefetcher:
   `make` must be a pure function of `it` (the data order is `frame_order`), so a batch is the same
   whether it was prefetched or not: prefetching never changes results. `get(it)` must be called with
   consecutive iterations from `start`; an exception in `make` is re-raised by the `get` of that
-  iteration. Use as a context manager (or call `close`) so the thread stops with the loop."""
+  iteration. Use as a context manager (or call `close`) so the thread stops with the loop.
+
+  With several processes (multi-host) the batches are made in the loop: every process must issue
+  its transfers of globally sharded arrays in the same order as the others' steps, and a thread of
+  its own would interleave them differently on each host (a two-process run hung)."""
 
   def __init__(self, make: Callable[[int], Any], start: int, end: int, depth: int = 2):
-    self.make, self.next, self.end, self.depth = make, start, end, max(int(depth), 0)
+    depth = max(int(depth), 0) if jax.process_count() == 1 else 0
+    self.make, self.next, self.end, self.depth = make, start, end, depth
     self._q: queue.Queue = queue.Queue(maxsize=max(self.depth, 1))
     self._stop = threading.Event()
     self._thread = None
