@@ -157,6 +157,8 @@ def main():
   t0 = time.perf_counter()
   log = lambda msg: print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
 
+  from bench_train_step import memory_table
+
   from gaedit_jax.avatar import pose
   from gaedit_jax.edit import discriminator as D
   from gaedit_jax.edit.editors import EditContext
@@ -227,9 +229,11 @@ def main():
   # (c), (d): the real jitted step (state donated: thread it through)
   args = lambda: (e.photo, e.camera, e.timestep, e.camera_index)
   tail = (e.model, e.background, e.mouth, editor, lp)
+  step_mem = {}
   for do_edit, name in ((False, "(c) edit step minus the edit (cached edit)"), (True, "(d) edit step with the edit")):
     step = make_step(r.optimizer, r.disc_module, r.disc_optimizer, s, do_edit)
     box = [jax.tree.map(lambda x: jnp.array(x, copy=True), st)]
+    step_mem[name[:3]] = memory_table(step.lower(box[0], *args(), cached, *tail).compile())
 
     def call(i):
       box[0], m, _ = step(box[0], *args(), cached, *tail)
@@ -249,6 +253,7 @@ def main():
   compile_s = get["(c)"]["first_s"] + get["(d)"]["first_s"]
   stats = dev.memory_stats() or {}
   peak = stats.get("peak_bytes_in_use", float("nan")) / 2**30
+  step_gib = step_mem["(d)"].get("peak_estimate", float("nan")) / 2**10
   print("\n" + header)
   print("| part | ms (median) | first call s (compile + run) | note |")
   print("|---|---|---|---|")
@@ -267,12 +272,26 @@ def main():
   print(
     f"\nprojected {a.iterations}-iteration edit: {a.iterations} x (d) = {proj_s:.1f} s = {proj_s / 60:.2f} min "
     f"(+ {compile_s:.0f} s compile of (c) and (d)); {verdict}; IP2P share of (d) {a_ms / d_ms:.0%}"
-    + (f"; peak device memory {peak:.1f} GiB" if np.isfinite(peak) else "")
+    + f"; device memory of (d) by XLA's analysis (arguments + outputs + temporaries - donated): {step_gib:.2f} GiB"
+    + (
+      f"; process peak {peak:.1f} GiB (includes the convolution autotuner's scratch, which takes "
+      "what is free; run with XLA_PYTHON_CLIENT_MEM_FRACTION to test a smaller card)"
+      if np.isfinite(peak)
+      else ""
+    )
   )
   if a.out:
     with open(a.out, "w") as f:
       json.dump(
-        dict(header=header, rows=rows, projected_s=proj_s, compile_s=compile_s, peak_gib=peak, args=vars(a)),
+        dict(
+          header=header,
+          rows=rows,
+          projected_s=proj_s,
+          compile_s=compile_s,
+          peak_gib=peak,
+          step_memory_mib=step_mem,
+          args=vars(a),
+        ),
         f,
         indent=2,
       )

@@ -169,7 +169,7 @@ def prepare_data(a) -> bool:
   """OUT/data (skin) and OUT/data_facepaint (the edit's ground truth). Returns True if (re)written."""
   from gaedit_jax.data.synthetic import SynthConfig, generate
 
-  wrote = False
+  todo = []
   for tex, folder in (("skin", a.out / "data"), ("facepaint", a.out / "data_facepaint")):
     cfg = SynthConfig(
       out=folder,
@@ -189,16 +189,16 @@ def prepare_data(a) -> bool:
         print(f"using the {tex} dataset in {folder}")
         continue
     print(f"writing the {tex} dataset to {folder}")
-    generate(cfg, progress=a.progress)
-    wrote = True
-  return wrote
+    todo.append(cfg)
+  if todo:  # one pass for both textures
+    generate(todo[0], progress=a.progress, also={c.texture: c.out for c in todo[1:]})
+  return bool(todo)
 
 
 def reconstruct_avatar(a, fresh_data: bool) -> dict:
   """OUT/model: one reconstruction (seed 0) with the demo's schedule scaled to --recon-iterations."""
-  from gaedit_jax.commands.demo import DemoConfig
+  from gaedit_jax.commands.demo import DemoConfig, reconstruct_config
   from gaedit_jax.commands.reconstruct import main as reconstruct
-  from gaedit_jax.reconstruct import ReconstructConfig
 
   model = a.out / "model"
   cfgp = model / "cfg.json"
@@ -206,27 +206,8 @@ def reconstruct_avatar(a, fresh_data: bool) -> dict:
     if json.loads(cfgp.read_text())["config"]["iterations"] == a.recon_iterations:
       print(f"using the avatar in {model}")
       return dict(reused=True)
-  d, n = DemoConfig(), a.recon_iterations
-  f = n / d.iterations  # the demo's schedule is tuned for 1500 iterations: keep its proportions
-  rc = build(
-    ReconstructConfig,
-    data=a.out / "data",
-    out=model,
-    iterations=n,
-    seed=0,
-    densify_from=max(1, round(d.densify_from * f)),
-    densify_interval=max(1, round(d.densify_interval * f)),
-    densify_until=round(d.densify_until * f),
-    sh_degree_interval=max(1, round(d.sh_degree_interval * f)),
-    opacity_reset_interval=10 * n,
-    reset_opacity_at_densify_from=False,
-    checkpoint_interval=n,
-    eval_interval=0,
-    log_interval=50,
-    progress=a.progress,
-    tensorboard=False,
-    overwrite=True,
-  )
+  n = a.recon_iterations  # the demo's schedule, tuned for 1500 iterations, in proportion
+  rc = reconstruct_config(DemoConfig(seed=0, progress=a.progress), a.out / "data", model, n, tensorboard=False)
   print(f"reconstructing the avatar ({n} iterations)")
   t0 = time.perf_counter()
   res = reconstruct(rc)

@@ -8,6 +8,9 @@ Writes a synthetic dataset (gaedit_jax.data.synthetic) once, then for each --pre
   step ms        the jitted step alone on a fixed batch, synchronised per step (as
                  bench_train_step.py), median of --step-iters, same state size and SH degree;
   ratio          loop ms/it / step ms (target <= 1.3 over a long run);
+  median interval
+                 the median over the metric-flush intervals of ms per iteration (robust to the
+                 intervals that compile or densify; defined for short runs too) and its ratio;
   compiles       XLA compilations during the run (train.loop.CompileCounter; SH-degree rises,
                  capacity growth, the evaluation's renders, small eager ops) and their seconds;
   data / metrics / densify / eval s
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -133,9 +137,9 @@ def run_once(data: Path, out: Path, a, prefetch: int) -> dict:
   flushes: list[tuple[int, float]] = []
   flush = tr._flush
 
-  def flush_logged(pending, writer, bar):
+  def flush_logged(pending, writer, bar, *args):
     t = time.perf_counter()
-    flush(pending, writer, bar)
+    flush(pending, writer, bar, *args)
     acc["metrics"] = acc.get("metrics", 0.0) + time.perf_counter() - t
     flushes.append((pending[-1][0], time.perf_counter()))
 
@@ -157,6 +161,10 @@ def run_once(data: Path, out: Path, a, prefetch: int) -> dict:
     loop_ms = (t1s - t0s) / (i1 - i0) * 1e3
   else:
     loop_ms = float("nan")
+  # the median flush interval: robust to the intervals that compile or densify, and defined for
+  # runs too short to reach the steady state above
+  gaps = [(t1 - t0_) / (i1 - i0) * 1e3 for (i0, t0_), (i1, t1) in zip(flushes, flushes[1:]) if i1 > i0]
+  median_ms = statistics.median(gaps) if gaps else float("nan")
   sh = min(3, a.iterations // a.sh_degree_interval)
   step_ms = step_alone(tr, a.step_iters, sh)
   names: dict = {}
@@ -171,6 +179,8 @@ def run_once(data: Path, out: Path, a, prefetch: int) -> dict:
     steady_from=warm,
     step_ms=step_ms,
     ratio=loop_ms / step_ms,
+    loop_ms_median_interval=median_ms,
+    ratio_median_interval=median_ms / step_ms,
     compiles=comp["count"],
     compile_s=comp["seconds"],
     compile_cache_hits=comp["cache_hits"],
@@ -231,10 +241,10 @@ def main():
     f"device: {dev.device_kind} ({jax.default_backend()}), {a.width}x{a.height}, B={a.batch_size}, {a.iterations} it"
   )
   print(
-    "| prefetch | loop ms/it | step ms | ratio | compiles (s) | cache hits | data s | metrics s | densify s | eval s "
-    "| total s |"
+    "| prefetch | loop ms/it | median interval ms/it | step ms | ratio | ratio (median) | compiles (s) | cache hits "
+    "| data s | metrics s | densify s | eval s | total s |"
   )
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   rows = []
   for p in a.prefetch:
     # each setting in a fresh process, so each pays its own compilations (as a real run does)
@@ -253,7 +263,8 @@ def main():
     r = json.loads(child.read_text())
     rows.append(r)
     print(
-      f"| {p} | {r['loop_ms_per_it']:.2f} | {r['step_ms']:.2f} | {r['ratio']:.2f} | {r['compiles']} "
+      f"| {p} | {r['loop_ms_per_it']:.2f} | {r['loop_ms_median_interval']:.2f} | {r['step_ms']:.2f} | {r['ratio']:.2f} "
+      f"| {r['ratio_median_interval']:.2f} | {r['compiles']} "
       f"({r['compile_s']:.1f}) | {r['compile_cache_hits']} | {r['data_s']:.2f} | {r['metrics_s']:.2f} | {r['densify_s']:.2f} | "
       f"{r['eval_s']:.2f} | {r['total_s']:.1f} |",
       flush=True,

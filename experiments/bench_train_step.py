@@ -30,6 +30,17 @@ from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar
 
 
+def memory_table(compiled) -> dict:
+  """XLA's memory analysis of a compiled executable, in MiB."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return {}
+  keys = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes")
+  out = {k.replace("_size_in_bytes", ""): getattr(m, k, 0) / 2**20 for k in keys}
+  out["peak_estimate"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+  return out
+
+
 def build(n: int, width: int, height: int, views: int, seed: int = 0):
   model_full = add_teeth(make_synthetic_flame(0))
   T = 16

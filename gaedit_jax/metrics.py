@@ -18,6 +18,7 @@ ViT-B/32 in IN2N's example).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -40,33 +41,29 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
   return (g / g.sum()).astype(np.float32)
 
 
-def _blur(x: jax.Array, window: np.ndarray) -> jax.Array:
-  """Separable depthwise Gaussian filter with zero padding (= F.conv2d(padding=5, groups=C))."""
-  k = window.shape[0]
-  c = x.shape[-1]
-  w = jnp.asarray(window)
-  kh = jnp.tile(w.reshape(k, 1, 1, 1), (1, 1, 1, c))
-  kw = jnp.tile(w.reshape(1, k, 1, 1), (1, 1, 1, c))
-  dn = ("NHWC", "HWIO", "NHWC")
+def _shifted_blur(x: jax.Array, window: tuple[float, ...]) -> jax.Array:
+  k = len(window)
   pad = k // 2
-  x = jax.lax.conv_general_dilated(
-    x,
-    kh,
-    (1, 1),
-    ((pad, pad), (0, 0)),
-    dimension_numbers=dn,
-    feature_group_count=c,
-    precision=jax.lax.Precision.HIGHEST,
-  )
-  return jax.lax.conv_general_dilated(
-    x,
-    kw,
-    (1, 1),
-    ((0, 0), (pad, pad)),
-    dimension_numbers=dn,
-    feature_group_count=c,
-    precision=jax.lax.Precision.HIGHEST,
-  )
+  for axis in (1, 2):
+    n = x.shape[axis]
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (pad, pad)
+    xp = jnp.pad(x, widths)
+    x = functools.reduce(jnp.add, [w * jax.lax.slice_in_dim(xp, i, i + n, axis=axis) for i, w in enumerate(window)])
+  return x
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _blur(x: jax.Array, window: tuple[float, ...]) -> jax.Array:
+  """Separable depthwise Gaussian filter with zero padding (= F.conv2d(padding=5, groups=C)) over
+  the H and W axes of [B,H,W,C], as weighted sums of shifted slices, which XLA fuses into one
+  elementwise kernel per axis (a grouped convolution ran cuDNN's slow direct kernel: most of a
+  16-view train step on a GPU, experiments/profile_step.py). The filter is linear and, with a
+  symmetric window and zero padding, its own transpose: the backward pass is the same blur."""
+  return _shifted_blur(x, window)
+
+
+_blur.defvjp(lambda x, window: (_shifted_blur(x, window), None), lambda window, _, g: (_shifted_blur(g, window),))
 
 
 def ssim(x: jax.Array, y: jax.Array, window_size: int = 11, sigma: float = 1.5) -> jax.Array:
@@ -77,7 +74,7 @@ def ssim(x: jax.Array, y: jax.Array, window_size: int = 11, sigma: float = 1.5) 
   y = jnp.asarray(y, jnp.float32)
   if single:
     x, y = x[None], y[None]
-  win = _gaussian_window(window_size, sigma)
+  win = tuple(float(w) for w in _gaussian_window(window_size, sigma))
   mu1, mu2 = _blur(x, win), _blur(y, win)
   mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
   s1 = _blur(x * x, win) - mu1_sq

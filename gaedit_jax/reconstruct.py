@@ -58,9 +58,16 @@ from gaedit_jax.train.config import (
   RasterSettings,
   Regularisers,
   RunSettings,
-  grow_isect,
 )
-from gaedit_jax.train.loop import CompileCounter, Prefetcher, cached_step, flush_metrics, frame_order, jsonable
+from gaedit_jax.train.loop import (
+  CompileCounter,
+  IsectCapacity,
+  Prefetcher,
+  cached_step,
+  flush_metrics,
+  frame_order,
+  jsonable,
+)
 from gaedit_jax.train.run import Session, file_id
 from gaedit_jax.train.run_dir import write_json
 
@@ -337,6 +344,7 @@ def train_step(
     psnr=jnp.mean(psnr(jnp.clip(out.image, 0, 1), image)),
     num_gaussians=state.avatar.num_active,
     overflow=jnp.any(out.overflow),
+    isect_need=jnp.max(out.intersections).astype(jnp.float32) / cap,
   )
   return new, metrics
 
@@ -380,7 +388,7 @@ class Trainer:
     self.extent = self.train_ds.camera_extent()
     self.background = jnp.asarray(self.train_ds.background)
     self.optimizer = make_optimizer(cfg, self.extent)
-    self.isect = cfg.raster.isect_per_gaussian
+    self.capacity_ctl = IsectCapacity(cfg.raster.isect_per_gaussian, cfg.raster.adapt_isect)
     self.mesh = parallel.view_mesh(cfg.devices, cfg.batch_size, what="gaedit reconstruct")
     self.model_local = self.model
     self.model = parallel.replicate(self.model, self.mesh)
@@ -393,6 +401,11 @@ class Trainer:
     )
     self.history: list[dict] = []
     self.densify_log: list[dict] = []
+
+  @property
+  def isect(self) -> float:
+    """The rasterizer's intersection capacity per Gaussian slot now (train.loop.IsectCapacity)."""
+    return self.capacity_ctl.value
 
   # -- schedule --------------------------------------------------------------------------------
   def sh_degree_at(self, it: int) -> int:
@@ -495,7 +508,7 @@ class Trainer:
       return False
     state, meta = got
     self.state = parallel.replicate(state, self.mesh)
-    self.isect = float(meta.get("isect_per_gaussian", self.isect))
+    self.capacity_ctl.value = float(meta.get("isect_per_gaussian", self.isect))
     self.densify_log = list(meta.get("densify", []))
     return True
 
@@ -592,7 +605,9 @@ class Trainer:
         if not (dens or reset):
           ses.done(it)
         if dens or reset or it % c.run.log_interval == 0 or it == end:
-          self._flush(pending, writer, bar)  # one host read of the recent metrics (not in the step)
+          # one host read of the recent metrics (not in the step); a capacity shrink waits for a
+          # recompilation that is due anyway (densification, a new SH degree)
+          self._flush(pending, writer, bar, dens or self.sh_degree_at(it + 1) != self.sh_degree_at(it))
           pending = []
         if dens or reset:
           self._densify(it, dens, reset)
@@ -619,6 +634,7 @@ class Trainer:
       sessions=summary["sessions"],
       resumed_at=summary["resumed_at"],
       compilations=dict(count=comp["count"], seconds=round(comp["seconds"], 2), cache_hits=comp["cache_hits"]),
+      isect_per_gaussian=self.isect,
     )
     if int(self.state.step) >= c.iterations and primary:
       it = c.iterations
@@ -632,8 +648,8 @@ class Trainer:
       write_json(self.out / "train_summary.json", jsonable(result))
     return result
 
-  def _flush(self, pending, writer, bar) -> None:
-    overflowed = flush_metrics(
+  def _flush(self, pending, writer, bar, settle: bool = True) -> None:
+    flushed = flush_metrics(
       pending,
       writer,
       bar,
@@ -642,13 +658,8 @@ class Trainer:
       scalars=("loss", "l1", "dssim", "psnr", "reg_xyz", "reg_scale"),
       postfix=lambda m: dict(loss=f"{m['loss']:.4f}", psnr=f"{m['psnr']:.2f}", gaussians=int(m["num_gaussians"])),
     )
-    for it in overflowed:
-      # That step was skipped (incomplete image): grow the buffer (recompiles) and warn.
-      self.isect = grow_isect(self.isect)
-      print(
-        f"warning: rasterizer intersection buffer overflow at iteration {it}; "
-        f"the step was skipped; isect_per_gaussian -> {self.isect}"
-      )
+    for msg in self.capacity_ctl.update(flushed, settle=settle):  # a new capacity recompiles the step
+      print(msg)
 
 
 __all__ = [

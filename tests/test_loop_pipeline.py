@@ -20,7 +20,7 @@ from recon_data import tiny_config, tiny_edit_config
 from gaedit_jax.cli import compile_cache_dir
 from gaedit_jax.edit.loop import EditRun
 from gaedit_jax.reconstruct import Trainer
-from gaedit_jax.train.loop import Prefetcher, frame_order
+from gaedit_jax.train.loop import Flushed, IsectCapacity, Prefetcher, frame_order
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,6 +64,9 @@ def test_reconstruct_prefetch_is_bit_identical(tiny, tmp_path):
     res = tr.run()
     assert res["iterations"] == 20 and res["densify"]
     assert set(res["compilations"]) == {"count", "seconds", "cache_hits"}
+    # the intersection buffer shrank to what the views need (the reference kept 16 per Gaussian):
+    # the parameters are the same bit for bit
+    assert tr.isect <= 8.0 and tr.capacity_ctl.shrunk, tr.capacity_ctl
     _assert_same(ref, tr.state)
 
 
@@ -170,3 +173,21 @@ def test_compile_cache_reused_by_a_second_process(tmp_path):
   assert not (tmp_path / "xdg").exists()
   on = _gaedit(tmp_path, {"GAEDIT_COMPILE_CACHE": "1"}, *scene(5))  # the default folder, XDG_CACHE_HOME/gaedit/jax
   assert on["cache_hits"] == 0 and _files(tmp_path / "xdg" / "gaedit" / "jax")
+
+
+def test_isect_capacity_follows_the_need():
+  c = IsectCapacity(16.0)
+  assert c.update(Flushed([], 5.0)) == [] and c.value == 16.0  # 2 x 5 -> 16: no saving
+  c.update(Flushed([], 1.7))  # the largest need seen stays 5
+  assert c.value == 16.0
+  c = IsectCapacity(16.0)
+  c.update(Flushed([], 1.7))
+  assert c.value == 4.0 and c.shrunk  # the smallest power of two >= 3.4
+  msgs = c.update(Flushed([7], 2.5))  # an overflow after the shrink: doubled, no more shrinking
+  assert c.value == 8.0 and c.frozen and "iteration 7" in msgs[0]
+  c.update(Flushed([], 0.1))
+  assert c.value == 8.0
+  fixed = IsectCapacity(16.0, adapt=False)
+  fixed.update(Flushed([], 0.5))
+  assert fixed.value == 16.0
+  assert fixed.update(Flushed([3], 0.0)) and fixed.value == 32.0

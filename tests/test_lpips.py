@@ -7,6 +7,7 @@ import sys
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -182,3 +183,17 @@ def test_lpips_input_option_defaults_to_the_original():
   assert StepSettings(render=None).lpips_input == "unit"
   assert EvalConfig().lpips_input == "unit"
   assert build(ReconstructConfig, data=Path("."), out=Path(".")).lpips_input == "unit"
+
+
+def test_bfloat16_convolutions_stay_close():
+  # --lpips-dtype bfloat16: the VGG convolutions in bfloat16, normalisation and distances in float32
+  params = random_lpips_params(2)
+  x, y = _images(2, (2, 64, 48, 3))
+  d32, d16 = L.lpips(params, x, y), L.lpips(params, x, y, dtype=jnp.bfloat16)
+  assert d16.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(d16), np.asarray(d32), rtol=3e-2)
+  assert not np.array_equal(np.asarray(d16), np.asarray(d32))  # it did compute in bfloat16
+  g32 = jax.grad(lambda a: L.lpips(params, a, y).sum())(x)
+  g16 = jax.grad(lambda a: L.lpips(params, a, y, dtype=jnp.bfloat16).sum())(x)
+  cos = float(jnp.sum(g32 * g16) / (jnp.linalg.norm(g32) * jnp.linalg.norm(g16)))
+  assert cos > 0.95, cos

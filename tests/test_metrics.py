@@ -58,6 +58,22 @@ def test_ssim_matches_gaussian_avatars():
   np.testing.assert_allclose(float(metrics.ssim(x[0], x[0])), 1.0, atol=1e-6)
 
 
+def test_ssim_gradient_matches_gaussian_avatars():
+  # the blur's hand-written backward (the same blur: linear, symmetric window, zero padding)
+  # against torch autograd through the 3DGS conv2d formulation, in both arguments
+  torch = pytest.importorskip("torch")
+  import jax
+
+  x, y = _pair(1, (2, 33, 29, 3))
+  tx, ty = (torch.from_numpy(a).permute(0, 3, 1, 2).requires_grad_(True) for a in (x, y))
+  w = torch.tensor([0.3, 1.7])
+  (_ssim_3dgs_torch(tx, ty) * w).sum().backward()
+  gx, gy = jax.grad(lambda a, b: (metrics.ssim(a, b) * np.array([0.3, 1.7], np.float32)).sum(), argnums=(0, 1))(x, y)
+  for ours, ref in ((gx, tx.grad), (gy, ty.grad)):
+    ref = ref.permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(np.asarray(ours), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
 def test_clip_direction_formulas():
   rng = np.random.default_rng(0)
   n = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)

@@ -346,6 +346,24 @@ def test_overflow_is_flagged(device):
   assert np.all(flag)
 
 
+def test_intersection_count_is_the_capacity_needed(device):
+  # RenderOutput.intersections is what each view's share of the buffer must hold: exactly that
+  # capacity draws the view, one less overflows it; the count does not depend on the capacity
+  g = random_gaussians(12, 300)
+  cams = ring_cameras(2, width=32, height=32, focal=32)
+  bg = jnp.ones(3)
+  out = rasterize(g, cams, bg)
+  need = np.asarray(out.intersections)
+  assert need.shape == (2,) and np.all(need > 0) and need[0] != need[1]
+  assert np.all(np.asarray(rasterize(g, cams, bg, RenderConfig(max_intersections=50)).intersections) == need)
+  for v in range(2):
+    one = jax.tree.map(lambda x: x[v], cams)
+    fits = rasterize(g, one, bg, RenderConfig(max_intersections=int(need[v])))
+    assert not bool(fits.overflow) and int(fits.intersections) == need[v]
+    np.testing.assert_allclose(np.asarray(fits.image), np.asarray(out.image[v]), atol=1e-6)
+    assert bool(rasterize(g, one, bg, RenderConfig(max_intersections=int(need[v]) - 1)).overflow)
+
+
 def test_tile_lists_are_exact(device):
   # a tile enters a Gaussian's list only where alpha can reach 1/255: the lists fit in far fewer
   # slots than the 3-sigma squares, and the image and gradients stay the reference's

@@ -243,6 +243,24 @@ def test_cli_and_facepaint_same_motion(tiny_dataset, tmp_path):
     main(args)
 
 
+def test_textures_in_one_pass_equal_separate_datasets(tiny_dataset, tmp_path):
+  # generate(also=...) writes the face-paint dataset from the same rasterization as the skin one:
+  # every file equals what two separate runs write (images, masks, cameras, FLAME)
+  out, _ = tiny_dataset
+  one, paint = tmp_path / "skin", tmp_path / "paint"
+  synthetic.generate(synthetic.SynthConfig(out=one, **TINY), progress=False, also={"facepaint": paint})
+  alone = tmp_path / "paint_alone"
+  synthetic.generate(synthetic.SynthConfig(out=alone, texture="facepaint", **TINY), progress=False)
+  for ref, got in ((out, one), (alone, paint)):
+    files = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.is_file() and p.name != "synth_info.json")
+    assert files and files == sorted(
+      p.relative_to(got) for p in got.rglob("*") if p.is_file() and p.name != "synth_info.json"
+    )
+    for f in files:
+      assert (ref / f).read_bytes() == (got / f).read_bytes(), f
+  assert json.loads((paint / "synth_info.json").read_text())["config"]["texture"] == "facepaint"
+
+
 def test_rig_and_motion():
   rig = synthetic.nersemble_like_rig(16, 128, 176)
   assert len(rig) == 16

@@ -127,12 +127,12 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
     for (int64_t g = 0; g < N; ++g) for_each_tile(v * N + g, [&](int64_t t) { ++count[t]; });
     const int64_t total = std::accumulate(count.begin(), count.end(), int64_t(0));
     int32_t* ranges = tile_ranges + 2 * T * v;
-    if (base + total > cap_total) {  // does not fit: the view is drawn empty and flagged
-      overflow[v] = 1;
+    const bool no_room = base + total > cap_total;
+    overflow[v] = gs::pack_isect(total, no_room);
+    if (no_room) {  // does not fit: the view is drawn empty and flagged
       for (int64_t t = 0; t < T; ++t) ranges[2 * t] = ranges[2 * t + 1] = (int32_t)base;
       continue;
     }
-    overflow[v] = 0;
     int64_t off = base;
     for (int64_t t = 0; t < T; ++t) {
       ranges[2 * t] = (int32_t)off;

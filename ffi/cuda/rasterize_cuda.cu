@@ -151,8 +151,12 @@ __global__ void overflow_kernel(int64_t V, int64_t N, const int32_t* offsets, co
                                 int64_t cap, int32_t* overflow) {
   const int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (v >= V) return;
+  // offsets is the exclusive scan over all views' Gaussians, so the end of view v is the pool's
+  // fill after v; the output packs view v's own count and the overflow bit (gs::pack_isect).
   const int64_t last = v * N + N - 1;
-  overflow[v] = ((int64_t)offsets[last] + counts[last]) > cap ? 1 : 0;
+  const int64_t end = (int64_t)offsets[last] + counts[last];
+  const int64_t begin = v == 0 ? 0 : (int64_t)offsets[v * N - 1] + counts[v * N - 1];
+  overflow[v] = gs::pack_isect(end - begin, end > cap);
 }
 
 __global__ void ranges_kernel(int64_t cap, int64_t VT, const uint64_t* keys, int32_t* ranges) {

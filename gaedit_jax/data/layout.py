@@ -23,28 +23,28 @@ import dataclasses
 import json
 import math
 import os
-import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from gaedit_jax.camera import opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
-from gaedit_jax.errors import InputError
+from gaedit_jax.errors import DatasetError, DatasetFileNotFoundError, InputError
 from gaedit_jax.flame import FlameParams
+from gaedit_jax.io.flame_npz import (  # noqa: F401 - the dataset layout's FLAME files, read where the layout is
+  FLAME_NPZ_KEYS,
+  PER_TIMESTEP,
+  check_finite,
+  npz_float_array,
+  open_npz,
+  read_flame_npz,
+  write_flame_npz,
+)
 from gaedit_jax.io.media import ImageError, image_size, to_uint8
 
 SPLITS = ("train", "val", "test")
 VAL_CAMERA = 8  # NeRSemble's frontal camera is the novel-view (validation) camera (METHOD §3)
 FLAME_FILE = "flame/synthetic_flame.pkl"  # a synthetic dataset's own FLAME model, relative to its folder
-
-
-class DatasetError(InputError):
-  """A dataset file is malformed: the message names the file, the key and the expected value."""
-
-
-class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
-  """A file the dataset refers to does not exist."""
 
 
 class DatasetExistsError(DatasetError, FileExistsError):
@@ -318,125 +318,8 @@ def split_json_path(root: str | os.PathLike, split: str | None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# flame_param/*.npz
+# flame_param/*.npz (the file format itself: io.flame_npz)
 # ------------------------------------------------------------------------------------------------
-
-# key -> trailing shape (None: the model's size, checked for consistency across files)
-FLAME_NPZ_KEYS = {
-  "translation": (3,),
-  "rotation": (3,),
-  "neck_pose": (3,),
-  "jaw_pose": (3,),
-  "eyes_pose": (6,),
-  "expr": (None,),
-  "shape": (None,),
-  "static_offset": (None, 3),
-}
-_PER_TIMESTEP = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
-
-
-def open_npz(path: str | os.PathLike, what: str = "FLAME parameter file"):
-  """An npz archive opened without pickle support (files are data, never code): DatasetFileNotFoundError
-  when missing, DatasetError when it is not an npz archive (a pickle, a bare .npy, garbage)."""
-  path = Path(path)
-  try:
-    z = np.load(path, allow_pickle=False)
-  except FileNotFoundError:
-    raise DatasetFileNotFoundError(f"{what} not found: {path}") from None
-  except IsADirectoryError:
-    raise DatasetError(f"{path}: is a folder, expected an npz file") from None
-  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-    raise DatasetError(f"{path}: not a readable npz ({e})") from None
-  if not isinstance(z, np.lib.npyio.NpzFile):
-    raise DatasetError(f"{path}: not a readable npz (a single .npy array, expected an npz archive of named arrays)")
-  return z
-
-
-def npz_float_array(z, path: str | os.PathLike, key: str, expected: str) -> np.ndarray:
-  """Array `key` of the open npz `z` as float32, checked: stored as numbers (not a pickled object
-  array, not strings). `expected` describes the wanted shape for the messages. Check the shape,
-  then `check_finite`."""
-  try:
-    a = z[key]
-  except ValueError:  # an object array: numpy refuses to unpickle it (allow_pickle=False)
-    raise DatasetError(f"{path}: key {key!r} holds pickled objects, expected a numeric array {expected}") from None
-  except (OSError, EOFError, zipfile.BadZipFile) as e:
-    raise DatasetError(f"{path}: key {key!r} cannot be read ({e})") from None
-  if a.dtype.kind not in "fiub":
-    raise DatasetError(f"{path}: key {key!r} has dtype {a.dtype}, expected a numeric array {expected}")
-  return np.asarray(a, np.float32)
-
-
-def check_finite(a: np.ndarray, path: str | os.PathLike, key: str) -> None:
-  if not np.isfinite(a).all():
-    raise DatasetError(f"{path}: key {key!r} has non-finite values (expected finite numbers)")
-
-
-def read_flame_npz(
-  path: str | os.PathLike,
-  *,
-  n_shape: int | None = None,
-  n_expr: int | None = None,
-  num_vertices: int | None = None,
-  subject: bool = True,
-) -> dict[str, np.ndarray]:
-  """One GaussianAvatars FLAME npz -> dict with per-timestep fields [k] (the leading 1 dropped),
-  shape [n_shape] and static_offset [V,3] (None if absent). Sizes given are checked.
-  subject=False reads only the per-timestep fields (a motion frame: shape is not required)."""
-  path = Path(path)
-  z = open_npz(path)
-  expect = {
-    "expr": (1, n_expr),
-    "shape": (n_shape,),
-    "static_offset": (1, num_vertices, 3),
-    "translation": (1, 3),
-    "rotation": (1, 3),
-    "neck_pose": (1, 3),
-    "jaw_pose": (1, 3),
-    "eyes_pose": (1, 6),
-  }
-  if not subject:
-    del expect["shape"], expect["static_offset"]
-  out: dict[str, Any] = {}
-  with z:
-    for key, shp in expect.items():
-      if key not in z.files:
-        if key == "static_offset":
-          out[key] = None
-          continue
-        raise DatasetError(f"{path}: missing key {key!r} (expected shape {_fmt(shp)})")
-      a = npz_float_array(z, path, key, _fmt(shp))
-      a2 = a
-      if key == "shape" and a.ndim == 2 and a.shape[0] == 1:
-        a2 = a[0]  # tolerate [1,n]
-      elif key != "shape" and a.ndim == len(shp) - 1:
-        a2 = a[None]  # tolerate a missing leading 1
-      if a2.ndim != len(shp) or any(s is not None and s != t for s, t in zip(shp, a2.shape)):
-        raise DatasetError(f"{path}: key {key!r} has shape {list(a.shape)}, expected {_fmt(shp)}")
-      check_finite(a2, path, key)
-      out[key] = a2[0] if key != "shape" else a2
-  return out
-
-
-def _fmt(shape) -> str:
-  return "[" + ",".join("*" if s is None else str(s) for s in shape) + "]"
-
-
-def write_flame_npz(path: str | os.PathLike, params, *, jaw_pose=None) -> Path:
-  """Writes one timestep of `FlameParams` (unbatched per-timestep fields) in the GA layout."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  a = lambda x: np.asarray(x, np.float32)
-  d = {k: a(getattr(params, k))[None] for k in _PER_TIMESTEP}
-  if jaw_pose is not None:
-    d["jaw_pose"] = a(jaw_pose).reshape(1, 3)
-  d["shape"] = a(params.shape)
-  d["static_offset"] = a(params.static_offset)[None]
-  for k in _PER_TIMESTEP:
-    if d[k].ndim != 2:
-      raise ValueError(f"write_flame_npz: {k} must be one timestep ([k]), got {list(d[k].shape[1:])}")
-  np.savez(path, **d)
-  return path
 
 
 def flame_param_paths(records: Iterable[FrameRecord]) -> dict[int, Path]:
@@ -488,7 +371,7 @@ def load_flame_sequence(records: Iterable[FrameRecord], *, num_vertices: int | N
   return FlameParams(
     shape=jnp.asarray(first["shape"]),
     static_offset=jnp.asarray(so),
-    **{k: jnp.asarray(np.stack([s[k] for s in seq])) for k in _PER_TIMESTEP},
+    **{k: jnp.asarray(np.stack([s[k] for s in seq])) for k in PER_TIMESTEP},
   )
 
 
@@ -612,7 +495,7 @@ class DatasetWriter:
     import jax.numpy as jnp
 
     z = lambda x: jnp.zeros(jnp.shape(x)[-1:], jnp.float32)
-    p = dataclasses.replace(params, **{k: z(getattr(params, k)) for k in _PER_TIMESTEP})
+    p = dataclasses.replace(params, **{k: z(getattr(params, k)) for k in PER_TIMESTEP})
     return write_flame_npz(self.root / "canonical_flame_param.npz", p, jaw_pose=[0.3, 0.0, 0.0])
 
   def finish(self, *, train_ratio: float = 0.7, val_camera: int = VAL_CAMERA) -> dict[str, Path]:

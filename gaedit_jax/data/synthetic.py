@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Literal
@@ -299,6 +300,13 @@ class HeadRenderer:
     self, verts_world: np.ndarray, cam: RigCamera, texture: str = "skin", supersample: int = 2
   ) -> tuple[np.ndarray, np.ndarray]:
     """-> (image [H,W,3] float32 on white, alpha [H,W] float32)."""
+    images, alpha = self.render_textures(verts_world, cam, (texture,), supersample)
+    return images[0], alpha
+
+  def render_textures(
+    self, verts_world: np.ndarray, cam: RigCamera, names: tuple[str, ...], supersample: int = 2
+  ) -> tuple[list[np.ndarray], np.ndarray]:
+    """The head in several textures from one rasterization: ([image [H,W,3] per texture], alpha)."""
     ss = int(supersample)
     v = np.asarray(verts_world, np.float64)
     w2c = np.asarray(cam.world_to_camera, np.float64)
@@ -323,11 +331,12 @@ class HeadRenderer:
     eye = np.linalg.inv(w2c)[:3, 3]
     flip = ~self.cull[fcov] & (np.einsum("nc,nc->n", nrm, pos - eye) > 0)
     nrm[flip] *= -1
-    col = textures.shade(textures.albedo(canon, self.face_part[fcov], texture, self.info), nrm)
-    img = np.ones((cam.height * ss, cam.width * ss, 3))
-    img[cov] = col
-    alpha = cov.astype(np.float64)
-    return (mesh_raster.downsample(img, ss).astype(np.float32), mesh_raster.downsample(alpha, ss).astype(np.float32))
+    images = []
+    for name in names:
+      img = np.ones((cam.height * ss, cam.width * ss, 3))
+      img[cov] = textures.shade(textures.albedo(canon, self.face_part[fcov], name, self.info), nrm)
+      images.append(mesh_raster.downsample(img, ss).astype(np.float32))
+    return images, mesh_raster.downsample(cov.astype(np.float64), ss).astype(np.float32)
 
 
 def contact_sheet(images: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
@@ -347,41 +356,50 @@ def contact_sheet(images: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 
 
-def write_frame(
-  writer, renderer: "HeadRenderer", verts: np.ndarray, t: int, cam, texture: str, supersample: int
-) -> np.ndarray:
+def write_frame(writers, renderer: "HeadRenderer", verts: np.ndarray, t: int, cam, texture, supersample: int):
   """Renders the head posed as `verts` (timestep t) from `cam` and adds the image, its mask and the
-  camera to the dataset `writer`; returns the image."""
-  img, alpha = renderer.render(verts, cam, texture, supersample)
-  writer.add_frame(
-    timestep=t,
-    camera_index=cam.index,
-    image=img,
-    mask=alpha,
-    world_to_camera=cam.world_to_camera,
-    fx=cam.fx,
-    fy=cam.fy,
-    cx=cam.cx,
-    cy=cam.cy,
-    camera_id=cam.serial,
-    timestep_id=f"frame_{t:05d}",
-  )
-  return img
+  camera to the dataset `writers`, one texture each (`texture`: a name, or a tuple of names for a
+  sequence of writers); returns the image (a list of them for several)."""
+  several = isinstance(texture, tuple)
+  writers, names = (list(writers), texture) if several else ([writers], (texture,))
+  imgs, alpha = renderer.render_textures(verts, cam, names, supersample)
+  for w, img in zip(writers, imgs):
+    w.add_frame(
+      timestep=t,
+      camera_index=cam.index,
+      image=img,
+      mask=alpha,
+      world_to_camera=cam.world_to_camera,
+      fx=cam.fx,
+      fy=cam.fy,
+      cx=cam.cx,
+      cy=cam.cy,
+      camera_id=cam.serial,
+      timestep_id=f"frame_{t:05d}",
+    )
+  return imgs if several else imgs[0]
 
 
-def generate(cfg: SynthConfig, *, progress: bool = True) -> dict:
-  """Writes the dataset; returns a summary dict (also saved as OUT/synth_info.json)."""
+def generate(cfg: SynthConfig, *, progress: bool = True, also: dict[str, str | os.PathLike] | None = None) -> dict:
+  """Writes the dataset; returns a summary dict (also saved as OUT/synth_info.json).
+
+  `also`: {texture: folder} of more datasets with the same motion, cameras and seed in other
+  textures, written in the same pass (one mesh rasterization per frame for all of them; each folder
+  gets its own summary). The images equal those of separate `generate` calls."""
   from PIL import Image
 
   t0 = time.perf_counter()
-  out = Path(cfg.out)
-  if out.exists() and not out.is_dir():
-    raise DatasetExistsError(f"{out} is a file; OUT must be a folder")
-  if (out / "transforms.json").exists() and not cfg.overwrite:
-    raise DatasetExistsError(f"{out} already holds a dataset; pass --overwrite to replace it")
-  writer = DatasetWriter(out, overwrite=cfg.overwrite)
+  targets = [cfg] + [dataclasses.replace(cfg, out=Path(folder), texture=tex) for tex, folder in (also or {}).items()]
+  for c in targets:
+    out = Path(c.out)
+    if out.exists() and not out.is_dir():
+      raise DatasetExistsError(f"{out} is a file; OUT must be a folder")
+    if (out / "transforms.json").exists() and not c.overwrite:
+      raise DatasetExistsError(f"{out} already holds a dataset; pass --overwrite to replace it")
+  writers = [DatasetWriter(Path(c.out), overwrite=c.overwrite) for c in targets]
   base = sh.make_synthetic_flame(0, n_shape=cfg.n_shape, n_expr=cfg.n_expr, rows=cfg.rows, cols=cfg.cols)
-  save_flame(base, out / FLAME_FILE)
+  for c in targets:
+    save_flame(base, Path(c.out) / FLAME_FILE)
   model = add_teeth(base)
   params = make_motion(model, cfg.num_timesteps, cfg.seed, scale=cfg.motion_scale)
   rig = nersemble_like_rig(
@@ -391,42 +409,49 @@ def generate(cfg: SynthConfig, *, progress: bool = True) -> dict:
   renderer = HeadRenderer.for_model(model)
   T = cfg.num_timesteps
   sheet_ts = sorted(set(np.linspace(0, T - 1, min(4, T)).round().astype(int).tolist()))
-  sheet: dict[int, list] = {t: [] for t in sheet_ts}
+  sheets: list[dict[int, list]] = [{t: [] for t in sheet_ts} for _ in targets]
   it = [(t, c) for t in range(T) for c in rig]
   t_render = 0.0
+  names = tuple(c.texture for c in targets)
   # closed on any exit (Ctrl-C included), so the bar's last line comes before the command's message
   with tqdm(total=len(it), desc="gaedit synth", unit="img", disable=not progress) as bar:
     for t in range(T):
-      writer.add_flame_param(t, params.at(t))
+      for w in writers:
+        w.add_flame_param(t, params.at(t))
       for cam in rig:
         t1 = time.perf_counter()
-        img = write_frame(writer, renderer, verts[t], t, cam, cfg.texture, cfg.supersample)
+        imgs = write_frame(writers, renderer, verts[t], t, cam, names, cfg.supersample)
         t_render += time.perf_counter() - t1
-        if t in sheet:
-          sheet[t].append(img)
+        if t in sheet_ts:
+          for sheet, img in zip(sheets, imgs):
+            sheet[t].append(img)
         bar.update(1)
-  writer.add_canonical(params)
-  paths = writer.finish(train_ratio=cfg.train_ratio)
-  sheet_path = None
-  if cfg.contact_sheet:
-    sheet_path = out / "contact_sheet.png"
-    Image.fromarray(contact_sheet([sheet[t] for t in sheet_ts])).save(sheet_path)
   seconds = time.perf_counter() - t0
-  size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-  info = dict(
-    config={k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
-    flame_model=FLAME_FILE,
-    num_vertices=model.num_vertices,
-    num_faces=model.num_faces,
-    n_shape=model.n_shape,
-    n_expr=model.n_expr,
-    num_images=len(it),
-    splits={k: len(json.loads(p.read_text())["frames"]) for k, p in paths.items()},
-    contact_sheet=None if sheet_path is None else str(sheet_path.name),
-    seconds_total=round(seconds, 2),
-    seconds_rendering=round(t_render, 2),
-    bytes=size,
-    contact_sheet_timesteps=sheet_ts,
-  )
-  (out / "synth_info.json").write_text(json.dumps(info, indent=2))
-  return info
+  infos = []
+  for c, w, sheet in zip(targets, writers, sheets):
+    out = Path(c.out)
+    w.add_canonical(params)
+    paths = w.finish(train_ratio=c.train_ratio)
+    sheet_path = None
+    if c.contact_sheet:
+      sheet_path = out / "contact_sheet.png"
+      Image.fromarray(contact_sheet([sheet[t] for t in sheet_ts])).save(sheet_path)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    info = dict(
+      config={k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(c).items()},
+      flame_model=FLAME_FILE,
+      num_vertices=model.num_vertices,
+      num_faces=model.num_faces,
+      n_shape=model.n_shape,
+      n_expr=model.n_expr,
+      num_images=len(it),
+      splits={k: len(json.loads(p.read_text())["frames"]) for k, p in paths.items()},
+      contact_sheet=None if sheet_path is None else str(sheet_path.name),
+      seconds_total=round(seconds, 2),
+      seconds_rendering=round(t_render, 2),
+      bytes=size,
+      contact_sheet_timesteps=sheet_ts,
+    )
+    (out / "synth_info.json").write_text(json.dumps(info, indent=2))
+    infos.append(info)
+  return infos[0]

@@ -80,9 +80,8 @@ from gaedit_jax.train.config import (
   RasterSettings,
   Regularisers,
   RunSettings,
-  grow_isect,
 )
-from gaedit_jax.train.loop import Prefetcher, cached_step, flush_metrics, jsonable, mixed_frame_order
+from gaedit_jax.train.loop import IsectCapacity, Prefetcher, cached_step, flush_metrics, jsonable, mixed_frame_order
 from gaedit_jax.train.run import Session, file_id
 from gaedit_jax.train.run_dir import write_json
 
@@ -152,6 +151,9 @@ class EditConfig:
   lpips_input: Literal["unit", "signed"] = "unit"
   """Images go into LPIPS in [0, 1] as the original does ("unit"), or rescaled to [-1, 1], the
   range LPIPS was trained for ("signed")."""
+  lpips_dtype: Literal["float32", "bfloat16"] = "float32"
+  """Compute dtype of LPIPS-VGG's convolutions: float32 as the original, or bfloat16 (faster on a
+  GPU; the loss differs at the 1e-3 level, README table of differences)."""
   lambda_mouth: float = MOUTH_LOSS_WEIGHT
   """Mouth preservation: weight of L1 and of D-SSIM to the photo inside the mouth mask (0: off)."""
   reg: Regularisers = GA_REGULARISERS
@@ -271,6 +273,7 @@ class EditConfig:
     for name, choices in (
       ("editor", ("ip2p", "synthetic", "frames", "command")),
       ("ip2p_dtype", ("float32", "bfloat16")),
+      ("lpips_dtype", ("float32", "bfloat16")),
       ("flame_init", ("data", "avatar")),
       ("wabe", ("binary", "soft", "backward", "off")),
       ("gan_mode", ("faithful", "standard")),
@@ -345,6 +348,7 @@ class StepSettings:
   lambda_l1: float = 10.0
   lambda_lpips: float = 0.0
   lpips_input: str = "unit"
+  lpips_dtype: str = "float32"
   lambda_mouth: float = MOUTH_LOSS_WEIGHT
   reg: Regularisers = GA_REGULARISERS
   gan: bool = True
@@ -454,7 +458,7 @@ def edit_step(
       lk, kparts = kp.keep_loss(img, s.keep.lambda_keep)
       loss, parts = loss + lk, {**parts, **kparts}
     if s.lambda_lpips > 0:
-      lp = lpips_images(lpips_params, x, target, s.lpips_input)
+      lp = lpips_images(lpips_params, x, target, s.lpips_input, jnp.dtype(s.lpips_dtype))
       parts["lpips"] = jnp.mean(lp) if kp is None else kp.view_mean(lp)
       loss = loss + (1.0 - phase) * s.lambda_lpips * parts["lpips"]
     if s.ssim_start is not None:
@@ -519,6 +523,7 @@ def edit_step(
     loss=l_img + l_reg,
     reg=l_reg,
     overflow=ovf,
+    isect_need=jnp.max(out.intersections).astype(jnp.float32) / av0.capacity,
     wabe_fraction=jnp.sum(gmask * av0.active) / jnp.maximum(jnp.sum(av0.active), 1),
     **parts,
   )
@@ -645,7 +650,7 @@ class EditRun:
     self.optimizer = make_optimizer(cfg, self.extent)
     self.disc_module = D.PatchDiscriminator()
     self.disc_optimizer = D.make_discriminator_optimizer(cfg.disc_lr)
-    self.isect = cfg.raster.isect_per_gaussian
+    self.capacity_ctl = IsectCapacity(cfg.raster.isect_per_gaussian, cfg.raster.adapt_isect)
     self.mesh = parallel.view_mesh(cfg.devices, cfg.batch_size, what="gaedit edit")
     self.settings = StepSettings(
       render=self.render_config(),
@@ -653,6 +658,7 @@ class EditRun:
       lambda_l1=cfg.lambda_l1,
       lambda_lpips=lam_lpips,
       lpips_input=cfg.lpips_input,
+      lpips_dtype=cfg.lpips_dtype,
       lambda_mouth=cfg.lambda_mouth,
       reg=cfg.reg,
       gan=cfg.gan,
@@ -679,6 +685,11 @@ class EditRun:
     self.keep_inputs = parallel.replicate(self.keep_inputs, self.mesh)
     self.cache: dict[int, jax.Array] = {}
     self.history: list[dict] = []
+
+  @property
+  def isect(self) -> float:
+    """The rasterizer's intersection capacity per Gaussian slot now (train.loop.IsectCapacity)."""
+    return self.capacity_ctl.value
 
   def render_config(self) -> RenderConfig:
     return W.render_config(
@@ -843,7 +854,7 @@ class EditRun:
     got = ses.restore(lambda meta: self.state)
     if got is not None:
       state, meta = got
-      self.isect = float(meta.get("isect_per_gaussian", self.isect))
+      self.capacity_ctl.value = float(meta.get("isect_per_gaussian", self.isect))
       self.settings = dataclasses.replace(self.settings, render=self.render_config())
       self.state = parallel.replicate(state, self.mesh)
       self.history = list(meta.get("history", []))
@@ -912,7 +923,7 @@ class EditRun:
     return result
 
   def _flush(self, pending, writer, bar) -> None:
-    overflowed = flush_metrics(
+    flushed = flush_metrics(
       pending,
       writer,
       bar,
@@ -921,13 +932,11 @@ class EditRun:
       scalars=None,
       postfix=lambda m: dict(loss=f"{m['loss']:.4f}", l1=f"{m['l1']:.4f}"),
     )
-    for it in overflowed:
-      self.isect = grow_isect(self.isect)
+    before = self.isect
+    for msg in self.capacity_ctl.update(flushed, "edit iteration"):
+      print(msg)
+    if self.isect != before:  # a new capacity recompiles the step
       self.settings = dataclasses.replace(self.settings, render=self.render_config())
-      print(
-        f"warning: rasterizer intersection buffer overflow at edit iteration {it}; the step was "
-        f"skipped; isect_per_gaussian -> {self.isect}"
-      )
 
 
 __all__ = [

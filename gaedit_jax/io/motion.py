@@ -26,15 +26,9 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from gaedit_jax.data.layout import (
-  DatasetError,
-  DatasetFileNotFoundError,
-  check_finite,
-  npz_float_array,
-  open_npz,
-  read_flame_npz,
-)
+from gaedit_jax.errors import DatasetError, DatasetFileNotFoundError
 from gaedit_jax.flame import FlameMotion
+from gaedit_jax.io.flame_npz import check_finite, npz_float_array, open_npz, read_flame_npz
 
 # field -> trailing shape (None: the file's own expression count)
 TRAILING = {
@@ -144,7 +138,7 @@ def _frame_number(p: Path) -> int | None:
 
 
 def _read_frame_folder(folder: Path) -> tuple[dict[str, np.ndarray], list[Path]]:
-  """Per-frame npz files (VHAP's flame_param/<timestep>.npz), read by `data.layout.read_flame_npz`
+  """Per-frame npz files (VHAP's flame_param/<timestep>.npz), read by `io.flame_npz.read_flame_npz`
   (the dataset's own reader and checks), in the order of the numbers in their names."""
   files = sorted((p for p in folder.glob("*.npz") if _frame_number(p) is not None), key=_frame_number)
   if not files:

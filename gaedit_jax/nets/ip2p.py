@@ -413,9 +413,11 @@ class InstructPix2Pix:
     alphas = jnp.asarray(self._alphas)
     final_alpha = jnp.float32(self._final_alpha)
     t = jnp.clip(jnp.asarray(t, jnp.int32), n, alphas.shape[0] - 1)  # num_train_timesteps >= steps
-    mean, std = self._encode(params["vae"], renders_sq)
-    z0 = (mean + std * posterior_eps) * sf  # posterior.sample() * 0.18215
-    cond, _ = self._encode(params["vae"], originals_sq)  # posterior.mode(), unscaled
+    # one VAE pass over renders and originals (batch 2B): the render's posterior is sampled, the
+    # original's mode (its mean, unscaled) conditions the UNet
+    mean, std = self._encode(params["vae"], jnp.concatenate([renders_sq, originals_sq], axis=0))
+    z0 = (mean[:b] + std[:b] * posterior_eps) * sf  # posterior.sample() * 0.18215
+    cond = mean[b:]
     cond3 = jnp.concatenate([cond, cond, jnp.zeros_like(cond)], axis=0)
     emb = jnp.repeat(prompt_embeds.astype(self.unet.dtype), b, axis=0)  # [text]*B, [""]*B, [""]*B
     bc = lambda v: v[:, None, None, None]

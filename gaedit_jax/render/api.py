@@ -90,7 +90,7 @@ def _fwd_call(st: _Static, means, quats, scales, opac, sh, offset, viewmat, intr
     sds(batch + (n,), i32),  # radii
     sds(batch + (n,), i32),  # wabe_count
     sds(batch + (n,), f32),  # wabe_weight
-    sds(batch, i32),  # overflow
+    sds(batch, i32),  # status: 2 x intersections + overflow bit (gs_math.h pack_isect)
     sds(batch + (n, 2), f32),  # means2d
     sds(batch + (n, 4), f32),  # conic + opacity
     sds(batch + (n, 3), f32),  # colours
@@ -172,7 +172,14 @@ def rasterize(gaussians: Gaussians, camera: Camera, background, config: RenderCo
       "RenderConfig.max_intersections / isect_per_gaussian or render fewer views per call"
     )
   outs = parallel.over_views(functools.partial(_rasterize_op, st), config.mesh, ops, batch)
-  image, alpha, depth, radii, wcount, wweight, overflow = outs
+  image, alpha, depth, radii, wcount, wweight, status = outs
   return RenderOutput(
-    image=image, alpha=alpha, depth=depth, radii=radii, wabe_mask=wcount > 0, wabe_weight=wweight, overflow=overflow > 0
+    image=image,
+    alpha=alpha,
+    depth=depth,
+    radii=radii,
+    wabe_mask=wcount > 0,
+    wabe_weight=wweight,
+    overflow=(status & 1) > 0,
+    intersections=status >> 1,
   )

@@ -263,4 +263,5 @@ def rasterize_reference(
     wabe_mask=mask,
     wabe_weight=weight,
     overflow=jnp.zeros(batch, bool),
+    intersections=jnp.zeros(batch, jnp.int32),
   )

@@ -152,7 +152,9 @@ class RenderOutput:
   its first K accepted contributors, or its tile's, see `RenderConfig.wabe_visibility`);
   wabe_weight [...,N] (mean min-max-normalised WABE weight over the Gaussian's (pixel, slot)
   occurrences, 0 if none); overflow [...] bool (the intersection buffer was
-  too small: the image is incomplete and must not be used; raise max_intersections)."""
+  too small: the image is incomplete and must not be used; raise max_intersections);
+  intersections [...] int32 (the view's tile intersections, what its share of the buffer must
+  hold, saturated at 2^30 - 1; 0 from the reference backend, which has no buffer)."""
 
   image: jax.Array
   alpha: jax.Array
@@ -161,3 +163,4 @@ class RenderOutput:
   wabe_mask: jax.Array
   wabe_weight: jax.Array
   overflow: jax.Array
+  intersections: jax.Array

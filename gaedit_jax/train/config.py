@@ -78,7 +78,10 @@ class RasterSettings:
   """Rasterizer settings a run starts from (render.types.RenderConfig holds the rest)."""
 
   isect_per_gaussian: float = 16.0
-  """Rasterizer intersection-buffer size per Gaussian (grows on overflow)."""
+  """Rasterizer intersection-buffer size per Gaussian at the start (grows on overflow)."""
+  adapt_isect: bool = True
+  """Shrink the intersection buffer to about twice what the views need once that halves it
+  (train.loop.IsectCapacity; the images are the same, the sort is shorter)."""
   tile_size: int = 16
   """Rasterizer tile size: 16 as the original 3DGS kernel; 8 is faster on GPUs (README benchmarks)."""
   alpha_clamp_grad: Literal["pass", "zero"] = "pass"

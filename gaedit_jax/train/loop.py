@@ -1,9 +1,12 @@
 """Pieces of the training loop both stages share: the data order, the input pipeline that prepares
 the next batches while the device runs the current step, the cache of jitted steps, the count of
-compilations, the one host read of the recent steps' metrics, and JSON-ready configs."""
+compilations, the one host read of the recent steps' metrics, the intersection capacity that
+follows what the views need, and JSON-ready configs."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import queue
 import threading
 from pathlib import Path
@@ -12,6 +15,8 @@ from typing import Any, Callable, Hashable, Sequence
 import jax
 import jax.monitoring
 import numpy as np
+
+from gaedit_jax.train.config import grow_isect
 
 # Jitted steps are shared by runs with the same settings (no recompiles in a process that trains
 # several times, e.g. tests or a resume); the key holds everything the step closes over.
@@ -153,6 +158,16 @@ class CompileCounter:
     return dict(count=len(ev), seconds=float(sum(s for _, s in ev)), cache_hits=cls._hits - snap[1], events=list(ev))
 
 
+@dataclasses.dataclass
+class Flushed:
+  """What a metrics flush found: the iterations whose step overflowed the rasterizer's
+  intersection buffer (they skipped their update) and the largest intersection count per Gaussian
+  slot of any view of the flushed steps (metric `isect_need`; 0 when the step reports none)."""
+
+  overflowed: list[int]
+  isect_need: float
+
+
 def flush_metrics(
   pending: Sequence[tuple[int, dict]],
   writer,
@@ -162,14 +177,13 @@ def flush_metrics(
   tag: str,
   scalars: Sequence[str] | None,
   postfix: Callable[[dict], dict],
-) -> list[int]:
+) -> Flushed:
   """One host read of the metrics of the steps since the last flush (`pending`: (iteration,
   metrics) pairs, device arrays): TensorBoard scalars `tag/<name>` of every step (`scalars`, or
   all but the overflow flag when None), the last step's metrics appended to `history` (as floats),
-  the progress bar's postfix (`postfix(last)`) and position. Returns the iterations whose step
-  overflowed the rasterizer's intersection buffer (the step skipped its update)."""
+  the progress bar's postfix (`postfix(last)`) and position. Returns `Flushed`."""
   if not pending:
-    return []
+    return Flushed([], 0.0)
   ms = jax.device_get([m for _, m in pending])
   overflowed = []
   for (it, _), m in zip(pending, ms):
@@ -183,7 +197,44 @@ def flush_metrics(
   if bar is not None:
     bar.set_postfix(**postfix(last), refresh=False)
     bar.update(pending[-1][0] - bar.n)
-  return overflowed
+  return Flushed(overflowed, max(float(m.get("isect_need", 0.0)) for m in ms))
+
+
+@dataclasses.dataclass
+class IsectCapacity:
+  """The rasterizer's intersection capacity per Gaussian slot over a run (`RenderConfig.
+  isect_per_gaussian`; a new value recompiles the step).
+
+  After an overflow (that step skipped its update) it doubles (`config.grow_isect`). With `adapt`,
+  it also shrinks to the smallest power of two >= 2x the largest need seen so far, when that at
+  least halves it: the sort and the buffer scale with the capacity, not with the intersections
+  drawn (README, "Compilation cache and input pipeline"). A shrink waits for a flush where the
+  loop says a recompilation is due anyway (`settle`), so it costs no compilation of its own. An
+  overflow after a shrink stops further shrinking for the run."""
+
+  value: float
+  adapt: bool = True
+  shrunk: bool = False
+  frozen: bool = False
+  need: float = 0.0  # the largest need per slot seen so far
+
+  def update(self, flushed: Flushed, what: str = "iteration", settle: bool = True) -> list[str]:
+    """Take a flush's findings; `settle`: the step recompiles next anyway (a new SH degree or
+    capacity), so a shrink may be taken now. Returns the warnings to print (one per overflow)."""
+    msgs = []
+    for it in flushed.overflowed:
+      self.value = grow_isect(self.value)
+      self.frozen = self.frozen or self.shrunk
+      msgs.append(
+        f"warning: rasterizer intersection buffer overflow at {what} {it}; the step was skipped; "
+        f"isect_per_gaussian -> {self.value:g}"
+      )
+    self.need = max(self.need, flushed.isect_need)
+    if settle and self.adapt and not self.frozen and not flushed.overflowed and self.need > 0:
+      fit = max(2.0, 2.0 ** math.ceil(math.log2(2.0 * self.need)))
+      if fit <= self.value / 2:
+        self.value, self.shrunk = fit, True
+    return msgs
 
 
 def jsonable(x):
@@ -206,5 +257,7 @@ __all__ = [
   "frame_order",
   "mixed_frame_order",
   "flush_metrics",
+  "Flushed",
+  "IsectCapacity",
   "jsonable",
 ]

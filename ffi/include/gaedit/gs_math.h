@@ -85,6 +85,14 @@ constexpr float kSH3_0 = -0.5900435899266435f, kSH3_1 = 2.890611442640554f,
 
 GS_HD int sh_count(int degree) { return (degree + 1) * (degree + 1); }
 
+// The forward's per-view status word: the view's tile-intersection count (saturated at 2^30 - 1)
+// times two, plus 1 when the view did not fit the intersection pool (an incomplete image). Python
+// unpacks it (render/api.py) into RenderOutput.intersections and .overflow.
+GS_HD int32_t pack_isect(int64_t count, bool overflow) {
+  const int64_t c = count < 0 ? 0 : (count > 0x3fffffff ? 0x3fffffff : count);
+  return (int32_t)(2 * c + (overflow ? 1 : 0));
+}
+
 // Basis values Y[k] and, if dY != nullptr, their derivatives dY[k][0..2] w.r.t. the unit
 // direction's components treated as independent variables (the normalisation is chained outside).
 GS_HD void sh_basis(int degree, float x, float y, float z, float Y[16], float (*dY)[3]) {
