@@ -2,6 +2,7 @@
 scripts of experiments/ are importable by name: pyproject.toml's [tool.pytest.ini_options]
 `pythonpath` puts both folders on the import path."""
 
+import gc
 import os
 
 import jax
@@ -10,6 +11,17 @@ import pytest
 # `gaedit` processes started by tests never use the user's persistent compilation cache (the tests
 # of the cache set their own folder)
 os.environ.setdefault("GAEDIT_COMPILE_CACHE", "0")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drops the compiled XLA programs after each test module. Every program compiled on the CPU
+  keeps memory mappings of its machine code; a whole session compiles thousands, and one process
+  reached the kernel's limit of mappings (vm.max_map_count, 65530 here), where the next compilation
+  crashed with a segmentation fault. The programs are compiled again when a later module needs them."""
+  yield
+  jax.clear_caches()
+  gc.collect()
 
 
 def _has_gpu() -> bool:
