@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaedit_jax.data.dataset import AvatarDataset
-from gaedit_jax.data.layout import FLAME_FILE, DatasetError
-from gaedit_jax.errors import InputError
+from gaedit_jax.data.layout import FLAME_FILE
+from gaedit_jax.errors import DatasetError, InputError
 from gaedit_jax.flame import FlameModel, FlameMotion, FlameParams, add_teeth, bake_identity, flame_forward, load_flame
 from gaedit_jax.io.model_folder import (
   FLAME_FLAG,

@@ -34,10 +34,9 @@ from gaedit_jax.avatar import (
   resolve_flame_path,
 )
 from gaedit_jax.data.dataset import AvatarDataset
-from gaedit_jax.data.layout import DatasetError
 from gaedit_jax.data.validate import validate_dataset
 from gaedit_jax.density import DensifyConfig, DensityStats, densify_and_prune, map_slot_leaves, reset_opacity
-from gaedit_jax.errors import InputError
+from gaedit_jax.errors import DatasetError, InputError
 from gaedit_jax.eval_recon import evaluate_split
 from gaedit_jax.flags import check_choice, check_flags, check_path, config_checks
 from gaedit_jax.flame import FlameModel, FlameMotion, FlameParams

@@ -171,7 +171,7 @@ def write_dataset(
   for t in range(num_timesteps):
     writer.add_flame_param(t, params.at(t))
     for cam in rig:
-      write_frame(writer, renderer, verts[t], t, cam, texture, 1)
+      write_frame([writer], renderer, verts[t], t, cam, (texture,), 1)
   writer.add_canonical(params)
   writer.finish(train_ratio=0.7)
   return out

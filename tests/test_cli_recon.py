@@ -11,7 +11,7 @@ import time
 import pytest
 
 from gaedit_jax.cli import main as cli
-from gaedit_jax.data.layout import DatasetError
+from gaedit_jax.errors import DatasetError
 from gaedit_jax.flags import flag_args
 from gaedit_jax.flame import make_synthetic_flame, save_flame
 

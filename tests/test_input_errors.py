@@ -16,9 +16,8 @@ from PIL import Image
 from recon_data import tiny_config
 
 from gaedit_jax.cli import main as cli
-from gaedit_jax.data.layout import DatasetError, DatasetFileNotFoundError
 from gaedit_jax.data.validate import validate_dataset
-from gaedit_jax.errors import InputError
+from gaedit_jax.errors import DatasetError, DatasetFileNotFoundError, InputError
 from gaedit_jax.flags import InputNotFoundError, build
 
 ROOT = Path(__file__).resolve().parents[1]

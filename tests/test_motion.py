@@ -10,9 +10,9 @@ import warnings
 import numpy as np
 import pytest
 
-from gaedit_jax.data.layout import DatasetError, DatasetFileNotFoundError, write_flame_npz
-from gaedit_jax.errors import InputError
+from gaedit_jax.errors import DatasetError, DatasetFileNotFoundError, InputError
 from gaedit_jax.flame import FlameMotion, FlameParams
+from gaedit_jax.io.flame_npz import write_flame_npz
 from gaedit_jax.io.motion import read_motion, read_motion_file
 
 T, E, NV = 5, 12, 9
@@ -42,7 +42,7 @@ def write_ga_flame_param(path, seq, n_shape=300):
 
 
 def write_vhap_folder(folder, seq):
-  """flame_param/<t>.npz as the dataset writer (data.layout.write_flame_npz) writes them."""
+  """flame_param/<t>.npz as the dataset writer (io.flame_npz.write_flame_npz) writes them."""
   t = seq["expr"].shape[0]
   for i in range(t):
     p = FlameParams(

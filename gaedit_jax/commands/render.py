@@ -31,9 +31,9 @@ import numpy as np
 from gaedit_jax.avatar import fit_flame_dims, load_flame_model, load_trained, pose_vertices, render_views
 from gaedit_jax.camera import look_at, make_camera
 from gaedit_jax.data.dataset import AvatarDataset
-from gaedit_jax.data.layout import SPLITS, DatasetError, DatasetFileNotFoundError
+from gaedit_jax.data.layout import SPLITS
 from gaedit_jax.data.validate import validate_dataset
-from gaedit_jax.errors import InputError
+from gaedit_jax.errors import DatasetError, DatasetFileNotFoundError, InputError
 from gaedit_jax.flags import check_choice, check_flags, config_checks
 from gaedit_jax.flame import FlameMotion, axis_angle_to_matrix
 from gaedit_jax.io.media import save_frames, side_by_side, tile, write_video

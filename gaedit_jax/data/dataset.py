@@ -25,17 +25,15 @@ from gaedit_jax.camera import Camera, make_camera
 from gaedit_jax.data.layout import (
   INTRINSICS,
   SPLITS,
-  DatasetError,
-  DatasetFileNotFoundError,
   FrameRecord,
   check_image_size,
   load_flame_sequence,
-  read_flame_npz,
   read_transforms,
   split_json_path,
 )
-from gaedit_jax.errors import InputError
+from gaedit_jax.errors import DatasetError, DatasetFileNotFoundError, InputError
 from gaedit_jax.flame import FlameParams
+from gaedit_jax.io.flame_npz import read_flame_npz
 from gaedit_jax.io.media import ImageError, read_image, read_mask
 
 

@@ -31,15 +31,7 @@ import numpy as np
 from gaedit_jax.camera import opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
 from gaedit_jax.errors import DatasetError, DatasetFileNotFoundError, InputError
 from gaedit_jax.flame import FlameParams
-from gaedit_jax.io.flame_npz import (  # noqa: F401 - the dataset layout's FLAME files, read where the layout is
-  FLAME_NPZ_KEYS,
-  PER_TIMESTEP,
-  check_finite,
-  npz_float_array,
-  open_npz,
-  read_flame_npz,
-  write_flame_npz,
-)
+from gaedit_jax.io.flame_npz import PER_TIMESTEP, read_flame_npz, write_flame_npz
 from gaedit_jax.io.media import ImageError, image_size, to_uint8
 
 SPLITS = ("train", "val", "test")

@@ -297,16 +297,10 @@ class HeadRenderer:
     )
 
   def render(
-    self, verts_world: np.ndarray, cam: RigCamera, texture: str = "skin", supersample: int = 2
-  ) -> tuple[np.ndarray, np.ndarray]:
-    """-> (image [H,W,3] float32 on white, alpha [H,W] float32)."""
-    images, alpha = self.render_textures(verts_world, cam, (texture,), supersample)
-    return images[0], alpha
-
-  def render_textures(
-    self, verts_world: np.ndarray, cam: RigCamera, names: tuple[str, ...], supersample: int = 2
+    self, verts_world: np.ndarray, cam: RigCamera, names: tuple[str, ...] = ("skin",), supersample: int = 2
   ) -> tuple[list[np.ndarray], np.ndarray]:
-    """The head in several textures from one rasterization: ([image [H,W,3] per texture], alpha)."""
+    """The head in one or more textures from one rasterization: ([image [H,W,3] float32 on white
+    per texture], alpha [H,W] float32)."""
     ss = int(supersample)
     v = np.asarray(verts_world, np.float64)
     w2c = np.asarray(cam.world_to_camera, np.float64)
@@ -356,14 +350,14 @@ def contact_sheet(images: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 
 
-def write_frame(writers, renderer: "HeadRenderer", verts: np.ndarray, t: int, cam, texture, supersample: int):
-  """Renders the head posed as `verts` (timestep t) from `cam` and adds the image, its mask and the
-  camera to the dataset `writers`, one texture each (`texture`: a name, or a tuple of names for a
-  sequence of writers); returns the image (a list of them for several)."""
-  several = isinstance(texture, tuple)
-  writers, names = (list(writers), texture) if several else ([writers], (texture,))
-  imgs, alpha = renderer.render_textures(verts, cam, names, supersample)
-  for w, img in zip(writers, imgs):
+def write_frame(
+  writers, renderer: "HeadRenderer", verts: np.ndarray, t: int, cam, textures: tuple[str, ...], supersample: int
+) -> list[np.ndarray]:
+  """Renders the head posed as `verts` (timestep t) from `cam` once, in each of `textures`, and adds
+  each image with the mask and the camera to its dataset writer (`writers`, one per texture);
+  returns the images."""
+  imgs, alpha = renderer.render(verts, cam, tuple(textures), supersample)
+  for w, img in zip(writers, imgs, strict=True):
     w.add_frame(
       timestep=t,
       camera_index=cam.index,
@@ -377,7 +371,7 @@ def write_frame(writers, renderer: "HeadRenderer", verts: np.ndarray, t: int, ca
       camera_id=cam.serial,
       timestep_id=f"frame_{t:05d}",
     )
-  return imgs if several else imgs[0]
+  return imgs
 
 
 def generate(cfg: SynthConfig, *, progress: bool = True, also: dict[str, str | os.PathLike] | None = None) -> dict:

@@ -18,15 +18,14 @@ from typing import Sequence
 
 from gaedit_jax.data.layout import (
   SPLITS,
-  DatasetError,
-  DatasetFileNotFoundError,
   FrameRecord,
   check_image_size,
   flame_param_paths,
-  read_flame_npz,
   read_transforms,
   split_json_path,
 )
+from gaedit_jax.errors import DatasetError, DatasetFileNotFoundError
+from gaedit_jax.io.flame_npz import read_flame_npz
 from gaedit_jax.io.media import ImageError, image_size
 
 # ------------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ import numpy as np
 
 from gaedit_jax import parallel
 from gaedit_jax.data.dataset import AvatarDataset, Batch
-from gaedit_jax.data.layout import SPLITS, DatasetError, split_json_path
+from gaedit_jax.data.layout import SPLITS, split_json_path
+from gaedit_jax.errors import DatasetError
 from gaedit_jax.eval_recon import evaluate_split
 from gaedit_jax.train.run_dir import write_json
 

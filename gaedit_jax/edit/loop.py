@@ -40,7 +40,6 @@ from gaedit_jax.avatar import (
   pose,
   render_views,
 )
-from gaedit_jax.data.layout import DatasetError
 from gaedit_jax.data.validate import validate_dataset
 from gaedit_jax.edit import discriminator as D
 from gaedit_jax.edit import external as X
@@ -57,7 +56,7 @@ from gaedit_jax.edit.mouth import (
   render_mouth_mask,
 )
 from gaedit_jax.edit.schedule import SSIM_WEIGHT, edit_dssim, ssim_phase, ssim_phase_start
-from gaedit_jax.errors import InputError
+from gaedit_jax.errors import DatasetError, InputError
 from gaedit_jax.flags import check_choice, check_flags, check_path, config_checks
 from gaedit_jax.flame import FlameMotion
 from gaedit_jax.io.media import save_png, side_by_side
