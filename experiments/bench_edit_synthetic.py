@@ -83,6 +83,9 @@ VARIANTS = {
   # WABE's visible set per tile (the released kernel's mask density, deterministic)
   "wabe_tile": dict(wabe="binary", gan=False, wabe_visibility="tile"),
   "both_tile": dict(wabe="binary", gan=True, wabe_visibility="tile"),
+  # two views per step for half the iterations (the same number of edited views): what
+  # `gaedit edit --batch-size 2` does, one view per device where two devices exist
+  "both_b2": dict(wabe="binary", gan=True, batch_size=2),
   # editors and regions (--editors); the frames / command variants get their folders in main
   **{f"frames_k{k}": dict(wabe="binary", gan=True, editor="frames") for k in EDITOR_KS},
   # the same with uniform view sampling (--edited-share 0): the edited frames are rarely visited
@@ -100,6 +103,7 @@ LABELS = {
   "both_std": "+both (standard)",
   "wabe_tile": "+WABE per tile",
   "both_tile": "+both, WABE per tile",
+  "both_b2": "+both, 2 views x half the iterations",
   **{f"frames_k{k}": f"frames editor, k={k}" for k in EDITOR_KS},
   **{f"frames_k{k}_uniform": f"frames editor, k={k}, --edited-share 0" for k in EDITOR_KS},
   "region_face": "+both, --region face",
@@ -630,7 +634,7 @@ def main(argv=None) -> dict:
   a.out.mkdir(parents=True, exist_ok=True)
   t_start = time.perf_counter()
   print(
-    f"bench_edit_synthetic: {jax.devices()[0].platform}, {a.width}x{a.height}, {a.num_cameras} cameras, "
+    f"bench_edit_synthetic: {jax.device_count()} x {jax.devices()[0].platform}, {a.width}x{a.height}, {a.num_cameras} cameras, "
     f"{a.num_timesteps} timesteps, recon {a.recon_iterations} it, edit {a.edit_iterations} it, "
     f"variants {a.variants}, seeds {a.seeds}"
   )
@@ -718,16 +722,17 @@ def main(argv=None) -> dict:
           edit_command_batch=a.command_batch,
           target_data=None,
         )
+      iterations = a.edit_iterations // kw.get("batch_size", 1)  # the same number of edited views
       cfg = build(
         EditConfig,
         avatar=a.out / "model",
         out=run_dir,
         synthetic_noise=a.noise,
-        iterations=a.edit_iterations,
+        iterations=iterations,
         seed=seed,
         lambda_lpips=10.0 if a.lpips_weights else 0.0,
         lpips_weights=a.lpips_weights,
-        checkpoint_interval=a.edit_iterations,
+        checkpoint_interval=iterations,
         keep_checkpoints=1,
         dump_interval=0,
         progress=a.progress,
@@ -757,7 +762,12 @@ def main(argv=None) -> dict:
       shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the export (point_cloud/) is enough
       t_eval = time.perf_counter() - t1
       res["runs"].setdefault(v, {})[str(seed)] = dict(
-        metrics=m, edit_seconds=out["edit_seconds"], eval_seconds=t_eval, iterations=out["iterations"]
+        metrics=m,
+        edit_seconds=out["edit_seconds"],
+        eval_seconds=t_eval,
+        iterations=out["iterations"],
+        views_per_step=cfg.batch_size,
+        devices=1 if er.mesh is None else er.mesh.size,
       )
       write_results(a, res, a.variants)
       note = "" if v in compiled else " (incl. compile)"

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from bench_edit_step import build_edit, build_editor, timed
 from bench_train_step import build as build_train
+from bench_train_step import isect_need, settled_isect
 
 from gaedit_jax import parallel
 from gaedit_jax.reconstruct import StepConfig
@@ -95,8 +96,10 @@ def train_call(case: Case, a, mesh):
   """fn(i) -> (state, metrics): one train step; the state threads through (donated)."""
   w, h = a.width, a.height
   state, opt, model, cams, img, ts = build_train(case.gaussians, w, h, case.views)
+  need = isect_need(state.avatar, model, state.flame, ts, cams)
+  isect = a.isect or settled_isect(need)
   step = make_train_step(
-    opt, StepConfig(render=RenderConfig(sh_degree=a.sh_degree, isect_per_gaussian=a.isect, mesh=mesh))
+    opt, StepConfig(render=RenderConfig(sh_degree=a.sh_degree, isect_per_gaussian=isect, mesh=mesh))
   )
   model, bg = parallel.replicate((model, jnp.ones(3, jnp.float32)), mesh)
   box = [parallel.replicate(state, mesh)]
@@ -106,6 +109,7 @@ def train_call(case: Case, a, mesh):
     box[0], m = step(box[0], *views, model, bg)
     return box[0], m
 
+  call.isect, call.need = isect, need
   return call
 
 
@@ -113,9 +117,12 @@ def edit_call(case: Case, a, mesh, editor, lpips_params):
   """fn(i) -> (state, metrics): one edit step with the edit (what every `gaedit edit` iteration runs)."""
   from gaedit_jax.edit.loop import make_step
 
-  e = build_edit(case.gaussians, a.width, a.height, a.isect, lpips_params is not None, views=case.views, mesh=mesh)
+  e = build_edit(case.gaussians, a.width, a.height, 16.0, lpips_params is not None, views=case.views, mesh=mesh)
+  need = isect_need(e.state.avatar, e.model, e.state.flame, e.timestep, e.camera)
+  isect = a.isect or settled_isect(need)
+  settings = dataclasses.replace(e.settings, render=dataclasses.replace(e.settings.render, isect_per_gaussian=isect))
   r = e.run
-  step = make_step(r.optimizer, r.disc_module, r.disc_optimizer, e.settings, True)
+  step = make_step(r.optimizer, r.disc_module, r.disc_optimizer, settings, True)
   sq = editor.square_size
   cached = jnp.zeros((case.views, sq, sq, 3), jnp.float32)  # unused with the edit (do_edit=True)
   views = parallel.shard_views((e.photo, e.camera, e.timestep, e.camera_index, cached), mesh)
@@ -126,6 +133,7 @@ def edit_call(case: Case, a, mesh, editor, lpips_params):
     box[0], m, _ = step(box[0], *views, *tail)
     return box[0], m
 
+  call.isect, call.need = isect, need
   return call
 
 
@@ -194,9 +202,9 @@ def table(header: str, rows: list[dict], rtol: dict[str, float]) -> str:
   lines = [
     header,
     "",
-    "| workload | devices | views per step | ms per step | speedup | efficiency | edited views/s "
+    "| workload | devices | views per step | isect/N (need) | ms per step | speedup | efficiency | edited views/s "
     f"| loss rel. diff vs 1 device (first steps; ! > {rtol['train']:g} train, {rtol['edit']:g} edit) | first call s |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     batch_ref = r["workload"] == "edit" and r["devices"] == 1 and r["views"] > 1
@@ -207,7 +215,7 @@ def table(header: str, rows: list[dict], rtol: dict[str, float]) -> str:
     if r["overflow"]:
       chk += " (overflow: raise --isect)"
     lines.append(
-      f"| {r['name']} | {dev} | {r['views']} | {r['ms']:.2f} | {r['speedup']:.2f} | {r['efficiency']:.0%} "
+      f"| {r['name']} | {dev} | {r['views']} | {r['isect']:g} ({r['isect_need']:.1f}) | {r['ms']:.2f} | {r['speedup']:.2f} | {r['efficiency']:.0%} "
       f"| {vps} | {chk} | {r['first_s']:.1f} |"
     )
   return "\n".join(lines) + "\n"
@@ -232,7 +240,12 @@ def parse(argv=None):
   ap.add_argument("--attention", default=None, choices=("cudnn", "xla"), help="IP2P attention (default: cudnn on GPU)")
   ap.add_argument("--lpips", action=argparse.BooleanOptionalAction, default=True, help="edit: LPIPS-VGG term")
   ap.add_argument("--sh-degree", type=int, default=3)
-  ap.add_argument("--isect", type=float, default=16.0, help="rasterizer intersections per Gaussian")
+  ap.add_argument(
+    "--isect",
+    type=float,
+    default=None,
+    help="rasterizer intersections per Gaussian (default: what a run settles at for the views' need)",
+  )
   ap.add_argument("--reps", type=int, default=10, help="timed steps per row")
   ap.add_argument("--warmup", type=int, default=2, help="untimed steps after the first (compiling) one")
   ap.add_argument("--check-steps", type=int, default=3, help="steps whose losses are compared")
@@ -286,7 +299,7 @@ def main(argv=None) -> list[dict]:
     call = train_call(c, a, mesh) if c.workload == "train" else edit_call(c, a, mesh, editor, lpips_params)
     last = c.devices == devices[-1] and c.devices > 1 or devices == [1]
     prof = a.profile / f"{c.workload}_N{c.gaussians}_B{c.views}_d{c.devices}" if a.profile and last else None
-    r = dict(dataclasses.asdict(c), name=c.name, **measure(call, a, prof))
+    r = dict(dataclasses.asdict(c), name=c.name, isect=call.isect, isect_need=call.need, **measure(call, a, prof))
     del call  # free this row's state before the next
     rows.append(r)
     log(

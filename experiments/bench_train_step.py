@@ -30,6 +30,36 @@ from gaedit_jax.render.types import RenderConfig
 from gaedit_jax.rig import Avatar
 
 
+def isect_need(avatar, model, flame, timestep, cams, tile: int = 16, start: float = 16.0) -> float:
+  """The largest intersection count of any view, per Gaussian slot (the steps' metric
+  `isect_need`), from one forward at a capacity that holds it (doubled until it does)."""
+  from gaedit_jax.avatar import pose
+  from gaedit_jax.render import rasterize
+
+  g = pose(avatar, model, flame, timestep)
+  cap = start
+  while True:
+    rc = RenderConfig(sh_degree=0, isect_per_gaussian=cap, tile_size=tile)
+    out = jax.jit(lambda g, c: rasterize(g, c, jnp.ones(3), rc))(g, cams)
+    if not bool(jnp.any(out.overflow)):
+      return float(jnp.max(out.intersections)) / avatar.capacity
+    cap *= 2
+
+
+def settled_isect(need: float, start: float = 16.0) -> float:
+  """The capacity per Gaussian a run settles at for views that need `need` (train.loop.
+  IsectCapacity from the default `start`: doubled on overflow, shrunk to a power of two >= 2x
+  the need when that halves it). Benchmarks use it, so that no timed step overflows (an
+  overflowing step renders fewer intersections than the image has)."""
+  from gaedit_jax.train.loop import Flushed, IsectCapacity
+
+  cap = IsectCapacity(start)
+  while need > cap.value:
+    cap.update(Flushed([0], need))
+  cap.update(Flushed([], need))
+  return cap.value
+
+
 def memory_table(compiled) -> dict:
   """XLA's memory analysis of a compiled executable, in MiB."""
   m = compiled.memory_analysis()

@@ -39,6 +39,17 @@ import numpy as np
 from bench_train_step import memory_table
 
 
+def auto_isect(a, avatar, model, flame, ts, cams) -> None:
+  """--isect auto (None): the capacity a run settles at for these views (bench_train_step)."""
+  from bench_train_step import isect_need, settled_isect
+
+  need = isect_need(avatar, model, flame, ts, cams, a.tile)
+  a.isect_need = need
+  if a.isect is None:
+    a.isect = settled_isect(need)
+  print(f"intersections: the views need {need:.2f} per Gaussian; capacity {a.isect:g}", flush=True)
+
+
 def workload(a):
   """(jitted fn, args builder, state threading) for --workload: fn(*args) -> (new first arg, ...)."""
   if a.workload == "train":
@@ -48,6 +59,7 @@ def workload(a):
     from gaedit_jax.render.types import RenderConfig
 
     state, opt, model, cams, img, ts = build(a.n, a.width, a.height, a.views)
+    auto_isect(a, state.avatar, model, state.flame, ts, cams)
     rc = RenderConfig(sh_degree=3, isect_per_gaussian=a.isect, tile_size=a.tile, wabe_k=0)
     step = make_step(opt, StepConfig(render=rc, lambda_dssim=a.lambda_dssim))
     return step, [state, img, cams, ts, model, jnp.ones(3)], True
@@ -57,6 +69,9 @@ def workload(a):
     from gaedit_jax.edit.loop import make_step
     from gaedit_jax.nets.tiny import random_lpips_params
 
+    if a.isect is None:
+      e = build_edit(a.n, a.width, a.height, 16.0, lpips_on=True)
+      auto_isect(a, e.state.avatar, e.model, e.state.flame, e.timestep, e.camera)
     e = build_edit(a.n, a.width, a.height, a.isect, lpips_on=True)
     s = e.settings
     s = dataclasses.replace(s, render=dataclasses.replace(s.render, tile_size=a.tile), lpips_dtype=a.lpips_dtype)
@@ -126,7 +141,9 @@ def main():
   ap.add_argument("--width", type=int, default=550)
   ap.add_argument("--height", type=int, default=802)
   ap.add_argument("--views", type=int, default=16, help="train: views per step")
-  ap.add_argument("--isect", type=float, default=16.0, help="intersection capacity per Gaussian")
+  ap.add_argument(
+    "--isect", type=float, default=None, help="intersection capacity per Gaussian (default: what a run settles at)"
+  )
   ap.add_argument("--tile", type=int, default=16)
   ap.add_argument("--lambda-dssim", type=float, default=0.2, help="train: D-SSIM weight (0 drops the term)")
   ap.add_argument("--lpips-dtype", default="float32", help="edit: LPIPS-VGG compute dtype")
@@ -154,6 +171,10 @@ def main():
       args[0] = out[0]
     return out
 
+  first = jax.block_until_ready(call())
+  m = first[1] if isinstance(first, tuple) and len(first) > 1 and isinstance(first[1], dict) else {}
+  if bool(m.get("overflow", False)):  # a skipped, truncated step is not the workload
+    raise SystemExit(f"intersection buffer overflow at --isect {a.isect}: raise it (or leave it to auto)")
   for _ in range(a.warmup):
     jax.block_until_ready(call())
   times = []

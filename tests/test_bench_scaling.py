@@ -39,9 +39,19 @@ def test_scaling_smoke_on_4_cpu_devices(tmp_path):
   ], got
   for x in rows:
     assert len(x["losses"]) == 2 and all(v > 0 for v in x["losses"]), x
-    assert not x["overflow"], x
+    assert not x["overflow"] and 0 < x["isect_need"] <= x["isect"], x  # the capacity a run settles at
     if x["devices"] > 1:
       assert x["loss_rel_diff"] < 1e-5 and x["loss_ok"], x
   md = (tmp_path / "table.md").read_text()
   assert md.count("\n| train N=2k B=4 |") == 2 and md.count("\n| edit N=2k (B = views) |") == 3, md
   assert "| 1 (batch 4) | 4 |" in md, md
+
+
+def test_benchmarks_time_the_capacity_a_run_settles_at():
+  """settled_isect follows train.loop.IsectCapacity from the default 16 per Gaussian: kept while
+  the views need more than 4, shrunk to a power of two >= 2x the need, doubled past 16."""
+  sys.path.insert(0, str(Path(__file__).parent.parent / "experiments"))
+  from bench_train_step import settled_isect
+
+  got = {need: settled_isect(need) for need in (0.4, 2.6, 4.0, 4.1, 8.58, 16.0, 23.6)}
+  assert got == {0.4: 2.0, 2.6: 8.0, 4.0: 8.0, 4.1: 16.0, 8.58: 16.0, 16.0: 16.0, 23.6: 32.0}, got

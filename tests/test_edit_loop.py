@@ -16,6 +16,7 @@ from recon_data import edit_cli_args, tiny_edit_config
 from gaedit_jax.cli import main as cli
 from gaedit_jax.edit import wabe as W
 from gaedit_jax.edit.loop import EditConfig, EditRun
+from gaedit_jax.errors import InputError
 from gaedit_jax.flags import build
 
 
@@ -151,6 +152,9 @@ def test_tiny_ip2p_loop_lpips_standard_gan_and_edit_rate(setup, tmp_path):
   )
   run = EditRun(cfg)
   assert run.editor.square_size == 32
+  assert run.editor.model.config.attention == "cudnn"  # flash attention where it runs (not on the CPU)
+  with pytest.raises(InputError, match="--ip2p-attention: .flash. is not one of cudnn, xla"):
+    build(EditConfig, avatar=setup["model"], out=tmp_path / "x", ip2p_attention="flash")
   res = run.run()
   assert res["iterations"] == 2 and (tmp_path / "o" / "edits" / "iteration_00002.png").exists()
   h = run.history[-1]

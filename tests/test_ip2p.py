@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gaedit_jax.errors import InputError
+
 from gaedit_jax.io.media import read_png, save_png
 from gaedit_jax.nets import images as imops
 from gaedit_jax.nets.ip2p import InstructPix2Pix, IP2PConfig, load_ip2p
@@ -201,3 +203,5 @@ def test_edit2d_command(tiny, tmp_path):
   assert read_png(out).shape == (48, 36, 3)  # edited at 64x64, written back at the input size
   with pytest.raises(FileNotFoundError, match="missing.png"):
     cli.main(["edit2d", "--image", str(tmp_path / "missing.png"), "--prompt", "x", "--ip2p", tiny])
+  with pytest.raises(InputError, match="--attention must be one of cudnn, xla, got 'flash'"):
+    cli.main(["edit2d", "--image", str(img), "--prompt", "x", "--ip2p", tiny, "--attention", "flash"])

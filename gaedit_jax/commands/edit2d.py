@@ -48,6 +48,8 @@ class Edit2DConfig:
   """Square working resolution."""
   dtype: str = "float32"
   """float32 or bfloat16."""
+  attention: str = "cudnn"
+  """UNet self-attention: cudnn (flash attention where it runs: NVIDIA GPU, bfloat16) or xla (einsum)."""
   square: bool = False
   """Write the padded square edit instead of resizing back to the input size."""
 
@@ -62,6 +64,12 @@ def main(cfg: Edit2DConfig) -> list[str]:
       f"--original {cfg.original} is {original.shape[1]}x{original.shape[0]}, "
       f"--image {cfg.image} is {image.shape[1]}x{image.shape[0]}: they must match"
     )
+  for flag, value, choices in (
+    ("--dtype", cfg.dtype, ("float32", "bfloat16")),
+    ("--attention", cfg.attention, ("cudnn", "xla")),
+  ):
+    if value not in choices:
+      raise InputError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
   if cfg.t is not None and not 1 <= cfg.t <= 999:
     raise InputError(f"--t must be in [1, 999], got {cfg.t}")
   t0 = time.time()
@@ -73,6 +81,7 @@ def main(cfg: Edit2DConfig) -> list[str]:
       num_steps=cfg.steps,
       size=cfg.size,
       dtype=cfg.dtype,
+      attention=cfg.attention,
     ),
   )
   emb = ip2p.encode_prompt(cfg.prompt)

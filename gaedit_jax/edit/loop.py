@@ -115,6 +115,9 @@ class EditConfig:
   """Square working resolution of InstructPix2Pix (METHOD §5.3: 512)."""
   ip2p_dtype: Literal["float32", "bfloat16"] = "float32"
   """UNet / VAE dtype."""
+  ip2p_attention: Literal["cudnn", "xla"] = "cudnn"
+  """UNet self-attention: cuDNN flash attention where it runs (NVIDIA GPU with --ip2p-dtype
+  bfloat16; einsum elsewhere) or diffusers' einsum everywhere (see nets.ip2p.IP2PConfig)."""
   guidance_scale: float = 7.5
   """IP2P text guidance (METHOD §5.4)."""
   image_guidance_scale: float = 1.5
@@ -272,6 +275,7 @@ class EditConfig:
     for name, choices in (
       ("editor", ("ip2p", "synthetic", "frames", "command")),
       ("ip2p_dtype", ("float32", "bfloat16")),
+      ("ip2p_attention", ("cudnn", "xla")),
       ("lpips_dtype", ("float32", "bfloat16")),
       ("flame_init", ("data", "avatar")),
       ("wabe", ("binary", "soft", "backward", "off")),
@@ -583,6 +587,7 @@ def build_editor(cfg: EditConfig, image_scale: float, white_background: bool):
       num_steps=cfg.diffusion_steps,
       size=cfg.ip2p_size,
       dtype=cfg.ip2p_dtype,
+      attention=cfg.ip2p_attention,
     )
     return IP2PEditor.create(
       InstructPix2Pix.from_pretrained(cfg.ip2p, ic), cfg.prompt, negative_prompt=cfg.negative_prompt

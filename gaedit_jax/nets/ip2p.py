@@ -310,8 +310,10 @@ class IP2PConfig:
   """Padding colour of the square (white, as the original)."""
   dtype: str = "float32"
   """`float32` or `bfloat16` for the UNet and VAE (the DDIM arithmetic stays float32)."""
-  attention: str = "xla"
-  """UNet self-attention: `xla` (diffusers' einsum) or `cudnn` (flash attention on NVIDIA GPUs)."""
+  attention: str = "cudnn"
+  """UNet self-attention: `cudnn` (flash attention where cuDNN runs it: an NVIDIA GPU, bfloat16 /
+  float16, self-attention; diffusers' einsum elsewhere, e.g. on the CPU or in float32) or `xla`
+  (diffusers' einsum everywhere, which holds the [heads, 4096, 4096] scores in memory)."""
 
 
 def _dtype(name: str):
@@ -413,13 +415,19 @@ class InstructPix2Pix:
     alphas = jnp.asarray(self._alphas)
     final_alpha = jnp.float32(self._final_alpha)
     t = jnp.clip(jnp.asarray(t, jnp.int32), n, alphas.shape[0] - 1)  # num_train_timesteps >= steps
+    # Batches of several images per view are laid out view-major ([B, k] -> [B k]): with the views
+    # split over devices (gaedit_jax.parallel) each device then holds whole views, and XLA
+    # partitions the edit along B with no data moved between devices.
+    per_view = lambda *xs: jnp.stack(xs, axis=1).reshape(b * len(xs), *xs[0].shape[1:])
     # one VAE pass over renders and originals (batch 2B): the render's posterior is sampled, the
     # original's mode (its mean, unscaled) conditions the UNet
-    mean, std = self._encode(params["vae"], jnp.concatenate([renders_sq, originals_sq], axis=0))
-    z0 = (mean[:b] + std[:b] * posterior_eps) * sf  # posterior.sample() * 0.18215
-    cond = mean[b:]
-    cond3 = jnp.concatenate([cond, cond, jnp.zeros_like(cond)], axis=0)
-    emb = jnp.repeat(prompt_embeds.astype(self.unet.dtype), b, axis=0)  # [text]*B, [""]*B, [""]*B
+    mean, std = self._encode(params["vae"], per_view(renders_sq, originals_sq))
+    mean, std = mean.reshape(b, 2, *mean.shape[1:]), std.reshape(b, 2, *std.shape[1:])
+    z0 = (mean[:, 0] + std[:, 0] * posterior_eps) * sf  # posterior.sample() * 0.18215
+    cond = mean[:, 1]
+    cond3 = per_view(cond, cond, jnp.zeros_like(cond))
+    # per view: [text, "", ""] (prompt_embeds' rows)
+    emb = jnp.tile(prompt_embeds.astype(self.unet.dtype), (b, 1, 1))
     bc = lambda v: v[:, None, None, None]
     a_t0 = alphas[t]
     z = bc(jnp.sqrt(a_t0)) * z0 + bc(jnp.sqrt(1.0 - a_t0)) * noise  # add_noise at t itself
@@ -430,9 +438,10 @@ class InstructPix2Pix:
 
     def body(i, z):
       tau = step * (n - 1 - i) + 1  # "leading" + steps_offset 1
-      x = jnp.concatenate([jnp.concatenate([z, z, z], axis=0), cond3], axis=1).astype(self.unet.dtype)
-      eps = self.unet.apply({"params": unet_params}, x, jnp.tile(tau, 3), encoder_hidden_states=emb).sample
-      e_text, e_img, e_unc = jnp.split(eps.astype(jnp.float32), 3, axis=0)
+      x = jnp.concatenate([per_view(z, z, z), cond3], axis=1).astype(self.unet.dtype)
+      eps = self.unet.apply({"params": unet_params}, x, jnp.repeat(tau, 3), encoder_hidden_states=emb).sample
+      eps = eps.astype(jnp.float32).reshape(b, 3, *eps.shape[1:])
+      e_text, e_img, e_unc = eps[:, 0], eps[:, 1], eps[:, 2]
       eps = e_unc + gs * (e_text - e_img) + igs * (e_img - e_unc)
       prev = tau - step
       a_t = bc(alphas[tau])

@@ -122,12 +122,12 @@ def write_tiny_tokenizer(folder: str, words: Iterable[str] = TINY_WORDS) -> int:
   return len(vocab)
 
 
-def _tiny_text_config(vocab_size: int, **extra):
+def _tiny_text_config(vocab_size: int, hidden_size: int = 32, **extra):
   from transformers import CLIPTextConfig
 
   return CLIPTextConfig(
     vocab_size=vocab_size,
-    hidden_size=32,
+    hidden_size=hidden_size,
     intermediate_size=37,
     num_hidden_layers=2,
     num_attention_heads=4,
@@ -157,6 +157,15 @@ def make_tiny_ip2p(path: str | os.PathLike, *, seed: int = 0, fmt: str = "safete
   a hand-made BPE tokenizer and the SD DDIM scheduler config. `fmt`: "safetensors" (PyTorch
   names/layout, loadable by diffusers' PyTorch classes too) or "flax" (msgpack). ~2 s, no torch.
   """
+  return write_random_ip2p(path, TINY_UNET, TINY_VAE, seed=seed, fmt=fmt)
+
+
+def write_random_ip2p(
+  path: str | os.PathLike, unet_config: dict, vae_config: dict, *, seed: int = 0, fmt: str = "safetensors"
+) -> str:
+  """An InstructPix2Pix folder (timbrooks/instruct-pix2pix layout) with random weights for any
+  UNet / VAE configuration, e.g. SD 1.5's for timing `gaedit edit` at full size (~1 min, ~4 GB);
+  the text encoder is the tiny 2-layer one at the UNet's cross-attention width."""
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
   from transformers.models.clip.modeling_flax_clip import FlaxCLIPTextModule
 
@@ -164,13 +173,13 @@ def make_tiny_ip2p(path: str | os.PathLike, *, seed: int = 0, fmt: str = "safete
   path = os.fspath(path)
   os.makedirs(path, exist_ok=True)
   vocab = write_tiny_tokenizer(os.path.join(path, "tokenizer"))
-  tcfg = _tiny_text_config(vocab, architectures=["CLIPTextModel"])
-  unet = FlaxUNet2DConditionModel(**TINY_UNET)
-  vae = FlaxAutoencoderKL(**TINY_VAE)
+  tcfg = _tiny_text_config(vocab, unet_config["cross_attention_dim"], architectures=["CLIPTextModel"])
+  unet = FlaxUNet2DConditionModel(**unet_config)
+  vae = FlaxAutoencoderKL(**vae_config)
   text = FlaxCLIPTextModule(config=tcfg)
   comps = {
-    "unet": (random_params(unet_shapes(unet), seed), dict(TINY_UNET, _class_name="UNet2DConditionModel")),
-    "vae": (random_params(vae_shapes(vae), seed + 1), dict(TINY_VAE, _class_name="AutoencoderKL")),
+    "unet": (random_params(unet_shapes(unet), seed), dict(unet_config, _class_name="UNet2DConditionModel")),
+    "vae": (random_params(vae_shapes(vae), seed + 1), dict(vae_config, _class_name="AutoencoderKL")),
   }
   for comp, (params, cfg) in comps.items():
     d = os.path.join(path, comp)
