@@ -35,6 +35,9 @@ plain; "yes" when delta > max(std plain, std variant).
       --seeds 0 1 --variants plain wabe                            # CPU smoke test
   python experiments/bench_edit_synthetic.py --variants plain wabe gan both wabe_tile both_tile --jobs 3
                                                                    # 6 variants in 3 processes, one GPU
+  python experiments/bench_edit_synthetic.py --variants both both_b2
+      # both_b2: two views per step for half the iterations (the same number of edited views), one
+      # view per device where two exist: the quality side of `gaedit edit --devices 2 --batch-size 2`
 
 Editors and regions (--editors: variants both, frames_k1..frames_k16, region_face, command):
 * frames_k<K>: `--editor frames` with K pre-edited training frames (evenly spaced), each the
@@ -86,6 +89,9 @@ VARIANTS = {
   # two views per step for half the iterations (the same number of edited views): what
   # `gaedit edit --batch-size 2` does, one view per device where two devices exist
   "both_b2": dict(wabe="binary", gan=True, batch_size=2),
+  # the same with every learning rate doubled (Adam moves about lr per step: the same total
+  # travel in half the steps, the linear scaling rule of data-parallel training)
+  "both_b2_lr2": dict(wabe="binary", gan=True, batch_size=2, lr_scale=2.0),
   # editors and regions (--editors); the frames / command variants get their folders in main
   **{f"frames_k{k}": dict(wabe="binary", gan=True, editor="frames") for k in EDITOR_KS},
   # the same with uniform view sampling (--edited-share 0): the edited frames are rarely visited
@@ -104,6 +110,7 @@ LABELS = {
   "wabe_tile": "+WABE per tile",
   "both_tile": "+both, WABE per tile",
   "both_b2": "+both, 2 views x half the iterations",
+  "both_b2_lr2": "+both, 2 views x half the iterations, learning rates x2",
   **{f"frames_k{k}": f"frames editor, k={k}" for k in EDITOR_KS},
   **{f"frames_k{k}_uniform": f"frames editor, k={k}, --edited-share 0" for k in EDITOR_KS},
   "region_face": "+both, --region face",
@@ -625,6 +632,21 @@ def write_results(a, res: dict, variants: list[str]) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+def scaled_rates(factor: float) -> dict:
+  """Every learning rate of `gaedit edit` (avatar groups, FLAME, discriminator) times `factor`, as
+  flags; {} for 1."""
+  if factor == 1.0:
+    return {}
+  from gaedit_jax.edit.loop import EditConfig
+  from gaedit_jax.train.config import LearningRates
+
+  base = EditConfig(avatar=Path("."), out=Path("."))
+  rates = {
+    f.name: getattr(base.lr, f.name) * factor for f in dataclasses.fields(LearningRates) if f.name.endswith("_lr")
+  }
+  return dict(rates, position_lr=base.position_lr * factor, disc_lr=base.disc_lr * factor)
+
+
 def main(argv=None) -> dict:
   from gaedit_jax.avatar import load_trained
   from gaedit_jax.edit.loop import EditConfig, EditRun, build_editor
@@ -700,6 +722,7 @@ def main(argv=None) -> dict:
         continue
       run_dir = a.out / "runs" / v / f"seed{seed}"
       kw = dict(VARIANTS[v])
+      kw.update(scaled_rates(kw.pop("lr_scale", 1.0)))
       if kw.get("editor") in ("frames", "command") and editor is None:
         editor = build_editor(
           EditConfig(

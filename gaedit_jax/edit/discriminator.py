@@ -146,6 +146,16 @@ def _logits(disc: nn.Module, params, x):
   return disc.apply({"params": params}, x)
 
 
+def _pair_logits(disc: nn.Module, params, real: jax.Array, fake: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """D on real and fake [B,...] in one batch, laid out view-major ([B, 2] -> [2B]): with the views
+  split over devices (gaedit_jax.parallel) each device keeps its own views' pairs, and XLA moves no
+  activations between devices. (D has no batch statistics: the order changes nothing else.)"""
+  b = real.shape[0]
+  logits = _logits(disc, params, jnp.stack([real, fake], axis=1).reshape(2 * b, *real.shape[1:]))
+  logits = logits.reshape(b, 2, *logits.shape[1:])
+  return logits[:, 0], logits[:, 1]
+
+
 def generator_loss(
   disc: nn.Module, params, edit: jax.Array, render: jax.Array, *, weight: float = GAN_WEIGHT, eps: float = 0.0
 ) -> jax.Array:
@@ -159,8 +169,7 @@ def discriminator_loss(
 ) -> jax.Array:
   """weight * L_D on a detached render: gradient only to `params`."""
   real, fake = conditional_pair(edit, jax.lax.stop_gradient(render))
-  logits = _logits(disc, params, jnp.concatenate([real, fake], axis=0))
-  r, f = jnp.split(logits, 2, axis=0)
+  r, f = _pair_logits(disc, params, real, fake)
   return weight * discriminator_loss_from_logits(r, f, eps)
 
 
@@ -185,8 +194,7 @@ def adversarial_loss(
     raise ValueError(f"GAN mode must be 'faithful' or 'standard', got {mode!r}")
   real, fake = conditional_pair(edit, render)
   if mode == "faithful":
-    logits = _logits(disc, params, jnp.concatenate([real, fake], axis=0))
-    r, f = jnp.split(logits, 2, axis=0)
+    r, f = _pair_logits(disc, params, real, fake)
     l_d = discriminator_loss_from_logits(r, f, eps)
     l_g = generator_loss_from_logits(f, eps)
     return weight * (l_d + l_g), {"gan_d": l_d, "gan_g": l_g}
