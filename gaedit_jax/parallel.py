@@ -9,6 +9,12 @@ the replicated state). The one thing it cannot partition is the rasterizer's FFI
 the mesh (`RenderConfig.mesh`): each device renders its own views, and the transpose of shard_map
 sums the shared Gaussians' gradients over devices.
 
+A batch that holds several images per view (InstructPix2Pix's three guidance branches and its
+render/original VAE pair, the discriminator's real/fake pair) is laid out view-major, [B, k] ->
+[B*k]: each device then holds whole views and XLA moves no activations between devices; a
+batch-major concatenation makes it permute them at every use (tests/multidevice checks the
+compiled programs).
+
 Several hosts: call `jax.distributed.initialize()` first (README); `jax.devices()` then lists
 every host's devices and the same code runs on each host (each host feeds the whole batch; a
 NamedSharding sends every device its views).
