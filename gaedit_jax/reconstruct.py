@@ -598,6 +598,7 @@ class Trainer:
       for it in range(start + 1, end + 1):
         img, cam, ts = batches.get(it)
         step = self.step_fn(self.sh_degree_at(it))
+        ses.begin_step()  # a Ctrl-C now waits for ses.done(it): the step consumes the state
         self.state, m = step(self.state, img, cam, ts, self.model, self.background)
         pending.append((it, m))
         dens, reset = self.densify_now(it)

@@ -343,3 +343,52 @@ def test_eval_max_frames_zero_refused(tiny, trained, tmp_path):
   assert not (tmp_path / "o" / "checkpoints").exists()
   with pytest.raises(InputError, match="--eval-max-frames 0"):
     evaluate_model(trained, ("val",), max_frames=0, out=tmp_path / "e")
+
+
+def test_a_signal_during_a_step_waits_for_the_complete_state(tmp_path, capsys):
+  """Ctrl-C (SIGINT) or SIGTERM between Session.begin_step and done(it) is held until done, which
+  raises it, so that the failure handler sees the step's complete result (the step donates the
+  old state: an interrupt between its return and the assignment would leave nothing to save). A
+  second signal, or one outside a step, interrupts at once."""
+  import os
+  from types import SimpleNamespace
+
+  from gaedit_jax.train.run import Session
+
+  ses = Session(
+    tmp_path, what="t", inputs={}, resume=False, overwrite=False, keep=1, every=0, minutes=0.0,
+    log_interval=1, identity={},
+  )  # fmt: skip
+  before = signal.getsignal(signal.SIGINT)
+  state = SimpleNamespace(step=7)
+  ses.saved = {7}  # the handler then reports the checkpoint instead of writing one
+  reached = []
+
+  def kill(sig):
+    os.kill(os.getpid(), sig)
+    time.sleep(0.05)  # Python runs the handler at the next bytecode boundary
+
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    with pytest.raises(KeyboardInterrupt, match=signal.Signals(sig).name):
+      with ses.guard(lambda: state, dict):
+        ses.begin_step()
+        kill(sig)
+        reached.append("after the signal")
+        ses.done(7)
+        reached.append("after done")
+    assert reached == ["after the signal"] and ses.completed == 7, reached
+    assert "the newest checkpoint is iteration 7, the last completed step" in capsys.readouterr().out
+    reached.clear()
+
+  with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C does not wait
+    with ses.guard(lambda: state, dict):
+      ses.begin_step()
+      kill(signal.SIGINT)
+      kill(signal.SIGINT)
+      reached.append("after two signals")
+  with pytest.raises(KeyboardInterrupt):  # outside a step: at once
+    with ses.guard(lambda: state, dict):
+      kill(signal.SIGINT)
+      reached.append("outside a step")
+  assert reached == []
+  assert signal.getsignal(signal.SIGINT) is before  # restored

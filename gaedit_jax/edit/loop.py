@@ -892,6 +892,7 @@ class EditRun:
             self.editor = parallel.replicate(self.external.editor(), self.mesh)
             favoured = self.edited_frames()
         cached = zero_edit if do_edit else self.cache[keyi]
+        ses.begin_step()  # a Ctrl-C now waits for ses.done(it): the step consumes the state
         self.state, m, imgs = self.step(self.state, idx, do_edit=do_edit, cached=cached, views=views)
         ses.done(it)  # no densification while editing: the step's result is complete
         if c.edit_every > 1 and do_edit:

@@ -118,6 +118,8 @@ class Session:
     self.saved: set[int] = set()
     self._t0 = time.perf_counter()
     self._last_save = time.monotonic()
+    self._holding = False  # between begin_step and done: a signal waits for done (see guard)
+    self._pending: str | None = None
 
   # -- the folder ---------------------------------------------------------------------------------
   @classmethod
@@ -262,9 +264,20 @@ class Session:
       resumed_at=[s["start"] for s in r["sessions"] if s["start"] > 0],
     )
 
+  def begin_step(self) -> None:
+    """The loop is about to call its step, which consumes (donates) the state: a Ctrl-C or SIGTERM
+    from here on is held until `done`, so that the interrupt finds a complete state to checkpoint
+    (raised at once, it could land between the step's return and the assignment of its result)."""
+    self._holding = True
+
   def done(self, it: int) -> None:
-    """The state now holds the complete result of iteration `it` (safe to checkpoint on a failure)."""
+    """The state now holds the complete result of iteration `it` (safe to checkpoint on a failure).
+    A signal held since `begin_step` is raised here, as KeyboardInterrupt."""
     self.completed = it
+    self._holding = False
+    if self._pending is not None:
+      name, self._pending = self._pending, None
+      raise KeyboardInterrupt(name)
 
   def due(self, it: int, end: int) -> bool:
     """A checkpoint is due at the end, every `every` iterations, or `minutes` after the last one
@@ -297,14 +310,20 @@ class Session:
   @contextlib.contextmanager
   def guard(self, state_fn: Callable[[], Any], meta_fn: Callable[[], dict]):
     """Around the loop: on any exception, Ctrl-C (or SIGTERM, turned into KeyboardInterrupt here),
-    checkpoint the last completed iteration when the state is that (see `done`), then re-raise."""
-    old = None
+    checkpoint the last completed iteration when the state is that (see `done`), then re-raise.
+    A signal during a step (`begin_step` .. `done`) waits for the step's end; a second one does not
+    wait."""
+    old = {}
     if threading.current_thread() is threading.main_thread():
 
-      def _term(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
+      def _signal(signum, frame):
+        name = signal.Signals(signum).name
+        if self._holding and self._pending is None:
+          self._pending = name
+          return
+        raise KeyboardInterrupt(name)
 
-      old = signal.signal(signal.SIGTERM, _term)
+      old = {sig: signal.signal(sig, _signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
       yield
     except BaseException as e:
@@ -313,8 +332,9 @@ class Session:
       self._save_after_failure(e, state_fn, meta_fn)
       raise
     finally:
-      if old is not None:
-        signal.signal(signal.SIGTERM, old)
+      self._holding, self._pending = False, None
+      for sig, handler in old.items():
+        signal.signal(sig, handler)
 
   def _save_after_failure(self, e: BaseException, state_fn, meta_fn) -> None:
     what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped by {type(e).__name__}"
