@@ -258,3 +258,20 @@ def test_schedule_matches_diffusers():
     steps_offset=1,
   ).alphas_cumprod.numpy()
   np.testing.assert_allclose(DDIMSchedule().alphas_cumprod(), ref, rtol=2e-6, atol=0)
+
+
+def test_transformers_without_flax_models_is_a_one_line_error(monkeypatch, tmp_path):
+  """transformers 5 has no Flax CLIP: loading IP2P weights then names the installed version and
+  the pinned one instead of failing with an ImportError traceback."""
+  import sys
+
+  from gaedit_jax.errors import InputError
+  from gaedit_jax.nets.hf_weights import flax_clip_modules
+  from gaedit_jax.nets.ip2p import load_ip2p
+  from gaedit_jax.nets.tiny import make_tiny_ip2p
+
+  folder = make_tiny_ip2p(tmp_path / "ip2p")
+  assert flax_clip_modules()[1].__name__ == "FlaxCLIPTextModule"
+  monkeypatch.setitem(sys.modules, "transformers.models.clip.modeling_flax_clip", None)  # import fails
+  with pytest.raises(InputError, match=r"transformers \S+ has no Flax CLIP models .*pins 4\.57\.6"):
+    load_ip2p(folder)

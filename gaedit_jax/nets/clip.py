@@ -30,6 +30,7 @@ from gaedit_jax.nets.hf_weights import (
   WeightsError,
   check_flax_tree,
   find_weights,
+  flax_clip_modules,
   load_tokenizer,
   read_json,
   read_tensors,
@@ -118,7 +119,8 @@ def clip_shapes(module) -> Any:
 def load_clip(path: str | os.PathLike, variant: str | None = None) -> ClipModel:
   """Load a CLIP model folder (HF layout: config.json + weights + vocab.json/merges.txt)."""
   from transformers import CLIPConfig
-  from transformers.models.clip.modeling_flax_clip import FlaxCLIPModule
+
+  FlaxCLIPModule, _ = flax_clip_modules()
 
   flax_patches.silence_library_logs()
   path = os.fspath(path)

@@ -37,6 +37,24 @@ class WeightsError(InputError):
   """A weights folder or file that is missing pieces or does not fit the model."""
 
 
+def flax_clip_modules() -> tuple[type, type]:
+  """transformers' Flax CLIP modules (FlaxCLIPModule, FlaxCLIPTextModule), whose parameter trees
+  the weights are fitted to. transformers 5 dropped its Flax models: then a one-line error that
+  names the installed version and the one pyproject.toml pins."""
+  import importlib
+
+  try:
+    m = importlib.import_module("transformers.models.clip.modeling_flax_clip")
+  except ImportError:
+    import transformers
+
+    raise InputError(
+      f"transformers {transformers.__version__} has no Flax CLIP models (transformers 5 removed them); "
+      "gaedit needs transformers 4 (pyproject.toml pins 4.57.6: pip install transformers==4.57.6)"
+    ) from None
+  return m.FlaxCLIPModule, m.FlaxCLIPTextModule
+
+
 def _raise_if_misfit(source, missing, unexpected, mismatched) -> None:
   """One error naming every missing, unexpected and wrongly shaped piece of a weights file."""
   if missing or unexpected or mismatched:

@@ -55,6 +55,7 @@ from gaedit_jax.nets.hf_weights import (
   DIFFUSERS_STEMS,
   TRANSFORMERS_STEMS,
   WeightsError,
+  flax_clip_modules,
   load_component,
   load_tokenizer,
   read_json,
@@ -213,7 +214,8 @@ def load_ip2p(path: str | os.PathLike) -> tuple[IP2PModel, dict]:
 
   Parameters are float32 numpy arrays; cast them for bf16 in `InstructPix2Pix`."""
   from transformers import CLIPTextConfig
-  from transformers.models.clip.modeling_flax_clip import FlaxCLIPTextModule
+
+  _, FlaxCLIPTextModule = flax_clip_modules()
 
   flax_patches.apply()
   flax_patches.silence_library_logs()

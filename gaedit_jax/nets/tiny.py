@@ -18,7 +18,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from gaedit_jax.nets import flax_patches
 from gaedit_jax.nets.clip import clip_shapes
-from gaedit_jax.nets.hf_weights import flax_to_torch
+from gaedit_jax.nets.hf_weights import flax_clip_modules, flax_to_torch
 from gaedit_jax.nets.ip2p import clip_text_shapes, unet_shapes, vae_shapes
 from gaedit_jax.nets.lpips import LPIPS_CHANNELS, VGG16_CHANNELS
 
@@ -167,7 +167,8 @@ def write_random_ip2p(
   UNet / VAE configuration, e.g. SD 1.5's for timing `gaedit edit` at full size (~1 min, ~4 GB);
   the text encoder is the tiny 2-layer one at the UNet's cross-attention width."""
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
-  from transformers.models.clip.modeling_flax_clip import FlaxCLIPTextModule
+
+  _, FlaxCLIPTextModule = flax_clip_modules()
 
   flax_patches.silence_library_logs()
   path = os.fspath(path)
@@ -242,7 +243,8 @@ def make_tiny_clip(path: str | os.PathLike, *, seed: int = 0, image_size: int = 
   """Write a tiny random CLIP model (text + vision towers, PyTorch-layout safetensors, tokenizer)
   in the layout of openai/clip-vit-*: for metric tests. No torch needed."""
   from transformers import CLIPConfig, CLIPVisionConfig
-  from transformers.models.clip.modeling_flax_clip import FlaxCLIPModule
+
+  FlaxCLIPModule, _ = flax_clip_modules()
 
   flax_patches.silence_library_logs()
   path = os.fspath(path)
