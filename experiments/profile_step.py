@@ -69,12 +69,11 @@ def workload(a):
     from gaedit_jax.edit.loop import make_step
     from gaedit_jax.nets.tiny import random_lpips_params
 
-    if a.isect is None:
-      e = build_edit(a.n, a.width, a.height, 16.0, lpips_on=True)
-      auto_isect(a, e.state.avatar, e.model, e.state.flame, e.timestep, e.camera)
-    e = build_edit(a.n, a.width, a.height, a.isect, lpips_on=True)
+    e = build_edit(a.n, a.width, a.height, 16.0, lpips_on=True)
+    auto_isect(a, e.state.avatar, e.model, e.state.flame, e.timestep, e.camera)
     s = e.settings
-    s = dataclasses.replace(s, render=dataclasses.replace(s.render, tile_size=a.tile), lpips_dtype=a.lpips_dtype)
+    render = dataclasses.replace(s.render, tile_size=a.tile, isect_per_gaussian=a.isect)
+    s = dataclasses.replace(s, render=render, lpips_dtype=a.lpips_dtype)
     editor = build_editor(a.tiny, a.size, 20, "bfloat16", "cudnn" if jax.default_backend() == "gpu" else "xla")
     lp = jax.device_put(random_lpips_params(0))
     sq = a.size
