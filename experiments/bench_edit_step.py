@@ -21,6 +21,7 @@ and the projection of a 1000-iteration edit (1000 x (d); target: < 5 minutes on 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -133,7 +134,12 @@ def main():
     help="IP2P self-attention (default: cudnn on GPU, xla elsewhere)",
   )
   ap.add_argument("--no-lpips", action="store_true", help="drop the LPIPS-VGG term (weight 10)")
-  ap.add_argument("--isect", type=float, default=16.0, help="rasterizer intersections per Gaussian")
+  ap.add_argument(
+    "--isect",
+    type=float,
+    default=None,
+    help="rasterizer intersections per Gaussian (default: what a run settles at for the view's need)",
+  )
   ap.add_argument("--reps", type=int, default=None, help="timed calls (default 10; --tiny 3)")
   ap.add_argument("--warmup", type=int, default=None, help="untimed calls after the first (default 3; --tiny 1)")
   ap.add_argument("--iterations", type=int, default=1000, help="edit length for the projection")
@@ -157,7 +163,7 @@ def main():
   t0 = time.perf_counter()
   log = lambda msg: print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
 
-  from bench_train_step import memory_table
+  from bench_train_step import isect_need, memory_table, settled_isect
 
   from gaedit_jax.avatar import pose
   from gaedit_jax.edit import discriminator as D
@@ -171,9 +177,13 @@ def main():
 
   editor = build_editor(t, size, a.steps, a.dtype, attention)
   log("InstructPix2Pix (random weights) ready")
-  e = build_edit(n, width, height, a.isect, not a.no_lpips)
+  e = build_edit(n, width, height, a.isect or 16.0, not a.no_lpips)
+  need = isect_need(e.state.avatar, e.model, e.state.flame, e.timestep, e.camera)
+  a.isect = a.isect or settled_isect(need)
+  log(f"intersections: the view needs {need:.2f} per Gaussian; capacity {a.isect:g}")
   lp = None if a.no_lpips else jax.device_put(random_lpips_params(0))
   s, st, r = e.settings, e.state, e.run
+  s = dataclasses.replace(s, render=dataclasses.replace(s.render, isect_per_gaussian=a.isect))
   log("avatar and edit state ready")
   rows: list[dict] = []
 

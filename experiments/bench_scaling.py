@@ -5,10 +5,12 @@
 
 Workloads, each timed on 1, 2, 4, 8 devices (those of --devices that exist):
 - train: the GaussianAvatars step (reconstruct.make_step) exactly as `gaedit reconstruct
-  --devices N` runs it: state, FLAME model and background replicated (parallel.replicate), the
-  batch's views split over the "views" mesh (parallel.shard_views), the rasterizer under shard_map
-  (RenderConfig.mesh). Avatar, rig and images from bench_train_step.build (550x802, SH degree 3).
-  Strong scaling: the same B views per step on every device count.
+  --devices N` runs it: the per-Gaussian state split over the devices (parallel.split_gaussians),
+  FLAME model and background replicated, the batch's views split over the "views" mesh
+  (parallel.shard_views), the rasterizer under shard_map (RenderConfig.mesh). `--state replicated`
+  adds rows with the whole state on every device (StepConfig.split_state=False), as before the
+  split. Avatar, rig and images from bench_train_step.build (550x802, SH degree 3). Strong
+  scaling: the same B views per step on every device count.
 - edit: the GaussianAvatar-Editor step (edit.loop.make_step) as `gaedit edit --devices N
   --batch-size N` runs it: one view per device per iteration, InstructPix2Pix with the full SD 1.5
   architecture and random weights (bench_edit_step.build_editor: 512x512, 20 DDIM steps, bf16),
@@ -78,6 +80,7 @@ class Case:
   gaussians: int
   views: int
   devices: int
+  state: str = "split"  # train on several devices: "split" | "replicated" per-Gaussian state
 
   @property
   def name(self) -> str:
@@ -89,7 +92,7 @@ class Case:
   @property
   def reference(self) -> tuple:
     """The one-device row with the same batch (the losses' reference)."""
-    return (self.workload, self.gaussians, self.views, 1)
+    return (self.workload, self.gaussians, self.views, 1, "split")
 
 
 def train_call(case: Case, a, mesh):
@@ -98,11 +101,12 @@ def train_call(case: Case, a, mesh):
   state, opt, model, cams, img, ts = build_train(case.gaussians, w, h, case.views)
   need = isect_need(state.avatar, model, state.flame, ts, cams)
   isect = a.isect or settled_isect(need)
-  step = make_train_step(
-    opt, StepConfig(render=RenderConfig(sh_degree=a.sh_degree, isect_per_gaussian=isect, mesh=mesh))
-  )
+  split = case.state == "split"
+  rc = RenderConfig(sh_degree=a.sh_degree, isect_per_gaussian=isect, mesh=mesh)
+  step = make_train_step(opt, StepConfig(render=rc, split_state=split))
   model, bg = parallel.replicate((model, jnp.ones(3, jnp.float32)), mesh)
-  box = [parallel.replicate(state, mesh)]
+  cap = int(state.avatar.capacity)
+  box = [parallel.split_gaussians(state, mesh, cap) if split else parallel.replicate(state, mesh)]
   views = parallel.shard_views((img, cams, ts), mesh)
 
   def call(i):
@@ -167,7 +171,9 @@ def cases(a, devices: list[int]) -> list[Case]:
   if "train" in a.workloads:
     for n in a.gaussians:
       for b in a.views:
-        out += [Case("train", n, b, d) for d in devices if b % d == 0]
+        for d in devices:
+          if b % d == 0:
+            out += [Case("train", n, b, d, st) for st in (a.state if d > 1 else ["split"])]
   if "edit" in a.workloads:
     for d in devices:
       if d > 1:
@@ -178,17 +184,17 @@ def cases(a, devices: list[int]) -> list[Case]:
 
 def summarise(rows: list[dict], rtol: dict[str, float]) -> None:
   """Adds speedup, efficiency, views/s and the loss check to every row (in place)."""
-  by = {(r["workload"], r["gaussians"], r["views"], r["devices"]): r for r in rows}
+  by = {(r["workload"], r["gaussians"], r["views"], r["devices"], r["state"]): r for r in rows}
   for r in rows:
     r["views_per_s"] = 1000.0 * r["views"] / r["ms"]
     if r["workload"] == "train":
-      base = by.get(("train", r["gaussians"], r["views"], 1))
+      base = by.get(("train", r["gaussians"], r["views"], 1, "split"))
       r["speedup"] = base["ms"] / r["ms"] if base else float("nan")
     else:  # throughput against one device with one view
-      base = by.get(("edit", r["gaussians"], 1, 1))
+      base = by.get(("edit", r["gaussians"], 1, 1, "split"))
       r["speedup"] = r["views_per_s"] / base["views_per_s"] if base else float("nan")
     r["efficiency"] = r["speedup"] / r["devices"]
-    ref = by.get((r["workload"], r["gaussians"], r["views"], 1))
+    ref = by.get((r["workload"], r["gaussians"], r["views"], 1, "split"))
     if r["devices"] == 1 or ref is None:
       r["loss_rel_diff"] = None
     else:
@@ -209,6 +215,8 @@ def table(header: str, rows: list[dict], rtol: dict[str, float]) -> str:
   for r in rows:
     batch_ref = r["workload"] == "edit" and r["devices"] == 1 and r["views"] > 1
     dev = f"1 (batch {r['views']})" if batch_ref else r["devices"]
+    if r["workload"] == "train" and r["devices"] > 1 and r["state"] != "split":
+      dev = f"{dev} ({r['state']} state)"
     vps = f"{r['views_per_s']:.2f}" if r["workload"] == "edit" else ""
     d = r["loss_rel_diff"]
     chk = "reference" if d is None else f"{d:.1e}" + ("" if r["loss_ok"] else " !")
@@ -239,6 +247,13 @@ def parse(argv=None):
   ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="edit: IP2P dtype")
   ap.add_argument("--attention", default=None, choices=("cudnn", "xla"), help="IP2P attention (default: cudnn on GPU)")
   ap.add_argument("--lpips", action=argparse.BooleanOptionalAction, default=True, help="edit: LPIPS-VGG term")
+  ap.add_argument(
+    "--state",
+    nargs="+",
+    default=["split"],
+    choices=("split", "replicated"),
+    help="train on several devices: per-Gaussian state split over them (as gaedit reconstruct) and/or replicated",
+  )
   ap.add_argument("--sh-degree", type=int, default=3)
   ap.add_argument(
     "--isect",
@@ -298,12 +313,13 @@ def main(argv=None) -> list[dict]:
     mesh = parallel.view_mesh(c.devices, c.views, what="bench_scaling")
     call = train_call(c, a, mesh) if c.workload == "train" else edit_call(c, a, mesh, editor, lpips_params)
     last = c.devices == devices[-1] and c.devices > 1 or devices == [1]
-    prof = a.profile / f"{c.workload}_N{c.gaussians}_B{c.views}_d{c.devices}" if a.profile and last else None
+    tag = "" if c.state == "split" else f"_{c.state}"
+    prof = a.profile / f"{c.workload}_N{c.gaussians}_B{c.views}_d{c.devices}{tag}" if a.profile and last else None
     r = dict(dataclasses.asdict(c), name=c.name, isect=call.isect, isect_need=call.need, **measure(call, a, prof))
     del call  # free this row's state before the next
     rows.append(r)
     log(
-      f"{c.name}, {c.devices} device(s), {c.views} views: {r['ms']:.2f} ms (first {r['first_s']:.1f} s), "
+      f"{c.name}, {c.devices} device(s) ({c.state} state), {c.views} views: {r['ms']:.2f} ms (first {r['first_s']:.1f} s), "
       f"losses {r['losses']}"
     )
   rtol = dict(train=a.rtol, edit=a.edit_rtol or (a.rtol if a.dtype == "float32" else 1e-2))

@@ -23,6 +23,7 @@ Invariant: binding_counter(avatar).sum() == num_active.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -68,6 +69,20 @@ class DensifyResult:
 
 def _np(x) -> np.ndarray:
   return np.asarray(jax.device_get(x))
+
+
+def _bucket(n: int) -> int:
+  """Array size for n split parents: a power of two >= 256, so the draws below compile once per
+  bucket, not once per densification (each event splits a different number)."""
+  return max(256, 1 << (n - 1).bit_length())
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split_draws(key: jax.Array, size: int, quats: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """N(0,1) draws for `size` split parents, flat [6 size], and the rotations of quats [size,4].
+  The first 6 n draws are exactly jax.random.normal(key, (2, n, 3)) (threefry counters are per
+  flat index), so padding to a bucket changes no value."""
+  return jax.random.normal(key, (6 * size,), jnp.float32), quat_to_matrix(quats)
 
 
 def _binding_aware(prune: np.ndarray, binding: np.ndarray, active: np.ndarray, num_faces: int) -> np.ndarray:
@@ -117,9 +132,13 @@ def densify_and_prune(
   # New entries: clones (exact copies), then 2 children per split parent.
   new = {n: [v[ci]] for n, v in a.items() if n not in ("active",)}
   if si.size:
-    rng_eps = np.asarray(jax.random.normal(key, (2, si.size, 3), jnp.float32))
+    size = _bucket(si.size)
+    quats = np.tile(np.array([1.0, 0.0, 0.0, 0.0], np.float32), (size, 1))
+    quats[: si.size] = a["rotation"][si]
+    draws, rot = _split_draws(key, size, jnp.asarray(quats))
+    rng_eps = np.asarray(draws)[: 6 * si.size].reshape(2, si.size, 3)  # eps ~ N(0, 1) [2, n, 3]
     std = s_world[si]
-    rot = np.asarray(quat_to_matrix(jnp.asarray(a["rotation"][si])))  # local rotation only (GA)
+    rot = np.asarray(rot)[: si.size]  # local rotation only (GA)
     for c in range(2):
       delta = np.einsum("nab,nb->na", rot, rng_eps[c] * std)
       new["xyz"].append(delta + (a["xyz"][si] if cfg.split_add_parent_xyz else 0.0))

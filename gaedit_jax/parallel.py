@@ -1,7 +1,12 @@
 """Data parallelism over views with `jax.sharding`.
 
 One 1-D device mesh with the axis "views". A step's batch of B views (images, cameras, timesteps)
-is sharded along it; the Gaussian, FLAME, optimizer and discriminator state is replicated. Inside
+is sharded along it; the FLAME, optimizer and discriminator state is replicated, except that a
+reconstruction splits every per-Gaussian array of its state (parameters, Adam moments, density
+statistics) over the same devices along the Gaussian axis (`split_gaussians`), so that the update
+of each Gaussian runs on one device only: XLA gathers the parameters before the rasterizer, and
+Adam, the overflow guard and the statistics are no longer repeated on every device (a run over
+several hosts keeps it replicated: densification reads whole arrays on the host). Inside
 the jitted step XLA partitions everything it can by itself (FLAME, losses, InstructPix2Pix,
 LPIPS, the discriminator) and inserts the cross-device reductions (the mean loss, the gradients of
 the replicated state). The one thing it cannot partition is the rasterizer's FFI custom call, so
@@ -26,6 +31,7 @@ import os
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -70,13 +76,19 @@ def barrier(name: str) -> None:
 
 
 def local(tree):
-  """The arrays as this process can use them alone: unchanged when fully addressable (one host);
-  in a multi-host run a replicated array is not, but this process holds a whole copy in its first
-  shard; anything else is gathered."""
+  """The arrays as this process can use them alone, on one device: an array on several of this
+  host's devices (replicated, or split by `split_gaussians`) moves to the first of them (a
+  replicated one without a copy between devices); in a multi-host run a replicated array is not
+  fully addressable, but this process holds a whole copy in its first shard; anything else is
+  gathered."""
 
   def get(x):
-    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    if not isinstance(x, jax.Array):
       return x
+    if x.is_fully_addressable:
+      if len(x.sharding.device_set) == 1:
+        return x
+      return jax.device_put(x, x.addressable_shards[0].device)
     if x.sharding.is_fully_replicated:
       return x.addressable_data(0)
     from jax.experimental import multihost_utils
@@ -131,6 +143,37 @@ def replicate(tree, mesh: Mesh | None):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+def split_gaussians(tree, mesh: Mesh | None, capacity: int):
+  """Places the leaves whose leading dim is the Gaussian capacity split along it over the mesh, the
+  others on all devices (unchanged without a mesh). A capacity the device count does not divide
+  stays replicated."""
+  if mesh is None:
+    return tree
+  split, rep = NamedSharding(mesh, P(VIEWS)), NamedSharding(mesh, P())
+  ok = capacity % mesh.size == 0
+  return jax.tree.map(lambda x: jax.device_put(x, split if ok and np.ndim(x) and x.shape[0] == capacity else rep), tree)
+
+
+def constrain_split(tree, mesh: Mesh | None, capacity: int):
+  """Inside a jitted step: the layout of `split_gaussians` (per-Gaussian leaves split, the rest
+  replicated). On the state a step returns it keeps the sharding the step was given (no
+  recompilation, no gather between steps); on the gradients it makes XLA reduce-scatter them."""
+  if mesh is None or capacity % mesh.size:
+    return tree
+  split, rep = NamedSharding(mesh, P(VIEWS)), NamedSharding(mesh, P())
+  pin = lambda x: jax.lax.with_sharding_constraint(x, split if x.ndim and x.shape[0] == capacity else rep)
+  return jax.tree.map(pin, tree)
+
+
+def constrain_whole(tree, mesh: Mesh | None):
+  """Inside a jitted step: every leaf replicated, i.e. split per-Gaussian arrays gathered here, once
+  per array (left to itself, XLA may gather column slices separately, one collective each)."""
+  if mesh is None:
+    return tree
+  rep = NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, rep), tree)
+
+
 def shard_views(tree, mesh: Mesh | None):
   """Splits every leaf's leading (view) axis over the mesh; scalars are replicated (unchanged
   without a mesh)."""
@@ -138,6 +181,17 @@ def shard_views(tree, mesh: Mesh | None):
     return tree
   split, rep = NamedSharding(mesh, P(VIEWS)), NamedSharding(mesh, P())
   return jax.tree.map(lambda x: jax.device_put(x, split if np.ndim(x) else rep), tree)
+
+
+def view_major(*xs: jax.Array) -> jax.Array:
+  """k arrays [B,...] as one batch [B*k,...] ordered view by view (x0[0], x1[0], .., x0[1], ..):
+  split over the view mesh, each device then holds whole views (see the module docstring)."""
+  return jnp.stack(xs, axis=1).reshape((-1,) + xs[0].shape[1:])
+
+
+def from_view_major(x: jax.Array, k: int) -> jax.Array:
+  """The inverse of `view_major` for k arrays: [B*k,...] -> [B, k, ...]."""
+  return x.reshape((-1, k) + x.shape[1:])
 
 
 def over_views(fn, mesh: Mesh | None, operands: list, batch: tuple[int, ...]):
@@ -166,5 +220,10 @@ __all__ = [
   "view_mesh",
   "replicate",
   "shard_views",
+  "split_gaussians",
+  "constrain_split",
+  "constrain_whole",
   "over_views",
+  "view_major",
+  "from_view_major",
 ]

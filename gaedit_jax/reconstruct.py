@@ -87,7 +87,8 @@ class ReconstructConfig:
   """Views per step (GA: 1); B > 1 renders B views in one native batch."""
   devices: int | None = None
   """Devices to split each step's views over (data parallel, jax.sharding; default: all that
-  divide the batch size). The state is replicated; see gaedit_jax.parallel."""
+  divide the batch size). The per-Gaussian state is split over them, the rest replicated; see
+  gaedit_jax.parallel."""
   seed: int = 0
   """Seed of the data order, the initial colours and the split noise."""
   image_scale: float = 1.0
@@ -273,6 +274,9 @@ class StepConfig:
   render: RenderConfig
   lambda_dssim: float = 0.2
   reg: Regularisers = GA_REGULARISERS
+  split_state: bool = True
+  """With a device mesh (render.mesh): the per-Gaussian state arrives split over the devices
+  (parallel.split_gaussians) and leaves split; False: replicated in and out (for comparison)."""
 
 
 def train_step(
@@ -290,9 +294,14 @@ def train_step(
   b = image.shape[0]
   cap = state.avatar.capacity
   w, h = camera.width, camera.height
+  # Several devices, split state (gaedit_jax.parallel): each per-Gaussian array is gathered once
+  # here, the views are rendered on their devices, the gradients reduce-scattered back to the
+  # split layout, and Adam and the statistics update each device's own Gaussians.
+  mesh = cfg.render.mesh if cfg.split_state else None
+  whole_avatar = parallel.constrain_whole(state.avatar, mesh)
 
   def loss_fn(params, offset):
-    av = state.avatar.with_params(params["gauss"])
+    av = whole_avatar.with_params(parallel.constrain_whole(params["gauss"], mesh))
     g = dataclasses.replace(pose(av, model, params["flame"], timestep), screen_offset=offset)  # [B,C]
     out = rasterize(g, camera, background, cfg.render)
     l_rgb, parts = photometric(out.image, image, cfg.lambda_dssim)
@@ -308,6 +317,7 @@ def train_step(
   (loss, (out, parts, l_pos, l_scale)), (grads, g_off) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
     params, offset
   )
+  grads = parallel.constrain_split(grads, mesh, cap)
   updates, opt_state = optimizer.update(grads, state.opt_state, params)
   params = optax.apply_updates(params, updates)
 
@@ -345,7 +355,7 @@ def train_step(
     overflow=jnp.any(out.overflow),
     isect_need=jnp.max(out.intersections).astype(jnp.float32) / cap,
   )
-  return new, metrics
+  return parallel.constrain_split(new, mesh, cap), metrics
 
 
 def make_step(optimizer, cfg: StepConfig):
@@ -389,17 +399,27 @@ class Trainer:
     self.optimizer = make_optimizer(cfg, self.extent)
     self.capacity_ctl = IsectCapacity(cfg.raster.isect_per_gaussian, cfg.raster.adapt_isect)
     self.mesh = parallel.view_mesh(cfg.devices, cfg.batch_size, what="gaedit reconstruct")
+    # One host: the per-Gaussian state is split over its devices. Several hosts keep it replicated:
+    # densification and exports read whole arrays on the host, which a process cannot do for an
+    # array split across other processes' devices.
+    self.split_state = self.mesh is not None and jax.process_count() == 1
     self.model_local = self.model
     self.model = parallel.replicate(self.model, self.mesh)
     self.background = parallel.replicate(self.background, self.mesh)
-    self.state = parallel.replicate(
+    self.state = self.placed(
       init_state(
         jax.random.key(cfg.seed), self.model, flame, self.optimizer, capacity=cfg.capacity, sh_degree=cfg.sh_degree
-      ),
-      self.mesh,
+      )
     )
     self.history: list[dict] = []
     self.densify_log: list[dict] = []
+
+  def placed(self, state: TrainState) -> TrainState:
+    """The state on the run's devices: per-Gaussian arrays split over them, the rest on every one
+    (parallel.split_gaussians; several hosts: all replicated); as it is with one device."""
+    if not self.split_state:
+      return parallel.replicate(state, self.mesh)
+    return parallel.split_gaussians(state, self.mesh, int(state.avatar.capacity))
 
   @property
   def isect(self) -> float:
@@ -421,7 +441,9 @@ class Trainer:
 
   def step_fn(self, sh_degree: int):
     c = self.cfg
-    sc = StepConfig(render=self.render_config(sh_degree), lambda_dssim=c.lambda_dssim, reg=c.reg)
+    sc = StepConfig(
+      render=self.render_config(sh_degree), lambda_dssim=c.lambda_dssim, reg=c.reg, split_state=self.split_state
+    )
     return cached_step(
       ("reconstruct", c.lr, c.position_schedule(), self.extent, sc), lambda: make_step(self.optimizer, sc)
     )
@@ -449,7 +471,7 @@ class Trainer:
     if reset:
       opt = map_slot_leaves(st.opt_state, np.zeros_like, only=("opacity_logit",))
       st = dataclasses.replace(st, avatar=reset_opacity(st.avatar), opt_state=opt)
-    self.state = parallel.replicate(st, self.mesh)
+    self.state = self.placed(st)
 
   def densify_now(self, it: int) -> tuple[bool, bool]:
     c = self.cfg
@@ -506,7 +528,7 @@ class Trainer:
     if got is None:
       return False
     state, meta = got
-    self.state = parallel.replicate(state, self.mesh)
+    self.state = self.placed(state)
     self.capacity_ctl.value = float(meta.get("isect_per_gaussian", self.isect))
     self.densify_log = list(meta.get("densify", []))
     return True
@@ -517,7 +539,7 @@ class Trainer:
     if ds is None or len(ds) == 0:
       return None
     # without the view mesh (evaluation renders its own chunks), from this process's copy of the
-    # state (multi-host: the replicated state is not fully addressable)
+    # state on one device (the per-Gaussian arrays are split over the run's devices)
     st = parallel.local(self.state)
     if self.cfg.lpips_weights is not None and not hasattr(self, "_lpips"):
       self._lpips = load_lpips(self.cfg.lpips_weights)

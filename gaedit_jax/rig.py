@@ -179,13 +179,12 @@ def binding_counter(avatar: Avatar, num_faces: int) -> jax.Array:
   return jax.ops.segment_sum(avatar.active.astype(jnp.int32), avatar.binding, num_segments=num_faces)
 
 
-def _bcast(x: jax.Array, batch: tuple[int, ...]) -> jax.Array:
-  return jnp.broadcast_to(x, batch + x.shape)
-
-
 def to_world(avatar: Avatar, frames: FaceFrames, *, screen_offset: bool = False) -> Gaussians:
   """World-space, activated Gaussians (render contract) for frames with leading dims [...]:
-  means [...,C,3], quats [...,C,4], scales [...,C,3], opacities [...,C], sh [...,C,K,3].
+  means [...,C,3], quats [...,C,4], scales [...,C,3]; opacities [C] and sh [C,K,3] do not depend
+  on the frame and stay shared: the rasterizer broadcasts them over the views and sums their
+  gradients over the views inside its kernel (README, "The rasterizer API"), so a step of B views neither
+  writes B copies of the SH nor reduces B per-view SH gradients.
 
   screen_offset=True adds zeros [...,C,2] to differentiate for densification's dL/dmu_2D.
   """
@@ -210,8 +209,8 @@ def to_world(avatar: Avatar, frames: FaceFrames, *, screen_offset: bool = False)
     means=means,
     quats=quats,
     scales=scales,
-    opacities=_bcast(opac, batch),
-    sh=_bcast(sh, batch),
+    opacities=opac,
+    sh=sh,
     screen_offset=jnp.zeros(batch + (avatar.capacity, 2), means.dtype) if screen_offset else None,
   )
 

@@ -23,19 +23,20 @@ def test_scaling_smoke_on_4_cpu_devices(tmp_path):
     PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
   )
   cmd = [sys.executable, str(root / "experiments" / "bench_scaling.py"), "--smoke", "--views", "4"]
-  cmd += ["--devices", "1", "4", "8", "--reps", "1", "--out", str(tmp_path)]
+  cmd += ["--devices", "1", "4", "8", "--reps", "1", "--state", "split", "replicated", "--out", str(tmp_path)]
   r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
   tail = (r.stdout + r.stderr)[-6000:]
   assert r.returncode == 0, tail
   rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-  got = [(x["workload"], x["views"], x["devices"]) for x in rows]
+  got = [(x["workload"], x["views"], x["devices"], x["state"]) for x in rows]
   # 8 devices do not exist: dropped; the edit runs one view per device, and its batch on one device
   assert got == [
-    ("train", 4, 1),
-    ("train", 4, 4),
-    ("edit", 1, 1),
-    ("edit", 4, 1),
-    ("edit", 4, 4),
+    ("train", 4, 1, "split"),
+    ("train", 4, 4, "split"),
+    ("train", 4, 4, "replicated"),
+    ("edit", 1, 1, "split"),
+    ("edit", 4, 1, "split"),
+    ("edit", 4, 4, "split"),
   ], got
   for x in rows:
     assert len(x["losses"]) == 2 and all(v > 0 for v in x["losses"]), x
@@ -43,7 +44,11 @@ def test_scaling_smoke_on_4_cpu_devices(tmp_path):
     if x["devices"] > 1:
       assert x["loss_rel_diff"] < 1e-5 and x["loss_ok"], x
   md = (tmp_path / "table.md").read_text()
-  assert md.count("\n| train N=2k B=4 |") == 2 and md.count("\n| edit N=2k (B = views) |") == 3, md
+  assert (
+    md.count("\n| train N=2k B=4 |") == 3
+    and "| 4 (replicated state) | 4 |" in md
+    and md.count("\n| edit N=2k (B = views) |") == 3
+  ), md
   assert "| 1 (batch 4) | 4 |" in md, md
 
 

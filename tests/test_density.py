@@ -210,3 +210,27 @@ def test_trainer_passes_the_screen_size_option(tmp_path):
     active[flag] = np.asarray(tr.state.avatar.active)
   assert active[False].sum() == f + 10 and active[False][f : f + 10].all()
   assert active[True].sum() == f and not active[True][f : f + 10].any()
+
+
+def test_split_draws_padded_to_a_bucket_equal_the_exact_draws_and_compile_once():
+  from gaedit_jax import density as D
+
+  key = jax.random.key(5)
+  ident = lambda size: jnp.tile(jnp.array([1.0, 0.0, 0.0, 0.0]), (size, 1))
+  for n in (1, 3, 256, 257):
+    size = D._bucket(n)
+    assert size >= max(n, 256) and size & (size - 1) == 0
+    draws, rot = D._split_draws(key, size, ident(size))
+    # the split noise is exactly N(0, 1) of shape [2, n, 3] from this key, as before the padding
+    np.testing.assert_array_equal(np.asarray(draws)[: 6 * n].reshape(2, n, 3), jax.random.normal(key, (2, n, 3)))
+    np.testing.assert_allclose(np.asarray(rot), np.broadcast_to(np.eye(3), (size, 3, 3)), atol=1e-7)
+  # densifications that split different numbers of parents (3, then 5) reuse one compiled program
+  faces = 40
+  big = init_avatar(jax.random.key(0), faces, capacity=64, sh_degree=1)
+  big = dataclasses.replace(big, log_scale=jnp.zeros_like(big.log_scale))  # world 0.05 > 0.01 E: split
+  k = np.full(faces, 0.05, np.float32)
+  before = D._split_draws._cache_size()
+  for n in (3, 5):
+    res = densify_and_prune(big, _stats(64, [1e-3] * n), k, EXTENT, jax.random.key(2), DensifyConfig())
+    assert res.counts["split"] == n
+  assert D._split_draws._cache_size() - before <= 1

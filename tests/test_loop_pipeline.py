@@ -74,7 +74,11 @@ def test_edit_prefetch_is_bit_identical(edit_setup, tmp_path):
   runs = []
   for p in (0, 2):
     r = EditRun(tiny_edit_config(edit_setup, tmp_path / f"e{p}", prefetch=p, iterations=4, checkpoint_interval=0))
-    r.run()
+    res = r.run()
+    # the summary counts the run's compilations (none here when an earlier run in this process
+    # compiled the same step)
+    comp = res["compilations"]
+    assert set(comp) == {"count", "seconds", "cache_hits"} and 0 <= comp["cache_hits"] <= comp["count"], comp
     runs.append(r.state)
   _assert_same(runs[0], runs[1])
 

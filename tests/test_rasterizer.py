@@ -184,6 +184,33 @@ def test_vmap_equals_stacked_calls(device):
   np.testing.assert_allclose(m3.image[2], rasterize(g, cams[0], bgs[2]).image, atol=1e-6)
 
 
+def test_per_view_geometry_with_shared_colour_and_opacity(device):
+  # the posed avatar's layout (rig.to_world): means / quats / scales per view [B,N,...], opacity and
+  # SH shared [N,...]. Images equal the fully broadcast input's, and the shared operands' gradients
+  # equal the per-view copies' gradients summed over the views.
+  cams = ring_cameras(4, width=32, height=28, focal=30)
+  per = random_gaussians(9, 250, views=4)
+  shared = random_gaussians(10, 250)
+  mixed = dataclasses.replace(per, opacities=shared.opacities, sh=shared.sh)
+  copies = dataclasses.replace(
+    per, opacities=jnp.broadcast_to(shared.opacities, (4, 250)), sh=jnp.broadcast_to(shared.sh, (4,) + shared.sh.shape)
+  )
+  w = jax.random.uniform(jax.random.PRNGKey(3), (4, 28, 32, 3))
+  cfg = RenderConfig(sh_degree=2)
+  loss = jax.jit(lambda gg: jnp.sum(rasterize(gg, cams, jnp.ones(3), cfg).image * w))
+  np.testing.assert_allclose(
+    rasterize(mixed, cams, jnp.ones(3), cfg).image, rasterize(copies, cams, jnp.ones(3), cfg).image, atol=1e-6
+  )
+  gm, gc = jax.grad(loss)(mixed), jax.grad(loss)(copies)
+  tol = dict(rtol=1e-4, atol=1e-6) if device.platform == "cpu" else dict(rtol=1e-3, atol=1e-5)
+  assert gm.sh.shape == shared.sh.shape and gm.opacities.shape == shared.opacities.shape
+  np.testing.assert_allclose(gm.sh, jnp.sum(gc.sh, 0), **tol)
+  np.testing.assert_allclose(gm.opacities, jnp.sum(gc.opacities, 0), **tol)
+  for name in ("means", "quats", "scales"):
+    np.testing.assert_allclose(getattr(gm, name), getattr(gc, name), **tol)
+  assert float(jnp.abs(gm.sh).sum()) > 0 and float(jnp.abs(gm.opacities).sum()) > 0
+
+
 def test_nested_vmap_and_vmap_of_grad(device):
   cams = ring_cameras(6, width=24, height=24, focal=24)
   grid = jax.tree.map(lambda a: a.reshape((2, 3) + a.shape[1:]), cams)

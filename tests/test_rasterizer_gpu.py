@@ -83,7 +83,7 @@ def test_cuda_gradients_match_cpu_and_reference(wabe_backward):
   np.testing.assert_allclose(np.asarray(gpu[1]), np.asarray(cpu[1]), rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("layout", ["shared", "per_view", "inner_axis"])
+@pytest.mark.parametrize("layout", ["shared", "per_view", "inner_axis", "mixed"])
 def test_cuda_gradient_layouts(layout):
   # shared and per-view Gaussians take the kernel's plain-store path, Gaussians batched only on the
   # inner of two view axes (each one visited by non-consecutive views) the zero-fill + add path;
@@ -94,6 +94,9 @@ def test_cuda_gradient_layouts(layout):
     g = jax.tree.map(lambda a: a[:3][None], g)  # [1, 3, N, ...] against cameras [2, 3]
   elif layout == "per_view":
     g = jax.tree.map(lambda a: a.reshape(grid + a.shape[1:]), g)
+  elif layout == "mixed":  # a posed avatar's layout: geometry per view, opacity and SH shared
+    g = jax.tree.map(lambda a: a.reshape(grid + a.shape[1:]), g)
+    g = dataclasses.replace(g, opacities=g.opacities[0, 0], sh=g.sh[0, 0])
   cams = jax.tree.map(lambda a: a.reshape(grid + a.shape[1:]), ring_cameras(6, width=40, height=36, focal=40))
   w = jax.random.uniform(jax.random.PRNGKey(2), grid + (36, 40, 3))
   cfg = RenderConfig(sh_degree=1)

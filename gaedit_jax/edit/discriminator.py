@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gaedit_jax import parallel
+
 GanMode = Literal["faithful", "standard"]
 GAN_WEIGHT = 0.01  # METHOD §7: 0.01 L_D + 0.01 L_G
 DISC_LR = 1e-4  # METHOD §5.5: discriminator group of the edit Adam
@@ -150,9 +152,7 @@ def _pair_logits(disc: nn.Module, params, real: jax.Array, fake: jax.Array) -> t
   """D on real and fake [B,...] in one batch, laid out view-major ([B, 2] -> [2B]): with the views
   split over devices (gaedit_jax.parallel) each device keeps its own views' pairs, and XLA moves no
   activations between devices. (D has no batch statistics: the order changes nothing else.)"""
-  b = real.shape[0]
-  logits = _logits(disc, params, jnp.stack([real, fake], axis=1).reshape(2 * b, *real.shape[1:]))
-  logits = logits.reshape(b, 2, *logits.shape[1:])
+  logits = parallel.from_view_major(_logits(disc, params, parallel.view_major(real, fake)), 2)
   return logits[:, 0], logits[:, 1]
 
 

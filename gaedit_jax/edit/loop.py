@@ -80,7 +80,15 @@ from gaedit_jax.train.config import (
   Regularisers,
   RunSettings,
 )
-from gaedit_jax.train.loop import IsectCapacity, Prefetcher, cached_step, flush_metrics, jsonable, mixed_frame_order
+from gaedit_jax.train.loop import (
+  CompileCounter,
+  IsectCapacity,
+  Prefetcher,
+  cached_step,
+  flush_metrics,
+  jsonable,
+  mixed_frame_order,
+)
 from gaedit_jax.train.run import Session, file_id
 from gaedit_jax.train.run_dir import write_json
 
@@ -855,6 +863,7 @@ class EditRun:
   def _run(self, ses: Session) -> dict:
     c = self.cfg
     primary = ses.primary  # multi-host: process 0 writes logs, dumps, exports, summaries
+    compiles = CompileCounter.snapshot()
     got = ses.restore(lambda meta: self.state)
     if got is not None:
       state, meta = got
@@ -919,6 +928,8 @@ class EditRun:
       sessions=summary["sessions"],
       resumed_at=summary["resumed_at"],
     )
+    comp = CompileCounter.since(compiles)  # the edit step, its evaluation renders, small programs
+    result["compilations"] = dict(count=comp["count"], seconds=round(comp["seconds"], 2), cache_hits=comp["cache_hits"])
     if self.external is not None:
       result["edit_command"] = self.external.summary()
     if int(self.state.step) >= c.iterations and primary:

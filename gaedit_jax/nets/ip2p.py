@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from gaedit_jax import parallel
 from gaedit_jax.nets import flax_patches
 from gaedit_jax.nets import images as imops
 from gaedit_jax.nets.hf_weights import (
@@ -420,11 +421,11 @@ class InstructPix2Pix:
     # Batches of several images per view are laid out view-major ([B, k] -> [B k]): with the views
     # split over devices (gaedit_jax.parallel) each device then holds whole views, and XLA
     # partitions the edit along B with no data moved between devices.
-    per_view = lambda *xs: jnp.stack(xs, axis=1).reshape(b * len(xs), *xs[0].shape[1:])
+    per_view = parallel.view_major
     # one VAE pass over renders and originals (batch 2B): the render's posterior is sampled, the
     # original's mode (its mean, unscaled) conditions the UNet
     mean, std = self._encode(params["vae"], per_view(renders_sq, originals_sq))
-    mean, std = mean.reshape(b, 2, *mean.shape[1:]), std.reshape(b, 2, *std.shape[1:])
+    mean, std = parallel.from_view_major(mean, 2), parallel.from_view_major(std, 2)
     z0 = (mean[:, 0] + std[:, 0] * posterior_eps) * sf  # posterior.sample() * 0.18215
     cond = mean[:, 1]
     cond3 = per_view(cond, cond, jnp.zeros_like(cond))
@@ -442,7 +443,7 @@ class InstructPix2Pix:
       tau = step * (n - 1 - i) + 1  # "leading" + steps_offset 1
       x = jnp.concatenate([per_view(z, z, z), cond3], axis=1).astype(self.unet.dtype)
       eps = self.unet.apply({"params": unet_params}, x, jnp.repeat(tau, 3), encoder_hidden_states=emb).sample
-      eps = eps.astype(jnp.float32).reshape(b, 3, *eps.shape[1:])
+      eps = parallel.from_view_major(eps.astype(jnp.float32), 3)
       e_text, e_img, e_unc = eps[:, 0], eps[:, 1], eps[:, 2]
       eps = e_unc + gs * (e_text - e_img) + igs * (e_img - e_unc)
       prev = tau - step
