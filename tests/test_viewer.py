@@ -263,3 +263,32 @@ def test_viewer_in_chromium(setup, tmp_path):
       assert view.last_error is None
   finally:
     viewer.close()
+
+
+def test_preset_survives_the_browsers_report_that_crosses_the_servers_pose(setup, tmp_path):
+  """A browser reports its own camera until it has applied the preset pose the server set (the two
+  messages can cross): within PRESET_SYNC_S that report keeps the preset; once the browser has
+  reported the preset pose, a different pose is the user's move and leaves the preset."""
+  from types import SimpleNamespace
+
+  from gaedit_jax.viewer import server as S
+
+  viewer = start(ViewConfig(model=setup["model"], port=_free_port(), out=tmp_path, max_size=256))
+  try:
+    name = viewer.default_preset
+    p = viewer.presets[name].pose
+    away = dict(wxyz=np.array([1.0, 0.0, 0.0, 0.0]), position=np.asarray(p.position) + 0.5)
+    cam = SimpleNamespace(fov=p.fov_y, aspect=1.0, **away)
+    client = SimpleNamespace(client_id=12345, camera=cam)
+    viewer._client_preset[client.client_id] = (name, time.monotonic())  # as on connect
+    assert viewer.client_camera(client, 256)[1]  # the browser's stale report: still the preset
+    cam.wxyz, cam.position = np.asarray(p.wxyz), np.asarray(p.position)
+    assert viewer.client_camera(client, 256)[1]  # the browser applied the preset pose
+    cam.wxyz, cam.position = away["wxyz"], away["position"]
+    assert not viewer.client_camera(client, 256)[1]  # now a move: the free camera
+    assert client.client_id not in viewer._client_preset
+    # a report away from the preset after the window is a move too
+    viewer._client_preset[client.client_id] = (name, time.monotonic() - 2 * S.PRESET_SYNC_S)
+    assert not viewer.client_camera(client, 256)[1]
+  finally:
+    viewer.close()

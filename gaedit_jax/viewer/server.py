@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import socket
 import threading
 import time
@@ -39,6 +40,10 @@ from gaedit_jax.viewer.scene import (
   viser_camera,
   viser_pose,
 )
+
+# How long after the server sets a preset's pose a browser may still report its previous camera
+# (its report and the server's pose cross on the socket) before a different pose counts as a move.
+PRESET_SYNC_S = 3.0
 
 _pose_vertices_jit = jax.jit(pose_vertices)
 
@@ -136,7 +141,8 @@ class Viewer:
     }
     self.default_preset = default_preset if default_preset in self.presets else None
     self._home = self._home_pose(center, extent)
-    self._client_preset: dict[int, str] = {}
+    # client id -> (preset name, when it was set; -inf once the browser has reported its pose)
+    self._client_preset: dict[int, tuple[str, float]] = {}
     self._views: dict[int, _ClientView] = {}
     self._closed = threading.Event()
     self.watcher = None  # a RunWatcher feeding replace() (gaedit view --watch)
@@ -192,7 +198,7 @@ class Viewer:
     self._set_client_pose(client, self.presets[name].pose if name else self._home)
     with self._lock:
       if name:
-        self._client_preset[client.client_id] = name
+        self._client_preset[client.client_id] = (name, time.monotonic())
       view = _ClientView(self, client)
       self._views[client.client_id] = view
     client.camera.on_update(lambda _cam: view.request())
@@ -219,7 +225,7 @@ class Viewer:
     for c in clients:
       with self._lock:
         if name in self.presets:
-          self._client_preset[c.client_id] = name
+          self._client_preset[c.client_id] = (name, time.monotonic())
         else:
           self._client_preset.pop(c.client_id, None)
       if name in self.presets:
@@ -233,10 +239,18 @@ class Viewer:
     (its exact intrinsics) while the user has not moved away from it, else the browser's own."""
     cam = client.camera
     with self._lock:
-      name = self._client_preset.get(client.client_id)
-    if name is not None:
+      entry = self._client_preset.get(client.client_id)
+    if entry is not None:
+      name, since = entry
       p = self.presets[name]
       if same_pose(p.pose, cam.wxyz, cam.position, tol=1e-3):
+        with self._lock:
+          if client.client_id in self._client_preset:
+            self._client_preset[client.client_id] = (name, -math.inf)  # reported: a move now leaves it
+        return fit_camera(p.camera, max_size), True
+      # The browser reports its own camera until it has applied the pose set with the preset (a
+      # report can cross that message); only a pose away from the preset after that is a move.
+      if time.monotonic() - since < PRESET_SYNC_S:
         return fit_camera(p.camera, max_size), True
       with self._lock:
         self._client_preset.pop(client.client_id, None)
