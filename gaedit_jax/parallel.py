@@ -157,7 +157,8 @@ def split_gaussians(tree, mesh: Mesh | None, capacity: int):
 def constrain_split(tree, mesh: Mesh | None, capacity: int):
   """Inside a jitted step: the layout of `split_gaussians` (per-Gaussian leaves split, the rest
   replicated). On the state a step returns it keeps the sharding the step was given (no
-  recompilation, no gather between steps); on the gradients it makes XLA reduce-scatter them."""
+  recompilation, no gather between steps); on the gradients it leaves each device its half (XLA
+  may reduce-scatter them, or all-reduce and slice)."""
   if mesh is None or capacity % mesh.size:
     return tree
   split, rep = NamedSharding(mesh, P(VIEWS)), NamedSharding(mesh, P())

@@ -295,8 +295,9 @@ def train_step(
   cap = state.avatar.capacity
   w, h = camera.width, camera.height
   # Several devices, split state (gaedit_jax.parallel): each per-Gaussian array is gathered once
-  # here, the views are rendered on their devices, the gradients reduce-scattered back to the
-  # split layout, and Adam and the statistics update each device's own Gaussians.
+  # here, the views are rendered on their devices, the gradients summed over the devices and
+  # returned to the split layout (on the H200 XLA all-reduces them, then keeps each device's half),
+  # and Adam and the statistics update each device's own Gaussians.
   mesh = cfg.render.mesh if cfg.split_state else None
   whole_avatar = parallel.constrain_whole(state.avatar, mesh)
 
