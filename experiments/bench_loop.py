@@ -17,9 +17,10 @@ Writes a synthetic dataset (gaedit_jax.data.synthetic) once, then for each --pre
                  time spent making batches (with --prefetch > 0 in the prefetch thread, beside
                  the step), in the metric flushes (the one host read per log interval, which
                  waits for the queued steps), in densification and in the final evaluation.
-Each --prefetch value runs in a fresh process (its own compilations, as a real run). Prints a table
-and writes experiments/results/loop/<tag>.json. --compile-cache DIR: with JAX's persistent
-compilation cache (as the `gaedit` command); a second invocation shows the cache hits.
+Each (--prefetch, --frames-on-device) setting runs in a fresh process (its own compilations, as a
+real run). Prints a table and writes experiments/results/loop/<tag>.json. --compile-cache DIR: with
+JAX's persistent compilation cache (as the `gaedit` command); a second invocation shows the cache
+hits.
 
   python experiments/bench_loop.py                                    # GPU: 128x176, 4000 it
   python experiments/bench_loop.py --iterations 120 --width 64 --height 88 --rows 16 --cols 24 \\
@@ -108,7 +109,7 @@ def step_alone(tr: Trainer, iters: int, sh_degree: int) -> float:
   return float(np.median(times) * 1e3)
 
 
-def run_once(data: Path, out: Path, a, prefetch: int) -> dict:
+def run_once(data: Path, out: Path, a, prefetch: int, frames: str = "auto") -> dict:
   kw = dict(
     data=data,
     out=out,
@@ -131,6 +132,8 @@ def run_once(data: Path, out: Path, a, prefetch: int) -> dict:
   )
   if "prefetch" in RunSettings.__dataclass_fields__:  # the loop before the input pipeline had none
     kw["prefetch"] = prefetch
+  if "frames_on_device" in ReconstructConfig.__dataclass_fields__:  # nor frames on the device
+    kw["frames_on_device"] = frames
   cfg = build(ReconstructConfig, **kw)
   tr = Trainer(cfg)
   acc: dict = {}
@@ -145,6 +148,8 @@ def run_once(data: Path, out: Path, a, prefetch: int) -> dict:
 
   tr._flush = flush_logged
   timed_method(tr.train_ds, "batch", acc, "data")
+  if getattr(tr, "frames", None) is not None:  # the batches gathered on the device
+    timed_method(tr.frames, "batch", acc, "data")
   timed_method(tr, "_densify", acc, "densify")
   timed_method(tr, "evaluate", acc, "eval")
   timed_method(tr, "export", acc, "export")
@@ -173,6 +178,7 @@ def run_once(data: Path, out: Path, a, prefetch: int) -> dict:
     names[n] = (c + 1, round(s + secs, 3))
   return dict(
     prefetch=prefetch,
+    frames_on_device=getattr(tr, "frames", None) is not None,
     iterations=a.iterations,
     total_s=total,
     loop_ms_per_it=loop_ms,
@@ -211,6 +217,13 @@ def main():
   ap.add_argument("--eval-max-frames", type=int, default=4)
   ap.add_argument("--step-iters", type=int, default=30)
   ap.add_argument("--prefetch", type=int, nargs="+", default=[0, 2])
+  ap.add_argument(
+    "--frames-on-device",
+    nargs="+",
+    default=["auto"],
+    choices=["auto", "on", "off"],
+    help="the loop's --frames-on-device settings to run (each with each --prefetch)",
+  )
   ap.add_argument("--data", type=Path, default=None, help="existing dataset (default: write one in a temp folder)")
   ap.add_argument("--tag", default=None)
   ap.add_argument(
@@ -225,7 +238,8 @@ def main():
     jax.config.update("jax_compilation_cache_dir", str(a.compile_cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   if a.child_json is not None:
-    r = run_once(a.data, a.child_json.parent / f"model_p{a.prefetch[0]}", a, a.prefetch[0])
+    p, f = a.prefetch[0], a.frames_on_device[0]
+    r = run_once(a.data, a.child_json.parent / f"model_p{p}_{f}", a, p, f)
     a.child_json.write_text(json.dumps(r))
     return
   tmp = Path(tempfile.mkdtemp(prefix="bench_loop_"))
@@ -241,29 +255,31 @@ def main():
     f"device: {dev.device_kind} ({jax.default_backend()}), {a.width}x{a.height}, B={a.batch_size}, {a.iterations} it"
   )
   print(
-    "| prefetch | loop ms/it | median interval ms/it | step ms | ratio | ratio (median) | compiles (s) | cache hits "
+    "| prefetch | frames on device | loop ms/it | median interval ms/it | step ms | ratio | ratio (median) | compiles (s) | cache hits "
     "| data s | metrics s | densify s | eval s | total s |"
   )
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   rows = []
-  for p in a.prefetch:
-    # each setting in a fresh process, so each pays its own compilations (as a real run does)
-    child = tmp / f"run_p{p}.json"
-    argv = list(sys.argv[1:])
-    if "--prefetch" in argv:
-      i = argv.index("--prefetch")
+  argv = list(sys.argv[1:])
+  for opt in ("--prefetch", "--frames-on-device"):  # each child gets one value of each
+    if opt in argv:
+      i = argv.index(opt)
       j = i + 1
       while j < len(argv) and not argv[j].startswith("--"):
         j += 1
       del argv[i:j]
+  for p, f in [(p, f) for p in a.prefetch for f in a.frames_on_device]:
+    # each setting in a fresh process, so each pays its own compilations (as a real run does)
+    child = tmp / f"run_p{p}_{f}.json"
     subprocess.run(
-      [sys.executable, __file__, *argv, "--prefetch", str(p), "--data", str(data), "--child-json", str(child)],
+      [sys.executable, __file__, *argv, "--prefetch", str(p), "--frames-on-device", f, "--data", str(data)]
+      + ["--child-json", str(child)],
       check=True,
     )
     r = json.loads(child.read_text())
     rows.append(r)
     print(
-      f"| {p} | {r['loop_ms_per_it']:.2f} | {r['loop_ms_median_interval']:.2f} | {r['step_ms']:.2f} | {r['ratio']:.2f} "
+      f"| {p} | {f} ({'yes' if r['frames_on_device'] else 'no'}) | {r['loop_ms_per_it']:.2f} | {r['loop_ms_median_interval']:.2f} | {r['step_ms']:.2f} | {r['ratio']:.2f} "
       f"| {r['ratio_median_interval']:.2f} | {r['compiles']} "
       f"({r['compile_s']:.1f}) | {r['compile_cache_hits']} | {r['data_s']:.2f} | {r['metrics_s']:.2f} | {r['densify_s']:.2f} | "
       f"{r['eval_s']:.2f} | {r['total_s']:.1f} |",

@@ -58,6 +58,7 @@ from gaedit_jax.train.config import (
   Regularisers,
   RunSettings,
 )
+from gaedit_jax.train.frames import FRAMES_ON_DEVICE, DeviceFrames, keep_on_device
 from gaedit_jax.train.loop import (
   CompileCounter,
   IsectCapacity,
@@ -95,6 +96,11 @@ class ReconstructConfig:
   """Resample images (e.g. 0.5 for a faster CPU run)."""
   image_cache_gb: float = 4.0
   """Memory for decoded training images (LRU cache); small datasets stay fully in memory."""
+  frames_on_device: Literal["auto", "on", "off"] = "auto"
+  """Keep the decoded training images (uint8) on the device and gather each batch there, so a step
+  moves only its frame indices (gaedit_jax.train.frames). auto: when one process trains on a GPU
+  on images of one size that take at most --image-cache-gb and a quarter of its memory (not on the
+  CPU, where it gains nothing). Never changes results."""
   white_background: bool = True
   """Composite over white (GA --white_background); also triggers the opacity reset at densify_from."""
   intrinsics: Literal["file", "fov_x"] = "file"
@@ -184,6 +190,7 @@ class ReconstructConfig:
       },
     )
     check_choice(self, "intrinsics", ("file", "fov_x"))
+    check_choice(self, "frames_on_device", FRAMES_ON_DEVICE)
 
   def position_schedule(self) -> PositionSchedule:
     """The xyz rate's schedule runs over --position-lr-max-steps (default: the whole run)."""
@@ -407,6 +414,10 @@ class Trainer:
     self.model_local = self.model
     self.model = parallel.replicate(self.model, self.mesh)
     self.background = parallel.replicate(self.background, self.mesh)
+    self.frames = None  # the training images on the device (train.frames), or read per batch
+    if keep_on_device(self.train_ds, cfg.frames_on_device, cfg.image_cache_gb * 1e9):
+      self.frames = DeviceFrames(self.train_ds, self.mesh)
+      self.train_ds.cache_size = 64  # each image is read once, into the device's copy
     self.state = self.placed(
       init_state(
         jax.random.key(cfg.seed), self.model, flame, self.optimizer, capacity=cfg.capacity, sh_degree=cfg.sh_degree
@@ -614,7 +625,10 @@ class Trainer:
     compiles = CompileCounter.snapshot()
 
     def make_batch(it: int):  # in the prefetch thread: a pure function of `it`
-      b = self.train_ds.batch(frame_order(n, c.batch_size, c.seed, it))
+      idx = frame_order(n, c.batch_size, c.seed, it)
+      if self.frames is not None:
+        return self.frames.batch(idx)
+      b = self.train_ds.batch(idx)
       return parallel.shard_views((b.image, b.camera, b.timestep), self.mesh)
 
     with ses.guard(lambda: self.state, self.meta), Prefetcher(make_batch, start + 1, end, c.run.prefetch) as batches:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -18,8 +19,11 @@ import pytest
 from recon_data import tiny_config, tiny_edit_config
 
 from gaedit_jax.cli import compile_cache_dir
+from gaedit_jax.data.dataset import AvatarDataset
 from gaedit_jax.edit.loop import EditRun
+from gaedit_jax.errors import InputError
 from gaedit_jax.reconstruct import Trainer
+from gaedit_jax.train.frames import DeviceFrames, frames_bytes, keep_on_device
 from gaedit_jax.train.loop import Flushed, IsectCapacity, Prefetcher, frame_order
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,8 +63,10 @@ def test_reconstruct_prefetch_is_bit_identical(tiny, tmp_path):
   # 20 iterations: two SH degrees, densifications at 5, 10, 15 (capacity changes) and an opacity reset
   kw = dict(iterations=20, densify_grad_threshold=1e-5, checkpoint_interval=0, eval_max_frames=1)
   ref = _reference_loop(Trainer(tiny_config(tiny, tmp_path / "ref", **kw)), 20)
-  for p in (2, 0):
-    tr = Trainer(tiny_config(tiny, tmp_path / f"p{p}", prefetch=p, **kw))
+  # the default (prefetched, frames kept on the device) and the loop's own host batches
+  for p, frames in ((2, "on"), (0, "off")):
+    tr = Trainer(tiny_config(tiny, tmp_path / f"p{p}", prefetch=p, frames_on_device=frames, **kw))
+    assert (tr.frames is not None) == (frames == "on")
     res = tr.run()
     assert res["iterations"] == 20 and res["densify"]
     assert set(res["compilations"]) == {"count", "seconds", "cache_hits"}
@@ -68,6 +74,44 @@ def test_reconstruct_prefetch_is_bit_identical(tiny, tmp_path):
     # the parameters are the same bit for bit
     assert tr.isect <= 8.0 and tr.capacity_ctl.shrunk, tr.capacity_ctl
     _assert_same(ref, tr.state)
+
+
+def test_device_frames_give_the_host_batches_bit_for_bit(tiny):
+  ds = AvatarDataset(tiny, "train")
+  fr = DeviceFrames(ds)
+  assert not fr.written.any()
+  n = len(ds)
+  for idx, new in (([0], True), ([3, 1, 3], True), ([n - 1, 0, 2], True), ([3, 1, 3], False)):
+    before = fr.images
+    got = fr.batch(idx)
+    b = ds.batch(idx)
+    _assert_same((b.image, b.camera, b.timestep), got)
+    assert got[0].dtype == jnp.float32 and got[0].shape == (len(idx), *ds.image_size, 3)
+    assert (fr.images is not before) == new  # a batch of frames already there writes nothing
+  assert sorted(np.flatnonzero(fr.written)) == [0, 1, 2, 3, n - 1]
+
+
+def test_frames_on_device_choice(tiny, tmp_path):
+  ds = AvatarDataset(tiny, "train")
+  size = frames_bytes(ds)
+  assert size == len(ds) * 64 * 48 * 3
+  gpu = dict(platform="gpu")  # auto's decision on an accelerator (the budget; the CPU never)
+  assert keep_on_device(ds, "auto", size, **gpu) and not keep_on_device(ds, "auto", size - 1, **gpu)
+  assert not keep_on_device(ds, "auto", 1e12, platform="cpu")
+  assert keep_on_device(ds, "on", 0) and not keep_on_device(ds, "off", 1e12)
+  with pytest.raises(InputError, match="--frames-on-device 'yes': expected one of auto, on, off"):
+    keep_on_device(ds, "yes", 1e12)
+  # frames of two sizes cannot be stacked: auto reads them per batch, on is refused
+  mixed = tmp_path / "mixed"
+  shutil.copytree(tiny, mixed)
+  tj = mixed / "transforms_train.json"
+  d = json.loads(tj.read_text())
+  d["frames"][0].update(w=24, h=32)
+  tj.write_text(json.dumps(d))
+  ds2 = AvatarDataset(mixed, "train")
+  assert ds2.cameras is None and not keep_on_device(ds2, "auto", 1e12, **gpu)
+  with pytest.raises(InputError, match="--frames-on-device on: the frames have different image sizes"):
+    keep_on_device(ds2, "on", 1e12)
 
 
 def test_edit_prefetch_is_bit_identical(edit_setup, tmp_path):

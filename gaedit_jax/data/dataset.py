@@ -197,7 +197,9 @@ class AvatarDataset:
 
   # ---- images -----------------------------------------------------------------------------------
 
-  def _load_rgb(self, i: int) -> np.ndarray:
+  def rgb(self, i: int) -> np.ndarray:
+    """Frame i's image [H,W,3] uint8 as the batches use it: composited over the background,
+    resized to the split's size (cached; shared with the loops' prefetch thread)."""
     with self._lock:
       return self._load_rgb_locked(i)
 
@@ -273,7 +275,7 @@ class AvatarDataset:
     if not -len(self) <= i < len(self):
       raise IndexError(f"frame {i} out of range for {len(self)} frames")
     i = i % len(self)
-    img = self._load_rgb(i).astype(np.float32) / 255.0
+    img = self.rgb(i).astype(np.float32) / 255.0
     mask = self._load_mask(i) if self.load_masks else None
     r = self.records[i]
     return Frame(
@@ -290,7 +292,7 @@ class AvatarDataset:
     idx = np.asarray(indices, np.int64).reshape(-1)
     if self.cameras is None:
       raise DatasetError(f"{self.json_path}: frames have different image sizes; cannot batch")
-    imgs = np.stack([self._load_rgb(int(i)) for i in idx]).astype(np.float32) / 255.0
+    imgs = np.stack([self.rgb(int(i)) for i in idx]).astype(np.float32) / 255.0
     masks = None
     if self.load_masks:
       ms = [self._load_mask(int(i)) for i in idx]

@@ -132,12 +132,34 @@ def test_split_state_step_gathers_each_array_once(tiny, tmp_path):
   assert new.avatar.sh_rest.sharding.spec == jax.sharding.PartitionSpec(parallel.VIEWS)
 
 
+def test_device_frames_split_the_views_as_the_host_batches(tiny):
+  from gaedit_jax.data.dataset import AvatarDataset
+  from gaedit_jax.train.frames import DeviceFrames
+
+  ds = AvatarDataset(tiny["data"], "train")
+  mesh = parallel.view_mesh(4, 4)
+  fr = DeviceFrames(ds, mesh)
+  assert fr.images.sharding.is_fully_replicated and len(fr.images.sharding.device_set) == 4
+  idx = [5, 0, 7, 0]
+  b = ds.batch(idx)
+  want = parallel.shard_views((b.image, b.camera, b.timestep), mesh)
+  got = fr.batch(idx)
+  for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    assert y.sharding.is_equivalent_to(x.sharding, x.ndim), (x.sharding, y.sharding)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_reconstruction_run_matches(tiny, tmp_path):
   from gaedit_jax.reconstruct import Trainer
 
   runs = {}
   for d in (1, 4):
-    t = Trainer(tiny_config(tiny["data"], tmp_path / str(d), batch_size=4, devices=d, iterations=12))
+    # 4 devices: the batches gathered from the frames kept on the devices (train.frames)
+    frames = "on" if d == 4 else "off"
+    t = Trainer(
+      tiny_config(tiny["data"], tmp_path / str(d), batch_size=4, devices=d, iterations=12, frames_on_device=frames)
+    )
+    assert (t.frames is not None) == (d == 4)
     runs[d] = (t.run(), t)
   (r1, t1), (r4, t4) = runs[1], runs[4]
   # the per-Gaussian state (parameters, Adam moments, statistics) stays split over the 4 devices
