@@ -143,15 +143,22 @@ def replicate(tree, mesh: Mesh | None):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+def _gaussian_layout(mesh: Mesh, capacity: int):
+  """x -> its sharding in the split layout: split along the mesh when its leading dim is the
+  Gaussian capacity and the device count divides it, else replicated."""
+  split, rep = NamedSharding(mesh, P(VIEWS)), NamedSharding(mesh, P())
+  ok = capacity % mesh.size == 0
+  return lambda x: split if ok and np.ndim(x) and np.shape(x)[0] == capacity else rep
+
+
 def split_gaussians(tree, mesh: Mesh | None, capacity: int):
   """Places the leaves whose leading dim is the Gaussian capacity split along it over the mesh, the
   others on all devices (unchanged without a mesh). A capacity the device count does not divide
   stays replicated."""
   if mesh is None:
     return tree
-  split, rep = NamedSharding(mesh, P(VIEWS)), NamedSharding(mesh, P())
-  ok = capacity % mesh.size == 0
-  return jax.tree.map(lambda x: jax.device_put(x, split if ok and np.ndim(x) and x.shape[0] == capacity else rep), tree)
+  layout = _gaussian_layout(mesh, capacity)
+  return jax.tree.map(lambda x: jax.device_put(x, layout(x)), tree)
 
 
 def constrain_split(tree, mesh: Mesh | None, capacity: int):
@@ -161,9 +168,8 @@ def constrain_split(tree, mesh: Mesh | None, capacity: int):
   may reduce-scatter them, or all-reduce and slice)."""
   if mesh is None or capacity % mesh.size:
     return tree
-  split, rep = NamedSharding(mesh, P(VIEWS)), NamedSharding(mesh, P())
-  pin = lambda x: jax.lax.with_sharding_constraint(x, split if x.ndim and x.shape[0] == capacity else rep)
-  return jax.tree.map(pin, tree)
+  layout = _gaussian_layout(mesh, capacity)
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, layout(x)), tree)
 
 
 def constrain_whole(tree, mesh: Mesh | None):
