@@ -17,7 +17,7 @@ Writes a synthetic dataset (gaedit_jax.data.synthetic) once, then for each --pre
                  time spent making batches (with --prefetch > 0 in the prefetch thread, beside
                  the step), in the metric flushes (the one host read per log interval, which
                  waits for the queued steps), in densification and in the final evaluation.
-Each (--prefetch, --frames-on-device) setting runs in a fresh process (its own compilations, as a
+Each (--prefetch, --frames-on-device, --steps-per-call) setting runs in a fresh process (its own compilations, as a
 real run). Prints a table and writes experiments/results/loop/<tag>.json. --compile-cache DIR: with
 JAX's persistent compilation cache (as the `gaedit` command); a second invocation shows the cache
 hits.
@@ -109,12 +109,13 @@ def step_alone(tr: Trainer, iters: int, sh_degree: int) -> float:
   return float(np.median(times) * 1e3)
 
 
-def run_once(data: Path, out: Path, a, prefetch: int, frames: str = "auto") -> dict:
+def run_once(data: Path, out: Path, a, prefetch: int, frames: str = "auto", steps_per_call: int = 0) -> dict:
   kw = dict(
     data=data,
     out=out,
     iterations=a.iterations,
     batch_size=a.batch_size,
+    image_scale=a.image_scale,
     sh_degree_interval=a.sh_degree_interval,
     densify_from=a.densify_from,
     densify_interval=a.densify_interval,
@@ -134,6 +135,8 @@ def run_once(data: Path, out: Path, a, prefetch: int, frames: str = "auto") -> d
     kw["prefetch"] = prefetch
   if "frames_on_device" in ReconstructConfig.__dataclass_fields__:  # nor frames on the device
     kw["frames_on_device"] = frames
+  if "steps_per_call" in ReconstructConfig.__dataclass_fields__:  # nor several steps per call
+    kw["steps_per_call"] = steps_per_call
   cfg = build(ReconstructConfig, **kw)
   tr = Trainer(cfg)
   acc: dict = {}
@@ -144,7 +147,8 @@ def run_once(data: Path, out: Path, a, prefetch: int, frames: str = "auto") -> d
     t = time.perf_counter()
     flush(pending, writer, bar, *args)
     acc["metrics"] = acc.get("metrics", 0.0) + time.perf_counter() - t
-    flushes.append((pending[-1][0], time.perf_counter()))
+    last = pending[-1][0]  # an iteration, or the range of a call of several steps
+    flushes.append((last[-1] if isinstance(last, range) else last, time.perf_counter()))
 
   tr._flush = flush_logged
   timed_method(tr.train_ds, "batch", acc, "data")
@@ -179,6 +183,7 @@ def run_once(data: Path, out: Path, a, prefetch: int, frames: str = "auto") -> d
   return dict(
     prefetch=prefetch,
     frames_on_device=getattr(tr, "frames", None) is not None,
+    steps_per_call=getattr(tr, "steps_per_call", 1),
     iterations=a.iterations,
     total_s=total,
     loop_ms_per_it=loop_ms,
@@ -207,6 +212,13 @@ def main():
   ap.add_argument("--batch-size", type=int, default=1)
   ap.add_argument("--width", type=int, default=128)
   ap.add_argument("--height", type=int, default=176)
+  ap.add_argument(
+    "--image-scale",
+    type=float,
+    default=1.0,
+    help="the run's --image-scale (e.g. 4 with --width 138 --height 200: 552x800 training images without "
+    "rendering a full-size dataset, which the synthetic generator does slowly)",
+  )
   ap.add_argument("--rows", type=int, default=None, help="synthetic head mesh rows (default: SynthConfig's)")
   ap.add_argument("--cols", type=int, default=None, help="synthetic head mesh columns")
   ap.add_argument("--sh-degree-interval", type=int, default=1000)
@@ -224,6 +236,13 @@ def main():
     choices=["auto", "on", "off"],
     help="the loop's --frames-on-device settings to run (each with each --prefetch)",
   )
+  ap.add_argument(
+    "--steps-per-call",
+    type=int,
+    nargs="+",
+    default=[0],
+    help="the loop's --steps-per-call settings to run (0: auto; each with each --prefetch / --frames-on-device)",
+  )
   ap.add_argument("--data", type=Path, default=None, help="existing dataset (default: write one in a temp folder)")
   ap.add_argument("--tag", default=None)
   ap.add_argument(
@@ -238,8 +257,8 @@ def main():
     jax.config.update("jax_compilation_cache_dir", str(a.compile_cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   if a.child_json is not None:
-    p, f = a.prefetch[0], a.frames_on_device[0]
-    r = run_once(a.data, a.child_json.parent / f"model_p{p}_{f}", a, p, f)
+    p, f, k = a.prefetch[0], a.frames_on_device[0], a.steps_per_call[0]
+    r = run_once(a.data, a.child_json.parent / f"model_p{p}_{f}_k{k}", a, p, f, k)
     a.child_json.write_text(json.dumps(r))
     return
   tmp = Path(tempfile.mkdtemp(prefix="bench_loop_"))
@@ -252,34 +271,35 @@ def main():
     generate(build(SynthConfig, **sc), progress=False)
   dev = jax.devices()[0]
   print(
-    f"device: {dev.device_kind} ({jax.default_backend()}), {a.width}x{a.height}, B={a.batch_size}, {a.iterations} it"
+    f"device: {dev.device_kind} ({jax.default_backend()}), {a.width}x{a.height} x {a.image_scale:g}, B={a.batch_size}, "
+    f"{a.iterations} it"
   )
   print(
-    "| prefetch | frames on device | loop ms/it | median interval ms/it | step ms | ratio | ratio (median) | compiles (s) | cache hits "
+    "| prefetch | frames on device | steps per call | loop ms/it | median interval ms/it | step ms | ratio | ratio (median) | compiles (s) | cache hits "
     "| data s | metrics s | densify s | eval s | total s |"
   )
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   rows = []
   argv = list(sys.argv[1:])
-  for opt in ("--prefetch", "--frames-on-device"):  # each child gets one value of each
+  for opt in ("--prefetch", "--frames-on-device", "--steps-per-call"):  # each child gets one value of each
     if opt in argv:
       i = argv.index(opt)
       j = i + 1
       while j < len(argv) and not argv[j].startswith("--"):
         j += 1
       del argv[i:j]
-  for p, f in [(p, f) for p in a.prefetch for f in a.frames_on_device]:
+  for p, f, k in [(p, f, k) for p in a.prefetch for f in a.frames_on_device for k in a.steps_per_call]:
     # each setting in a fresh process, so each pays its own compilations (as a real run does)
-    child = tmp / f"run_p{p}_{f}.json"
+    child = tmp / f"run_p{p}_{f}_k{k}.json"
     subprocess.run(
-      [sys.executable, __file__, *argv, "--prefetch", str(p), "--frames-on-device", f, "--data", str(data)]
-      + ["--child-json", str(child)],
+      [sys.executable, __file__, *argv, "--prefetch", str(p), "--frames-on-device", f, "--steps-per-call", str(k)]
+      + ["--data", str(data), "--child-json", str(child)],
       check=True,
     )
     r = json.loads(child.read_text())
     rows.append(r)
     print(
-      f"| {p} | {f} ({'yes' if r['frames_on_device'] else 'no'}) | {r['loop_ms_per_it']:.2f} | {r['loop_ms_median_interval']:.2f} | {r['step_ms']:.2f} | {r['ratio']:.2f} "
+      f"| {p} | {f} ({'yes' if r['frames_on_device'] else 'no'}) | {r.get('steps_per_call', 1)} | {r['loop_ms_per_it']:.2f} | {r['loop_ms_median_interval']:.2f} | {r['step_ms']:.2f} | {r['ratio']:.2f} "
       f"| {r['ratio_median_interval']:.2f} | {r['compiles']} "
       f"({r['compile_s']:.1f}) | {r['compile_cache_hits']} | {r['data_s']:.2f} | {r['metrics_s']:.2f} | {r['densify_s']:.2f} | "
       f"{r['eval_s']:.2f} | {r['total_s']:.1f} |",

@@ -96,11 +96,22 @@ class ReconstructConfig:
   """Resample images (e.g. 0.5 for a faster CPU run)."""
   image_cache_gb: float = 4.0
   """Memory for decoded training images (LRU cache); small datasets stay fully in memory."""
+  data_workers: int = 4
+  """Threads that decode the training images of the coming iterations ahead of their batches
+  (a frame not in the image cache is read from its PNG / JPEG file: about 10-25 ms at 550x802, several
+  times a step). 0: each image is decoded when its batch is made. Never changes results."""
   frames_on_device: Literal["auto", "on", "off"] = "auto"
   """Keep the decoded training images (uint8) on the device and gather each batch there, so a step
   moves only its frame indices (gaedit_jax.train.frames). auto: when one process trains on a GPU
   on images of one size that take at most --image-cache-gb and a quarter of its memory (not on the
   CPU, where it gains nothing). Never changes results."""
+  steps_per_call: int = 0
+  """Iterations per jitted call: k consecutive steps run as one scan on the device, so the loop's
+  host work (dispatch, data hand-off) and the gap between steps are paid once per k iterations.
+  A call never spans an iteration after which the loop has host work (metrics flush, densification,
+  SH-degree rise, checkpoint, export, evaluation); there it runs single steps. 0: auto (on a GPU
+  10 // batch size, at least 1; 1 on the CPU, where a step takes tens of ms). --prefetch then counts
+  calls. Same data and updates, same results (tested)."""
   white_background: bool = True
   """Composite over white (GA --white_background); also triggers the opacity reset at densify_from."""
   intrinsics: Literal["file", "fov_x"] = "file"
@@ -181,7 +192,8 @@ class ReconstructConfig:
       {
         "iterations batch_size sh_degree_interval densify_interval opacity_reset_interval "
         "devices position_lr_max_steps eval_max_frames capacity": "int >= 1",
-        "seed densify_from densify_until eval_interval save_interval world_ply_timestep": "int >= 0",
+        "seed densify_from densify_until eval_interval save_interval world_ply_timestep steps_per_call "
+        "data_workers": "int >= 0",
         "sh_degree": "int [0, 3]",
         "image_scale position_lr_init position_lr_final max_screen_size": "> 0",
         "image_cache_gb densify_grad_threshold percent_dense": ">= 0",
@@ -375,6 +387,18 @@ def make_step(optimizer, cfg: StepConfig):
   return jax.jit(reconstruct_step, donate_argnums=(0,))
 
 
+def make_steps(optimizer, cfg: StepConfig):
+  """Several consecutive steps in one jitted call: `batches` is a tuple of k (image, camera,
+  timestep) batches, run in order by a scan of `train_step` (one compiled body, whatever k).
+  Returns the state after the k steps and their metrics stacked [k]."""
+
+  def reconstruct_steps(s, batches, m, bg):
+    xs = jax.tree.map(lambda *a: jnp.stack(a), *batches)
+    return jax.lax.scan(lambda st, x: train_step(st, *x, m, bg, optimizer=optimizer, cfg=cfg), s, xs)
+
+  return jax.jit(reconstruct_steps, donate_argnums=(0,))
+
+
 # ------------------------------------------------------------------------------------------------
 # The training loop
 # ------------------------------------------------------------------------------------------------
@@ -418,6 +442,9 @@ class Trainer:
     if keep_on_device(self.train_ds, cfg.frames_on_device, cfg.image_cache_gb * 1e9):
       self.frames = DeviceFrames(self.train_ds, self.mesh)
       self.train_ds.cache_size = 64  # each image is read once, into the device's copy
+    # auto: 10 views per call on a GPU (B = 1: 10 steps; a step of B >= 10 views is long enough alone)
+    auto = 1 if jax.local_devices()[0].platform == "cpu" else max(1, 10 // cfg.batch_size)
+    self.steps_per_call = cfg.steps_per_call or auto
     self.state = self.placed(
       init_state(
         jax.random.key(cfg.seed), self.model, flame, self.optimizer, capacity=cfg.capacity, sh_degree=cfg.sh_degree
@@ -451,14 +478,35 @@ class Trainer:
       alpha_clamp_grad=self.cfg.raster.alpha_clamp_grad,
     )
 
-  def step_fn(self, sh_degree: int):
+  def step_fn(self, sh_degree: int, several: bool = False):
+    """The jitted step for an SH degree (several: the call of consecutive steps, make_steps)."""
     c = self.cfg
     sc = StepConfig(
       render=self.render_config(sh_degree), lambda_dssim=c.lambda_dssim, reg=c.reg, split_state=self.split_state
     )
+    make = make_steps if several else make_step
     return cached_step(
-      ("reconstruct", c.lr, c.position_schedule(), self.extent, sc), lambda: make_step(self.optimizer, sc)
+      ("reconstruct", several, c.lr, c.position_schedule(), self.extent, sc), lambda: make(self.optimizer, sc)
     )
+
+  def steps_in_call(self, it: int, end: int, every: int) -> int:
+    """How many iterations from `it` the next jitted call runs: --steps-per-call when the loop has
+    no host work after any of them but the last and the SH degree stays (`every`: the checkpoint
+    interval), else 1."""
+    c = self.cfg
+    k = self.steps_per_call
+    if k <= 1 or it + k - 1 > end:
+      return 1
+    deg = self.sh_degree_at(it)
+    for j in range(it, it + k - 1):
+      if (
+        any(self.densify_now(j))
+        or j % c.run.log_interval == 0
+        or any(n and j % n == 0 for n in (c.save_interval, c.eval_interval, every))
+        or self.sh_degree_at(j + 1) != deg
+      ):
+        return 1
+    return k
 
   # -- densification -----------------------------------------------------------------------------
   def _densify(self, it: int, densify: bool, reset: bool) -> None:
@@ -624,20 +672,43 @@ class Trainer:
     pending: list[tuple[int, dict]] = []
     compiles = CompileCounter.snapshot()
 
-    def make_batch(it: int):  # in the prefetch thread: a pure function of `it`
+    # the decoder threads work this many iterations ahead of the batch being made
+    ahead = 4 * c.data_workers
+
+    def read_ahead(j: int) -> None:
+      idx = frame_order(n, c.batch_size, c.seed, j)
+      if self.frames is not None:  # frames already on the device are not read again
+        idx = idx[~self.frames.written[idx]]
+      self.train_ds.read_ahead(idx, c.data_workers)
+
+    def make_batch(it: int):  # in the prefetch thread, in order: the batch is a pure function of `it`
+      if c.data_workers:  # the first batch starts the window, each later one its far end
+        for j in range(it if it == start + 1 else it + ahead, min(it + ahead, end) + 1):
+          read_ahead(j)
       idx = frame_order(n, c.batch_size, c.seed, it)
       if self.frames is not None:
         return self.frames.batch(idx)
       b = self.train_ds.batch(idx)
       return parallel.shard_views((b.image, b.camera, b.timestep), self.mesh)
 
-    with ses.guard(lambda: self.state, self.meta), Prefetcher(make_batch, start + 1, end, c.run.prefetch) as batches:
-      for it in range(start + 1, end + 1):
-        img, cam, ts = batches.get(it)
-        step = self.step_fn(self.sh_degree_at(it))
+    # --prefetch counts calls: a call of k steps takes k batches at once
+    depth = c.run.prefetch * self.steps_per_call
+    with ses.guard(lambda: self.state, self.meta), Prefetcher(make_batch, start + 1, end, depth) as batches:
+      it = start
+      while it < end:
+        k = self.steps_in_call(it + 1, end, ses.every)
+        first, it = it + 1, it + k
         ses.begin_step()  # a Ctrl-C now waits for ses.done(it): the step consumes the state
-        self.state, m = step(self.state, img, cam, ts, self.model, self.background)
-        pending.append((it, m))
+        if k == 1:
+          img, cam, ts = batches.get(it)
+          step = self.step_fn(self.sh_degree_at(it))
+          self.state, m = step(self.state, img, cam, ts, self.model, self.background)
+          pending.append((it, m))
+        else:  # iterations first..it in one call; nothing happens on the host between them
+          views = tuple(batches.get(j) for j in range(first, it + 1))
+          step = self.step_fn(self.sh_degree_at(it), several=True)
+          self.state, m = step(self.state, views, self.model, self.background)
+          pending.append((range(first, it + 1), m))
         dens, reset = self.densify_now(it)
         if not (dens or reset):
           ses.done(it)

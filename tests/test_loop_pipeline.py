@@ -76,6 +76,88 @@ def test_reconstruct_prefetch_is_bit_identical(tiny, tmp_path):
     _assert_same(ref, tr.state)
 
 
+def test_several_steps_per_call_are_bit_identical(tiny, tmp_path):
+  # the same 20 iterations as above with calls of 3 steps where no host work falls between them
+  kw = dict(iterations=20, densify_grad_threshold=1e-5, checkpoint_interval=0, eval_max_frames=1)
+  ref_tr = Trainer(tiny_config(tiny, tmp_path / "ref", **kw))
+  ref = _reference_loop(ref_tr, 20)
+  tr = Trainer(tiny_config(tiny, tmp_path / "k3", steps_per_call=3, prefetch=2, frames_on_device="on", **kw))
+  calls = []
+  step_fn = tr.step_fn
+  tr.step_fn = lambda deg, several=False: (calls.append(several), step_fn(deg, several))[1]
+  res = tr.run()
+  assert res["iterations"] == 20 and sum(calls) >= 3 and not all(calls), calls  # both kinds of call ran
+  _assert_same(ref, tr.state)
+  # the metrics of a call's steps reach the history at the log intervals, as single steps do
+  assert [h["iteration"] for h in tr.history] == [4, 5, 10, 12, 15, 20]
+
+
+def _host_work(c, it: int) -> bool:
+  """Iterations after which the loop has host work, from the flags (the rule the calls respect)."""
+  dens = c.densify_from < it < c.densify_until and it % c.densify_interval == 0
+  return (
+    dens
+    or it % c.opacity_reset_interval == 0
+    or it % c.run.log_interval == 0
+    or any(n and it % n == 0 for n in (c.save_interval, c.eval_interval, c.run.checkpoint_interval))
+    or min(c.sh_degree, it // c.sh_degree_interval) != min(c.sh_degree, (it + 1) // c.sh_degree_interval)
+  )
+
+
+@pytest.mark.parametrize(
+  "flags, all_full",
+  [
+    (dict(log_interval=10, densify_from=10, densify_interval=10, sh_degree_interval=1000), True),
+    (dict(log_interval=7, densify_from=3, densify_interval=6, sh_degree_interval=11, save_interval=9), False),
+  ],
+)
+def test_calls_of_several_steps_never_span_host_work(tiny, tmp_path, flags, all_full):
+  kw = dict(
+    iterations=60,
+    densify_until=40,
+    opacity_reset_interval=1000,
+    reset_opacity_at_densify_from=False,
+    checkpoint_interval=0,
+    steps_per_call=5,
+  )
+  tr = Trainer(tiny_config(tiny, tmp_path / "run", **{**kw, **flags}))
+  c, it, plan = tr.cfg, 0, []
+  while it < c.iterations:
+    k = tr.steps_in_call(it + 1, c.iterations, c.run.checkpoint_interval)
+    assert k in (1, 5)
+    assert not any(_host_work(c, j) for j in range(it + 1, it + k)), (it, k)
+    plan.append(k)
+    it += k
+  assert it == c.iterations
+  # aligned intervals: every call runs 5 steps (an SH rise at iteration n*interval, which uses the new
+  # degree, is not aligned with calls that end at multiples of 5: single steps around it);
+  # other intervals: single steps where a call would span host work
+  assert (plan == [5] * 12) if all_full else (5 in plan and 1 in plan), plan
+
+
+def test_read_ahead_decodes_the_same_images_in_threads(tiny, tmp_path):
+  plain = AvatarDataset(tiny, "train", cache_size=0)
+  ds = AvatarDataset(tiny, "train", cache_size=0)
+  idx = list(range(len(ds)))
+  ds.read_ahead(idx + idx[:3], workers=2)  # a frame asked twice is decoded once
+  assert len(ds._ahead) == len(idx)
+  for i in idx:
+    np.testing.assert_array_equal(ds.rgb(i), plain.rgb(i))
+  assert not ds._ahead  # each started frame was taken by its rgb(i)
+  # a missing image: its error is raised by the frame that needs it, as without read-ahead
+  data = tmp_path / "data"
+  shutil.copytree(tiny, data)
+  broken = AvatarDataset(data, "train", cache_size=0)
+  broken.records[2].image_path.unlink()
+  broken.read_ahead([1, 2], workers=2)
+  broken.rgb(1)
+  with pytest.raises(Exception) as got:
+    broken.rgb(2)
+  with pytest.raises(type(got.value), match="image not found"):
+    AvatarDataset(data, "train", cache_size=0).rgb(2)
+  assert str(got.value).endswith(str(broken.records[2].image_path))
+
+
 def test_device_frames_give_the_host_batches_bit_for_bit(tiny):
   ds = AvatarDataset(tiny, "train")
   fr = DeviceFrames(ds)

@@ -10,6 +10,7 @@ all its images in memory. `dataset[i]` is a `Frame` (numpy image); `dataset.batc
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import math
 import os
@@ -109,6 +110,8 @@ class AvatarDataset:
     self.num_vertices = num_vertices
     self._cache: collections.OrderedDict = collections.OrderedDict()
     self._lock = threading.RLock()  # the loops' prefetch thread and the main thread share the cache
+    self._ahead: dict[int, concurrent.futures.Future] = {}  # frames being decoded (read_ahead)
+    self._pool: concurrent.futures.ThreadPoolExecutor | None = None
     self.cache_size = int(cache_size)
     self._flame = None
     self._canonical = None
@@ -199,16 +202,37 @@ class AvatarDataset:
 
   def rgb(self, i: int) -> np.ndarray:
     """Frame i's image [H,W,3] uint8 as the batches use it: composited over the background,
-    resized to the split's size (cached; shared with the loops' prefetch thread)."""
-    with self._lock:
-      return self._load_rgb_locked(i)
-
-  def _load_rgb_locked(self, i: int) -> np.ndarray:
-    r = self.records[i]
+    resized to the split's size (cached; shared with the loops' prefetch thread). A frame that
+    `read_ahead` started is taken from its decoder thread."""
     key = ("rgb", i)
-    if key in self._cache:
-      self._cache.move_to_end(key)
-      return self._cache[key]
+    with self._lock:
+      if key in self._cache:
+        self._cache.move_to_end(key)
+        return self._cache[key]
+      started = self._ahead.pop(i, None)
+    arr = started.result() if started is not None else self._decode_rgb(i)
+    with self._lock:
+      self._put(key, arr)
+    return arr
+
+  def read_ahead(self, indices: Sequence[int], workers: int) -> None:
+    """Starts decoding the frames `indices` that are neither cached nor started, in a pool of
+    `workers` threads (PNG / JPEG decoding and zlib release the interpreter lock, so they run in
+    parallel with each other and with the loop). `rgb(i)` then waits for frame i instead of decoding
+    it: same values, and a file's error is raised there, by the frame that needs it."""
+    if workers <= 0:
+      return
+    with self._lock:
+      if self._pool is None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="gaedit-decode")
+      for i in indices:
+        i = int(i)
+        if ("rgb", i) not in self._cache and i not in self._ahead:
+          self._ahead[i] = self._pool.submit(self._decode_rgb, i)
+
+  def _decode_rgb(self, i: int) -> np.ndarray:
+    """Reads frame i's image from its file (no shared state: runs in the decoder threads)."""
+    r = self.records[i]
     try:
       arr = read_image(r.image_path)
     except FileNotFoundError:
@@ -223,7 +247,6 @@ class AvatarDataset:
     w, h = self._size[i]
     if (arr.shape[1], arr.shape[0]) != (w, h):
       arr = _resize(arr, w, h)
-    self._put(key, arr)
     return arr
 
   def _load_mask(self, i: int) -> np.ndarray | None:
@@ -248,7 +271,6 @@ class AvatarDataset:
     w, h = self._size[i]
     if (arr.shape[1], arr.shape[0]) != (w, h):
       arr = _resize(arr, w, h)
-    self._put(key, arr)
     return arr
 
   def _put(self, key, arr):

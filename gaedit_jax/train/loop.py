@@ -6,6 +6,7 @@ follows what the views need, and JSON-ready configs."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import queue
 import threading
@@ -36,8 +37,16 @@ def frame_order(n: int, batch: int, seed: int, it: int) -> np.ndarray:
   resumed run sees the same data as an uninterrupted one."""
   per_epoch = max(n // batch, 1)
   e, k = divmod(it - 1, per_epoch)
-  perm = np.random.default_rng([seed, e]).permutation(n)
-  return perm[k * batch : (k + 1) * batch]
+  return _epoch_order(n, seed, e)[k * batch : (k + 1) * batch].copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+  """One epoch's shuffled frame order, drawn once (permuting tens of thousands of frames for every
+  iteration cost about a millisecond of the loop's host time)."""
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  perm.flags.writeable = False
+  return perm
 
 
 def mixed_frame_order(n: int, batch: int, seed: int, it: int, favoured: np.ndarray | None, share: float) -> np.ndarray:
@@ -179,24 +188,31 @@ def flush_metrics(
   postfix: Callable[[dict], dict],
 ) -> Flushed:
   """One host read of the metrics of the steps since the last flush (`pending`: (iteration,
-  metrics) pairs, device arrays): TensorBoard scalars `tag/<name>` of every step (`scalars`, or
+  metrics) pairs, device arrays; or (range of iterations, metrics stacked over them) for a call
+  that ran several steps): TensorBoard scalars `tag/<name>` of every step (`scalars`, or
   all but the overflow flag when None), the last step's metrics appended to `history` (as floats),
   the progress bar's postfix (`postfix(last)`) and position. Returns `Flushed`."""
   if not pending:
     return Flushed([], 0.0)
-  ms = jax.device_get([m for _, m in pending])
+  rows = []  # (iteration, metrics as numpy), one per step
+  for (it, _), m in zip(pending, jax.device_get([m for _, m in pending])):
+    if isinstance(it, range):  # a call of several steps: its metrics are stacked over them
+      rows += [(j, {k: v[i] for k, v in m.items()}) for i, j in enumerate(it)]
+    else:
+      rows.append((it, m))
+  ms = [m for _, m in rows]
   overflowed = []
-  for (it, _), m in zip(pending, ms):
+  for it, m in rows:
     if bool(m["overflow"]):
       overflowed.append(it)
     if writer is not None:
       for k in scalars if scalars is not None else [k for k in m if k != "overflow"]:
         writer.add_scalar(f"{tag}/{k}", float(m[k]), it)
   last = {k: float(v) for k, v in ms[-1].items()}
-  history.append(dict(iteration=pending[-1][0], **last))
+  history.append(dict(iteration=rows[-1][0], **last))
   if bar is not None:
     bar.set_postfix(**postfix(last), refresh=False)
-    bar.update(pending[-1][0] - bar.n)
+    bar.update(rows[-1][0] - bar.n)
   return Flushed(overflowed, max(float(m.get("isect_need", 0.0)) for m in ms))
 
 

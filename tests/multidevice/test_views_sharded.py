@@ -154,10 +154,19 @@ def test_reconstruction_run_matches(tiny, tmp_path):
 
   runs = {}
   for d in (1, 4):
-    # 4 devices: the batches gathered from the frames kept on the devices (train.frames)
-    frames = "on" if d == 4 else "off"
+    # 4 devices: the batches gathered from the frames kept on the devices (train.frames), and
+    # calls of 3 steps where no host work falls between them (a scan over the split state)
+    frames, k = ("on", 3) if d == 4 else ("off", 1)
     t = Trainer(
-      tiny_config(tiny["data"], tmp_path / str(d), batch_size=4, devices=d, iterations=12, frames_on_device=frames)
+      tiny_config(
+        tiny["data"],
+        tmp_path / str(d),
+        batch_size=4,
+        devices=d,
+        iterations=12,
+        frames_on_device=frames,
+        steps_per_call=k,
+      )
     )
     assert (t.frames is not None) == (d == 4)
     runs[d] = (t.run(), t)
