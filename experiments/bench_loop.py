@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -261,6 +262,10 @@ def main():
     r = run_once(a.data, a.child_json.parent / f"model_p{p}_{f}_k{k}", a, p, f, k)
     a.child_json.write_text(json.dumps(r))
     return
+  # this parent process only writes the dataset and reads the children's results: it must not hold
+  # the GPU memory JAX preallocates (75%), which the children, run one after another, need
+  child_env = dict(os.environ)  # the children allocate as a real run does
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   tmp = Path(tempfile.mkdtemp(prefix="bench_loop_"))
   data = a.data
   if data is None:
@@ -295,6 +300,7 @@ def main():
       [sys.executable, __file__, *argv, "--prefetch", str(p), "--frames-on-device", f, "--steps-per-call", str(k)]
       + ["--data", str(data), "--child-json", str(child)],
       check=True,
+      env=child_env,
     )
     r = json.loads(child.read_text())
     rows.append(r)
