@@ -143,6 +143,16 @@ def test_batches_and_cache(tmp_path):
   assert b.camera.world_to_camera.shape == (3, 4, 4) and b.camera.width == W
   np.testing.assert_array_equal(np.asarray(b.timestep), ds.timesteps[[0, 2, 5]])
   assert len(ds._cache) <= 3  # LRU bound
+  # an image and its mask are read from their files once, then from the cache
+  cached = AvatarDataset(tmp_path, "train", cache_size=8, load_masks=True)
+  first = cached.batch([1])
+  img_file, mask_file = cached.records[1].image_path, cached.records[1].mask_path
+  saved = img_file.read_bytes(), mask_file.read_bytes()
+  img_file.unlink(), mask_file.unlink()
+  again = cached.batch([1])
+  img_file.write_bytes(saved[0]), mask_file.write_bytes(saved[1])
+  np.testing.assert_array_equal(np.asarray(again.image), np.asarray(first.image))
+  np.testing.assert_array_equal(np.asarray(again.mask), np.asarray(first.mask))
   got = [int(i) for bb in ds.batches(2, seed=1, epochs=2) for i in bb.frame_index]
   assert sorted(got[:6]) == list(range(6)) and sorted(got[6:]) == list(range(6)) and got[:6] != got[6:]
   assert ds.camera_extent() > 0

@@ -271,6 +271,7 @@ class AvatarDataset:
     w, h = self._size[i]
     if (arr.shape[1], arr.shape[0]) != (w, h):
       arr = _resize(arr, w, h)
+    self._put(key, arr)
     return arr
 
   def _put(self, key, arr):
