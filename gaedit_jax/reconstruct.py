@@ -709,6 +709,8 @@ class Trainer:
           step = self.step_fn(self.sh_degree_at(it), several=True)
           self.state, m = step(self.state, views, self.model, self.background)
           pending.append((range(first, it + 1), m))
+        # The host work after an iteration. `steps_in_call` lists the same conditions so that no call
+        # of several steps spans one: a new kind of host work here must be added there too.
         dens, reset = self.densify_now(it)
         if not (dens or reset):
           ses.done(it)
