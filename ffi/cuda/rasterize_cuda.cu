@@ -40,6 +40,31 @@ struct DevStatic {
   bool alpha_clamp_zero;  // backward: no gradient where alpha = min(0.99, o G) is clamped
 };
 
+// a / b (remainder in *r) for a >= 0, b > 0: a 32-bit division whenever both fit, since a 64-bit
+// one is a long software routine on the GPU and kernels take their indices apart this way per thread.
+__device__ __forceinline__ int64_t divmod(int64_t a, int64_t b, int64_t* r) {
+  const int64_t q = ((uint64_t)a | (uint64_t)b) >> 32 ? a / b : (int64_t)((uint32_t)a / (uint32_t)b);
+  *r = a - q * b;
+  return q;
+}
+
+// Copies the first n floats of rows [0, nb) of `src` (rows of W floats) into s[row][0, n), all the
+// block's threads together so that consecutive threads read consecutive addresses: a thread
+// reading its own row alone would touch one sector per float. Rows padded to P floats (P odd) make
+// a thread's later reads of its own row s[threadIdx.x][i] free of bank conflicts.
+template <int P>
+__device__ __forceinline__ void stage_rows(const float* src, int nb, int W, int n, float (*s)[P]) {
+  int row = threadIdx.x / n, i = threadIdx.x % n;
+  const int drow = blockDim.x / n, di = blockDim.x % n;
+  for (int e = threadIdx.x; e < nb * n; e += blockDim.x) {
+    s[row][i] = src[row * W + i];
+    row += drow, i += di;
+    if (i >= n) i -= n, ++row;
+  }
+}
+
+constexpr int kShRow = 49;  // a staged SH row: up to 48 coefficients and one float of padding
+
 __device__ __forceinline__ gs::Cam cam_of(const DevInputs& in, const DevStatic& st, int64_t v) {
   return gs::make_cam(in.viewmat + 16 * in.i_viewmat(v), in.intr + 4 * in.i_intr(v), st.width,
                       st.height);
@@ -62,25 +87,18 @@ __global__ void __launch_bounds__(kProjBlock) project_kernel(DevInputs in, DevSt
   // chunk's parameters (SH: 192 B per Gaussian) come from DRAM once and from L2 for later views.
   // Chunks are padded to whole blocks: a block is one view and consecutive Gaussians.
   const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, N = in.N;
-  const int64_t c = t / (in.V * kProjChunk), base = c * kProjChunk;
+  int64_t r, gl;
+  const int64_t c = divmod(t, in.V * kProjChunk, &r), base = c * kProjChunk;
   if (base >= N) return;  // whole blocks
   const int64_t gsz = min(kProjChunk, N - base);
-  const int64_t gpad = (gsz + kProjBlock - 1) / kProjBlock * kProjBlock, r = t - c * in.V * kProjChunk;
-  const int64_t v = r / gpad, gl = r % gpad, g = base + gl, vg = v * N + g;
-  // The block's SH rows, loaded together (coalesced) into rows padded to 49 floats (conflict-free
-  // column reads); a thread reading its own 48 strided floats would touch 48 sectors per load.
-  __shared__ float s_sh[kProjBlock][49];
+  const int64_t gpad = (gsz + kProjBlock - 1) / kProjBlock * kProjBlock;
+  const int64_t v = divmod(r, gpad, &gl), g = base + gl, vg = v * N + g;
+  // The block's SH rows, staged together (a block is one view and consecutive Gaussians).
+  __shared__ float s_sh[kProjBlock][kShRow];
   {
-    const int nsh = 3 * gs::sh_count(st.degree), W = (int)(3 * in.K);
-    const int64_t g0 = g - threadIdx.x, row0 = in.i_sh(v) * N + g0;
-    const int nb = (int)min((int64_t)kProjBlock, base + gsz - g0);
-    int row = threadIdx.x / nsh, i = threadIdx.x % nsh;
-    const int drow = kProjBlock / nsh, di = kProjBlock % nsh;
-    for (int e = threadIdx.x; e < nb * nsh; e += kProjBlock) {
-      s_sh[row][i] = in.sh[(row0 + row) * W + i];
-      row += drow, i += di;
-      if (i >= nsh) i -= nsh, ++row;
-    }
+    const int64_t g0 = g - threadIdx.x;
+    const int nb = (int)min((int64_t)kProjBlock, base + gsz - g0), W = (int)(3 * in.K);
+    stage_rows(in.sh + (in.i_sh(v) * N + g0) * W, nb, W, 3 * gs::sh_count(st.degree), s_sh);
     __syncthreads();
   }
   if (gl >= gsz) return;  // padding
@@ -112,6 +130,13 @@ __global__ void __launch_bounds__(kProjBlock) project_kernel(DevInputs in, DevSt
   counts[vg] = n;
 }
 
+// Sort keys: (view * T + tile) << kDepthBits | the depth's float bits. Drawn depths are positive
+// floats (z > near_plane > 0), whose bit patterns order like the numbers and have the sign bit 0:
+// 31 bits keep the exact order, and the radix sort makes one pass fewer whenever that brings the
+// key under a multiple of 8 bits (16 views of 550 x 802 in 8 x 8 tiles: 49 -> 48 bits, 7 -> 6).
+constexpr int kDepthBits = 31;
+constexpr uint64_t kDepthMask = (uint64_t(1) << kDepthBits) - 1;
+
 // Writes exactly counts[vg] keys (the tiles that pass gs::tile_reached, as counted by
 // project_kernel; should the two passes ever disagree, the slots stay padding or the extra tiles are
 // dropped, never another Gaussian's slots).
@@ -121,7 +146,8 @@ __global__ void emit_kernel(int64_t VN, int64_t N, DevStatic st, const int32_t* 
                             int32_t* vals) {
   const int64_t vg = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (vg >= VN || radii[vg] <= 0) return;
-  const int64_t v = vg / N, g = vg % N;
+  int64_t g;
+  const int64_t v = divmod(vg, N, &g);
   int r[4];
   const float u = means2d[2 * vg], vv = means2d[2 * vg + 1];
   gs::tile_rect(u, vv, (float)radii[vg], st.width, st.height, st.tile, r);  // as gs::project's
@@ -135,7 +161,7 @@ __global__ void emit_kernel(int64_t VN, int64_t N, DevStatic st, const int32_t* 
     for (int tx = r[0]; tx < r[2]; ++tx) {
       if (idx >= end) return;
       if (!gs::tile_reached(u, vv, conic, qmax, tx, ty, st.tile)) continue;
-      keys[idx] = ((uint64_t)(v * T + (int64_t)ty * st.gx + tx) << 32) | zbits;
+      keys[idx] = ((uint64_t)(v * T + (int64_t)ty * st.gx + tx) << kDepthBits) | zbits;
       vals[idx] = (int32_t)g;
       ++idx;
     }
@@ -162,16 +188,16 @@ __global__ void overflow_kernel(int64_t V, int64_t N, const int32_t* offsets, co
 __global__ void ranges_kernel(int64_t cap, int64_t VT, const uint64_t* keys, int32_t* ranges) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= cap) return;
-  const int64_t t = (int64_t)(keys[i] >> 32);
+  const int64_t t = (int64_t)(keys[i] >> kDepthBits);
   if (t >= VT) {  // first padding slot closes the last real tile
     if (i > 0) {
-      const int64_t tp = (int64_t)(keys[i - 1] >> 32);
+      const int64_t tp = (int64_t)(keys[i - 1] >> kDepthBits);
       if (tp < VT) ranges[2 * tp + 1] = (int32_t)i;
     }
     return;
   }
-  if (i == 0 || (int64_t)(keys[i - 1] >> 32) != t) ranges[2 * t] = (int32_t)i;
-  if (i == cap - 1 || (int64_t)(keys[i + 1] >> 32) != t) ranges[2 * t + 1] = (int32_t)i + 1;
+  if (i == 0 || (int64_t)(keys[i - 1] >> kDepthBits) != t) ranges[2 * t] = (int32_t)i;
+  if (i == cap - 1 || (int64_t)(keys[i + 1] >> kDepthBits) != t) ranges[2 * t + 1] = (int32_t)i + 1;
 }
 
 constexpr int kBlock = 256;  // threads of the largest tile (16 x 16): static shared-memory rows
@@ -204,9 +230,10 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
     float* depth_out, float* final_T, int32_t* last, unsigned long long* wabe_sum, int32_t* wabe_count) {
   const int64_t vt = blockIdx.x;
   const int64_t T = (int64_t)st.gx * st.gy;
-  const int64_t v = vt / T, t = vt % T;
+  int64_t t, tx;
+  const int64_t v = divmod(vt, T, &t), ty = divmod(t, st.gx, &tx);
   const int ts = st.tile, tid = threadIdx.x;
-  const int x = (int)(t % st.gx) * ts + tid % ts, y = (int)(t / st.gx) * ts + tid / ts;
+  const int x = (int)tx * ts + tid % ts, y = (int)ty * ts + tid / ts;
   const bool inside = tid < ts * ts && x < st.width && y < st.height;
   const int32_t start = ranges[2 * vt], end = ranges[2 * vt + 1];
   const int64_t N = in.N;
@@ -219,7 +246,7 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
   __shared__ int32_t s_tsid[kTile ? gs::kWabeMaxK : 1];
   __shared__ float s_tsw[kTile ? gs::kWabeMaxK : 1];
   __shared__ int s_ntile;
-  const float2 wrows = warp_rows((int)(t / st.gx) * ts, tid & ~31, ts);
+  const float2 wrows = warp_rows((int)ty * ts, tid & ~31, ts);
   float Tr = 1.f, C[3] = {0.f, 0.f, 0.f}, D = 0.f;
   int32_t lastp = start, nslot = 0;
   bool done = !inside;
@@ -284,7 +311,7 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
     __syncthreads();
     const int n = s_ntile;
     if (tid < n) {
-      const int x0 = (int)(t % st.gx) * ts, y0 = (int)(t / st.gx) * ts;
+      const int x0 = (int)tx * ts, y0 = (int)ty * ts;
       const long long npix = (long long)min(ts, st.width - x0) * min(ts, st.height - y0);
       float mn, mx;
       gs::wabe_range(s_tsw, n, WK, &mn, &mx);
@@ -366,7 +393,8 @@ __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, 
   const int kBwdThreads = blockDim.x, kBatch = kBwdThreads * PPT;  // kBatch pixel slots >= tile's
   const int64_t vt = blockIdx.x;
   const int64_t T = (int64_t)st.gx * st.gy, N = in.N;
-  const int64_t v = vt / T, t = vt % T;
+  int64_t t, tx;
+  const int64_t v = divmod(vt, T, &t), ty = divmod(t, st.gx, &tx);
   const int ts = st.tile, tid = threadIdx.x, lane = tid & 31;
   const int32_t start = sv.tile_ranges[2 * (sv.i_tiles(v) * T + t)];
   const int64_t rv = sv.i_gauss(v) * N;
@@ -383,7 +411,7 @@ __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, 
 #pragma unroll
   for (int q = 0; q < PPT; ++q) {
     const int p = tid + q * kBwdThreads;  // pixel slot in the tile
-    const int x = (int)(t % st.gx) * ts + p % ts, y = (int)(t / st.gx) * ts + p / ts;
+    const int x = (int)tx * ts + p % ts, y = (int)ty * ts + p / ts;
     inside[q] = p < ts * ts && x < st.width && y < st.height;
     px[q] = x + 0.5f, py[q] = y + 0.5f;
     TN[q] = 1.f, gA[q] = 0.f, gD[q] = 0.f, bgterm[q] = 0.f, lastp[q] = start;
@@ -428,7 +456,7 @@ __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, 
   __shared__ float2 s_rows[kBlock];  // reach_rows
   float2 wrows[PPT];
 #pragma unroll
-  for (int q = 0; q < PPT; ++q) wrows[q] = warp_rows((int)(t / st.gx) * ts, (tid & ~31) + q * kBwdThreads, ts);
+  for (int q = 0; q < PPT; ++q) wrows[q] = warp_rows((int)ty * ts, (tid & ~31) + q * kBwdThreads, ts);
   for (int32_t b1 = max_last; b1 > start; b1 -= kBatch) {  // batch [b0, b1), walked backwards
     const int32_t b0 = max(start, b1 - kBatch);
     __syncthreads();
@@ -521,15 +549,18 @@ struct Acc {
   }
 };
 
-constexpr int kProjBwdBlock = 128;
+// 64 threads: the block's SH gradients and SH coefficients both sit in static shared memory
+// (2 x 12.5 KB), 8 blocks per SM at the 128 registers a thread needs.
+constexpr int kProjBwdBlock = 64;
 
 template <bool kStore>
-__global__ void __launch_bounds__(kProjBwdBlock, 4) project_bwd_kernel(DevInputs in, DevStatic st,
+__global__ void __launch_bounds__(kProjBwdBlock, 8) project_bwd_kernel(DevInputs in, DevStatic st,
                                                                     DevSaved sv, const float* acc,
                                                                     DevGrads gr) {
-  const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t g0 = (int64_t)blockIdx.x * kProjBwdBlock, g = g0 + threadIdx.x;
   const int64_t N = in.N, K = in.K;
-  const bool valid = g < N;  // threads past N stay for the block's barriers in flush_sh
+  const bool valid = g < N;  // threads past N stay for the block's barriers (staging, flush_sh)
+  const int nb = (int)min((int64_t)kProjBwdBlock, N - g0);
   Acc<3, kStore> dm, ds;
   Acc<4, kStore> dq;
   Acc<1, kStore> dop;
@@ -549,8 +580,7 @@ __global__ void __launch_bounds__(kProjBwdBlock, 4) project_bwd_kernel(DevInputs
       // together, consecutive threads to consecutive addresses (one thread writing its own 3K
       // strided values would move 8x the bytes through L2). Zeros above the active degree.
       __syncthreads();
-      const int64_t g0 = (int64_t)blockIdx.x * blockDim.x;
-      const int nb = (int)min((int64_t)blockDim.x, N - g0), W = (int)(3 * K);
+      const int W = (int)(3 * K);
       float* o = gr.sh + (sh_view * N + g0) * W;
       int t = threadIdx.x / W, i = threadIdx.x % W;
       const int dt = blockDim.x / W, di = blockDim.x % W;
@@ -576,9 +606,19 @@ __global__ void __launch_bounds__(kProjBwdBlock, 4) project_bwd_kernel(DevInputs
       gs::cov3_vjp(in.quats + 4 * cur_q, in.scales + 3 * cur_s, dsig, dq.v, ds.v);
     pending = false;
   };
+  // The block's SH coefficients, staged once per input slice: each view's colour VJP reads all 3K
+  // of a Gaussian's coefficients, which from global memory would cost one sector per float.
+  __shared__ float s_sh[kProjBwdBlock][kShRow];
+  int64_t sh_row = -1;  // the input SH slice staged in s_sh
   for (int64_t v = 0; v < in.V; ++v) {
-    const int64_t osh = gr.o_sh(v);
+    const int64_t osh = gr.o_sh(v), ish = in.i_sh(v);
     if (osh != sh_view) flush_sh(), sh_view = osh;  // uniform over the block
+    if (ish != sh_row) {  // uniform over the block
+      __syncthreads();  // the previous slice's readers are done
+      stage_rows(in.sh + (ish * N + g0) * 3 * K, nb, (int)(3 * K), nsh, s_sh);
+      __syncthreads();
+      sh_row = ish;
+    }
     if (!valid) continue;
     const int64_t iq = in.i_quats(v) * N + g, is = in.i_scales(v) * N + g;
     const int64_t oq = gr.o_quats(v) * N + g, os = gr.o_scales(v) * N + g;
@@ -594,13 +634,18 @@ __global__ void __launch_bounds__(kProjBwdBlock, 4) project_bwd_kernel(DevInputs
     dop.to(gr.opac, gr.o_opac(v) * N + g);
     doff.to(gr.offset, gr.o_offset(v) * N + g);
     if (sv.radii[sv.i_gauss(v) * N + g] <= 0) continue;
-    const float* a = acc + kAcc * (v * N + g);
+    float a[kAcc];  // 8-byte loads: the accumulators of consecutive Gaussians are 40 bytes apart
+    const float2* a2 = reinterpret_cast<const float2*>(acc + kAcc * (v * N + g));
+#pragma unroll
+    for (int i = 0; i < kAcc / 2; ++i) {
+      const float2 x = a2[i];
+      a[2 * i] = x.x, a[2 * i + 1] = x.y;
+    }
     const gs::Cam cam = cam_of(in, st, v);
     const float* mean = in.means + 3 * (in.i_means(v) * N + g);
     doff.v[0] += a[0], doff.v[1] += a[1];
     dop.v[0] += a[5];
-    gs::sh_color_vjp(st.degree, in.sh + 3 * K * (in.i_sh(v) * N + g), mean, cam.pos, a + 6, dsh, dm.v,
-                     kProjBwdBlock);
+    gs::sh_color_vjp(st.degree, s_sh[threadIdx.x], mean, cam.pos, a + 6, dsh, dm.v, kProjBwdBlock);
     gs::project_vjp_view(cam, mean, sig, a[0], a[1], a + 2, a[9], dm.v, dsig);
     pending = true;
   }
@@ -641,6 +686,8 @@ struct FwdLayout {
 inline size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 
 int bits_for(uint64_t n);
+// The sort's key bits: the (view, tile) id above kDepthBits of depth; padding keys carry id VT.
+inline int key_end_bit(int64_t VT) { return kDepthBits + bits_for((uint64_t)VT); }
 
 FwdLayout fwd_layout(int64_t VN, int64_t cap, int64_t VT) {
   FwdLayout L;
@@ -648,7 +695,7 @@ FwdLayout fwd_layout(int64_t VN, int64_t cap, int64_t VT) {
   cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, (int32_t*)nullptr, (int32_t*)nullptr, (int)VN);
   cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, (uint64_t*)nullptr, (uint64_t*)nullptr,
                                   (int32_t*)nullptr, (int32_t*)nullptr, (int)cap, 0,
-                                  32 + bits_for((uint64_t)VT));
+                                  key_end_bit(VT));
   size_t o = 0;
   L.counts = o, o += align256(4 * std::max<int64_t>(VN, 1));
   L.offsets = o, o += align256(4 * std::max<int64_t>(VN, 1));
@@ -709,6 +756,7 @@ static ffi::Error RasterizeFwdCudaImpl(
   if (auto e = gs::decode_inputs(means, quats, scales, opac, sh, offset, viewmat, intr, bg, full, &in); e.failure())
     return e;
   static_assert(gs::kMaxTile * gs::kMaxTile <= kBlock, "a tile's pixels must fit in one block");
+  static_assert(3 * 16 < kShRow, "a staged SH row holds degree 3");
   if (gs::sh_count((int)sh_degree) > in.K)
     return ffi::Error::InvalidArgument("gaedit: sh_degree must be in [0, 3] and fit in K");
   DevStatic st{(int)width, (int)height, (int)tile, (int)sh_degree, (int)wabe_k,
@@ -731,14 +779,14 @@ static ffi::Error RasterizeFwdCudaImpl(
   unsigned long long* wsum = reinterpret_cast<unsigned long long*>(base + L.wsum);
   void* temp = base + L.temp;
   size_t scan_bytes = L.temp_bytes, sort_bytes = L.temp_bytes;
-  const int end_bit = 32 + bits_for((uint64_t)VT);
+  const int end_bit = key_end_bit(VT);
 
   project_kernel<<<blocks(project_threads(V, N), kProjBlock), kProjBlock, 0, stream>>>(in, st, radii->typed_data(), means2d->typed_data(),
                                                  conic_opac->typed_data(), colors->typed_data(),
                                                  zs->typed_data(), counts);
   cub::DeviceScan::ExclusiveSum(temp, scan_bytes, counts, offsets, (int)VN, stream);
   overflow_kernel<<<blocks(V), 256, 0, stream>>>(V, N, offsets, counts, cap, overflow->typed_data());
-  pad_kernel<<<blocks(cap), 256, 0, stream>>>(cap, (uint64_t)VT << 32 | 0xffffffffu, keys_in, vals_in);
+  pad_kernel<<<blocks(cap), 256, 0, stream>>>(cap, (uint64_t)VT << kDepthBits | kDepthMask, keys_in, vals_in);
   emit_kernel<<<blocks(VN), 256, 0, stream>>>(VN, N, st, radii->typed_data(), means2d->typed_data(),
                                               conic_opac->typed_data(), zs->typed_data(), offsets,
                                               counts, cap, keys_in, vals_in);

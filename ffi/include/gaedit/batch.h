@@ -20,15 +20,20 @@ struct BatchIndex {
   int64_t dims[kMaxBatchDims];  // the operand's leading dims (1 or full[d])
   int64_t full[kMaxBatchDims];  // the full batch shape
 
-  // Offset of view v's slice, in units of the operand's per-view element count.
+  // Offset of view v's slice, in units of the operand's per-view element count, for
+  // 0 <= v < prod(full) (the flat view count, far below 2^32). The kernels call this per thread and
+  // view: 32-bit division (a 64-bit one is a long software routine on the GPU) and none for the
+  // outermost dim, whose index is what is left of v (one batch dim, the common case: no division).
   GS_HD int64_t operator()(int64_t v) const {
+    uint32_t u = (uint32_t)v;
     int64_t off = 0, stride = 1;
-    for (int d = nd - 1; d >= 0; --d) {
-      const int64_t i = v % full[d];
-      v /= full[d];
-      if (dims[d] != 1) off += i * stride;
+    for (int d = nd - 1; d > 0; --d) {
+      const uint32_t f = (uint32_t)full[d], q = u / f, i = u - q * f;
+      if (dims[d] != 1) off += (int64_t)i * stride;
       stride *= dims[d];
+      u = q;
     }
+    if (nd > 0 && dims[0] != 1) off += (int64_t)u * stride;
     return off;
   }
 
