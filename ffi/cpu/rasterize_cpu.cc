@@ -114,10 +114,11 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
   // Calls fn(tile) for each tile of (view, Gaussian) vg's 3-sigma rectangle that it can reach.
   auto for_each_tile = [&](int64_t vg, auto&& fn) {
     const int32_t* r = &rects[4 * vg];
-    const float qmax = gs::alpha_reach_q(conic_opac[4 * vg + 3]);
+    const float* co = conic_opac + 4 * vg;
+    const float qmax = gs::alpha_reach_q(co[3]);
     for (int ty = r[1]; ty < r[3]; ++ty)
       for (int tx = r[0]; tx < r[2]; ++tx)
-        if (gs::tile_reached(means2d[2 * vg], means2d[2 * vg + 1], conic_opac + 4 * vg, qmax, tx, ty, st.tile))
+        if (gs::tile_reached(means2d[2 * vg], means2d[2 * vg + 1], co[0], co[1], co[2], qmax, tx, ty, st.tile))
           fn((int64_t)ty * gx + tx);
   };
   int64_t base = 0;

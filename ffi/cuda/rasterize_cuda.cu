@@ -115,17 +115,17 @@ __global__ void __launch_bounds__(kProjBlock) project_kernel(DevInputs in, DevSt
   }
   const bool on = p.radius > 0;
   radii[vg] = p.radius;
-  means2d[2 * vg] = on ? p.u : 0.f;
-  means2d[2 * vg + 1] = on ? p.v : 0.f;
-  for (int j = 0; j < 3; ++j) conic_opac[4 * vg + j] = on ? p.conic[j] : 0.f;
-  conic_opac[4 * vg + 3] = on ? op : 0.f;
+  // one 8- and one 16-byte store (XLA's buffers are aligned): whole sectors instead of strided words
+  reinterpret_cast<float2*>(means2d)[vg] = on ? make_float2(p.u, p.v) : make_float2(0.f, 0.f);
+  reinterpret_cast<float4*>(conic_opac)[vg] =
+      on ? make_float4(p.conic[0], p.conic[1], p.conic[2], op) : make_float4(0.f, 0.f, 0.f, 0.f);
   for (int j = 0; j < 3; ++j) colors[3 * vg + j] = rgb[j];
   zs[vg] = on ? p.z : 0.f;
   int n = 0;
   if (on) {
-    const float qmax = gs::alpha_reach_q(op);
+    const float qmax = gs::alpha_reach_q(op), A = p.conic[0], B = p.conic[1], C = p.conic[2];
     for (int ty = p.rect[1]; ty < p.rect[3]; ++ty)
-      for (int tx = p.rect[0]; tx < p.rect[2]; ++tx) n += gs::tile_reached(p.u, p.v, p.conic, qmax, tx, ty, st.tile);
+      for (int tx = p.rect[0]; tx < p.rect[2]; ++tx) n += gs::tile_reached(p.u, p.v, A, B, C, qmax, tx, ty, st.tile);
   }
   counts[vg] = n;
 }
@@ -149,10 +149,11 @@ __global__ void emit_kernel(int64_t VN, int64_t N, DevStatic st, const int32_t* 
   int64_t g;
   const int64_t v = divmod(vg, N, &g);
   int r[4];
-  const float u = means2d[2 * vg], vv = means2d[2 * vg + 1];
+  const float2 uv = reinterpret_cast<const float2*>(means2d)[vg];
+  const float4 co = reinterpret_cast<const float4*>(conic_opac)[vg];
+  const float u = uv.x, vv = uv.y;
   gs::tile_rect(u, vv, (float)radii[vg], st.width, st.height, st.tile, r);  // as gs::project's
-  const float conic[3] = {conic_opac[4 * vg], conic_opac[4 * vg + 1], conic_opac[4 * vg + 2]};
-  const float qmax = gs::alpha_reach_q(conic_opac[4 * vg + 3]);
+  const float qmax = gs::alpha_reach_q(co.w);
   const int64_t T = (int64_t)st.gx * st.gy;
   const uint32_t zbits = __float_as_uint(zs[vg]);  // z > 0: float order == integer order
   int64_t idx = offsets[vg];
@@ -160,7 +161,7 @@ __global__ void emit_kernel(int64_t VN, int64_t N, DevStatic st, const int32_t* 
   for (int ty = r[1]; ty < r[3]; ++ty)
     for (int tx = r[0]; tx < r[2]; ++tx) {
       if (idx >= end) return;
-      if (!gs::tile_reached(u, vv, conic, qmax, tx, ty, st.tile)) continue;
+      if (!gs::tile_reached(u, vv, co.x, co.y, co.z, qmax, tx, ty, st.tile)) continue;
       keys[idx] = ((uint64_t)(v * T + (int64_t)ty * st.gx + tx) << kDepthBits) | zbits;
       vals[idx] = (int32_t)g;
       ++idx;
@@ -200,7 +201,13 @@ __global__ void ranges_kernel(int64_t cap, int64_t VT, const uint64_t* keys, int
   if (i == cap - 1 || (int64_t)(keys[i + 1] >> kDepthBits) != t) ranges[2 * t + 1] = (int32_t)i + 1;
 }
 
-constexpr int kBlock = 256;  // threads of the largest tile (16 x 16): static shared-memory rows
+constexpr int kBlock = 256;  // pixel slots of the largest tile (16 x 16)
+// The compositing kernels' shared-memory rows (one per pixel slot of a batch) come in two sizes:
+// kSmallRows for tiles up to 8 x 8, kBlock above. Rows sized for 16 x 16 tiles would hold a block
+// of 8 x 8 tiles to 16 per SM by shared memory alone (13 KB each) and leave the latency of the
+// serial walk uncovered; sized to the tile, registers set the limit (24 blocks at 16 views).
+constexpr int kSmallRows = 64;
+inline int rows_for(int slots) { return slots <= kSmallRows ? kSmallRows : kBlock; }
 
 // Rows [lo, hi] (pixel-centre y) outside which the Gaussian cannot reach alpha >= kAlphaMin: the
 // ellipse d^T Q d <= qmax spans |dy| <= sqrt(qmax (Q^-1)_yy) = sqrt(qmax A / det Q). A warp whose
@@ -223,8 +230,8 @@ __device__ __forceinline__ bool rows_meet(float2 a, float2 b) { return a.x <= b.
 // tile's slots are filled batch by batch: every pixel that accepts a batch Gaussian raises its
 // shared max weight (atomicMax on the bits of a float >= 0, order-independent), then one thread
 // appends the batch's accepted Gaussians in list order while slots remain. Deterministic.
-template <bool kTile>
-__global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
+template <bool kTile, int kRows>
+__global__ void __launch_bounds__(kRows) raster_fwd_kernel(
     DevInputs in, DevStatic st, const float* means2d, const float* conic_opac, const float* colors,
     const float* zs, const int32_t* isect, const int32_t* ranges, float* image, float* alpha_out,
     float* depth_out, float* final_T, int32_t* last, unsigned long long* wabe_sum, int32_t* wabe_count) {
@@ -237,12 +244,12 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
   const bool inside = tid < ts * ts && x < st.width && y < st.height;
   const int32_t start = ranges[2 * vt], end = ranges[2 * vt + 1];
   const int64_t N = in.N;
-  __shared__ int32_t s_id[kBlock];
-  __shared__ float2 s_uv[kBlock];
-  __shared__ float4 s_co[kBlock];    // conic, opacity
-  __shared__ float4 s_col[kBlock];   // rgb, z
-  __shared__ float2 s_rows[kBlock];  // reach_rows
-  __shared__ int s_hitw[kTile ? kBlock : 1];  // max weight bits of a batch Gaussian, -1: no pixel
+  __shared__ int32_t s_id[kRows];
+  __shared__ float2 s_uv[kRows];
+  __shared__ float4 s_co[kRows];    // conic, opacity
+  __shared__ float4 s_col[kRows];   // rgb, z
+  __shared__ float2 s_rows[kRows];  // reach_rows
+  __shared__ int s_hitw[kTile ? kRows : 1];  // max weight bits of a batch Gaussian, -1: no pixel
   __shared__ int32_t s_tsid[kTile ? gs::kWabeMaxK : 1];
   __shared__ float s_tsw[kTile ? gs::kWabeMaxK : 1];
   __shared__ int s_ntile;
@@ -263,7 +270,7 @@ __global__ void __launch_bounds__(kBlock) raster_fwd_kernel(
     if (j < end) {
       const int64_t vg = v * N + isect[j];
       s_id[tid] = isect[j];
-      s_uv[tid] = make_float2(means2d[2 * vg], means2d[2 * vg + 1]);
+      s_uv[tid] = reinterpret_cast<const float2*>(means2d)[vg];
       s_co[tid] = reinterpret_cast<const float4*>(conic_opac)[vg];
       s_col[tid] = make_float4(colors[3 * vg], colors[3 * vg + 1], colors[3 * vg + 2], zs[vg]);
       s_rows[tid] = reach_rows(s_uv[tid], s_co[tid]);
@@ -386,8 +393,8 @@ __device__ __forceinline__ float warp_sum_many(const float (&x)[kAcc], int lane)
 // a thread's pixels are summed in registers before the warp reduction, so 2 halves the shuffles
 // and atomics (the better choice with many tiles in flight); 1 halves each block's serial walk
 // (better when the grid is about one wave and the densest tiles set the time: a single view).
-template <int PPT, bool kWabe>
-__global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, DevStatic st,
+template <int PPT, bool kWabe, int kRows>
+__global__ void __launch_bounds__(kRows / PPT) raster_bwd_kernel(DevInputs in, DevStatic st,
                                                                   DevSaved sv, float* acc,
                                                                   float* acc_bg) {
   const int kBwdThreads = blockDim.x, kBatch = kBwdThreads * PPT;  // kBatch pixel slots >= tile's
@@ -449,11 +456,11 @@ __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, 
   __syncthreads();
   const int32_t max_last = s_max_last;
   // float4/float2 rows: one 128-bit broadcast load per Gaussian and field in the inner loop
-  __shared__ int32_t s_id[kBlock];
-  __shared__ float2 s_uv[kBlock];
-  __shared__ float4 s_co[kBlock];   // conic, opacity
-  __shared__ float4 s_col[kBlock];  // rgb, z
-  __shared__ float2 s_rows[kBlock];  // reach_rows
+  __shared__ int32_t s_id[kRows];
+  __shared__ float2 s_uv[kRows];
+  __shared__ float4 s_co[kRows];   // conic, opacity
+  __shared__ float4 s_col[kRows];  // rgb, z
+  __shared__ float2 s_rows[kRows];  // reach_rows
   float2 wrows[PPT];
 #pragma unroll
   for (int q = 0; q < PPT; ++q) wrows[q] = warp_rows((int)ty * ts, (tid & ~31) + q * kBwdThreads, ts);
@@ -467,7 +474,7 @@ __global__ void __launch_bounds__(kBlock / PPT) raster_bwd_kernel(DevInputs in, 
       if (j >= b0) {
         const int32_t g = sv.isect[j];
         s_id[slot] = g;
-        s_uv[slot] = make_float2(m2[2 * g], m2[2 * g + 1]);
+        s_uv[slot] = reinterpret_cast<const float2*>(m2)[g];
         s_co[slot] = reinterpret_cast<const float4*>(cop)[g];
         s_col[slot] = make_float4(cols[3 * g], cols[3 * g + 1], cols[3 * g + 2], zv[g]);
         s_rows[slot] = reach_rows(s_uv[slot], s_co[slot]);
@@ -796,8 +803,11 @@ static ffi::Error RasterizeFwdCudaImpl(
   ranges_kernel<<<blocks(cap), 256, 0, stream>>>(cap, VT, keys_out, tile_ranges->typed_data());
   cudaMemsetAsync(wsum, 0, sizeof(unsigned long long) * VN, stream);
   cudaMemsetAsync(wabe_count->typed_data(), 0, sizeof(int32_t) * VN, stream);
-  auto raster = wabe_tile && wabe_k > 0 ? raster_fwd_kernel<true> : raster_fwd_kernel<false>;
-  raster<<<(unsigned)VT, threads_for(tile * tile), 0, stream>>>(
+  const bool wt = wabe_tile && wabe_k > 0;
+  const unsigned nth = threads_for(tile * tile);
+  auto raster = rows_for(nth) == kSmallRows ? (wt ? raster_fwd_kernel<true, kSmallRows> : raster_fwd_kernel<false, kSmallRows>)
+                                            : (wt ? raster_fwd_kernel<true, kBlock> : raster_fwd_kernel<false, kBlock>);
+  raster<<<(unsigned)VT, nth, 0, stream>>>(
       in, st, means2d->typed_data(), conic_opac->typed_data(), colors->typed_data(), zs->typed_data(),
       isect->typed_data(), tile_ranges->typed_data(), image->typed_data(), alpha->typed_data(),
       depth->typed_data(), final_T->typed_data(), last->typed_data(), wsum, wabe_count->typed_data());
@@ -868,10 +878,13 @@ static ffi::Error RasterizeBwdCudaImpl(
     const int ppt = bwd_pixels_per_thread(V * T * tile * tile);
     const unsigned grid = (unsigned)(V * T);
     const unsigned nth = threads_for((int)((tile * tile + ppt - 1) / ppt));
-    if (ppt == 1 && !wabe_backward) raster_bwd_kernel<1, false><<<grid, nth, 0, stream>>>(in, st, sv, acc, acc_bg);
-    else if (ppt == 1) raster_bwd_kernel<1, true><<<grid, nth, 0, stream>>>(in, st, sv, acc, acc_bg);
-    else if (ppt == 2 && !wabe_backward) raster_bwd_kernel<2, false><<<grid, nth, 0, stream>>>(in, st, sv, acc, acc_bg);
-    else raster_bwd_kernel<2, true><<<grid, nth, 0, stream>>>(in, st, sv, acc, acc_bg);
+    const bool small = rows_for((int)nth * ppt) == kSmallRows;
+    auto raster = ppt == 1 ? (wabe_backward ? raster_bwd_kernel<1, true, kBlock> : raster_bwd_kernel<1, false, kBlock>)
+                           : (wabe_backward ? raster_bwd_kernel<2, true, kBlock> : raster_bwd_kernel<2, false, kBlock>);
+    if (small)
+      raster = ppt == 1 ? (wabe_backward ? raster_bwd_kernel<1, true, kSmallRows> : raster_bwd_kernel<1, false, kSmallRows>)
+                        : (wabe_backward ? raster_bwd_kernel<2, true, kSmallRows> : raster_bwd_kernel<2, false, kSmallRows>);
+    raster<<<grid, nth, 0, stream>>>(in, st, sv, acc, acc_bg);
     if (store)
       project_bwd_kernel<true><<<blocks(N, kProjBwdBlock), kProjBwdBlock, 0, stream>>>(in, st, sv, acc, gr);
     else

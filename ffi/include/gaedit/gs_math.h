@@ -271,15 +271,15 @@ GS_HD float edge_min_q(float A, float B, float C, float X, float lo, float hi) {
 // tile (tx, ty)? The minimum of the convex q over the box of pixel centres is 0 when the mean is
 // inside it, else it lies on one of the four edges. Exact tile lists instead of the 3-sigma
 // square's (gsplat/Inria): a small Gaussian near a tile corner no longer costs 3 extra tiles.
-// Not inlined, so the counting and the emitting pass run the same instructions.
-GS_HD_NOINLINE bool tile_reached(float u, float v, const float conic[3], float qmax, int tx, int ty,
-                                 int tile) {
+// Not inlined, so the counting and the emitting pass run the same instructions; the conic comes by
+// value (A, B, C) so that a GPU caller passes registers, not a pointer into a local-memory frame.
+GS_HD_NOINLINE bool tile_reached(float u, float v, float A, float B, float C, float qmax, int tx,
+                                 int ty, int tile) {
   if (!(qmax > 0.f)) return false;
   // d = mean - pixel over pixel centres x in [tx*ts + 0.5, tx*ts + ts - 0.5]
   const float x0 = u - (tx * tile + tile - 0.5f), x1 = u - (tx * tile + 0.5f);
   const float y0 = v - (ty * tile + tile - 0.5f), y1 = v - (ty * tile + 0.5f);
   if (x0 <= 0.f && x1 >= 0.f && y0 <= 0.f && y1 >= 0.f) return true;
-  const float A = conic[0], B = conic[1], C = conic[2];
   float q = fminf(edge_min_q(A, B, C, x0, y0, y1), edge_min_q(A, B, C, x1, y0, y1));
   q = fminf(q, fminf(edge_min_q(C, B, A, y0, x0, x1), edge_min_q(C, B, A, y1, x0, x1)));
   return q <= qmax;
