@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import types
@@ -88,9 +89,9 @@ def test_parity_with_lpips_package(reference):
 
   ref, params = reference
   x, y = _images()
-  tx, ty = (torch.from_numpy(a).permute(0, 3, 1, 2).requires_grad_(True) for a in (x, y))
-  d_ref = ref(tx, ty).reshape(-1)  # the editor's call: [0,1] images, normalize=False
-  d_ref.sum().backward()
+  tx, ty = (torch.from_numpy(a).permute(0, 3, 1, 2) for a in (x, y))
+  with torch.no_grad():
+    d_ref = ref(tx, ty).reshape(-1)  # the editor's call: [0,1] images, normalize=False
   f = jax.jit(L.lpips, static_argnames="normalize")
   d = f(params, x, y)
   print(
@@ -101,11 +102,15 @@ def test_parity_with_lpips_package(reference):
   with torch.no_grad():
     d_ref_n = ref(tx, ty, normalize=True).reshape(-1).numpy()
   np.testing.assert_allclose(np.asarray(f(params, x, y, normalize=True)), d_ref_n, rtol=1e-5, atol=1e-7)
-  g = jax.jit(jax.grad(lambda a: L.lpips(params, a, y).sum()))(x)
-  g_ref = tx.grad.permute(0, 2, 3, 1).numpy()
-  # The float32 gradient itself is only good to ~1% of its max on both sides (near-zero feature norms
-  # amplify rounding; checked: in float64 both implementations agree to 4e-18), so compare loosely.
-  np.testing.assert_allclose(np.asarray(g), g_ref, rtol=0, atol=1e-2 * np.abs(g_ref).max())
+  g = np.asarray(jax.jit(jax.grad(lambda a: L.lpips(params, a, y).sum()))(x), np.float64)
+  # The oracle's gradient in float64: torch's float32 one is off by about 1% of its max where feature
+  # norms are near zero (torch 2.13's CPU convolutions: 1.2%), ours by about 1e-5.
+  ref64 = copy.deepcopy(ref).double()
+  tx64 = torch.from_numpy(x).double().permute(0, 3, 1, 2).requires_grad_(True)
+  ref64(tx64, torch.from_numpy(y).double().permute(0, 3, 1, 2)).sum().backward()
+  g_ref = tx64.grad.permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(g, g_ref, rtol=0, atol=2e-4 * np.abs(g_ref).max())
+  assert np.linalg.norm(g - g_ref) <= 1e-4 * np.linalg.norm(g_ref)
 
 
 def test_properties():
