@@ -308,8 +308,8 @@ ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const Sav
           gA -= ddep * sv.depth_out[pix] / Aout;
         }
         for (int ch = 0; ch < 3; ++ch) Abg[3 * v + ch] += gC[ch] * TN;
-        const float bgterm = TN * (gC[0] * bg[0] + gC[1] * bg[1] + gC[2] * bg[2]);
-        float Tk = TN, Bc[3] = {0.f, 0.f, 0.f}, Bz = 0.f;
+        const float K = TN * (gA - (gC[0] * bg[0] + gC[1] * bg[1] + gC[2] * bg[2]));
+        float Tk = TN, S = 0.f;
         const float px = x + 0.5f, py = y + 0.5f;
         for (int32_t j = sv.last[pix] - 1; j >= start; --j) {
           const int64_t g = sv.isect[j], vg = v * N + g;
@@ -327,15 +327,10 @@ ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const Sav
           const float* c = cols + 3 * g;
           const float z = zv[g], wgt = a * Tk;
           float* Ag = A + kAcc * vg;
-          float dal = 0.f;
-          for (int ch = 0; ch < 3; ++ch) {
-            Ag[6 + ch] += s * gC[ch] * wgt;
-            dal += gC[ch] * (c[ch] * Tk - Bc[ch] * om);
-            Bc[ch] += c[ch] * wgt;
-          }
+          for (int ch = 0; ch < 3; ++ch) Ag[6 + ch] += s * gC[ch] * wgt;
           Ag[9] += s * gD * wgt;
-          dal += gD * (z * Tk - Bz * om) + (gA * TN - bgterm) * om;
-          Bz += z * wgt;
+          const float gcz = gC[0] * c[0] + gC[1] * c[1] + gC[2] * c[2] + gD * z;
+          const float dal = gs::dalpha_back(gcz, Tk, om, K, wgt, &S);
           gs::alpha_vjp(dal * s, G, oG, co, dx, dy, Ag, st.alpha_clamp_zero);
         }
       }

@@ -72,62 +72,75 @@ __device__ __forceinline__ gs::Cam cam_of(const DevInputs& in, const DevStatic& 
 
 // ------------------------------------------------------------------------------------ forward
 constexpr int kProjBlock = 128;
-constexpr int64_t kProjChunk = 1 << 16;  // a multiple of kProjBlock
 
-// Threads of project_kernel: each chunk's Gaussian count padded to whole blocks, per view.
-inline int64_t project_threads(int64_t V, int64_t N) {
-  const int64_t rem = N % kProjChunk;
-  return (N / kProjChunk) * V * kProjChunk + V * ((rem + kProjBlock - 1) / kProjBlock * kProjBlock);
+// Views a projection block takes its Gaussians through: all of them while the grid still gives
+// every SM 4 blocks, fewer (more blocks, the views split into groups) for small N.
+int project_views_per_block(int64_t V, int64_t N) {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n;
+  }();
+  const int64_t nblk = (N + kProjBlock - 1) / kProjBlock;
+  const int64_t groups = std::min<int64_t>(V, std::max<int64_t>(1, (4 * (int64_t)sms + nblk - 1) / nblk));
+  return (int)((V + groups - 1) / groups);
 }
 
-__global__ void __launch_bounds__(kProjBlock) project_kernel(DevInputs in, DevStatic st, int32_t* radii,
-                                                             float* means2d, float* conic_opac,
-                                                             float* colors, float* zs, int32_t* counts) {
-  // Threads walk chunks of kProjChunk Gaussians through every view before the next chunk, so a
-  // chunk's parameters (SH: 192 B per Gaussian) come from DRAM once and from L2 for later views.
-  // Chunks are padded to whole blocks: a block is one view and consecutive Gaussians.
-  const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, N = in.N;
-  int64_t r, gl;
-  const int64_t c = divmod(t, in.V * kProjChunk, &r), base = c * kProjChunk;
-  if (base >= N) return;  // whole blocks
-  const int64_t gsz = min(kProjChunk, N - base);
-  const int64_t gpad = (gsz + kProjBlock - 1) / kProjBlock * kProjBlock;
-  const int64_t v = divmod(r, gpad, &gl), g = base + gl, vg = v * N + g;
-  // The block's SH rows, staged together (a block is one view and consecutive Gaussians).
+// A block takes kProjBlock consecutive Gaussians through `vpb` consecutive views. Their parameters
+// come from DRAM once, and their SH coefficients (192 B per Gaussian) are staged in shared memory
+// once per input SH slice, so once in all when the views share them, instead of once per view.
+// Block order: the view groups of one Gaussian block are neighbours (they share what L2 holds).
+__global__ void __launch_bounds__(kProjBlock) project_kernel(DevInputs in, DevStatic st, int vpb,
+                                                             int32_t* radii, float* means2d,
+                                                             float* conic_opac, float* colors,
+                                                             float* zs, int32_t* counts) {
+  const int64_t N = in.N, groups = (in.V + vpb - 1) / vpb;
+  int64_t grp;
+  const int64_t g0 = divmod(blockIdx.x, groups, &grp) * kProjBlock, g = g0 + threadIdx.x;
+  const bool valid = g < N;  // threads past N stay for the block's barriers (staging)
+  const int nb = (int)min((int64_t)kProjBlock, N - g0), W = (int)(3 * in.K);
+  const int nsh = 3 * gs::sh_count(st.degree);
   __shared__ float s_sh[kProjBlock][kShRow];
-  {
-    const int64_t g0 = g - threadIdx.x;
-    const int nb = (int)min((int64_t)kProjBlock, base + gsz - g0), W = (int)(3 * in.K);
-    stage_rows(in.sh + (in.i_sh(v) * N + g0) * W, nb, W, 3 * gs::sh_count(st.degree), s_sh);
-    __syncthreads();
+  int64_t sh_row = -1;  // the input SH slice staged in s_sh
+  const int64_t v_end = min(in.V, (grp + 1) * vpb);
+  for (int64_t v = grp * vpb; v < v_end; ++v) {
+    const int64_t ish = in.i_sh(v);
+    if (ish != sh_row) {  // uniform over the block
+      __syncthreads();    // the previous slice's readers are done
+      stage_rows(in.sh + (ish * N + g0) * W, nb, W, nsh, s_sh);
+      __syncthreads();
+      sh_row = ish;
+    }
+    if (!valid) continue;
+    const int64_t vg = v * N + g;
+    const gs::Cam cam = cam_of(in, st, v);
+    const float* mean = in.means + 3 * (in.i_means(v) * N + g);
+    const float op = in.opac[in.i_opac(v) * N + g];
+    gs::Projected p = gs::project(cam, mean, in.quats + 4 * (in.i_quats(v) * N + g),
+                                  in.scales + 3 * (in.i_scales(v) * N + g), op,
+                                  in.offset + 2 * (in.i_offset(v) * N + g), st.near_plane, st.tile);
+    float rgb[3] = {0.f, 0.f, 0.f};
+    if (p.radius > 0 && !gs::sh_color(st.degree, s_sh[threadIdx.x], mean, cam.pos, rgb, nullptr)) {
+      rgb[0] = rgb[1] = rgb[2] = 0.f;  // a non-finite active SH coefficient: not drawn
+      p.radius = 0;
+    }
+    const bool on = p.radius > 0;
+    radii[vg] = p.radius;
+    // one 8- and one 16-byte store (XLA's buffers are aligned): whole sectors instead of strided words
+    reinterpret_cast<float2*>(means2d)[vg] = on ? make_float2(p.u, p.v) : make_float2(0.f, 0.f);
+    reinterpret_cast<float4*>(conic_opac)[vg] =
+        on ? make_float4(p.conic[0], p.conic[1], p.conic[2], op) : make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int j = 0; j < 3; ++j) colors[3 * vg + j] = rgb[j];
+    zs[vg] = on ? p.z : 0.f;
+    int n = 0;
+    if (on) {
+      const float qmax = gs::alpha_reach_q(op), A = p.conic[0], B = p.conic[1], C = p.conic[2];
+      for (int ty = p.rect[1]; ty < p.rect[3]; ++ty)
+        for (int tx = p.rect[0]; tx < p.rect[2]; ++tx) n += gs::tile_reached(p.u, p.v, A, B, C, qmax, tx, ty, st.tile);
+    }
+    counts[vg] = n;
   }
-  if (gl >= gsz) return;  // padding
-  const gs::Cam cam = cam_of(in, st, v);
-  const float* mean = in.means + 3 * (in.i_means(v) * N + g);
-  const float op = in.opac[in.i_opac(v) * N + g];
-  gs::Projected p = gs::project(cam, mean, in.quats + 4 * (in.i_quats(v) * N + g),
-                                in.scales + 3 * (in.i_scales(v) * N + g), op,
-                                in.offset + 2 * (in.i_offset(v) * N + g), st.near_plane, st.tile);
-  float rgb[3] = {0.f, 0.f, 0.f};
-  if (p.radius > 0 && !gs::sh_color(st.degree, s_sh[threadIdx.x], mean, cam.pos, rgb, nullptr)) {
-    rgb[0] = rgb[1] = rgb[2] = 0.f;  // a non-finite active SH coefficient: not drawn
-    p.radius = 0;
-  }
-  const bool on = p.radius > 0;
-  radii[vg] = p.radius;
-  // one 8- and one 16-byte store (XLA's buffers are aligned): whole sectors instead of strided words
-  reinterpret_cast<float2*>(means2d)[vg] = on ? make_float2(p.u, p.v) : make_float2(0.f, 0.f);
-  reinterpret_cast<float4*>(conic_opac)[vg] =
-      on ? make_float4(p.conic[0], p.conic[1], p.conic[2], op) : make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int j = 0; j < 3; ++j) colors[3 * vg + j] = rgb[j];
-  zs[vg] = on ? p.z : 0.f;
-  int n = 0;
-  if (on) {
-    const float qmax = gs::alpha_reach_q(op), A = p.conic[0], B = p.conic[1], C = p.conic[2];
-    for (int ty = p.rect[1]; ty < p.rect[3]; ++ty)
-      for (int tx = p.rect[0]; tx < p.rect[2]; ++tx) n += gs::tile_reached(p.u, p.v, A, B, C, qmax, tx, ty, st.tile);
-  }
-  counts[vg] = n;
 }
 
 // Sort keys: (view * T + tile) << kDepthBits | the depth's float bits. Drawn depths are positive
@@ -412,7 +425,7 @@ __global__ void __launch_bounds__(kRows / PPT) raster_bwd_kernel(DevInputs in, D
   const int64_t HW = (int64_t)st.width * st.height;
   const float* bg = in.bg + 3 * in.i_bg(v);
   bool inside[PPT];
-  float px[PPT], py[PPT], TN[PPT], gC[PPT][3], gA[PPT], gD[PPT], bgterm[PPT], Tk[PPT], Bc[PPT][3], Bz[PPT];
+  float px[PPT], py[PPT], gC[PPT][3], gD[PPT], K[PPT], Tk[PPT], S[PPT];
   int32_t lastp[PPT];
   float bgacc[3] = {0.f, 0.f, 0.f};
 #pragma unroll
@@ -421,26 +434,26 @@ __global__ void __launch_bounds__(kRows / PPT) raster_bwd_kernel(DevInputs in, D
     const int x = (int)tx * ts + p % ts, y = (int)ty * ts + p / ts;
     inside[q] = p < ts * ts && x < st.width && y < st.height;
     px[q] = x + 0.5f, py[q] = y + 0.5f;
-    TN[q] = 1.f, gA[q] = 0.f, gD[q] = 0.f, bgterm[q] = 0.f, lastp[q] = start;
+    Tk[q] = 1.f, gD[q] = 0.f, K[q] = 0.f, S[q] = 0.f, lastp[q] = start;
     gC[q][0] = gC[q][1] = gC[q][2] = 0.f;
     if (inside[q]) {
       const int64_t pin = (int64_t)y * st.width + x;
       const int64_t pix = sv.i_pix(v) * HW + pin;
-      TN[q] = sv.final_T[pix];
+      const float TN = sv.final_T[pix];
+      Tk[q] = TN;
       lastp[q] = sv.last[pix];
-      const float Aout = 1.f - TN[q];
+      const float Aout = 1.f - TN;
       const float* di = sv.d_image + 3 * (sv.i_dimage(v) * HW + pin);
       gC[q][0] = di[0], gC[q][1] = di[1], gC[q][2] = di[2];
-      gA[q] = sv.d_alpha[sv.i_dalpha(v) * HW + pin];
+      float gA = sv.d_alpha[sv.i_dalpha(v) * HW + pin];
       const float dd = sv.d_depth[sv.i_ddepth(v) * HW + pin];
       if (Aout > 0.f) {
         gD[q] = dd / Aout;
-        gA[q] -= dd * sv.depth_out[pix] / Aout;
+        gA -= dd * sv.depth_out[pix] / Aout;
       }
-      bgterm[q] = TN[q] * (gC[q][0] * bg[0] + gC[q][1] * bg[1] + gC[q][2] * bg[2]);
-      for (int ch = 0; ch < 3; ++ch) bgacc[ch] += gC[q][ch] * TN[q];
+      K[q] = TN * (gA - (gC[q][0] * bg[0] + gC[q][1] * bg[1] + gC[q][2] * bg[2]));
+      for (int ch = 0; ch < 3; ++ch) bgacc[ch] += gC[q][ch] * TN;
     }
-    Tk[q] = TN[q], Bc[q][0] = Bc[q][1] = Bc[q][2] = 0.f, Bz[q] = 0.f;
   }
   for (int ch = 0; ch < 3; ++ch) {  // background gradient: one atomic per warp and channel
     const float s = warp_sum(bgacc[ch]);
@@ -509,15 +522,10 @@ __global__ void __launch_bounds__(kRows / PPT) raster_bwd_kernel(DevInputs in, D
         Tk[q] *= om;
         const float s = kWabe ? __expf(-st.wabe_beta * (1.f - Tk[q])) : 1.f;
         const float wgt = a * Tk[q];
-        float dal = 0.f;
-        for (int ch = 0; ch < 3; ++ch) {
-          val[6 + ch] += s * gC[q][ch] * wgt;
-          dal += gC[q][ch] * (c[ch] * Tk[q] - Bc[q][ch] * om);
-          Bc[q][ch] += c[ch] * wgt;
-        }
+        for (int ch = 0; ch < 3; ++ch) val[6 + ch] += s * gC[q][ch] * wgt;
         val[9] += s * gD[q] * wgt;
-        dal += gD[q] * (c[3] * Tk[q] - Bz[q] * om) + (gA[q] * TN[q] - bgterm[q]) * om;
-        Bz[q] += c[3] * wgt;
+        const float gcz = gC[q][0] * c[0] + gC[q][1] * c[1] + gC[q][2] * c[2] + gD[q] * c[3];
+        const float dal = gs::dalpha_back(gcz, Tk[q], om, K[q], wgt, &S[q]);
         gs::alpha_vjp(dal * s, G, oG, co, dx, dy, val, st.alpha_clamp_zero);
       }
       if (__any_sync(0xffffffffu, contrib)) {
@@ -788,9 +796,11 @@ static ffi::Error RasterizeFwdCudaImpl(
   size_t scan_bytes = L.temp_bytes, sort_bytes = L.temp_bytes;
   const int end_bit = key_end_bit(VT);
 
-  project_kernel<<<blocks(project_threads(V, N), kProjBlock), kProjBlock, 0, stream>>>(in, st, radii->typed_data(), means2d->typed_data(),
-                                                 conic_opac->typed_data(), colors->typed_data(),
-                                                 zs->typed_data(), counts);
+  const int vpb = project_views_per_block(V, N);
+  const unsigned pgrid = (unsigned)((N + kProjBlock - 1) / kProjBlock * ((V + vpb - 1) / vpb));
+  project_kernel<<<pgrid, kProjBlock, 0, stream>>>(in, st, vpb, radii->typed_data(), means2d->typed_data(),
+                                                   conic_opac->typed_data(), colors->typed_data(),
+                                                   zs->typed_data(), counts);
   cub::DeviceScan::ExclusiveSum(temp, scan_bytes, counts, offsets, (int)VN, stream);
   overflow_kernel<<<blocks(V), 256, 0, stream>>>(V, N, offsets, counts, cap, overflow->typed_data());
   pad_kernel<<<blocks(cap), 256, 0, stream>>>(cap, (uint64_t)VT << kDepthBits | kDepthMask, keys_in, vals_in);

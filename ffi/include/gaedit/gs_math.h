@@ -498,6 +498,19 @@ GS_HD void alpha_vjp(float dal, float G, float oG, const float conic[3], float d
   g[4] += -0.5f * dp * dy * dy;
 }
 
+// One step of a pixel's back-to-front pass (the backward of C = sum_k c_k alpha_k T_k + T_N bg and
+// of the depth), for contributor k with transmittance T_k before it (docs/METHOD.md §2.4):
+//   dL/dalpha_k = T_k gcz_k - (S_k - K) / (1 - alpha_k),
+// gcz_k = dL/dC . c_k + dL/dD z_k (dL/dD: the depth gradient over the pixel's alpha),
+// K = T_N (dL/dA - dL/dC . bg) and S_k = sum over the contributors j behind k of alpha_j T_j gcz_j,
+// which takes in k's own term on return. One scalar S in place of the colour and depth sums
+// behind k: 8 operations per pixel and contributor instead of about 20.
+GS_HD float dalpha_back(float gcz, float Tk, float om, float K, float wgt, float* S) {
+  const float dal = gcz * Tk + (K - *S) * om;
+  *S += gcz * wgt;
+  return dal;
+}
+
 // WABE visibility weight of the contributor with transmittance T before it.
 GS_HD float wabe_weight(float T, float alpha, float beta) { return expf(-beta * (1.f - T)) * alpha; }
 
