@@ -102,15 +102,24 @@ def test_parity_with_lpips_package(reference):
   with torch.no_grad():
     d_ref_n = ref(tx, ty, normalize=True).reshape(-1).numpy()
   np.testing.assert_allclose(np.asarray(f(params, x, y, normalize=True)), d_ref_n, rtol=1e-5, atol=1e-7)
-  g = np.asarray(jax.jit(jax.grad(lambda a: L.lpips(params, a, y).sum()))(x), np.float64)
-  # The oracle's gradient in float64: torch's float32 one is off by about 1% of its max where feature
-  # norms are near zero (torch 2.13's CPU convolutions: 1.2%), ours by about 1e-5.
+  # The gradient's formula, in float64 on both sides (torch: a float64 copy of the module).
   ref64 = copy.deepcopy(ref).double()
   tx64 = torch.from_numpy(x).double().permute(0, 3, 1, 2).requires_grad_(True)
   ref64(tx64, torch.from_numpy(y).double().permute(0, 3, 1, 2)).sum().backward()
   g_ref = tx64.grad.permute(0, 2, 3, 1).numpy()
-  np.testing.assert_allclose(g, g_ref, rtol=0, atol=2e-4 * np.abs(g_ref).max())
-  assert np.linalg.norm(g - g_ref) <= 1e-4 * np.linalg.norm(g_ref)
+  with jax.enable_x64(True):
+    p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    g64 = np.asarray(jax.grad(lambda a: L.lpips(p64, a, y64, dtype=jnp.float64).sum())(x64))
+  assert g64.dtype == np.float64
+  np.testing.assert_allclose(g64, g_ref, rtol=0, atol=1e-9 * np.abs(g_ref).max())
+  # The float32 gradient is ill-conditioned where a feature's norm over channels is near zero
+  # (x / |x| amplifies rounding by 1 / |x|): how far a float32 result lands depends on the
+  # convolutions' summation order. On this project's CPUs, ours and torch's float32 gradients were
+  # 1e-5 to 1.2% of the max from the float64 one (0.65% in norm), both sides alike.
+  g = np.asarray(jax.jit(jax.grad(lambda a: L.lpips(params, a, y).sum()))(x), np.float64)
+  np.testing.assert_allclose(g, g_ref, rtol=0, atol=5e-2 * np.abs(g_ref).max())
+  assert np.linalg.norm(g - g_ref) <= 2e-2 * np.linalg.norm(g_ref)
 
 
 def test_properties():

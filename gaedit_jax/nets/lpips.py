@@ -79,7 +79,7 @@ def lpips(params: dict, x: jax.Array, y: jax.Array, *, normalize: bool = False, 
   Differentiable in x and y; jit it (or call it inside your jitted loss). x and y go through VGG
   as two batches, so a y that needs no gradient (a fixed target) costs no backward pass. `dtype`:
   the convolutions' compute dtype (bfloat16 halves their time on a GPU); the feature
-  normalisation and the distances are float32."""
+  normalisation and the distances are float32, or float64 with float64 convolutions."""
   single = x.ndim == 3
   if single:
     x, y = x[None], y[None]
@@ -88,10 +88,11 @@ def lpips(params: dict, x: jax.Array, y: jax.Array, *, normalize: bool = False, 
   if normalize:
     x, y = 2.0 * x - 1.0, 2.0 * y - 1.0
   b = x.shape[0]
-  feats = lambda z: vgg16_features(params, ((z.astype(jnp.float32) - _SHIFT) / _SCALE).astype(dtype))
-  total = jnp.zeros((b,), jnp.float32)
+  acc = jnp.promote_types(dtype, jnp.float32)
+  feats = lambda z: vgg16_features(params, ((z.astype(acc) - _SHIFT) / _SCALE).astype(dtype))
+  total = jnp.zeros((b,), acc)
   for fx, fy, w in zip(feats(x), feats(y), params["lin"]):
-    f0, f1 = _normalize(fx.astype(jnp.float32)), _normalize(fy.astype(jnp.float32))
+    f0, f1 = _normalize(fx.astype(acc)), _normalize(fy.astype(acc))
     total = total + jnp.mean(jnp.sum((f0 - f1) ** 2 * w, axis=-1), axis=(1, 2))
   return total[0] if single else total
 
