@@ -91,12 +91,12 @@ int project_views_per_block(int64_t V, int64_t N) {
 // come from DRAM once, and their SH coefficients (192 B per Gaussian) are staged in shared memory
 // once per input SH slice, so once in all when the views share them, instead of once per view.
 // Block order: the view groups of one Gaussian block are neighbours (they share what L2 holds).
-// At most 80 registers (6 blocks per SM): with the view loop the compiler takes 92, which costs
-// a single view, where the kernel waits on its loads, a quarter of its resident warps.
+// At most 80 registers (6 blocks per SM): with the view loop the compiler takes 95 (61 without),
+// which costs a single view, where the kernel waits on its loads, a quarter of its resident warps.
 __global__ void __launch_bounds__(kProjBlock, 6) project_kernel(DevInputs in, DevStatic st, int vpb,
-                                                             int32_t* radii, float* means2d,
-                                                             float* conic_opac, float* colors,
-                                                             float* zs, int32_t* counts) {
+                                                                int32_t* radii, float* means2d,
+                                                                float* conic_opac, float* colors,
+                                                                float* zs, int32_t* counts) {
   const int64_t N = in.N, groups = (in.V + vpb - 1) / vpb;
   int64_t grp;
   const int64_t g0 = divmod(blockIdx.x, groups, &grp) * kProjBlock, g = g0 + threadIdx.x;
