@@ -167,6 +167,11 @@ def main():
   ap.add_argument("--warmup", type=int, default=None)
   ap.add_argument("--repeat", type=int, default=None)
   ap.add_argument("--isect-per-gaussian", type=float, default=None)
+  ap.add_argument(
+    "--capacities",
+    default=None,
+    help="per-size intersection capacities, e.g. 100000:3,1000000:1.9 (skips the search for the sizes named)",
+  )
   ap.add_argument("--tile", type=int, default=16, help="tile size (both implementations)")
   ap.add_argument(
     "--wabe-k",
@@ -200,6 +205,12 @@ def main():
     [args.isect_per_gaussian] if args.isect_per_gaussian else [1.25, 1.4, 1.5, 1.6, 1.75, 1.9, 2, 2.5, 3, 4, 6, 8, 16]
   )
 
+  capacities = {}
+  for item in (args.capacities or "").split(","):
+    if item.strip():
+      n, f = item.split(":")
+      capacities[int(n)] = float(f)
+
   head = "| N | views | W x H | isect/N | ours fwd ms | ours fwd+bwd ms | ours extra MiB |"
   sep = "|---|---|---|---|---|---|---|"
   if args.gsplat:
@@ -213,7 +224,9 @@ def main():
       scene = shell_scene(n)
       for c in views:
         vms = ring_cameras(c, width, height, focal)
-        t_f, t_fb, mem, cap = bench_ours(scene, vms, width, height, focal, warmup, repeat, cfg, factors)
+        t_f, t_fb, mem, cap = bench_ours(
+          scene, vms, width, height, focal, warmup, repeat, cfg, [capacities[n]] if n in capacities else factors
+        )
         row = f"| {n:,} | {c} | {width}x{height} | {cap:g} | {t_f:.2f} | {t_fb:.2f} | {mem:.0f} |"
         if args.gsplat:
           gf, gfb, gmem = bench_gsplat(scene, vms, width, height, focal, warmup, repeat, args.tile)
