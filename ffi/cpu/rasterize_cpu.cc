@@ -264,7 +264,7 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
 }
 
 // ------------------------------------------------------------------------------------ backward
-constexpr int kAcc = 10;  // per (view, Gaussian): du, dv, dconic[3], dopac, dcolor[3], dz
+constexpr int kAcc = 10;  // per (view, Gaussian): alpha moments[6] (gs::alpha_moments), dcolor[3], dz
 
 using gs::Grads;
 using gs::Saved;
@@ -331,7 +331,7 @@ ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const Sav
           Ag[9] += s * gD * wgt;
           const float gcz = gC[0] * c[0] + gC[1] * c[1] + gC[2] * c[2] + gD * z;
           const float dal = gs::dalpha_back(gcz, Tk, om, K, wgt, &S);
-          gs::alpha_vjp(dal * s, G, oG, co, dx, dy, Ag, st.alpha_clamp_zero);
+          gs::alpha_moments(dal * s, oG, dx, dy, Ag, st.alpha_clamp_zero);
         }
       }
     }
@@ -353,7 +353,10 @@ ffi::Error backward(const Inputs& in, const Static& st, bool wabe_bwd, const Sav
       for (int64_t v = 0; v < V; ++v) {
         const int64_t vg = v * N + g;
         if (sv.radii[sv.i_gauss(v) * N + g] <= 0) continue;
-        const float* a = Acc + kAcc * vg;
+        float a[kAcc];  // the pixels' alpha VJPs were summed as moments (gs::alpha_moments)
+        std::copy(Acc + kAcc * vg, Acc + kAcc * (vg + 1), a);
+        const float* co = sv.conic_opac + 4 * (sv.i_gauss(v) * N + g);
+        gs::alpha_grads_of_moments(a, co, co[3], a);
         const float* mean = in.means + 3 * (in.i_means(v) * N + g);
         float* dm = gr.means + 3 * (gr.o_means(v) * N + g);
         gr.offset[2 * (gr.o_offset(v) * N + g)] += a[0];

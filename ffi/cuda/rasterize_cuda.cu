@@ -30,7 +30,7 @@ using gs::BatchIndex;
 
 namespace {
 
-constexpr int kAcc = 10;  // per (view, Gaussian): du, dv, dconic[3], dopac, dcolor[3], dz
+constexpr int kAcc = 10;  // per (view, Gaussian): alpha moments[6] (gs::alpha_moments), dcolor[3], dz
 
 using DevInputs = gs::Inputs;
 
@@ -73,17 +73,28 @@ __device__ __forceinline__ gs::Cam cam_of(const DevInputs& in, const DevStatic& 
 // ------------------------------------------------------------------------------------ forward
 constexpr int kProjBlock = 128;
 
+// The GPU's shape for launch choices, asked of the driver once per process (host side only).
+struct GpuShape {
+  int sms = 0, threads_per_sm = 0;
+};
+static const GpuShape& gpu_shape() {
+  static const GpuShape g = [] {
+    GpuShape r;
+    int dev = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&r.sms, cudaDevAttrMultiProcessorCount, dev);
+    cudaDeviceGetAttribute(&r.threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, dev);
+    return r;
+  }();
+  return g;
+}
+
 // Views a projection block takes its Gaussians through: all of them while the grid still gives
 // every SM 4 blocks, fewer (more blocks, the views split into groups) for small N.
 int project_views_per_block(int64_t V, int64_t N) {
-  static const int sms = [] {
-    int dev = 0, n = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-    return n;
-  }();
+  const int64_t sms = gpu_shape().sms;
   const int64_t nblk = (N + kProjBlock - 1) / kProjBlock;
-  const int64_t groups = std::min<int64_t>(V, std::max<int64_t>(1, (4 * (int64_t)sms + nblk - 1) / nblk));
+  const int64_t groups = std::min<int64_t>(V, std::max<int64_t>(1, (4 * sms + nblk - 1) / nblk));
   return (int)((V + groups - 1) / groups);
 }
 
@@ -391,17 +402,36 @@ __device__ __forceinline__ void halve(const float* x, float* y, int lane, int bi
   }
 }
 
-// Warp sums of kAcc <= 16 values with 16 shuffles instead of kAcc x 5 (recursive halving): on
-// return, lanes 2i and 2i + 1 hold the sum over the warp of value i.
-__device__ __forceinline__ float warp_sum_many(const float (&x)[kAcc], int lane) {
-  float a[16], b[8], c[4], d[2], e[1];
+// Warp sums of the kAcc = 10 values in 12 shuffles (recursive halving shaped for 10: a halving
+// step where the values do not pair up sums the odd one in full instead of padding to 16, which
+// would cost 16 shuffles and 30 selects against 12 and 18). On return, each lane holds the sum over
+// the warp of the value `warp_sum10_value(lane)` names (each value in one such lane).
+static_assert(kAcc == 10, "warp_sum10 is shaped for 10 accumulators");
+__device__ __forceinline__ float warp_sum10(const float (&x)[kAcc], int lane) {
+  float a[5], b[3], c[2], d[1];
+  halve<10>(x, a, lane, 16);  // value i + 5 * bit16 in slot i
+  {
+    const bool up = lane & 8;  // slots 0, 1 pair with 3, 4; slot 2 is summed in full
 #pragma unroll
-  for (int i = 0; i < 16; ++i) a[i] = i < kAcc ? x[i] : 0.f;
-  halve<16>(a, b, lane, 16);
-  halve<8>(b, c, lane, 8);
-  halve<4>(c, d, lane, 4);
-  halve<2>(d, e, lane, 2);
-  return e[0] + __shfl_xor_sync(0xffffffffu, e[0], 1);
+    for (int i = 0; i < 2; ++i)
+      b[i] = (up ? a[i + 3] : a[i]) + __shfl_xor_sync(0xffffffffu, up ? a[i] : a[i + 3], 8);
+    b[2] = a[2] + __shfl_xor_sync(0xffffffffu, a[2], 8);
+  }
+  {
+    const bool up = lane & 4;  // slots 0 and 1 pair; slot 2 is summed in full
+    c[0] = (up ? b[1] : b[0]) + __shfl_xor_sync(0xffffffffu, up ? b[0] : b[1], 4);
+    c[1] = b[2] + __shfl_xor_sync(0xffffffffu, b[2], 4);
+  }
+  halve<2>(c, d, lane, 2);
+  return d[0] + __shfl_xor_sync(0xffffffffu, d[0], 1);
+}
+
+// The value whose warp sum `warp_sum10` leaves in `lane`, or -1 where another lane owns it.
+__device__ __forceinline__ int warp_sum10_value(int lane) {
+  const int b16 = (lane >> 4) & 1;
+  if (lane & 1) return -1;
+  if (lane & 2) return (lane & 12) ? -1 : 2 + 5 * b16;
+  return ((lane >> 2) & 1) + 3 * ((lane >> 3) & 1) + 5 * b16;
 }
 
 // PPT pixels per thread (PPT = 2: rows y and y + 8 of the tile): each Gaussian's contributions of
@@ -417,7 +447,7 @@ __global__ void __launch_bounds__(kRows / PPT) raster_bwd_kernel(DevInputs in, D
   const int64_t T = (int64_t)st.gx * st.gy, N = in.N;
   int64_t t, tx;
   const int64_t v = divmod(vt, T, &t), ty = divmod(t, st.gx, &tx);
-  const int ts = st.tile, tid = threadIdx.x, lane = tid & 31;
+  const int ts = st.tile, tid = threadIdx.x, lane = tid & 31, vslot = warp_sum10_value(lane);
   const int32_t start = sv.tile_ranges[2 * (sv.i_tiles(v) * T + t)];
   const int64_t rv = sv.i_gauss(v) * N;
   const float* m2 = sv.means2d + 2 * rv;
@@ -528,13 +558,12 @@ __global__ void __launch_bounds__(kRows / PPT) raster_bwd_kernel(DevInputs in, D
         val[9] += s * gD[q] * wgt;
         const float gcz = gC[q][0] * c[0] + gC[q][1] * c[1] + gC[q][2] * c[2] + gD[q] * c[3];
         const float dal = gs::dalpha_back(gcz, Tk[q], om, K[q], wgt, &S[q]);
-        gs::alpha_vjp(dal * s, G, oG, co, dx, dy, val, st.alpha_clamp_zero);
+        gs::alpha_moments(dal * s, oG, dx, dy, val, st.alpha_clamp_zero);
       }
       if (__any_sync(0xffffffffu, contrib)) {
-        // warp-level reduction, then one atomic per value from the even lane that holds its sum
-        const float mine = warp_sum_many(val, lane);
-        const int i = lane >> 1;
-        if (!(lane & 1) && i < kAcc && mine != 0.f) atomicAdd(acc + kAcc * (v * N + s_id[k]) + i, mine);
+        // warp-level reduction, then one atomic per value from the lane that holds its sum
+        const float mine = warp_sum10(val, lane);
+        if (vslot >= 0 && mine != 0.f) atomicAdd(acc + kAcc * (v * N + s_id[k]) + vslot, mine);
       }
     }
   }
@@ -657,6 +686,11 @@ __global__ void __launch_bounds__(kProjBwdBlock, 8) project_bwd_kernel(DevInputs
     for (int i = 0; i < kAcc / 2; ++i) {
       const float2 x = a2[i];
       a[2 * i] = x.x, a[2 * i + 1] = x.y;
+    }
+    {  // the raster backward summed the pixels' alpha VJPs as moments (gs::alpha_moments)
+      const float4 co = reinterpret_cast<const float4*>(sv.conic_opac)[sv.i_gauss(v) * N + g];
+      const float conic[3] = {co.x, co.y, co.z};
+      gs::alpha_grads_of_moments(a, conic, co.w, a);
     }
     const gs::Cam cam = cam_of(in, st, v);
     const float* mean = in.means + 3 * (in.i_means(v) * N + g);
@@ -838,11 +872,8 @@ static int bwd_pixels_per_thread(int64_t slots) {
     return e ? std::atoi(e) : 0;
   }();
   if (forced == 1 || forced == 2) return forced;
-  int dev = 0, sms = 0, threads = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  cudaDeviceGetAttribute(&threads, cudaDevAttrMaxThreadsPerMultiProcessor, dev);
-  return slots / 2 < 2LL * sms * threads ? 1 : 2;
+  const GpuShape& g = gpu_shape();
+  return slots / 2 < 2LL * g.sms * g.threads_per_sm ? 1 : 2;
 }
 
 static ffi::Error RasterizeBwdCudaImpl(
