@@ -43,4 +43,10 @@ def test_cuda_library_sizes_both_workspaces():
   assert fwd(400, 8000, 32) > fwd(100, 2000, 8) > 1
   # the backward accumulates 10 floats per (view, Gaussian): 3 more views of 100 need >= 12000 B
   bwd = _ffi.cuda_bwd_workspace_bytes
-  assert bwd(4, 100) - bwd(1, 100) >= 3 * 100 * 10 * 4 and bwd(1, 1) > 1
+  assert bwd(4, 100, 4 * 800, 4 * 64, 8) - bwd(1, 100, 4 * 800, 4 * 64, 8) >= 3 * 100 * 10 * 4
+  assert bwd(1, 1, 1, 1, 8) > 1
+  # a single view of 1M Gaussians splits its tile lists into chunks of 128 entries: two floats per
+  # chunk and pixel, for up to cap / 128 + VT chunks; 100 Gaussians do not
+  split = bwd(1, 10**6, 128 * 1000, 64, 8) - bwd(1, 10**6, 128, 64, 8)
+  assert split >= 999 * 64 * 8
+  assert bwd(1, 100, 128 * 1000, 64, 8) - bwd(1, 100, 128, 64, 8) < split

@@ -138,37 +138,77 @@ def test_cuda_smaller_tiles_match_cpu(tile):
     assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, (tile, name)
 
 
-def _weighted_grads(kind: str, tile: int) -> dict:
-  """Gradients of sum(image * w) for a 2-view scene on device `kind` (also run as a script)."""
+def _weighted_grads(kind: str, tile: int, wabe: bool = False) -> dict:
+  """Gradients of weighted sums of image, depth and alpha for a 2-view scene on device `kind`,
+  Gaussians and background (also run as a script)."""
   g = random_gaussians(21, 800)
   cams = ring_cameras(2, width=50, height=38, focal=45)
   bg = jnp.array([0.1, 0.2, 0.3])
-  w = jax.random.uniform(jax.random.PRNGKey(5), (2, 38, 50, 3))
+  k = jax.random.split(jax.random.PRNGKey(5), 3)
+  w = (
+    jax.random.uniform(k[0], (2, 38, 50, 3)),
+    jax.random.uniform(k[1], (2, 38, 50)) * 0.1,
+    jax.random.uniform(k[2], (2, 38, 50)),
+  )
   gg, cc, ww, bb = _on(kind, (g, cams, w, bg))
-  grads = jax.jit(jax.grad(lambda gg: jnp.sum(rasterize(gg, cc, bb, RenderConfig(tile_size=tile)).image * ww)))(gg)
-  return {n: np.asarray(getattr(grads, n)) for n in ("means", "quats", "scales", "opacities", "sh")}
+  cfg = RenderConfig(tile_size=tile, wabe_backward=wabe)
+
+  def loss(gg, bb):
+    out = rasterize(gg, cc, bb, cfg)
+    return jnp.sum(out.image * ww[0]) + jnp.sum(out.depth * ww[1]) + jnp.sum(out.alpha * ww[2])
+
+  grads, g_bg = jax.jit(jax.grad(loss, argnums=(0, 1)))(gg, bb)
+  out = {n: np.asarray(getattr(grads, n)) for n in ("means", "quats", "scales", "opacities", "sh")}
+  return {**out, "background": np.asarray(g_bg)}
+
+
+def _grads_in_child(tmp_path, env: dict, tile: int, wabe: bool = False) -> dict:
+  """`_weighted_grads` on the GPU in a child process with `env` set (the kernels read their
+  GAEDIT_BWD_* switches once per process)."""
+  out = tmp_path / "grads.npz"
+  script = (
+    "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_rasterizer_gpu as t; "
+    "np.savez(sys.argv[2], **t._weighted_grads('gpu', int(sys.argv[3]), sys.argv[4] == '1'))"
+  )
+  here = Path(__file__).parent
+  run = subprocess.run(
+    [sys.executable, "-c", script, str(here), str(out), str(tile), "1" if wabe else "0"],
+    env={**os.environ, **env},
+    capture_output=True,
+    text=True,
+  )
+  assert run.returncode == 0, run.stderr[-2000:]
+  return dict(np.load(out))
+
+
+def _assert_close_grads(gpu: dict, cpu: dict, what):
+  for name, b in cpu.items():
+    a = gpu[name]
+    assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, (what, name)
 
 
 @pytest.mark.parametrize("tile", [8, 16])
 def test_cuda_two_pixels_per_thread_matches_cpu(tile, tmp_path):
   # The raster backward takes two pixels per thread only on workloads of more than two GPU waves
-  # (16 views of 550 x 802), never in these small scenes; GAEDIT_BWD_PPT=2, read once per process,
-  # forces it in a child process. Tiles 8 and 16 cover both sizes of the kernel's shared rows.
-  out = tmp_path / "grads.npz"
-  script = (
-    "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_rasterizer_gpu as t; "
-    "np.savez(sys.argv[2], **t._weighted_grads('gpu', int(sys.argv[3])))"
-  )
-  here = Path(__file__).parent
-  env = {**os.environ, "GAEDIT_BWD_PPT": "2"}
-  run = subprocess.run(
-    [sys.executable, "-c", script, str(here), str(out), str(tile)], env=env, capture_output=True, text=True
-  )
-  assert run.returncode == 0, run.stderr[-2000:]
-  gpu, cpu = np.load(out), _weighted_grads("cpu", tile)
-  for name, b in cpu.items():
-    a = gpu[name]
-    assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, (tile, name)
+  # (16 views of 550 x 802), never in these small scenes; GAEDIT_BWD_PPT=2 (with the split
+  # backward off, which takes one) forces it. Tiles 8 and 16 cover both sizes of the shared rows.
+  gpu = _grads_in_child(tmp_path, {"GAEDIT_BWD_PPT": "2", "GAEDIT_BWD_SPLIT": "0"}, tile)
+  _assert_close_grads(gpu, _weighted_grads("cpu", tile), tile)
+
+
+@pytest.mark.parametrize("tile,wabe", [(8, False), (16, False), (8, True), (16, True)])
+def test_cuda_split_backward_matches_cpu(tile, wabe, tmp_path):
+  # The split backward (by default: a single view of >= 500k Gaussians) cuts each tile's list into
+  # chunks walked by separate blocks, each starting from the T and S the two chunk passes computed;
+  # GAEDIT_BWD_SPLIT=1 forces it on these small scenes. Chunks of 16 entries cut
+  # these scenes' lists (tens to hundreds of Gaussians a tile) into many, so every chunk boundary
+  # matters; the whole-tile backward (split off) must agree with it and with the CPU kernel.
+  cpu = _weighted_grads("cpu", tile, wabe)
+  split = _grads_in_child(tmp_path, {"GAEDIT_BWD_SPLIT": "1", "GAEDIT_BWD_CHUNK": "16"}, tile, wabe)
+  whole = _grads_in_child(tmp_path, {"GAEDIT_BWD_SPLIT": "0"}, tile, wabe)
+  _assert_close_grads(split, cpu, ("split", tile, wabe))
+  _assert_close_grads(whole, cpu, ("whole", tile, wabe))
+  _assert_close_grads(split, whole, ("split vs whole", tile, wabe))
 
 
 def test_cuda_tile_lists_are_exact():

@@ -264,7 +264,7 @@ ffi::Error forward(const Inputs& in, const Static& st, float* image, float* alph
 }
 
 // ------------------------------------------------------------------------------------ backward
-constexpr int kAcc = 10;  // per (view, Gaussian): alpha moments[6] (gs::alpha_moments), dcolor[3], dz
+using gs::kAcc;
 
 using gs::Grads;
 using gs::Saved;

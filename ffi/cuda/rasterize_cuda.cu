@@ -30,7 +30,7 @@ using gs::BatchIndex;
 
 namespace {
 
-constexpr int kAcc = 10;  // per (view, Gaussian): alpha moments[6] (gs::alpha_moments), dcolor[3], dz
+using gs::kAcc;
 
 using DevInputs = gs::Inputs;
 
@@ -434,28 +434,201 @@ __device__ __forceinline__ int warp_sum10_value(int lane) {
   return ((lane >> 2) & 1) + 3 * ((lane >> 3) & 1) + 5 * b16;
 }
 
-// PPT pixels per thread (PPT = 2: rows y and y + 8 of the tile): each Gaussian's contributions of
-// a thread's pixels are summed in registers before the warp reduction, so 2 halves the shuffles
-// and atomics (the better choice with many tiles in flight); 1 halves each block's serial walk
-// (better when the grid is about one wave and the densest tiles set the time: a single view).
-template <int PPT, bool kWabe, int kRows>
-__global__ void __launch_bounds__(kRows / PPT) raster_bwd_kernel(DevInputs in, DevStatic st,
-                                                                  DevSaved sv, float* acc,
-                                                                  float* acc_bg) {
-  const int kBwdThreads = blockDim.x, kBatch = kBwdThreads * PPT;  // kBatch pixel slots >= tile's
-  const int64_t vt = blockIdx.x;
-  const int64_t T = (int64_t)st.gx * st.gy, N = in.N;
+// Pixel (x, y) of view v in the backward: its cotangents dL/dC (gC), dL/dD over the pixel's alpha
+// (gD), K = T_N (dL/dA' - dL/dC . bg) of gs::dalpha_back, its final transmittance T_N and its last
+// contributor (+1). dL/dA' is dL/dA less the part the depth normalisation D / A sends to alpha.
+__device__ __forceinline__ void pixel_cotangents(const DevInputs& in, const DevStatic& st,
+                                                 const DevSaved& sv, int64_t v, int x, int y,
+                                                 float gC[3], float* gD, float* K, float* TN,
+                                                 int32_t* last) {
+  const int64_t HW = (int64_t)st.width * st.height, pin = (int64_t)y * st.width + x;
+  const int64_t pix = sv.i_pix(v) * HW + pin;
+  const float tn = sv.final_T[pix], Aout = 1.f - tn;
+  const float* bg = in.bg + 3 * in.i_bg(v);
+  const float* di = sv.d_image + 3 * (sv.i_dimage(v) * HW + pin);
+  gC[0] = di[0], gC[1] = di[1], gC[2] = di[2];
+  float gA = sv.d_alpha[sv.i_dalpha(v) * HW + pin];
+  const float dd = sv.d_depth[sv.i_ddepth(v) * HW + pin];
+  *gD = 0.f;
+  if (Aout > 0.f) {
+    *gD = dd / Aout;
+    gA -= dd * sv.depth_out[pix] / Aout;
+  }
+  *K = tn * (gA - (gC[0] * bg[0] + gC[1] * bg[1] + gC[2] * bg[2]));
+  *TN = tn;
+  *last = sv.last[pix];
+}
+
+// ---- split backward: a tile's list cut into chunks walked by separate blocks.
+// With few tiles in the call (a single view) the pixel-parallel backward runs one block per tile,
+// and the longest lists set the kernel's time while most SMs idle. Cutting every tile's list into
+// chunks of `chunk` entries gives one block per (tile, chunk); a chunk's back-to-front pass needs
+// each pixel's transmittance T after the chunk and S after it (gs::dalpha_back: the sum of
+// alpha_j T_j gcz_j over the contributors behind the chunk). Two passes give them:
+//   chunk_local_kernel:   per (chunk, pixel), front to back from T = 1: P_c = prod (1 - alpha_j)
+//                         and L_c = sum alpha_j T_j gcz_j, chunks independent of each other;
+//   chunk_combine_kernel: per (tile, pixel), T_end(c) = prod_{c' <= c} P_c' and
+//                         S_end(c) = sum_{c' > c} T_end(c' - 1) L_c', written over (P_c, L_c).
+// Chunks are numbered by an exclusive scan of the tiles' chunk counts (chunk_off[VT] = total); the
+// grids are launched for an upper bound (cap / chunk + VT) and blocks past the total return.
+
+// The (view, tile) whose chunks hold block b: the last vt with chunk_off[vt] <= b.
+__device__ __forceinline__ int64_t chunk_tile(const int32_t* off, int64_t VT, int64_t b) {
+  int64_t lo = 0, hi = VT;  // off[lo] <= b < off[hi]
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (off[mid] <= b) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+__global__ void chunk_count_kernel(int64_t VT, const int32_t* ranges, int chunk, int32_t* cnt) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i > VT) return;
+  cnt[i] = i == VT ? 0 : (ranges[2 * i + 1] - ranges[2 * i] + chunk - 1) / chunk;
+}
+
+// One block per chunk, one thread per pixel slot (tile at most kRows pixels). Same per-pixel
+// tests as the backward (last contributor, power > 0, alpha < kAlphaMin), so both passes see the
+// same contributors.
+template <int kRows>
+__global__ void __launch_bounds__(kRows) chunk_local_kernel(DevInputs in, DevStatic st, DevSaved sv,
+                                                            const int32_t* chunk_off, int64_t VT,
+                                                            int chunk, float2* state) {
+  const int64_t b = blockIdx.x;
+  if (b >= chunk_off[VT]) return;
+  const int64_t vt = chunk_tile(chunk_off, VT, b), T = (int64_t)st.gx * st.gy, N = in.N;
   int64_t t, tx;
   const int64_t v = divmod(vt, T, &t), ty = divmod(t, st.gx, &tx);
-  const int ts = st.tile, tid = threadIdx.x, lane = tid & 31, vslot = warp_sum10_value(lane);
-  const int32_t start = sv.tile_ranges[2 * (sv.i_tiles(v) * T + t)];
+  const int ts = st.tile, tid = threadIdx.x, slots = ts * ts;
+  const int32_t lo = sv.tile_ranges[2 * vt] + (int32_t)(b - chunk_off[vt]) * chunk;
+  const int32_t hi = min(sv.tile_ranges[2 * vt + 1], lo + chunk);
+  const int x = (int)tx * ts + tid % ts, y = (int)ty * ts + tid / ts;
+  const bool inside = tid < slots && x < st.width && y < st.height;
+  float gC[3] = {0.f, 0.f, 0.f}, gD = 0.f, K, TN;
+  int32_t last = lo;
+  if (inside) pixel_cotangents(in, st, sv, v, x, y, gC, &gD, &K, &TN, &last);
+  __shared__ int32_t s_stop;  // the block's walk ends at its pixels' last contributor
+  if (tid == 0) s_stop = lo;
+  __syncthreads();
+  if (inside) atomicMax(&s_stop, min(last, hi));
+  __syncthreads();
+  const int32_t stop = s_stop;
   const int64_t rv = sv.i_gauss(v) * N;
   const float* m2 = sv.means2d + 2 * rv;
   const float* cop = sv.conic_opac + 4 * rv;
   const float* cols = sv.colors + 3 * rv;
   const float* zv = sv.zs + rv;
-  const int64_t HW = (int64_t)st.width * st.height;
-  const float* bg = in.bg + 3 * in.i_bg(v);
+  __shared__ float2 s_uv[kRows];
+  __shared__ float4 s_co[kRows];
+  __shared__ float4 s_col[kRows];
+  __shared__ float2 s_rows[kRows];
+  const float2 wrows = warp_rows((int)ty * ts, tid & ~31, ts);
+  const float px = x + 0.5f, py = y + 0.5f;
+  float Tl = 1.f, L = 0.f;
+  const int nth = blockDim.x;
+  for (int32_t b0 = lo; b0 < stop; b0 += nth) {
+    __syncthreads();
+    const int32_t j = b0 + tid;
+    if (j < stop) {
+      const int32_t g = sv.isect[j];
+      s_uv[tid] = reinterpret_cast<const float2*>(m2)[g];
+      s_co[tid] = reinterpret_cast<const float4*>(cop)[g];
+      s_col[tid] = make_float4(cols[3 * g], cols[3 * g + 1], cols[3 * g + 2], zv[g]);
+      s_rows[tid] = reach_rows(s_uv[tid], s_co[tid]);
+    }
+    __syncthreads();
+    const int cnt = min(nth, stop - b0);
+    for (int k = 0; k < cnt; ++k) {
+      if (!rows_meet(s_rows[k], wrows)) continue;  // uniform over the warp
+      if (!inside || b0 + k >= last) continue;
+      const float4 co4 = s_co[k], c4 = s_col[k];
+      const float dx = s_uv[k].x - px, dy = s_uv[k].y - py;
+      const float power = -0.5f * (co4.x * dx * dx + co4.z * dy * dy) - co4.y * dx * dy;
+      if (power > 0.f) continue;
+      const float a = fminf(gs::kAlphaMax, co4.w * __expf(power));
+      if (a < gs::kAlphaMin) continue;
+      const float gcz = gC[0] * c4.x + gC[1] * c4.y + gC[2] * c4.z + gD * c4.w;
+      L += gcz * a * Tl;
+      Tl *= 1.f - a;
+    }
+  }
+  if (tid < slots) state[b * slots + tid] = make_float2(Tl, L);
+}
+
+// One block per (view, tile), one thread per pixel slot: (P_c, L_c) -> (T_end(c), S_end(c)). It
+// also adds the tile's share of the background gradient (dL/dbg = sum over pixels of dL/dC T_N),
+// since tiles with an empty list have no chunk block.
+__global__ void chunk_combine_kernel(DevInputs in, DevStatic st, DevSaved sv, const int32_t* chunk_off,
+                                     float2* state, float* acc_bg) {
+  const int64_t vt = blockIdx.x, T = (int64_t)st.gx * st.gy;
+  int64_t t, tx;
+  const int64_t v = divmod(vt, T, &t), ty = divmod(t, st.gx, &tx);
+  const int ts = st.tile, slots = ts * ts, p = threadIdx.x;
+  const int x = (int)tx * ts + p % ts, y = (int)ty * ts + p / ts;
+  float bgacc[3] = {0.f, 0.f, 0.f};
+  if (p < slots && x < st.width && y < st.height) {
+    float gC[3], gD, K, TN;
+    int32_t last;
+    pixel_cotangents(in, st, sv, v, x, y, gC, &gD, &K, &TN, &last);
+    for (int ch = 0; ch < 3; ++ch) bgacc[ch] = gC[ch] * TN;
+  }
+  for (int ch = 0; ch < 3; ++ch) {  // one atomic per warp and channel
+    const float sum = warp_sum(bgacc[ch]);
+    if ((p & 31) == 0 && sum != 0.f) atomicAdd(&acc_bg[3 * v + ch], sum);
+  }
+  const int32_t c0 = chunk_off[vt], n = chunk_off[vt + 1] - c0;
+  if (n == 0 || p >= slots) return;
+  float2* s = state + (int64_t)c0 * slots + p;
+  float Tp = 1.f;
+  for (int c = 0; c < n; ++c) {
+    Tp *= s[(int64_t)c * slots].x;
+    s[(int64_t)c * slots].x = Tp;
+  }
+  float S = 0.f;
+  for (int c = n - 1; c >= 0; --c) {
+    const float2 e = s[(int64_t)c * slots];
+    const float Tstart = c > 0 ? s[(int64_t)(c - 1) * slots].x : 1.f;
+    s[(int64_t)c * slots] = make_float2(e.x, S);
+    S += Tstart * e.y;
+  }
+}
+
+// PPT pixels per thread (PPT = 2: rows y and y + 8 of the tile): each Gaussian's contributions of
+// a thread's pixels are summed in registers before the warp reduction, so 2 halves the shuffles
+// and atomics (the better choice with many tiles in flight); 1 halves each block's serial walk
+// (better when the grid is about one wave and the densest tiles set the time: a single view).
+// kSplit: one block per chunk of a tile's list (PPT = 1), starting from the chunk's T and S that
+// chunk_combine_kernel left in `chunk_state`; otherwise one block per (view, tile).
+template <int PPT, bool kWabe, int kRows, bool kSplit>
+__global__ void __launch_bounds__(kRows / PPT) raster_bwd_kernel(DevInputs in, DevStatic st,
+                                                                  DevSaved sv, float* acc,
+                                                                  float* acc_bg,
+                                                                  const int32_t* chunk_off,
+                                                                  int64_t VT, int chunk,
+                                                                  const float2* chunk_state) {
+  static_assert(!kSplit || PPT == 1, "the split backward takes one pixel per thread");
+  const int kBwdThreads = blockDim.x, kBatch = kBwdThreads * PPT;  // kBatch pixel slots >= tile's
+  const int64_t T = (int64_t)st.gx * st.gy, N = in.N;
+  int64_t vt = blockIdx.x;
+  if (kSplit) {
+    if ((int64_t)blockIdx.x >= chunk_off[VT]) return;
+    vt = chunk_tile(chunk_off, VT, blockIdx.x);
+  }
+  int64_t t, tx;
+  const int64_t v = divmod(vt, T, &t), ty = divmod(t, st.gx, &tx);
+  const int ts = st.tile, tid = threadIdx.x, lane = tid & 31, vslot = warp_sum10_value(lane);
+  // the block's part [lo, hi) of the tile's list: all of it, or its chunk
+  const int32_t* rng = sv.tile_ranges + 2 * (kSplit ? vt : sv.i_tiles(v) * T + t);
+  const int32_t chunk_k = kSplit ? (int32_t)(blockIdx.x - chunk_off[vt]) : 0;
+  const int32_t lo = rng[0] + chunk_k * chunk;
+  const int32_t hi = kSplit ? min(rng[1], lo + chunk) : rng[1];
+  const int64_t rv = sv.i_gauss(v) * N;
+  const float* m2 = sv.means2d + 2 * rv;
+  const float* cop = sv.conic_opac + 4 * rv;
+  const float* cols = sv.colors + 3 * rv;
+  const float* zv = sv.zs + rv;
   bool inside[PPT];
   float px[PPT], py[PPT], gC[PPT][3], gD[PPT], K[PPT], Tk[PPT], S[PPT];
   int32_t lastp[PPT];
@@ -466,38 +639,30 @@ __global__ void __launch_bounds__(kRows / PPT) raster_bwd_kernel(DevInputs in, D
     const int x = (int)tx * ts + p % ts, y = (int)ty * ts + p / ts;
     inside[q] = p < ts * ts && x < st.width && y < st.height;
     px[q] = x + 0.5f, py[q] = y + 0.5f;
-    Tk[q] = 1.f, gD[q] = 0.f, K[q] = 0.f, S[q] = 0.f, lastp[q] = start;
+    Tk[q] = 1.f, gD[q] = 0.f, K[q] = 0.f, S[q] = 0.f, lastp[q] = lo;
     gC[q][0] = gC[q][1] = gC[q][2] = 0.f;
     if (inside[q]) {
-      const int64_t pin = (int64_t)y * st.width + x;
-      const int64_t pix = sv.i_pix(v) * HW + pin;
-      const float TN = sv.final_T[pix];
-      Tk[q] = TN;
-      lastp[q] = sv.last[pix];
-      const float Aout = 1.f - TN;
-      const float* di = sv.d_image + 3 * (sv.i_dimage(v) * HW + pin);
-      gC[q][0] = di[0], gC[q][1] = di[1], gC[q][2] = di[2];
-      float gA = sv.d_alpha[sv.i_dalpha(v) * HW + pin];
-      const float dd = sv.d_depth[sv.i_ddepth(v) * HW + pin];
-      if (Aout > 0.f) {
-        gD[q] = dd / Aout;
-        gA -= dd * sv.depth_out[pix] / Aout;
+      pixel_cotangents(in, st, sv, v, x, y, gC[q], &gD[q], &K[q], &Tk[q], &lastp[q]);
+      if (!kSplit)  // the background's share (chunk_combine_kernel adds it in the split backward)
+        for (int ch = 0; ch < 3; ++ch) bgacc[ch] += gC[q][ch] * Tk[q];
+      if (kSplit) {
+        const float2 e = chunk_state[blockIdx.x * (int64_t)(ts * ts) + p];
+        Tk[q] = e.x, S[q] = e.y;
       }
-      K[q] = TN * (gA - (gC[q][0] * bg[0] + gC[q][1] * bg[1] + gC[q][2] * bg[2]));
-      for (int ch = 0; ch < 3; ++ch) bgacc[ch] += gC[q][ch] * TN;
     }
   }
-  for (int ch = 0; ch < 3; ++ch) {  // background gradient: one atomic per warp and channel
-    const float s = warp_sum(bgacc[ch]);
-    if (lane == 0 && s != 0.f) atomicAdd(&acc_bg[3 * v + ch], s);
-  }
+  if (!kSplit)
+    for (int ch = 0; ch < 3; ++ch) {  // background gradient: one atomic per warp and channel
+      const float s = warp_sum(bgacc[ch]);
+      if (lane == 0 && s != 0.f) atomicAdd(&acc_bg[3 * v + ch], s);
+    }
   __shared__ int32_t s_max_last;
-  if (tid == 0) s_max_last = start;
+  if (tid == 0) s_max_last = lo;
   __syncthreads();
   int32_t my_last = lastp[0];
 #pragma unroll
   for (int q = 1; q < PPT; ++q) my_last = max(my_last, lastp[q]);
-  atomicMax(&s_max_last, my_last);
+  atomicMax(&s_max_last, min(my_last, hi));
   __syncthreads();
   const int32_t max_last = s_max_last;
   // float4/float2 rows: one 128-bit broadcast load per Gaussian and field in the inner loop
@@ -509,8 +674,8 @@ __global__ void __launch_bounds__(kRows / PPT) raster_bwd_kernel(DevInputs in, D
   float2 wrows[PPT];
 #pragma unroll
   for (int q = 0; q < PPT; ++q) wrows[q] = warp_rows((int)ty * ts, (tid & ~31) + q * kBwdThreads, ts);
-  for (int32_t b1 = max_last; b1 > start; b1 -= kBatch) {  // batch [b0, b1), walked backwards
-    const int32_t b0 = max(start, b1 - kBatch);
+  for (int32_t b1 = max_last; b1 > lo; b1 -= kBatch) {  // batch [b0, b1), walked backwards
+    const int32_t b0 = max(lo, b1 - kBatch);
     __syncthreads();
 #pragma unroll
     for (int q = 0; q < PPT; ++q) {
@@ -760,17 +925,66 @@ FwdLayout fwd_layout(int64_t VN, int64_t cap, int64_t VT) {
   return L;
 }
 
+static int env_int(const char* name) {
+  const char* e = std::getenv(name);
+  return e ? std::atoi(e) : -1;
+}
+
+// Pixels per thread of the raster backward for `slots` pixel slots (tiles x tile area): 1 while
+// 2-pixel threads would fill fewer than two waves of the GPU (measured: single views), else 2.
+// GAEDIT_BWD_PPT=1|2 forces it (benchmarks; 4 was measured slower at 16 views). Host-side queries
+// only: no stream work.
+static int bwd_pixels_per_thread(int64_t slots) {
+  static const int forced = env_int("GAEDIT_BWD_PPT");
+  if (forced == 1 || forced == 2) return forced;
+  const GpuShape& g = gpu_shape();
+  return slots / 2 < 2LL * g.sms * g.threads_per_sm ? 1 : 2;
+}
+
+// Whether the raster backward splits tile lists into chunks (see chunk_local_kernel), and their
+// length. On in the regime where the backward takes one pixel per thread (few pixel slots in the
+// call: a single view) with at least kSplitMinN Gaussians. Measured on the H200 (one view of
+// 550 x 802): the 1M-Gaussian shell of the benchmarks, whose densest tiles hold lists several times
+// the mean, gains 20-26% of the whole fwd+bwd; a 100k GaussianAvatars head in the edit step, whose
+// lists are even, loses 0.16 ms, as the chunk passes cost more than the balance gains. The list
+// lengths are not known on the host, so the size stands in for them. GAEDIT_BWD_SPLIT=0|1 and
+// GAEDIT_BWD_CHUNK=n force them (tests, benchmarks). Host side only.
+constexpr int64_t kSplitMinN = 500000;
+static bool bwd_split(int64_t VT, int64_t tile, int64_t N) {
+  static const int forced = env_int("GAEDIT_BWD_SPLIT");
+  if (forced == 0 || forced == 1) return forced == 1;
+  return N >= kSplitMinN && bwd_pixels_per_thread(VT * tile * tile) == 1;
+}
+static int bwd_chunk() {
+  static const int forced = env_int("GAEDIT_BWD_CHUNK");
+  if (forced > 0) return forced;
+  return 128;  // H200, one view of 550 x 802: 64 to 512 within 5% of each other, 128 the fastest
+}
+// Chunks the grids are launched for: every tile adds at most one partial chunk to cap / chunk.
+inline int64_t max_chunks(int64_t cap, int64_t VT, int chunk) { return (cap + chunk - 1) / chunk + VT; }
+
 // Backward workspace: per (view, Gaussian) kAcc float accumulators, then per view 3 background
-// floats; each 256-byte aligned.
+// floats; with the split backward, the tiles' chunk counts and offsets (VT + 1 each), the scan's
+// temporary storage and per (chunk, pixel slot) two floats; each 256-byte aligned.
 struct BwdLayout {
-  size_t acc, acc_bg, total;
+  size_t acc, acc_bg, cnt, off, temp, temp_bytes, state, total;
+  bool split;
 };
 
-BwdLayout bwd_layout(int64_t V, int64_t N) {
-  BwdLayout L;
+BwdLayout bwd_layout(int64_t V, int64_t N, int64_t cap, int64_t VT, int64_t tile) {
+  BwdLayout L{};
   size_t o = 0;
   L.acc = o, o += align256(4 * V * N * kAcc);
   L.acc_bg = o, o += align256(4 * V * 3);
+  L.split = bwd_split(VT, tile, N);
+  if (L.split) {
+    cub::DeviceScan::ExclusiveSum(nullptr, L.temp_bytes, (int32_t*)nullptr, (int32_t*)nullptr,
+                                  (int)(VT + 1));
+    L.cnt = o, o += align256(4 * (VT + 1));
+    L.off = o, o += align256(4 * (VT + 1));
+    L.temp = o, o += align256(L.temp_bytes);
+    L.state = o, o += align256(8 * max_chunks(cap, VT, bwd_chunk()) * tile * tile);
+  }
   L.total = o + 256;  // slack for the base pointer's alignment
   return L;
 }
@@ -862,20 +1076,6 @@ static ffi::Error RasterizeFwdCudaImpl(
   return cuda_error("forward");
 }
 
-// Pixels per thread of the raster backward for `slots` pixel slots (tiles x tile area): 1 while
-// 2-pixel threads would fill fewer than two waves of the GPU (measured: single views), else 2.
-// GAEDIT_BWD_PPT=1|2 forces it (benchmarks; 4 was measured slower at 16 views). Host-side queries
-// only: no stream work.
-static int bwd_pixels_per_thread(int64_t slots) {
-  static const int forced = [] {
-    const char* e = std::getenv("GAEDIT_BWD_PPT");
-    return e ? std::atoi(e) : 0;
-  }();
-  if (forced == 1 || forced == 2) return forced;
-  const GpuShape& g = gpu_shape();
-  return slots / 2 < 2LL * g.sms * g.threads_per_sm ? 1 : 2;
-}
-
 static ffi::Error RasterizeBwdCudaImpl(
     cudaStream_t stream, int64_t width, int64_t height, int64_t tile, int64_t sh_degree,
     float near_plane, bool wabe_backward, bool alpha_clamp_zero, float wabe_beta, gs::F32 means,
@@ -900,8 +1100,9 @@ static ffi::Error RasterizeBwdCudaImpl(
   DevStatic st{(int)width, (int)height, (int)tile, (int)sh_degree, 0,
                (int)((width + tile - 1) / tile), (int)((height + tile - 1) / tile), near_plane, wabe_beta,
                alpha_clamp_zero};
-  const int64_t V = in.V, N = in.N, T = (int64_t)st.gx * st.gy;
-  const BwdLayout L = bwd_layout(V, N);
+  const int64_t V = in.V, N = in.N, T = (int64_t)st.gx * st.gy, VT = V * T;
+  const int64_t cap = (int64_t)isect.element_count();
+  const BwdLayout L = bwd_layout(V, N, cap, VT, tile);
   char* base = reinterpret_cast<char*>(align256(reinterpret_cast<size_t>(workspace->untyped_data())));
   if ((size_t)workspace->element_count() < L.total)
     return ffi::Error::InvalidArgument("gaedit CUDA: backward workspace too small (" +
@@ -917,17 +1118,38 @@ static ffi::Error RasterizeBwdCudaImpl(
                      gr.o_sh.runs() && gr.o_offset.runs();
   float* outs[7] = {gr.means, gr.quats, gr.scales, gr.opac, gr.sh, gr.offset, gr.bg};
   for (int i = store ? 6 : 0; i < 7; ++i) cudaMemsetAsync(outs[i], 0, sizeof(float) * gr.sizes[i], stream);
-  if (V * T > 0 && N > 0) {
-    const int ppt = bwd_pixels_per_thread(V * T * tile * tile);
-    const unsigned grid = (unsigned)(V * T);
+  if (VT > 0 && N > 0) {
+    // split only where each view has its own tile ranges (chunks are numbered over them)
+    const bool split = L.split && (int64_t)tile_ranges.element_count() == 2 * VT;
+    const int ppt = split ? 1 : bwd_pixels_per_thread(VT * tile * tile);
     const unsigned nth = threads_for((int)((tile * tile + ppt - 1) / ppt));
     const bool small = rows_for((int)nth * ppt) == kSmallRows;
-    auto raster = ppt == 1 ? (wabe_backward ? raster_bwd_kernel<1, true, kBlock> : raster_bwd_kernel<1, false, kBlock>)
-                           : (wabe_backward ? raster_bwd_kernel<2, true, kBlock> : raster_bwd_kernel<2, false, kBlock>);
-    if (small)
-      raster = ppt == 1 ? (wabe_backward ? raster_bwd_kernel<1, true, kSmallRows> : raster_bwd_kernel<1, false, kSmallRows>)
-                        : (wabe_backward ? raster_bwd_kernel<2, true, kSmallRows> : raster_bwd_kernel<2, false, kSmallRows>);
-    raster<<<grid, nth, 0, stream>>>(in, st, sv, acc, acc_bg);
+#define GAEDIT_BWD(P, W, R, X) raster_bwd_kernel<P, W, R, X>
+#define GAEDIT_BWD_ROWS(P, X) \
+  (small ? (wabe_backward ? GAEDIT_BWD(P, true, kSmallRows, X) : GAEDIT_BWD(P, false, kSmallRows, X)) \
+         : (wabe_backward ? GAEDIT_BWD(P, true, kBlock, X) : GAEDIT_BWD(P, false, kBlock, X)))
+    if (split) {
+      const int chunk = bwd_chunk();
+      const int64_t G = max_chunks(cap, VT, chunk);
+      int32_t* cnt = reinterpret_cast<int32_t*>(base + L.cnt);
+      int32_t* off = reinterpret_cast<int32_t*>(base + L.off);
+      float2* state = reinterpret_cast<float2*>(base + L.state);
+      size_t temp_bytes = L.temp_bytes;
+      chunk_count_kernel<<<blocks(VT + 1), 256, 0, stream>>>(VT, sv.tile_ranges, chunk, cnt);
+      cub::DeviceScan::ExclusiveSum(base + L.temp, temp_bytes, cnt, off, (int)(VT + 1), stream);
+      if (small)
+        chunk_local_kernel<kSmallRows><<<(unsigned)G, nth, 0, stream>>>(in, st, sv, off, VT, chunk, state);
+      else
+        chunk_local_kernel<kBlock><<<(unsigned)G, nth, 0, stream>>>(in, st, sv, off, VT, chunk, state);
+      chunk_combine_kernel<<<(unsigned)VT, nth, 0, stream>>>(in, st, sv, off, state, acc_bg);
+      auto raster = GAEDIT_BWD_ROWS(1, true);
+      raster<<<(unsigned)G, nth, 0, stream>>>(in, st, sv, acc, acc_bg, off, VT, chunk, state);
+    } else {
+      auto raster = ppt == 1 ? GAEDIT_BWD_ROWS(1, false) : GAEDIT_BWD_ROWS(2, false);
+      raster<<<(unsigned)VT, nth, 0, stream>>>(in, st, sv, acc, acc_bg, nullptr, VT, 0, nullptr);
+    }
+#undef GAEDIT_BWD_ROWS
+#undef GAEDIT_BWD
     if (store)
       project_bwd_kernel<true><<<blocks(N, kProjBwdBlock), kProjBwdBlock, 0, stream>>>(in, st, sv, acc, gr);
     else
@@ -954,8 +1176,10 @@ extern "C" int64_t gaedit_cuda_fwd_workspace_bytes(int64_t VN, int64_t cap, int6
   return (int64_t)fwd_layout(VN, cap, VT).total;
 }
 
-// Bytes of the backward workspace for V views of N Gaussians (sized by the Python wrapper at trace
-// time, like the forward's).
-extern "C" int64_t gaedit_cuda_bwd_workspace_bytes(int64_t V, int64_t N) {
-  return (int64_t)bwd_layout(V, N).total;
+// Bytes of the backward workspace for V views of N Gaussians, `cap` pooled intersections and VT
+// (view, tile) pairs of `tile` x `tile` pixels (sized by the Python wrapper at trace time, like the
+// forward's).
+extern "C" int64_t gaedit_cuda_bwd_workspace_bytes(int64_t V, int64_t N, int64_t cap, int64_t VT,
+                                                   int64_t tile) {
+  return (int64_t)bwd_layout(V, N, cap, VT, tile).total;
 }

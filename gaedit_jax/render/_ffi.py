@@ -102,12 +102,13 @@ def cuda_fwd_workspace_bytes(vn: int, cap: int, vt: int) -> int:
   return _query("gaedit_cuda_fwd_workspace_bytes", vn, cap, vt)
 
 
-def cuda_bwd_workspace_bytes(v: int, n: int) -> int:
-  """Backward workspace bytes the CUDA kernels need for V views of N Gaussians (1 when no CUDA
-  library is registered)."""
+def cuda_bwd_workspace_bytes(v: int, n: int, cap: int, vt: int, tile: int) -> int:
+  """Backward workspace bytes the CUDA kernels need for V views of N Gaussians, `cap` pooled
+  intersections and VT (view, tile) pairs of tile x tile pixels (1 when no CUDA library is
+  registered)."""
   if _CUDA_LIB is None:
     return 1
-  return _query("gaedit_cuda_bwd_workspace_bytes", v, n)
+  return _query("gaedit_cuda_bwd_workspace_bytes", v, n, cap, vt, tile)
 
 
 @functools.cache

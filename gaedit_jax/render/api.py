@@ -120,11 +120,14 @@ def _rasterize_fwd(st, means, quats, scales, opac, sh, offset, viewmat, intr, bg
 def _rasterize_bwd(st, res, cts):
   inputs, residuals = res
   d_image, d_alpha, d_depth = cts[0], cts[1], cts[2]
-  batch = d_image.shape[:-3]
+  v = math.prod(d_image.shape[:-3])
   n = inputs[0].shape[-2]
+  isect = residuals[7]  # radii, means2d, conic_opac, colors, zs, final_T, last, isect, tile_ranges, depth
   grad_types = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in inputs[:6]) + (
     jax.ShapeDtypeStruct(inputs[8].shape, jnp.float32),
-    jax.ShapeDtypeStruct((_ffi.cuda_bwd_workspace_bytes(math.prod(batch), n),), jnp.uint8),
+    jax.ShapeDtypeStruct(
+      (_ffi.cuda_bwd_workspace_bytes(v, n, math.prod(isect.shape), v * st.num_tiles, st.tile_size),), jnp.uint8
+    ),
   )
   call = jax.ffi.ffi_call(_ffi.BWD_TARGET, grad_types, vmap_method="expand_dims")
   g = call(*inputs, *residuals, d_image, d_alpha, d_depth, **st.bwd_attrs())[:-1]

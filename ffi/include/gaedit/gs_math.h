@@ -481,6 +481,11 @@ GS_HD float pixel_power(float u, float v, const float conic[3], float px, float 
   return -0.5f * (conic[0] * dx * dx + conic[2] * dy * dy) - conic[1] * dx * dy;
 }
 
+// The raster backward's accumulators per (view, Gaussian), in the CPU and CUDA kernels alike:
+// the alpha moments [0, 6) of alpha_moments, dL/dcolour [6, 9), dL/dz [9]. The per-Gaussian pass
+// turns them into gradients (alpha_grads_of_moments, then the colour and projection VJPs).
+constexpr int kAcc = 10;
+
 // Backward of alpha = min(kAlphaMax, o G(d)), G = exp(p), p = -0.5 d^T Q d, d = mean - pixel,
 // summed over the pixels of one Gaussian: given dal = dL/dalpha of a pixel, accumulates the moments
 // m = sum (dp, dp dx, dp dy, dp dx^2, dp dx dy, dp dy^2) of dp = dL/dp = o G dal. The gradients
