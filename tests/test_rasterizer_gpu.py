@@ -7,6 +7,7 @@ inputs, the kernels' own checks of bad settings); this module holds what needs b
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -162,23 +163,28 @@ def _weighted_grads(kind: str, tile: int, wabe: bool = False) -> dict:
   return {**out, "background": np.asarray(g_bg)}
 
 
-def _grads_in_child(tmp_path, env: dict, tile: int, wabe: bool = False) -> dict:
-  """`_weighted_grads` on the GPU in a child process with `env` set (the kernels read their
-  GAEDIT_BWD_* switches once per process)."""
-  out = tmp_path / "grads.npz"
+def _in_child(tmp_path, env: dict, fn: str, *args) -> dict:
+  """This module's `fn('gpu', *args)` (a dict of arrays) in a child process with `env` set (the
+  kernels read their GAEDIT_FWD_* / GAEDIT_BWD_* switches once per process)."""
+  out = tmp_path / "out.npz"
   script = (
-    "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_rasterizer_gpu as t; "
-    "np.savez(sys.argv[2], **t._weighted_grads('gpu', int(sys.argv[3]), sys.argv[4] == '1'))"
+    "import sys, json, numpy as np; sys.path.insert(0, sys.argv[1]); import test_rasterizer_gpu as t; "
+    "np.savez(sys.argv[2], **getattr(t, sys.argv[3])('gpu', *json.loads(sys.argv[4])))"
   )
   here = Path(__file__).parent
   run = subprocess.run(
-    [sys.executable, "-c", script, str(here), str(out), str(tile), "1" if wabe else "0"],
+    [sys.executable, "-c", script, str(here), str(out), fn, json.dumps(list(args))],
     env={**os.environ, **env},
     capture_output=True,
     text=True,
   )
   assert run.returncode == 0, run.stderr[-2000:]
   return dict(np.load(out))
+
+
+def _grads_in_child(tmp_path, env: dict, tile: int, wabe: bool = False) -> dict:
+  """`_weighted_grads` on the GPU in a child process with `env` set."""
+  return _in_child(tmp_path, env, "_weighted_grads", tile, wabe)
 
 
 def _assert_close_grads(gpu: dict, cpu: dict, what):
@@ -209,6 +215,46 @@ def test_cuda_split_backward_matches_cpu(tile, wabe, tmp_path):
   _assert_close_grads(split, cpu, ("split", tile, wabe))
   _assert_close_grads(whole, cpu, ("whole", tile, wabe))
   _assert_close_grads(split, whole, ("split vs whole", tile, wabe))
+
+
+def _opaque_outputs(kind: str, tile: int, wabe_k: int) -> dict:
+  """Forward outputs and weighted-loss gradients of a 2-view scene of opaque Gaussians (opacity
+  0.95: most covered pixels end their walk by the stopping rule) on device `kind`."""
+  g = random_gaussians(22, 900)
+  g = dataclasses.replace(g, opacities=jnp.full_like(g.opacities, 0.95))
+  cams = ring_cameras(2, width=50, height=38, focal=45)
+  bg = jnp.array([0.3, 0.1, 0.2])
+  w = jax.random.uniform(jax.random.PRNGKey(7), (2, 38, 50, 3))
+  gg, cc, ww, bb = _on(kind, (g, cams, w, bg))
+  cfg = RenderConfig(tile_size=tile, wabe_k=wabe_k)
+  out = jax.jit(lambda gg, bb: rasterize(gg, cc, bb, cfg))(gg, bb)
+  loss = lambda gg, bb: jnp.sum(rasterize(gg, cc, bb, cfg).image * ww) + jnp.sum(rasterize(gg, cc, bb, cfg).depth)
+  grads, g_bg = jax.jit(jax.grad(loss, argnums=(0, 1)))(gg, bb)
+  res = {n: np.asarray(getattr(out, n)) for n in ("image", "alpha", "depth", "wabe_weight", "wabe_mask")}
+  res.update({"d_" + n: np.asarray(getattr(grads, n)) for n in ("means", "quats", "scales", "opacities", "sh")})
+  return {**res, "d_background": np.asarray(g_bg)}
+
+
+@pytest.mark.parametrize("tile,wabe_k", [(8, 10), (16, 10), (8, 0), (16, 3)])
+def test_cuda_split_forward_matches_cpu(tile, wabe_k, tmp_path):
+  # The split forward (by default: a single view of >= 500k Gaussians) composites each chunk of a
+  # tile's list on its own and combines the chunks per pixel, walking again the chunks where the
+  # stopping rule acts or the first K WABE slots lie; GAEDIT_FWD_SPLIT=1 forces it, and chunks of 16
+  # entries cut these lists (hundreds a tile) into many. Images, alpha, depth, the WABE outputs and
+  # the gradients (the backward reads the forward's last contributors and T) must agree with the
+  # CPU kernel and with the whole-tile forward.
+  cpu = _opaque_outputs("cpu", tile, wabe_k)
+  assert np.sum(cpu["alpha"] > 0.999) > 200  # many pixels near the stopping rule's T = 1e-4
+  split = _in_child(tmp_path, {"GAEDIT_FWD_SPLIT": "1", "GAEDIT_FWD_CHUNK": "16"}, "_opaque_outputs", tile, wabe_k)
+  whole = _in_child(tmp_path, {"GAEDIT_FWD_SPLIT": "0"}, "_opaque_outputs", tile, wabe_k)
+  for other, what in ((cpu, "cpu"), (whole, "whole")):
+    for name in ("image", "alpha"):
+      np.testing.assert_allclose(split[name], other[name], atol=1e-4, rtol=0, err_msg=f"{what} {name}")
+    np.testing.assert_allclose(split["depth"], other["depth"], atol=1e-4, rtol=1e-4, err_msg=f"{what} depth")
+    np.testing.assert_array_equal(split["wabe_mask"], other["wabe_mask"], err_msg=what)
+    np.testing.assert_allclose(split["wabe_weight"], other["wabe_weight"], atol=1e-5, err_msg=what)
+    _assert_close_grads(split, {k: v for k, v in other.items() if k.startswith("d_")}, (what, tile, wabe_k))
+  assert wabe_k == 0 or np.sum(split["wabe_mask"]) > 100
 
 
 def test_cuda_tile_lists_are_exact():

@@ -13,6 +13,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cub/cub.cuh>
 #include <cstdlib>
 #include <string>
@@ -252,6 +253,64 @@ __device__ __forceinline__ float2 warp_rows(int y0, int slot0, int ts) {
 
 __device__ __forceinline__ bool rows_meet(float2 a, float2 b) { return a.x <= b.y && b.x <= a.y; }
 
+// Stages Gaussian g of a view (m2, cop, cols, zv: that view's rows of the projected records) in
+// slot `s` of a compositing block's shared rows, with the pixel rows it can reach.
+__device__ __forceinline__ void stage_gaussian(const float* m2, const float* cop, const float* cols,
+                                               const float* zv, int32_t g, int s, float2* s_uv,
+                                               float4* s_co, float4* s_col, float2* s_rows) {
+  s_uv[s] = reinterpret_cast<const float2*>(m2)[g];
+  s_co[s] = reinterpret_cast<const float4*>(cop)[g];
+  s_col[s] = make_float4(cols[3 * g], cols[3 * g + 1], cols[3 * g + 2], zv[g]);
+  s_rows[s] = reach_rows(s_uv[s], s_co[s]);
+}
+
+// alpha = min(0.99, o exp(power)) of a Gaussian at pixel centre (px, py), or 0 where it does not
+// contribute (power > 0, or alpha < 1/255): the same test in every forward kernel.
+__device__ __forceinline__ float fwd_alpha(float2 uv, float4 co4, float px, float py) {
+  const float co[3] = {co4.x, co4.y, co4.z};
+  const float power = gs::pixel_power(uv.x, uv.y, co, px, py);
+  if (power > 0.f) return 0.f;
+  const float a = fminf(gs::kAlphaMax, co4.w * __expf(power));
+  return a < gs::kAlphaMin ? 0.f : a;
+}
+
+// A pixel's forward outputs: C + T_N bg, alpha 1 - T_N, depth D / alpha, T_N and its last
+// contributor (+1).
+struct FwdOut {
+  float* image;
+  float* alpha;
+  float* depth;
+  float* final_T;
+  int32_t* last;
+};
+
+__device__ __forceinline__ void write_pixel(const DevInputs& in, const DevStatic& st, const FwdOut& o,
+                                            int64_t v, int x, int y, float Tr, const float C[3],
+                                            float D, int32_t lastp) {
+  const int64_t pix = v * (int64_t)st.width * st.height + (int64_t)y * st.width + x;
+  const float* bg = in.bg + 3 * in.i_bg(v);
+  for (int ch = 0; ch < 3; ++ch) o.image[3 * pix + ch] = C[ch] + Tr * bg[ch];
+  const float A = 1.f - Tr;
+  o.alpha[pix] = A;
+  o.depth[pix] = A > 0.f ? D / A : 0.f;
+  o.final_T[pix] = Tr;
+  o.last[pix] = lastp;
+}
+
+// Adds a pixel's WABE slots (Gaussians sid of view row vN, weights sw) to the per-Gaussian fixed-
+// point sums, each weight normalised by the pixel's range (gs::wabe_range).
+__device__ __forceinline__ void flush_wabe_slots(int64_t vN, const int32_t* sid, const float* sw,
+                                                 int nslot, int WK, unsigned long long* wabe_sum,
+                                                 int32_t* wabe_count) {
+  if (nslot == 0) return;
+  float mn, mx;
+  gs::wabe_range(sw, nslot, WK, &mn, &mx);
+  for (int k = 0; k < nslot; ++k) {
+    atomicAdd(&wabe_sum[vN + sid[k]], (unsigned long long)gs::wabe_fixed(sw[k], mn, mx));
+    atomicAdd(&wabe_count[vN + sid[k]], 1);
+  }
+}
+
 // kTile: WABE slots per tile instead of per pixel (definition: the CPU kernel's `forward`). The
 // tile's slots are filled batch by batch: every pixel that accepts a batch Gaussian raises its
 // shared max weight (atomicMax on the bits of a float >= 0, order-independent), then one thread
@@ -259,8 +318,8 @@ __device__ __forceinline__ bool rows_meet(float2 a, float2 b) { return a.x <= b.
 template <bool kTile, int kRows>
 __global__ void __launch_bounds__(kRows) raster_fwd_kernel(
     DevInputs in, DevStatic st, const float* means2d, const float* conic_opac, const float* colors,
-    const float* zs, const int32_t* isect, const int32_t* ranges, float* image, float* alpha_out,
-    float* depth_out, float* final_T, int32_t* last, unsigned long long* wabe_sum, int32_t* wabe_count) {
+    const float* zs, const int32_t* isect, const int32_t* ranges, FwdOut out,
+    unsigned long long* wabe_sum, int32_t* wabe_count) {
   const int64_t vt = blockIdx.x;
   const int64_t T = (int64_t)st.gx * st.gy;
   int64_t t, tx;
@@ -270,6 +329,10 @@ __global__ void __launch_bounds__(kRows) raster_fwd_kernel(
   const bool inside = tid < ts * ts && x < st.width && y < st.height;
   const int32_t start = ranges[2 * vt], end = ranges[2 * vt + 1];
   const int64_t N = in.N;
+  const float* m2 = means2d + 2 * v * N;
+  const float* cop = conic_opac + 4 * v * N;
+  const float* cols = colors + 3 * v * N;
+  const float* zv = zs + v * N;
   __shared__ int32_t s_id[kRows];
   __shared__ float2 s_uv[kRows];
   __shared__ float4 s_co[kRows];    // conic, opacity
@@ -294,24 +357,17 @@ __global__ void __launch_bounds__(kRows) raster_fwd_kernel(
     const int32_t j = b0 + tid;
     if (kTile) s_hitw[tid] = -1;
     if (j < end) {
-      const int64_t vg = v * N + isect[j];
       s_id[tid] = isect[j];
-      s_uv[tid] = reinterpret_cast<const float2*>(means2d)[vg];
-      s_co[tid] = reinterpret_cast<const float4*>(conic_opac)[vg];
-      s_col[tid] = make_float4(colors[3 * vg], colors[3 * vg + 1], colors[3 * vg + 2], zs[vg]);
-      s_rows[tid] = reach_rows(s_uv[tid], s_co[tid]);
+      stage_gaussian(m2, cop, cols, zv, s_id[tid], tid, s_uv, s_co, s_col, s_rows);
     }
     __syncthreads();
     const int cnt = min(nth, end - b0);
     const bool tile_slot = kTile && s_ntile < WK;  // uniform: the tile still has free slots
     for (int k = 0; k < cnt && !done; ++k) {
       if (!rows_meet(s_rows[k], wrows)) continue;  // uniform over the warp
-      const float4 co4 = s_co[k], c4 = s_col[k];
-      const float co[3] = {co4.x, co4.y, co4.z};
-      const float power = gs::pixel_power(s_uv[k].x, s_uv[k].y, co, px, py);
-      if (power > 0.f) continue;
-      const float a = fminf(gs::kAlphaMax, co4.w * __expf(power));
-      if (a < gs::kAlphaMin) continue;
+      const float a = fwd_alpha(s_uv[k], s_co[k], px, py);
+      if (a == 0.f) continue;
+      const float4 c4 = s_col[k];
       const float nT = Tr * (1.f - a);
       if (nT < gs::kTMin) {
         done = true;
@@ -354,23 +410,299 @@ __global__ void __launch_bounds__(kRows) raster_fwd_kernel(
     }
   }
   if (!inside) return;
-  const int64_t HW = (int64_t)st.width * st.height;
-  const int64_t pix = v * HW + (int64_t)y * st.width + x;
-  const float* bg = in.bg + 3 * in.i_bg(v);
-  for (int ch = 0; ch < 3; ++ch) image[3 * pix + ch] = C[ch] + Tr * bg[ch];
-  const float A = 1.f - Tr;
-  alpha_out[pix] = A;
-  depth_out[pix] = A > 0.f ? D / A : 0.f;
-  final_T[pix] = Tr;
-  last[pix] = lastp;
-  if (kTile || nslot == 0) return;
-  float mn, mx;
-  gs::wabe_range(sw, nslot, WK, &mn, &mx);
-  for (int k = 0; k < nslot; ++k) {
-    const int64_t vg = v * N + sid[k];
-    atomicAdd(&wabe_sum[vg], (unsigned long long)gs::wabe_fixed(sw[k], mn, mx));
-    atomicAdd(&wabe_count[vg], 1);
+  write_pixel(in, st, out, v, x, y, Tr, C, D, lastp);
+  if (!kTile) flush_wabe_slots(v * N, sid, sw, nslot, WK, wabe_sum, wabe_count);
+}
+
+// ---- chunks: a tile's list cut into pieces of `chunk` entries, one block each (the split forward
+// and backward). With few tiles in the call (a single view) one block per tile leaves most SMs
+// idle while the longest lists set the kernel's time. Chunks are numbered by an exclusive scan of
+// the tiles' chunk counts (chunk_off[VT] = total); grids are launched for an upper bound
+// (max_chunks: cap / chunk + VT) and blocks past the total return.
+
+// The (view, tile) whose chunks hold block b: the last vt with chunk_off[vt] <= b.
+__device__ __forceinline__ int64_t chunk_tile(const int32_t* off, int64_t VT, int64_t b) {
+  int64_t lo = 0, hi = VT;  // off[lo] <= b < off[hi]
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (off[mid] <= b) lo = mid;
+    else hi = mid;
   }
+  return lo;
+}
+
+__global__ void chunk_count_kernel(int64_t VT, const int32_t* ranges, int chunk, int32_t* cnt) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i > VT) return;
+  cnt[i] = i == VT ? 0 : (ranges[2 * i + 1] - ranges[2 * i] + chunk - 1) / chunk;
+}
+
+// Split forward (docs/METHOD.md §2.4). Front-to-back compositing is a product of per-chunk maps:
+// from T = 1, chunk c alone gives P_c = prod (1 - alpha_j), C_c = sum c_j alpha_j T_j^c and
+// D_c = sum z_j alpha_j T_j^c; entered at T, it adds T C_c and T D_c and leaves T P_c. Two passes:
+//   fwd_chunk_kernel:   (P_c, C_c, D_c, contributors n_c, last contributor + 1) per (chunk, pixel),
+//                       all chunks at once, without the stopping rule;
+//   fwd_combine_kernel: per (tile, pixel), the chunks in order, each taken from its sums except
+//                       where it must be walked again entry by entry from the true T, as the
+//                       whole-tile kernel does: a chunk holding some of the pixel's first K WABE
+//                       contributors (their weights need the true T), and the chunk where T P_c
+//                       falls below kTMin (the stopping rule acts inside it). The latter walk is
+//                       left to
+//   fwd_stop_kernel:    per (chunk, pixel), the pixels whose walk stops in that chunk, so that the
+//                       several stopping chunks of a tile's pixels are walked by several blocks.
+// The first kRecs contributors of a (chunk, pixel): Gaussian ids, and T^c before each with its
+// alpha. A pixel still filling its WABE slots takes them from here where the chunk has no more
+// contributors for it, instead of walking the chunk: pixels with few contributors spread over a
+// long list would otherwise have their tile walk most of it.
+constexpr int kRecs = 2;
+struct ChunkRecs {
+  int2* id;
+  float4* ta;
+};
+
+template <int kRows>
+__global__ void __launch_bounds__(kRows) fwd_chunk_kernel(
+    DevInputs in, DevStatic st, const float* means2d, const float* conic_opac, const float* colors,
+    const float* zs, const int32_t* isect, const int32_t* ranges, const int32_t* chunk_off,
+    int64_t VT, int chunk, float4* sum_c, float4* sum_d, ChunkRecs recs) {
+  const int64_t b = blockIdx.x;
+  if (b >= chunk_off[VT]) return;
+  const int64_t vt = chunk_tile(chunk_off, VT, b), T = (int64_t)st.gx * st.gy, N = in.N;
+  int64_t t, tx;
+  const int64_t v = divmod(vt, T, &t), ty = divmod(t, st.gx, &tx);
+  const int ts = st.tile, tid = threadIdx.x, slots = ts * ts;
+  const int32_t lo = ranges[2 * vt] + (int32_t)(b - chunk_off[vt]) * chunk;
+  const int32_t hi = min(ranges[2 * vt + 1], lo + chunk);
+  const int x = (int)tx * ts + tid % ts, y = (int)ty * ts + tid / ts;
+  const bool inside = tid < slots && x < st.width && y < st.height;
+  const float* m2 = means2d + 2 * v * N;
+  const float* cop = conic_opac + 4 * v * N;
+  const float* cols = colors + 3 * v * N;
+  const float* zv = zs + v * N;
+  __shared__ float2 s_uv[kRows];
+  __shared__ float4 s_co[kRows];
+  __shared__ float4 s_col[kRows];
+  __shared__ float2 s_rows[kRows];
+  const float2 wrows = warp_rows((int)ty * ts, tid & ~31, ts);
+  const float px = x + 0.5f, py = y + 0.5f;
+  float Tl = 1.f, C[3] = {0.f, 0.f, 0.f}, D = 0.f;
+  int32_t n = 0, lastc = 0;
+  int2 rid = make_int2(-1, -1);
+  float4 rta = make_float4(0.f, 0.f, 0.f, 0.f);  // T^c before and alpha of the first two contributors
+  const int nth = blockDim.x;
+  __shared__ int32_t s_id[kRows];
+  for (int32_t b0 = lo; b0 < hi; b0 += nth) {
+    __syncthreads();
+    const int32_t j = b0 + tid;
+    if (j < hi) {
+      s_id[tid] = isect[j];
+      stage_gaussian(m2, cop, cols, zv, s_id[tid], tid, s_uv, s_co, s_col, s_rows);
+    }
+    __syncthreads();
+    const int cnt = min(nth, hi - b0);
+    for (int k = 0; k < cnt; ++k) {
+      if (!rows_meet(s_rows[k], wrows)) continue;  // uniform over the warp
+      const float a = inside ? fwd_alpha(s_uv[k], s_co[k], px, py) : 0.f;
+      if (a == 0.f) continue;
+      const float4 c4 = s_col[k];
+      const float w = a * Tl;
+      C[0] += c4.x * w, C[1] += c4.y * w, C[2] += c4.z * w;
+      D += c4.w * w;
+      if (n == 0) rid.x = s_id[k], rta.x = Tl, rta.y = a;
+      else if (n == 1) rid.y = s_id[k], rta.z = Tl, rta.w = a;
+      Tl *= 1.f - a;
+      ++n, lastc = b0 + k + 1;
+    }
+  }
+  if (tid < slots) {
+    sum_c[b * slots + tid] = make_float4(Tl, C[0], C[1], C[2]);
+    sum_d[b * slots + tid] = make_float4(D, __int_as_float(n), __int_as_float(lastc), 0.f);
+    recs.id[b * slots + tid] = rid;
+    recs.ta[b * slots + tid] = rta;
+  }
+}
+
+// T P_c is a chunk's final transmittance up to rounding (a relative 1e-5 for 128 factors), so the
+// stopping rule cannot act in a chunk with T P_c >= kTMin (1 + kStopMargin), and acts for certain
+// in one with T P_c < kTMin (1 - kStopMargin); the combine pass walks the chunks in between itself.
+constexpr float kStopMargin = 1e-3f;
+
+// A pixel's compositing state at the start of the chunk where its walk stops (fwd_stop_kernel).
+struct FwdStop {
+  float4* tc;      // T, C
+  float2* dl;      // D, last contributor + 1 (int bits)
+  int32_t* chunk;  // the tile's chunk index, -1 where the combine pass finished the pixel
+};
+
+// One block per (view, tile), one thread per pixel slot. The chunks are taken in order by the
+// whole block: a chunk some pixel must walk is staged in shared memory once (its entries read
+// together, as in the whole-tile kernel) and walked by those pixels only; a pixel walking its
+// chunk from global memory on its own would wait on a chain of dependent gathers.
+template <int kRows>
+__global__ void __launch_bounds__(kRows) fwd_combine_kernel(
+    DevInputs in, DevStatic st, const float* means2d, const float* conic_opac, const float* colors,
+    const float* zs, const int32_t* isect, const int32_t* ranges, const int32_t* chunk_off, int chunk,
+    const float4* sum_c, const float4* sum_d, ChunkRecs recs, FwdOut out, FwdStop stop,
+    unsigned long long* wabe_sum, int32_t* wabe_count) {
+  const int64_t vt = blockIdx.x, T = (int64_t)st.gx * st.gy, N = in.N;
+  int64_t t, tx;
+  const int64_t v = divmod(vt, T, &t), ty = divmod(t, st.gx, &tx);
+  const int ts = st.tile, tid = threadIdx.x, slots = ts * ts;
+  const int x = (int)tx * ts + tid % ts, y = (int)ty * ts + tid / ts;
+  const bool inside = tid < slots && x < st.width && y < st.height;
+  const float* m2 = means2d + 2 * v * N;
+  const float* cop = conic_opac + 4 * v * N;
+  const float* cols = colors + 3 * v * N;
+  const float* zv = zs + v * N;
+  __shared__ int32_t s_id[kRows];
+  __shared__ float2 s_uv[kRows];
+  __shared__ float4 s_co[kRows];
+  __shared__ float4 s_col[kRows];
+  __shared__ float2 s_rows[kRows];
+  const float2 wrows = warp_rows((int)ty * ts, tid & ~31, ts);
+  const float px = x + 0.5f, py = y + 0.5f;
+  const int32_t start = ranges[2 * vt], end = ranges[2 * vt + 1];
+  const int32_t c0 = chunk_off[vt], nc = chunk_off[vt + 1] - c0;
+  const int WK = st.wabe_k, nth = blockDim.x;
+  float Tr = 1.f, C[3] = {0.f, 0.f, 0.f}, D = 0.f;
+  int32_t lastp = start, nslot = 0;
+  int32_t sid[gs::kWabeMaxK];
+  float sw[gs::kWabeMaxK];
+  bool done = !inside;
+  int32_t stop_c = -1;
+  for (int32_t c = 0; c < nc; ++c) {
+    bool walk = false;
+    if (!done) {
+      const int64_t e = (int64_t)(c0 + c) * slots + tid;
+      const float4 sd = sum_d[e];
+      const int32_t n_c = __float_as_int(sd.y);
+      if (n_c > 0) {  // else no contributor: P_c = 1, sums 0
+        const float4 sc = sum_c[e];
+        const float Tend = Tr * sc.x;
+        if (Tend < gs::kTMin * (1.f + kStopMargin)) {  // the stopping rule may act in this chunk
+          if (nslot >= WK && Tend < gs::kTMin * (1.f - kStopMargin)) stop_c = c, done = true;  // fwd_stop_kernel
+          else walk = true;
+        } else if (nslot < WK && n_c > kRecs) {
+          walk = true;
+        } else {
+          if (nslot < WK) {  // all of the chunk's contributors are in its records
+            const int2 id = recs.id[e];
+            const float4 ta = recs.ta[e];
+            sid[nslot] = id.x, sw[nslot] = gs::wabe_weight(Tr * ta.x, ta.y, st.wabe_beta), ++nslot;
+            if (n_c > 1 && nslot < WK)
+              sid[nslot] = id.y, sw[nslot] = gs::wabe_weight(Tr * ta.z, ta.w, st.wabe_beta), ++nslot;
+          }
+          C[0] += Tr * sc.y, C[1] += Tr * sc.z, C[2] += Tr * sc.w;
+          D += Tr * sd.x;
+          Tr = Tend;
+          lastp = __float_as_int(sd.z);
+        }
+      }
+    }
+    if (!__syncthreads_or(walk)) continue;
+    const int32_t lo = start + c * chunk, hi = min(end, lo + chunk);
+    for (int32_t b0 = lo; b0 < hi; b0 += nth) {
+      __syncthreads();
+      const int32_t j = b0 + tid;
+      if (j < hi) {
+        s_id[tid] = isect[j];
+        stage_gaussian(m2, cop, cols, zv, s_id[tid], tid, s_uv, s_co, s_col, s_rows);
+      }
+      __syncthreads();
+      const int cnt = min(nth, hi - b0);
+      for (int k = 0; k < cnt && walk; ++k) {
+        if (!rows_meet(s_rows[k], wrows)) continue;  // uniform over the warp
+        const float a = fwd_alpha(s_uv[k], s_co[k], px, py);
+        if (a == 0.f) continue;
+        const float4 c4 = s_col[k];
+        const float nT = Tr * (1.f - a);
+        if (nT < gs::kTMin) {
+          done = true, walk = false;
+          break;
+        }
+        const float w = a * Tr;
+        C[0] += c4.x * w, C[1] += c4.y * w, C[2] += c4.z * w;
+        D += c4.w * w;
+        if (nslot < WK) sid[nslot] = s_id[k], sw[nslot] = gs::wabe_weight(Tr, a, st.wabe_beta), ++nslot;
+        Tr = nT;
+        lastp = b0 + k + 1;
+      }
+    }
+    __syncthreads();  // the staged rows are read before the next chunk's staging
+  }
+  if (tid < slots) stop.chunk[vt * slots + tid] = stop_c;
+  if (!inside) return;
+  flush_wabe_slots(v * N, sid, sw, nslot, WK, wabe_sum, wabe_count);  // complete before the stop chunk
+  if (stop_c < 0) {
+    write_pixel(in, st, out, v, x, y, Tr, C, D, lastp);
+  } else {
+    stop.tc[vt * slots + tid] = make_float4(Tr, C[0], C[1], C[2]);
+    stop.dl[vt * slots + tid] = make_float2(D, __int_as_float(lastp));
+  }
+}
+
+// One block per chunk, one thread per pixel slot: the pixels whose walk stops in this chunk walk it
+// from the state the combine pass left, to the stopping rule, and write their outputs.
+template <int kRows>
+__global__ void __launch_bounds__(kRows) fwd_stop_kernel(
+    DevInputs in, DevStatic st, const float* means2d, const float* conic_opac, const float* colors,
+    const float* zs, const int32_t* isect, const int32_t* ranges, const int32_t* chunk_off,
+    int64_t VT, int chunk, FwdStop stop, FwdOut out) {
+  const int64_t b = blockIdx.x;
+  if (b >= chunk_off[VT]) return;
+  const int64_t vt = chunk_tile(chunk_off, VT, b), T = (int64_t)st.gx * st.gy, N = in.N;
+  int64_t t, tx;
+  const int64_t v = divmod(vt, T, &t), ty = divmod(t, st.gx, &tx);
+  const int ts = st.tile, tid = threadIdx.x, slots = ts * ts;
+  const int32_t c = (int32_t)(b - chunk_off[vt]);
+  const int x = (int)tx * ts + tid % ts, y = (int)ty * ts + tid / ts;
+  const bool inside = tid < slots && x < st.width && y < st.height;
+  bool walk = inside && stop.chunk[vt * slots + tid] == c;
+  if (!__syncthreads_or(walk)) return;
+  float Tr = 1.f, C[3] = {0.f, 0.f, 0.f}, D = 0.f;
+  int32_t lastp = 0;
+  if (walk) {
+    const float4 tc = stop.tc[vt * slots + tid];
+    const float2 dl = stop.dl[vt * slots + tid];
+    Tr = tc.x, C[0] = tc.y, C[1] = tc.z, C[2] = tc.w, D = dl.x, lastp = __float_as_int(dl.y);
+  }
+  const float* m2 = means2d + 2 * v * N;
+  const float* cop = conic_opac + 4 * v * N;
+  const float* cols = colors + 3 * v * N;
+  const float* zv = zs + v * N;
+  __shared__ float2 s_uv[kRows];
+  __shared__ float4 s_co[kRows];
+  __shared__ float4 s_col[kRows];
+  __shared__ float2 s_rows[kRows];
+  const float2 wrows = warp_rows((int)ty * ts, tid & ~31, ts);
+  const float px = x + 0.5f, py = y + 0.5f;
+  const int32_t lo = ranges[2 * vt] + c * chunk, hi = min(ranges[2 * vt + 1], lo + chunk);
+  const bool mine = walk;
+  const int nth = blockDim.x;
+  for (int32_t b0 = lo; b0 < hi; b0 += nth) {
+    __syncthreads();
+    const int32_t j = b0 + tid;
+    if (j < hi) stage_gaussian(m2, cop, cols, zv, isect[j], tid, s_uv, s_co, s_col, s_rows);
+    __syncthreads();
+    const int cnt = min(nth, hi - b0);
+    for (int k = 0; k < cnt && walk; ++k) {
+      if (!rows_meet(s_rows[k], wrows)) continue;  // uniform over the warp
+      const float a = fwd_alpha(s_uv[k], s_co[k], px, py);
+      if (a == 0.f) continue;
+      const float nT = Tr * (1.f - a);
+      if (nT < gs::kTMin) {
+        walk = false;
+        break;
+      }
+      const float4 c4 = s_col[k];
+      const float w = a * Tr;
+      C[0] += c4.x * w, C[1] += c4.y * w, C[2] += c4.z * w;
+      D += c4.w * w;
+      Tr = nT;
+      lastp = b0 + k + 1;
+    }
+  }
+  if (mine) write_pixel(in, st, out, v, x, y, Tr, C, D, lastp);
 }
 
 __global__ void wabe_finalize_kernel(int64_t VN, const unsigned long long* sum, const int32_t* count,
@@ -469,25 +801,7 @@ __device__ __forceinline__ void pixel_cotangents(const DevInputs& in, const DevS
 //                         and L_c = sum alpha_j T_j gcz_j, chunks independent of each other;
 //   chunk_combine_kernel: per (tile, pixel), T_end(c) = prod_{c' <= c} P_c' and
 //                         S_end(c) = sum_{c' > c} T_end(c' - 1) L_c', written over (P_c, L_c).
-// Chunks are numbered by an exclusive scan of the tiles' chunk counts (chunk_off[VT] = total); the
-// grids are launched for an upper bound (cap / chunk + VT) and blocks past the total return.
-
-// The (view, tile) whose chunks hold block b: the last vt with chunk_off[vt] <= b.
-__device__ __forceinline__ int64_t chunk_tile(const int32_t* off, int64_t VT, int64_t b) {
-  int64_t lo = 0, hi = VT;  // off[lo] <= b < off[hi]
-  while (hi - lo > 1) {
-    const int64_t mid = (lo + hi) / 2;
-    if (off[mid] <= b) lo = mid;
-    else hi = mid;
-  }
-  return lo;
-}
-
-__global__ void chunk_count_kernel(int64_t VT, const int32_t* ranges, int chunk, int32_t* cnt) {
-  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i > VT) return;
-  cnt[i] = i == VT ? 0 : (ranges[2 * i + 1] - ranges[2 * i] + chunk - 1) / chunk;
-}
+// Chunks are numbered as in the split forward (chunk_count_kernel, chunk_tile).
 
 // One block per chunk, one thread per pixel slot (tile at most kRows pixels). Same per-pixel
 // tests as the backward (last contributor, power > 0, alpha < kAlphaMin), so both passes see the
@@ -892,38 +1206,11 @@ ffi::Error cuda_error(const char* where) {
   return ffi::Error::Internal(std::string("gaedit CUDA ") + where + ": " + cudaGetErrorString(e));
 }
 
-// Scratch lives in an explicit workspace output allocated by XLA (the FFI ScratchAllocator refused
-// every allocation on jax 0.11.2). Layout: counts, offsets (VN x i32), keys in/out (cap x u64),
-// vals in (cap x i32), WABE sums (VN x u64), CUB temp storage; each 256-byte aligned.
-struct FwdLayout {
-  size_t counts, offsets, keys_in, keys_out, vals_in, wsum, temp, temp_bytes, total;
-};
-
 inline size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 
 int bits_for(uint64_t n);
 // The sort's key bits: the (view, tile) id above kDepthBits of depth; padding keys carry id VT.
 inline int key_end_bit(int64_t VT) { return kDepthBits + bits_for((uint64_t)VT); }
-
-FwdLayout fwd_layout(int64_t VN, int64_t cap, int64_t VT) {
-  FwdLayout L;
-  size_t scan_bytes = 0, sort_bytes = 0;
-  cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, (int32_t*)nullptr, (int32_t*)nullptr, (int)VN);
-  cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, (uint64_t*)nullptr, (uint64_t*)nullptr,
-                                  (int32_t*)nullptr, (int32_t*)nullptr, (int)cap, 0,
-                                  key_end_bit(VT));
-  size_t o = 0;
-  L.counts = o, o += align256(4 * std::max<int64_t>(VN, 1));
-  L.offsets = o, o += align256(4 * std::max<int64_t>(VN, 1));
-  L.keys_in = o, o += align256(8 * std::max<int64_t>(cap, 1));
-  L.keys_out = o, o += align256(8 * std::max<int64_t>(cap, 1));
-  L.vals_in = o, o += align256(4 * std::max<int64_t>(cap, 1));
-  L.wsum = o, o += align256(8 * std::max<int64_t>(VN, 1));
-  L.temp_bytes = std::max(scan_bytes, sort_bytes);
-  L.temp = o, o += align256(L.temp_bytes);
-  L.total = o + 256;  // slack for the base pointer's alignment
-  return L;
-}
 
 static int env_int(const char* name) {
   const char* e = std::getenv(name);
@@ -941,27 +1228,90 @@ static int bwd_pixels_per_thread(int64_t slots) {
   return slots / 2 < 2LL * g.sms * g.threads_per_sm ? 1 : 2;
 }
 
-// Whether the raster backward splits tile lists into chunks (see chunk_local_kernel), and their
-// length. On in the regime where the backward takes one pixel per thread (few pixel slots in the
-// call: a single view) with at least kSplitMinN Gaussians. Measured on the H200 (one view of
-// 550 x 802): the 1M-Gaussian shell of the benchmarks, whose densest tiles hold lists several times
-// the mean, gains 20-26% of the whole fwd+bwd; a 100k GaussianAvatars head in the edit step, whose
-// lists are even, loses 0.16 ms, as the chunk passes cost more than the balance gains. The list
-// lengths are not known on the host, so the size stands in for them. GAEDIT_BWD_SPLIT=0|1 and
-// GAEDIT_BWD_CHUNK=n force them (tests, benchmarks). Host side only.
+// Whether the raster kernels split tile lists into chunks (see chunk_tile), and their length. On
+// in the regime where the backward takes one pixel per thread (few pixel slots in the call: a
+// single view) with at least kSplitMinN Gaussians. Measured on the H200 (one view of 550 x 802):
+// the 1M-Gaussian shell of the benchmarks, whose densest tiles hold lists several times the mean,
+// gains 20-26% of the whole fwd+bwd from the split backward; a 100k GaussianAvatars head in the
+// edit step, whose lists are even, loses 0.16 ms, as the chunk passes cost more than the balance
+// gains. The list lengths are not known on the host, so the size stands in for them.
+// GAEDIT_{FWD,BWD}_SPLIT=0|1 and GAEDIT_{FWD,BWD}_CHUNK=n force them (tests, benchmarks). Host
+// side only.
 constexpr int64_t kSplitMinN = 500000;
+static bool split_regime(int64_t VT, int64_t tile, int64_t N) {
+  return N >= kSplitMinN && bwd_pixels_per_thread(VT * tile * tile) == 1;
+}
 static bool bwd_split(int64_t VT, int64_t tile, int64_t N) {
   static const int forced = env_int("GAEDIT_BWD_SPLIT");
   if (forced == 0 || forced == 1) return forced == 1;
-  return N >= kSplitMinN && bwd_pixels_per_thread(VT * tile * tile) == 1;
+  return split_regime(VT, tile, N);
+}
+static bool fwd_split(int64_t VT, int64_t tile, int64_t N) {
+  static const int forced = env_int("GAEDIT_FWD_SPLIT");
+  if (forced == 0 || forced == 1) return forced == 1;
+  return split_regime(VT, tile, N);
 }
 static int bwd_chunk() {
   static const int forced = env_int("GAEDIT_BWD_CHUNK");
   if (forced > 0) return forced;
   return 128;  // H200, one view of 550 x 802: 64 to 512 within 5% of each other, 128 the fastest
 }
+static int fwd_chunk() {
+  static const int forced = env_int("GAEDIT_FWD_CHUNK");
+  if (forced > 0) return forced;
+  return 128;
+}
 // Chunks the grids are launched for: every tile adds at most one partial chunk to cap / chunk.
 inline int64_t max_chunks(int64_t cap, int64_t VT, int chunk) { return (cap + chunk - 1) / chunk + VT; }
+
+// Scratch lives in an explicit workspace output allocated by XLA (the FFI ScratchAllocator refused
+// every allocation on jax 0.11.2). Layout: counts, offsets (VN x i32), keys in/out (cap x u64),
+// vals in (cap x i32), WABE sums (VN x u64), CUB temp storage; with the split forward, the tiles'
+// chunk counts and offsets (VT + 1 each), per (chunk, pixel slot) two float4 of sums and the first
+// contributors (ChunkRecs: int2 + float4), per pixel slot the state at its stopping chunk (FwdStop);
+// each 256-byte aligned.
+struct FwdLayout {
+  size_t counts, offsets, keys_in, keys_out, vals_in, wsum, temp, temp_bytes, cnt, off, sum_c, sum_d,
+      rec_id, rec_ta, stop_tc, stop_dl, stop_chunk, total;
+  bool split;
+};
+
+FwdLayout fwd_layout(int64_t V, int64_t N, int64_t cap, int64_t VT, int64_t tile) {
+  FwdLayout L{};
+  const int64_t VN = V * N;
+  size_t scan_bytes = 0, sort_bytes = 0, chunk_scan_bytes = 0;
+  cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, (int32_t*)nullptr, (int32_t*)nullptr, (int)VN);
+  cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, (uint64_t*)nullptr, (uint64_t*)nullptr,
+                                  (int32_t*)nullptr, (int32_t*)nullptr, (int)cap, 0,
+                                  key_end_bit(VT));
+  L.split = fwd_split(VT, tile, N);
+  if (L.split)
+    cub::DeviceScan::ExclusiveSum(nullptr, chunk_scan_bytes, (int32_t*)nullptr, (int32_t*)nullptr,
+                                  (int)(VT + 1));
+  size_t o = 0;
+  L.counts = o, o += align256(4 * std::max<int64_t>(VN, 1));
+  L.offsets = o, o += align256(4 * std::max<int64_t>(VN, 1));
+  L.keys_in = o, o += align256(8 * std::max<int64_t>(cap, 1));
+  L.keys_out = o, o += align256(8 * std::max<int64_t>(cap, 1));
+  L.vals_in = o, o += align256(4 * std::max<int64_t>(cap, 1));
+  L.wsum = o, o += align256(8 * std::max<int64_t>(VN, 1));
+  L.temp_bytes = std::max({scan_bytes, sort_bytes, chunk_scan_bytes});
+  L.temp = o, o += align256(L.temp_bytes);
+  if (L.split) {
+    const size_t sums = 16 * (size_t)max_chunks(cap, VT, fwd_chunk()) * tile * tile;
+    L.cnt = o, o += align256(4 * (VT + 1));
+    L.off = o, o += align256(4 * (VT + 1));
+    L.sum_c = o, o += align256(sums);
+    L.sum_d = o, o += align256(sums);
+    L.rec_id = o, o += align256(sums / 2);
+    L.rec_ta = o, o += align256(sums);
+    L.stop_tc = o, o += align256(16 * (size_t)VT * tile * tile);
+    L.stop_dl = o, o += align256(8 * (size_t)VT * tile * tile);
+    L.stop_chunk = o, o += align256(4 * (size_t)VT * tile * tile);
+  }
+  L.total = o + 256;  // slack for the base pointer's alignment
+  return L;
+}
 
 // Backward workspace: per (view, Gaussian) kAcc float accumulators, then per view 3 background
 // floats; with the split backward, the tiles' chunk counts and offsets (VT + 1 each), the scan's
@@ -1030,7 +1380,7 @@ static ffi::Error RasterizeFwdCudaImpl(
   const int64_t V = in.V, N = in.N, VN = V * N, T = (int64_t)st.gx * st.gy, VT = V * T;
   const int64_t cap = (int64_t)isect->element_count();
   if (VN == 0 || VT == 0) return ffi::Error::Success();
-  const FwdLayout L = fwd_layout(VN, cap, VT);
+  const FwdLayout L = fwd_layout(V, N, cap, VT, tile);
   char* base = reinterpret_cast<char*>(align256(reinterpret_cast<size_t>(workspace->untyped_data())));
   if ((size_t)workspace->element_count() < L.total)
     return ffi::Error::InvalidArgument("gaedit CUDA: forward workspace too small (" +
@@ -1065,12 +1415,39 @@ static ffi::Error RasterizeFwdCudaImpl(
   cudaMemsetAsync(wabe_count->typed_data(), 0, sizeof(int32_t) * VN, stream);
   const bool wt = wabe_tile && wabe_k > 0;
   const unsigned nth = threads_for(tile * tile);
-  auto raster = rows_for(nth) == kSmallRows ? (wt ? raster_fwd_kernel<true, kSmallRows> : raster_fwd_kernel<false, kSmallRows>)
-                                            : (wt ? raster_fwd_kernel<true, kBlock> : raster_fwd_kernel<false, kBlock>);
-  raster<<<(unsigned)VT, nth, 0, stream>>>(
-      in, st, means2d->typed_data(), conic_opac->typed_data(), colors->typed_data(), zs->typed_data(),
-      isect->typed_data(), tile_ranges->typed_data(), image->typed_data(), alpha->typed_data(),
-      depth->typed_data(), final_T->typed_data(), last->typed_data(), wsum, wabe_count->typed_data());
+  const bool small = rows_for(nth) == kSmallRows;
+  const FwdOut out{image->typed_data(), alpha->typed_data(), depth->typed_data(), final_T->typed_data(),
+                   last->typed_data()};
+  const float *m2 = means2d->typed_data(), *cop = conic_opac->typed_data(), *cols = colors->typed_data(),
+              *zv = zs->typed_data();
+  const int32_t *ids = isect->typed_data(), *ranges = tile_ranges->typed_data();
+  if (L.split && !wt) {  // per-tile WABE slots are filled in list order by the whole tile: not split
+    const int chunk = fwd_chunk();
+    const int64_t G = max_chunks(cap, VT, chunk);
+    int32_t* cnt = reinterpret_cast<int32_t*>(base + L.cnt);
+    int32_t* off = reinterpret_cast<int32_t*>(base + L.off);
+    float4* sum_c = reinterpret_cast<float4*>(base + L.sum_c);
+    float4* sum_d = reinterpret_cast<float4*>(base + L.sum_d);
+    size_t chunk_scan_bytes = L.temp_bytes;
+    chunk_count_kernel<<<blocks(VT + 1), 256, 0, stream>>>(VT, ranges, chunk, cnt);
+    cub::DeviceScan::ExclusiveSum(temp, chunk_scan_bytes, cnt, off, (int)(VT + 1), stream);
+    auto local = small ? fwd_chunk_kernel<kSmallRows> : fwd_chunk_kernel<kBlock>;
+    const ChunkRecs recs{reinterpret_cast<int2*>(base + L.rec_id), reinterpret_cast<float4*>(base + L.rec_ta)};
+    local<<<(unsigned)G, nth, 0, stream>>>(in, st, m2, cop, cols, zv, ids, ranges, off, VT, chunk, sum_c, sum_d,
+                                           recs);
+    const FwdStop stop{reinterpret_cast<float4*>(base + L.stop_tc), reinterpret_cast<float2*>(base + L.stop_dl),
+                       reinterpret_cast<int32_t*>(base + L.stop_chunk)};
+    auto combine = small ? fwd_combine_kernel<kSmallRows> : fwd_combine_kernel<kBlock>;
+    combine<<<(unsigned)VT, nth, 0, stream>>>(in, st, m2, cop, cols, zv, ids, ranges, off, chunk, sum_c,
+                                              sum_d, recs, out, stop, wsum, wabe_count->typed_data());
+    auto stops = small ? fwd_stop_kernel<kSmallRows> : fwd_stop_kernel<kBlock>;
+    stops<<<(unsigned)G, nth, 0, stream>>>(in, st, m2, cop, cols, zv, ids, ranges, off, VT, chunk, stop, out);
+  } else {
+    auto raster = small ? (wt ? raster_fwd_kernel<true, kSmallRows> : raster_fwd_kernel<false, kSmallRows>)
+                        : (wt ? raster_fwd_kernel<true, kBlock> : raster_fwd_kernel<false, kBlock>);
+    raster<<<(unsigned)VT, nth, 0, stream>>>(in, st, m2, cop, cols, zv, ids, ranges, out, wsum,
+                                             wabe_count->typed_data());
+  }
   wabe_finalize_kernel<<<blocks(VN), 256, 0, stream>>>(VN, wsum, wabe_count->typed_data(),
                                                        wabe_weight->typed_data());
   return cuda_error("forward");
@@ -1170,10 +1547,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeBwdCuda, RasterizeBwdCudaImpl,
 
 extern "C" const char* gaedit_build_info() { return GAEDIT_BUILD_INFO ";cuda=1"; }
 
-// Bytes of the forward workspace for VN (view, Gaussian) pairs, `cap` pooled intersections and VT
-// (view, tile) pairs; the Python wrapper sizes the workspace output with it at trace time.
-extern "C" int64_t gaedit_cuda_fwd_workspace_bytes(int64_t VN, int64_t cap, int64_t VT) {
-  return (int64_t)fwd_layout(VN, cap, VT).total;
+// Bytes of the forward workspace for V views of N Gaussians, `cap` pooled intersections and VT
+// (view, tile) pairs of `tile` x `tile` pixels; the Python wrapper sizes the workspace output with
+// it at trace time.
+extern "C" int64_t gaedit_cuda_fwd_workspace_bytes(int64_t V, int64_t N, int64_t cap, int64_t VT,
+                                                   int64_t tile) {
+  return (int64_t)fwd_layout(V, N, cap, VT, tile).total;
 }
 
 // Bytes of the backward workspace for V views of N Gaussians, `cap` pooled intersections and VT
