@@ -439,15 +439,16 @@ __global__ void chunk_count_kernel(int64_t VT, const int32_t* ranges, int chunk,
 
 // Split forward (docs/METHOD.md §2.4). Front-to-back compositing is a product of per-chunk maps:
 // from T = 1, chunk c alone gives P_c = prod (1 - alpha_j), C_c = sum c_j alpha_j T_j^c and
-// D_c = sum z_j alpha_j T_j^c; entered at T, it adds T C_c and T D_c and leaves T P_c. Two passes:
-//   fwd_chunk_kernel:   (P_c, C_c, D_c, contributors n_c, last contributor + 1) per (chunk, pixel),
-//                       all chunks at once, without the stopping rule;
+// D_c = sum z_j alpha_j T_j^c; entered at T, it adds T C_c and T D_c and leaves T P_c. Passes:
+//   fwd_chunk_kernel:   per (chunk, pixel), all chunks at once, without the stopping rule:
+//                       (P_c, C_c, D_c), the contributor count n_c, the last contributor + 1 and the
+//                       first kRecs contributors (ChunkRecs);
 //   fwd_combine_kernel: per (tile, pixel), the chunks in order, each taken from its sums except
 //                       where it must be walked again entry by entry from the true T, as the
-//                       whole-tile kernel does: a chunk holding some of the pixel's first K WABE
-//                       contributors (their weights need the true T), and the chunk where T P_c
-//                       falls below kTMin (the stopping rule acts inside it). The latter walk is
-//                       left to
+//                       whole-tile kernel does: a chunk holding more than kRecs of the pixel's first
+//                       K WABE contributors (their weights need the true T), and the chunk where
+//                       T P_c falls below kTMin (the stopping rule acts inside it). The latter walk
+//                       is left to
 //   fwd_stop_kernel:    per (chunk, pixel), the pixels whose walk stops in that chunk, so that the
 //                       several stopping chunks of a tile's pixels are walked by several blocks.
 // The first kRecs contributors of a (chunk, pixel): Gaussian ids, and T^c before each with its
