@@ -29,6 +29,13 @@ def _on(device_kind: str, tree):
   return jax.tree.map(lambda a: jax.device_put(a, dev), tree)
 
 
+def _rel_err(a, b) -> float:
+  """|a - b| / |b| over a whole gradient array: the CUDA and CPU kernels sum each Gaussian's pixels
+  in different orders, so gradients agree to float rounding, not bit for bit."""
+  a, b = np.asarray(a), np.asarray(b)
+  return float(np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12))
+
+
 def _render(kind, g, cams, bg, cfg=RenderConfig()):
   g, cams, bg = _on(kind, (g, cams, bg))
   return jax.jit(lambda g, c, b: rasterize(g, c, b, cfg))(g, cams, bg)
@@ -80,10 +87,8 @@ def test_cuda_gradients_match_cpu_and_reference(wabe_backward):
   cpu = grads("cpu", cfg)
   ref = grads("cpu", dataclasses.replace(cfg, backend="reference"))
   for name in ("means", "quats", "scales", "opacities", "sh", "screen_offset"):
-    a = np.asarray(getattr(gpu[0], name))
     for other in (cpu, ref):
-      b = np.asarray(getattr(other[0], name))
-      rel = np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12)
+      rel = _rel_err(getattr(gpu[0], name), getattr(other[0], name))
       assert rel < 1e-3, (name, rel)
   np.testing.assert_allclose(np.asarray(gpu[1]), np.asarray(cpu[1]), rtol=1e-3, atol=1e-4)
 
@@ -112,8 +117,7 @@ def test_cuda_gradient_layouts(layout):
 
   gpu, cpu = grads("gpu"), grads("cpu")
   for name in ("means", "quats", "scales", "opacities", "sh"):
-    a, b = np.asarray(getattr(gpu, name)), np.asarray(getattr(cpu, name))
-    assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, (layout, name)
+    assert _rel_err(getattr(gpu, name), getattr(cpu, name)) < 1e-3, (layout, name)
   assert np.all(np.asarray(gpu.sh)[..., 4:, :] == 0.0) and np.any(np.asarray(gpu.sh)[..., :4, :] != 0.0)
 
 
@@ -135,8 +139,7 @@ def test_cuda_smaller_tiles_match_cpu(tile):
   np.testing.assert_allclose(np.asarray(ig), np.asarray(ic), atol=1e-4, rtol=0)
   np.testing.assert_allclose(float(lg), float(lc), rtol=1e-4)
   for name in ("means", "quats", "scales", "opacities", "sh"):
-    a, b = np.asarray(getattr(gg_, name)), np.asarray(getattr(gc, name))
-    assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, (tile, name)
+    assert _rel_err(getattr(gg_, name), getattr(gc, name)) < 1e-3, (tile, name)
 
 
 def _weighted_grads(kind: str, tile: int, wabe: bool = False) -> dict:
@@ -189,8 +192,7 @@ def _grads_in_child(tmp_path, env: dict, tile: int, wabe: bool = False) -> dict:
 
 def _assert_close_grads(gpu: dict, cpu: dict, what):
   for name, b in cpu.items():
-    a = gpu[name]
-    assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, (what, name)
+    assert _rel_err(gpu[name], b) < 1e-3, (what, name)
 
 
 @pytest.mark.parametrize("tile", [8, 16])
@@ -312,15 +314,14 @@ def test_cuda_alpha_clamp_modes_match_cpu():
   out = {(kind, mode): grads(kind, mode) for kind in ("gpu", "cpu") for mode in ("pass", "zero")}
   for mode in ("pass", "zero"):
     for name in ("means", "quats", "scales", "opacities", "sh", "screen_offset"):
-      a, b = np.asarray(getattr(out["gpu", mode], name)), np.asarray(getattr(out["cpu", mode], name))
-      assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, (mode, name)
+      assert _rel_err(getattr(out["gpu", mode], name), getattr(out["cpu", mode], name)) < 1e-3, (mode, name)
   for name in ("opacities", "means"):  # the clamped pixels' share alone
     d = {
       kind: np.asarray(getattr(out[kind, "pass"], name)) - np.asarray(getattr(out[kind, "zero"], name))
       for kind in ("gpu", "cpu")
     }
     assert np.linalg.norm(d["cpu"]) > 0
-    assert np.linalg.norm(d["gpu"] - d["cpu"]) / np.linalg.norm(d["cpu"]) < 2e-2, name
+    assert _rel_err(d["gpu"], d["cpu"]) < 2e-2, name
 
 
 def test_cuda_nonfinite_gaussians_are_not_drawn():
@@ -353,6 +354,6 @@ def test_cuda_nonfinite_gaussians_are_not_drawn():
 
   ga, gc = grads("gpu"), grads("cpu")
   for name in ("means", "quats", "scales", "opacities", "sh", "screen_offset"):
-    a, b = np.asarray(getattr(ga, name)), np.asarray(getattr(gc, name))
+    a = np.asarray(getattr(ga, name))
     assert np.all(np.isfinite(a)) and np.all(a[:10] == 0.0), name
-    assert np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12) < 1e-3, name
+    assert _rel_err(a, getattr(gc, name)) < 1e-3, name
