@@ -40,12 +40,18 @@ def test_cuda_library_sizes_both_workspaces():
   lib = ctypes.cdll.LoadLibrary(info["path"])
   assert hasattr(lib, "gaedit_cuda_fwd_workspace_bytes") and hasattr(lib, "gaedit_cuda_bwd_workspace_bytes")
   fwd = _ffi.cuda_fwd_workspace_bytes
-  assert fwd(4, 100, 8000, 32, 8) > fwd(1, 100, 2000, 8, 8) > 1
+  assert fwd(4, 100, 8000, 32, 8, 0) > fwd(1, 100, 2000, 8, 8, 0) > 1
+
   # a single view of 1M Gaussians splits the forward too: per chunk of 128 entries and pixel, two
-  # float4 of sums and the first two contributors (int2 + float4), 56 bytes (the sort's buffers
-  # grow with cap alike at either size)
-  fsplit = fwd(1, 10**6, 128 * 1000, 64, 8) - fwd(1, 10**6, 128, 64, 8)
-  assert fsplit - (fwd(1, 100, 128 * 1000, 64, 8) - fwd(1, 100, 128, 64, 8)) >= 990 * 64 * 56
+  # float4 of sums and, with K WABE slots, min(K, 10) contributor records of 12 bytes (the sort's
+  # buffers grow with cap alike at either size)
+  def split_bytes(k):
+    return fwd(1, 10**6, 128 * 1000, 64, 8, k) - fwd(1, 10**6, 128, 64, 8, k)
+
+  unsplit = fwd(1, 100, 128 * 1000, 64, 8, 0) - fwd(1, 100, 128, 64, 8, 0)
+  assert split_bytes(0) - unsplit >= 990 * 64 * 32
+  assert split_bytes(10) - split_bytes(0) >= 990 * 64 * 10 * 12
+  assert split_bytes(32) == split_bytes(10) > split_bytes(3) > split_bytes(0)
   # the backward accumulates 10 floats per (view, Gaussian): 3 more views of 100 need >= 12000 B
   bwd = _ffi.cuda_bwd_workspace_bytes
   assert bwd(4, 100, 4 * 800, 4 * 64, 8) - bwd(1, 100, 4 * 800, 4 * 64, 8) >= 3 * 100 * 10 * 4

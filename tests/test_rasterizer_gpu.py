@@ -237,12 +237,13 @@ def _opaque_outputs(kind: str, tile: int, wabe_k: int) -> dict:
   return {**res, "d_background": np.asarray(g_bg)}
 
 
-@pytest.mark.parametrize("tile,wabe_k", [(8, 10), (16, 10), (8, 0), (16, 3)])
+@pytest.mark.parametrize("tile,wabe_k", [(8, 10), (16, 10), (8, 0), (16, 3), (8, 16)])
 def test_cuda_split_forward_matches_cpu(tile, wabe_k, tmp_path):
   # The split forward (by default: a single view of >= 500k Gaussians) composites each chunk of a
-  # tile's list on its own and combines the chunks per pixel, walking again the chunks where the
-  # stopping rule acts or the first K WABE slots lie; GAEDIT_FWD_SPLIT=1 forces it, and chunks of 16
-  # entries cut these lists (hundreds a tile) into many. Images, alpha, depth, the WABE outputs and
+  # tile's list on its own and combines the chunks per pixel: the first K WABE slots from the
+  # chunks' contributor records (up to 10 a chunk, so K = 16 walks chunks again), the stopping
+  # chunk walked by a pass of its own; GAEDIT_FWD_SPLIT=1 forces it, and chunks of 16 entries cut
+  # these lists (hundreds a tile) into many. Images, alpha, depth, the WABE outputs and
   # the gradients (the backward reads the forward's last contributors and T) must agree with the
   # CPU kernel and with the whole-tile forward.
   cpu = _opaque_outputs("cpu", tile, wabe_k)

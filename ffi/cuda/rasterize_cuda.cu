@@ -442,23 +442,26 @@ __global__ void chunk_count_kernel(int64_t VT, const int32_t* ranges, int chunk,
 // D_c = sum z_j alpha_j T_j^c; entered at T, it adds T C_c and T D_c and leaves T P_c. Passes:
 //   fwd_chunk_kernel:   per (chunk, pixel), all chunks at once, without the stopping rule:
 //                       (P_c, C_c, D_c), the contributor count n_c, the last contributor + 1 and the
-//                       first kRecs contributors (ChunkRecs);
-//   fwd_combine_kernel: per (tile, pixel), the chunks in order, each taken from its sums except
-//                       where it must be walked again entry by entry from the true T, as the
-//                       whole-tile kernel does: a chunk holding more than kRecs of the pixel's first
-//                       K WABE contributors (their weights need the true T), and the chunk where
-//                       T P_c falls below kTMin (the stopping rule acts inside it). The latter walk
-//                       is left to
+//                       first R contributors (ChunkRecs, R = min(K, kMaxRecs) with WABE slots, else 0);
+//   fwd_combine_kernel: per (tile, pixel), the chunks in order, each taken from its sums and records
+//                       except where it must be walked again entry by entry from the true T, as the
+//                       whole-tile kernel does: where T P_c lies within kStopMargin of kTMin (the
+//                       sums cannot tell whether the stopping rule acts), or where the pixel's free
+//                       WABE slots outnumber the chunk's records (K > kMaxRecs). The chunk where the
+//                       stopping rule acts is left to
 //   fwd_stop_kernel:    per (chunk, pixel), the pixels whose walk stops in that chunk, so that the
 //                       several stopping chunks of a tile's pixels are walked by several blocks.
-// The first kRecs contributors of a (chunk, pixel): Gaussian ids, and T^c before each with its
-// alpha. A pixel still filling its WABE slots takes them from here where the chunk has no more
-// contributors for it, instead of walking the chunk: pixels with few contributors spread over a
-// long list would otherwise have their tile walk most of it.
-constexpr int kRecs = 2;
+// A contributor record holds the Gaussian's id, T^c before it and its alpha: a pixel still filling
+// its slots on entering the chunk at T takes weight(T T^c, alpha) from it, and where the chunk stops
+// the pixel, tests the rule on T T^c (1 - alpha) record by record. With R >= K, no chunk is walked
+// for its slots: a tile whose pixels fill their slots over a long list would otherwise walk most of
+// it in one block.
+constexpr int kMaxRecs = 10;
+inline int chunk_recs(int wabe_k) { return wabe_k < kMaxRecs ? wabe_k : kMaxRecs; }
 struct ChunkRecs {
-  int2* id;
-  float4* ta;
+  int32_t* id;  // [chunk][record][pixel slot]
+  float2* ta;   // T^c before the contributor, its alpha
+  int n;        // records per (chunk, pixel): R
 };
 
 template <int kRows>
@@ -488,8 +491,6 @@ __global__ void __launch_bounds__(kRows) fwd_chunk_kernel(
   const float px = x + 0.5f, py = y + 0.5f;
   float Tl = 1.f, C[3] = {0.f, 0.f, 0.f}, D = 0.f;
   int32_t n = 0, lastc = 0;
-  int2 rid = make_int2(-1, -1);
-  float4 rta = make_float4(0.f, 0.f, 0.f, 0.f);  // T^c before and alpha of the first two contributors
   const int nth = blockDim.x;
   __shared__ int32_t s_id[kRows];
   for (int32_t b0 = lo; b0 < hi; b0 += nth) {
@@ -509,8 +510,10 @@ __global__ void __launch_bounds__(kRows) fwd_chunk_kernel(
       const float w = a * Tl;
       C[0] += c4.x * w, C[1] += c4.y * w, C[2] += c4.z * w;
       D += c4.w * w;
-      if (n == 0) rid.x = s_id[k], rta.x = Tl, rta.y = a;
-      else if (n == 1) rid.y = s_id[k], rta.z = Tl, rta.w = a;
+      if (n < recs.n) {
+        const int64_t r = (b * recs.n + n) * slots + tid;
+        recs.id[r] = s_id[k], recs.ta[r] = make_float2(Tl, a);
+      }
       Tl *= 1.f - a;
       ++n, lastc = b0 + k + 1;
     }
@@ -518,8 +521,6 @@ __global__ void __launch_bounds__(kRows) fwd_chunk_kernel(
   if (tid < slots) {
     sum_c[b * slots + tid] = make_float4(Tl, C[0], C[1], C[2]);
     sum_d[b * slots + tid] = make_float4(D, __int_as_float(n), __int_as_float(lastc), 0.f);
-    recs.id[b * slots + tid] = rid;
-    recs.ta[b * slots + tid] = rta;
   }
 }
 
@@ -580,19 +581,32 @@ __global__ void __launch_bounds__(kRows) fwd_combine_kernel(
       if (n_c > 0) {  // else no contributor: P_c = 1, sums 0
         const float4 sc = sum_c[e];
         const float Tend = Tr * sc.x;
-        if (Tend < gs::kTMin * (1.f + kStopMargin)) {  // the stopping rule may act in this chunk
-          if (nslot >= WK && Tend < gs::kTMin * (1.f - kStopMargin)) stop_c = c, done = true;  // fwd_stop_kernel
-          else walk = true;
-        } else if (nslot < WK && n_c > kRecs) {
-          walk = true;
-        } else {
-          if (nslot < WK) {  // all of the chunk's contributors are in its records
-            const int2 id = recs.id[e];
-            const float4 ta = recs.ta[e];
-            sid[nslot] = id.x, sw[nslot] = gs::wabe_weight(Tr * ta.x, ta.y, st.wabe_beta), ++nslot;
-            if (n_c > 1 && nslot < WK)
-              sid[nslot] = id.y, sw[nslot] = gs::wabe_weight(Tr * ta.z, ta.w, st.wabe_beta), ++nslot;
+        // the stopping rule acts in this chunk for certain (stops), or cannot act in it
+        const bool stops = Tend < gs::kTMin * (1.f - kStopMargin);
+        walk = !stops && Tend < gs::kTMin * (1.f + kStopMargin);
+        if (!walk && nslot < WK) {  // the pixel's next slots from the chunk's records, in order
+          const int nslot0 = nslot, nrec = min(n_c, recs.n);
+          bool stopped = false;
+          for (int r = 0; r < nrec && nslot < WK && !walk; ++r) {
+            const int64_t ri = ((int64_t)(c0 + c) * recs.n + r) * slots + tid;
+            const float2 ta = recs.ta[ri];
+            const float Tb = Tr * ta.x;
+            if (stops) {  // the rule on T T^c (1 - alpha): acts, cannot act, or too close to tell
+              const float nT = Tb * (1.f - ta.y);
+              stopped = nT < gs::kTMin * (1.f - kStopMargin);
+              walk = !stopped && nT < gs::kTMin * (1.f + kStopMargin);
+              if (stopped || walk) break;
+            }
+            sid[nslot] = recs.id[ri], sw[nslot] = gs::wabe_weight(Tb, ta.y, st.wabe_beta), ++nslot;
           }
+          // records exhausted with slots free: more contributors than records (K > kMaxRecs), or
+          // (rounding) a stopping chunk whose stop the records do not show
+          if (!stopped && nslot < WK && (n_c > nrec || stops)) walk = true;
+          if (walk) nslot = nslot0;  // the walk fills them again from the true T
+        }
+        if (!walk && stops) {
+          stop_c = c, done = true;  // fwd_stop_kernel composites the chunk
+        } else if (!walk) {
           C[0] += Tr * sc.y, C[1] += Tr * sc.z, C[2] += Tr * sc.w;
           D += Tr * sd.x;
           Tr = Tend;
@@ -1268,16 +1282,16 @@ inline int64_t max_chunks(int64_t cap, int64_t VT, int chunk) { return (cap + ch
 // Scratch lives in an explicit workspace output allocated by XLA (the FFI ScratchAllocator refused
 // every allocation on jax 0.11.2). Layout: counts, offsets (VN x i32), keys in/out (cap x u64),
 // vals in (cap x i32), WABE sums (VN x u64), CUB temp storage; with the split forward, the tiles'
-// chunk counts and offsets (VT + 1 each), per (chunk, pixel slot) two float4 of sums and the first
-// contributors (ChunkRecs: int2 + float4), per pixel slot the state at its stopping chunk (FwdStop);
-// each 256-byte aligned.
+// chunk counts and offsets (VT + 1 each), per (chunk, pixel slot) two float4 of sums and R
+// contributor records (ChunkRecs: int32 + float2 each), per pixel slot the state at its stopping
+// chunk (FwdStop); each 256-byte aligned.
 struct FwdLayout {
   size_t counts, offsets, keys_in, keys_out, vals_in, wsum, temp, temp_bytes, cnt, off, sum_c, sum_d,
       rec_id, rec_ta, stop_tc, stop_dl, stop_chunk, total;
   bool split;
 };
 
-FwdLayout fwd_layout(int64_t V, int64_t N, int64_t cap, int64_t VT, int64_t tile) {
+FwdLayout fwd_layout(int64_t V, int64_t N, int64_t cap, int64_t VT, int64_t tile, int64_t wabe_k) {
   FwdLayout L{};
   const int64_t VN = V * N;
   size_t scan_bytes = 0, sort_bytes = 0, chunk_scan_bytes = 0;
@@ -1299,13 +1313,14 @@ FwdLayout fwd_layout(int64_t V, int64_t N, int64_t cap, int64_t VT, int64_t tile
   L.temp_bytes = std::max({scan_bytes, sort_bytes, chunk_scan_bytes});
   L.temp = o, o += align256(L.temp_bytes);
   if (L.split) {
-    const size_t sums = 16 * (size_t)max_chunks(cap, VT, fwd_chunk()) * tile * tile;
+    const size_t cells = (size_t)max_chunks(cap, VT, fwd_chunk()) * tile * tile;
+    const size_t recs = cells * chunk_recs((int)wabe_k);
     L.cnt = o, o += align256(4 * (VT + 1));
     L.off = o, o += align256(4 * (VT + 1));
-    L.sum_c = o, o += align256(sums);
-    L.sum_d = o, o += align256(sums);
-    L.rec_id = o, o += align256(sums / 2);
-    L.rec_ta = o, o += align256(sums);
+    L.sum_c = o, o += align256(16 * cells);
+    L.sum_d = o, o += align256(16 * cells);
+    L.rec_id = o, o += align256(4 * recs);
+    L.rec_ta = o, o += align256(8 * recs);
     L.stop_tc = o, o += align256(16 * (size_t)VT * tile * tile);
     L.stop_dl = o, o += align256(8 * (size_t)VT * tile * tile);
     L.stop_chunk = o, o += align256(4 * (size_t)VT * tile * tile);
@@ -1381,7 +1396,7 @@ static ffi::Error RasterizeFwdCudaImpl(
   const int64_t V = in.V, N = in.N, VN = V * N, T = (int64_t)st.gx * st.gy, VT = V * T;
   const int64_t cap = (int64_t)isect->element_count();
   if (VN == 0 || VT == 0) return ffi::Error::Success();
-  const FwdLayout L = fwd_layout(V, N, cap, VT, tile);
+  const FwdLayout L = fwd_layout(V, N, cap, VT, tile, wabe_k);
   char* base = reinterpret_cast<char*>(align256(reinterpret_cast<size_t>(workspace->untyped_data())));
   if ((size_t)workspace->element_count() < L.total)
     return ffi::Error::InvalidArgument("gaedit CUDA: forward workspace too small (" +
@@ -1433,7 +1448,8 @@ static ffi::Error RasterizeFwdCudaImpl(
     chunk_count_kernel<<<blocks(VT + 1), 256, 0, stream>>>(VT, ranges, chunk, cnt);
     cub::DeviceScan::ExclusiveSum(temp, chunk_scan_bytes, cnt, off, (int)(VT + 1), stream);
     auto local = small ? fwd_chunk_kernel<kSmallRows> : fwd_chunk_kernel<kBlock>;
-    const ChunkRecs recs{reinterpret_cast<int2*>(base + L.rec_id), reinterpret_cast<float4*>(base + L.rec_ta)};
+    const ChunkRecs recs{reinterpret_cast<int32_t*>(base + L.rec_id), reinterpret_cast<float2*>(base + L.rec_ta),
+                         chunk_recs((int)wabe_k)};
     local<<<(unsigned)G, nth, 0, stream>>>(in, st, m2, cop, cols, zv, ids, ranges, off, VT, chunk, sum_c, sum_d,
                                            recs);
     const FwdStop stop{reinterpret_cast<float4*>(base + L.stop_tc), reinterpret_cast<float2*>(base + L.stop_dl),
@@ -1548,12 +1564,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GaeditRasterizeBwdCuda, RasterizeBwdCudaImpl,
 
 extern "C" const char* gaedit_build_info() { return GAEDIT_BUILD_INFO ";cuda=1"; }
 
-// Bytes of the forward workspace for V views of N Gaussians, `cap` pooled intersections and VT
-// (view, tile) pairs of `tile` x `tile` pixels; the Python wrapper sizes the workspace output with
-// it at trace time.
+// Bytes of the forward workspace for V views of N Gaussians, `cap` pooled intersections, VT
+// (view, tile) pairs of `tile` x `tile` pixels and K = wabe_k WABE slots per pixel; the Python
+// wrapper sizes the workspace output with it at trace time.
 extern "C" int64_t gaedit_cuda_fwd_workspace_bytes(int64_t V, int64_t N, int64_t cap, int64_t VT,
-                                                   int64_t tile) {
-  return (int64_t)fwd_layout(V, N, cap, VT, tile).total;
+                                                   int64_t tile, int64_t wabe_k) {
+  return (int64_t)fwd_layout(V, N, cap, VT, tile, wabe_k).total;
 }
 
 // Bytes of the backward workspace for V views of N Gaussians, `cap` pooled intersections and VT

@@ -94,13 +94,13 @@ def _query(name: str, *args: int) -> int:
   return int(fn(*args))
 
 
-def cuda_fwd_workspace_bytes(v: int, n: int, cap: int, vt: int, tile: int) -> int:
+def cuda_fwd_workspace_bytes(v: int, n: int, cap: int, vt: int, tile: int, wabe_k: int) -> int:
   """Forward workspace bytes the CUDA kernels need for V views of N Gaussians, `cap` pooled
-  intersections and VT (view, tile) pairs of tile x tile pixels (1 when no CUDA library is
-  registered)."""
+  intersections, VT (view, tile) pairs of tile x tile pixels and `wabe_k` WABE slots per pixel (1
+  when no CUDA library is registered)."""
   if _CUDA_LIB is None:
     return 1
-  return _query("gaedit_cuda_fwd_workspace_bytes", v, n, cap, vt, tile)
+  return _query("gaedit_cuda_fwd_workspace_bytes", v, n, cap, vt, tile, wabe_k)
 
 
 def cuda_bwd_workspace_bytes(v: int, n: int, cap: int, vt: int, tile: int) -> int:

@@ -99,7 +99,7 @@ def _fwd_call(st: _Static, means, quats, scales, opac, sh, offset, viewmat, intr
     sds(batch + (h, w), i32),  # last contributor (+1)
     sds(batch + (st.capacity,), i32),  # sorted intersections (pooled over views)
     sds(batch + (st.num_tiles, 2), i32),  # tile ranges
-    sds((_ffi.cuda_fwd_workspace_bytes(v, n, v * st.capacity, v * st.num_tiles, st.tile_size),), jnp.uint8),
+    sds((_ffi.cuda_fwd_workspace_bytes(v, n, v * st.capacity, v * st.num_tiles, st.tile_size, st.wabe_k),), jnp.uint8),
   )
   call = jax.ffi.ffi_call(_ffi.FWD_TARGET, out_types, vmap_method="expand_dims")
   return call(means, quats, scales, opac, sh, offset, viewmat, intr, bg, **st.fwd_attrs())[:-1]
