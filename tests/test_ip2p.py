@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from gaedit_jax.errors import InputError
-
 from gaedit_jax.io.media import read_png, save_png
 from gaedit_jax.nets import images as imops
 from gaedit_jax.nets.ip2p import InstructPix2Pix, IP2PConfig, load_ip2p
